@@ -1,0 +1,289 @@
+//! Validated configuration: the types the proxy can trust without checking
+//! again. Built only by [`crate::validate`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Basis points in a whole split: weights are integers that sum to this,
+/// so a weight can move in 0.01% steps.
+pub const TOTAL_WEIGHT: u32 = 10_000;
+
+/// A whole, validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Data-plane listening addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// Upstream pools, in name order.
+    pub pools: Vec<Pool>,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Returns the pool with this name.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|pool| pool.name == name)
+    }
+}
+
+/// A named set of interchangeable endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Unique pool name.
+    pub name: String,
+    /// At least one endpoint.
+    pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is picked.
+    pub policy: Policy,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`, resolved by the proxy when it builds its table.
+    pub address: String,
+    /// Relative weight inside the pool, 1 to 1000.
+    pub weight: u32,
+}
+
+/// Endpoint choice inside a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// nginx's smooth weighted round robin.
+    RoundRobin,
+    /// Power of two random choices, the one with fewer requests in flight wins.
+    LeastOutstanding,
+}
+
+impl Policy {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastOutstanding => "least_outstanding",
+        }
+    }
+}
+
+/// A route: matchers and a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique route name.
+    pub name: String,
+    /// What a request must look like.
+    pub matcher: Match,
+    /// Where matching requests go.
+    pub split: Split,
+    /// Where the sticky key comes from, if any.
+    pub sticky: Option<Sticky>,
+    /// Where a tester's pool override comes from; `None` disables it.
+    pub pool_override: Option<Override>,
+}
+
+/// All given matchers must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Match {
+    /// Host, lower case, without port.
+    pub host: Option<HostMatch>,
+    /// Path rule.
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; empty means any.
+    pub methods: Vec<String>,
+    /// Lower-case header name and the exact value required (`None`: present).
+    pub headers: Vec<(String, Option<String>)>,
+}
+
+/// A host rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// The whole host.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: any host that ends with it.
+    Suffix(String),
+}
+
+/// A path rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path starts with this.
+    Prefix(String),
+    /// The path (without query) is exactly this.
+    Exact(String),
+}
+
+/// A weighted split between pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The pool that takes everything in a fallback.
+    pub baseline: String,
+    /// Pool name and basis points. The baseline is last, the others in name
+    /// order, so that raising a canary's weight only moves sticky users into
+    /// it (its bucket range grows at the end next to the baseline's).
+    pub weights: Vec<(String, u32)>,
+}
+
+impl Split {
+    /// The weight of one pool, 0 when the pool is not in the split.
+    pub fn weight(&self, pool: &str) -> u32 {
+        self.weights
+            .iter()
+            .find(|(name, _)| name == pool)
+            .map_or(0, |(_, weight)| *weight)
+    }
+}
+
+/// Where the sticky key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A request header (lower case).
+    Header(String),
+    /// A cookie; with `set`, the proxy gives a random id to clients without one.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Whether to set it when absent.
+        set: bool,
+    },
+}
+
+/// The default override header.
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-switchyard-pool";
+
+/// Where a tester names the pool to pin a request to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Header name (lower case).
+    pub header: Option<String>,
+    /// Cookie name.
+    pub cookie: Option<String>,
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to an endpoint.
+    pub connect: Duration,
+    /// From request sent to response head received.
+    pub response_header: Duration,
+    /// A client's whole request head.
+    pub request_header: Duration,
+    /// Idle keep-alive connections.
+    pub idle: Duration,
+    /// Shutdown drain.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(60),
+            request_header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes in a request head; over it, 431.
+    pub max_header_bytes: usize,
+    /// Header fields; over it, 431.
+    pub max_headers: usize,
+    /// Bytes in the request target; over it, 414.
+    pub max_uri_bytes: usize,
+    /// Bytes in a request body; over it, 413.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Prints the routing table the config describes, for `switchyard check`.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
+        writeln!(f, "listeners: {}", listeners.join(", "))?;
+        writeln!(f, "pools:")?;
+        for pool in &self.pools {
+            let endpoints: Vec<String> = pool
+                .endpoints
+                .iter()
+                .map(|e| format!("{} (weight {})", e.address, e.weight))
+                .collect();
+            writeln!(
+                f,
+                "  {:<12} {:<18} {}",
+                pool.name,
+                pool.policy.name(),
+                endpoints.join(", ")
+            )?;
+        }
+        writeln!(f, "routes (first match wins):")?;
+        for (index, route) in self.routes.iter().enumerate() {
+            let weights: Vec<String> = route
+                .split
+                .weights
+                .iter()
+                .map(|(pool, w)| {
+                    let mark = if *pool == route.split.baseline {
+                        " (baseline)"
+                    } else {
+                        ""
+                    };
+                    format!("{pool} {}.{:02}%{mark}", w / 100, w % 100)
+                })
+                .collect();
+            writeln!(
+                f,
+                "  {}. {:<12} {:<40} -> {}",
+                index + 1,
+                route.name,
+                route.matcher.to_string(),
+                weights.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        match &self.host {
+            Some(HostMatch::Exact(host)) => parts.push(format!("host={host}")),
+            Some(HostMatch::Suffix(suffix)) => parts.push(format!("host=*{suffix}")),
+            None => {}
+        }
+        match &self.path {
+            Some(PathMatch::Prefix(prefix)) => parts.push(format!("path={prefix}*")),
+            Some(PathMatch::Exact(path)) => parts.push(format!("path={path}")),
+            None => {}
+        }
+        if !self.methods.is_empty() {
+            parts.push(format!("method={}", self.methods.join("|")));
+        }
+        for (name, value) in &self.headers {
+            parts.push(format!("{name}={}", value.as_deref().unwrap_or("*")));
+        }
+        if parts.is_empty() {
+            parts.push("any request".to_string());
+        }
+        f.write_str(&parts.join(" "))
+    }
+}

@@ -1,0 +1,629 @@
+//! Turns a [`RawConfig`] into a [`Config`], or says which field is wrong,
+//! where, and why. Stops at the first problem.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::locate::{locate, render, Segment};
+use crate::model::{
+    Config, Endpoint, HostMatch, Limits, Match, Override, PathMatch, Policy, Pool, Route, Split,
+    Sticky, Timeouts, DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
+};
+use crate::raw::{
+    RawConfig, RawEndpoint, RawLimits, RawMatch, RawOverride, RawRoute, RawSticky, RawTimeouts,
+};
+
+/// Parses JSON text and validates it. Errors carry line, column and path.
+pub fn parse(source: &str) -> Result<Config, ConfigError> {
+    let raw = parse_raw(source)?;
+    validate(&raw, source)
+}
+
+/// Parses JSON text into a [`RawConfig`] without validating values.
+pub fn parse_raw(source: &str) -> Result<RawConfig, ConfigError> {
+    let mut deserializer = serde_json::Deserializer::from_str(source);
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        ConfigError::Parse {
+            line: inner.line(),
+            column: inner.column(),
+            path,
+            reason: strip_position(&inner.to_string()),
+        }
+    })?;
+    deserializer.end().map_err(|err| ConfigError::Parse {
+        line: err.line(),
+        column: err.column(),
+        path: ".".to_string(),
+        reason: strip_position(&err.to_string()),
+    })?;
+    Ok(raw)
+}
+
+/// serde_json appends " at line L column C"; the error prints them itself.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Validates a parsed config. `source` is the text it came from, used only
+/// to find the line of a bad field.
+pub fn validate(raw: &RawConfig, source: &str) -> Result<Config, ConfigError> {
+    Validator { source }.config(raw)
+}
+
+struct Validator<'a> {
+    source: &'a str,
+}
+
+type Path = Vec<Segment>;
+
+fn key(name: &str) -> Segment {
+    Segment::Key(name.to_string())
+}
+
+fn with(path: &Path, segment: Segment) -> Path {
+    let mut next = path.clone();
+    next.push(segment);
+    next
+}
+
+impl Validator<'_> {
+    fn fail<T>(&self, path: &Path, reason: impl Into<String>) -> Result<T, ConfigError> {
+        let (line, column) = locate(self.source, path);
+        Err(ConfigError::Invalid {
+            line,
+            column,
+            path: render(path),
+            reason: reason.into(),
+        })
+    }
+
+    fn config(&self, raw: &RawConfig) -> Result<Config, ConfigError> {
+        let root: Path = Vec::new();
+        let listeners_path = with(&root, key("listeners"));
+        if raw.listeners.is_empty() {
+            return self.fail(&listeners_path, "at least one listener is required");
+        }
+        let mut listeners = Vec::new();
+        for (index, listener) in raw.listeners.iter().enumerate() {
+            let path = with(
+                &with(&listeners_path, Segment::Index(index)),
+                key("address"),
+            );
+            let address: SocketAddr = match listener.address.parse() {
+                Ok(address) => address,
+                Err(_) => {
+                    return self.fail(
+                        &path,
+                        format!(
+                            "{:?} is not an ip:port address (such as 0.0.0.0:8080)",
+                            listener.address
+                        ),
+                    )
+                }
+            };
+            if listeners.contains(&address) {
+                return self.fail(&path, format!("listener {address} is given twice"));
+            }
+            listeners.push(address);
+        }
+
+        let pools_path = with(&root, key("pools"));
+        if raw.pools.is_empty() {
+            return self.fail(&pools_path, "at least one pool is required");
+        }
+        let mut pools = Vec::new();
+        for (name, raw_pool) in &raw.pools {
+            let path = with(&pools_path, key(name));
+            self.name(&path, name, "pool")?;
+            let endpoints_path = with(&path, key("endpoints"));
+            if raw_pool.endpoints.is_empty() {
+                return self.fail(
+                    &endpoints_path,
+                    format!("pool {name:?} needs at least one endpoint"),
+                );
+            }
+            let mut endpoints = Vec::new();
+            for (index, raw_endpoint) in raw_pool.endpoints.iter().enumerate() {
+                let path = with(&endpoints_path, Segment::Index(index));
+                let (address, weight) = match raw_endpoint {
+                    RawEndpoint::Address(address) => (address.clone(), 1),
+                    RawEndpoint::Weighted(weighted) => (weighted.address.clone(), weighted.weight),
+                };
+                self.host_port(&path, &address)?;
+                if !(1..=1000).contains(&weight) {
+                    return self.fail(
+                        &with(&path, key("weight")),
+                        format!("endpoint weight {weight} is outside 1..=1000"),
+                    );
+                }
+                if endpoints.iter().any(|e: &Endpoint| e.address == address) {
+                    return self.fail(
+                        &path,
+                        format!("endpoint {address} is listed twice in pool {name:?}"),
+                    );
+                }
+                endpoints.push(Endpoint {
+                    address,
+                    weight: weight as u32,
+                });
+            }
+            let policy = match raw_pool.policy.as_deref() {
+                None | Some("round_robin") => Policy::RoundRobin,
+                Some("least_outstanding") => Policy::LeastOutstanding,
+                Some(other) => {
+                    return self.fail(
+                        &with(&path, key("policy")),
+                        format!(
+                            "unknown policy {other:?}, expected \"round_robin\" or \"least_outstanding\""
+                        ),
+                    )
+                }
+            };
+            pools.push(Pool {
+                name: name.clone(),
+                endpoints,
+                policy,
+            });
+        }
+
+        let routes_path = with(&root, key("routes"));
+        if raw.routes.is_empty() {
+            return self.fail(&routes_path, "at least one route is required");
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for (index, raw_route) in raw.routes.iter().enumerate() {
+            let path = with(&routes_path, Segment::Index(index));
+            let route = self.route(&path, raw_route, raw)?;
+            if routes.iter().any(|r| r.name == route.name) {
+                return self.fail(
+                    &with(&path, key("name")),
+                    format!("route name {:?} is used twice", route.name),
+                );
+            }
+            routes.push(route);
+        }
+
+        Ok(Config {
+            listeners,
+            pools,
+            routes,
+            timeouts: self.timeouts(&with(&root, key("timeouts")), &raw.timeouts)?,
+            limits: self.limits(&with(&root, key("limits")), &raw.limits)?,
+        })
+    }
+
+    fn name(&self, path: &Path, name: &str, what: &str) -> Result<(), ConfigError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if valid {
+            Ok(())
+        } else {
+            self.fail(
+                path,
+                format!("{what} name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+            )
+        }
+    }
+
+    fn host_port(&self, path: &Path, address: &str) -> Result<(), ConfigError> {
+        let bad = |why: &str| {
+            self.fail::<()>(
+                path,
+                format!("endpoint {address:?} {why}; expected host:port such as 10.0.0.3:8080"),
+            )
+        };
+        if address.parse::<SocketAddr>().is_ok() {
+            return Ok(());
+        }
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return bad("has no port");
+        };
+        if host.is_empty() {
+            return bad("has no host");
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return bad("has an invalid host name");
+        }
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => bad("has an invalid port"),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn route(&self, path: &Path, raw: &RawRoute, config: &RawConfig) -> Result<Route, ConfigError> {
+        self.name(&with(path, key("name")), &raw.name, "route")?;
+        let matcher = self.matcher(&with(path, key("match")), &raw.matcher)?;
+
+        let split_path = with(path, key("split"));
+        let weights_path = with(&split_path, key("weights"));
+        if raw.split.weights.is_empty() {
+            return self.fail(&weights_path, "a split needs at least one pool");
+        }
+        let mut sum: i64 = 0;
+        for (pool, weight) in &raw.split.weights {
+            let weight_path = with(&weights_path, key(pool));
+            if !config.pools.contains_key(pool) {
+                return self.fail(&weight_path, format!("unknown pool {pool:?}"));
+            }
+            if !(0..=TOTAL_WEIGHT as i64).contains(weight) {
+                return self.fail(
+                    &weight_path,
+                    format!("weight {weight} is outside 0..=10000 basis points"),
+                );
+            }
+            sum += weight;
+        }
+        if sum != TOTAL_WEIGHT as i64 {
+            return self.fail(
+                &weights_path,
+                format!("weights sum to {sum} basis points, expected 10000 (100%)"),
+            );
+        }
+        if !raw.split.weights.contains_key(&raw.split.baseline) {
+            return self.fail(
+                &with(&split_path, key("baseline")),
+                format!(
+                    "baseline {:?} is not one of the split's pools",
+                    raw.split.baseline
+                ),
+            );
+        }
+        // Baseline last: see `Split::weights`.
+        let mut weights: Vec<(String, u32)> = raw
+            .split
+            .weights
+            .iter()
+            .filter(|(pool, _)| **pool != raw.split.baseline)
+            .map(|(pool, weight)| (pool.clone(), *weight as u32))
+            .collect();
+        weights.push((
+            raw.split.baseline.clone(),
+            raw.split.weights[&raw.split.baseline] as u32,
+        ));
+
+        let sticky = match &raw.sticky {
+            None => None,
+            Some(sticky) => Some(self.sticky(&with(path, key("sticky")), sticky)?),
+        };
+        let pool_override = self.pool_override(&with(path, key("override")), &raw.pool_override)?;
+
+        Ok(Route {
+            name: raw.name.clone(),
+            matcher,
+            split: Split {
+                baseline: raw.split.baseline.clone(),
+                weights,
+            },
+            sticky,
+            pool_override,
+        })
+    }
+
+    fn matcher(&self, path: &Path, raw: &RawMatch) -> Result<Match, ConfigError> {
+        let host = match &raw.host {
+            None => None,
+            Some(host) => {
+                let host_path = with(path, key("host"));
+                let lower = host.to_ascii_lowercase();
+                let (rule, name) = match lower.strip_prefix("*.") {
+                    Some(rest) => (HostMatch::Suffix(format!(".{rest}")), rest.to_string()),
+                    None => (HostMatch::Exact(lower.clone()), lower.clone()),
+                };
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !valid {
+                    return self.fail(
+                        &host_path,
+                        format!(
+                            "host {host:?} must be a name like api.example.com or *.example.com (no port)"
+                        ),
+                    );
+                }
+                Some(rule)
+            }
+        };
+        let path_rule = match (&raw.path_prefix, &raw.path_exact) {
+            (Some(_), Some(_)) => {
+                return self.fail(
+                    &with(path, key("path_exact")),
+                    "give path_prefix or path_exact, not both",
+                )
+            }
+            (Some(prefix), None) => {
+                self.url_path(&with(path, key("path_prefix")), prefix)?;
+                Some(PathMatch::Prefix(prefix.clone()))
+            }
+            (None, Some(exact)) => {
+                self.url_path(&with(path, key("path_exact")), exact)?;
+                Some(PathMatch::Exact(exact.clone()))
+            }
+            (None, None) => None,
+        };
+        let mut methods = Vec::new();
+        for (index, method) in raw.methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(is_token_byte) {
+                return self.fail(
+                    &with(&with(path, key("methods")), Segment::Index(index)),
+                    format!("{method:?} is not an HTTP method"),
+                );
+            }
+            methods.push(method.to_ascii_uppercase());
+        }
+        let mut headers = Vec::new();
+        for (name, value) in &raw.headers {
+            let header_path = with(&with(path, key("headers")), key(name));
+            self.header_name(&header_path, name)?;
+            let value = match value.as_deref() {
+                None | Some("*") => None,
+                Some(value) => Some(value.to_string()),
+            };
+            headers.push((name.to_ascii_lowercase(), value));
+        }
+        Ok(Match {
+            host,
+            path: path_rule,
+            methods,
+            headers,
+        })
+    }
+
+    fn url_path(&self, path: &Path, value: &str) -> Result<(), ConfigError> {
+        if value.starts_with('/') && !value.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            Ok(())
+        } else {
+            self.fail(
+                path,
+                format!("{value:?} must start with '/' and contain no spaces"),
+            )
+        }
+    }
+
+    fn header_name(&self, path: &Path, name: &str) -> Result<(), ConfigError> {
+        if !name.is_empty() && name.bytes().all(is_token_byte) {
+            Ok(())
+        } else {
+            self.fail(path, format!("{name:?} is not a valid header name"))
+        }
+    }
+
+    fn sticky(&self, path: &Path, raw: &RawSticky) -> Result<Sticky, ConfigError> {
+        match (&raw.header, &raw.cookie) {
+            (Some(header), None) => {
+                self.header_name(&with(path, key("header")), header)?;
+                if raw.set_cookie {
+                    return self.fail(
+                        &with(path, key("set_cookie")),
+                        "set_cookie needs a cookie, not a header",
+                    );
+                }
+                Ok(Sticky::Header(header.to_ascii_lowercase()))
+            }
+            (None, Some(cookie)) => {
+                self.cookie_name(&with(path, key("cookie")), cookie)?;
+                Ok(Sticky::Cookie {
+                    name: cookie.clone(),
+                    set: raw.set_cookie,
+                })
+            }
+            _ => self.fail(path, "sticky needs exactly one of header or cookie"),
+        }
+    }
+
+    fn cookie_name(&self, path: &Path, name: &str) -> Result<(), ConfigError> {
+        if !name.is_empty() && name.bytes().all(is_token_byte) {
+            Ok(())
+        } else {
+            self.fail(path, format!("{name:?} is not a valid cookie name"))
+        }
+    }
+
+    fn pool_override(
+        &self,
+        path: &Path,
+        raw: &Option<RawOverride>,
+    ) -> Result<Option<Override>, ConfigError> {
+        match raw {
+            None | Some(RawOverride::Enabled(true)) => Ok(Some(Override {
+                header: Some(DEFAULT_OVERRIDE_HEADER.to_string()),
+                cookie: None,
+            })),
+            Some(RawOverride::Enabled(false)) => Ok(None),
+            Some(RawOverride::Custom(source)) => {
+                if source.header.is_none() && source.cookie.is_none() {
+                    return self.fail(path, "override needs a header or a cookie (or false)");
+                }
+                if let Some(header) = &source.header {
+                    self.header_name(&with(path, key("header")), header)?;
+                }
+                if let Some(cookie) = &source.cookie {
+                    self.cookie_name(&with(path, key("cookie")), cookie)?;
+                }
+                Ok(Some(Override {
+                    header: source.header.as_ref().map(|h| h.to_ascii_lowercase()),
+                    cookie: source.cookie.clone(),
+                }))
+            }
+        }
+    }
+
+    fn duration(
+        &self,
+        path: &Path,
+        raw: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(text) = raw else {
+            return Ok(default);
+        };
+        match parse_duration(text) {
+            Some(duration) if !duration.is_zero() => Ok(duration),
+            _ => self.fail(
+                path,
+                format!("{text:?} is not a positive duration such as \"2s\" or \"500ms\""),
+            ),
+        }
+    }
+
+    fn timeouts(&self, path: &Path, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+        let d = Timeouts::default();
+        Ok(Timeouts {
+            connect: self.duration(&with(path, key("connect")), &raw.connect, d.connect)?,
+            response_header: self.duration(
+                &with(path, key("response_header")),
+                &raw.response_header,
+                d.response_header,
+            )?,
+            request_header: self.duration(
+                &with(path, key("request_header")),
+                &raw.request_header,
+                d.request_header,
+            )?,
+            idle: self.duration(&with(path, key("idle")), &raw.idle, d.idle)?,
+            drain: self.duration(&with(path, key("drain")), &raw.drain, d.drain)?,
+        })
+    }
+
+    fn limit(
+        &self,
+        path: &Path,
+        raw: Option<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(value) if range.contains(&value) => Ok(value as u64),
+            Some(value) => self.fail(
+                path,
+                format!(
+                    "{value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            ),
+        }
+    }
+
+    fn limits(&self, path: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        Ok(Limits {
+            // hyper's read buffer cannot be smaller than 8 KiB.
+            max_header_bytes: self.limit(
+                &with(path, key("max_header_bytes")),
+                raw.max_header_bytes,
+                8192..=1024 * 1024,
+                d.max_header_bytes as u64,
+            )? as usize,
+            max_headers: self.limit(
+                &with(path, key("max_headers")),
+                raw.max_headers,
+                1..=1000,
+                d.max_headers as u64,
+            )? as usize,
+            max_uri_bytes: self.limit(
+                &with(path, key("max_uri_bytes")),
+                raw.max_uri_bytes,
+                64..=1024 * 1024,
+                d.max_uri_bytes as u64,
+            )? as usize,
+            max_body_bytes: self.limit(
+                &with(path, key("max_body_bytes")),
+                raw.max_body_bytes,
+                0..=i64::MAX,
+                d.max_body_bytes,
+            )?,
+        })
+    }
+}
+
+/// Parses `2s`, `500ms`, `1m`, `1h 30m` (humantime's forms).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text.trim()).ok()
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(weights: &str) -> String {
+        format!(
+            r#"{{
+  "listeners": [{{"address": "127.0.0.1:8080"}}],
+  "pools": {{
+    "stable": {{"endpoints": ["127.0.0.1:9001"]}},
+    "canary": {{"endpoints": [{{"address": "localhost:9002", "weight": 2}}]}}
+  }},
+  "routes": [
+    {{"name": "web", "split": {{"baseline": "stable", "weights": {weights}}}}}
+  ]
+}}"#
+        )
+    }
+
+    #[test]
+    fn valid_config_puts_baseline_last() {
+        let config = parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#)).expect("valid");
+        let split = &config.routes[0].split;
+        assert_eq!(
+            split.weights,
+            vec![("canary".to_string(), 1000), ("stable".to_string(), 9000)]
+        );
+        assert_eq!(config.pool("canary").expect("exists").endpoints[0].weight, 2);
+        assert!(config.routes[0].pool_override.is_some());
+    }
+
+    #[test]
+    fn weights_that_do_not_sum_name_line_and_path() {
+        let err = parse(&minimal(r#"{"stable": 9000, "canary": 900}"#)).expect_err("invalid");
+        assert_eq!(err.line(), Some(8));
+        assert_eq!(err.path(), Some("routes[0].split.weights"));
+        assert!(err.to_string().contains("sum to 9900"), "{err}");
+    }
+
+    #[test]
+    fn unknown_pool_in_split_is_refused() {
+        let err = parse(&minimal(r#"{"stable": 9000, "green": 1000}"#)).expect_err("invalid");
+        assert_eq!(err.path(), Some("routes[0].split.weights.green"));
+        assert!(err.to_string().contains("unknown pool"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_line() {
+        let source = "{\n \"listeners\": [],\n \"pools\": {},\n \"routes\": [],\n \"colour\": 1\n}";
+        let err = parse(source).expect_err("unknown field");
+        assert_eq!(err.line(), Some(5));
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_its_line() {
+        let err = parse("{\n\"listeners\": [\n}").expect_err("syntax");
+        assert_eq!(err.line(), Some(3));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}
