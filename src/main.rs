@@ -1,1 +1,279 @@
-fn main() {}
+//! The `switchyard` binary: command line, logging, and wiring of the config,
+//! the routing table and the data plane.
+
+mod demo;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use switchyard_config::raw::{RawEndpoint, RawListener, RawPool, RawRoute, RawSplit, RawTimeouts};
+use switchyard_config::{Config, RawConfig};
+use switchyard_proxy::{RouteTable, Routes, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A reverse proxy that makes releases safe"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy: on a config file, on one route given by flags, or
+    /// with no arguments on the embedded demo (two upstreams split 90/10).
+    Run(RunArgs),
+    /// Validate a config file and print the routing table it would build.
+    Check {
+        /// The config file (JSON).
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Config file (JSON). Without it and without --stable, the embedded demo runs.
+    #[arg(long, conflicts_with_all = ["stable", "canary", "canary_weight", "listen", "upstream_timeout"])]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Stable pool endpoints: HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_delimiter = ',')]
+    stable: Vec<String>,
+    /// Canary pool endpoints: HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_delimiter = ',', requires = "stable")]
+    canary: Vec<String>,
+    /// Share of requests for the canary, in percent (0-100, two decimals).
+    #[arg(long, requires = "canary")]
+    canary_weight: Option<String>,
+    /// How long to wait for an upstream's response head (2s, 500ms).
+    #[arg(long)]
+    upstream_timeout: Option<String>,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    let config = load(file)?;
+    RouteTable::build(&config, 1).with_context(|| format!("{}", file.display()))?;
+    print!("{config}");
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
+/// Loads a config file; a bad one is reported as `file:line:column: path: reason`.
+fn load(file: &Path) -> anyhow::Result<Config> {
+    switchyard_config::load(file).map_err(|err| match err {
+        switchyard_config::ConfigError::Read { .. } => anyhow::Error::new(err),
+        other => anyhow::anyhow!("{}:{other}", file.display()),
+    })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let (config, demo) = if let Some(file) = &args.config {
+        (load(file)?, false)
+    } else if !args.stable.is_empty() {
+        (one_route(&args)?, false)
+    } else {
+        let addrs = demo::start(&["blue", "green"])?;
+        let raw = split_config(
+            args.listen
+                .map_or_else(|| DEFAULT_LISTEN.to_string(), |a| a.to_string()),
+            vec![addrs[0].to_string()],
+            vec![addrs[1].to_string()],
+            ("blue", "green"),
+            1000,
+            None,
+        );
+        (raw.into_config().context("the embedded default")?, true)
+    };
+
+    let table = RouteTable::build(&config, 1).context("building the routing table")?;
+    let routes = Routes::new(table);
+    let server = Server::start(routes, &config.listeners, workers).context("starting")?;
+    let addr = server.local_addrs()[0];
+    if demo {
+        println!("Switchyard is running the embedded demo on http://{addr}");
+        println!("  two demo upstreams, blue (90%) and green (10%), answer with their name:");
+        println!("    curl http://{addr}/");
+        println!("    curl -H 'x-switchyard-pool: green' http://{addr}/   # pin a pool");
+        println!("  your own upstreams: switchyard run --stable HOST:PORT --canary HOST:PORT --canary-weight 10");
+        println!("  a config file:      switchyard run --config examples/canary.json");
+    } else {
+        println!("Switchyard is listening on http://{addr}");
+        print!("{config}");
+    }
+    println!("Ctrl-C or SIGTERM stops it after in-flight requests finish.");
+
+    wait_for_signal()?;
+    tracing::info!("shutting down: draining in-flight requests");
+    server.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+        }
+        Ok(())
+    })
+}
+
+/// The one-route command line: `--stable`, `--canary`, `--canary-weight`.
+fn one_route(args: &RunArgs) -> anyhow::Result<Config> {
+    let canary_bp = match (&args.canary_weight, args.canary.is_empty()) {
+        (_, true) => 0,
+        (None, false) => 1000,
+        (Some(pct), false) => percent_to_basis_points(pct)?,
+    };
+    let canary = (!args.canary.is_empty()).then(|| args.canary.clone());
+    let raw = split_config(
+        args.listen
+            .map_or_else(|| DEFAULT_LISTEN.to_string(), |a| a.to_string()),
+        args.stable.clone(),
+        canary.unwrap_or_default(),
+        ("stable", "canary"),
+        canary_bp,
+        args.upstream_timeout.clone(),
+    );
+    raw.into_config()
+        .map_err(|err| anyhow::anyhow!("invalid command line: {err}"))
+}
+
+/// A one-route config: baseline pool, optional second pool, its weight.
+fn split_config(
+    listen: String,
+    baseline: Vec<String>,
+    other: Vec<String>,
+    (baseline_name, other_name): (&str, &str),
+    other_bp: u32,
+    upstream_timeout: Option<String>,
+) -> RawConfig {
+    let mut pools = BTreeMap::new();
+    let mut weights = BTreeMap::new();
+    pools.insert(
+        baseline_name.to_string(),
+        RawPool {
+            endpoints: baseline.into_iter().map(RawEndpoint::Address).collect(),
+            policy: None,
+        },
+    );
+    if other.is_empty() {
+        weights.insert(baseline_name.to_string(), 10_000);
+    } else {
+        pools.insert(
+            other_name.to_string(),
+            RawPool {
+                endpoints: other.into_iter().map(RawEndpoint::Address).collect(),
+                policy: None,
+            },
+        );
+        weights.insert(baseline_name.to_string(), 10_000 - i64::from(other_bp));
+        weights.insert(other_name.to_string(), i64::from(other_bp));
+    }
+    RawConfig {
+        listeners: vec![RawListener { address: listen }],
+        pools,
+        routes: vec![RawRoute {
+            name: "default".to_string(),
+            matcher: Default::default(),
+            split: RawSplit {
+                baseline: baseline_name.to_string(),
+                weights,
+            },
+            sticky: None,
+            pool_override: None,
+        }],
+        timeouts: RawTimeouts {
+            response_header: upstream_timeout,
+            ..Default::default()
+        },
+        limits: Default::default(),
+    }
+}
+
+/// `10`, `10%`, `2.5`, `0.01` → basis points, exactly (no float rounding).
+fn percent_to_basis_points(text: &str) -> anyhow::Result<u32> {
+    let trimmed = text.trim().trim_end_matches('%');
+    let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+    if whole.is_empty()
+        || fraction.len() > 2
+        || !(whole.bytes().chain(fraction.bytes())).all(|b| b.is_ascii_digit())
+    {
+        bail!(
+            "--canary-weight {text:?} must be a percentage from 0 to 100 with at most two decimals"
+        );
+    }
+    let whole: u32 = whole.parse().context("--canary-weight")?;
+    let fraction: u32 = format!("{fraction:0<2}")
+        .parse()
+        .context("--canary-weight")?;
+    let bp = whole * 100 + fraction;
+    if bp > 10_000 {
+        bail!("--canary-weight {text:?} is over 100%");
+    }
+    Ok(bp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_to_basis_points;
+
+    #[test]
+    fn percentages_convert_exactly() {
+        assert_eq!(percent_to_basis_points("10").ok(), Some(1000));
+        assert_eq!(percent_to_basis_points("2.5%").ok(), Some(250));
+        assert_eq!(percent_to_basis_points("0.01").ok(), Some(1));
+        assert_eq!(percent_to_basis_points("100").ok(), Some(10_000));
+        assert!(percent_to_basis_points("100.5").is_err());
+        assert!(percent_to_basis_points("-1").is_err());
+        assert!(percent_to_basis_points("1.234").is_err());
+    }
+}

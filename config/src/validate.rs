@@ -509,11 +509,7 @@ impl Validator<'_> {
             Some(value) if range.contains(&value) => Ok(value as u64),
             Some(value) => self.fail(
                 path,
-                format!(
-                    "{value} is outside {}..={}",
-                    range.start(),
-                    range.end()
-                ),
+                format!("{value} is outside {}..={}", range.start(), range.end()),
             ),
         }
     }
@@ -587,7 +583,10 @@ mod tests {
             split.weights,
             vec![("canary".to_string(), 1000), ("stable".to_string(), 9000)]
         );
-        assert_eq!(config.pool("canary").expect("exists").endpoints[0].weight, 2);
+        assert_eq!(
+            config.pool("canary").expect("exists").endpoints[0].weight,
+            2
+        );
         assert!(config.routes[0].pool_override.is_some());
     }
 

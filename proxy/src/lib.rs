@@ -1,1 +1,25 @@
-//! placeholder
+//! Switchyard's data plane: accepts HTTP/1.1 and h2c clients, routes each
+//! request by a weighted split between upstream pools, and forwards it.
+//!
+//! - `route`: the immutable routing table behind one `ArcSwap` ([`Routes`]),
+//!   route lookup, pool choice (weights, sticky buckets, override), endpoint
+//!   choice.
+//! - `listener`: worker threads, sockets and hyper's server settings ([`Server`]).
+//! - `forward`: one request's path through the proxy.
+//! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
+//! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
+//! - `body`: request and response body types.
+//! - `error`: [`ForwardError`] and how each is answered.
+
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod listener;
+pub mod route;
+mod upstream;
+
+pub use error::ForwardError;
+pub use headers::{has_token, strip_hop_headers};
+pub use listener::Server;
+pub use route::{RouteTable, Routes};

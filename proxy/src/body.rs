@@ -1,0 +1,248 @@
+//! Body types on both sides of the proxy.
+//!
+//! - [`RequestBody`]: what goes upstream: nothing, a small body read whole
+//!   (so a malformed one is refused before anything is forwarded), or a
+//!   large one streamed after the part already read.
+//! - [`ProxyBody`]: what goes back to the client: the upstream's body,
+//!   streamed with back-pressure, or a short local answer. When the
+//!   upstream body ends, its connection goes back to the worker's pool.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::Release;
+
+/// The error type of both bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream.
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// The whole body, read before forwarding; hyper frames it with a
+    /// `Content-Length`.
+    Full {
+        /// The bytes.
+        data: Option<Bytes>,
+        /// Trailers, if the client sent any.
+        trailers: Option<HeaderMap>,
+    },
+    /// A body over the read-ahead size: what was read, then the rest.
+    Stream {
+        /// The part read ahead.
+        prefix: Option<Bytes>,
+        /// The rest, straight from the client.
+        rest: Incoming,
+        /// Bytes seen so far, checked against the limit.
+        seen: u64,
+        /// The body limit.
+        limit: u64,
+    },
+}
+
+/// Error for a streamed body that grows over its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over the limit of {limit} bytes")]
+pub struct BodyOverLimit {
+    /// The limit.
+    pub limit: u64,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            RequestBody::Stream {
+                prefix,
+                rest,
+                seen,
+                limit,
+            } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            *seen += data.len() as u64;
+                            if *seen > *limit {
+                                return Poll::Ready(Some(Err(Box::new(BodyOverLimit {
+                                    limit: *limit,
+                                }))));
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestBody::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Stream { prefix, rest, .. } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// Decrements an endpoint's in-flight count when the exchange ends.
+pub struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    /// Counts one more request in flight on `counter`.
+    pub fn start(counter: &Arc<AtomicU32>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body on its way to the client.
+pub enum ProxyBody {
+    /// The upstream's body. `release` hands the connection back to the
+    /// pool once the body has ended; dropped early, the connection closes.
+    Upstream {
+        /// The body.
+        inner: Incoming,
+        /// Returns the connection to the pool at the end.
+        release: Option<Release>,
+        /// Keeps the endpoint's in-flight count until the body is done.
+        in_flight: Option<InFlight>,
+    },
+    /// A short answer made by the proxy.
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A local answer.
+    pub fn local(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Local(Some(bytes))
+    }
+
+    /// The upstream's body. A body that is already over (HEAD, 204, 304,
+    /// `Content-Length: 0`) is never polled by hyper, so its connection
+    /// goes back to the pool now.
+    pub fn upstream(inner: Incoming, release: Release, in_flight: Option<InFlight>) -> ProxyBody {
+        if inner.is_end_stream() {
+            release.finish();
+            return ProxyBody::Upstream {
+                inner,
+                release: None,
+                in_flight: None,
+            };
+        }
+        ProxyBody::Upstream {
+            inner,
+            release: Some(release),
+            in_flight,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream {
+                inner,
+                release,
+                in_flight,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if inner.is_end_stream() {
+                        if let Some(release) = release.take() {
+                            release.finish();
+                        }
+                        in_flight.take();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    if let Some(release) = release.take() {
+                        release.finish();
+                    }
+                    in_flight.take();
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    // A reset mid-body: the connection is not reusable, and
+                    // the client must see the truncation, so the error goes on.
+                    release.take();
+                    in_flight.take();
+                    Poll::Ready(Some(Err(Box::new(err))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(bytes) => bytes.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

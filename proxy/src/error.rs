@@ -1,0 +1,159 @@
+//! The proxy crate's one error type, and how each error is answered.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// What went wrong while building a table, binding, or serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No route matches the request.
+    #[error("no route matches host {host:?} path {path:?}")]
+    NoRoute {
+        /// The request's host.
+        host: String,
+        /// The request's path.
+        path: String,
+    },
+    /// The request is malformed or ambiguous; it is never forwarded.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The request target is longer than the limit.
+    #[error("request target is {len} bytes, over the limit of {limit}")]
+    UriTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request body is larger than the limit.
+    #[error("request body is over the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The client's body broke off or was malformed (a bad chunk size).
+    #[error("reading the request body")]
+    ClientBody {
+        /// hyper's parse or I/O error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// Connecting to the endpoint failed.
+    #[error("upstream connect {what}: {backend}")]
+    Connect {
+        /// `refused`, `reset`, `unreachable` or `failed`.
+        what: &'static str,
+        /// `pool/address`.
+        backend: String,
+        /// The address tried.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("upstream connect timed out after {after:?}: {backend}")]
+    ConnectTimeout {
+        /// `pool/address`.
+        backend: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The endpoint sent no response head within the timeout.
+    #[error("upstream sent no response head within {after:?}: {backend}")]
+    Timeout {
+        /// `pool/address`.
+        backend: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The endpoint's answer was unusable: reset, closed early, or malformed.
+    #[error("upstream {what}: {backend}")]
+    Upstream {
+        /// `reset before the response`, `sent a malformed response`, ...
+        what: &'static str,
+        /// `pool/address`.
+        backend: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// An endpoint name did not resolve while building a table.
+    #[error("resolving endpoint {address} of pool {pool}")]
+    Resolve {
+        /// Pool name.
+        pool: String,
+        /// `host:port` as configured.
+        address: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("binding listener {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ForwardError {
+    /// The status a client gets for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Resolve { .. } | Self::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the client connection must be closed after the answer: the
+    /// request was malformed, so where it ends is uncertain (RFC 9112 §6.3).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest { .. }
+                | Self::ClientBody { .. }
+                | Self::UriTooLong { .. }
+                | Self::BodyTooLarge { .. }
+        )
+    }
+
+    /// The answer to the client: the status and a one-line text body that
+    /// says what happened.
+    pub fn to_response(&self, close: bool) -> Response<ProxyBody> {
+        let mut message = self.to_string();
+        if let Some(source) = std::error::Error::source(self) {
+            message.push_str(" (");
+            message.push_str(&source.to_string());
+            message.push(')');
+        }
+        message.push('\n');
+        let mut response = Response::new(ProxyBody::local(Bytes::from(message)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

@@ -1,0 +1,209 @@
+//! Header rules for both directions: hop-by-hop fields (RFC 9110 §7.6.1)
+//! are removed, and the `X-Forwarded-*` and `Forwarded` fields are set.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+/// values that stay the same for the life of a client connection, built
+/// once when it is accepted rather than per request.
+pub struct ClientInfo {
+    /// The peer address.
+    pub peer: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub peer_value: HeaderValue,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The `for=` part of `Forwarded`, IPv6 quoted and bracketed (RFC 7239 §6).
+    forwarded_for: String,
+}
+
+impl ClientInfo {
+    /// Describes a client connection from `peer`, speaking `proto`.
+    pub fn new(peer: SocketAddr, proto: &'static str) -> ClientInfo {
+        let ip = peer.ip();
+        let peer_value = HeaderValue::try_from(ip.to_string())
+            .expect("an IP address is always a valid header value");
+        let forwarded_for = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        ClientInfo {
+            peer,
+            peer_value,
+            proto,
+            forwarded_for,
+        }
+    }
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Whether the request asks for a WebSocket upgrade (RFC 6455 §4.1): an
+/// `Upgrade: websocket` and `upgrade` among the `Connection` options.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"websocket"));
+    upgrade
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"upgrade"))
+}
+
+/// Whether a comma-separated list holds `token` (case-insensitive).
+pub fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop fields: `Connection` and every field it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding` (hyper re-frames the
+/// body), `TE` (except a `trailers` request, which survives as `TE: trailers`)
+/// and `Upgrade` unless `keep_upgrade` (a WebSocket handshake being passed on).
+pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: the common keep-alive request or response has none of them.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+            .collect();
+        headers.remove(header::CONNECTION);
+        for name in named {
+            if keep_upgrade && name == header::UPGRADE {
+                continue;
+            }
+            headers.remove(&name);
+        }
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = headers.remove(header::TE) {
+        if has_token(te.as_bytes(), b"trailers") {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Sets the forwarding fields on a request going upstream: appends the
+/// client to `X-Forwarded-For` and `Forwarded`, and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (a client's own values for
+/// those two are not trusted, as nginx's `proxy_set_header` does).
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        None => client.peer_value.clone(),
+        Some(_) => {
+            let mut joined = BytesMut::new();
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                joined.put_slice(value.as_bytes());
+                joined.put_slice(b", ");
+            }
+            joined.put_slice(client.peer_value.as_bytes());
+            to_value(joined.freeze())
+        }
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+
+    let mut forwarded = BytesMut::with_capacity(64);
+    for value in headers.get_all(&FORWARDED) {
+        forwarded.put_slice(value.as_bytes());
+        forwarded.put_slice(b", ");
+    }
+    forwarded.put_slice(b"for=");
+    forwarded.put_slice(client.forwarded_for.as_bytes());
+    if let Some(host) = host {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+        // A host with a port has a ':' and must be a quoted string.
+        forwarded.put_slice(b";host=\"");
+        forwarded.put_slice(host.as_bytes());
+        forwarded.put_slice(b"\"");
+    }
+    forwarded.put_slice(b";proto=");
+    forwarded.put_slice(client.proto.as_bytes());
+    headers.insert(&FORWARDED, to_value(forwarded.freeze()));
+}
+
+fn to_value(bytes: Bytes) -> HeaderValue {
+    // Built only from bytes of valid header values and fixed ASCII.
+    HeaderValue::from_maybe_shared(bytes).expect("joined from valid header values")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_fields_named_in_connection() {
+        let mut headers = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_headers(&mut headers, false);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get("connection").is_none());
+        assert!(headers.get("keep-alive").is_none());
+        assert!(headers.get("upgrade").is_none());
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn websocket_upgrade_survives() {
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_websocket_upgrade(&headers));
+        strip_hop_headers(&mut headers, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_fields_append() {
+        let client = ClientInfo::new("[::1]:5000".parse().expect("addr"), "http");
+        let mut headers = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("example.com:8080");
+        set_forwarded(&mut headers, &client, Some(&host));
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "example.com:8080");
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[::1]\";host=\"example.com:8080\";proto=http"
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Listeners and worker threads.
+//!
+//! Each worker is a thread with its own single-threaded tokio runtime and
+//! its own `SO_REUSEPORT` socket per listening address, so the kernel
+//! spreads connections over workers, and a connection's client and upstream
+//! I/O both stay on one thread. Nothing on the request path crosses threads
+//! except the routing table, read through `ArcSwap`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::error::ForwardError;
+use crate::forward::Proxy;
+use crate::headers::ClientInfo;
+use crate::route::Routes;
+
+/// Runs futures on the current worker's `LocalSet`: hyper's HTTP/2 server
+/// spawns a task per stream, and these stay on the worker thread too.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+/// A running data plane.
+pub struct Server {
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every address in `listen` (port 0 picks a free port) and starts
+    /// `workers` threads serving `routes`.
+    pub fn start(
+        routes: Routes,
+        listen: &[SocketAddr],
+        workers: usize,
+    ) -> Result<Server, ForwardError> {
+        let workers = workers.max(1);
+        // Bind the first socket of each address, then the other workers'
+        // sockets on the port it got, so port 0 yields one shared port.
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for &addr in listen {
+            let first = bind(addr)?;
+            let bound = first
+                .local_addr()
+                .map_err(|source| ForwardError::Bind { addr, source })?;
+            sockets[0].push(first);
+            for worker in sockets.iter_mut().skip(1) {
+                worker.push(bind(bound)?);
+            }
+            addrs.push(bound);
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        for (index, listeners) in sockets.into_iter().enumerate() {
+            let routes = routes.clone();
+            let shutdown_rx = shutdown_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("switchyard-worker-{index}"))
+                .spawn(move || run_worker(listeners, routes, shutdown_rx))
+                .map_err(|source| ForwardError::Bind {
+                    addr: listen[0],
+                    source,
+                })?;
+            handles.push(handle);
+        }
+        for addr in &addrs {
+            info!(address = %addr, workers, "listening");
+        }
+        Ok(Server {
+            addrs,
+            shutdown,
+            workers: handles,
+        })
+    }
+
+    /// The bound addresses, in the order given to [`Server::start`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the table's
+    /// drain timeout), and returns once every worker has stopped.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for worker in self.workers {
+            if worker.join().is_err() {
+                warn!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ForwardError> {
+    let bind_error = |source| ForwardError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+fn run_worker(
+    listeners: Vec<std::net::TcpListener>,
+    routes: Routes,
+    shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            warn!(error = %err, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let graceful = Rc::new(GracefulShutdown::new());
+        let proxy = Proxy::new(routes.clone());
+        let mut accepting = Vec::new();
+        for listener in listeners {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    warn!(error = %err, "cannot register a listener");
+                    continue;
+                }
+            };
+            accepting.push(tokio::task::spawn_local(accept_loop(
+                listener,
+                Rc::clone(&proxy),
+                routes.clone(),
+                Rc::clone(&graceful),
+                shutdown.clone(),
+            )));
+        }
+        for task in accepting {
+            let _ = task.await;
+        }
+        let drain = routes.snapshot().timeouts.drain;
+        let graceful = Rc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!(after = ?drain, "drain timed out; closing the remaining connections");
+        }
+    });
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Rc<Proxy>,
+    routes: Routes,
+    graceful: Rc<GracefulShutdown>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin on a listener that keeps failing.
+                warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let table = routes.snapshot();
+        let client = Rc::new(ClientInfo::new(peer, "http"));
+        let proxy = Rc::clone(&proxy);
+        let service =
+            service_fn(move |request| Rc::clone(&proxy).handle(Rc::clone(&client), request));
+        let mut builder = auto::Builder::new(LocalExec);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // A client must send its whole head in time, and an idle
+            // keep-alive connection waiting for its next head is closed
+            // after the same time, as nginx's client_header_timeout does.
+            .header_read_timeout(table.timeouts.request_header)
+            // The head must fit the read buffer: a larger one gets 431.
+            .max_buf_size(table.limits.max_header_bytes)
+            .max_headers(table.limits.max_headers)
+            // A client that half-closes after its request gets no answer
+            // from most servers either; closing frees the socket at once.
+            .half_close(false)
+            .keep_alive(true)
+            // Pipelined requests' answers are flushed together.
+            .pipeline_flush(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(table.limits.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::task::spawn_local(async move {
+            if let Err(err) = connection.await {
+                debug!(client = %peer, error = %err, "client connection ended");
+            }
+        });
+    }
+}

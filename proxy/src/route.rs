@@ -1,0 +1,539 @@
+//! The routing table: an immutable value built from a validated config,
+//! swapped whole behind one `ArcSwap`, and read once per request without a
+//! lock. Route lookup, pool choice (weights, sticky buckets, override) and
+//! endpoint choice all read only this table.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Method;
+use rand::Rng;
+use rustc_hash::FxHashMap;
+use switchyard_config::{Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts};
+
+use crate::error::ForwardError;
+
+/// Sticky keys hash into this many buckets; a bucket maps to a pool by the
+/// split's cumulative weights, one bucket per basis point.
+pub const BUCKETS: u32 = switchyard_config::TOTAL_WEIGHT;
+
+/// The live routing table, shared by every worker.
+#[derive(Clone)]
+pub struct Routes(Arc<ArcSwap<RouteTable>>);
+
+impl Routes {
+    /// Starts serving `table`.
+    pub fn new(table: RouteTable) -> Routes {
+        Routes(Arc::new(ArcSwap::from_pointee(table)))
+    }
+
+    /// Taken once per request, so a request sees one table even if a swap
+    /// lands while it is in flight.
+    pub fn snapshot(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    /// Swaps in a table that is already validated and built; returns the old one.
+    pub fn replace(&self, next: RouteTable) -> Arc<RouteTable> {
+        self.0.swap(Arc::new(next))
+    }
+}
+
+/// One immutable routing table.
+pub struct RouteTable {
+    version: u64,
+    routes: Box<[RouteEntry]>,
+    pools: Box<[PoolEntry]>,
+    /// Exact host → the routes that can match it, in config order, with the
+    /// host rule already known to hold (exact, suffix or no rule).
+    by_host: FxHashMap<Box<str>, Box<[u16]>>,
+    /// For any other host: the routes with a suffix rule or no host rule.
+    other_hosts: Box<[u16]>,
+    /// Timeouts from the config.
+    pub timeouts: Timeouts,
+    /// Limits from the config.
+    pub limits: Limits,
+    /// Listening addresses from the config.
+    pub listeners: Vec<SocketAddr>,
+}
+
+/// A route, ready for matching.
+pub struct RouteEntry {
+    /// Route name.
+    pub name: Arc<str>,
+    host: Option<HostMatch>,
+    path: Option<PathMatch>,
+    methods: Box<[Method]>,
+    headers: Box<[(HeaderName, Option<HeaderValue>)]>,
+    /// Cumulative bucket end (exclusive) and pool index, baseline last.
+    split: Box<[(u32, u16)]>,
+    /// Index of the baseline pool.
+    pub baseline: u16,
+    sticky: Option<StickyKey>,
+    override_header: Option<HeaderName>,
+    override_cookie: Option<Box<str>>,
+}
+
+enum StickyKey {
+    Header(HeaderName),
+    Cookie { name: Box<str>, set: bool },
+}
+
+/// A pool of endpoints, ready for picking.
+pub struct PoolEntry {
+    /// Pool name.
+    pub name: Arc<str>,
+    /// The endpoints.
+    pub endpoints: Box<[EndpointEntry]>,
+    policy: Policy,
+    /// Smooth weighted round robin order, precomputed: picking is one
+    /// atomic increment and an index, with no lock shared by workers.
+    sequence: Box<[u16]>,
+    next: AtomicUsize,
+}
+
+/// One resolved endpoint.
+pub struct EndpointEntry {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// `pool/address`, for error messages and logs.
+    pub label: Arc<str>,
+    /// Requests in flight, for the least-outstanding policy.
+    pub in_flight: Arc<AtomicU32>,
+}
+
+/// The pool chosen for a request, and the sticky cookie to set if any.
+pub struct PoolChoice {
+    /// Index into the table's pools.
+    pub pool: u16,
+    /// `Set-Cookie` value for a client that got a new sticky id.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+impl RouteTable {
+    /// Builds a table from a validated config, resolving endpoint names.
+    pub fn build(config: &Config, version: u64) -> Result<RouteTable, ForwardError> {
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for pool in &config.pools {
+            let mut endpoints = Vec::with_capacity(pool.endpoints.len());
+            for endpoint in &pool.endpoints {
+                let addr = resolve(&endpoint.address).map_err(|source| ForwardError::Resolve {
+                    pool: pool.name.clone(),
+                    address: endpoint.address.clone(),
+                    source,
+                })?;
+                endpoints.push(EndpointEntry {
+                    addr,
+                    label: format!("{}/{}", pool.name, endpoint.address).into(),
+                    in_flight: Arc::new(AtomicU32::new(0)),
+                });
+            }
+            let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
+            pools.push(PoolEntry {
+                name: pool.name.as_str().into(),
+                endpoints: endpoints.into(),
+                policy: pool.policy,
+                sequence: smooth_sequence(&weights).into(),
+                next: AtomicUsize::new(0),
+            });
+        }
+        let pool_index = |name: &str| -> u16 {
+            config
+                .pools
+                .iter()
+                .position(|p| p.name == name)
+                .expect("validated: every split pool exists") as u16
+        };
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let mut end = 0;
+            let split = route
+                .split
+                .weights
+                .iter()
+                .map(|(pool, weight)| {
+                    end += weight;
+                    (end, pool_index(pool))
+                })
+                .collect();
+            let (override_header, override_cookie) = match &route.pool_override {
+                None => (None, None),
+                Some(o) => (
+                    o.header.as_deref().map(header_name),
+                    o.cookie.as_deref().map(Box::from),
+                ),
+            };
+            routes.push(RouteEntry {
+                name: route.name.as_str().into(),
+                host: route.matcher.host.clone(),
+                path: route.matcher.path.clone(),
+                methods: route
+                    .matcher
+                    .methods
+                    .iter()
+                    .map(|m| Method::from_bytes(m.as_bytes()).expect("validated: method token"))
+                    .collect(),
+                headers: route
+                    .matcher
+                    .headers
+                    .iter()
+                    .map(|(name, value)| {
+                        (
+                            header_name(name),
+                            value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
+                        )
+                    })
+                    .collect(),
+                split,
+                baseline: pool_index(&route.split.baseline),
+                sticky: route.sticky.as_ref().map(|s| match s {
+                    Sticky::Header(name) => StickyKey::Header(header_name(name)),
+                    Sticky::Cookie { name, set } => StickyKey::Cookie {
+                        name: name.as_str().into(),
+                        set: *set,
+                    },
+                }),
+                override_header,
+                override_cookie,
+            });
+        }
+
+        let mut by_host: FxHashMap<Box<str>, Box<[u16]>> = FxHashMap::default();
+        for route in &routes {
+            if let Some(HostMatch::Exact(host)) = &route.host {
+                let candidates = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| match &r.host {
+                        None => true,
+                        Some(HostMatch::Exact(h)) => h == host,
+                        Some(HostMatch::Suffix(suffix)) => host.ends_with(suffix.as_str()),
+                    })
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                by_host.insert(host.as_str().into(), candidates);
+            }
+        }
+        let other_hosts = routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !matches!(r.host, Some(HostMatch::Exact(_))))
+            .map(|(i, _)| i as u16)
+            .collect();
+
+        Ok(RouteTable {
+            version,
+            routes: routes.into(),
+            pools: pools.into(),
+            by_host,
+            other_hosts,
+            timeouts: config.timeouts,
+            limits: config.limits,
+            listeners: config.listeners.clone(),
+        })
+    }
+
+    /// The version this table was built as.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// All routes in match order.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+
+    /// A pool by index.
+    pub fn pool(&self, index: u16) -> &PoolEntry {
+        &self.pools[index as usize]
+    }
+
+    /// All pools.
+    pub fn pools(&self) -> &[PoolEntry] {
+        &self.pools
+    }
+
+    /// The first route that matches. `host` is lower case without a port.
+    pub fn find_route(
+        &self,
+        method: &Method,
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&RouteEntry> {
+        let (candidates, host_checked) = match self.by_host.get(host) {
+            Some(candidates) => (&**candidates, true),
+            None => (&*self.other_hosts, false),
+        };
+        candidates
+            .iter()
+            .map(|&i| &self.routes[i as usize])
+            .find(|route| route.matches(method, host, host_checked, path, headers))
+    }
+
+    /// Chooses the pool for a request on `route`: the override if it names
+    /// a pool of the split, else the sticky bucket, else a weighted random pick.
+    pub fn choose_pool(&self, route: &RouteEntry, headers: &HeaderMap) -> PoolChoice {
+        if let Some(pool) = self.override_pool(route, headers) {
+            return PoolChoice {
+                pool,
+                set_cookie: None,
+            };
+        }
+        match &route.sticky {
+            Some(StickyKey::Header(name)) => {
+                if let Some(value) = headers.get(name) {
+                    return PoolChoice {
+                        pool: route.pool_for_bucket(sticky_bucket(value.as_bytes())),
+                        set_cookie: None,
+                    };
+                }
+            }
+            Some(StickyKey::Cookie { name, set }) => {
+                if let Some(value) = find_cookie(headers, name) {
+                    return PoolChoice {
+                        pool: route.pool_for_bucket(sticky_bucket(value)),
+                        set_cookie: None,
+                    };
+                }
+                if *set {
+                    let id = format!("{:016x}", rand::rng().random::<u64>());
+                    let cookie =
+                        format!("{name}={id}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax");
+                    return PoolChoice {
+                        pool: route.pool_for_bucket(sticky_bucket(id.as_bytes())),
+                        set_cookie: HeaderValue::try_from(cookie).ok(),
+                    };
+                }
+            }
+            None => {}
+        }
+        PoolChoice {
+            pool: route.pool_for_bucket(rand::rng().random_range(0..BUCKETS)),
+            set_cookie: None,
+        }
+    }
+
+    fn override_pool(&self, route: &RouteEntry, headers: &HeaderMap) -> Option<u16> {
+        let wanted = match (&route.override_header, &route.override_cookie) {
+            (Some(name), _) if headers.contains_key(name) => headers.get(name)?.as_bytes(),
+            (_, Some(cookie)) => find_cookie(headers, cookie)?,
+            _ => return None,
+        };
+        route
+            .split
+            .iter()
+            .map(|&(_, pool)| pool)
+            .find(|&pool| self.pools[pool as usize].name.as_bytes() == wanted)
+    }
+}
+
+impl RouteEntry {
+    fn matches(
+        &self,
+        method: &Method,
+        host: &str,
+        host_checked: bool,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> bool {
+        if !host_checked {
+            match &self.host {
+                None => {}
+                Some(HostMatch::Suffix(suffix)) => {
+                    if !host.ends_with(suffix.as_str()) {
+                        return false;
+                    }
+                }
+                Some(HostMatch::Exact(exact)) => {
+                    if host != exact {
+                        return false;
+                    }
+                }
+            }
+        }
+        match &self.path {
+            None => {}
+            Some(PathMatch::Prefix(prefix)) => {
+                if !path.starts_with(prefix.as_str()) {
+                    return false;
+                }
+            }
+            Some(PathMatch::Exact(exact)) => {
+                if path != exact {
+                    return false;
+                }
+            }
+        }
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        self.headers.iter().all(|(name, want)| match want {
+            None => headers.contains_key(name),
+            Some(want) => headers.get_all(name).iter().any(|v| v == want),
+        })
+    }
+
+    /// The pool that owns a bucket (0..BUCKETS) under this route's weights.
+    pub fn pool_for_bucket(&self, bucket: u32) -> u16 {
+        self.split
+            .iter()
+            .find(|&&(end, _)| bucket < end)
+            .or(self.split.last())
+            .map(|&(_, pool)| pool)
+            .expect("validated: a split has at least one pool")
+    }
+
+    /// Pool indices of the split with their weights in basis points.
+    pub fn weights(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
+        let mut start = 0;
+        self.split.iter().map(move |&(end, pool)| {
+            let weight = end - start;
+            start = end;
+            (pool, weight)
+        })
+    }
+}
+
+impl PoolEntry {
+    /// Picks an endpoint by the pool's policy.
+    pub fn pick(&self) -> &EndpointEntry {
+        let index = match self.policy {
+            Policy::RoundRobin => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                self.sequence[n % self.sequence.len()]
+            }
+            Policy::LeastOutstanding => {
+                if self.endpoints.len() == 1 {
+                    0
+                } else {
+                    // Two weighted random choices; the one with fewer
+                    // requests in flight wins.
+                    let mut rng = rand::rng();
+                    let a = self.sequence[rng.random_range(0..self.sequence.len())];
+                    let b = self.sequence[rng.random_range(0..self.sequence.len())];
+                    let load =
+                        |i: u16| self.endpoints[i as usize].in_flight.load(Ordering::Relaxed);
+                    if load(b) < load(a) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            }
+        };
+        &self.endpoints[index as usize]
+    }
+
+    /// Whether requests in flight must be counted for this pool.
+    pub fn counts_in_flight(&self) -> bool {
+        self.policy == Policy::LeastOutstanding
+    }
+}
+
+/// Hashes a sticky key to its bucket: FNV-1a, then a 64-bit finalizer so
+/// that keys differing only in their last bytes spread over all buckets.
+/// Fixed algorithm and no seed: a key maps to the same bucket in every
+/// process and release, so users stay put across restarts.
+pub fn sticky_bucket(key: &[u8]) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    (hash % u64::from(BUCKETS)) as u32
+}
+
+/// nginx's smooth weighted round robin, unrolled into one period.
+fn smooth_sequence(weights: &[u32]) -> Vec<u16> {
+    let gcd = weights.iter().copied().fold(0, gcd);
+    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / gcd.max(1))).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut sequence = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        sequence.push(best as u16);
+    }
+    sequence
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn header_name(name: &str) -> HeaderName {
+    HeaderName::from_bytes(name.as_bytes()).expect("validated: header name is a token")
+}
+
+fn resolve(address: &str) -> std::io::Result<SocketAddr> {
+    address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address")
+    })
+}
+
+/// Finds a cookie's value among the `Cookie` fields without allocating.
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (key, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            (key.trim_ascii() == name.as_bytes()).then(|| value[1..].trim_ascii())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_sequence_interleaves_by_weight() {
+        assert_eq!(smooth_sequence(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_sequence(&[2, 2]), vec![0, 1]);
+    }
+
+    #[test]
+    fn cookie_lookup() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sy_id=abc ; b=2"),
+        );
+        assert_eq!(find_cookie(&headers, "sy_id"), Some(&b"abc"[..]));
+        assert_eq!(find_cookie(&headers, "b"), Some(&b"2"[..]));
+        assert_eq!(find_cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn sticky_buckets_spread() {
+        let mut counts = vec![0u32; 10];
+        for i in 0..100_000u32 {
+            counts[(sticky_bucket(format!("user-{i}").as_bytes()) / 1000) as usize] += 1;
+        }
+        // Each decile expects 10,000 (sd ≈ 95); ±800 is over 8 sd.
+        for count in counts {
+            assert!((9_200..=10_800).contains(&count), "{count}");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Upstream HTTP/1.1 connections, pooled per worker thread.
+//!
+//! Each worker owns its pool, so taking and returning a connection is a
+//! plain `RefCell` borrow on one thread: no lock, and the upstream socket's
+//! I/O stays on the same thread as the client's (no cross-thread wake-up
+//! per request).
+
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::error::ForwardError;
+use crate::route::EndpointEntry;
+
+/// Idle connections kept per endpoint and worker; more are closed. nginx's
+/// `keepalive 32` per worker is the usual setting; a worker under wrk with
+/// 50 connections needs about that many.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+type Sender = SendRequest<RequestBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One worker's upstream connections.
+pub struct Upstreams {
+    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
+}
+
+/// Hands a connection back to its pool when the response body is done.
+pub struct Release {
+    sender: Sender,
+    addr: SocketAddr,
+    upstreams: Rc<Upstreams>,
+}
+
+impl Release {
+    /// The exchange is complete: the connection can carry another request.
+    pub fn finish(self) {
+        let mut idle = self.upstreams.idle.borrow_mut();
+        let list = idle.entry(self.addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT && !self.sender.is_closed() {
+            list.push(Idle {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Timeouts that apply to one exchange.
+#[derive(Clone, Copy)]
+pub struct ExchangeTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Request sent to response head.
+    pub response_header: Duration,
+    /// An idle pooled connection older than this is not reused.
+    pub idle: Duration,
+}
+
+impl Upstreams {
+    /// An empty pool.
+    pub fn new() -> Rc<Upstreams> {
+        Rc::new(Upstreams {
+            idle: RefCell::new(FxHashMap::default()),
+        })
+    }
+
+    /// Sends `request` to `endpoint` on a pooled connection or a new one,
+    /// and returns the response head with what returns the connection.
+    pub async fn send(
+        self: &Rc<Self>,
+        endpoint: &EndpointEntry,
+        mut request: Request<RequestBody>,
+        timeouts: ExchangeTimeouts,
+    ) -> Result<(Response<Incoming>, Release), ForwardError> {
+        loop {
+            let (mut sender, reused) = match self.take_idle(endpoint.addr, timeouts.idle) {
+                Some(sender) => (sender, true),
+                None => (self.connect(endpoint, timeouts.connect).await?, false),
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(ForwardError::Connect {
+                    what: "closed",
+                    backend: endpoint.label.to_string(),
+                    addr: endpoint.addr,
+                    source: std::io::Error::from(ErrorKind::ConnectionAborted),
+                });
+            }
+            let exchange = sender.try_send_request(request);
+            match tokio::time::timeout(timeouts.response_header, exchange).await {
+                Err(_) => {
+                    return Err(ForwardError::Timeout {
+                        backend: endpoint.label.to_string(),
+                        after: timeouts.response_header,
+                    })
+                }
+                Ok(Ok(response)) => {
+                    let release = Release {
+                        sender,
+                        addr: endpoint.addr,
+                        upstreams: Rc::clone(self),
+                    };
+                    return Ok((response, release));
+                }
+                Ok(Err(mut err)) => {
+                    // A pooled connection that the upstream closed before
+                    // the request was written: nothing was sent, so the
+                    // request is whole and goes out on a fresh connection.
+                    if let Some(unsent) = err.take_message() {
+                        if reused {
+                            request = unsent;
+                            continue;
+                        }
+                    }
+                    return Err(classify(endpoint, err.into_error()));
+                }
+            }
+        }
+    }
+
+    fn take_idle(&self, addr: SocketAddr, max_idle: Duration) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed() && now.duration_since(entry.since) < max_idle {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(
+        &self,
+        endpoint: &EndpointEntry,
+        timeout: Duration,
+    ) -> Result<Sender, ForwardError> {
+        let connect_error = |source: std::io::Error| ForwardError::Connect {
+            what: match source.kind() {
+                ErrorKind::ConnectionRefused => "refused",
+                ErrorKind::ConnectionReset => "reset",
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
+                _ => "failed",
+            },
+            backend: endpoint.label.to_string(),
+            addr: endpoint.addr,
+            source,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
+            Err(_) => {
+                return Err(ForwardError::ConnectTimeout {
+                    backend: endpoint.label.to_string(),
+                    after: timeout,
+                })
+            }
+            Ok(Err(err)) => return Err(connect_error(err)),
+            Ok(Ok(stream)) => stream,
+        };
+        // Small requests and responses must not wait for Nagle.
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ForwardError::Upstream {
+                what: "handshake failed",
+                backend: endpoint.label.to_string(),
+                source,
+            })?;
+        let backend = endpoint.label.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(backend = %backend, error = %err, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Names what went wrong with an exchange, for the error body and metrics.
+fn classify(endpoint: &EndpointEntry, source: hyper::Error) -> ForwardError {
+    let what = if source.is_parse() || source.is_parse_status() {
+        "sent a malformed response"
+    } else if source.is_incomplete_message() {
+        "closed the connection before a complete response"
+    } else if source.is_body_write_aborted() || source.is_user() {
+        "request body failed"
+    } else if source.is_canceled() || source.is_closed() {
+        "reset before the response"
+    } else {
+        "failed"
+    };
+    ForwardError::Upstream {
+        what,
+        backend: endpoint.label.to_string(),
+        source,
+    }
+}
