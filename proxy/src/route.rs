@@ -341,33 +341,19 @@ impl RouteEntry {
         path: &str,
         headers: &HeaderMap,
     ) -> bool {
-        if !host_checked {
-            match &self.host {
-                None => {}
-                Some(HostMatch::Suffix(suffix)) => {
-                    if !host.ends_with(suffix.as_str()) {
-                        return false;
-                    }
-                }
-                Some(HostMatch::Exact(exact)) => {
-                    if host != exact {
-                        return false;
-                    }
-                }
-            }
-        }
-        match &self.path {
-            None => {}
-            Some(PathMatch::Prefix(prefix)) => {
-                if !path.starts_with(prefix.as_str()) {
-                    return false;
-                }
-            }
-            Some(PathMatch::Exact(exact)) => {
-                if path != exact {
-                    return false;
-                }
-            }
+        let host_ok = host_checked
+            || match &self.host {
+                None => true,
+                Some(HostMatch::Suffix(suffix)) => host.ends_with(suffix.as_str()),
+                Some(HostMatch::Exact(exact)) => host == exact,
+            };
+        let path_ok = match &self.path {
+            None => true,
+            Some(PathMatch::Prefix(prefix)) => path.starts_with(prefix.as_str()),
+            Some(PathMatch::Exact(exact)) => path == exact,
+        };
+        if !host_ok || !path_ok {
+            return false;
         }
         if !self.methods.is_empty() && !self.methods.contains(method) {
             return false;

@@ -1,0 +1,223 @@
+//! The `switchyard` binary: `check` on the examples and on broken files,
+//! the embedded default, the one-route flags, and a graceful SIGTERM.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write");
+    path
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    let output = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(path)
+        .output()
+        .expect("run switchyard check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_on_every_example() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let (ok, stdout, stderr) = check(&path);
+            assert!(ok, "{}: {stderr}", path.display());
+            assert!(stdout.contains("routes (first match wins):"), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} examples");
+}
+
+#[test]
+fn check_names_file_line_and_reason_of_each_error() {
+    let cases = [
+        (
+            "sum.json",
+            "{\n  \"listeners\": [{\"address\": \"127.0.0.1:8080\"}],\n  \"pools\": {\"a\": {\"endpoints\": [\"127.0.0.1:1\"]}},\n  \"routes\": [{\n    \"name\": \"r\",\n    \"split\": {\n      \"baseline\": \"a\",\n      \"weights\": {\"a\": 9999}\n    }\n  }]\n}\n",
+            ":8:",
+            "weights sum to 9999",
+        ),
+        (
+            "unknown.json",
+            "{\n  \"listeners\": [{\"address\": \"127.0.0.1:8080\"}],\n  \"pools\": {\"a\": {\"endpoints\": [\"127.0.0.1:1\"], \"colour\": 1}},\n  \"routes\": []\n}\n",
+            ":3:",
+            "unknown field `colour`",
+        ),
+        (
+            "syntax.json",
+            "{\n  \"listeners\": [\n    {\"address\": \"127.0.0.1:8080\"},\n  ]\n}\n",
+            ":4:",
+            "trailing comma",
+        ),
+        (
+            "pool.json",
+            "{\n  \"listeners\": [{\"address\": \"127.0.0.1:8080\"}],\n  \"pools\": {\"a\": {\"endpoints\": [\"127.0.0.1:1\"]}},\n  \"routes\": [\n    {\"name\": \"r\", \"split\": {\"baseline\": \"a\", \"weights\": {\"a\": 5000, \"b\": 5000}}}\n  ]\n}\n",
+            ":5:",
+            "unknown pool \"b\"",
+        ),
+        (
+            "address.json",
+            "{\n  \"listeners\": [{\"address\": \"localhost\"}],\n  \"pools\": {},\n  \"routes\": []\n}\n",
+            ":2:",
+            "is not an ip:port address",
+        ),
+    ];
+    for (name, contents, line, reason) in cases {
+        let path = temp_file(name, contents);
+        let (ok, _, stderr) = check(&path);
+        assert!(!ok, "{name} passed");
+        let expected_prefix = format!("{}{line}", path.display());
+        assert!(stderr.contains(&expected_prefix), "{name}: {stderr}");
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+    }
+}
+
+/// Starts the binary and waits for the line that names its address.
+async fn start(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("switchyard printed its address in time")
+            .expect("read stdout")
+            .expect("switchyard exited early");
+        if let Some(at) = line.find("http://") {
+            break line[at + 7..]
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .to_string();
+        }
+    };
+    // Keep reading so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn embedded_default_serves_blue_and_green() {
+    let (_child, addr) = start(&["run", "--listen", "127.0.0.1:0", "--workers", "1"]).await;
+    let addr = addr.parse().expect("socket address");
+    let client = support::client();
+    let (status, headers, body) = support::get(&client, addr, "/hi", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("Hello from "), "{body}");
+    assert!(body.contains("GET /hi"), "{body}");
+    assert!(headers.contains_key("x-demo-pool"));
+    let (_, _, green) = support::get(&client, addr, "/", &[("x-switchyard-pool", "green")]).await;
+    assert!(green.starts_with("Hello from green"), "{green}");
+    let (_, _, blue) = support::get(&client, addr, "/", &[("x-switchyard-pool", "blue")]).await;
+    assert!(blue.starts_with("Hello from blue"), "{blue}");
+}
+
+#[tokio::test]
+async fn one_route_flags_split_and_sigterm_drains_in_flight_requests() {
+    // An upstream that holds its answer until the test says so.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr").to_string();
+    let (received_tx, received_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let head = support::read_head(&mut stream).await;
+        assert!(head.starts_with(b"GET /slow HTTP/1.1\r\n"));
+        let _ = received_tx.send(());
+        let _ = release_rx.await;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+            .await
+            .expect("answer");
+    });
+
+    let (mut child, addr) = start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--stable",
+        &upstream,
+        "--upstream-timeout",
+        "10s",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    let in_flight = tokio::spawn(async move {
+        let client = support::client();
+        support::get(&client, addr, "/slow", &[]).await
+    });
+    received_rx.await.expect("upstream got the request");
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // New connections are refused once it stops accepting...
+    let refused = support::eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert!(refused, "still accepting after SIGTERM");
+    // ...while the request in flight still completes.
+    release_tx.send(()).expect("release");
+    let (status, _, body) = in_flight.await.expect("client");
+    assert_eq!((status.as_u16(), body.as_str()), (200, "done"));
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exited in time")
+        .expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+    let _ = TcpStream::connect(addr).await.map(drop);
+}
+
+#[test]
+fn bad_canary_weight_is_refused() {
+    let output = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--stable",
+            "127.0.0.1:1",
+            "--canary",
+            "127.0.0.1:2",
+            "--canary-weight",
+            "120",
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("over 100%"), "{stderr}");
+}
