@@ -1,12 +1,13 @@
 //! One request's way through the proxy: check it, route it, pick a pool and
 //! an endpoint, send it upstream, stream the answer back.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Uri};
+use http::uri::Uri;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -78,7 +79,7 @@ impl Proxy {
                 limit: limits.max_uri_bytes,
             });
         }
-        let authority = request_authority(&parts)?;
+        let host_value = request_host(&parts, client)?;
         // Only `chunked` alone is accepted: hyper refuses a body whose last
         // coding is not chunked, and other codings before it are refused
         // here, as nginx does, since nothing downstream would decode them.
@@ -102,7 +103,10 @@ impl Proxy {
             });
         }
 
-        let host = host_for_matching(&authority);
+        let host = match &host_value {
+            Some(value) => host_for_matching(value.as_bytes())?,
+            None => Cow::Borrowed(""),
+        };
         let route = table
             .find_route(&parts.method, &host, parts.uri.path(), &parts.headers)
             .ok_or_else(|| ForwardError::NoRoute {
@@ -120,9 +124,6 @@ impl Proxy {
         } else {
             None
         };
-        let host_value =
-            HeaderValue::from_maybe_shared(Bytes::copy_from_slice(authority.as_str().as_bytes()))
-                .ok();
         strip_hop_headers(&mut parts.headers, upgrade);
         // The proxy answers `Expect: 100-continue` itself when it reads the body.
         parts.headers.remove(header::EXPECT);
@@ -194,9 +195,13 @@ fn is_h1(parts: &http::request::Parts) -> bool {
     parts.version == Version::HTTP_11 || parts.version == Version::HTTP_10
 }
 
-/// The request's authority: the absolute-form target's, HTTP/2's
-/// `:authority`, or the single `Host` field (RFC 9112 §3.2).
-fn request_authority(parts: &http::request::Parts) -> Result<Authority, ForwardError> {
+/// The request's `Host` value: the absolute-form target's authority,
+/// HTTP/2's `:authority`, or the single `Host` field (RFC 9112 §3.2).
+/// `None` only for an HTTP/1.0 request without one.
+fn request_host(
+    parts: &http::request::Parts,
+    client: &ClientInfo,
+) -> Result<Option<HeaderValue>, ForwardError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -205,36 +210,68 @@ fn request_authority(parts: &http::request::Parts) -> Result<Authority, ForwardE
         });
     }
     if let Some(authority) = parts.uri.authority() {
-        return Ok(authority.clone());
+        return Ok(Some(client.header_value(&[authority.as_str().as_bytes()])));
     }
     match host {
-        Some(value) => {
-            if value.is_empty() && parts.version == Version::HTTP_11 {
-                return Err(ForwardError::BadRequest {
-                    reason: "empty Host field",
-                });
-            }
-            Authority::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes())).map_err(|_| {
-                ForwardError::BadRequest {
-                    reason: "invalid Host field",
-                }
-            })
-        }
+        // The common case: the value hyper parsed, shared, not copied.
+        Some(value) => Ok(Some(value.clone())),
         None if parts.version == Version::HTTP_11 => Err(ForwardError::BadRequest {
             reason: "HTTP/1.1 request without a Host field",
         }),
-        None => Ok(Authority::from_static("")),
+        None => Ok(None),
     }
 }
 
-/// The host part, lower case; borrowed unless it had upper-case letters.
-fn host_for_matching(authority: &Authority) -> std::borrow::Cow<'_, str> {
-    let host = authority.host();
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+/// The host part of a `Host` value (RFC 3986 `host [ ":" port ]`), lower
+/// case for matching; borrowed unless it had upper-case letters.
+fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardError> {
+    let invalid = ForwardError::BadRequest {
+        reason: "invalid Host field",
+    };
+    let (host, port) = if value.first() == Some(&b'[') {
+        let close = value.iter().position(|&b| b == b']').ok_or(invalid)?;
+        let (host, rest) = value.split_at(close + 1);
+        if !host[1..close]
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(ForwardError::BadRequest {
+                reason: "invalid Host field",
+            });
+        }
+        (host, rest)
     } else {
-        std::borrow::Cow::Borrowed(host)
+        let colon = value.iter().rposition(|&b| b == b':');
+        let (host, port) = value.split_at(colon.unwrap_or(value.len()));
+        let reg_name = host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+        if !reg_name {
+            return Err(ForwardError::BadRequest {
+                reason: "invalid Host field",
+            });
+        }
+        (host, port)
+    };
+    if let Some(digits) = port.strip_prefix(b":") {
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ForwardError::BadRequest {
+                reason: "invalid Host field",
+            });
+        }
+    } else if !port.is_empty() {
+        return Err(ForwardError::BadRequest {
+            reason: "invalid Host field",
+        });
     }
+    let host = std::str::from_utf8(host).map_err(|_| ForwardError::BadRequest {
+        reason: "invalid Host field",
+    })?;
+    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// Reads up to [`READ_AHEAD_BYTES`] of the body before forwarding.
@@ -310,5 +347,24 @@ async fn tunnel(
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         debug!(backend = %backend, error = %err, "tunnel ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_for_matching;
+
+    #[test]
+    fn host_values_parse_like_rfc_3986() {
+        let host = |v: &str| host_for_matching(v.as_bytes()).map(|h| h.into_owned()).ok();
+        assert_eq!(host("Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(host("example.com").as_deref(), Some("example.com"));
+        assert_eq!(host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("a b"), None);
+        assert_eq!(host("example.com:80x"), None);
+        assert_eq!(host("[::1"), None);
+        assert_eq!(host("a/b"), None);
+        assert_eq!(host("a@b"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Header rules for both directions: hop-by-hop fields (RFC 9110 §7.6.1)
 //! are removed, and the `X-Forwarded-*` and `Forwarded` fields are set.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,7 +19,13 @@ pub struct ClientInfo {
     pub proto: &'static str,
     /// The `for=` part of `Forwarded`, IPv6 quoted and bracketed (RFC 7239 §6).
     forwarded_for: String,
+    /// Per-connection buffer that header values built per request are
+    /// carved from, so building one costs no allocation of its own.
+    arena: RefCell<BytesMut>,
 }
+
+/// Bytes the arena grows by; a value over a quarter of it gets its own.
+const ARENA_BYTES: usize = 4096;
 
 impl ClientInfo {
     /// Describes a client connection from `peer`, speaking `proto`.
@@ -35,7 +42,22 @@ impl ClientInfo {
             peer_value,
             proto,
             forwarded_for,
+            arena: RefCell::new(BytesMut::new()),
         }
+    }
+
+    /// Joins `pieces` into one header value carved from the connection's
+    /// arena. The pieces must be valid header value bytes.
+    pub fn header_value(&self, pieces: &[&[u8]]) -> HeaderValue {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut arena = self.arena.borrow_mut();
+        if arena.capacity() < len {
+            *arena = BytesMut::with_capacity(ARENA_BYTES.max(len));
+        }
+        for piece in pieces {
+            arena.put_slice(piece);
+        }
+        to_value(arena.split().freeze())
     }
 }
 
@@ -122,23 +144,39 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
 
-    let mut forwarded = BytesMut::with_capacity(64);
-    for value in headers.get_all(&FORWARDED) {
-        forwarded.put_slice(value.as_bytes());
-        forwarded.put_slice(b", ");
+    let mut previous: Option<HeaderValue> = None;
+    if headers.contains_key(&FORWARDED) {
+        let mut joined = BytesMut::new();
+        for value in headers.get_all(&FORWARDED) {
+            joined.put_slice(value.as_bytes());
+            joined.put_slice(b", ");
+        }
+        previous = Some(to_value(joined.freeze()));
     }
-    forwarded.put_slice(b"for=");
-    forwarded.put_slice(client.forwarded_for.as_bytes());
-    if let Some(host) = host {
-        headers.insert(&X_FORWARDED_HOST, host.clone());
-        // A host with a port has a ':' and must be a quoted string.
-        forwarded.put_slice(b";host=\"");
-        forwarded.put_slice(host.as_bytes());
-        forwarded.put_slice(b"\"");
-    }
-    forwarded.put_slice(b";proto=");
-    forwarded.put_slice(client.proto.as_bytes());
-    headers.insert(&FORWARDED, to_value(forwarded.freeze()));
+    let previous = previous.as_ref().map_or(&b""[..], |v| v.as_bytes());
+    let forwarded = match host {
+        Some(host) => {
+            headers.insert(&X_FORWARDED_HOST, host.clone());
+            // A host with a port has a ':' and must be a quoted string.
+            client.header_value(&[
+                previous,
+                b"for=",
+                client.forwarded_for.as_bytes(),
+                b";host=\"",
+                host.as_bytes(),
+                b"\";proto=",
+                client.proto.as_bytes(),
+            ])
+        }
+        None => client.header_value(&[
+            previous,
+            b"for=",
+            client.forwarded_for.as_bytes(),
+            b";proto=",
+            client.proto.as_bytes(),
+        ]),
+    };
+    headers.insert(&FORWARDED, forwarded);
 }
 
 fn to_value(bytes: Bytes) -> HeaderValue {
