@@ -217,9 +217,10 @@ async fn accept_loop(
             // A client that half-closes after its request gets no answer
             // from most servers either; closing frees the socket at once.
             .half_close(false)
-            .keep_alive(true)
-            // Pipelined requests' answers are flushed together.
-            .pipeline_flush(true);
+            // Not pipeline_flush: with it, hyper 1.x holds writes while
+            // unparsed bytes are buffered, so an answer to a malformed
+            // request is lost and a body is queued without back-pressure.
+            .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())

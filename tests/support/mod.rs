@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -295,4 +296,388 @@ pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     check()
+}
+
+/// A one-pool, one-route config sending everything to `addr` as pool
+/// `pool`; the top-level keys of `extra` (`timeouts`, `limits`) replace
+/// the defaults.
+pub fn pool_config(pool: &str, addr: SocketAddr, extra: Value) -> Value {
+    let mut config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {pool: {"endpoints": [addr.to_string()]}},
+        "routes": [{"name": "web", "split": {"baseline": pool, "weights": {pool: 10000}}}],
+        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
+    });
+    if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        config.extend(extra);
+    }
+    config
+}
+
+/// What a scripted upstream does once it has written its reply.
+#[derive(Clone, Copy, Debug)]
+pub enum After {
+    /// Closes the connection (FIN).
+    Close,
+    /// Resets the connection (RST, via `SO_LINGER` 0).
+    Reset,
+    /// Keeps the connection open until the proxy closes it.
+    Hang,
+}
+
+/// A request as a raw upstream read it off the wire.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    /// The request line and header fields, with their CRLFs.
+    pub head: String,
+    /// The body bytes as framed: `Content-Length` bytes, or the chunked
+    /// encoding up to and including its last chunk.
+    pub body: Vec<u8>,
+}
+
+/// A raw upstream that answers one request per connection from a script.
+#[derive(Clone)]
+pub struct Scripted {
+    pub addr: SocketAddr,
+    /// Requests read, in order.
+    pub requests: Arc<Mutex<Vec<RawRequest>>>,
+    /// Connections accepted.
+    pub accepted: Arc<AtomicUsize>,
+    /// Connections this upstream has closed or seen closed.
+    pub closed: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.requests.lock().expect("not poisoned").clone()
+    }
+}
+
+/// Starts a raw upstream: for each connection it reads one request (head
+/// and body, by `Content-Length` or chunked framing), writes `reply`
+/// verbatim (nothing if empty), then does `after`.
+pub async fn scripted_upstream(reply: &'static [u8], after: After) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let scripted = Scripted {
+        addr: listener.local_addr().expect("addr"),
+        requests: Arc::new(Mutex::new(Vec::new())),
+        accepted: Arc::new(AtomicUsize::new(0)),
+        closed: Arc::new(AtomicUsize::new(0)),
+    };
+    let state = scripted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            state.accepted.fetch_add(1, Ordering::SeqCst);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await;
+                if !head.is_empty() {
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let body = read_framed_body(&mut stream, &head).await;
+                    state
+                        .requests
+                        .lock()
+                        .expect("not poisoned")
+                        .push(RawRequest { head, body });
+                    let _ = stream.write_all(reply).await;
+                }
+                match after {
+                    After::Close => {
+                        let _ = stream.shutdown().await;
+                    }
+                    After::Reset => {
+                        let _ = stream.set_zero_linger();
+                    }
+                    After::Hang => {
+                        let mut sink = [0u8; 1024];
+                        while let Ok(n) = stream.read(&mut sink).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(stream);
+                state.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    scripted
+}
+
+/// Reads a request body framed as `head` says, returning its wire bytes.
+async fn read_framed_body(stream: &mut TcpStream, head: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    if header_values(head, "transfer-encoding")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        let mut buf = [0u8; 8192];
+        while decode_chunked(&body).is_none() {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+    } else if let Some(len) = header_values(head, "content-length").first() {
+        let len: usize = len.parse().expect("numeric content-length upstream");
+        body.resize(len, 0);
+        if stream.read_exact(&mut body).await.is_err() {
+            body.clear();
+        }
+    }
+    body
+}
+
+/// Values of every `name` field in a raw head (case-insensitive name,
+/// values trimmed), in order.
+pub fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(field, _)| field.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim().to_string())
+        .collect()
+}
+
+/// A raw upstream that answers a WebSocket handshake with `101` and then
+/// echoes every byte it gets; records each handshake's head.
+pub async fn websocket_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await;
+                record
+                    .lock()
+                    .expect("not poisoned")
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                if stream.write_all(reply).await.is_err() {
+                    return;
+                }
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A raw upstream that answers every request with a `total`-byte body
+/// written in 64 KiB chunks, counting the body bytes the socket accepted.
+pub async fn streaming_upstream(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let written = Arc::new(AtomicU64::new(0));
+    let count = written.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = total;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64);
+                    if stream.write_all(&chunk[..n as usize]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                    count.fetch_add(n, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, written)
+}
+
+/// This process's resident set size in KiB, from `/proc/self/status`.
+pub fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Writes raw bytes to the proxy and reads until the proxy closes the
+/// connection or `deadline` passes; returns the bytes and whether it closed
+/// (EOF or reset).
+pub async fn raw_exchange_until_close(
+    addr: SocketAddr,
+    request: &[u8],
+    deadline: Duration,
+) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let (out, closed) = read_until_close(&mut stream, deadline).await;
+    (out, closed)
+}
+
+/// Reads until EOF or reset, or until `deadline` passes; returns the bytes
+/// and whether the peer closed.
+pub async fn read_until_close(stream: &mut TcpStream, deadline: Duration) -> (Vec<u8>, bool) {
+    let end = tokio::time::Instant::now() + deadline;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+            Err(_) => return (out, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A response parsed off the wire.
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Status line and fields, with their CRLFs.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Values of every `name` field.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        header_values(&self.head, name)
+    }
+}
+
+/// Parses one response from the start of `bytes`; `None` if incomplete.
+/// Returns it and the bytes it used. A response to HEAD (`is_head`), a 1xx,
+/// 204 or 304 has no body; otherwise the body is framed by chunked or
+/// `Content-Length` (a body delimited by close is not supported).
+pub fn parse_response(bytes: &[u8], is_head: bool) -> Option<(RawResponse, usize)> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    let rest = &bytes[head_end..];
+    if is_head || status < 200 || status == 204 || status == 304 {
+        let response = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        return Some((response, head_end));
+    }
+    let chunked = header_values(&head, "transfer-encoding")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("chunked"));
+    let (body, used) = if chunked {
+        decode_chunked(rest)?
+    } else {
+        let lengths = header_values(&head, "content-length");
+        assert_eq!(lengths.len(), 1, "one content-length expected: {head:?}");
+        let len: usize = lengths[0].parse().expect("numeric content-length");
+        if rest.len() < len {
+            return None;
+        }
+        (rest[..len].to_vec(), len)
+    };
+    Some((RawResponse { status, head, body }, head_end + used))
+}
+
+/// Parses consecutive responses; `heads[i]` says whether the i-th answers
+/// a HEAD. Stops at the first incomplete one.
+pub fn parse_responses(mut bytes: &[u8], heads: &[bool]) -> Vec<RawResponse> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let is_head = heads.get(out.len()).copied().unwrap_or(false);
+        let Some((response, used)) = parse_response(bytes, is_head) else {
+            break;
+        };
+        out.push(response);
+        bytes = &bytes[used..];
+    }
+    out
+}
+
+/// Reads one response from `stream`, keeping extra bytes in `buf` for the
+/// next call. Panics if the connection closes first or 5 s pass.
+pub async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    is_head: bool,
+) -> RawResponse {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some((response, used)) = parse_response(buf, is_head) {
+            buf.drain(..used);
+            return response;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a complete response: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Decodes a chunked body at the start of `bytes` (trailers skipped);
+/// `None` if incomplete. Returns the data and the bytes used.
+pub fn decode_chunked(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut data = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + bytes[at..].windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&bytes[at..line_end]).expect("ascii chunk size");
+        let size_text = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+        at = line_end + 2;
+        if size == 0 {
+            // Trailer fields, then the empty line.
+            loop {
+                let end = at + bytes[at..].windows(2).position(|w| w == b"\r\n")?;
+                let empty = end == at;
+                at = end + 2;
+                if empty {
+                    return Some((data, at));
+                }
+            }
+        }
+        if bytes.len() < at + size + 2 {
+            return None;
+        }
+        data.extend_from_slice(&bytes[at..at + size]);
+        assert_eq!(
+            &bytes[at + size..at + size + 2],
+            b"\r\n",
+            "chunk not CRLF-terminated"
+        );
+        at += size + 2;
+    }
 }

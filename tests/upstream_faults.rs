@@ -1,0 +1,302 @@
+//! Upstream faults through real sockets: refused connections, silence,
+//! malformed answers, resets before and during a response, and pooled
+//! connections the upstream has closed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use support::After;
+
+const OK_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// Sends one GET through a fresh connection; returns status and body.
+async fn get_once(proxy: &support::TestProxy) -> (u16, String) {
+    let (status, _, body) = support::get(&support::client(), proxy.addr, "/", &[]).await;
+    (status.as_u16(), body)
+}
+
+/// A proxy whose one pool `pool` is `addr`.
+fn proxy_to(pool: &str, addr: SocketAddr) -> support::TestProxy {
+    support::proxy(&support::pool_config(pool, addr, json!({})))
+}
+
+#[tokio::test]
+async fn refused_connection_is_502_naming_pool_and_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let proxy = proxy_to("gone", addr);
+
+    // Two requests on one client connection: an upstream failure does not
+    // close the client's connection.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let response = support::read_response(&mut stream, &mut buf, false).await;
+        let body = String::from_utf8_lossy(&response.body);
+        assert_eq!(response.status, 502, "{body}");
+        assert!(
+            body.contains(&format!("upstream connect refused: gone/{addr}")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_naming_the_backend() {
+    let upstream = support::scripted_upstream(b"", After::Hang).await;
+    let proxy = support::proxy(&support::pool_config(
+        "slow",
+        upstream.addr,
+        json!({"timeouts": {"response_header": "300ms", "connect": "2s", "drain": "2s"}}),
+    ));
+    let start = Instant::now();
+    let (status, body) = get_once(&proxy).await;
+    let elapsed = start.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains(&format!(
+            "upstream sent no response head within 300ms: slow/{}",
+            upstream.addr
+        )),
+        "{body}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}"
+    );
+    // The request did reach the upstream, and the proxy then gave up on
+    // the connection rather than pooling it.
+    assert_eq!(upstream.requests().len(), 1);
+    assert!(
+        support::eventually(Duration::from_secs(2), || upstream
+            .closed
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the proxy kept the timed-out upstream connection open"
+    );
+}
+
+#[tokio::test]
+async fn garbage_response_is_502_malformed() {
+    let upstream = support::scripted_upstream(b"HELLO\r\n\r\n", After::Close).await;
+    let proxy = proxy_to("bad", upstream.addr);
+    let (status, body) = get_once(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(&format!(
+            "upstream sent a malformed response: bad/{}",
+            upstream.addr
+        )),
+        "{body}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn differing_content_lengths_in_response_are_502() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        After::Close,
+    )
+    .await;
+    let proxy = proxy_to("bad", upstream.addr);
+    let (status, body) = get_once(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains(&format!("bad/{}", upstream.addr)), "{body}");
+    assert!(!body.contains("hello"), "{body}");
+}
+
+#[tokio::test]
+async fn close_before_any_response_is_502() {
+    let upstream = support::scripted_upstream(b"", After::Close).await;
+    let proxy = proxy_to("flaky", upstream.addr);
+    let (status, body) = get_once(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains(&format!("flaky/{}", upstream.addr)), "{body}");
+    assert_eq!(upstream.requests().len(), 1, "the request reached it");
+}
+
+#[tokio::test]
+async fn reset_before_any_response_is_502() {
+    let upstream = support::scripted_upstream(b"", After::Reset).await;
+    let proxy = proxy_to("flaky", upstream.addr);
+    let (status, body) = get_once(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains(&format!("flaky/{}", upstream.addr)), "{body}");
+    assert_eq!(upstream.requests().len(), 1, "the request reached it");
+}
+
+/// Sends a GET over raw TCP and reads until the proxy closes; returns the
+/// response head and the body bytes after it.
+async fn raw_get(proxy: &support::TestProxy) -> (String, Vec<u8>) {
+    let (out, closed) = support::raw_exchange_until_close(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        closed,
+        "client connection left open after a truncated body: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or_else(|| panic!("no head: {:?}", String::from_utf8_lossy(&out)));
+    (
+        String::from_utf8_lossy(&out[..end]).into_owned(),
+        out[end..].to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn close_mid_body_is_passed_on_as_a_truncation() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+        After::Close,
+    )
+    .await;
+    let proxy = proxy_to("flaky", upstream.addr);
+
+    let (head, body) = raw_get(&proxy).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    assert_eq!(support::header_values(&head, "content-length"), ["1000"]);
+    assert!(
+        body.len() < 1000,
+        "a complete-looking body: {} bytes",
+        body.len()
+    );
+    assert!(b"0123456789".starts_with(&body), "{body:?}");
+
+    // A real client sees an error, not a short success.
+    let response = support::client()
+        .request(
+            http::Request::get(format!("http://{}/", proxy.addr))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response head");
+    let collected = response.into_body().collect().await;
+    assert!(collected.is_err(), "body completed: {collected:?}");
+}
+
+#[tokio::test]
+async fn reset_mid_body_is_passed_on_as_a_truncation() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+        After::Reset,
+    )
+    .await;
+    let proxy = proxy_to("flaky", upstream.addr);
+    let (out, closed) = support::raw_exchange_until_close(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed, "client connection left open: {text:?}");
+    // Either a 502 (the reset won the race with the head) or a truncated
+    // 200; never a complete 1000-byte body.
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match head_end {
+        Some(end) if text.starts_with("HTTP/1.1 200") => {
+            assert!(out.len() - end < 1000, "complete-looking body: {text:?}");
+        }
+        Some(_) => assert!(text.starts_with("HTTP/1.1 502"), "{text:?}"),
+        None => assert!(out.is_empty(), "partial head: {text:?}"),
+    }
+}
+
+#[tokio::test]
+async fn chunked_body_cut_short_is_not_terminated() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+        After::Close,
+    )
+    .await;
+    let proxy = proxy_to("flaky", upstream.addr);
+    let (head, body) = raw_get(&proxy).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    // The last-chunk would make the truncated body look complete.
+    assert!(
+        support::decode_chunked(&body).is_none(),
+        "the client got a terminated chunked body: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[tokio::test]
+async fn pooled_connection_closed_by_upstream_is_not_a_failure() {
+    // The upstream answers keep-alive style, then closes the idle
+    // connection, as servers with a short keep-alive timeout do.
+    let upstream = support::scripted_upstream(OK_REPLY, After::Close).await;
+    let proxy = proxy_to("web", upstream.addr);
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for round in 1..=3 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let response = support::read_response(&mut stream, &mut buf, false).await;
+        assert_eq!(
+            (response.status, response.body.as_slice()),
+            (200, &b"ok"[..]),
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&response.body)
+        );
+        // Wait until the upstream has closed this round's connection, so
+        // the next request finds a stale one in the pool.
+        assert!(
+            support::eventually(Duration::from_secs(2), || upstream
+                .closed
+                .load(Ordering::SeqCst)
+                == round)
+            .await
+        );
+    }
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn back_to_back_requests_survive_upstream_closing_each_connection() {
+    // Here the next request races the upstream's close: the proxy may
+    // write into a connection that is already closing.
+    let upstream = support::scripted_upstream(OK_REPLY, After::Close).await;
+    let proxy = proxy_to("web", upstream.addr);
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for round in 0..50 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let response = support::read_response(&mut stream, &mut buf, false).await;
+        assert_eq!(
+            response.status,
+            200,
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+}
