@@ -6,12 +6,15 @@
 //!   choice.
 //! - `listener`: worker threads, sockets and hyper's server settings ([`Server`]).
 //! - `forward`: one request's path through the proxy.
+//! - `client_io`: the client socket with head/idle timeouts (408) and the
+//!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
 //! - `body`: request and response body types.
 //! - `error`: [`ForwardError`] and how each is answered.
 
 mod body;
+mod client_io;
 mod error;
 mod forward;
 mod headers;

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::client_io::{ClientIo, ConnPhase};
 use crate::error::ForwardError;
 use crate::forward::Proxy;
 use crate::headers::ClientInfo;
@@ -200,17 +202,23 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let table = routes.snapshot();
         let client = Rc::new(ClientInfo::new(peer, "http"));
+        let phase = Arc::new(ConnPhase::default());
+        let io = ClientIo::new(
+            stream,
+            Arc::clone(&phase),
+            table.timeouts.request_header,
+            table.timeouts.idle,
+        );
         let proxy = Rc::clone(&proxy);
-        let service =
-            service_fn(move |request| Rc::clone(&proxy).handle(Rc::clone(&client), request));
+        let service = service_fn(move |request| {
+            phase.request_started();
+            Rc::clone(&proxy).handle(Rc::clone(&client), request)
+        });
         let mut builder = auto::Builder::new(LocalExec);
         builder
             .http1()
-            .timer(TokioTimer::new())
-            // A client must send its whole head in time, and an idle
-            // keep-alive connection waiting for its next head is closed
-            // after the same time, as nginx's client_header_timeout does.
-            .header_read_timeout(table.timeouts.request_header)
+            // Head and idle timeouts are ClientIo's: hyper's own header
+            // timeout closes without the 408 and cannot tell idle apart.
             // The head must fit the read buffer: a larger one gets 431.
             .max_buf_size(table.limits.max_header_bytes)
             .max_headers(table.limits.max_headers)
@@ -227,7 +235,7 @@ async fn accept_loop(
             .max_header_list_size(table.limits.max_header_bytes as u32)
             .max_concurrent_streams(256);
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::task::spawn_local(async move {

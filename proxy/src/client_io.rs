@@ -1,0 +1,379 @@
+//! The client socket as hyper sees it, with the timeouts and checks that
+//! hyper does not make itself.
+//!
+//! - A request head must arrive whole within `request_header`; a client
+//!   that started one and stalls gets `408 Request Timeout`, a client that
+//!   sends nothing at all is closed (nginx's `client_header_timeout`).
+//! - A keep-alive connection with nothing to do is closed after `idle`.
+//! - A head with both `Content-Length` and `Transfer-Encoding`, or with
+//!   `Content-Length` twice, is refused with `400` before hyper parses it:
+//!   hyper would silently keep one of them (RFC 9112 §6.3 allows that), but
+//!   such a request is how smuggling starts, so it is never forwarded.
+//!
+//! The head scan covers every head that starts a read at a message
+//! boundary, which is every request except the second of a pipelined pair
+//! sent in one packet; for those hyper's own rule still holds (it keeps
+//! `Transfer-Encoding` and closes the connection after the answer).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// Where a connection is in its request/response cycle. Shared between the
+/// socket wrapper and the service, which marks the start of each request.
+/// Both run on one worker thread; the atomic is only there because hyper
+/// wants an upgradeable connection's socket to be `Send`.
+#[derive(Default)]
+pub struct ConnPhase(AtomicU8);
+
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[repr(u8)]
+enum Phase {
+    /// Accepted, nothing read yet.
+    #[default]
+    Fresh,
+    /// Between requests.
+    Idle,
+    /// Reading a request head.
+    Head,
+    /// A request is being served.
+    Request,
+    /// HTTP/2: hyper manages streams and pings itself.
+    Http2,
+}
+
+impl ConnPhase {
+    /// Called by the service when hyper hands it a request.
+    pub fn request_started(&self) {
+        if self.get() != Phase::Http2 {
+            self.set(Phase::Request);
+        }
+    }
+
+    fn get(&self) -> Phase {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Phase::Fresh,
+            1 => Phase::Idle,
+            2 => Phase::Head,
+            3 => Phase::Request,
+            _ => Phase::Http2,
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Relaxed);
+    }
+}
+
+const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
+const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 73\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two of either\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A client TCP stream with head timeouts and the framing check.
+pub struct ClientIo {
+    stream: TcpStream,
+    phase: Arc<ConnPhase>,
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
+    request_header: Duration,
+    idle: Duration,
+    scan: HeadScan,
+    /// A local answer being written before the connection ends.
+    answer: Option<(&'static [u8], usize)>,
+    /// Once ended, every read is end-of-file: hyper-util's protocol sniff
+    /// and hyper's parser may each read again.
+    ended: bool,
+    preface_seen: usize,
+}
+
+impl ClientIo {
+    /// Wraps an accepted stream; the first head must start within `request_header`.
+    pub fn new(
+        stream: TcpStream,
+        phase: Arc<ConnPhase>,
+        request_header: Duration,
+        idle: Duration,
+    ) -> ClientIo {
+        ClientIo {
+            stream,
+            phase,
+            deadline: Box::pin(tokio::time::sleep(request_header)),
+            armed: true,
+            request_header,
+            idle,
+            scan: HeadScan::default(),
+            answer: None,
+            ended: false,
+            preface_seen: 0,
+        }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.deadline.as_mut().reset(Instant::now() + after);
+        self.armed = true;
+    }
+
+    /// Writes the pending local answer; Ready once it is out (or failed).
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some((bytes, written)) = self.answer {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[written..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 && written + n < bytes.len() => {
+                    self.answer = Some((bytes, written + n));
+                }
+                Poll::Ready(_) => self.answer = None,
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Ends the connection: what hyper reads next is end-of-file.
+    fn end_with(
+        &mut self,
+        answer: Option<&'static [u8]>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.answer = answer.map(|a| (a, 0));
+        self.ended = true;
+        self.armed = false;
+        self.phase.set(Phase::Request);
+        self.scan.finished = true;
+        match self.poll_answer(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn note_read(&mut self, bytes: &[u8]) -> Verdict {
+        let mut phase = self.phase.get();
+        if phase == Phase::Fresh {
+            // hyper-util reads the first bytes to tell HTTP/2's preface from
+            // HTTP/1.1; HTTP/2 connections get no head checks.
+            let n = bytes.len().min(H2_PREFACE.len() - self.preface_seen);
+            if bytes[..n] == H2_PREFACE[self.preface_seen..self.preface_seen + n] {
+                self.preface_seen += n;
+                if self.preface_seen == H2_PREFACE.len() {
+                    self.phase.set(Phase::Http2);
+                    self.armed = false;
+                }
+                return Verdict::Fine;
+            }
+        }
+        if phase == Phase::Http2 {
+            return Verdict::Fine;
+        }
+        if phase == Phase::Fresh || phase == Phase::Idle {
+            phase = Phase::Head;
+            self.phase.set(phase);
+            self.arm(self.request_header);
+            self.scan = HeadScan::default();
+        }
+        if phase == Phase::Head && !self.scan.finished {
+            return self.scan.feed(bytes);
+        }
+        Verdict::Fine
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.ended {
+            return match this.poll_answer(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(())),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() == before {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.note_read(&buf.filled()[before..]) {
+                    Verdict::Fine => Poll::Ready(Ok(())),
+                    Verdict::Smuggle => {
+                        // hyper never sees these bytes.
+                        buf.set_filled(before);
+                        this.end_with(Some(SMUGGLE_RESPONSE), cx)
+                    }
+                }
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
+                    return match this.phase.get() {
+                        Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),
+                        Phase::Fresh | Phase::Idle => this.end_with(None, cx),
+                        Phase::Request | Phase::Http2 => {
+                            this.armed = false;
+                            Poll::Pending
+                        }
+                    };
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.note_write(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.note_write(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl ClientIo {
+    fn note_write(&mut self, result: &Poll<io::Result<usize>>) {
+        // Answer bytes going out: the connection is idle (or streaming a
+        // response) until the next head begins; a response that makes no
+        // progress for `idle` also ends it, as nginx's send_timeout does.
+        if let Poll::Ready(Ok(n)) = result {
+            if *n > 0 && matches!(self.phase.get(), Phase::Request | Phase::Idle) {
+                self.phase.set(Phase::Idle);
+                self.arm(self.idle);
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Fine,
+    Smuggle,
+}
+
+/// Finds `Content-Length` and `Transfer-Encoding` field lines in a head
+/// that may arrive over several reads.
+#[derive(Default)]
+struct HeadScan {
+    /// The start of the current line, lower-cased, up to its first 18 bytes.
+    line: [u8; 18],
+    line_len: usize,
+    /// Bytes in the current line so far (not capped).
+    line_bytes: usize,
+    content_lengths: u8,
+    transfer_encodings: u8,
+    /// Lines seen; the first is the request line.
+    lines: usize,
+    finished: bool,
+}
+
+impl HeadScan {
+    fn feed(&mut self, bytes: &[u8]) -> Verdict {
+        for &b in bytes {
+            if b == b'\n' {
+                // A line of just "\r" (or nothing) ends the head.
+                let empty = self.line_bytes == 0 || (self.line_bytes == 1 && self.line[0] == b'\r');
+                if self.lines > 0 && empty {
+                    self.finished = true;
+                    return Verdict::Fine;
+                }
+                self.lines += 1;
+                self.line_len = 0;
+                self.line_bytes = 0;
+                continue;
+            }
+            if self.line_len < self.line.len() {
+                self.line[self.line_len] = b.to_ascii_lowercase();
+                self.line_len += 1;
+                let line = &self.line[..self.line_len];
+                if self.lines > 0 {
+                    if line == b"content-length:" {
+                        self.content_lengths += 1;
+                    } else if line == b"transfer-encoding:" {
+                        self.transfer_encodings += 1;
+                    }
+                    let both = self.content_lengths > 0 && self.transfer_encodings > 0;
+                    if both || self.content_lengths > 1 {
+                        return Verdict::Smuggle;
+                    }
+                }
+            }
+            self.line_bytes += 1;
+        }
+        Verdict::Fine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> bool {
+        let mut scan = HeadScan::default();
+        chunks
+            .iter()
+            .any(|chunk| matches!(scan.feed(chunk), Verdict::Smuggle))
+    }
+
+    #[test]
+    fn finds_ambiguous_framing_across_reads() {
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nContent-Le",
+            b"ngth: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\ncontent-length: 5\r\nCONTENT-LENGTH: 5\r\n\r\n"
+        ]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn ordinary_heads_and_bodies_pass() {
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: a\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"GET /content-length: HTTP/1.1\r\nX-A: content-length:\r\n\r\n"
+        ]));
+        // After the head, body bytes are not scanned.
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n",
+            b"transfer-encoding: chunked\r\n"
+        ]));
+    }
+}
