@@ -10,9 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use switchyard_admin::{AdminApi, ControlPlane, StateStore};
 use switchyard_config::raw::{RawEndpoint, RawListener, RawPool, RawRoute, RawSplit, RawTimeouts};
 use switchyard_config::{Config, RawConfig};
-use switchyard_proxy::{RouteTable, Routes, Server};
+use switchyard_proxy::{RouteTable, Server};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +30,7 @@ struct Cli {
 enum Command {
     /// Run the proxy: on a config file, on one route given by flags, or
     /// with no arguments on the embedded demo (two upstreams split 90/10).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a config file and print the routing table it would build.
     Check {
         /// The config file (JSON).
@@ -60,6 +61,19 @@ struct RunArgs {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// Admin API address. On a non-loopback address a token is required.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// File holding the admin bearer token (or set SWITCHYARD_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Directory for the runtime state (weights set through the API) and
+    /// the audit log. Without it, admin changes do not survive a restart.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Start from a clean state when the state file is corrupt.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -75,7 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { file } => check(&file),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,9 +140,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (raw.into_config().context("the embedded default")?, true)
     };
 
-    let table = RouteTable::build(&config, 1).context("building the routing table")?;
-    let routes = Routes::new(table);
-    let server = Server::start(routes, &config.listeners, workers).context("starting")?;
+    let token = admin_token(&args)?;
+    if token.is_none() && !args.admin.ip().is_loopback() {
+        bail!(
+            "the admin API on {} is reachable from other hosts: give it a token \
+             (--admin-token-file or SWITCHYARD_ADMIN_TOKEN) or listen on loopback",
+            args.admin
+        );
+    }
+    let (store, state) = StateStore::open(args.state_dir.as_deref(), args.reset_state)
+        .context("loading the runtime state")?;
+    if args.state_dir.is_none() {
+        tracing::warn!(
+            "no --state-dir: weights set through the admin API will not survive a restart"
+        );
+    }
+    let plane =
+        ControlPlane::start(config.clone(), store, state).context("building the routing table")?;
+    let server = Server::start(plane.routes(), &config.listeners, workers).context("starting")?;
+    let admin = switchyard_admin::server::start(args.admin, AdminApi::new(plane, token))
+        .context("starting the admin API")?;
     let addr = server.local_addrs()[0];
     if demo {
         println!("Switchyard is running the embedded demo on http://{addr}");
@@ -141,6 +172,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("Switchyard is listening on http://{addr}");
         print!("{config}");
     }
+    println!("Admin API on http://{admin}/v1/routes");
     println!("Ctrl-C or SIGTERM stops it after in-flight requests finish.");
 
     wait_for_signal()?;
@@ -148,6 +180,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admin token from `--admin-token-file` or `SWITCHYARD_ADMIN_TOKEN`.
+fn admin_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
+    let token = match &args.admin_token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the admin token file {}", file.display()))?,
+        ),
+        None => std::env::var("SWITCHYARD_ADMIN_TOKEN").ok(),
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => bail!("the admin token is empty"),
+        other => Ok(other),
+    }
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {

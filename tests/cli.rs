@@ -127,7 +127,16 @@ async fn start(args: &[&str]) -> (Child, String) {
 
 #[tokio::test]
 async fn embedded_default_serves_blue_and_green() {
-    let (_child, addr) = start(&["run", "--listen", "127.0.0.1:0", "--workers", "1"]).await;
+    let (_child, addr) = start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ])
+    .await;
     let addr = addr.parse().expect("socket address");
     let client = support::client();
     let (status, headers, body) = support::get(&client, addr, "/hi", &[]).await;
@@ -163,6 +172,8 @@ async fn one_route_flags_split_and_sigterm_drains_in_flight_requests() {
     let (mut child, addr) = start(&[
         "run",
         "--listen",
+        "127.0.0.1:0",
+        "--admin",
         "127.0.0.1:0",
         "--stable",
         &upstream,

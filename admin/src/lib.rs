@@ -1,2 +1,23 @@
-//! The Switchyard control plane: the admin HTTP API (weights, rollouts,
-//! durable state). Not built yet; issue 4 fills this crate.
+//! Switchyard's control plane: the admin HTTP API that changes weights,
+//! the durable state behind it, and the event log.
+//!
+//! - `control`: [`ControlPlane`], config + runtime state, validate → build →
+//!   persist → swap.
+//! - `api`: [`AdminApi`], paths, authentication, JSON bodies.
+//! - `server`: the admin listener ([`server::start`]).
+//! - `state`: [`StateStore`], atomic writes of the runtime state.
+//! - `events`: [`EventLog`], the change log and its JSONL audit file.
+//! - `error`: [`AdminError`] and its JSON answer.
+
+mod api;
+mod control;
+mod error;
+mod events;
+pub mod server;
+mod state;
+
+pub use api::AdminApi;
+pub use control::ControlPlane;
+pub use error::AdminError;
+pub use events::{Event, EventLog};
+pub use state::{RuntimeState, StateStore};

@@ -128,6 +128,77 @@ pub struct Split {
 }
 
 impl Split {
+    /// A split from pool weights, ordered as [`Split::weights`] requires
+    /// (the others by name, the baseline last). The caller has checked the
+    /// weights (see [`Split::check_weights`]).
+    pub fn from_weights(
+        baseline: &str,
+        weights: &std::collections::BTreeMap<String, u32>,
+    ) -> Split {
+        let mut ordered: Vec<(String, u32)> = weights
+            .iter()
+            .filter(|(pool, _)| pool.as_str() != baseline)
+            .map(|(pool, weight)| (pool.clone(), *weight))
+            .collect();
+        ordered.push((
+            baseline.to_string(),
+            weights.get(baseline).copied().unwrap_or(0),
+        ));
+        Split {
+            baseline: baseline.to_string(),
+            weights: ordered,
+        }
+    }
+
+    /// The pool names of this split, in name order.
+    pub fn pools(&self) -> std::collections::BTreeSet<&str> {
+        self.weights.iter().map(|(pool, _)| pool.as_str()).collect()
+    }
+
+    /// Checks new weights for this split's pools: each a pool of the split,
+    /// each 0 to 10,000 basis points, summing to 10,000. Pools left out get
+    /// 0. Returns the full map, or the offending pool (`None`: the sum)
+    /// with a reason.
+    pub fn check_weights(
+        &self,
+        weights: &std::collections::BTreeMap<String, i64>,
+    ) -> Result<std::collections::BTreeMap<String, u32>, (Option<String>, String)> {
+        let mut full: std::collections::BTreeMap<String, u32> = self
+            .weights
+            .iter()
+            .map(|(pool, _)| (pool.clone(), 0))
+            .collect();
+        let mut sum = 0i64;
+        for (pool, weight) in weights {
+            let Some(slot) = full.get_mut(pool) else {
+                return Err((
+                    Some(pool.clone()),
+                    format!("pool {pool:?} is not in this route's split"),
+                ));
+            };
+            if !(0..=i64::from(TOTAL_WEIGHT)).contains(weight) {
+                return Err((
+                    Some(pool.clone()),
+                    format!("weight {weight} is outside 0..=10000 basis points"),
+                ));
+            }
+            *slot = *weight as u32;
+            sum += weight;
+        }
+        if sum != i64::from(TOTAL_WEIGHT) {
+            return Err((
+                None,
+                format!("weights sum to {sum} basis points, expected 10000 (100%)"),
+            ));
+        }
+        Ok(full)
+    }
+
+    /// The weights as a map.
+    pub fn weight_map(&self) -> std::collections::BTreeMap<String, u32> {
+        self.weights.iter().cloned().collect()
+    }
+
     /// The weight of one pool, 0 when the pool is not in the split.
     pub fn weight(&self, pool: &str) -> u32 {
         self.weights

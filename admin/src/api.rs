@@ -1,0 +1,293 @@
+//! The admin HTTP API: routing of paths to handlers, authentication, body
+//! limits, and JSON in and out.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::control::ControlPlane;
+use crate::error::AdminError;
+
+/// Admin request bodies are small JSON documents.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The API: the control plane and the token that guards it.
+pub struct AdminApi {
+    plane: Arc<ControlPlane>,
+    token: Option<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsBody {
+    weights: BTreeMap<String, Value>,
+}
+
+impl AdminApi {
+    /// An API over `plane`; with a token, every call but the health checks
+    /// needs `Authorization: Bearer <token>`.
+    pub fn new(plane: Arc<ControlPlane>, token: Option<String>) -> Arc<AdminApi> {
+        Arc::new(AdminApi {
+            plane,
+            token: token.map(String::into_bytes),
+        })
+    }
+
+    /// Serves one request; every error becomes a JSON answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(match self.route(request).await {
+            Ok(response) => response,
+            Err(err) => err.to_response(),
+        })
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
+        let path = request.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        let not_allowed = || AdminError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.clone(),
+        };
+        match segments.as_slice() {
+            ["healthz"] if method == Method::GET => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"status": "ok"}),
+                    None,
+                ))
+            }
+            ["readyz"] if method == Method::GET => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "version": self.plane.version()}),
+                    None,
+                ))
+            }
+            ["healthz"] | ["readyz"] => return Err(not_allowed()),
+            _ => {}
+        }
+        self.authenticate(&request)?;
+        match segments.as_slice() {
+            ["v1", "routes"] => {
+                if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                let (version, body) = self.plane.describe(None).await?;
+                Ok(json_response(StatusCode::OK, &body, Some(version)))
+            }
+            ["v1", "routes", route] => {
+                if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                let (version, body) = self.plane.describe(Some(route)).await?;
+                Ok(json_response(StatusCode::OK, &body, Some(version)))
+            }
+            ["v1", "routes", route, "weights"] => {
+                if method != Method::PUT {
+                    return Err(not_allowed());
+                }
+                let route = route.to_string();
+                let if_match = request
+                    .headers()
+                    .get(header::IF_MATCH)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let body: WeightsBody = read_json(request).await?;
+                let weights = weights_to_basis_points(&body.weights)?;
+                let version = self
+                    .plane
+                    .set_weights(&route, &weights, if_match.as_deref(), "admin-api")
+                    .await?;
+                let (_, body) = self.plane.describe(Some(&route)).await?;
+                Ok(json_response(StatusCode::OK, &body, Some(version)))
+            }
+            ["v1", "events"] => {
+                if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                let since = query_param(request.uri().query(), "since")
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| AdminError::Invalid {
+                            code: "invalid_query",
+                            message: format!("since={v:?} is not an event id"),
+                            field: "since".into(),
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or(0);
+                let events = self.plane.events().since(since);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"events": events}),
+                    None,
+                ))
+            }
+            _ => Err(AdminError::NotFound {
+                method: method.to_string(),
+                path,
+            }),
+        }
+    }
+
+    fn authenticate(&self, request: &Request<Incoming>) -> Result<(), AdminError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given =
+            request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .ok_or(AdminError::Unauthorized(
+                    "an Authorization: Bearer token is required",
+                ))?;
+        let given = given
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .ok_or(AdminError::Unauthorized(
+                "the Authorization scheme must be Bearer",
+            ))?;
+        if constant_time_eq(given, token) {
+            Ok(())
+        } else {
+            Err(AdminError::Unauthorized("the bearer token is wrong"))
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell an attacker how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, AdminError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(AdminError::UnsupportedMediaType);
+    }
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| AdminError::TooLarge {
+            limit: MAX_BODY_BYTES,
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|err| AdminError::BadJson {
+        reason: err.to_string(),
+        field: None,
+    })
+}
+
+/// Integers are basis points; numbers with a decimal point are percentages
+/// with at most two decimals (`25.5` is 2550).
+fn weights_to_basis_points(
+    weights: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, i64>, AdminError> {
+    let mut out = BTreeMap::new();
+    for (pool, value) in weights {
+        let invalid = |message: String| AdminError::Invalid {
+            code: "invalid_weight",
+            message,
+            field: format!("weights.{pool}"),
+        };
+        let bp = if let Some(bp) = value.as_i64() {
+            bp
+        } else if let Some(percent) = value.as_f64() {
+            let scaled = percent * 100.0;
+            let rounded = scaled.round();
+            if (scaled - rounded).abs() > 1e-6 {
+                return Err(invalid(format!(
+                    "pool {pool:?}: {percent}% has more than two decimals"
+                )));
+            }
+            if !(-1e9..=1e9).contains(&rounded) {
+                return Err(invalid(format!(
+                    "pool {pool:?}: {percent}% is out of range"
+                )));
+            }
+            rounded as i64
+        } else {
+            return Err(invalid(format!(
+                "pool {pool:?}: weight must be a number (basis points, or a percentage with a decimal point), not {value}"
+            )));
+        };
+        out.insert(pool.clone(), bp);
+    }
+    Ok(out)
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn json_response(status: StatusCode, body: &Value, version: Option<u64>) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec_pretty(body).expect("JSON values serialize");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(version) = version {
+        if let Ok(etag) = HeaderValue::try_from(format!("\"{version}\"")) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn percentages_convert_exactly() {
+        let weights: BTreeMap<String, Value> =
+            serde_json::from_str(r#"{"a": 7500, "b": 25.0, "c": 0.01, "d": 12.34}"#).expect("json");
+        let bp = weights_to_basis_points(&weights).expect("valid");
+        assert_eq!(bp["a"], 7500);
+        assert_eq!(bp["b"], 2500);
+        assert_eq!(bp["c"], 1);
+        assert_eq!(bp["d"], 1234);
+        let bad: BTreeMap<String, Value> = serde_json::from_str(r#"{"a": 1.234}"#).expect("json");
+        assert!(weights_to_basis_points(&bad).is_err());
+        let bad: BTreeMap<String, Value> = serde_json::from_str(r#"{"a": "10"}"#).expect("json");
+        assert!(weights_to_basis_points(&bad).is_err());
+    }
+}

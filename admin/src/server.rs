@@ -1,0 +1,56 @@
+//! The admin listener: its own thread and runtime, so the control plane
+//! never competes with the data plane's workers for a scheduler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::api::AdminApi;
+use crate::error::AdminError;
+
+/// Binds `addr` and serves `api` on a new thread; returns the bound address.
+pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminError> {
+    let storage = |source| AdminError::Storage {
+        what: "binding the admin listener",
+        path: addr.to_string().into(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(storage)?;
+    listener.set_nonblocking(true).map_err(storage)?;
+    let bound = listener.local_addr().map_err(storage)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(storage)?;
+    std::thread::Builder::new()
+        .name("switchyard-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::error!(error = %err, "admin listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let api = Arc::clone(&api);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| Arc::clone(&api).handle(request));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        })
+        .map_err(storage)?;
+    tracing::info!(address = %bound, "admin API listening");
+    Ok(bound)
+}

@@ -1,0 +1,171 @@
+//! Durable runtime state: the weights set through the API, per route, and
+//! the table version. Written atomically (temp file, fsync, rename, fsync
+//! the directory) before a change is acknowledged.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AdminError;
+
+const STATE_FILE: &str = "state.json";
+const FORMAT: u32 = 1;
+
+/// What the API changed, on top of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeState {
+    /// File format, for future migrations.
+    pub format: u32,
+    /// The last table version handed out, so versions never go back.
+    pub version: u64,
+    /// Per route: the weights the API set.
+    pub routes: BTreeMap<String, RouteState>,
+}
+
+/// One route's runtime state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteState {
+    /// Pool name to basis points.
+    pub weights: BTreeMap<String, u32>,
+}
+
+/// Where the state lives; without a directory it lives only in memory.
+pub struct StateStore {
+    dir: Option<PathBuf>,
+}
+
+impl StateStore {
+    /// Opens the state directory (creating it), and loads the state. A
+    /// corrupt file stops here unless `reset`, which starts from nothing.
+    pub fn open(dir: Option<&Path>, reset: bool) -> Result<(StateStore, RuntimeState), AdminError> {
+        let Some(dir) = dir else {
+            return Ok((StateStore { dir: None }, RuntimeState::default()));
+        };
+        fs::create_dir_all(dir).map_err(|source| AdminError::Storage {
+            what: "creating the state directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let store = StateStore {
+            dir: Some(dir.to_path_buf()),
+        };
+        let path = dir.join(STATE_FILE);
+        let state = match fs::read(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => RuntimeState::default(),
+            Err(source) => {
+                return Err(AdminError::Storage {
+                    what: "reading",
+                    path,
+                    source,
+                })
+            }
+            Ok(bytes) => match serde_json::from_slice::<RuntimeState>(&bytes) {
+                Ok(state) if state.format == FORMAT => state,
+                Ok(state) if !reset => {
+                    return Err(AdminError::CorruptState {
+                        path,
+                        reason: format!("unknown format {}", state.format),
+                    })
+                }
+                Err(err) if !reset => {
+                    return Err(AdminError::CorruptState {
+                        path,
+                        reason: err.to_string(),
+                    })
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "discarding the state file (--reset-state)");
+                    RuntimeState::default()
+                }
+            },
+        };
+        Ok((store, state))
+    }
+
+    /// The state directory, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Writes `state` so that a crash at any point leaves either the old
+    /// file or the new one, never a mix.
+    pub fn persist(&self, state: &RuntimeState) -> Result<(), AdminError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let mut state = state.clone();
+        state.format = FORMAT;
+        let bytes = serde_json::to_vec_pretty(&state).expect("state serializes");
+        let path = dir.join(STATE_FILE);
+        let temp = dir.join(format!("{STATE_FILE}.tmp"));
+        let storage = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| AdminError::Storage { what, path, source }
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(storage("creating", &temp))?;
+        file.write_all(&bytes).map_err(storage("writing", &temp))?;
+        file.sync_all().map_err(storage("syncing", &temp))?;
+        drop(file);
+        fs::rename(&temp, &path).map_err(storage("renaming into place", &path))?;
+        // The rename is durable only once the directory entry is.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(storage("syncing the directory", dir))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-state-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn state_round_trips_through_the_file() {
+        let dir = temp_dir("round");
+        let (store, state) = StateStore::open(Some(&dir), false).expect("open");
+        assert_eq!(state, RuntimeState::default());
+        let mut state = RuntimeState {
+            format: FORMAT,
+            version: 7,
+            ..Default::default()
+        };
+        state.routes.insert(
+            "web".into(),
+            RouteState {
+                weights: [("a".to_string(), 10_000)].into(),
+            },
+        );
+        store.persist(&state).expect("persist");
+        let (_, loaded) = StateStore::open(Some(&dir), false).expect("reopen");
+        assert_eq!(loaded, state);
+        assert!(!dir.join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_state_stops_the_start_unless_reset() {
+        let dir = temp_dir("corrupt");
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join(STATE_FILE), b"{\"format\": 1, \"vers").expect("write");
+        let err = StateStore::open(Some(&dir), false).err().expect("refused");
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+        let (_, state) = StateStore::open(Some(&dir), true).expect("reset");
+        assert_eq!(state, RuntimeState::default());
+    }
+}
