@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use switchyard_admin::{AdminApi, ControlPlane, StateStore};
 use switchyard_proxy::Server;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 struct Setup {
     proxy: SocketAddr,
@@ -376,34 +375,6 @@ fn state_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Starts the binary; returns it with its proxy and admin addresses.
-async fn start_binary(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("SWITCHYARD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut addrs = Vec::new();
-    while addrs.len() < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("addresses printed in time")
-            .expect("stdout")
-            .expect("exited early");
-        if let Some(at) = line.find("http://") {
-            let rest = &line[at + 7..];
-            let addr = rest.split(['/', ' ']).next().expect("addr");
-            addrs.push(addr.parse::<SocketAddr>().expect("socket address"));
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addrs[0], addrs[1])
-}
-
 #[tokio::test]
 async fn acknowledged_weights_survive_kill_9() {
     let stable = support::upstream("stable").await;
@@ -424,7 +395,7 @@ async fn acknowledged_weights_survive_kill_9() {
         "--state-dir",
         dir.to_str().expect("utf-8"),
     ];
-    let (mut child, proxy, admin) = start_binary(&args).await;
+    let (mut child, proxy, admin) = support::start_binary(&args).await;
     let (status, body) = put_weights(admin, 2500, 7500).await;
     assert_eq!(status, 200, "{body}");
     let version: Value = serde_json::from_str(&body).expect("json");
@@ -432,7 +403,7 @@ async fn acknowledged_weights_survive_kill_9() {
     child.start_kill().expect("kill -9");
     child.wait().await.expect("reaped");
 
-    let (_child, proxy2, admin2) = start_binary(&args).await;
+    let (_child, proxy2, admin2) = support::start_binary(&args).await;
     let (_, _, routes) = call(admin2, Method::GET, "/v1/routes/web", &[], "").await;
     let routes: Value = serde_json::from_str(&routes).expect("json");
     assert_eq!(routes["weights"], json!({"stable": 2500, "canary": 7500}));

@@ -4,12 +4,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -94,40 +92,9 @@ fn check_names_file_line_and_reason_of_each_error() {
     }
 }
 
-/// Starts the binary and waits for the line that names its address.
-async fn start(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("SWITCHYARD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn switchyard");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("switchyard printed its address in time")
-            .expect("read stdout")
-            .expect("switchyard exited early");
-        if let Some(at) = line.find("http://") {
-            break line[at + 7..]
-                .split_whitespace()
-                .next()
-                .expect("address")
-                .to_string();
-        }
-    };
-    // Keep reading so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 #[tokio::test]
 async fn embedded_default_serves_blue_and_green() {
-    let (_child, addr) = start(&[
+    let (_child, addr, _) = support::start_binary(&[
         "run",
         "--listen",
         "127.0.0.1:0",
@@ -137,7 +104,6 @@ async fn embedded_default_serves_blue_and_green() {
         "1",
     ])
     .await;
-    let addr = addr.parse().expect("socket address");
     let client = support::client();
     let (status, headers, body) = support::get(&client, addr, "/hi", &[]).await;
     assert_eq!(status, 200);
@@ -169,7 +135,7 @@ async fn one_route_flags_split_and_sigterm_drains_in_flight_requests() {
             .expect("answer");
     });
 
-    let (mut child, addr) = start(&[
+    let (mut child, addr, _) = support::start_binary(&[
         "run",
         "--listen",
         "127.0.0.1:0",
@@ -183,7 +149,6 @@ async fn one_route_flags_split_and_sigterm_drains_in_flight_requests() {
         "1",
     ])
     .await;
-    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
     let in_flight = tokio::spawn(async move {
         let client = support::client();
         support::get(&client, addr, "/slow", &[]).await

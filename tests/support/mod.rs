@@ -681,3 +681,34 @@ pub fn decode_chunked(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
         at += size + 2;
     }
 }
+
+/// Starts the `switchyard` binary and waits until it has printed its
+/// data-plane and admin addresses (`http://ADDR` on stdout, in that order).
+pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut addrs = Vec::new();
+    while addrs.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("switchyard printed its addresses in time")
+            .expect("read stdout")
+            .expect("switchyard exited early");
+        if let Some(at) = line.find("http://") {
+            let addr = line[at + 7..].split(['/', ' ']).next().expect("address");
+            addrs.push(addr.parse::<SocketAddr>().expect("socket address"));
+        }
+    }
+    // Keep reading so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addrs[0], addrs[1])
+}
