@@ -15,33 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use switchyard_admin::{AdminApi, ControlPlane, StateStore};
-use switchyard_proxy::Server;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-struct Setup {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    _server: Server,
-}
-
-/// A proxy and its admin API over `config`, state in memory.
-fn setup(config: &Value, token: Option<&str>) -> Setup {
-    let config = switchyard_config::parse(&config.to_string()).expect("valid config");
-    let (store, state) = StateStore::open(None, false).expect("store");
-    let plane = ControlPlane::start(config.clone(), store, state).expect("plane");
-    let server = Server::start(plane.routes(), &config.listeners, 2).expect("proxy");
-    let admin = switchyard_admin::server::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        AdminApi::new(plane, token.map(str::to_string)),
-    )
-    .expect("admin");
-    Setup {
-        proxy: server.local_addrs()[0],
-        admin,
-        _server: server,
-    }
-}
 
 async fn call(
     admin: SocketAddr,
@@ -82,7 +56,7 @@ async fn put_weights(admin: SocketAddr, stable: i64, canary: i64) -> (StatusCode
 async fn weight_shifts_under_load_fail_nothing_and_apply_at_once() {
     let stable = support::upstream("stable").await;
     let canary = support::upstream("canary").await;
-    let setup = setup(
+    let setup = support::admin_setup(
         &support::split_config(&[(&stable, 10_000), (&canary, 0)], json!({})),
         None,
     );
@@ -132,7 +106,7 @@ async fn weight_shifts_under_load_fail_nothing_and_apply_at_once() {
 async fn concurrent_puts_with_the_same_if_match_one_wins() {
     let stable = support::upstream("stable").await;
     let canary = support::upstream("canary").await;
-    let setup = setup(
+    let setup = support::admin_setup(
         &support::split_config(&[(&stable, 9000), (&canary, 1000)], json!({})),
         None,
     );
@@ -179,7 +153,7 @@ async fn concurrent_puts_with_the_same_if_match_one_wins() {
 async fn bad_input_is_refused_and_changes_nothing() {
     let stable = support::upstream("stable").await;
     let canary = support::upstream("canary").await;
-    let setup = setup(
+    let setup = support::admin_setup(
         &support::split_config(&[(&stable, 9000), (&canary, 1000)], json!({})),
         Some("s3cret"),
     );

@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, RolloutAction};
 use crate::error::AdminError;
+use crate::rollout::RolloutSpec;
 
 /// Admin request bodies are small JSON documents.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -22,6 +23,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AdminApi {
     plane: Arc<ControlPlane>,
     token: Option<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbortBody {
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +119,48 @@ impl AdminApi {
                 let (_, body) = self.plane.describe(Some(&route)).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
+            ["v1", "routes", route, "rollout"] => {
+                let route = route.to_string();
+                if method == Method::POST {
+                    let spec: RolloutSpec = read_json(request).await?;
+                    self.plane.start_rollout(&route, &spec, "admin-api").await?;
+                } else if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                self.rollout_status(&route).await
+            }
+            ["v1", "routes", route, "rollout", action] => {
+                if method != Method::POST {
+                    return Err(not_allowed());
+                }
+                let route = route.to_string();
+                let action = match *action {
+                    "pause" => RolloutAction::Pause,
+                    "resume" => RolloutAction::Resume,
+                    "promote" => RolloutAction::Promote,
+                    "abort" => {
+                        let reason = if request.headers().contains_key(header::CONTENT_TYPE) {
+                            let body: AbortBody = read_json(request).await?;
+                            body.reason
+                        } else {
+                            None
+                        };
+                        RolloutAction::Abort(
+                            reason.unwrap_or_else(|| "aborted by an operator".into()),
+                        )
+                    }
+                    _ => {
+                        return Err(AdminError::NotFound {
+                            method: method.to_string(),
+                            path,
+                        })
+                    }
+                };
+                self.plane
+                    .control_rollout(&route, action, "admin-api")
+                    .await?;
+                self.rollout_status(&route).await
+            }
             ["v1", "events"] => {
                 if method != Method::GET {
                     return Err(not_allowed());
@@ -137,6 +187,17 @@ impl AdminApi {
                 path,
             }),
         }
+    }
+
+    async fn rollout_status(&self, route: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+        let (version, described) = self.plane.describe(Some(route)).await?;
+        let body = json!({"route": route, "version": version, "rollout": described["rollout"]});
+        Ok(json_response(StatusCode::OK, &body, Some(version)))
+    }
+
+    /// The control plane behind this API.
+    pub fn plane(&self) -> &Arc<ControlPlane> {
+        &self.plane
     }
 
     fn authenticate(&self, request: &Request<Incoming>) -> Result<(), AdminError> {

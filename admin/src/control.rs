@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use std::time::Duration;
 use switchyard_config::{Config, HostMatch, PathMatch, Split, Sticky};
 use switchyard_proxy::{RouteTable, Routes};
-use tokio::sync::Mutex;
+
+use tokio::sync::{Mutex, Notify};
 
 use crate::error::AdminError;
 use crate::events::{EventLog, NewEvent};
+use crate::rollout::{weights_with, Rollout, RolloutSpec};
 use crate::state::{RouteState, RuntimeState, StateStore};
 
 /// The control plane, shared by the admin API and (later) rollouts and reloads.
@@ -22,6 +25,21 @@ pub struct ControlPlane {
     events: EventLog,
     /// Serializes changes; never touched by the request path.
     inner: Mutex<Inner>,
+    /// Wakes the rollout driver after a change.
+    wake: Notify,
+}
+
+/// An operator's action on a rollout.
+#[derive(Debug, Clone)]
+pub enum RolloutAction {
+    /// Stop the clock.
+    Pause,
+    /// Restart the clock, or pass a manual gate.
+    Resume,
+    /// All traffic to the target now.
+    Promote,
+    /// All traffic back to the baseline now, with the reason.
+    Abort(String),
 }
 
 struct Inner {
@@ -67,6 +85,7 @@ impl ControlPlane {
                 state,
                 effective,
             }),
+            wake: Notify::new(),
         }))
     }
 
@@ -94,6 +113,227 @@ impl ControlPlane {
         if_match: Option<&str>,
         who: &str,
     ) -> Result<u64, AdminError> {
+        let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+            if let Some(rollout) = state.rollout.as_ref().filter(|r| r.is_active()) {
+                return Err(AdminError::Conflict {
+                    message: format!(
+                        "route {route:?} has a {} rollout in progress; pause, promote or abort it first",
+                        rollout.strategy
+                    ),
+                });
+            }
+            state.weights = config
+                .split
+                .check_weights(weights)
+                .map_err(|(pool, reason)| AdminError::Invalid {
+                    code: if pool.is_some() {
+                        "invalid_weight"
+                    } else {
+                        "weights_do_not_sum"
+                    },
+                    message: format!("route {route:?}: {reason}"),
+                    field: pool.map_or_else(|| "weights".to_string(), |p| format!("weights.{p}")),
+                })?;
+            Ok(("weights", "weights set through the admin API".to_string()))
+        };
+        self.change(route, if_match, who, change).await
+    }
+
+    /// Starts a rollout on `route`; its first step takes effect at once.
+    pub async fn start_rollout(
+        &self,
+        route: &str,
+        spec: &RolloutSpec,
+        who: &str,
+    ) -> Result<u64, AdminError> {
+        let (strategy, steps) = spec.steps().map_err(|err| AdminError::Invalid {
+            code: "invalid_rollout",
+            message: format!("route {route:?}: {}", err.message),
+            field: err.field.to_string(),
+        })?;
+        let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+            if let Some(rollout) = state.rollout.as_ref().filter(|r| r.is_active()) {
+                return Err(AdminError::Conflict {
+                    message: format!(
+                        "route {route:?} already has a {} rollout in progress",
+                        rollout.strategy
+                    ),
+                });
+            }
+            let baseline = &config.split.baseline;
+            let candidates: Vec<&String> =
+                state.weights.keys().filter(|p| *p != baseline).collect();
+            let target = match &spec.target {
+                Some(target) if candidates.contains(&target) => target.clone(),
+                Some(target) => {
+                    return Err(AdminError::Invalid {
+                        code: "invalid_rollout",
+                        message: format!(
+                            "route {route:?}: target {target:?} is not a non-baseline pool of the split"
+                        ),
+                        field: "target".into(),
+                    })
+                }
+                None if candidates.len() == 1 => candidates[0].clone(),
+                None => {
+                    return Err(AdminError::Invalid {
+                        code: "invalid_rollout",
+                        message: format!(
+                            "route {route:?}: name the target pool, one of {candidates:?}"
+                        ),
+                        field: "target".into(),
+                    })
+                }
+            };
+            let rollout = Rollout::start(strategy.clone(), target, steps.clone(), now_ms());
+            apply_rollout(route, baseline, state, rollout)?;
+            Ok(("rollout_started", format!("{strategy} rollout started")))
+        };
+        let version = self.change(route, None, who, change).await?;
+        self.wake.notify_one();
+        Ok(version)
+    }
+
+    /// Pauses, resumes, promotes or aborts `route`'s rollout.
+    pub async fn control_rollout(
+        &self,
+        route: &str,
+        action: RolloutAction,
+        who: &str,
+    ) -> Result<u64, AdminError> {
+        let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+            let Some(mut rollout) = state.rollout.clone().filter(|r| r.is_active()) else {
+                return Err(AdminError::Conflict {
+                    message: format!("route {route:?} has no rollout in progress"),
+                });
+            };
+            let now = now_ms();
+            let (kind, reason) = match action {
+                RolloutAction::Pause => {
+                    rollout.pause(now);
+                    ("rollout_paused", "paused by an operator".to_string())
+                }
+                RolloutAction::Resume => {
+                    rollout.resume(now);
+                    ("rollout_resumed", "resumed by an operator".to_string())
+                }
+                RolloutAction::Promote => {
+                    rollout.promote(now);
+                    ("rollout_promoted", "promoted by an operator".to_string())
+                }
+                RolloutAction::Abort(ref reason) => {
+                    rollout.abort(reason.clone());
+                    ("rollout_aborted", reason.clone())
+                }
+            };
+            apply_rollout(route, &config.split.baseline, state, rollout)?;
+            Ok((kind, reason))
+        };
+        let version = self.change(route, None, who, change).await?;
+        self.wake.notify_one();
+        Ok(version)
+    }
+
+    /// Moves every rollout whose step is over to its next step. Returns
+    /// when the next step is due (unix ms), if any rollout is running.
+    pub async fn tick(&self) -> Option<u64> {
+        let now = now_ms();
+        let due: Vec<String> = {
+            let inner = self.inner.lock().await;
+            inner
+                .state
+                .routes
+                .iter()
+                .filter(|(_, s)| {
+                    s.rollout
+                        .as_ref()
+                        .and_then(Rollout::due_ms)
+                        .is_some_and(|d| d <= now)
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for route in due {
+            let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+                let Some(mut rollout) = state.rollout.clone() else {
+                    return Err(AdminError::Conflict {
+                        message: "rollout gone".into(),
+                    });
+                };
+                if rollout.due_ms().is_none_or(|d| d > now) {
+                    return Err(AdminError::Conflict {
+                        message: "step no longer due".into(),
+                    });
+                }
+                rollout.advance(now);
+                let reason = format!(
+                    "step {}/{}: {}.{:02}% to {}",
+                    rollout.step + 1,
+                    rollout.steps.len(),
+                    rollout.target_weight() / 100,
+                    rollout.target_weight() % 100,
+                    rollout.target
+                );
+                let kind = if rollout.is_active() {
+                    "rollout_step"
+                } else {
+                    "rollout_completed"
+                };
+                apply_rollout(&route, &config.split.baseline, state, rollout)?;
+                Ok((kind, reason))
+            };
+            match self.change(&route, None, "rollout", change).await {
+                Ok(_) | Err(AdminError::Conflict { .. }) => {}
+                Err(err) => {
+                    tracing::warn!(route = %route, error = %err, "rollout step failed; will retry")
+                }
+            }
+        }
+        let inner = self.inner.lock().await;
+        inner
+            .state
+            .routes
+            .values()
+            .filter_map(|s| s.rollout.as_ref().and_then(Rollout::due_ms))
+            .min()
+    }
+
+    /// Drives rollouts on the current runtime: wakes when a step is due or
+    /// when a change may have moved the next deadline.
+    pub fn spawn_driver(self: &Arc<Self>) {
+        let plane = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let next = plane.tick().await;
+                let wait = match next {
+                    // A failed step retries after a second rather than spinning.
+                    Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(1)),
+                    None => Duration::from_secs(3600),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => {}
+                    _ = plane.wake.notified() => {}
+                }
+            }
+        });
+    }
+
+    /// One change to one route: `change` edits the route's runtime state
+    /// (weights, rollout) and names the event; then a new table is built,
+    /// the state persisted, and the table swapped — or nothing changes.
+    async fn change<F>(
+        &self,
+        route: &str,
+        if_match: Option<&str>,
+        who: &str,
+        change: F,
+    ) -> Result<u64, AdminError>
+    where
+        F: FnOnce(
+            &switchyard_config::Route,
+            &mut RouteState,
+        ) -> Result<(&'static str, String), AdminError>,
+    {
         let mut inner = self.inner.lock().await;
         check_version(if_match, inner.state.version)?;
         let current = inner
@@ -104,28 +344,23 @@ impl ControlPlane {
             .ok_or_else(|| AdminError::UnknownRoute {
                 route: route.to_string(),
             })?;
-        let new_weights = current
-            .split
-            .check_weights(weights)
-            .map_err(|(pool, reason)| AdminError::Invalid {
-                code: if pool.is_some() {
-                    "invalid_weight"
-                } else {
-                    "weights_do_not_sum"
-                },
-                message: format!("route {route:?}: {reason}"),
-                field: pool.map_or_else(|| "weights".to_string(), |p| format!("weights.{p}")),
-            })?;
         let old_weights = current.split.weight_map();
+        let mut route_state =
+            inner
+                .state
+                .routes
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| RouteState {
+                    weights: old_weights.clone(),
+                    rollout: None,
+                });
+        let (kind, reason) = change(current, &mut route_state)?;
+        let new_weights = route_state.weights.clone();
 
         let mut state = inner.state.clone();
         state.version += 1;
-        state.routes.insert(
-            route.to_string(),
-            RouteState {
-                weights: new_weights.clone(),
-            },
-        );
+        state.routes.insert(route.to_string(), route_state);
         let effective = effective_config(&inner.base, &state);
         let table = RouteTable::build(&effective, state.version).map_err(AdminError::Build)?;
         self.store.persist(&state)?;
@@ -135,11 +370,11 @@ impl ControlPlane {
         inner.effective = effective;
         self.events.record(NewEvent {
             who: who.to_string(),
-            kind: "weights",
+            kind,
             route: Some(route.to_string()),
             old_weights: Some(old_weights),
             new_weights: Some(new_weights),
-            reason: "weights set through the admin API".into(),
+            reason,
             version,
         });
         Ok(version)
@@ -176,7 +411,7 @@ impl ControlPlane {
                     Sticky::Cookie { name, set } => json!({"cookie": name, "set_cookie": set}),
                 }),
                 "override": r.pool_override.as_ref().map(|o| json!({"header": o.header, "cookie": o.cookie})),
-                "rollout": Value::Null,
+                "rollout": inner.state.routes.get(&r.name).and_then(|s| s.rollout.as_ref()).map(describe_rollout),
             })
         };
         let version = inner.state.version;
@@ -202,6 +437,55 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// A rollout's status as the API shows it.
+pub fn describe_rollout(rollout: &Rollout) -> Value {
+    json!({
+        "strategy": rollout.strategy,
+        "target": rollout.target,
+        "state": rollout.state,
+        "step": rollout.step + 1,
+        "steps": rollout.steps.len(),
+        "weight": rollout.target_weight(),
+        "remaining_ms": rollout.remaining(now_ms()).map(|d| d.as_millis() as u64),
+        "plan": rollout.steps,
+        "reason": rollout.reason,
+    })
+}
+
+/// Sets the route's weights to what the rollout's live step says.
+fn apply_rollout(
+    route: &str,
+    baseline: &str,
+    state: &mut RouteState,
+    rollout: Rollout,
+) -> Result<(), AdminError> {
+    state.weights = weights_with(
+        &state.weights,
+        baseline,
+        &rollout.target,
+        rollout.target_weight(),
+    )
+    .ok_or_else(|| AdminError::Invalid {
+        code: "invalid_rollout",
+        message: format!(
+            "route {route:?}: other pools hold too much weight for {} to reach {} basis points",
+            rollout.target,
+            rollout.target_weight()
+        ),
+        field: "steps".into(),
+    })?;
+    state.rollout = Some(rollout);
+    Ok(())
+}
+
+/// Wall-clock milliseconds: rollout timestamps are persisted and must
+/// mean the same after a restart.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn check_version(if_match: Option<&str>, current: u64) -> Result<(), AdminError> {

@@ -49,6 +49,13 @@ pub enum AdminError {
         /// The path.
         path: String,
     },
+    /// The call does not fit the route's current state (a rollout is or is
+    /// not in progress).
+    #[error("{message}")]
+    Conflict {
+        /// What is in the way.
+        message: String,
+    },
     /// `If-Match` named a version that is no longer current.
     #[error("the table is at version {current}, not {given}")]
     Stale {
@@ -101,6 +108,7 @@ impl AdminError {
             Self::UnknownRoute { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Stale { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -118,6 +126,7 @@ impl AdminError {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Stale { .. } => "version_mismatch",
+            Self::Conflict { .. } => "conflict",
             Self::Unauthorized(_) => "unauthorized",
             Self::TooLarge { .. } => "body_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

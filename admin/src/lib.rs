@@ -5,6 +5,7 @@
 //!   persist → swap.
 //! - `api`: [`AdminApi`], paths, authentication, JSON bodies.
 //! - `server`: the admin listener ([`server::start`]).
+//! - `rollout`: the rollout step machine (strategies, presets, transitions).
 //! - `state`: [`StateStore`], atomic writes of the runtime state.
 //! - `events`: [`EventLog`], the change log and its JSONL audit file.
 //! - `error`: [`AdminError`] and its JSON answer.
@@ -13,11 +14,12 @@ mod api;
 mod control;
 mod error;
 mod events;
+pub mod rollout;
 pub mod server;
 mod state;
 
 pub use api::AdminApi;
-pub use control::ControlPlane;
+pub use control::{ControlPlane, RolloutAction};
 pub use error::AdminError;
 pub use events::{Event, EventLog};
 pub use state::{RuntimeState, StateStore};

@@ -29,6 +29,7 @@ pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminEr
         .name("switchyard-admin".into())
         .spawn(move || {
             runtime.block_on(async move {
+                api.plane().spawn_driver();
                 let listener = match TcpListener::from_std(listener) {
                     Ok(listener) => listener,
                     Err(err) => {

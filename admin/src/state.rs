@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AdminError;
+use crate::rollout::Rollout;
 
 const STATE_FILE: &str = "state.json";
 const FORMAT: u32 = 1;
@@ -32,6 +33,9 @@ pub struct RuntimeState {
 pub struct RouteState {
     /// Pool name to basis points.
     pub weights: BTreeMap<String, u32>,
+    /// The route's rollout, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// Where the state lives; without a directory it lives only in memory.
@@ -150,6 +154,7 @@ mod tests {
             "web".into(),
             RouteState {
                 weights: [("a".to_string(), 10_000)].into(),
+                rollout: None,
             },
         );
         store.persist(&state).expect("persist");

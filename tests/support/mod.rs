@@ -712,3 +712,28 @@ pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addrs[0], addrs[1])
 }
+
+/// A proxy with its control plane and admin API (state in memory).
+pub struct AdminSetup {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub server: Server,
+}
+
+/// Starts a proxy (two workers) and an admin API on `config`.
+pub fn admin_setup(config: &Value, token: Option<&str>) -> AdminSetup {
+    let config = switchyard_config::parse(&config.to_string()).expect("valid test config");
+    let (store, state) = switchyard_admin::StateStore::open(None, false).expect("store");
+    let plane = switchyard_admin::ControlPlane::start(config.clone(), store, state).expect("plane");
+    let server = Server::start(plane.routes(), &config.listeners, 2).expect("proxy starts");
+    let admin = switchyard_admin::server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        switchyard_admin::AdminApi::new(plane, token.map(str::to_string)),
+    )
+    .expect("admin starts");
+    AdminSetup {
+        proxy: server.local_addrs()[0],
+        admin,
+        server,
+    }
+}
