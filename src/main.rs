@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -158,8 +159,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let plane =
         ControlPlane::start(config.clone(), store, state).context("building the routing table")?;
     let server = Server::start(plane.routes(), &config.listeners, workers).context("starting")?;
-    let admin = switchyard_admin::server::start(args.admin, AdminApi::new(plane, token))
-        .context("starting the admin API")?;
+    if let Some(file) = &args.config {
+        switchyard_admin::watch::watch_config(Arc::clone(&plane), file)
+            .context("watching the config file")?;
+    }
+    let admin =
+        switchyard_admin::server::start(args.admin, AdminApi::new(Arc::clone(&plane), token))
+            .context("starting the admin API")?;
     let addr = server.local_addrs()[0];
     if demo {
         println!("Switchyard is running the embedded demo on http://{addr}");
@@ -175,7 +181,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("Admin API on http://{admin}/v1/routes");
     println!("Ctrl-C or SIGTERM stops it after in-flight requests finish.");
 
-    wait_for_signal()?;
+    wait_for_signal(|| async {
+        match &args.config {
+            Some(file) => {
+                let _ = plane.reload(file, "sighup").await;
+            }
+            None => tracing::info!("SIGHUP: no config file to reload"),
+        }
+    })?;
     tracing::info!("shutting down: draining in-flight requests");
     server.shutdown();
     tracing::info!("stopped");
@@ -197,19 +210,27 @@ fn admin_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP runs `on_hup` and keeps waiting.
+fn wait_for_signal<F, Fut>(on_hup: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the signal runtime")?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                result = tokio::signal::ctrl_c() => return result.context("waiting for SIGINT"),
+                _ = hup.recv() => on_hup().await,
+            }
         }
-        Ok(())
     })
 }
 

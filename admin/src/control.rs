@@ -380,6 +380,84 @@ impl ControlPlane {
         Ok(version)
     }
 
+    /// Loads the config file again. A valid file becomes the new base
+    /// (runtime state applied on top, state for removed routes or changed
+    /// pools dropped); an invalid one changes nothing and is recorded as an
+    /// event with its line and reason.
+    pub async fn reload(
+        &self,
+        path: &std::path::Path,
+        who: &str,
+    ) -> Result<Option<u64>, AdminError> {
+        let loaded = switchyard_config::load(path);
+        let mut inner = self.inner.lock().await;
+        let base = match loaded {
+            Ok(base) => base,
+            Err(err) => {
+                let reason = match &err {
+                    switchyard_config::ConfigError::Read { .. } => format!(
+                        "{err}: {}",
+                        std::error::Error::source(&err)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    ),
+                    _ => format!("{}:{err}", path.display()),
+                };
+                tracing::warn!(reason = %reason, "config reload refused; the running config stays");
+                self.events.record(NewEvent {
+                    who: who.to_string(),
+                    kind: "config_rejected",
+                    route: None,
+                    old_weights: None,
+                    new_weights: None,
+                    reason: reason.clone(),
+                    version: inner.state.version,
+                });
+                return Err(AdminError::Invalid {
+                    code: "invalid_config",
+                    message: reason,
+                    field: "config".into(),
+                });
+            }
+        };
+        if base == inner.base {
+            return Ok(None);
+        }
+        let mut state = inner.state.clone();
+        let dropped = prune_state(&base, &mut state);
+        state.version += 1;
+        let effective = effective_config(&base, &state);
+        let table = RouteTable::build(&effective, state.version).map_err(AdminError::Build)?;
+        self.store.persist(&state)?;
+        self.routes.replace(table);
+        let version = state.version;
+        inner.base = base;
+        inner.state = state;
+        inner.effective = effective;
+        self.events.record(NewEvent {
+            who: who.to_string(),
+            kind: "config_reload",
+            route: None,
+            old_weights: None,
+            new_weights: None,
+            reason: format!("{} loaded", path.display()),
+            version,
+        });
+        for (route, reason) in dropped {
+            self.events.record(NewEvent {
+                who: who.to_string(),
+                kind: "state_dropped",
+                route: Some(route),
+                old_weights: None,
+                new_weights: None,
+                reason,
+                version,
+            });
+        }
+        self.wake.notify_one();
+        Ok(Some(version))
+    }
+
     /// The live routes as JSON, with their version.
     pub async fn describe(&self, route: Option<&str>) -> Result<(u64, Value), AdminError> {
         let inner = self.inner.lock().await;

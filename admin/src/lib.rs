@@ -8,6 +8,7 @@
 //! - `rollout`: the rollout step machine (strategies, presets, transitions).
 //! - `state`: [`StateStore`], atomic writes of the runtime state.
 //! - `events`: [`EventLog`], the change log and its JSONL audit file.
+//! - `watch`: hot reload of the config file.
 //! - `error`: [`AdminError`] and its JSON answer.
 
 mod api;
@@ -17,6 +18,7 @@ mod events;
 pub mod rollout;
 pub mod server;
 mod state;
+pub mod watch;
 
 pub use api::AdminApi;
 pub use control::{ControlPlane, RolloutAction};

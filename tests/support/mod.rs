@@ -737,3 +737,6 @@ pub fn admin_setup(config: &Value, token: Option<&str>) -> AdminSetup {
         server,
     }
 }
+
+/// The HTTP/1.1 client type the helpers use.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

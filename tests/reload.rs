@@ -1,0 +1,160 @@
+//! Hot reload of the real binary: a valid edit of the config file takes
+//! effect, an invalid one keeps the running table and is recorded with its
+//! line, SIGHUP re-reads the file, and no request fails meanwhile.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+async fn get_json(client: &support::HttpClient, admin: SocketAddr, path: &str) -> Value {
+    let (_, _, body) = support::get(client, admin, path, &[]).await;
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Replaces the file the way config managers do: write aside, then rename.
+fn replace_file(path: &Path, contents: &str) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, contents).expect("write");
+    std::fs::rename(&temp, path).expect("rename");
+}
+
+async fn events_of_kind(client: &support::HttpClient, admin: SocketAddr, kind: &str) -> Vec<Value> {
+    let events = get_json(client, admin, "/v1/events").await;
+    events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_reload_and_bad_edits_are_refused_without_a_failed_request() {
+    let stable = support::upstream("stable").await;
+    let canary = support::upstream("canary").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("config.json");
+    let config = |stable_bp: i64| {
+        serde_json::to_string_pretty(&support::split_config(
+            &[(&stable, stable_bp), (&canary, 10_000 - stable_bp)],
+            json!({}),
+        ))
+        .expect("json")
+    };
+    std::fs::write(&file, config(10_000)).expect("config");
+    let state = dir.join("state");
+    let (child, proxy, admin) = support::start_binary(&[
+        "run",
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--admin",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ])
+    .await;
+
+    let running = Arc::new(AtomicBool::new(true));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let running = running.clone();
+        let served = served.clone();
+        load.push(tokio::spawn(async move {
+            let client = support::client();
+            while running.load(Ordering::Relaxed) {
+                let (status, _, body) = support::get(&client, proxy, "/", &[]).await;
+                assert_eq!(status, 200, "a request failed during a reload: {body}");
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    let client = support::client();
+    // A valid edit: everything to the canary.
+    replace_file(&file, &config(0));
+    let mut reloaded = false;
+    for _ in 0..500 {
+        let routes = get_json(&client, admin, "/v1/routes/web").await;
+        if routes["weights"]["canary"] == 10_000 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "the edit never took effect");
+    assert_eq!(
+        support::send_many(proxy, "/", 20).await.get("canary"),
+        Some(&20)
+    );
+    assert_eq!(
+        events_of_kind(&client, admin, "config_reload").await.len(),
+        1
+    );
+
+    // An invalid edit: weights that do not sum, on a known line.
+    let before = get_json(&client, admin, "/v1/routes").await;
+    let broken = config(0).replace("\"canary\": 10000", "\"canary\": 9000");
+    assert_ne!(broken, config(0));
+    replace_file(&file, &broken);
+    let mut rejected = Vec::new();
+    for _ in 0..500 {
+        rejected = events_of_kind(&client, admin, "config_rejected").await;
+        if !rejected.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rejected.len(), 1, "the bad edit was not recorded");
+    let reason = rejected[0]["reason"].as_str().expect("reason");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("\"weights\""))
+        .expect("weights line")
+        + 1;
+    assert!(
+        reason.contains(&format!("config.json:{line}:")) && reason.contains("sum to 9000"),
+        "{reason}"
+    );
+    assert_eq!(
+        get_json(&client, admin, "/v1/routes").await,
+        before,
+        "the bad edit changed the table"
+    );
+
+    // SIGHUP re-reads the file (still broken: a second rejection).
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -HUP {pid}")])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut twice = false;
+    for _ in 0..500 {
+        if events_of_kind(&client, admin, "config_rejected")
+            .await
+            .len()
+            == 2
+        {
+            twice = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(twice, "SIGHUP did not re-read the file");
+
+    running.store(false, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load");
+    }
+    assert!(served.load(Ordering::Relaxed) > 50, "too little load");
+}
