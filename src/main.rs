@@ -1,6 +1,7 @@
 //! The `switchyard` binary: command line, logging, and wiring of the config,
 //! the routing table and the data plane.
 
+mod ctl;
 mod demo;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,21 @@ enum Command {
     Check {
         /// The config file (JSON).
         file: PathBuf,
+    },
+    /// Talk to a running Switchyard's admin API (token from SWITCHYARD_ADMIN_TOKEN).
+    Ctl {
+        /// The admin API's URL.
+        #[arg(
+            long,
+            env = "SWITCHYARD_ADMIN",
+            default_value = "http://127.0.0.1:9901"
+        )]
+        admin: String,
+        /// Print the server's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: ctl::CtlCommand,
     },
 }
 
@@ -91,6 +107,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => check(&file),
         Command::Run(args) => run(*args),
+        Command::Ctl {
+            admin,
+            json,
+            command,
+        } => ctl::run(&admin, json, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -308,7 +329,7 @@ fn split_config(
 }
 
 /// `10`, `10%`, `2.5`, `0.01` → basis points, exactly (no float rounding).
-fn percent_to_basis_points(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn percent_to_basis_points(text: &str) -> anyhow::Result<u32> {
     let trimmed = text.trim().trim_end_matches('%');
     let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
     if whole.is_empty()

@@ -4,17 +4,23 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::control::{ControlPlane, RolloutAction};
 use crate::error::AdminError;
+use crate::events::Event;
 use crate::rollout::RolloutSpec;
+
+/// A JSON answer, or an event stream.
+pub type AdminBody = Either<Full<Bytes>, Channel<Bytes>>;
 
 /// Admin request bodies are small JSON documents.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -52,14 +58,14 @@ impl AdminApi {
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    ) -> Result<Response<AdminBody>, Infallible> {
         Ok(match self.route(request).await {
             Ok(response) => response,
-            Err(err) => err.to_response(),
+            Err(err) => err.to_response().map(Either::Left),
         })
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, AdminError> {
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<AdminBody>, AdminError> {
         let path = request.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
@@ -161,20 +167,18 @@ impl AdminApi {
                     .await?;
                 self.rollout_status(&route).await
             }
+            ["v1", "events", "stream"] => {
+                if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                let since = since_param(request.uri().query())?;
+                Ok(self.event_stream(since))
+            }
             ["v1", "events"] => {
                 if method != Method::GET {
                     return Err(not_allowed());
                 }
-                let since = query_param(request.uri().query(), "since")
-                    .map(|v| {
-                        v.parse::<u64>().map_err(|_| AdminError::Invalid {
-                            code: "invalid_query",
-                            message: format!("since={v:?} is not an event id"),
-                            field: "since".into(),
-                        })
-                    })
-                    .transpose()?
-                    .unwrap_or(0);
+                let since = since_param(request.uri().query())?;
                 let events = self.plane.events().since(since);
                 Ok(json_response(
                     StatusCode::OK,
@@ -189,10 +193,55 @@ impl AdminApi {
         }
     }
 
-    async fn rollout_status(&self, route: &str) -> Result<Response<Full<Bytes>>, AdminError> {
+    async fn rollout_status(&self, route: &str) -> Result<Response<AdminBody>, AdminError> {
         let (version, described) = self.plane.describe(Some(route)).await?;
         let body = json!({"route": route, "version": version, "rollout": described["rollout"]});
         Ok(json_response(StatusCode::OK, &body, Some(version)))
+    }
+
+    /// Server-Sent Events: the events after `since`, then each new one
+    /// as it happens, with a comment every 15 s to keep proxies from
+    /// closing an idle stream.
+    fn event_stream(&self, since: u64) -> Response<AdminBody> {
+        let (mut sender, body) = Channel::new(16);
+        // Subscribe before reading the history, so nothing falls between.
+        let mut live = self.plane.events().subscribe();
+        let history = self.plane.events().since(since);
+        tokio::spawn(async move {
+            let mut last = since;
+            for event in history {
+                last = event.id;
+                if sender.send_data(sse_frame(&event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(15), live.recv()).await;
+                let frame = match next {
+                    Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+                    Ok(Ok(event)) if event.id <= last => continue,
+                    Ok(Ok(event)) => {
+                        last = event.id;
+                        sse_frame(&event)
+                    }
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => Bytes::from(
+                        format!("event: lagged\ndata: {{\"resume_with\": \"?since={last}\"}}\n\n"),
+                    ),
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+                };
+                if sender.send_data(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(Either::Right(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
     }
 
     /// The control plane behind this API.
@@ -301,6 +350,27 @@ fn weights_to_basis_points(
     Ok(out)
 }
 
+fn sse_frame(event: &Event) -> Bytes {
+    let data = serde_json::to_string(event).expect("events serialize");
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        event.id, event.kind
+    ))
+}
+
+fn since_param(query: Option<&str>) -> Result<u64, AdminError> {
+    query_param(query, "since")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| AdminError::Invalid {
+                code: "invalid_query",
+                message: format!("since={v:?} is not an event id"),
+                field: "since".into(),
+            })
+        })
+        .transpose()
+        .map(|since| since.unwrap_or(0))
+}
+
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?
         .split('&')
@@ -309,9 +379,9 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn json_response(status: StatusCode, body: &Value, version: Option<u64>) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &Value, version: Option<u64>) -> Response<AdminBody> {
     let bytes = serde_json::to_vec_pretty(body).expect("JSON values serialize");
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(bytes))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -70,6 +70,7 @@ struct Log {
 /// The event log.
 pub struct EventLog {
     log: Mutex<Log>,
+    live: tokio::sync::broadcast::Sender<Event>,
 }
 
 impl EventLog {
@@ -110,6 +111,9 @@ impl EventLog {
                 next_id,
                 file,
             }),
+            // A follower more than this many events behind is told it
+            // lagged and can catch up with ?since=.
+            live: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -139,8 +143,15 @@ impl EventLog {
             log.recent.pop_front();
         }
         log.recent.push_back(event.clone());
+        // Sent under the lock, so followers see events in id order.
+        let _ = self.live.send(event.clone());
         tracing::info!(kind = %event.kind, route = ?event.route, version = event.version, reason = %event.reason, "event");
         event
+    }
+
+    /// Events from now on, for `GET /v1/events/stream`.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.live.subscribe()
     }
 
     /// Events with an id over `since`, oldest first.

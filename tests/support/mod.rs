@@ -696,21 +696,31 @@ pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
         .expect("spawn switchyard");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut addrs = Vec::new();
-    while addrs.len() < 2 {
+    let parse = |line: &str| -> SocketAddr {
+        let at = line.find("http://").expect("http://") + 7;
+        let addr = line[at..].split(['/', ' ']).next().expect("address");
+        addr.parse().expect("socket address")
+    };
+    let (mut proxy, mut admin) = (None, None);
+    while admin.is_none() {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .expect("switchyard printed its addresses in time")
             .expect("read stdout")
             .expect("switchyard exited early");
-        if let Some(at) = line.find("http://") {
-            let addr = line[at + 7..].split(['/', ' ']).next().expect("address");
-            addrs.push(addr.parse::<SocketAddr>().expect("socket address"));
+        if line.starts_with("Admin API on http://") {
+            admin = Some(parse(&line));
+        } else if proxy.is_none() && line.contains("http://") {
+            proxy = Some(parse(&line));
         }
     }
     // Keep reading so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addrs[0], addrs[1])
+    (
+        child,
+        proxy.expect("proxy address"),
+        admin.expect("admin address"),
+    )
 }
 
 /// A proxy with its control plane and admin API (state in memory).

@@ -1,0 +1,464 @@
+//! `switchyard ctl`: the admin API from the command line. Human-readable
+//! tables by default, the server's JSON with `--json`; a refused call
+//! exits non-zero with the server's message.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Subcommand;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::percent_to_basis_points;
+
+/// What `ctl` can do.
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// List the routes with their weights and rollouts.
+    Routes,
+    /// Set a route's weights: `ctl weights api canary=25%` (the baseline
+    /// takes the rest) or every pool: `stable=75% canary=25%`.
+    Weights {
+        /// The route.
+        route: String,
+        /// POOL=PERCENT pairs (`25%`, `2.5%`, or basis points without `%`: `bp:250`).
+        #[arg(required = true)]
+        pools: Vec<String>,
+    },
+    /// Start a rollout.
+    Rollout {
+        /// The route.
+        route: String,
+        /// A CodeDeploy-style preset (Canary10Percent5Minutes, Linear10PercentEvery1Minute, AllAtOnce, ...).
+        #[arg(long, conflicts_with_all = ["steps", "strategy"])]
+        preset: Option<String>,
+        /// Canary steps: `5%:5m,25%:10m,100%` (a step without a time waits for resume).
+        #[arg(long, conflicts_with = "strategy")]
+        steps: Option<String>,
+        /// all_at_once, linear, blue_green.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// linear: percent per step.
+        #[arg(long)]
+        step: Option<String>,
+        /// linear: time between steps.
+        #[arg(long)]
+        interval: Option<String>,
+        /// blue_green: how long the old pool stays warm.
+        #[arg(long)]
+        bake: Option<String>,
+        /// The pool to roll out to (default: the split's one non-baseline pool).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Show a route's rollout.
+    Status {
+        /// The route.
+        route: String,
+    },
+    /// Stop a rollout's clock.
+    Pause {
+        /// The route.
+        route: String,
+    },
+    /// Restart a rollout's clock, or pass a manual gate.
+    Resume {
+        /// The route.
+        route: String,
+    },
+    /// Move all traffic to the rollout's target now.
+    Promote {
+        /// The route.
+        route: String,
+    },
+    /// Move all traffic back to the baseline now.
+    Abort {
+        /// The route.
+        route: String,
+        /// Why, for the event log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show the change log.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+struct Admin {
+    base: String,
+    token: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Admin {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let bytes = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        self.client
+            .request(request.body(Full::new(bytes))?)
+            .await
+            .with_context(|| format!("calling the admin API at {}", self.base))
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+        if !status.is_success() {
+            let message = value["error"]["message"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_string);
+            bail!("{status}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+/// Runs one `ctl` command against the admin API at `base`.
+pub fn run(base: &str, json_output: bool, command: CtlCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let admin = Admin {
+        base: base.trim_end_matches('/').to_string(),
+        token: std::env::var("SWITCHYARD_ADMIN_TOKEN").ok(),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    runtime.block_on(execute(&admin, json_output, command))
+}
+
+async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyhow::Result<()> {
+    let show = |value: &Value, human: &dyn Fn(&Value)| {
+        if json_output {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            human(value);
+        }
+    };
+    match command {
+        CtlCommand::Routes => {
+            let routes = admin.call(Method::GET, "/v1/routes", None).await?;
+            show(&routes, &print_routes);
+        }
+        CtlCommand::Weights { route, pools } => {
+            let current = admin
+                .call(Method::GET, &format!("/v1/routes/{route}"), None)
+                .await?;
+            let weights = parse_weights(&current, &pools)?;
+            let after = admin
+                .call(
+                    Method::PUT,
+                    &format!("/v1/routes/{route}/weights"),
+                    Some(json!({"weights": weights})),
+                )
+                .await?;
+            show(&after, &|v| {
+                print_routes(&json!({"version": v["version"], "routes": [v]}))
+            });
+        }
+        CtlCommand::Rollout {
+            route,
+            preset,
+            steps,
+            strategy,
+            step,
+            interval,
+            bake,
+            target,
+        } => {
+            let mut spec = serde_json::Map::new();
+            if let Some(preset) = preset {
+                spec.insert("preset".into(), json!(preset));
+            } else if let Some(steps) = steps {
+                spec.insert("strategy".into(), json!("canary"));
+                spec.insert("steps".into(), parse_steps(&steps)?);
+            } else if let Some(strategy) = strategy {
+                spec.insert("strategy".into(), json!(strategy));
+                if let Some(step) = step {
+                    spec.insert("step".into(), json!(percent_to_basis_points(&step)?));
+                }
+                if let Some(interval) = interval {
+                    spec.insert("interval".into(), json!(interval));
+                }
+                if let Some(bake) = bake {
+                    spec.insert("bake".into(), json!(bake));
+                }
+            } else {
+                bail!("give --preset, --steps or --strategy");
+            }
+            if let Some(target) = target {
+                spec.insert("target".into(), json!(target));
+            }
+            let status = admin
+                .call(
+                    Method::POST,
+                    &format!("/v1/routes/{route}/rollout"),
+                    Some(Value::Object(spec)),
+                )
+                .await?;
+            show(&status, &print_rollout);
+        }
+        CtlCommand::Status { route } => {
+            let status = admin
+                .call(Method::GET, &format!("/v1/routes/{route}/rollout"), None)
+                .await?;
+            show(&status, &print_rollout);
+        }
+        CtlCommand::Pause { route } => {
+            let status = admin
+                .call(
+                    Method::POST,
+                    &format!("/v1/routes/{route}/rollout/pause"),
+                    None,
+                )
+                .await?;
+            show(&status, &print_rollout);
+        }
+        CtlCommand::Resume { route } => {
+            let status = admin
+                .call(
+                    Method::POST,
+                    &format!("/v1/routes/{route}/rollout/resume"),
+                    None,
+                )
+                .await?;
+            show(&status, &print_rollout);
+        }
+        CtlCommand::Promote { route } => {
+            let status = admin
+                .call(
+                    Method::POST,
+                    &format!("/v1/routes/{route}/rollout/promote"),
+                    None,
+                )
+                .await?;
+            show(&status, &print_rollout);
+        }
+        CtlCommand::Abort { route, reason } => {
+            let body = reason.map(|r| json!({"reason": r}));
+            let status = admin
+                .call(
+                    Method::POST,
+                    &format!("/v1/routes/{route}/rollout/abort"),
+                    body,
+                )
+                .await?;
+            show(&status, &print_rollout);
+        }
+        CtlCommand::Events {
+            follow: false,
+            since,
+        } => {
+            let events = admin
+                .call(Method::GET, &format!("/v1/events?since={since}"), None)
+                .await?;
+            show(&events, &|v| {
+                for event in v["events"].as_array().into_iter().flatten() {
+                    print_event(event);
+                }
+            });
+        }
+        CtlCommand::Events {
+            follow: true,
+            since,
+        } => {
+            let response = admin
+                .send(
+                    Method::GET,
+                    &format!("/v1/events/stream?since={since}"),
+                    None,
+                )
+                .await?;
+            if !response.status().is_success() {
+                bail!("{}: cannot follow events", response.status());
+            }
+            let mut body = response.into_body();
+            let mut pending = String::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else {
+                    continue;
+                };
+                pending.push_str(&String::from_utf8_lossy(&data));
+                while let Some(end) = pending.find("\n\n") {
+                    let message: String = pending.drain(..end + 2).collect();
+                    if let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) {
+                        let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                        if json_output {
+                            println!("{event}");
+                        } else {
+                            print_event(&event);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `canary=25%` (the baseline takes the rest) or every pool given.
+fn parse_weights(route: &Value, pools: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut weights = BTreeMap::new();
+    for pair in pools {
+        let (pool, value) = pair
+            .split_once('=')
+            .with_context(|| format!("{pair:?} is not POOL=PERCENT"))?;
+        let bp = match value.strip_prefix("bp:") {
+            Some(bp) => bp
+                .parse::<u32>()
+                .with_context(|| format!("{value:?} is not basis points"))?,
+            None => percent_to_basis_points(value)?,
+        };
+        weights.insert(pool.to_string(), bp);
+    }
+    let baseline = route["baseline"].as_str().unwrap_or_default().to_string();
+    if !weights.contains_key(&baseline) {
+        let given: u32 = weights.values().sum();
+        if given > 10_000 {
+            bail!("the weights given add up to more than 100%");
+        }
+        weights.insert(baseline, 10_000 - given);
+    }
+    Ok(weights)
+}
+
+/// `5%:5m,25%:10m,100%` → canary steps.
+fn parse_steps(text: &str) -> anyhow::Result<Value> {
+    let mut steps = Vec::new();
+    for part in text.split(',') {
+        let (weight, pause) = match part.split_once(':') {
+            Some((weight, pause)) => (weight, Some(pause)),
+            None => (part, None),
+        };
+        let mut step = json!({"weight": percent_to_basis_points(weight)?});
+        if let Some(pause) = pause {
+            step["pause"] = json!(pause);
+        }
+        steps.push(step);
+    }
+    Ok(Value::Array(steps))
+}
+
+fn percent(bp: &Value) -> String {
+    let bp = bp.as_u64().unwrap_or(0);
+    format!("{}.{:02}%", bp / 100, bp % 100)
+}
+
+fn print_routes(value: &Value) {
+    println!("version {}", value["version"]);
+    println!(
+        "{:<16} {:<40} {:<14} ROLLOUT",
+        "ROUTE", "WEIGHTS", "BASELINE"
+    );
+    for route in value["routes"].as_array().into_iter().flatten() {
+        let weights: Vec<String> = route["weights"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(pool, bp)| format!("{pool}={}", percent(bp)))
+            .collect();
+        let rollout = match &route["rollout"] {
+            Value::Null => "-".to_string(),
+            r => format!(
+                "{} {} step {}/{}",
+                r["strategy"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?"),
+                r["step"],
+                r["steps"]
+            ),
+        };
+        println!(
+            "{:<16} {:<40} {:<14} {rollout}",
+            route["name"].as_str().unwrap_or("?"),
+            weights.join(" "),
+            route["baseline"].as_str().unwrap_or("?"),
+        );
+    }
+}
+
+fn print_rollout(value: &Value) {
+    let rollout = &value["rollout"];
+    if rollout.is_null() {
+        println!(
+            "route {}: no rollout",
+            value["route"].as_str().unwrap_or("?")
+        );
+        return;
+    }
+    println!(
+        "route {}: {} rollout to {} is {}, step {}/{} at {}",
+        value["route"].as_str().unwrap_or("?"),
+        rollout["strategy"].as_str().unwrap_or("?"),
+        rollout["target"].as_str().unwrap_or("?"),
+        rollout["state"].as_str().unwrap_or("?"),
+        rollout["step"],
+        rollout["steps"],
+        percent(&rollout["weight"]),
+    );
+    if let Some(ms) = rollout["remaining_ms"].as_u64() {
+        println!("  next step in {:.1}s", ms as f64 / 1000.0);
+    }
+    if let Some(reason) = rollout["reason"].as_str() {
+        println!("  {reason}");
+    }
+}
+
+fn print_event(event: &Value) {
+    let weights = |w: &Value| {
+        w.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(p, bp)| format!("{p}={}", percent(bp)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "#{} {} {:<18} {:<10} by {}: {} {}{}",
+        event["id"],
+        event["time"].as_str().unwrap_or("?"),
+        event["kind"].as_str().unwrap_or("?"),
+        event["route"].as_str().unwrap_or("-"),
+        event["who"].as_str().unwrap_or("?"),
+        event["reason"].as_str().unwrap_or(""),
+        weights(&event["old_weights"]),
+        if event["new_weights"].is_null() {
+            String::new()
+        } else {
+            format!(" -> {}", weights(&event["new_weights"]))
+        },
+    );
+}

@@ -1,0 +1,159 @@
+//! `switchyard ctl` against the real binary: tables, `--json`, the server's
+//! message and a non-zero exit on a refused call, and `events --follow`
+//! over the Server-Sent Events stream.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn ctl(admin: SocketAddr, args: &[&str]) -> Output {
+    std::process::Command::new(BIN)
+        .arg("ctl")
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .expect("run ctl")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "ctl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn start() -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    support::start_binary(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn ctl_sets_weights_runs_rollouts_and_reports_errors() {
+    let (_child, proxy, admin) = start().await;
+
+    let routes = stdout(&ctl(admin, &["routes"]));
+    assert!(routes.contains("blue=90.00% green=10.00%"), "{routes}");
+
+    let set = stdout(&ctl(admin, &["weights", "default", "green=25%"]));
+    assert!(set.contains("blue=75.00% green=25.00%"), "{set}");
+    let seen = support::send_many(proxy, "/", 400).await;
+    let green = seen
+        .iter()
+        .filter(|(b, _)| b.contains("green"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    // Binomial(400, 0.25): sd ≈ 8.7; 45..=155 is over ±6 sd.
+    assert!((45..=155).contains(&green), "{seen:?}");
+
+    let json: Value =
+        serde_json::from_str(&stdout(&ctl(admin, &["--json", "routes"]))).expect("json");
+    assert_eq!(json["routes"][0]["weights"]["green"], 2500);
+
+    let refused = ctl(admin, &["weights", "default", "green=120%"]);
+    assert!(!refused.status.success());
+    let refused = ctl(admin, &["weights", "default", "purple=5%"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("400") && message.contains("purple"),
+        "{message}"
+    );
+
+    let started = stdout(&ctl(
+        admin,
+        &["rollout", "default", "--steps", "5%:10m,50%"],
+    ));
+    assert!(
+        started.contains("canary rollout to green is running, step 1/3 at 5.00%"),
+        "{started}"
+    );
+    let paused = stdout(&ctl(admin, &["pause", "default"]));
+    assert!(paused.contains("is paused"), "{paused}");
+    let busy = ctl(admin, &["weights", "default", "green=30%"]);
+    assert!(!busy.status.success(), "weights changed during a rollout");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("409"));
+    let aborted = stdout(&ctl(admin, &["abort", "default", "--reason", "smoke test"]));
+    assert!(
+        aborted.contains("is aborted") && aborted.contains("smoke test"),
+        "{aborted}"
+    );
+    let status = stdout(&ctl(admin, &["status", "default"]));
+    assert!(status.contains("aborted"), "{status}");
+    let preset = stdout(&ctl(
+        admin,
+        &["rollout", "default", "--preset", "Canary10Percent5Minutes"],
+    ));
+    assert!(preset.contains("step 1/2 at 10.00%"), "{preset}");
+    let promoted = stdout(&ctl(admin, &["promote", "default"]));
+    assert!(
+        promoted.contains("completed") && promoted.contains("100.00%"),
+        "{promoted}"
+    );
+
+    let events = stdout(&ctl(admin, &["events"]));
+    for kind in [
+        "weights",
+        "rollout_started",
+        "rollout_paused",
+        "rollout_aborted",
+        "rollout_promoted",
+    ] {
+        assert!(events.contains(kind), "{kind} missing: {events}");
+    }
+}
+
+#[tokio::test]
+async fn events_follow_streams_changes_as_they_happen() {
+    let (_child, _proxy, admin) = start().await;
+    let mut follower = tokio::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://{admin}"),
+            "--json",
+            "events",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("follow");
+    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    for (i, weight) in ["20%", "30%"].iter().enumerate() {
+        stdout(&ctl(
+            admin,
+            &["weights", "default", &format!("green={weight}")],
+        ));
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("an event arrived in time")
+            .expect("read")
+            .expect("follower ended");
+        let event: Value = serde_json::from_str(&line).expect("event JSON");
+        assert_eq!(event["kind"], "weights");
+        assert_eq!(event["id"], i as u64 + 1);
+        assert_eq!(
+            event["new_weights"]["green"],
+            if i == 0 { 2000 } else { 3000 }
+        );
+    }
+}
