@@ -135,7 +135,8 @@ impl AdminApi {
                 }
                 self.rollout_status(&route).await
             }
-            ["v1", "routes", route, "rollout", action] => {
+            ["v1", "routes", route, "rollout", action @ ("pause" | "resume" | "promote" | "abort")] =>
+            {
                 if method != Method::POST {
                     return Err(not_allowed());
                 }
