@@ -177,8 +177,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --state-dir: weights set through the admin API will not survive a restart"
         );
     }
-    let plane =
-        ControlPlane::start(config.clone(), store, state).context("building the routing table")?;
+    let plane = ControlPlane::start(config.clone(), args.config.clone(), store, state)
+        .context("building the routing table")?;
     let server = Server::start(plane.routes(), &config.listeners, workers).context("starting")?;
     if let Some(file) = &args.config {
         switchyard_admin::watch::watch_config(Arc::clone(&plane), file)

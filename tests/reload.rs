@@ -158,3 +158,77 @@ async fn edits_reload_and_bad_edits_are_refused_without_a_failed_request() {
     }
     assert!(served.load(Ordering::Relaxed) > 50, "too little load");
 }
+
+#[tokio::test]
+async fn put_config_replaces_the_file_and_bad_configs_change_nothing() {
+    let stable = support::upstream("stable").await;
+    let canary = support::upstream("canary").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-putconfig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("config.json");
+    let config = |stable_bp: i64| {
+        support::split_config(
+            &[(&stable, stable_bp), (&canary, 10_000 - stable_bp)],
+            json!({}),
+        )
+    };
+    std::fs::write(&file, config(10_000).to_string()).expect("config");
+    let (_child, proxy, admin) = support::start_binary(&[
+        "run",
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let put = |body: String| async move {
+        let request = http::Request::put(format!("http://{admin}/v1/config"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("request");
+        let response = support::client().request(request).await.expect("response");
+        let status = response.status();
+        use http_body_util::BodyExt;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).expect("JSON"),
+        )
+    };
+
+    let (status, body) = put(serde_json::to_string_pretty(&config(0)).expect("json")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["routes"][0]["weights"]["canary"], 10_000);
+    assert_eq!(
+        support::send_many(proxy, "/", 20).await.get("canary"),
+        Some(&20)
+    );
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    assert_eq!(on_disk, config(0), "the file was not replaced");
+
+    let broken = serde_json::to_string_pretty(&config(0))
+        .expect("json")
+        .replace("\"canary\": 10000", "\"canary\": 10");
+    let (status, body) = put(broken).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_config");
+    assert_eq!(body["error"]["field"], "routes[0].split.weights");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("sum to 10 basis points"));
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    assert_eq!(on_disk, config(0), "a refused config touched the file");
+    assert_eq!(
+        support::send_many(proxy, "/", 20).await.get("canary"),
+        Some(&20)
+    );
+}

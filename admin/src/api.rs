@@ -25,6 +25,9 @@ pub type AdminBody = Either<Full<Bytes>, Channel<Bytes>>;
 /// Admin request bodies are small JSON documents.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// A whole config may be larger: many routes and pools.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
 /// The API: the control plane and the token that guards it.
 pub struct AdminApi {
     plane: Arc<ControlPlane>,
@@ -168,6 +171,26 @@ impl AdminApi {
                     .await?;
                 self.rollout_status(&route).await
             }
+            ["v1", "config"] => {
+                if method != Method::PUT {
+                    return Err(not_allowed());
+                }
+                let if_match = request
+                    .headers()
+                    .get(header::IF_MATCH)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let text = read_body(request, MAX_CONFIG_BYTES).await?;
+                let text = String::from_utf8(text.to_vec()).map_err(|_| AdminError::BadJson {
+                    reason: "the config is not UTF-8".into(),
+                    field: None,
+                })?;
+                let version = self
+                    .plane
+                    .replace_config(&text, if_match.as_deref(), "admin-api")
+                    .await?;
+                let (_, body) = self.plane.describe(None).await?;
+                Ok(json_response(StatusCode::OK, &body, Some(version)))
+            }
             ["v1", "events", "stream"] => {
                 if method != Method::GET {
                     return Err(not_allowed());
@@ -288,6 +311,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, AdminError> {
+    let body = read_body(request, MAX_BODY_BYTES).await?;
+    serde_json::from_slice(&body).map_err(|err| AdminError::BadJson {
+        reason: err.to_string(),
+        field: None,
+    })
+}
+
+/// A JSON body of at most `limit` bytes.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -300,17 +332,11 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     if !is_json {
         return Err(AdminError::UnsupportedMediaType);
     }
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+    Ok(Limited::new(request.into_body(), limit)
         .collect()
         .await
-        .map_err(|_| AdminError::TooLarge {
-            limit: MAX_BODY_BYTES,
-        })?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|err| AdminError::BadJson {
-        reason: err.to_string(),
-        field: None,
-    })
+        .map_err(|_| AdminError::TooLarge { limit })?
+        .to_bytes())
 }
 
 /// Integers are basis points; numbers with a decimal point are percentages

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::error::AdminError;
 use crate::events::{EventLog, NewEvent};
 use crate::rollout::{weights_with, Rollout, RolloutSpec};
-use crate::state::{RouteState, RuntimeState, StateStore};
+use crate::state::{write_atomically, RouteState, RuntimeState, StateStore};
 
 /// The control plane, shared by the admin API and (later) rollouts and reloads.
 pub struct ControlPlane {
@@ -27,6 +27,8 @@ pub struct ControlPlane {
     inner: Mutex<Inner>,
     /// Wakes the rollout driver after a change.
     wake: Notify,
+    /// The config file, for `PUT /v1/config`.
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// An operator's action on a rollout.
@@ -56,6 +58,7 @@ impl ControlPlane {
     /// and returns the plane with the [`Routes`] the data plane serves.
     pub fn start(
         base: Config,
+        config_path: Option<std::path::PathBuf>,
         store: StateStore,
         mut state: RuntimeState,
     ) -> Result<Arc<ControlPlane>, AdminError> {
@@ -86,6 +89,7 @@ impl ControlPlane {
                 effective,
             }),
             wake: Notify::new(),
+            config_path,
         }))
     }
 
@@ -420,7 +424,50 @@ impl ControlPlane {
                 });
             }
         };
-        if base == inner.base {
+        let reason = format!("{} loaded", path.display());
+        self.apply_base(&mut inner, base, who, reason, None).await
+    }
+
+    /// Replaces the whole config (`PUT /v1/config`): validated like
+    /// `switchyard check`, built, written over the config file (atomically),
+    /// then swapped in. Without a config file there is nothing to persist
+    /// it to, and the call is refused.
+    pub async fn replace_config(
+        &self,
+        text: &str,
+        if_match: Option<&str>,
+        who: &str,
+    ) -> Result<u64, AdminError> {
+        let Some(path) = &self.config_path else {
+            return Err(AdminError::Conflict {
+                message: "started without --config: there is no config file to replace".into(),
+            });
+        };
+        let base = switchyard_config::parse(text).map_err(|err| AdminError::Invalid {
+            code: "invalid_config",
+            message: err.to_string(),
+            field: err.path().unwrap_or("config").to_string(),
+        })?;
+        let mut inner = self.inner.lock().await;
+        check_version(if_match, inner.state.version)?;
+        let reason = "config replaced through the admin API".to_string();
+        let version = self
+            .apply_base(&mut inner, base, who, reason, Some((path, text)))
+            .await?;
+        Ok(version.unwrap_or(inner.state.version))
+    }
+
+    /// Makes `base` the config: prunes the state against it, builds the
+    /// table, persists (the file, when given, then the state), swaps.
+    async fn apply_base(
+        &self,
+        inner: &mut Inner,
+        base: Config,
+        who: &str,
+        reason: String,
+        write_file: Option<(&std::path::Path, &str)>,
+    ) -> Result<Option<u64>, AdminError> {
+        if base == inner.base && write_file.is_none() {
             return Ok(None);
         }
         let mut state = inner.state.clone();
@@ -428,6 +475,9 @@ impl ControlPlane {
         state.version += 1;
         let effective = effective_config(&base, &state);
         let table = RouteTable::build(&effective, state.version).map_err(AdminError::Build)?;
+        if let Some((path, text)) = write_file {
+            write_atomically(path, text.as_bytes())?;
+        }
         self.store.persist(&state)?;
         self.routes.replace(table);
         let version = state.version;
@@ -440,7 +490,7 @@ impl ControlPlane {
             route: None,
             old_weights: None,
             new_weights: None,
-            reason: format!("{} loaded", path.display()),
+            reason,
             version,
         });
         for (route, reason) in dropped {

@@ -105,28 +105,40 @@ impl StateStore {
         let mut state = state.clone();
         state.format = FORMAT;
         let bytes = serde_json::to_vec_pretty(&state).expect("state serializes");
-        let path = dir.join(STATE_FILE);
-        let temp = dir.join(format!("{STATE_FILE}.tmp"));
-        let storage = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| AdminError::Storage { what, path, source }
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(storage("creating", &temp))?;
-        file.write_all(&bytes).map_err(storage("writing", &temp))?;
-        file.sync_all().map_err(storage("syncing", &temp))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(storage("renaming into place", &path))?;
-        // The rename is durable only once the directory entry is.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(storage("syncing the directory", dir))?;
-        Ok(())
+        write_atomically(&dir.join(STATE_FILE), &bytes)
     }
+}
+
+/// Writes `bytes` to `path` so that a crash at any point leaves either the
+/// old file or the new one, never a mix: temp file, fsync, rename, fsync
+/// of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
+    temp_name.push(".tmp");
+    let temp = dir.join(temp_name);
+    let storage = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AdminError::Storage { what, path, source }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(storage("creating", &temp))?;
+    file.write_all(bytes).map_err(storage("writing", &temp))?;
+    file.sync_all().map_err(storage("syncing", &temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(storage("renaming into place", path))?;
+    // The rename is durable only once the directory entry is.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(storage("syncing the directory", dir))?;
+    Ok(())
 }
 
 #[cfg(test)]

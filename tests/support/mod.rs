@@ -734,7 +734,8 @@ pub struct AdminSetup {
 pub fn admin_setup(config: &Value, token: Option<&str>) -> AdminSetup {
     let config = switchyard_config::parse(&config.to_string()).expect("valid test config");
     let (store, state) = switchyard_admin::StateStore::open(None, false).expect("store");
-    let plane = switchyard_admin::ControlPlane::start(config.clone(), store, state).expect("plane");
+    let plane =
+        switchyard_admin::ControlPlane::start(config.clone(), None, store, state).expect("plane");
     let server = Server::start(plane.routes(), &config.listeners, 2).expect("proxy starts");
     let admin = switchyard_admin::server::start(
         "127.0.0.1:0".parse().expect("addr"),
