@@ -232,3 +232,105 @@ async fn put_config_replaces_the_file_and_bad_configs_change_nothing() {
         Some(&20)
     );
 }
+
+#[tokio::test]
+async fn state_wins_over_file_weights_and_removed_routes_drop_their_state() {
+    let stable = support::upstream("stable").await;
+    let canary = support::upstream("canary").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-precedence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("config.json");
+    let route = |name: &str, host: &str, stable_bp: i64| {
+        json!({"name": name, "match": {"host": host},
+               "split": {"baseline": "stable", "weights": {"stable": stable_bp, "canary": 10_000 - stable_bp}}})
+    };
+    let config = |routes: Vec<Value>| {
+        json!({
+            "listeners": [{"address": "127.0.0.1:0"}],
+            "pools": {"stable": {"endpoints": [stable.addr.to_string()]},
+                      "canary": {"endpoints": [canary.addr.to_string()]}},
+            "routes": routes,
+        })
+        .to_string()
+    };
+    std::fs::write(
+        &file,
+        config(vec![
+            route("web", "web", 10_000),
+            route("old", "old", 10_000),
+        ]),
+    )
+    .expect("write");
+    let state = dir.join("state");
+    let (_child, _proxy, admin) = support::start_binary(&[
+        "run",
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--admin",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ])
+    .await;
+    let client = support::client();
+    for name in ["web", "old"] {
+        let request = http::Request::put(format!("http://{admin}/v1/routes/{name}/weights"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({"weights": {"stable": 5000, "canary": 5000}}).to_string(),
+            )))
+            .expect("request");
+        assert_eq!(
+            client.request(request).await.expect("response").status(),
+            200
+        );
+    }
+
+    // The file now gives web other weights, drops old, adds new.
+    replace_file(
+        &file,
+        &config(vec![route("web", "web", 9000), route("new", "new", 2000)]),
+    );
+    let mut routes = Value::Null;
+    for _ in 0..500 {
+        routes = get_json(&client, admin, "/v1/routes").await;
+        if routes["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "new"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let by_name = |name: &str| {
+        routes["routes"]
+            .as_array()
+            .expect("routes")
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+    };
+    let web = by_name("web").expect("web stays");
+    assert_eq!(
+        web["weights"],
+        json!({"stable": 5000, "canary": 5000}),
+        "the API's weights must win"
+    );
+    let new = by_name("new").expect("new route loaded");
+    assert_eq!(
+        new["weights"],
+        json!({"stable": 2000, "canary": 8000}),
+        "a new route starts at its configured weights"
+    );
+    assert!(by_name("old").is_none(), "removed route still served");
+    let dropped = events_of_kind(&client, admin, "state_dropped").await;
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0]["route"], "old");
+    // And the state file agrees: old's state is gone.
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).expect("state"))
+            .expect("json");
+    assert!(saved["routes"].get("old").is_none(), "{saved}");
+    assert_eq!(saved["routes"]["web"]["weights"]["canary"], 5000);
+}

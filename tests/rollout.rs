@@ -343,3 +343,74 @@ async fn a_rollout_continues_after_kill_9() {
     .await;
     assert_eq!(pools_seen(proxy, 20).await.get("canary"), Some(&20));
 }
+
+/// A gate that holds while `open` is false, or aborts when told to.
+struct TestGate {
+    open: std::sync::atomic::AtomicBool,
+    abort: std::sync::atomic::AtomicBool,
+}
+
+impl switchyard_admin::StepGate for TestGate {
+    fn check(
+        &self,
+        _route: &str,
+        _rollout: &switchyard_admin::rollout::Rollout,
+    ) -> switchyard_admin::GateVerdict {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.abort.load(SeqCst) {
+            switchyard_admin::GateVerdict::Abort("canary error rate above the baseline's".into())
+        } else if self.open.load(SeqCst) {
+            switchyard_admin::GateVerdict::Proceed
+        } else {
+            switchyard_admin::GateVerdict::Hold("too little traffic at this step".into())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gate_holds_a_due_step_and_can_abort_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let setup = setup().await;
+    let gate = std::sync::Arc::new(TestGate {
+        open: false.into(),
+        abort: false.into(),
+    });
+    setup.plane.set_gate(gate.clone());
+    let spec = json!({"strategy": "canary", "steps": [{"weight": 1000, "pause": "100ms"}, {"weight": 3000, "pause": "100ms"}]});
+    start_rollout(setup.admin, &spec).await;
+    // The step is due after 100 ms, but the gate holds it, and says why.
+    let held = wait_for(setup.admin, Duration::from_secs(10), |r| {
+        !r["held"].is_null()
+    })
+    .await;
+    assert_eq!(held["step"], 1, "{held}");
+    assert_eq!(held["weight"], 1000);
+    assert_eq!(held["held"], "too little traffic at this step");
+    gate.open.store(true, SeqCst);
+    let next = wait_for(setup.admin, Duration::from_secs(10), |r| r["step"] == 2).await;
+    assert_eq!(next["weight"], 3000);
+    assert!(next["held"].is_null(), "{next}");
+    gate.abort.store(true, SeqCst);
+    let aborted = wait_for(setup.admin, Duration::from_secs(10), |r| {
+        r["state"] == "aborted"
+    })
+    .await;
+    assert_eq!(aborted["reason"], "canary error rate above the baseline's");
+    assert_eq!(pools_seen(setup.proxy, 20).await.get("stable"), Some(&20));
+    let (_, events) = call(setup.admin, Method::GET, "/v1/events", None).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "rollout_started",
+            "rollout_held",
+            "rollout_step",
+            "rollout_aborted"
+        ]
+    );
+}

@@ -29,7 +29,33 @@ pub struct ControlPlane {
     wake: Notify,
     /// The config file, for `PUT /v1/config`.
     config_path: Option<std::path::PathBuf>,
+    /// The step gate, if any.
+    gate: std::sync::OnceLock<Arc<dyn StepGate>>,
+    /// Routes whose due step a gate holds: until when, and why. Not
+    /// persisted: after a restart the gate is simply asked again.
+    holds: std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>,
 }
+
+/// Asked before a rollout leaves a step whose pause is over: the place
+/// where health gates (enough traffic, no errors) hold or abort a step.
+pub trait StepGate: Send + Sync {
+    /// Whether `route`'s rollout may move on from its live step.
+    fn check(&self, route: &str, rollout: &Rollout) -> GateVerdict;
+}
+
+/// A gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateVerdict {
+    /// Move on.
+    Proceed,
+    /// Stay on this step and ask again shortly; the reason shows in the status.
+    Hold(String),
+    /// Send all traffic back to the baseline.
+    Abort(String),
+}
+
+/// How long a held step waits before the gate is asked again.
+const HOLD_RECHECK: Duration = Duration::from_secs(1);
 
 /// An operator's action on a rollout.
 #[derive(Debug, Clone)]
@@ -90,6 +116,8 @@ impl ControlPlane {
             }),
             wake: Notify::new(),
             config_path,
+            gate: std::sync::OnceLock::new(),
+            holds: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -238,68 +266,131 @@ impl ControlPlane {
         Ok(version)
     }
 
-    /// Moves every rollout whose step is over to its next step. Returns
-    /// when the next step is due (unix ms), if any rollout is running.
+    /// Installs the gate asked before each step moves on (once).
+    pub fn set_gate(&self, gate: Arc<dyn StepGate>) {
+        let _ = self.gate.set(gate);
+    }
+
+    /// Why a gate holds `route`'s rollout, if it does.
+    pub fn hold_reason(&self, route: &str) -> Option<String> {
+        let holds = self.holds.lock().expect("holds lock is never poisoned");
+        holds.get(route).map(|(_, reason)| reason.clone())
+    }
+
+    /// Moves every rollout whose step is over to its next step, unless the
+    /// gate holds or aborts it. Returns when the next step is due (unix
+    /// ms), if any rollout is running.
     pub async fn tick(&self) -> Option<u64> {
         let now = now_ms();
-        let due: Vec<String> = {
+        let due: Vec<(String, Rollout)> = {
             let inner = self.inner.lock().await;
+            let holds = self.holds.lock().expect("holds lock is never poisoned");
             inner
                 .state
                 .routes
                 .iter()
-                .filter(|(_, s)| {
-                    s.rollout
-                        .as_ref()
-                        .and_then(Rollout::due_ms)
-                        .is_some_and(|d| d <= now)
-                })
-                .map(|(name, _)| name.clone())
+                .filter_map(|(name, s)| Some((name, s.rollout.as_ref()?)))
+                .filter(|(_, r)| r.due_ms().is_some_and(|d| d <= now))
+                .filter(|(name, _)| holds.get(*name).is_none_or(|(until, _)| *until <= now))
+                .map(|(name, r)| (name.clone(), r.clone()))
                 .collect()
         };
-        for route in due {
-            let change = |config: &switchyard_config::Route, state: &mut RouteState| {
-                let Some(mut rollout) = state.rollout.clone() else {
-                    return Err(AdminError::Conflict {
-                        message: "rollout gone".into(),
-                    });
-                };
-                if rollout.due_ms().is_none_or(|d| d > now) {
-                    return Err(AdminError::Conflict {
-                        message: "step no longer due".into(),
-                    });
-                }
-                rollout.advance(now);
-                let reason = format!(
-                    "step {}/{}: {}.{:02}% to {}",
-                    rollout.step + 1,
-                    rollout.steps.len(),
-                    rollout.target_weight() / 100,
-                    rollout.target_weight() % 100,
-                    rollout.target
-                );
-                let kind = if rollout.is_active() {
-                    "rollout_step"
-                } else {
-                    "rollout_completed"
-                };
-                apply_rollout(&route, &config.split.baseline, state, rollout)?;
-                Ok((kind, reason))
+        for (route, rollout) in due {
+            let verdict = match self.gate.get() {
+                Some(gate) => gate.check(&route, &rollout),
+                None => GateVerdict::Proceed,
             };
-            match self.change(&route, None, "rollout", change).await {
-                Ok(_) | Err(AdminError::Conflict { .. }) => {}
-                Err(err) => {
-                    tracing::warn!(route = %route, error = %err, "rollout step failed; will retry")
+            match verdict {
+                GateVerdict::Proceed => {
+                    self.holds
+                        .lock()
+                        .expect("holds lock is never poisoned")
+                        .remove(&route);
+                    self.advance(&route, now).await;
+                }
+                GateVerdict::Hold(reason) => {
+                    let previous = self
+                        .holds
+                        .lock()
+                        .expect("holds lock is never poisoned")
+                        .insert(
+                            route.clone(),
+                            (now + HOLD_RECHECK.as_millis() as u64, reason.clone()),
+                        );
+                    if previous.is_none_or(|(_, old)| old != reason) {
+                        self.events.record(NewEvent {
+                            who: "gate".into(),
+                            kind: "rollout_held",
+                            route: Some(route.clone()),
+                            old_weights: None,
+                            new_weights: None,
+                            reason,
+                            version: self.version(),
+                        });
+                    }
+                }
+                GateVerdict::Abort(reason) => {
+                    self.holds
+                        .lock()
+                        .expect("holds lock is never poisoned")
+                        .remove(&route);
+                    if let Err(err) = self
+                        .control_rollout(&route, RolloutAction::Abort(reason), "gate")
+                        .await
+                    {
+                        tracing::warn!(route = %route, error = %err, "gate abort failed");
+                    }
                 }
             }
         }
         let inner = self.inner.lock().await;
+        let holds = self.holds.lock().expect("holds lock is never poisoned");
         inner
             .state
             .routes
-            .values()
-            .filter_map(|s| s.rollout.as_ref().and_then(Rollout::due_ms))
+            .iter()
+            .filter_map(|(name, s)| {
+                let due = s.rollout.as_ref().and_then(Rollout::due_ms)?;
+                Some(holds.get(name).map_or(due, |(until, _)| due.max(*until)))
+            })
             .min()
+    }
+
+    async fn advance(&self, route: &str, now: u64) {
+        let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+            let Some(mut rollout) = state.rollout.clone() else {
+                return Err(AdminError::Conflict {
+                    message: "rollout gone".into(),
+                });
+            };
+            if rollout.due_ms().is_none_or(|d| d > now) {
+                return Err(AdminError::Conflict {
+                    message: "step no longer due".into(),
+                });
+            }
+            rollout.advance(now);
+            let reason = format!(
+                "step {}/{}: {}.{:02}% to {}",
+                rollout.step + 1,
+                rollout.steps.len(),
+                rollout.target_weight() / 100,
+                rollout.target_weight() % 100,
+                rollout.target
+            );
+            let kind = if rollout.is_active() {
+                "rollout_step"
+            } else {
+                "rollout_completed"
+            };
+            apply_rollout(route, &config.split.baseline, state, rollout)?;
+            Ok((kind, reason))
+        };
+        match self.change(route, None, "rollout", change).await {
+            Ok(_) | Err(AdminError::Conflict { .. }) => {}
+            Err(err) => {
+                tracing::warn!(route = %route, error = %err, "rollout step failed; will retry")
+            }
+        }
     }
 
     /// Drives rollouts on the current runtime: wakes when a step is due or
@@ -539,7 +630,15 @@ impl ControlPlane {
                     Sticky::Cookie { name, set } => json!({"cookie": name, "set_cookie": set}),
                 }),
                 "override": r.pool_override.as_ref().map(|o| json!({"header": o.header, "cookie": o.cookie})),
-                "rollout": inner.state.routes.get(&r.name).and_then(|s| s.rollout.as_ref()).map(describe_rollout),
+                "rollout": inner.state.routes.get(&r.name).and_then(|s| s.rollout.as_ref()).map(|rollout| {
+                    let mut described = describe_rollout(rollout);
+                    if rollout.is_active() {
+                        if let Some(hold) = self.hold_reason(&r.name) {
+                            described["held"] = json!(hold);
+                        }
+                    }
+                    described
+                }),
             })
         };
         let version = inner.state.version;

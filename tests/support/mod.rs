@@ -728,6 +728,7 @@ pub struct AdminSetup {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub server: Server,
+    pub plane: Arc<switchyard_admin::ControlPlane>,
 }
 
 /// Starts a proxy (two workers) and an admin API on `config`.
@@ -739,13 +740,14 @@ pub fn admin_setup(config: &Value, token: Option<&str>) -> AdminSetup {
     let server = Server::start(plane.routes(), &config.listeners, 2).expect("proxy starts");
     let admin = switchyard_admin::server::start(
         "127.0.0.1:0".parse().expect("addr"),
-        switchyard_admin::AdminApi::new(plane, token.map(str::to_string)),
+        switchyard_admin::AdminApi::new(plane.clone(), token.map(str::to_string)),
     )
     .expect("admin starts");
     AdminSetup {
         proxy: server.local_addrs()[0],
         admin,
         server,
+        plane,
     }
 }
 
