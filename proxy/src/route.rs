@@ -511,6 +511,47 @@ mod tests {
         assert_eq!(find_cookie(&headers, "c"), None);
     }
 
+    fn two_pool_table(canary_bp: u32) -> RouteTable {
+        let source = format!(
+            r#"{{"listeners": [{{"address": "127.0.0.1:1"}}],
+                "pools": {{"stable": {{"endpoints": ["127.0.0.1:2"]}}, "canary": {{"endpoints": ["127.0.0.1:3"]}}}},
+                "routes": [{{"name": "r", "split": {{"baseline": "stable", "weights": {{"stable": {}, "canary": {canary_bp}}}}}}}]}}"#,
+            10_000 - canary_bp
+        );
+        let config = switchyard_config::parse(&source).expect("valid");
+        RouteTable::build(&config, 1).expect("builds")
+    }
+
+    fn pool_name(table: &RouteTable, bucket: u32) -> &str {
+        let route = &table.routes()[0];
+        &table.pool(route.pool_for_bucket(bucket)).name
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn raising_the_canary_only_moves_users_into_it(
+            low in 0u32..=10_000,
+            raise in 0u32..=10_000,
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40),
+        ) {
+            let high = (low + raise).min(10_000);
+            let (before, after) = (two_pool_table(low), two_pool_table(high));
+            let bucket = sticky_bucket(&key);
+            if pool_name(&before, bucket) == "canary" {
+                proptest::prop_assert_eq!(pool_name(&after, bucket), "canary");
+            }
+            // The same key maps to the same pool for the same table.
+            proptest::prop_assert_eq!(pool_name(&before, bucket), pool_name(&before, sticky_bucket(&key)));
+        }
+
+        #[test]
+        fn bucket_shares_equal_the_weights(canary in 0u32..=10_000) {
+            let table = two_pool_table(canary);
+            let in_canary = (0..BUCKETS).filter(|&b| pool_name(&table, b) == "canary").count();
+            proptest::prop_assert_eq!(in_canary as u32, canary);
+        }
+    }
+
     #[test]
     fn sticky_buckets_spread() {
         let mut counts = vec![0u32; 10];
