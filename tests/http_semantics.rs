@@ -856,3 +856,32 @@ async fn silent_client_is_timed_out() {
         String::from_utf8_lossy(&out)
     );
 }
+
+#[tokio::test]
+async fn response_trailers_reach_a_client_that_accepts_them() {
+    // RFC 9110 §6.5: trailers travel with a chunked body; hyper sends them
+    // to an HTTP/1.1 client that said `TE: trailers`.
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n",
+        support::After::Close,
+    )
+    .await;
+    let proxy = support::proxy(&support::pool_config("web", upstream.addr, json!({})));
+    let (out, _) = support::raw_exchange_until_close(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(text.contains("hello"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nx-checksum: abc123\r\n"),
+        "trailer lost: {text:?}"
+    );
+    // The upstream was asked with `TE: trailers` too, so it may send them.
+    let seen = upstream.requests();
+    assert_eq!(support::header_values(&seen[0].head, "te"), ["trailers"]);
+}
