@@ -35,7 +35,11 @@ async fn call(admin: SocketAddr, method: &Method, path: &str) -> (u16, Option<St
         .await
         .expect("response");
     let status = response.status().as_u16();
-    if response.headers()["content-type"] == "text/event-stream" {
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    if content_type == "text/event-stream" || content_type.starts_with("text/plain") {
         return (status, None);
     }
     let body = response

@@ -96,6 +96,19 @@ impl AdminApi {
         }
         self.authenticate(&request)?;
         match segments.as_slice() {
+            ["metrics"] => {
+                if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                let mut response = Response::new(Either::Left(Full::new(Bytes::from(
+                    crate::metrics::render(),
+                ))));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(response)
+            }
             ["v1", "routes"] => {
                 if method != Method::GET {
                     return Err(not_allowed());

@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::error::AdminError;
 use crate::events::{EventLog, NewEvent};
+use crate::metrics::AdminMetrics;
 use crate::rollout::{weights_with, Rollout, RolloutSpec};
 use crate::state::{write_atomically, RouteState, RuntimeState, StateStore};
 
@@ -453,6 +454,7 @@ impl ControlPlane {
         let (kind, reason) = change(current, &mut route_state)?;
         let new_weights = route_state.weights.clone();
 
+        let rollout_now = route_state.rollout.clone();
         let mut state = inner.state.clone();
         state.version += 1;
         state.routes.insert(route.to_string(), route_state);
@@ -463,6 +465,7 @@ impl ControlPlane {
         let version = state.version;
         inner.state = state;
         inner.effective = effective;
+        AdminMetrics::global().set_rollout(route, rollout_now.as_ref());
         self.events.record(NewEvent {
             who: who.to_string(),
             kind,
@@ -499,6 +502,10 @@ impl ControlPlane {
                     _ => format!("{}:{err}", path.display()),
                 };
                 tracing::warn!(reason = %reason, "config reload refused; the running config stays");
+                AdminMetrics::global()
+                    .reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
                 self.events.record(NewEvent {
                     who: who.to_string(),
                     kind: "config_rejected",
@@ -516,7 +523,17 @@ impl ControlPlane {
             }
         };
         let reason = format!("{} loaded", path.display());
-        self.apply_base(&mut inner, base, who, reason, None).await
+        let applied = self.apply_base(&mut inner, base, who, reason, None).await;
+        let result = match &applied {
+            Ok(Some(_)) => "applied",
+            Ok(None) => "unchanged",
+            Err(_) => "rejected",
+        };
+        AdminMetrics::global()
+            .reloads
+            .with_label_values(&[result])
+            .inc();
+        applied
     }
 
     /// Replaces the whole config (`PUT /v1/config`): validated like

@@ -9,12 +9,14 @@
 //! - `state`: [`StateStore`], atomic writes of the runtime state.
 //! - `events`: [`EventLog`], the change log and its JSONL audit file.
 //! - `watch`: hot reload of the config file.
+//! - `metrics`: control-plane metrics and the `/metrics` text.
 //! - `error`: [`AdminError`] and its JSON answer.
 
 mod api;
 mod control;
 mod error;
 mod events;
+pub mod metrics;
 pub mod rollout;
 pub mod server;
 mod state;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::stats::ErrorKind;
 
 /// What went wrong while building a table, binding, or serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +120,19 @@ impl ForwardError {
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. } | Self::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The upstream failure this error counts as, if it is one.
+    pub fn upstream_kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Connect { .. } => Some(ErrorKind::Connect),
+            Self::ConnectTimeout { .. } | Self::Timeout { .. } => Some(ErrorKind::Timeout),
+            Self::Upstream { source, .. } if source.is_parse() || source.is_parse_status() => {
+                Some(ErrorKind::Malformed)
+            }
+            Self::Upstream { .. } => Some(ErrorKind::Reset),
+            _ => None,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -47,9 +48,10 @@ impl Proxy {
         client: Rc<ClientInfo>,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
         let table = self.routes.snapshot();
         let http1 = request.version() != Version::HTTP_2;
-        match self.forward(&table, &client, request).await {
+        match self.forward(&table, &client, request, started).await {
             Ok(response) => Ok(response),
             Err(err) => {
                 debug!(client = %client.peer, error = %err, status = %err.status(), "request failed");
@@ -63,6 +65,7 @@ impl Proxy {
         table: &RouteTable,
         client: &ClientInfo,
         request: Request<Incoming>,
+        started: Instant,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let (mut parts, body) = request.into_parts();
         let limits = &table.limits;
@@ -160,10 +163,21 @@ impl Proxy {
             response_header: table.timeouts.response_header,
             idle: table.timeouts.idle,
         };
-        let (response, release) = self
+        let sent = self
             .upstreams
             .send(endpoint, Request::from_parts(parts, body), timeouts)
-            .await?;
+            .await;
+        let stats = route.stats(choice.pool);
+        let (response, release) = match sent {
+            Ok(sent) => {
+                stats.record(sent.0.status().as_u16(), started, None);
+                sent
+            }
+            Err(err) => {
+                stats.record(err.status().as_u16(), started, err.upstream_kind());
+                return Err(err);
+            }
+        };
 
         let (mut parts, body) = response.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;

@@ -10,6 +10,7 @@
 //!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
+//! - `stats`: Prometheus metrics and the per-pool 100 ms outcome ticks.
 //! - `body`: request and response body types.
 //! - `error`: [`ForwardError`] and how each is answered.
 
@@ -20,9 +21,11 @@ mod forward;
 mod headers;
 mod listener;
 pub mod route;
+pub mod stats;
 mod upstream;
 
 pub use error::ForwardError;
 pub use headers::{has_token, strip_hop_headers};
 pub use listener::Server;
 pub use route::{RouteTable, Routes};
+pub use stats::Metrics;

@@ -238,10 +238,13 @@ async fn accept_loop(
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let connections = &crate::stats::Metrics::global().connections;
+        connections.inc();
         tokio::task::spawn_local(async move {
             if let Err(err) = connection.await {
                 debug!(client = %peer, error = %err, "client connection ended");
             }
+            connections.dec();
         });
     }
 }

@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use switchyard_config::{Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts};
 
 use crate::error::ForwardError;
+use crate::stats::{Metrics, PoolStats};
 
 /// Sticky keys hash into this many buckets; a bucket maps to a pool by the
 /// split's cumulative weights, one bucket per basis point.
@@ -27,6 +28,7 @@ pub struct Routes(Arc<ArcSwap<RouteTable>>);
 impl Routes {
     /// Starts serving `table`.
     pub fn new(table: RouteTable) -> Routes {
+        table.publish_gauges();
         Routes(Arc::new(ArcSwap::from_pointee(table)))
     }
 
@@ -38,6 +40,7 @@ impl Routes {
 
     /// Swaps in a table that is already validated and built; returns the old one.
     pub fn replace(&self, next: RouteTable) -> Arc<RouteTable> {
+        next.publish_gauges();
         self.0.swap(Arc::new(next))
     }
 }
@@ -75,6 +78,8 @@ pub struct RouteEntry {
     sticky: Option<StickyKey>,
     override_header: Option<HeaderName>,
     override_cookie: Option<Box<str>>,
+    /// Per pool of the split (same order): what the data plane counts.
+    stats: Box<[(u16, Arc<PoolStats>)]>,
 }
 
 enum StickyKey {
@@ -160,6 +165,17 @@ impl RouteTable {
                     (end, pool_index(pool))
                 })
                 .collect();
+            let stats = route
+                .split
+                .weights
+                .iter()
+                .map(|(pool, _)| {
+                    (
+                        pool_index(pool),
+                        Metrics::global().pool_stats(&route.name, pool),
+                    )
+                })
+                .collect();
             let (override_header, override_cookie) = match &route.pool_override {
                 None => (None, None),
                 Some(o) => (
@@ -199,6 +215,7 @@ impl RouteTable {
                 }),
                 override_header,
                 override_cookie,
+                stats,
             });
         }
 
@@ -235,6 +252,20 @@ impl RouteTable {
             limits: config.limits,
             listeners: config.listeners.clone(),
         })
+    }
+
+    /// Sets the weight and version gauges to this table's (when it goes live).
+    fn publish_gauges(&self) {
+        let metrics = Metrics::global();
+        metrics.table_version.set(self.version as i64);
+        for route in self.routes.iter() {
+            for (pool, weight) in route.weights() {
+                metrics
+                    .weights
+                    .with_label_values(&[&*route.name, &*self.pool(pool).name])
+                    .set(i64::from(weight));
+            }
+        }
     }
 
     /// The version this table was built as.
@@ -362,6 +393,20 @@ impl RouteEntry {
             None => headers.contains_key(name),
             Some(want) => headers.get_all(name).iter().any(|v| v == want),
         })
+    }
+
+    /// What is counted for one pool of this route's split.
+    pub fn stats(&self, pool: u16) -> &PoolStats {
+        self.stats
+            .iter()
+            .find(|(index, _)| *index == pool)
+            .map(|(_, stats)| &**stats)
+            .expect("a chosen pool is one of the split's")
+    }
+
+    /// The stats of every pool in the split, with the pool's index.
+    pub fn all_stats(&self) -> &[(u16, Arc<PoolStats>)] {
+        &self.stats
     }
 
     /// The pool that owns a bucket (0..BUCKETS) under this route's weights.

@@ -1,0 +1,99 @@
+//! The control plane's metrics, in the data plane's registry, and the
+//! text that `GET /metrics` answers with.
+
+use std::sync::OnceLock;
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use switchyard_proxy::Metrics;
+
+use crate::rollout::{Rollout, RolloutState};
+
+/// Series the control plane writes.
+pub struct AdminMetrics {
+    /// Config reloads by result (`applied`, `unchanged`, `rejected`).
+    pub reloads: IntCounterVec,
+    /// Rollout state per route: 1 for the current state, 0 for the others.
+    pub rollout_state: IntGaugeVec,
+    /// Automatic fallbacks by route and reason.
+    pub fallbacks: IntCounterVec,
+}
+
+const STATES: [(&str, RolloutState); 5] = [
+    ("running", RolloutState::Running),
+    ("paused", RolloutState::Paused),
+    ("waiting", RolloutState::Waiting),
+    ("completed", RolloutState::Completed),
+    ("aborted", RolloutState::Aborted),
+];
+
+impl AdminMetrics {
+    /// The process-wide control-plane metrics, registered on first use.
+    pub fn global() -> &'static AdminMetrics {
+        static METRICS: OnceLock<AdminMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| {
+            let registry = &Metrics::global().registry;
+            let reloads = IntCounterVec::new(
+                Opts::new("switchyard_config_reloads_total", "Config reloads, by result."),
+                &["result"],
+            )
+            .expect("valid metric");
+            let rollout_state = IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_rollout_state",
+                    "1 for a route's current rollout state (running, paused, waiting, completed, aborted).",
+                ),
+                &["route", "state"],
+            )
+            .expect("valid metric");
+            let fallbacks = IntCounterVec::new(
+                Opts::new(
+                    "switchyard_fallbacks_total",
+                    "Automatic fallbacks to the baseline, by route and reason.",
+                ),
+                &["route", "reason"],
+            )
+            .expect("valid metric");
+            let build_info = IntGaugeVec::new(
+                Opts::new("switchyard_build_info", "Always 1; the labels say which build runs."),
+                &["version"],
+            )
+            .expect("valid metric");
+            build_info
+                .with_label_values(&[env!("CARGO_PKG_VERSION")])
+                .set(1);
+            for collector in [
+                Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(rollout_state.clone()),
+                Box::new(fallbacks.clone()),
+                Box::new(build_info),
+            ] {
+                registry.register(collector).expect("names are unique");
+            }
+            AdminMetrics {
+                reloads,
+                rollout_state,
+                fallbacks,
+            }
+        })
+    }
+
+    /// Sets a route's rollout-state gauges.
+    pub fn set_rollout(&self, route: &str, rollout: Option<&Rollout>) {
+        for (name, state) in STATES {
+            let value = i64::from(rollout.is_some_and(|r| r.state == state));
+            self.rollout_state
+                .with_label_values(&[route, name])
+                .set(value);
+        }
+    }
+}
+
+/// Everything in the registry, in Prometheus' text format.
+pub fn render() -> Vec<u8> {
+    let _ = AdminMetrics::global();
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&Metrics::global().registry.gather(), &mut out)
+        .expect("encoding to a Vec cannot fail");
+    out
+}

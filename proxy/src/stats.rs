@@ -1,0 +1,255 @@
+//! What the data plane counts: Prometheus metrics, and per route and pool
+//! the outcome counts in 100 ms ticks that the canary detector reads.
+//!
+//! Everything a request touches is resolved when a table is built (a
+//! counter per route, pool and status class; a histogram per route and
+//! pool), so counting is a few relaxed atomic adds: no lock, no label
+//! lookup, no allocation. The series outlive table swaps, so counters never
+//! go back to zero when weights change.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// The detector's tick.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Ticks kept in each window ring: the detector reads a tick as soon as it
+/// is over, and clears ticks ahead of the writers, so a few are enough.
+const RING: usize = 16;
+
+/// The process's metrics registry and the series the data plane writes.
+pub struct Metrics {
+    /// Everything `GET /metrics` shows.
+    pub registry: Registry,
+    requests: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    duration: HistogramVec,
+    /// Active client connections.
+    pub connections: IntGauge,
+    /// Current weight per route and pool, in basis points.
+    pub weights: IntGaugeVec,
+    /// The live table's version.
+    pub table_version: IntGauge,
+    pools: Mutex<HashMap<(String, String), Arc<PoolStats>>>,
+}
+
+/// The kinds of upstream failure, the label values of
+/// `switchyard_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Refused, unreachable, or any connect failure.
+    Connect,
+    /// No response head in time (or no connection in time).
+    Timeout,
+    /// Closed or reset before or during the response.
+    Reset,
+    /// An unparseable response.
+    Malformed,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 4] = [Self::Connect, Self::Timeout, Self::Reset, Self::Malformed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Metrics {
+    /// The process-wide metrics.
+    pub fn global() -> &'static Metrics {
+        static METRICS: OnceLock<Metrics> = OnceLock::new();
+        METRICS.get_or_init(Metrics::new)
+    }
+
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests answered, by route, pool and status class.",
+            ),
+            &["route", "pool", "class"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_errors_total",
+                "Upstream failures, by route, pool and kind (connect, timeout, reset, malformed).",
+            ),
+            &["route", "pool", "kind"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from a request's arrival to its response head, by route and pool.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route", "pool"],
+        )
+        .expect("valid metric");
+        let connections = IntGauge::new(
+            "switchyard_active_connections",
+            "Client connections open now.",
+        )
+        .expect("valid metric");
+        let weights = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_route_weight_basis_points",
+                "Current weight of each pool of a route's split, in basis points (10000 = 100%).",
+            ),
+            &["route", "pool"],
+        )
+        .expect("valid metric");
+        let table_version = IntGauge::new(
+            "switchyard_table_version",
+            "Version of the routing table being served.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_errors.clone()),
+            Box::new(duration.clone()),
+            Box::new(connections.clone()),
+            Box::new(weights.clone()),
+            Box::new(table_version.clone()),
+        ] {
+            registry.register(collector).expect("names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            upstream_errors,
+            duration,
+            connections,
+            weights,
+            table_version,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The stats of one route's pool, created on first use; called when a
+    /// table is built, never per request.
+    pub fn pool_stats(&self, route: &str, pool: &str) -> Arc<PoolStats> {
+        let mut pools = self.pools.lock().expect("stats lock is never poisoned");
+        let stats = pools
+            .entry((route.to_string(), pool.to_string()))
+            .or_insert_with(|| {
+                Arc::new(PoolStats {
+                    classes: CLASSES
+                        .map(|class| self.requests.with_label_values(&[route, pool, class])),
+                    errors: ErrorKind::ALL.map(|kind| {
+                        self.upstream_errors
+                            .with_label_values(&[route, pool, kind.label()])
+                    }),
+                    duration: self.duration.with_label_values(&[route, pool]),
+                    ticks: std::array::from_fn(|_| TickSlot::default()),
+                    slow_after_us: AtomicU64::new(u64::MAX),
+                })
+            });
+        Arc::clone(stats)
+    }
+}
+
+/// One route's pool: its series and its tick ring.
+pub struct PoolStats {
+    classes: [IntCounter; 5],
+    errors: [IntCounter; 4],
+    duration: Histogram,
+    ticks: [TickSlot; RING],
+    /// A response slower than this (µs) counts as slow; set by the detector.
+    pub slow_after_us: AtomicU64,
+}
+
+/// Counts of one tick.
+#[derive(Default)]
+struct TickSlot {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    slow: AtomicU64,
+}
+
+/// Counts of one finished tick, as the detector reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickCounts {
+    /// Answers.
+    pub requests: u64,
+    /// Errors: 5xx from the upstream, or a failure the proxy answered for it.
+    pub errors: u64,
+    /// Answers slower than the latency threshold.
+    pub slow: u64,
+}
+
+/// The tick a moment falls in, counted from the first use of the clock.
+pub fn tick_of(at: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    (at.saturating_duration_since(start).as_millis() / TICK.as_millis()) as u64
+}
+
+impl PoolStats {
+    /// Records one answer: status, time to the response head, and whether
+    /// it counts as an error for canary health.
+    pub fn record(&self, status: u16, started: Instant, error: Option<ErrorKind>) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.classes[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.errors[kind as usize].inc();
+        }
+        let slot = &self.ticks[(tick_of(now) as usize) % RING];
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if elapsed.as_micros() as u64 > self.slow_after_us.load(Ordering::Relaxed) {
+            slot.slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an upstream failure found after the head (a reset mid-body).
+    pub fn record_late_error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// Takes a finished tick's counts, and clears a tick ahead of the
+    /// writers so the ring is clean when they reach it.
+    pub fn take_tick(&self, tick: u64) -> TickCounts {
+        let slot = &self.ticks[(tick as usize) % RING];
+        let counts = TickCounts {
+            requests: slot.requests.swap(0, Ordering::Relaxed),
+            errors: slot.errors.swap(0, Ordering::Relaxed),
+            slow: slot.slow.swap(0, Ordering::Relaxed),
+        };
+        let ahead = &self.ticks[(tick as usize + RING / 2) % RING];
+        ahead.requests.store(0, Ordering::Relaxed);
+        ahead.errors.store(0, Ordering::Relaxed);
+        ahead.slow.store(0, Ordering::Relaxed);
+        counts
+    }
+
+    /// The request-duration histogram, for the latency threshold.
+    pub fn duration(&self) -> &Histogram {
+        &self.duration
+    }
+}
