@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::control::{ControlPlane, RolloutAction};
 use crate::error::AdminError;
+use crate::evaluator::HealthBoard;
 use crate::events::Event;
 use crate::rollout::RolloutSpec;
 
@@ -32,6 +33,7 @@ pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 pub struct AdminApi {
     plane: Arc<ControlPlane>,
     token: Option<Vec<u8>>,
+    board: Arc<HealthBoard>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +56,7 @@ impl AdminApi {
         Arc::new(AdminApi {
             plane,
             token: token.map(String::into_bytes),
+            board: Arc::new(HealthBoard::default()),
         })
     }
 
@@ -139,6 +142,17 @@ impl AdminApi {
                     .set_weights(&route, &weights, if_match.as_deref(), "admin-api")
                     .await?;
                 let (_, body) = self.plane.describe(Some(&route)).await?;
+                Ok(json_response(StatusCode::OK, &body, Some(version)))
+            }
+            ["v1", "routes", route, "health"] => {
+                if method != Method::GET {
+                    return Err(not_allowed());
+                }
+                let (version, described) = self.plane.describe(Some(route)).await?;
+                let mut body = self.board.describe(route);
+                body["version"] = json!(version);
+                body["weights"] = described["weights"].clone();
+                body["rollout"] = described["rollout"].clone();
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
             ["v1", "routes", route, "rollout"] => {
@@ -279,6 +293,11 @@ impl AdminApi {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
+    }
+
+    /// The canary health board the evaluator writes.
+    pub fn board(&self) -> &Arc<HealthBoard> {
+        &self.board
     }
 
     /// The control plane behind this API.

@@ -103,6 +103,7 @@ impl ControlPlane {
                 old_weights: None,
                 new_weights: None,
                 reason,
+                evidence: None,
                 version: state.version,
             });
         }
@@ -326,6 +327,7 @@ impl ControlPlane {
                             old_weights: None,
                             new_weights: None,
                             reason,
+                            evidence: None,
                             version: self.version(),
                         });
                     }
@@ -430,6 +432,25 @@ impl ControlPlane {
             &mut RouteState,
         ) -> Result<(&'static str, String), AdminError>,
     {
+        self.change_with_evidence(route, if_match, who, None, change)
+            .await
+    }
+
+    /// [`ControlPlane::change`], with evidence for the event.
+    async fn change_with_evidence<F>(
+        &self,
+        route: &str,
+        if_match: Option<&str>,
+        who: &str,
+        evidence: Option<Value>,
+        change: F,
+    ) -> Result<u64, AdminError>
+    where
+        F: FnOnce(
+            &switchyard_config::Route,
+            &mut RouteState,
+        ) -> Result<(&'static str, String), AdminError>,
+    {
         let mut inner = self.inner.lock().await;
         check_version(if_match, inner.state.version)?;
         let current = inner
@@ -473,8 +494,45 @@ impl ControlPlane {
             old_weights: Some(old_weights),
             new_weights: Some(new_weights),
             reason,
+            evidence,
             version,
         });
+        Ok(version)
+    }
+
+    /// Falls back: all of `route`'s traffic to its baseline at once, the
+    /// rollout (if any) aborted with the reason, persisted like any change,
+    /// and an event with the detector's evidence. It stays so until an
+    /// operator acts.
+    pub async fn fall_back(
+        &self,
+        route: &str,
+        reason: String,
+        arm: &str,
+        evidence: Value,
+    ) -> Result<u64, AdminError> {
+        let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+            let baseline = &config.split.baseline;
+            for (pool, weight) in state.weights.iter_mut() {
+                *weight = if pool == baseline {
+                    switchyard_config::TOTAL_WEIGHT
+                } else {
+                    0
+                };
+            }
+            if let Some(rollout) = state.rollout.as_mut().filter(|r| r.is_active()) {
+                rollout.abort(reason.clone());
+            }
+            Ok(("fallback", reason.clone()))
+        };
+        let version = self
+            .change_with_evidence(route, None, "canary-health", Some(evidence), change)
+            .await?;
+        AdminMetrics::global()
+            .fallbacks
+            .with_label_values(&[route, arm])
+            .inc();
+        self.wake.notify_one();
         Ok(version)
     }
 
@@ -513,6 +571,7 @@ impl ControlPlane {
                     old_weights: None,
                     new_weights: None,
                     reason: reason.clone(),
+                    evidence: None,
                     version: inner.state.version,
                 });
                 return Err(AdminError::Invalid {
@@ -599,6 +658,7 @@ impl ControlPlane {
             old_weights: None,
             new_weights: None,
             reason,
+            evidence: None,
             version,
         });
         for (route, reason) in dropped {
@@ -609,6 +669,7 @@ impl ControlPlane {
                 old_weights: None,
                 new_weights: None,
                 reason,
+                evidence: None,
                 version,
             });
         }

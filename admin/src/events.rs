@@ -39,6 +39,9 @@ pub struct Event {
     pub new_weights: Option<BTreeMap<String, u32>>,
     /// Why.
     pub reason: String,
+    /// For a fallback: the detector's evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
     /// The table version after the change.
     pub version: u64,
 }
@@ -57,6 +60,8 @@ pub struct NewEvent {
     pub new_weights: Option<BTreeMap<String, u32>>,
     /// See [`Event::reason`].
     pub reason: String,
+    /// See [`Event::evidence`].
+    pub evidence: Option<serde_json::Value>,
     /// See [`Event::version`].
     pub version: u64,
 }
@@ -129,6 +134,7 @@ impl EventLog {
             old_weights: new.old_weights,
             new_weights: new.new_weights,
             reason: new.reason,
+            evidence: new.evidence,
             version: new.version,
         };
         log.next_id += 1;

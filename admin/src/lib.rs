@@ -6,15 +6,20 @@
 //! - `api`: [`AdminApi`], paths, authentication, JSON bodies.
 //! - `server`: the admin listener ([`server::start`]).
 //! - `rollout`: the rollout step machine (strategies, presets, transitions).
+//! - `detector`: the statistical canary detector ([`detector::Detector`]),
+//!   CUSUM tests of the canary's errors and latency against the baseline.
 //! - `state`: [`StateStore`], atomic writes of the runtime state.
 //! - `events`: [`EventLog`], the change log and its JSONL audit file.
 //! - `watch`: hot reload of the config file.
+//! - `evaluator`: feeds each canary's ticks to its detector; falls back on a verdict.
 //! - `metrics`: control-plane metrics and the `/metrics` text.
 //! - `error`: [`AdminError`] and its JSON answer.
 
 mod api;
 mod control;
+pub mod detector;
 mod error;
+pub mod evaluator;
 mod events;
 pub mod metrics;
 pub mod rollout;

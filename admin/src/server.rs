@@ -30,6 +30,7 @@ pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminEr
         .spawn(move || {
             runtime.block_on(async move {
                 api.plane().spawn_driver();
+                crate::evaluator::spawn(Arc::clone(api.plane()), Arc::clone(api.board()));
                 let listener = match TcpListener::from_std(listener) {
                     Ok(listener) => listener,
                     Err(err) => {

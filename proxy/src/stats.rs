@@ -248,8 +248,18 @@ impl PoolStats {
         counts
     }
 
-    /// The request-duration histogram, for the latency threshold.
-    pub fn duration(&self) -> &Histogram {
-        &self.duration
+    /// The request-duration histogram so far: `(upper bound in ms,
+    /// cumulative count)`, the last bound infinite.
+    pub fn latency_snapshot(&self) -> Vec<(f64, u64)> {
+        use prometheus::core::Metric;
+        let metric = self.duration.metric();
+        let histogram = metric.get_histogram();
+        let mut out: Vec<(f64, u64)> = histogram
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound() * 1000.0, b.cumulative_count()))
+            .collect();
+        out.push((f64::INFINITY, histogram.get_sample_count()));
+        out
     }
 }

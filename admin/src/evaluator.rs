@@ -1,0 +1,260 @@
+//! Canary health, off the request path: every 100 ms, each route's pools'
+//! outcome counts of the tick just over go to a [`Detector`] per canary
+//! pool (any pool of the split but the baseline, with weight); a verdict
+//! makes the control plane fall back. The latency threshold the detector
+//! derives from the baseline's last 60 s is published to the canary's
+//! stats, where the data plane counts slow answers against it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use switchyard_proxy::stats::{tick_of, PoolStats, TICK};
+
+use crate::control::ControlPlane;
+use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
+
+/// Latency snapshots are taken every second and kept for 60 s.
+const SNAPSHOT_TICKS: u64 = 10;
+const SNAPSHOTS: usize = 61;
+
+/// One canary pool of one route under watch.
+struct Watch {
+    detector: Detector,
+    /// The route's weights when the watch began; a change resets it.
+    weights: BTreeMap<String, u32>,
+    baseline: Arc<PoolStats>,
+    canary: Arc<PoolStats>,
+    /// The baseline's latency histogram, one cumulative snapshot a second.
+    snapshots: VecDeque<Vec<(f64, u64)>>,
+}
+
+/// What the health endpoint shows for a route.
+#[derive(Default)]
+struct RouteHealth {
+    status: BTreeMap<String, Value>,
+    last_verdict: Option<Value>,
+}
+
+/// The evaluator's shared view, for `GET /v1/routes/{route}/health`.
+#[derive(Default)]
+pub struct HealthBoard {
+    routes: Mutex<HashMap<String, RouteHealth>>,
+}
+
+impl HealthBoard {
+    /// The route's detector states and last verdict.
+    pub fn describe(&self, route: &str) -> Value {
+        let routes = self.routes.lock().expect("health lock is never poisoned");
+        match routes.get(route) {
+            None => {
+                json!({"route": route, "canaries": {}, "last_verdict": null, "baseline_failing": false})
+            }
+            Some(health) => {
+                let failing = health
+                    .status
+                    .values()
+                    .any(|s| s["is_baseline_failing"] == true);
+                json!({
+                    "route": route,
+                    "canaries": health.status,
+                    "last_verdict": health.last_verdict,
+                    "baseline_failing": failing,
+                })
+            }
+        }
+    }
+}
+
+/// Starts the evaluator on the current runtime.
+pub fn spawn(plane: Arc<ControlPlane>, board: Arc<HealthBoard>) {
+    tokio::spawn(async move {
+        let mut watches: HashMap<(String, String), Watch> = HashMap::new();
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_tick = tick_of(Instant::now());
+        loop {
+            interval.tick().await;
+            let now_tick = tick_of(Instant::now());
+            // Every tick that finished since the last run, oldest first.
+            while last_tick < now_tick {
+                evaluate(&plane, &board, &mut watches, last_tick).await;
+                last_tick += 1;
+            }
+        }
+    });
+}
+
+async fn evaluate(
+    plane: &Arc<ControlPlane>,
+    board: &HealthBoard,
+    watches: &mut HashMap<(String, String), Watch>,
+    tick: u64,
+) {
+    let table = plane.routes().snapshot();
+    let mut verdicts = Vec::new();
+    let mut alive = Vec::new();
+    for route in table.routes() {
+        // Every pool's tick is taken, watched or not, so the ring holds
+        // no stale counts when a pool becomes a canary later.
+        let counts: HashMap<u16, _> = route
+            .all_stats()
+            .iter()
+            .map(|(pool, stats)| (*pool, stats.take_tick(tick)))
+            .collect();
+        let weights: BTreeMap<String, u32> = route
+            .weights()
+            .map(|(pool, w)| (table.pool(pool).name.to_string(), w))
+            .collect();
+        let baseline_counts = counts[&route.baseline];
+        let baseline_stats = stats_of(route, route.baseline);
+        for (pool, weight) in route.weights() {
+            if pool == route.baseline || weight == 0 {
+                continue;
+            }
+            let key = (route.name.to_string(), table.pool(pool).name.to_string());
+            alive.push(key.clone());
+            let watch = watches.entry(key.clone()).or_insert_with(|| Watch {
+                detector: Detector::new(DetectorConfig::default())
+                    .expect("the default detector config is valid"),
+                weights: weights.clone(),
+                baseline: Arc::clone(baseline_stats),
+                canary: Arc::clone(stats_of(route, pool)),
+                snapshots: VecDeque::new(),
+            });
+            if watch.weights != weights {
+                // A weight change starts the test over (the spec's reset).
+                watch.detector.reset();
+                watch.weights = weights.clone();
+            }
+            if tick.is_multiple_of(SNAPSHOT_TICKS) {
+                publish_latency_threshold(watch);
+            }
+            let canary = counts[&pool];
+            let verdict = watch.detector.observe(
+                PoolCounts {
+                    requests: baseline_counts.requests,
+                    errors: baseline_counts.errors,
+                },
+                CanaryCounts {
+                    requests: canary.requests,
+                    errors: canary.errors,
+                    slow: canary.slow,
+                    over_slo_latency: 0,
+                },
+            );
+            let status = serde_json::to_value(watch.detector.status()).unwrap_or(Value::Null);
+            {
+                let mut routes = board.routes.lock().expect("health lock is never poisoned");
+                let health = routes.entry(key.0.clone()).or_default();
+                health.status.insert(key.1.clone(), status);
+            }
+            if let Some(verdict) = verdict {
+                verdicts.push((key, verdict));
+            }
+        }
+    }
+    watches.retain(|key, _| alive.contains(key));
+    {
+        let mut routes = board.routes.lock().expect("health lock is never poisoned");
+        for (route, health) in routes.iter_mut() {
+            health
+                .status
+                .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
+        }
+    }
+    for ((route, pool), verdict) in verdicts {
+        fall_back(plane, board, &route, &pool, &verdict).await;
+        watches.remove(&(route, pool));
+    }
+}
+
+fn stats_of(route: &switchyard_proxy::route::RouteEntry, pool: u16) -> &Arc<PoolStats> {
+    route
+        .all_stats()
+        .iter()
+        .find(|(index, _)| *index == pool)
+        .map(|(_, stats)| stats)
+        .expect("every pool of a split has stats")
+}
+
+/// Takes a latency snapshot and sets the canary's slow threshold from the
+/// baseline's last 60 s.
+fn publish_latency_threshold(watch: &mut Watch) {
+    let now = watch.baseline.latency_snapshot();
+    watch.snapshots.push_back(now.clone());
+    if watch.snapshots.len() > SNAPSHOTS {
+        watch.snapshots.pop_front();
+    }
+    let oldest = &watch.snapshots[0];
+    // Cumulative counts, then per bucket, over the window.
+    let mut previous = 0;
+    let window: Vec<(f64, u64)> = now
+        .iter()
+        .zip(oldest.iter())
+        .map(|(&(bound, total), &(_, then))| {
+            let cumulative = total.saturating_sub(then);
+            let in_bucket = cumulative.saturating_sub(previous);
+            previous = cumulative;
+            (bound, in_bucket)
+        })
+        .collect();
+    let threshold = watch.detector.config().latency_threshold_ms(&window);
+    let micros = threshold.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
+    watch.canary.slow_after_us.store(micros, Ordering::Relaxed);
+}
+
+async fn fall_back(
+    plane: &ControlPlane,
+    board: &HealthBoard,
+    route: &str,
+    pool: &str,
+    verdict: &Verdict,
+) {
+    let evidence = json!({
+        "pool": pool,
+        "arm": verdict.arm.as_str(),
+        "s": verdict.s,
+        "threshold": verdict.threshold,
+        "p0": verdict.p0,
+        "p1": verdict.p1,
+        "canary_events": verdict.canary_events,
+        "canary_requests": verdict.canary_requests,
+        "baseline_errors_60s": verdict.baseline_errors,
+        "baseline_requests_60s": verdict.baseline_requests,
+        "baseline_failing": verdict.is_baseline_failing,
+    });
+    let what = match verdict.arm.as_str() {
+        "latency" | "slo_latency" => "slow responses",
+        _ => "errors",
+    };
+    let reason = format!(
+        "canary {pool} {what}: {} of {} since the test was last clear (allowed rate {:.4}, tested against {:.4}; S {:.1} >= {:.0}); baseline {} of {} over 60 s",
+        verdict.canary_events,
+        verdict.canary_requests,
+        verdict.p0,
+        verdict.p1,
+        verdict.s,
+        verdict.threshold,
+        verdict.baseline_errors,
+        verdict.baseline_requests,
+    );
+    tracing::warn!(
+        route,
+        pool,
+        arm = verdict.arm.as_str(),
+        "canary judged bad; falling back to the baseline"
+    );
+    match plane
+        .fall_back(route, reason, verdict.arm.as_str(), evidence.clone())
+        .await
+    {
+        Ok(_) => {
+            let mut routes = board.routes.lock().expect("health lock is never poisoned");
+            routes.entry(route.to_string()).or_default().last_verdict = Some(evidence);
+        }
+        Err(err) => tracing::error!(route, error = %err, "fallback failed"),
+    }
+}

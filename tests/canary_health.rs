@@ -1,0 +1,294 @@
+//! Automatic fallback, end to end: two upstreams whose error rate and
+//! latency change at run time (seeded randomness), an open-loop load at a
+//! fixed rate through the real proxy, and the fallback time measured from
+//! the moment the canary turns bad to the fallback event — cross-checked by
+//! when the canary stopped receiving requests.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// An upstream whose error probability (parts per million) and added
+/// latency can be changed while it runs.
+#[derive(Clone)]
+struct Chaos {
+    name: String,
+    addr: SocketAddr,
+    error_ppm: Arc<AtomicU32>,
+    delay_ms: Arc<AtomicU32>,
+    served: Arc<AtomicUsize>,
+    /// When it last answered, in ms since the test started.
+    last_ms: Arc<AtomicU64>,
+}
+
+async fn chaos_upstream(name: &str, seed: u64, epoch: Instant) -> Chaos {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let chaos = Chaos {
+        name: name.to_string(),
+        addr: listener.local_addr().expect("addr"),
+        error_ppm: Arc::new(AtomicU32::new(0)),
+        delay_ms: Arc::new(AtomicU32::new(0)),
+        served: Arc::new(AtomicUsize::new(0)),
+        last_ms: Arc::new(AtomicU64::new(0)),
+    };
+    let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+    let state = chaos.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = state.clone();
+            let rng = rng.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let state = state.clone();
+                    let rng = rng.clone();
+                    async move {
+                        let fail = {
+                            let mut rng = rng.lock().expect("rng");
+                            rng.random_range(0..1_000_000) < state.error_ppm.load(Ordering::Relaxed)
+                        };
+                        let delay = state.delay_ms.load(Ordering::Relaxed);
+                        if delay > 0 {
+                            // The upstream's simulated service time, not a wait for an event.
+                            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                        }
+                        state.served.fetch_add(1, Ordering::Relaxed);
+                        state
+                            .last_ms
+                            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        let mut response =
+                            Response::new(Full::new(Bytes::from(state.name.clone())));
+                        if fail {
+                            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    chaos
+}
+
+/// Sends `rate` requests a second to `proxy` until dropped, whatever the
+/// answers take (open loop). Counts transport failures.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+}
+
+fn open_loop(proxy: SocketAddr, rate: u32) -> Load {
+    let load = Load {
+        stop: Arc::new(false.into()),
+        failed: Arc::new(AtomicUsize::new(0)),
+        sent: Arc::new(AtomicUsize::new(0)),
+    };
+    let (stop, failed, sent) = (load.stop.clone(), load.failed.clone(), load.sent.clone());
+    tokio::spawn(async move {
+        let client = support::client();
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while !stop.load(Ordering::Relaxed) {
+            interval.tick().await;
+            let client = client.clone();
+            let failed = failed.clone();
+            sent.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let request = Request::get(format!("http://{proxy}/"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                if client.request(request).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    load
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Scenario {
+    route: String,
+    setup: support::AdminSetup,
+    stable: Chaos,
+    canary: Chaos,
+    epoch: Instant,
+}
+
+/// Scenarios run one at a time: each drives 1,000 requests a second
+/// through a debug build, and timing claims need the CPU to themselves.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A route of its own per scenario: the data plane's counters are
+/// process-wide, keyed by route and pool, and tests run side by side.
+async fn scenario(route: &str, canary_bp: i64, seed: u64) -> Scenario {
+    let epoch = Instant::now();
+    let stable = chaos_upstream("stable", seed, epoch).await;
+    let canary = chaos_upstream("canary", seed + 1, epoch).await;
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"stable": {"endpoints": [stable.addr.to_string()]},
+                  "canary": {"endpoints": [canary.addr.to_string()]}},
+        "routes": [{"name": route, "split": {"baseline": "stable",
+            "weights": {"stable": 10_000 - canary_bp, "canary": canary_bp}}}],
+    });
+    Scenario {
+        route: route.to_string(),
+        setup: support::admin_setup(&config, None),
+        stable,
+        canary,
+        epoch,
+    }
+}
+
+async fn fallbacks(admin: SocketAddr) -> Vec<Value> {
+    let (_, _, body) = support::get(&support::client(), admin, "/v1/events", &[]).await;
+    let events: Value = serde_json::from_str(&body).expect("events");
+    events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "fallback")
+        .cloned()
+        .collect()
+}
+
+/// Waits up to `limit` for a fallback; returns how long it took.
+async fn time_to_fallback(s: &Scenario, since: Instant, limit: Duration) -> Option<Duration> {
+    while since.elapsed() < limit + Duration::from_secs(2) {
+        if !fallbacks(s.setup.admin).await.is_empty() {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Runs `duration` of traffic and asserts that nothing fell back.
+async fn assert_no_fallback_for(s: &Scenario, duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let found = fallbacks(s.setup.admin).await;
+        assert!(
+            found.is_empty(),
+            "fell back on noise after {:?}: {found:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_canary_fails_completely_fallback_within_a_second() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t2", 500, 2).await;
+    let load = open_loop(s.setup.proxy, 1000);
+    // Warm up: both pools healthy for 3 s, so the baseline has a history.
+    assert_no_fallback_for(&s, Duration::from_secs(3)).await;
+    let broke = Instant::now();
+    let broke_ms = s.epoch.elapsed().as_millis() as u64;
+    s.canary.error_ppm.store(1_000_000, Ordering::Relaxed);
+    let took = time_to_fallback(&s, broke, Duration::from_secs(1)).await;
+    let took = took.expect("no fallback at all");
+    assert!(
+        took <= Duration::from_millis(1000),
+        "fallback took {took:?}: {:?}; {} requests sent",
+        fallbacks(s.setup.admin).await,
+        load.sent.load(Ordering::Relaxed)
+    );
+    // Cross-check: the canary stopped getting requests by then.
+    let served = s.canary.served.load(Ordering::Relaxed);
+    assert_no_fallback_then_quiet(&s, served).await;
+    let last = s.canary.last_ms.load(Ordering::Relaxed);
+    assert!(
+        last.saturating_sub(broke_ms) <= 1_100,
+        "canary still served {} ms after the break",
+        last - broke_ms
+    );
+    let event = fallbacks(s.setup.admin).await.remove(0);
+    assert_eq!(
+        event["new_weights"],
+        json!({"stable": 10000, "canary": 0}),
+        "{event}"
+    );
+    assert!(
+        event["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("errors")),
+        "{event}"
+    );
+    assert_eq!(load.failed.load(Ordering::Relaxed), 0);
+}
+
+/// After a fallback the canary gets no more requests.
+async fn assert_no_fallback_then_quiet(s: &Scenario, served: usize) {
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = s.canary.served.load(Ordering::Relaxed);
+        // Requests already in flight at the swap may still land.
+        assert!(
+            now <= served + 20,
+            "the canary still receives traffic after the fallback"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t3_both_pools_at_one_percent_never_fall_back() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t3", 500, 3).await;
+    s.stable.error_ppm.store(10_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(10_000, Ordering::Relaxed);
+    let load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(20)).await;
+    assert!(
+        load.sent.load(Ordering::Relaxed) > 15_000,
+        "the load did not keep its rate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t8_shared_outage_is_not_blamed_on_the_canary() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t8", 500, 8).await;
+    let _load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(3)).await;
+    s.stable.error_ppm.store(400_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(400_000, Ordering::Relaxed);
+    assert_no_fallback_for(&s, Duration::from_secs(10)).await;
+    let (_, _, status) = support::get(
+        &support::client(),
+        s.setup.admin,
+        &format!("/v1/routes/{}/health", s.route),
+        &[],
+    )
+    .await;
+    let status: Value = serde_json::from_str(&status).expect("health JSON");
+    assert_eq!(status["baseline_failing"], true, "{status}");
+}
