@@ -91,6 +91,10 @@ struct RunArgs {
     /// Start from a clean state when the state file is corrupt.
     #[arg(long)]
     reset_state: bool,
+    /// Requests the canary must serve at a rollout step before the step
+    /// may move on (0: none); with less traffic the rollout holds.
+    #[arg(long, default_value_t = 100)]
+    min_step_requests: u64,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -322,6 +322,9 @@ async fn a_rollout_continues_after_kill_9() {
         "127.0.0.1:0",
         "--state-dir",
         state.to_str().expect("utf-8"),
+        // No traffic in this test: no minimum per step.
+        "--min-step-requests",
+        "0",
     ];
     let (mut child, _, admin) = support::start_binary(&args).await;
     let spec = json!({"strategy": "canary", "steps": [{"weight": 3000, "pause": "1500ms"}]});
@@ -413,4 +416,35 @@ async fn a_gate_holds_a_due_step_and_can_abort_it() {
             "rollout_aborted"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_step_holds_until_the_canary_has_served_enough_requests() {
+    let setup = setup().await;
+    setup.api.board().set_min_step_requests(50);
+    let spec = json!({"strategy": "canary", "steps": [{"weight": 5000, "pause": "100ms"}]});
+    start_rollout(setup.admin, &spec).await;
+    // Without traffic the due step holds, and says so.
+    let held = wait_for(setup.admin, Duration::from_secs(10), |r| {
+        !r["held"].is_null()
+    })
+    .await;
+    assert_eq!(held["step"], 1, "{held}");
+    assert!(
+        held["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("of the 50 requests")),
+        "{held}"
+    );
+    // With traffic (half of it to the canary) it moves on.
+    let traffic = pools_seen(setup.proxy, 200).await;
+    assert!(
+        traffic.get("canary").copied().unwrap_or(0) >= 50,
+        "{traffic:?}"
+    );
+    let done = wait_for(setup.admin, Duration::from_secs(10), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["weight"], 10_000);
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use std::time::Duration;
 use switchyard_config::{Config, HostMatch, PathMatch, Split, Sticky};
+use switchyard_proxy::stats::StatsScope;
 use switchyard_proxy::{RouteTable, Routes};
 
 use tokio::sync::{Mutex, Notify};
@@ -30,8 +31,10 @@ pub struct ControlPlane {
     wake: Notify,
     /// The config file, for `PUT /v1/config`.
     config_path: Option<std::path::PathBuf>,
+    /// Where this plane's tables keep their stats.
+    scope: StatsScope,
     /// The step gate, if any.
-    gate: std::sync::OnceLock<Arc<dyn StepGate>>,
+    gate: std::sync::RwLock<Option<Arc<dyn StepGate>>>,
     /// Routes whose due step a gate holds: until when, and why. Not
     /// persisted: after a restart the gate is simply asked again.
     holds: std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>,
@@ -93,7 +96,9 @@ impl ControlPlane {
         let dropped = prune_state(&base, &mut state);
         state.version += 1;
         let effective = effective_config(&base, &state);
-        let table = RouteTable::build(&effective, state.version).map_err(AdminError::Build)?;
+        let scope = StatsScope::default();
+        let table =
+            RouteTable::build_in(&effective, state.version, &scope).map_err(AdminError::Build)?;
         store.persist(&state)?;
         for (route, reason) in dropped {
             events.record(NewEvent {
@@ -118,7 +123,8 @@ impl ControlPlane {
             }),
             wake: Notify::new(),
             config_path,
-            gate: std::sync::OnceLock::new(),
+            scope,
+            gate: std::sync::RwLock::new(None),
             holds: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
@@ -268,9 +274,9 @@ impl ControlPlane {
         Ok(version)
     }
 
-    /// Installs the gate asked before each step moves on (once).
+    /// Installs the gate asked before each step moves on, replacing any.
     pub fn set_gate(&self, gate: Arc<dyn StepGate>) {
-        let _ = self.gate.set(gate);
+        *self.gate.write().expect("gate lock is never poisoned") = Some(gate);
     }
 
     /// Why a gate holds `route`'s rollout, if it does.
@@ -298,7 +304,12 @@ impl ControlPlane {
                 .collect()
         };
         for (route, rollout) in due {
-            let verdict = match self.gate.get() {
+            let gate = self
+                .gate
+                .read()
+                .expect("gate lock is never poisoned")
+                .clone();
+            let verdict = match gate {
                 Some(gate) => gate.check(&route, &rollout),
                 None => GateVerdict::Proceed,
             };
@@ -480,7 +491,8 @@ impl ControlPlane {
         state.version += 1;
         state.routes.insert(route.to_string(), route_state);
         let effective = effective_config(&inner.base, &state);
-        let table = RouteTable::build(&effective, state.version).map_err(AdminError::Build)?;
+        let table = RouteTable::build_in(&effective, state.version, &self.scope)
+            .map_err(AdminError::Build)?;
         self.store.persist(&state)?;
         self.routes.replace(table);
         let version = state.version;
@@ -641,7 +653,8 @@ impl ControlPlane {
         let dropped = prune_state(&base, &mut state);
         state.version += 1;
         let effective = effective_config(&base, &state);
-        let table = RouteTable::build(&effective, state.version).map_err(AdminError::Build)?;
+        let table = RouteTable::build_in(&effective, state.version, &self.scope)
+            .map_err(AdminError::Build)?;
         if let Some((path, text)) = write_file {
             write_atomically(path, text.as_bytes())?;
         }

@@ -6,15 +6,16 @@
 //! stats, where the data plane counts slow answers against it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use switchyard_proxy::stats::{tick_of, PoolStats, TICK};
 
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, GateVerdict, StepGate};
 use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
+use crate::rollout::Rollout;
 
 /// Latency snapshots are taken every second and kept for 60 s.
 const SNAPSHOT_TICKS: u64 = 10;
@@ -29,6 +30,8 @@ struct Watch {
     canary: Arc<PoolStats>,
     /// The baseline's latency histogram, one cumulative snapshot a second.
     snapshots: VecDeque<Vec<(f64, u64)>>,
+    /// Canary requests since the weights last changed.
+    served: u64,
 }
 
 /// What the health endpoint shows for a route.
@@ -36,15 +39,53 @@ struct Watch {
 struct RouteHealth {
     status: BTreeMap<String, Value>,
     last_verdict: Option<Value>,
+    /// Per canary pool: requests served since the route's weights last
+    /// changed, i.e. at the current rollout step.
+    served: BTreeMap<String, u64>,
 }
 
-/// The evaluator's shared view, for `GET /v1/routes/{route}/health`.
+/// The evaluator's shared view, for `GET /v1/routes/{route}/health`, and
+/// the rollout gate: a step moves on only after its canary has served
+/// enough requests to have been judged.
 #[derive(Default)]
 pub struct HealthBoard {
     routes: Mutex<HashMap<String, RouteHealth>>,
+    min_step_requests: AtomicU64,
+}
+
+impl StepGate for HealthBoard {
+    fn check(&self, route: &str, rollout: &Rollout) -> GateVerdict {
+        let min = self.min_step_requests.load(Ordering::Relaxed);
+        if min == 0 {
+            return GateVerdict::Proceed;
+        }
+        let served = {
+            let routes = self.routes.lock().expect("health lock is never poisoned");
+            routes
+                .get(route)
+                .and_then(|h| h.served.get(&rollout.target))
+                .copied()
+                .unwrap_or(0)
+        };
+        if served >= min {
+            GateVerdict::Proceed
+        } else {
+            // Promoting blind would defeat the detector; aborting would
+            // punish a release for a quiet hour. Hold, and say why.
+            GateVerdict::Hold(format!(
+                "holding: the canary has served {served} of the {min} requests a step needs to be judged"
+            ))
+        }
+    }
 }
 
 impl HealthBoard {
+    /// Requests a canary must serve at a rollout step before it moves on
+    /// (0: no minimum).
+    pub fn set_min_step_requests(&self, min: u64) {
+        self.min_step_requests.store(min, Ordering::Relaxed);
+    }
+
     /// The route's detector states and last verdict.
     pub fn describe(&self, route: &str) -> Value {
         let routes = self.routes.lock().expect("health lock is never poisoned");
@@ -60,6 +101,7 @@ impl HealthBoard {
                 json!({
                     "route": route,
                     "canaries": health.status,
+                    "served_at_step": health.served,
                     "last_verdict": health.last_verdict,
                     "baseline_failing": failing,
                 })
@@ -123,16 +165,19 @@ async fn evaluate(
                 baseline: Arc::clone(baseline_stats),
                 canary: Arc::clone(stats_of(route, pool)),
                 snapshots: VecDeque::new(),
+                served: 0,
             });
             if watch.weights != weights {
                 // A weight change starts the test over (the spec's reset).
                 watch.detector.reset();
                 watch.weights = weights.clone();
+                watch.served = 0;
             }
             if tick.is_multiple_of(SNAPSHOT_TICKS) {
                 publish_latency_threshold(watch);
             }
             let canary = counts[&pool];
+            watch.served += canary.requests;
             let verdict = watch.detector.observe(
                 PoolCounts {
                     requests: baseline_counts.requests,
@@ -150,6 +195,7 @@ async fn evaluate(
                 let mut routes = board.routes.lock().expect("health lock is never poisoned");
                 let health = routes.entry(key.0.clone()).or_default();
                 health.status.insert(key.1.clone(), status);
+                health.served.insert(key.1.clone(), watch.served);
             }
             if let Some(verdict) = verdict {
                 verdicts.push((key, verdict));
@@ -162,6 +208,9 @@ async fn evaluate(
         for (route, health) in routes.iter_mut() {
             health
                 .status
+                .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
+            health
+                .served
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
         }
     }

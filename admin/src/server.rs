@@ -21,6 +21,9 @@ pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminEr
     let listener = std::net::TcpListener::bind(addr).map_err(storage)?;
     listener.set_nonblocking(true).map_err(storage)?;
     let bound = listener.local_addr().map_err(storage)?;
+    // Set before the thread starts, so a caller's own gate set later wins.
+    api.plane()
+        .set_gate(Arc::clone(api.board()) as Arc<dyn crate::control::StepGate>);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

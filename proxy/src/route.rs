@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use switchyard_config::{Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts};
 
 use crate::error::ForwardError;
-use crate::stats::{Metrics, PoolStats};
+use crate::stats::{Metrics, PoolStats, StatsScope};
 
 /// Sticky keys hash into this many buckets; a bucket maps to a pool by the
 /// split's cumulative weights, one bucket per basis point.
@@ -119,8 +119,18 @@ pub struct PoolChoice {
 }
 
 impl RouteTable {
-    /// Builds a table from a validated config, resolving endpoint names.
+    /// Builds a table from a validated config, resolving endpoint names,
+    /// with the process's shared stats scope.
     pub fn build(config: &Config, version: u64) -> Result<RouteTable, ForwardError> {
+        Self::build_in(config, version, StatsScope::shared())
+    }
+
+    /// Builds a table whose stats live in `scope`.
+    pub fn build_in(
+        config: &Config,
+        version: u64,
+        scope: &StatsScope,
+    ) -> Result<RouteTable, ForwardError> {
         let mut pools = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
             let mut endpoints = Vec::with_capacity(pool.endpoints.len());
@@ -169,12 +179,7 @@ impl RouteTable {
                 .split
                 .weights
                 .iter()
-                .map(|(pool, _)| {
-                    (
-                        pool_index(pool),
-                        Metrics::global().pool_stats(&route.name, pool),
-                    )
-                })
+                .map(|(pool, _)| (pool_index(pool), scope.pool_stats(&route.name, pool)))
                 .collect();
             let (override_header, override_cookie) = match &route.pool_override {
                 None => (None, None),

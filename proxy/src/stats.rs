@@ -37,7 +37,47 @@ pub struct Metrics {
     pub weights: IntGaugeVec,
     /// The live table's version.
     pub table_version: IntGauge,
+}
+
+/// The per route and pool stats of one line of tables (one control
+/// plane): the tick rings live here, so that two planes in one process
+/// (as in tests) never read each other's ticks, and a table swap keeps
+/// its predecessor's rings.
+#[derive(Default)]
+pub struct StatsScope {
     pools: Mutex<HashMap<(String, String), Arc<PoolStats>>>,
+}
+
+impl StatsScope {
+    /// The scope of tables built without one of their own.
+    pub fn shared() -> &'static StatsScope {
+        static SHARED: OnceLock<StatsScope> = OnceLock::new();
+        SHARED.get_or_init(StatsScope::default)
+    }
+
+    /// The stats of one route's pool, created on first use; called when a
+    /// table is built, never per request.
+    pub fn pool_stats(&self, route: &str, pool: &str) -> Arc<PoolStats> {
+        let metrics = Metrics::global();
+        let mut pools = self.pools.lock().expect("stats lock is never poisoned");
+        let stats = pools
+            .entry((route.to_string(), pool.to_string()))
+            .or_insert_with(|| {
+                Arc::new(PoolStats {
+                    classes: CLASSES
+                        .map(|class| metrics.requests.with_label_values(&[route, pool, class])),
+                    errors: ErrorKind::ALL.map(|kind| {
+                        metrics
+                            .upstream_errors
+                            .with_label_values(&[route, pool, kind.label()])
+                    }),
+                    duration: metrics.duration.with_label_values(&[route, pool]),
+                    ticks: std::array::from_fn(|_| TickSlot::default()),
+                    slow_after_us: AtomicU64::new(u64::MAX),
+                })
+            });
+        Arc::clone(stats)
+    }
 }
 
 /// The kinds of upstream failure, the label values of
@@ -142,30 +182,7 @@ impl Metrics {
             connections,
             weights,
             table_version,
-            pools: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The stats of one route's pool, created on first use; called when a
-    /// table is built, never per request.
-    pub fn pool_stats(&self, route: &str, pool: &str) -> Arc<PoolStats> {
-        let mut pools = self.pools.lock().expect("stats lock is never poisoned");
-        let stats = pools
-            .entry((route.to_string(), pool.to_string()))
-            .or_insert_with(|| {
-                Arc::new(PoolStats {
-                    classes: CLASSES
-                        .map(|class| self.requests.with_label_values(&[route, pool, class])),
-                    errors: ErrorKind::ALL.map(|kind| {
-                        self.upstream_errors
-                            .with_label_values(&[route, pool, kind.label()])
-                    }),
-                    duration: self.duration.with_label_values(&[route, pool]),
-                    ticks: std::array::from_fn(|_| TickSlot::default()),
-                    slow_after_us: AtomicU64::new(u64::MAX),
-                })
-            });
-        Arc::clone(stats)
     }
 }
 

@@ -729,6 +729,7 @@ pub struct AdminSetup {
     pub admin: SocketAddr,
     pub server: Server,
     pub plane: Arc<switchyard_admin::ControlPlane>,
+    pub api: Arc<switchyard_admin::AdminApi>,
 }
 
 /// Starts a proxy (two workers) and an admin API on `config`.
@@ -738,16 +739,15 @@ pub fn admin_setup(config: &Value, token: Option<&str>) -> AdminSetup {
     let plane =
         switchyard_admin::ControlPlane::start(config.clone(), None, store, state).expect("plane");
     let server = Server::start(plane.routes(), &config.listeners, 2).expect("proxy starts");
-    let admin = switchyard_admin::server::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        switchyard_admin::AdminApi::new(plane.clone(), token.map(str::to_string)),
-    )
-    .expect("admin starts");
+    let api = switchyard_admin::AdminApi::new(plane.clone(), token.map(str::to_string));
+    let admin = switchyard_admin::server::start("127.0.0.1:0".parse().expect("addr"), api.clone())
+        .expect("admin starts");
     AdminSetup {
         proxy: server.local_addrs()[0],
         admin,
         server,
         plane,
+        api,
     }
 }
 
