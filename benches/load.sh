@@ -265,7 +265,7 @@ EOF
 start_switchyard() {
     start switchyard "$PROXY_CPU" "$SWITCHYARD_BIN" run \
         --listen "127.0.0.1:$SY_PORT" --stable "127.0.0.1:$UP1" --canary "127.0.0.1:$UP2" \
-        --canary-weight 10 --workers 1
+        --canary-weight 10 --workers 1 --admin 127.0.0.1:0
     wait_ready switchyard "http://127.0.0.1:$SY_PORT/"
 }
 

@@ -56,7 +56,8 @@ pub enum CtlCommand {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Show a route's rollout.
+    /// Show a route's weights, rollout, and canary health: each canary's
+    /// tests, the baseline's error rate, and the last verdict.
     Status {
         /// The route.
         route: String,
@@ -231,10 +232,10 @@ async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyho
             show(&status, &print_rollout);
         }
         CtlCommand::Status { route } => {
-            let status = admin
-                .call(Method::GET, &format!("/v1/routes/{route}/rollout"), None)
+            let health = admin
+                .call(Method::GET, &format!("/v1/routes/{route}/health"), None)
                 .await?;
-            show(&status, &print_rollout);
+            show(&health, &print_health);
         }
         CtlCommand::Pause { route } => {
             let status = admin
@@ -432,6 +433,59 @@ fn print_rollout(value: &Value) {
     }
     if let Some(reason) = rollout["reason"].as_str() {
         println!("  {reason}");
+    }
+}
+
+fn print_health(value: &Value) {
+    let route = value["route"].as_str().unwrap_or("?");
+    let weights: Vec<String> = value["weights"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(pool, bp)| format!("{pool}={}", percent(bp)))
+        .collect();
+    println!(
+        "route {route} (version {}): {}",
+        value["version"],
+        weights.join(" ")
+    );
+    print_rollout(&json!({"route": route, "rollout": value["rollout"]}));
+    if value["baseline_failing"] == true {
+        println!("  the baseline is failing too: the canary is judged against its raised rate");
+    }
+    for (pool, status) in value["canaries"].as_object().into_iter().flatten() {
+        let rate = |n: &Value| {
+            n.as_f64()
+                .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0))
+        };
+        println!(
+            "  canary {pool}: allowed error rate {} (baseline {} of {} over 60 s, 5 s rate {})",
+            rate(&status["p0"]),
+            status["baseline_errors"],
+            status["baseline_requests"],
+            rate(&status["baseline_rate_short"]),
+        );
+        for arm in status["arms"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<12} S {:>5.1} / {}  ({} of {} since clear)",
+                arm["arm"].as_str().unwrap_or("?"),
+                arm["s"].as_f64().unwrap_or(0.0),
+                status["threshold"],
+                arm["canary_events"],
+                arm["canary_requests"],
+            );
+        }
+    }
+    match &value["last_verdict"] {
+        Value::Null => println!("  last verdict: none"),
+        verdict => println!(
+            "  last verdict: fell back from {} on {} (S {:.1}, {} of {} canary requests bad)",
+            verdict["pool"].as_str().unwrap_or("?"),
+            verdict["arm"].as_str().unwrap_or("?"),
+            verdict["s"].as_f64().unwrap_or(0.0),
+            verdict["canary_events"],
+            verdict["canary_requests"],
+        ),
     }
 }
 

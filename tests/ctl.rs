@@ -98,6 +98,7 @@ async fn ctl_sets_weights_runs_rollouts_and_reports_errors() {
     );
     let status = stdout(&ctl(admin, &["status", "default"]));
     assert!(status.contains("aborted"), "{status}");
+    assert!(status.contains("last verdict: none"), "{status}");
     let preset = stdout(&ctl(
         admin,
         &["rollout", "default", "--preset", "Canary10Percent5Minutes"],
