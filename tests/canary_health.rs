@@ -292,3 +292,53 @@ async fn t8_shared_outage_is_not_blamed_on_the_canary() {
     let status: Value = serde_json::from_str(&status).expect("health JSON");
     assert_eq!(status["baseline_failing"], true, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_canary_fails_half_its_requests_fallback_within_1_5_s() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t1", 500, 1).await;
+    let _load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(3)).await;
+    let broke = Instant::now();
+    s.canary.error_ppm.store(500_000, Ordering::Relaxed);
+    let took = time_to_fallback(&s, broke, Duration::from_millis(1500))
+        .await
+        .expect("no fallback at all");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "fallback took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t5_low_traffic_canary_failure_is_caught_within_10_s() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t5", 1000, 5).await;
+    let _load = open_loop(s.setup.proxy, 20);
+    assert_no_fallback_for(&s, Duration::from_secs(3)).await;
+    let broke = Instant::now();
+    s.canary.error_ppm.store(1_000_000, Ordering::Relaxed);
+    let took = time_to_fallback(&s, broke, Duration::from_secs(10))
+        .await
+        .expect("no fallback at all");
+    assert!(took <= Duration::from_secs(10), "fallback took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t9_a_slow_canary_falls_back_on_latency_within_5_s() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t9", 1000, 9).await;
+    // Both pools take about 10 ms; the baseline's p99 sets the bar.
+    s.stable.delay_ms.store(10, Ordering::Relaxed);
+    s.canary.delay_ms.store(10, Ordering::Relaxed);
+    let _load = open_loop(s.setup.proxy, 500);
+    assert_no_fallback_for(&s, Duration::from_secs(4)).await;
+    let broke = Instant::now();
+    s.canary.delay_ms.store(30, Ordering::Relaxed);
+    let took = time_to_fallback(&s, broke, Duration::from_secs(5))
+        .await
+        .expect("no fallback at all");
+    assert!(took <= Duration::from_secs(5), "fallback took {took:?}");
+    let event = fallbacks(s.setup.admin).await.remove(0);
+    assert_eq!(event["evidence"]["arm"], "latency", "{event}");
+}

@@ -53,7 +53,11 @@ pub struct RouteTable {
     /// Exact host → the routes that can match it, in config order, with the
     /// host rule already known to hold (exact, suffix or no rule).
     by_host: FxHashMap<Box<str>, Box<[u16]>>,
-    /// For any other host: the routes with a suffix rule or no host rule.
+    /// Wildcard suffix (`.example.com`) → the routes a host with that
+    /// suffix can match, in config order, host rule known to hold.
+    by_suffix: FxHashMap<Box<str>, Box<[u16]>>,
+    /// For a host no exact or suffix entry names: the routes without a
+    /// host rule.
     other_hosts: Box<[u16]>,
     /// Timeouts from the config.
     pub timeouts: Timeouts,
@@ -240,10 +244,28 @@ impl RouteTable {
                 by_host.insert(host.as_str().into(), candidates);
             }
         }
+        // Per wildcard suffix: the routes any host with that suffix can
+        // match — suffixes that it itself ends with, and no host rule.
+        let mut by_suffix: FxHashMap<Box<str>, Box<[u16]>> = FxHashMap::default();
+        for route in &routes {
+            if let Some(HostMatch::Suffix(suffix)) = &route.host {
+                let candidates = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| match &r.host {
+                        None => true,
+                        Some(HostMatch::Exact(_)) => false,
+                        Some(HostMatch::Suffix(other)) => suffix.ends_with(other.as_str()),
+                    })
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                by_suffix.insert(suffix.as_str().into(), candidates);
+            }
+        }
         let other_hosts = routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| !matches!(r.host, Some(HostMatch::Exact(_))))
+            .filter(|(_, r)| r.host.is_none())
             .map(|(i, _)| i as u16)
             .collect();
 
@@ -252,6 +274,7 @@ impl RouteTable {
             routes: routes.into(),
             pools: pools.into(),
             by_host,
+            by_suffix,
             other_hosts,
             timeouts: config.timeouts,
             limits: config.limits,
@@ -301,14 +324,17 @@ impl RouteTable {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&RouteEntry> {
-        let (candidates, host_checked) = match self.by_host.get(host) {
-            Some(candidates) => (&**candidates, true),
-            None => (&*self.other_hosts, false),
-        };
+        // The exact host, else its longest wildcard suffix, else no host
+        // rule: every candidate list already satisfies the host rule.
+        let candidates = self.by_host.get(host).or_else(|| {
+            host.match_indices('.')
+                .find_map(|(dot, _)| self.by_suffix.get(&host[dot..]))
+        });
+        let candidates = candidates.map_or(&*self.other_hosts, |c| &**c);
         candidates
             .iter()
             .map(|&i| &self.routes[i as usize])
-            .find(|route| route.matches(method, host, host_checked, path, headers))
+            .find(|route| route.matches(method, path, headers))
     }
 
     /// Chooses the pool for a request on `route`: the override if it names
@@ -369,26 +395,15 @@ impl RouteTable {
 }
 
 impl RouteEntry {
-    fn matches(
-        &self,
-        method: &Method,
-        host: &str,
-        host_checked: bool,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> bool {
-        let host_ok = host_checked
-            || match &self.host {
-                None => true,
-                Some(HostMatch::Suffix(suffix)) => host.ends_with(suffix.as_str()),
-                Some(HostMatch::Exact(exact)) => host == exact,
-            };
+    /// Whether the request matches this route's path, method and header
+    /// rules; the host rule was settled by the index that chose it.
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
             None => true,
             Some(PathMatch::Prefix(prefix)) => path.starts_with(prefix.as_str()),
             Some(PathMatch::Exact(exact)) => path == exact,
         };
-        if !host_ok || !path_ok {
+        if !path_ok {
             return false;
         }
         if !self.methods.is_empty() && !self.methods.contains(method) {
@@ -600,6 +615,41 @@ mod tests {
             let in_canary = (0..BUCKETS).filter(|&b| pool_name(&table, b) == "canary").count();
             proptest::prop_assert_eq!(in_canary as u32, canary);
         }
+    }
+
+    #[test]
+    fn wildcard_suffixes_nest_and_keep_config_order() {
+        let route = |name: &str, host: Option<&str>| match host {
+            Some(host) => format!(
+                r#"{{"name": "{name}", "match": {{"host": "{host}"}}, "split": {{"baseline": "p", "weights": {{"p": 10000}}}}}}"#
+            ),
+            None => format!(
+                r#"{{"name": "{name}", "split": {{"baseline": "p", "weights": {{"p": 10000}}}}}}"#
+            ),
+        };
+        let routes = [
+            route("deep", Some("*.a.example.com")),
+            route("exact", Some("x.example.com")),
+            route("wide", Some("*.example.com")),
+            route("any", None),
+        ];
+        let source = format!(
+            r#"{{"listeners": [{{"address": "127.0.0.1:1"}}], "pools": {{"p": {{"endpoints": ["127.0.0.1:2"]}}}}, "routes": [{}]}}"#,
+            routes.join(",")
+        );
+        let table = RouteTable::build(&switchyard_config::parse(&source).expect("valid"), 1)
+            .expect("table");
+        let find = |host: &str| {
+            table
+                .find_route(&Method::GET, host, "/", &HeaderMap::new())
+                .map(|r| r.name.to_string())
+        };
+        assert_eq!(find("b.a.example.com").as_deref(), Some("deep"));
+        assert_eq!(find("x.example.com").as_deref(), Some("exact"));
+        assert_eq!(find("c.example.com").as_deref(), Some("wide"));
+        // A wildcard does not match the bare domain.
+        assert_eq!(find("example.com").as_deref(), Some("any"));
+        assert_eq!(find("other.org").as_deref(), Some("any"));
     }
 
     #[test]

@@ -139,9 +139,13 @@ impl Metrics {
                 "switchyard_request_duration_seconds",
                 "Time from a request's arrival to its response head, by route and pool.",
             )
+            // Fine enough around typical service times for the detector's
+            // p99 (interpolated inside a bucket) to be within about 25%:
+            // with coarse 1-2.5-5 steps a 10 ms service's p99 reads as up
+            // to 25 ms and a 3x slower canary passes as normal.
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03,
+                0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
             ]),
             &["route", "pool"],
         )
