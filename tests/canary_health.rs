@@ -342,3 +342,16 @@ async fn t9_a_slow_canary_falls_back_on_latency_within_5_s() {
     let event = fallbacks(s.setup.admin).await.remove(0);
     assert_eq!(event["evidence"]["arm"], "latency", "{event}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t9b_a_slowdown_both_pools_share_is_not_blamed_on_the_canary() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t9b", 1000, 19).await;
+    s.stable.delay_ms.store(10, Ordering::Relaxed);
+    s.canary.delay_ms.store(10, Ordering::Relaxed);
+    let _load = open_loop(s.setup.proxy, 500);
+    assert_no_fallback_for(&s, Duration::from_secs(4)).await;
+    s.stable.delay_ms.store(30, Ordering::Relaxed);
+    s.canary.delay_ms.store(30, Ordering::Relaxed);
+    assert_no_fallback_for(&s, Duration::from_secs(10)).await;
+}

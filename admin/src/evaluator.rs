@@ -17,6 +17,14 @@ use crate::control::{ControlPlane, GateVerdict, StepGate};
 use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
 use crate::rollout::Rollout;
 
+/// The baseline counts as slow itself when more than this share of its
+/// answers over the last second (with at least that many answers) were
+/// over the bar: the latency test's p1 (5%), so jitter in a healthy
+/// baseline does not switch the latency test off.
+const SHARED_SLOW_RATE: f64 = 0.05;
+const SHARED_SLOW_TICKS: usize = 10;
+const SHARED_SLOW_MIN_REQUESTS: u64 = 50;
+
 /// Latency snapshots are taken every second and kept for 60 s.
 const SNAPSHOT_TICKS: u64 = 10;
 const SNAPSHOTS: usize = 61;
@@ -32,6 +40,8 @@ struct Watch {
     snapshots: VecDeque<Vec<(f64, u64)>>,
     /// Canary requests since the weights last changed.
     served: u64,
+    /// The baseline's (requests, slow) of the last ticks.
+    baseline_slow: VecDeque<(u64, u64)>,
 }
 
 /// What the health endpoint shows for a route.
@@ -166,6 +176,7 @@ async fn evaluate(
                 canary: Arc::clone(stats_of(route, pool)),
                 snapshots: VecDeque::new(),
                 served: 0,
+                baseline_slow: VecDeque::new(),
             });
             if watch.weights != weights {
                 // A weight change starts the test over (the spec's reset).
@@ -178,6 +189,24 @@ async fn evaluate(
             }
             let canary = counts[&pool];
             watch.served += canary.requests;
+            // The latency test's p0 is fixed (1% slow), so it cannot rise
+            // with the baseline the way the error tests' p0 does. When the
+            // baseline itself is slow over the last second (a shared
+            // slowdown: saturation, a slow dependency), the canary's slow
+            // answers of this tick are not held against it.
+            watch
+                .baseline_slow
+                .push_back((baseline_counts.requests, baseline_counts.slow));
+            if watch.baseline_slow.len() > SHARED_SLOW_TICKS {
+                watch.baseline_slow.pop_front();
+            }
+            let (requests, slow) = watch
+                .baseline_slow
+                .iter()
+                .fold((0, 0), |(n, s), (dn, ds)| (n + dn, s + ds));
+            let baseline_slow = requests >= SHARED_SLOW_MIN_REQUESTS
+                && slow as f64 > SHARED_SLOW_RATE * requests as f64;
+            let canary_slow = if baseline_slow { 0 } else { canary.slow };
             let verdict = watch.detector.observe(
                 PoolCounts {
                     requests: baseline_counts.requests,
@@ -186,7 +215,7 @@ async fn evaluate(
                 CanaryCounts {
                     requests: canary.requests,
                     errors: canary.errors,
-                    slow: canary.slow,
+                    slow: canary_slow,
                     over_slo_latency: 0,
                 },
             );
@@ -253,6 +282,12 @@ fn publish_latency_threshold(watch: &mut Watch) {
     let threshold = watch.detector.config().latency_threshold_ms(&window);
     let micros = threshold.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
     watch.canary.slow_after_us.store(micros, Ordering::Relaxed);
+    // The baseline is measured against the same bar, so that a slowdown
+    // both pools share is not blamed on the canary.
+    watch
+        .baseline
+        .slow_after_us
+        .store(micros, Ordering::Relaxed);
 }
 
 async fn fall_back(

@@ -318,8 +318,12 @@ impl HeadScan {
             if self.line_len < self.line.len() {
                 self.line[self.line_len] = b.to_ascii_lowercase();
                 self.line_len += 1;
-                let line = &self.line[..self.line_len];
-                if self.lines > 0 {
+                // Only a line whose start has the length of one of the two
+                // names can be one: compare then, not at every byte.
+                let at_name_end = self.line_len == b"content-length:".len()
+                    || self.line_len == b"transfer-encoding:".len();
+                if self.lines > 0 && at_name_end {
+                    let line = &self.line[..self.line_len];
                     if line == b"content-length:" {
                         self.content_lengths += 1;
                     } else if line == b"transfer-encoding:" {
