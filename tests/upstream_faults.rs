@@ -300,3 +300,37 @@ async fn back_to_back_requests_survive_upstream_closing_each_connection() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_once_on_another_endpoint() {
+    // Nothing was sent to the dead endpoint, so the request goes to the
+    // live one (nginx's proxy_next_upstream error); no client sees a 502.
+    let live = support::upstream("live").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"web": {"endpoints": [dead_addr.to_string(), live.addr.to_string()]}},
+        "routes": [{"name": "retry", "split": {"baseline": "web", "weights": {"web": 10000}}}],
+        "timeouts": {"connect": "1s"},
+    });
+    let proxy = support::proxy(&config);
+    let client = support::client();
+    for _ in 0..20 {
+        let (status, _, body) = support::get(&client, proxy.addr, "/", &[]).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "live"));
+    }
+    assert_eq!(live.requests().len(), 20);
+
+    // With a single endpoint there is nowhere else to go: 502.
+    let alone = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"web": {"endpoints": [dead_addr.to_string()]}},
+        "routes": [{"name": "alone", "split": {"baseline": "web", "weights": {"web": 10000}}}],
+    });
+    let proxy = support::proxy(&alone);
+    let (status, _, body) = support::get(&client, proxy.addr, "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream connect refused"), "{body}");
+}

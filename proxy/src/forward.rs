@@ -163,17 +163,32 @@ impl Proxy {
             response_header: table.timeouts.response_header,
             idle: table.timeouts.idle,
         };
-        let sent = self
+        let stats = route.stats(choice.pool);
+        let mut endpoint = endpoint;
+        let mut sent = self
             .upstreams
             .send(endpoint, Request::from_parts(parts, body), timeouts)
             .await;
-        let stats = route.stats(choice.pool);
+        // A connect failure sent nothing: the request goes once to another
+        // endpoint of the same pool, as nginx's proxy_next_upstream error.
+        if let Err(failed) = &mut sent {
+            if let (Some(kind), true) = (failed.error.upstream_kind(), failed.unsent.is_some()) {
+                if let Some(other) = pool.pick_other(endpoint) {
+                    let request = failed.unsent.take().expect("checked above");
+                    stats.record_late_error(kind);
+                    debug!(route = %route.name, from = %endpoint.label, to = %other.label, "retrying on another endpoint");
+                    endpoint = other;
+                    sent = self.upstreams.send(endpoint, request, timeouts).await;
+                }
+            }
+        }
         let (response, release) = match sent {
             Ok(sent) => {
                 stats.record(sent.0.status().as_u16(), started, None);
                 sent
             }
-            Err(err) => {
+            Err(failed) => {
+                let err = failed.error;
                 stats.record(err.status().as_u16(), started, err.upstream_kind());
                 return Err(err);
             }

@@ -480,6 +480,19 @@ impl PoolEntry {
         &self.endpoints[index as usize]
     }
 
+    /// Another endpoint than `tried`, by the pool's policy, if the pool has one.
+    pub fn pick_other(&self, tried: &EndpointEntry) -> Option<&EndpointEntry> {
+        if self.endpoints.len() < 2 {
+            return None;
+        }
+        // The policy's next pick is almost always another endpoint; a few
+        // tries cover weights that repeat one endpoint in a row.
+        (0..self.sequence.len().min(8))
+            .map(|_| self.pick())
+            .find(|e| e.addr != tried.addr)
+            .or_else(|| self.endpoints.iter().find(|e| e.addr != tried.addr))
+    }
+
     /// Whether requests in flight must be counted for this pool.
     pub fn counts_in_flight(&self) -> bool {
         self.policy == Policy::LeastOutstanding

@@ -61,6 +61,23 @@ impl Release {
     }
 }
 
+/// A failed exchange, with the request when none of it was sent.
+pub struct Failed {
+    /// What went wrong.
+    pub error: ForwardError,
+    /// The request, whole, when no connection carried any of it.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl From<ForwardError> for Failed {
+    fn from(error: ForwardError) -> Failed {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Timeouts that apply to one exchange.
 #[derive(Clone, Copy)]
 pub struct ExchangeTimeouts {
@@ -81,27 +98,40 @@ impl Upstreams {
     }
 
     /// Sends `request` to `endpoint` on a pooled connection or a new one,
-    /// and returns the response head with what returns the connection.
+    /// and returns the response head with what returns the connection. When
+    /// no connection could be had, nothing was sent: the request comes back
+    /// with the error, whole, for another endpoint.
     pub async fn send(
         self: &Rc<Self>,
         endpoint: &EndpointEntry,
         mut request: Request<RequestBody>,
         timeouts: ExchangeTimeouts,
-    ) -> Result<(Response<Incoming>, Release), ForwardError> {
+    ) -> Result<(Response<Incoming>, Release), Failed> {
         loop {
             let (mut sender, reused) = match self.take_idle(endpoint.addr, timeouts.idle) {
                 Some(sender) => (sender, true),
-                None => (self.connect(endpoint, timeouts.connect).await?, false),
+                None => match self.connect(endpoint, timeouts.connect).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            unsent: Some(request),
+                        })
+                    }
+                },
             };
             if sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
-                return Err(ForwardError::Connect {
-                    what: "closed",
-                    backend: endpoint.label.to_string(),
-                    addr: endpoint.addr,
-                    source: std::io::Error::from(ErrorKind::ConnectionAborted),
+                return Err(Failed {
+                    error: ForwardError::Connect {
+                        what: "closed",
+                        backend: endpoint.label.to_string(),
+                        addr: endpoint.addr,
+                        source: std::io::Error::from(ErrorKind::ConnectionAborted),
+                    },
+                    unsent: Some(request),
                 });
             }
             let exchange = sender.try_send_request(request);
@@ -110,7 +140,8 @@ impl Upstreams {
                     return Err(ForwardError::Timeout {
                         backend: endpoint.label.to_string(),
                         after: timeouts.response_header,
-                    })
+                    }
+                    .into())
                 }
                 Ok(Ok(response)) => {
                     let release = Release {
@@ -130,7 +161,7 @@ impl Upstreams {
                             continue;
                         }
                     }
-                    return Err(classify(endpoint, err.into_error()));
+                    return Err(classify(endpoint, err.into_error()).into());
                 }
             }
         }
