@@ -306,12 +306,9 @@ async fn a_refused_connection_is_retried_once_on_another_endpoint() {
     // Nothing was sent to the dead endpoint, so the request goes to the
     // live one (nginx's proxy_next_upstream error); no client sees a 502.
     let live = support::upstream("live").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
     let config = json!({
         "listeners": [{"address": "127.0.0.1:0"}],
-        "pools": {"web": {"endpoints": [dead_addr.to_string(), live.addr.to_string()]}},
+        "pools": {"web": {"endpoints": [dead_addr().to_string(), live.addr.to_string()]}},
         "routes": [{"name": "retry", "split": {"baseline": "web", "weights": {"web": 10000}}}],
         "timeouts": {"connect": "1s"},
     });
@@ -323,14 +320,97 @@ async fn a_refused_connection_is_retried_once_on_another_endpoint() {
     }
     assert_eq!(live.requests().len(), 20);
 
-    // With a single endpoint there is nowhere else to go: 502.
+    // With a single endpoint there is nowhere else to go: 502. (Another
+    // closed port: the first one is ejected by now.)
     let alone = json!({
         "listeners": [{"address": "127.0.0.1:0"}],
-        "pools": {"web": {"endpoints": [dead_addr.to_string()]}},
+        "pools": {"web": {"endpoints": [dead_addr().to_string()]}},
         "routes": [{"name": "alone", "split": {"baseline": "web", "weights": {"web": 10000}}}],
     });
     let proxy = support::proxy(&alone);
     let (status, _, body) = support::get(&client, proxy.addr, "/", &[]).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("upstream connect refused"), "{body}");
+}
+
+/// A closed port: connecting to it is refused.
+fn dead_addr() -> std::net::SocketAddr {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    dead.local_addr().expect("addr")
+}
+
+fn connect_errors(route: &str) -> f64 {
+    let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");
+    let series =
+        format!(r#"switchyard_upstream_errors_total{{kind="connect",pool="web",route="{route}"}}"#);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_no_longer_tried() {
+    let live = support::upstream("live").await;
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"web": {"endpoints": [dead_addr().to_string(), live.addr.to_string()]}},
+        "routes": [{"name": "eject", "split": {"baseline": "web", "weights": {"web": 10000}}}],
+        "timeouts": {"connect": "1s"},
+    });
+    let proxy = support::proxy(&config);
+    let client = support::client();
+    for _ in 0..100 {
+        let (status, _, _) = support::get(&client, proxy.addr, "/", &[]).await;
+        assert_eq!(status, 200);
+    }
+    // Round robin sends every other request to the dead endpoint first;
+    // without ejection that is 50 refused connects, with it 5.
+    let refused = connect_errors("eject");
+    assert!(refused <= 6.0, "{refused} connects to an ejected endpoint");
+    assert!(refused >= 5.0, "the failures were not counted: {refused}");
+}
+
+#[tokio::test]
+async fn a_pool_with_every_endpoint_down_fails_open_to_the_baseline() {
+    let stable = support::upstream("stable").await;
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"stable": {"endpoints": [stable.addr.to_string()]},
+                  "canary": {"endpoints": [dead_addr().to_string()]}},
+        "routes": [{"name": "failopen", "split": {"baseline": "stable", "weights": {"stable": 5000, "canary": 5000}}}],
+        "timeouts": {"connect": "1s"},
+    });
+    let proxy = support::proxy(&config);
+    let client = support::client();
+    let mut failures = 0;
+    for _ in 0..100 {
+        let (status, _, body) = support::get(&client, proxy.addr, "/", &[]).await;
+        match status.as_u16() {
+            200 => assert_eq!(body, "stable"),
+            502 => failures += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // Five refused connects eject the canary's only endpoint; from then on
+    // its half of the traffic goes to the baseline.
+    assert_eq!(failures, 5, "the dead pool kept its share");
+
+    // Nothing left anywhere: 503.
+    let gone = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"stable": {"endpoints": [dead_addr().to_string()]}},
+        "routes": [{"name": "nothing", "split": {"baseline": "stable", "weights": {"stable": 10000}}}],
+    });
+    let proxy = support::proxy(&gone);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(support::get(&client, proxy.addr, "/", &[]).await.0.as_u16());
+    }
+    assert_eq!(statuses, [502, 502, 502, 502, 502, 503]);
+    let (_, _, body) = support::get(&client, proxy.addr, "/", &[]).await;
+    assert!(
+        body.contains("no healthy endpoint left for route nothing"),
+        "{body}"
+    );
 }

@@ -20,6 +20,12 @@ pub enum ForwardError {
         /// The request's path.
         path: String,
     },
+    /// Every endpoint of every pool of the route is ejected.
+    #[error("no healthy endpoint left for route {route}")]
+    NoHealthyEndpoint {
+        /// The route.
+        route: String,
+    },
     /// The request is malformed or ambiguous; it is never forwarded.
     #[error("bad request: {reason}")]
     BadRequest {
@@ -114,6 +120,7 @@ impl ForwardError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::body::{InFlight, ProxyBody, RequestBody};
 use crate::error::ForwardError;
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_headers, ClientInfo};
-use crate::route::{RouteTable, Routes};
+use crate::route::{EndpointEntry, RouteEntry, RouteTable, Routes};
 use crate::upstream::{ExchangeTimeouts, Upstreams};
 
 /// A request body up to this size is read whole before anything goes
@@ -117,8 +117,13 @@ impl Proxy {
                 path: parts.uri.path().to_string(),
             })?;
         let choice = table.choose_pool(route, &parts.headers);
-        let pool = table.pool(choice.pool);
-        let endpoint = pool.pick();
+        let now_ms = crate::stats::ms_of(started);
+        let (pool_index, endpoint) = if choice.pinned {
+            (choice.pool, table.pool(choice.pool).pick())
+        } else {
+            healthy_endpoint(table, route, choice.pool, now_ms)?
+        };
+        let pool = table.pool(pool_index);
         debug!(route = %route.name, backend = %endpoint.label, "forwarding");
 
         let upgrade = is_h1(&parts) && is_websocket_upgrade(&parts.headers);
@@ -163,7 +168,7 @@ impl Proxy {
             response_header: table.timeouts.response_header,
             idle: table.timeouts.idle,
         };
-        let stats = route.stats(choice.pool);
+        let stats = route.stats(pool_index);
         let mut endpoint = endpoint;
         let mut sent = self
             .upstreams
@@ -173,9 +178,10 @@ impl Proxy {
         // endpoint of the same pool, as nginx's proxy_next_upstream error.
         if let Err(failed) = &mut sent {
             if let (Some(kind), true) = (failed.error.upstream_kind(), failed.unsent.is_some()) {
-                if let Some(other) = pool.pick_other(endpoint) {
+                if let Some(other) = pool.pick_other(endpoint, now_ms) {
                     let request = failed.unsent.take().expect("checked above");
                     stats.record_late_error(kind);
+                    pool.endpoint_failed(endpoint, now_ms);
                     debug!(route = %route.name, from = %endpoint.label, to = %other.label, "retrying on another endpoint");
                     endpoint = other;
                     sent = self.upstreams.send(endpoint, request, timeouts).await;
@@ -185,11 +191,15 @@ impl Proxy {
         let (response, release) = match sent {
             Ok(sent) => {
                 stats.record(sent.0.status().as_u16(), started, None);
+                endpoint.health.succeeded();
                 sent
             }
             Err(failed) => {
                 let err = failed.error;
                 stats.record(err.status().as_u16(), started, err.upstream_kind());
+                if err.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
+                    tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
+                }
                 return Err(err);
             }
         };
@@ -218,6 +228,30 @@ impl Proxy {
             ProxyBody::upstream(body, release, in_flight),
         ))
     }
+}
+
+/// An endpoint that is not ejected: from the chosen pool, else — when
+/// every endpoint of it is down — from the baseline, else from any other
+/// pool of the split (failing open). None left: 503.
+fn healthy_endpoint<'t>(
+    table: &'t RouteTable,
+    route: &RouteEntry,
+    chosen: u16,
+    now_ms: u64,
+) -> Result<(u16, &'t EndpointEntry), ForwardError> {
+    if let Some(endpoint) = table.pool(chosen).pick_healthy(now_ms) {
+        return Ok((chosen, endpoint));
+    }
+    let others = std::iter::once(route.baseline).chain(route.weights().map(|(pool, _)| pool));
+    for pool in others.filter(|&p| p != chosen) {
+        if let Some(endpoint) = table.pool(pool).pick_healthy(now_ms) {
+            debug!(route = %route.name, from = %table.pool(chosen).name, to = %table.pool(pool).name, "pool down; failing open");
+            return Ok((pool, endpoint));
+        }
+    }
+    Err(ForwardError::NoHealthyEndpoint {
+        route: route.name.to_string(),
+    })
 }
 
 fn is_h1(parts: &http::request::Parts) -> bool {

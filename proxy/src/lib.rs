@@ -9,6 +9,7 @@
 //! - `client_io`: the client socket with head/idle timeouts (408) and the
 //!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
+//! - `health`: passive outlier ejection of failing endpoints.
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
 //! - `stats`: Prometheus metrics and the per-pool 100 ms outcome ticks.
 //! - `body`: request and response body types.
@@ -19,6 +20,7 @@ mod client_io;
 mod error;
 mod forward;
 mod headers;
+pub mod health;
 mod listener;
 pub mod route;
 pub mod stats;

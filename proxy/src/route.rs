@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use switchyard_config::{Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts};
 
 use crate::error::ForwardError;
+use crate::health::{EndpointHealth, MAX_EJECTED_SHARE};
 use crate::stats::{Metrics, PoolStats, StatsScope};
 
 /// Sticky keys hash into this many buckets; a bucket maps to a pool by the
@@ -112,6 +113,8 @@ pub struct EndpointEntry {
     pub label: Arc<str>,
     /// Requests in flight, for the least-outstanding policy.
     pub in_flight: Arc<AtomicU32>,
+    /// Recent failures, for outlier ejection.
+    pub health: Arc<EndpointHealth>,
 }
 
 /// The pool chosen for a request, and the sticky cookie to set if any.
@@ -120,6 +123,9 @@ pub struct PoolChoice {
     pub pool: u16,
     /// `Set-Cookie` value for a client that got a new sticky id.
     pub set_cookie: Option<HeaderValue>,
+    /// A tester pinned the pool: it is used even when its endpoints are
+    /// ejected, so the tester sees what that pool does.
+    pub pinned: bool,
 }
 
 impl RouteTable {
@@ -148,6 +154,7 @@ impl RouteTable {
                     addr,
                     label: format!("{}/{}", pool.name, endpoint.address).into(),
                     in_flight: Arc::new(AtomicU32::new(0)),
+                    health: scope.endpoint_health(&pool.name, addr),
                 });
             }
             let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
@@ -344,6 +351,7 @@ impl RouteTable {
             return PoolChoice {
                 pool,
                 set_cookie: None,
+                pinned: true,
             };
         }
         match &route.sticky {
@@ -352,6 +360,7 @@ impl RouteTable {
                     return PoolChoice {
                         pool: route.pool_for_bucket(sticky_bucket(value.as_bytes())),
                         set_cookie: None,
+                        pinned: false,
                     };
                 }
             }
@@ -360,6 +369,7 @@ impl RouteTable {
                     return PoolChoice {
                         pool: route.pool_for_bucket(sticky_bucket(value)),
                         set_cookie: None,
+                        pinned: false,
                     };
                 }
                 if *set {
@@ -369,6 +379,7 @@ impl RouteTable {
                     return PoolChoice {
                         pool: route.pool_for_bucket(sticky_bucket(id.as_bytes())),
                         set_cookie: HeaderValue::try_from(cookie).ok(),
+                        pinned: false,
                     };
                 }
             }
@@ -377,6 +388,7 @@ impl RouteTable {
         PoolChoice {
             pool: route.pool_for_bucket(rand::rng().random_range(0..BUCKETS)),
             set_cookie: None,
+            pinned: false,
         }
     }
 
@@ -480,8 +492,34 @@ impl PoolEntry {
         &self.endpoints[index as usize]
     }
 
+    /// Picks an endpoint that is not ejected, if the pool has one.
+    pub fn pick_healthy(&self, now_ms: u64) -> Option<&EndpointEntry> {
+        let first = self.pick();
+        if !first.health.is_ejected(now_ms) {
+            return Some(first);
+        }
+        (0..self.sequence.len().min(8))
+            .map(|_| self.pick())
+            .find(|e| !e.health.is_ejected(now_ms))
+            .or_else(|| self.endpoints.iter().find(|e| !e.health.is_ejected(now_ms)))
+    }
+
+    /// Records a failed exchange with `endpoint`; ejects it after a run of
+    /// failures if the pool can spare it. Returns true if it was ejected.
+    pub fn endpoint_failed(&self, endpoint: &EndpointEntry, now_ms: u64) -> bool {
+        endpoint.health.failed(now_ms, || {
+            let ejected = self
+                .endpoints
+                .iter()
+                .filter(|e| e.health.is_ejected(now_ms))
+                .count();
+            ejected == 0
+                || ((ejected + 1) as f64) <= MAX_EJECTED_SHARE * self.endpoints.len() as f64
+        })
+    }
+
     /// Another endpoint than `tried`, by the pool's policy, if the pool has one.
-    pub fn pick_other(&self, tried: &EndpointEntry) -> Option<&EndpointEntry> {
+    pub fn pick_other(&self, tried: &EndpointEntry, now_ms: u64) -> Option<&EndpointEntry> {
         if self.endpoints.len() < 2 {
             return None;
         }
@@ -489,7 +527,7 @@ impl PoolEntry {
         // tries cover weights that repeat one endpoint in a row.
         (0..self.sequence.len().min(8))
             .map(|_| self.pick())
-            .find(|e| e.addr != tried.addr)
+            .find(|e| e.addr != tried.addr && !e.health.is_ejected(now_ms))
             .or_else(|| self.endpoints.iter().find(|e| e.addr != tried.addr))
     }
 

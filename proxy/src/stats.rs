@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::health::EndpointHealth;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -46,9 +47,16 @@ pub struct Metrics {
 #[derive(Default)]
 pub struct StatsScope {
     pools: Mutex<HashMap<(String, String), Arc<PoolStats>>>,
+    endpoints: Mutex<HashMap<(String, std::net::SocketAddr), Arc<EndpointHealth>>>,
 }
 
 impl StatsScope {
+    /// An endpoint's failure record, kept across table swaps.
+    pub fn endpoint_health(&self, pool: &str, addr: std::net::SocketAddr) -> Arc<EndpointHealth> {
+        let mut endpoints = self.endpoints.lock().expect("stats lock is never poisoned");
+        Arc::clone(endpoints.entry((pool.to_string(), addr)).or_default())
+    }
+
     /// The scope of tables built without one of their own.
     pub fn shared() -> &'static StatsScope {
         static SHARED: OnceLock<StatsScope> = OnceLock::new();
@@ -219,11 +227,16 @@ pub struct TickCounts {
     pub slow: u64,
 }
 
-/// The tick a moment falls in, counted from the first use of the clock.
-pub fn tick_of(at: Instant) -> u64 {
+/// Milliseconds from the first use of the stats clock to `at`.
+pub fn ms_of(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    (at.saturating_duration_since(start).as_millis() / TICK.as_millis()) as u64
+    at.saturating_duration_since(start).as_millis() as u64
+}
+
+/// The tick a moment falls in, counted from the first use of the clock.
+pub fn tick_of(at: Instant) -> u64 {
+    ms_of(at) / TICK.as_millis() as u64
 }
 
 impl PoolStats {
