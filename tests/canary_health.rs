@@ -355,3 +355,80 @@ async fn t9b_a_slowdown_both_pools_share_is_not_blamed_on_the_canary() {
     s.canary.delay_ms.store(30, Ordering::Relaxed);
     assert_no_fallback_for(&s, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t4_both_pools_at_three_percent_never_fall_back() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t4", 1000, 4).await;
+    s.stable.error_ppm.store(30_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(30_000, Ordering::Relaxed);
+    let load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(60)).await;
+    assert!(
+        load.sent.load(Ordering::Relaxed) > 45_000,
+        "the load did not keep its rate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t6_low_traffic_with_one_percent_errors_never_falls_back() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t6", 1000, 6).await;
+    s.stable.error_ppm.store(10_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(10_000, Ordering::Relaxed);
+    let _load = open_loop(s.setup.proxy, 20);
+    assert_no_fallback_for(&s, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t7_a_small_regression_is_caught_within_30_s() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t7", 1000, 7).await;
+    s.stable.error_ppm.store(10_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(10_000, Ordering::Relaxed);
+    let _load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(5)).await;
+    let broke = Instant::now();
+    s.canary.error_ppm.store(50_000, Ordering::Relaxed);
+    let took = time_to_fallback(&s, broke, Duration::from_secs(30))
+        .await
+        .expect("no fallback at all");
+    assert!(took <= Duration::from_secs(30), "fallback took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t8b_shared_error_bursts_never_fall_back() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t8b", 1000, 18).await;
+    let _load = open_loop(s.setup.proxy, 1000);
+    let start = Instant::now();
+    // 2-s bursts of 20% errors in both pools together, every 10 s.
+    while start.elapsed() < Duration::from_secs(60) {
+        assert_no_fallback_for(&s, Duration::from_secs(8)).await;
+        s.stable.error_ppm.store(200_000, Ordering::Relaxed);
+        s.canary.error_ppm.store(200_000, Ordering::Relaxed);
+        assert_no_fallback_for(&s, Duration::from_secs(2)).await;
+        s.stable.error_ppm.store(0, Ordering::Relaxed);
+        s.canary.error_ppm.store(0, Ordering::Relaxed);
+    }
+    assert_no_fallback_for(&s, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_a_weight_change_under_shared_noise_does_not_fall_back() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario("t10", 500, 10).await;
+    s.stable.error_ppm.store(10_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(10_000, Ordering::Relaxed);
+    let _load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(30)).await;
+    let request = Request::put(format!("http://{}/v1/routes/t10/weights", s.setup.admin))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({"weights": {"stable": 8000, "canary": 2000}}).to_string(),
+        )))
+        .expect("request");
+    let response = support::client().request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert_no_fallback_for(&s, Duration::from_secs(30)).await;
+}
