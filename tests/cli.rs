@@ -197,3 +197,28 @@ fn bad_canary_weight_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("over 100%"), "{stderr}");
 }
+
+#[test]
+fn a_port_another_process_listens_on_is_refused() {
+    // SO_REUSEPORT would let the second process share it silently.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let output = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            &addr,
+            "--stable",
+            "127.0.0.1:9",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("binding listener {addr}")),
+        "{stderr}"
+    );
+}

@@ -64,6 +64,7 @@ impl Server {
             (0..workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for &addr in listen {
+            refuse_if_taken(addr)?;
             let first = bind(addr)?;
             let bound = first
                 .local_addr()
@@ -113,6 +114,23 @@ impl Server {
             }
         }
     }
+}
+
+/// With SO_REUSEPORT a second process could bind the same port and
+/// silently take half the connections; nginx and HAProxy refuse to start
+/// instead. A probe bind without it fails if anyone holds the port.
+fn refuse_if_taken(addr: SocketAddr) -> Result<(), ForwardError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let bind_error = |source| ForwardError::Bind { addr, source };
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_error)?;
+    // SO_REUSEADDR only lets the probe past sockets in TIME_WAIT, as the
+    // real bind does; a listening socket still makes it fail.
+    probe.set_reuse_address(true).map_err(bind_error)?;
+    probe.bind(&addr.into()).map_err(bind_error)?;
+    Ok(())
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ForwardError> {
