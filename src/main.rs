@@ -323,6 +323,7 @@ fn split_config(
             },
             sticky: None,
             pool_override: None,
+            canary_health: None,
         }],
         timeouts: RawTimeouts {
             response_header: upstream_timeout,

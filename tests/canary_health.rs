@@ -147,6 +147,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A route of its own per scenario: the data plane's counters are
 /// process-wide, keyed by route and pool, and tests run side by side.
 async fn scenario(route: &str, canary_bp: i64, seed: u64) -> Scenario {
+    scenario_with(route, canary_bp, seed, json!(null)).await
+}
+
+/// A scenario whose route has `canary_health` settings.
+async fn scenario_with(route: &str, canary_bp: i64, seed: u64, health: Value) -> Scenario {
     let epoch = Instant::now();
     let stable = chaos_upstream("stable", seed, epoch).await;
     let canary = chaos_upstream("canary", seed + 1, epoch).await;
@@ -157,6 +162,10 @@ async fn scenario(route: &str, canary_bp: i64, seed: u64) -> Scenario {
         "routes": [{"name": route, "split": {"baseline": "stable",
             "weights": {"stable": 10_000 - canary_bp, "canary": canary_bp}}}],
     });
+    let mut config = config;
+    if !health.is_null() {
+        config["routes"][0]["canary_health"] = health;
+    }
     Scenario {
         route: route.to_string(),
         setup: support::admin_setup(&config, None),
@@ -431,4 +440,23 @@ async fn t10_a_weight_change_under_shared_noise_does_not_fall_back() {
     let response = support::client().request(request).await.expect("response");
     assert_eq!(response.status(), 200);
     assert_no_fallback_for(&s, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_error_slo_falls_back_even_when_the_baseline_fails_as_much() {
+    let _serial = SERIAL.lock().await;
+    let s = scenario_with("slo", 1000, 11, json!({"max_error_rate": 0.02})).await;
+    let _load = open_loop(s.setup.proxy, 1000);
+    assert_no_fallback_for(&s, Duration::from_secs(3)).await;
+    // A shared 20% outage: relative to the baseline the canary is fine,
+    // but the route's SLO says 2%.
+    let broke = Instant::now();
+    s.stable.error_ppm.store(200_000, Ordering::Relaxed);
+    s.canary.error_ppm.store(200_000, Ordering::Relaxed);
+    let took = time_to_fallback(&s, broke, Duration::from_secs(5))
+        .await
+        .expect("the SLO did not fire");
+    assert!(took <= Duration::from_secs(5), "took {took:?}");
+    let event = fallbacks(s.setup.admin).await.remove(0);
+    assert_eq!(event["evidence"]["arm"], "slo_errors", "{event}");
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use switchyard_config::CanaryHealth;
 use switchyard_proxy::stats::{tick_of, PoolStats, TICK};
 
 use crate::control::{ControlPlane, GateVerdict, StepGate};
@@ -32,6 +33,8 @@ const SNAPSHOTS: usize = 61;
 /// One canary pool of one route under watch.
 struct Watch {
     detector: Detector,
+    /// The route's settings the detector was built with.
+    settings: CanaryHealth,
     /// The route's weights when the watch began; a change resets it.
     weights: BTreeMap<String, u32>,
     baseline: Arc<PoolStats>,
@@ -168,9 +171,20 @@ async fn evaluate(
             }
             let key = (route.name.to_string(), table.pool(pool).name.to_string());
             alive.push(key.clone());
+            let settings = route.canary_health;
+            if watches.get(&key).is_some_and(|w| w.settings != settings) {
+                // The route's settings changed (a reload): start over.
+                watches.remove(&key);
+            }
+            let slo_us = settings
+                .max_latency_ms
+                .map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
+            stats_of(route, pool)
+                .slo_after_us
+                .store(slo_us, Ordering::Relaxed);
             let watch = watches.entry(key.clone()).or_insert_with(|| Watch {
-                detector: Detector::new(DetectorConfig::default())
-                    .expect("the default detector config is valid"),
+                detector: detector_for(settings),
+                settings,
                 weights: weights.clone(),
                 baseline: Arc::clone(baseline_stats),
                 canary: Arc::clone(stats_of(route, pool)),
@@ -216,7 +230,7 @@ async fn evaluate(
                     requests: canary.requests,
                     errors: canary.errors,
                     slow: canary_slow,
-                    over_slo_latency: 0,
+                    over_slo_latency: canary.over_slo,
                 },
             );
             let status = serde_json::to_value(watch.detector.status()).unwrap_or(Value::Null);
@@ -247,6 +261,21 @@ async fn evaluate(
         fall_back(plane, board, &route, &pool, &verdict).await;
         watches.remove(&(route, pool));
     }
+}
+
+/// A detector with the route's settings over the defaults; settings the
+/// detector refuses (validated by the config already) fall back to them.
+fn detector_for(settings: CanaryHealth) -> Detector {
+    let mut config = DetectorConfig::default();
+    if let Some(threshold) = settings.threshold {
+        config.threshold = threshold;
+    }
+    config.max_error_rate = settings.max_error_rate;
+    config.max_latency_ms = settings.max_latency_ms;
+    Detector::new(config).unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "canary-health settings refused; using the defaults");
+        Detector::new(DetectorConfig::default()).expect("the default detector config is valid")
+    })
 }
 
 fn stats_of(route: &switchyard_proxy::route::RouteEntry, pool: u16) -> &Arc<PoolStats> {

@@ -71,7 +71,7 @@ impl Policy {
 }
 
 /// A route: matchers and a split.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Unique route name.
     pub name: String,
@@ -83,6 +83,19 @@ pub struct Route {
     pub sticky: Option<Sticky>,
     /// Where a tester's pool override comes from; `None` disables it.
     pub pool_override: Option<Override>,
+    /// Canary-health settings (defaults where absent).
+    pub canary_health: CanaryHealth,
+}
+
+/// Per-route canary-health settings; `None` keeps the detector's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CanaryHealth {
+    /// The S at which the canary is judged bad.
+    pub threshold: Option<f64>,
+    /// Absolute error-rate SLO, 0 to 1.
+    pub max_error_rate: Option<f64>,
+    /// Absolute latency SLO, milliseconds.
+    pub max_latency_ms: Option<f64>,
 }
 
 /// All given matchers must hold.

@@ -86,6 +86,25 @@ pub struct RawRoute {
     /// Lets a tester pin a request to a pool; on by default, `false` turns it off.
     #[serde(default, rename = "override")]
     pub pool_override: Option<RawOverride>,
+    /// Canary-health settings for this route; defaults apply when absent.
+    #[serde(default)]
+    pub canary_health: Option<RawCanaryHealth>,
+}
+
+/// Per-route canary-health settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanaryHealth {
+    /// The S at which the canary is judged bad (default 20).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// An absolute error-rate SLO (0 to 1): the canary falls back above it
+    /// even when the baseline fails as much.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// An absolute latency SLO in milliseconds.
+    #[serde(default)]
+    pub max_latency_ms: Option<f64>,
 }
 
 /// Request matchers; all given ones must match.

@@ -7,11 +7,12 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::locate::{locate, render, Segment};
 use crate::model::{
-    Config, Endpoint, HostMatch, Limits, Match, Override, PathMatch, Policy, Pool, Route, Split,
-    Sticky, Timeouts, DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
+    CanaryHealth, Config, Endpoint, HostMatch, Limits, Match, Override, PathMatch, Policy, Pool,
+    Route, Split, Sticky, Timeouts, DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
 };
 use crate::raw::{
-    RawConfig, RawEndpoint, RawLimits, RawMatch, RawOverride, RawRoute, RawSticky, RawTimeouts,
+    RawCanaryHealth, RawConfig, RawEndpoint, RawLimits, RawMatch, RawOverride, RawRoute, RawSticky,
+    RawTimeouts,
 };
 
 /// Parses JSON text and validates it. Errors carry line, column and path.
@@ -298,6 +299,10 @@ impl Validator<'_> {
             Some(sticky) => Some(self.sticky(&with(path, key("sticky")), sticky)?),
         };
         let pool_override = self.pool_override(&with(path, key("override")), &raw.pool_override)?;
+        let canary_health = match &raw.canary_health {
+            None => CanaryHealth::default(),
+            Some(health) => self.canary_health(&with(path, key("canary_health")), health)?,
+        };
 
         Ok(Route {
             name: raw.name.clone(),
@@ -308,6 +313,31 @@ impl Validator<'_> {
             },
             sticky,
             pool_override,
+            canary_health,
+        })
+    }
+
+    fn canary_health(
+        &self,
+        path: &Path,
+        raw: &RawCanaryHealth,
+    ) -> Result<CanaryHealth, ConfigError> {
+        let check =
+            |name: &str, value: Option<f64>, low: f64, high: f64, open_low: bool| match value {
+                Some(v) if !v.is_finite() || v > high || v < low || (open_low && v <= low) => self
+                    .fail(
+                        &with(path, key(name)),
+                        format!(
+                            "{v} is outside {}{low}..={high}",
+                            if open_low { "(exclusive) " } else { "" }
+                        ),
+                    ),
+                _ => Ok(value),
+            };
+        Ok(CanaryHealth {
+            threshold: check("threshold", raw.threshold, 0.0, 1000.0, true)?,
+            max_error_rate: check("max_error_rate", raw.max_error_rate, 0.0, 0.5, true)?,
+            max_latency_ms: check("max_latency_ms", raw.max_latency_ms, 0.0, 3_600_000.0, true)?,
         })
     }
 
@@ -617,6 +647,23 @@ mod tests {
     fn syntax_error_names_its_line() {
         let err = parse("{\n\"listeners\": [\n}").expect_err("syntax");
         assert_eq!(err.line(), Some(3));
+    }
+
+    #[test]
+    fn canary_health_settings_are_checked() {
+        let source = minimal(r#"{"stable": 9000, "canary": 1000}"#).replace(
+            r#""split""#,
+            r#""canary_health": {"max_error_rate": 0.02, "threshold": 15}, "split""#,
+        );
+        let config = parse(&source).expect("valid");
+        assert_eq!(config.routes[0].canary_health.max_error_rate, Some(0.02));
+        assert_eq!(config.routes[0].canary_health.threshold, Some(15.0));
+        let bad = minimal(r#"{"stable": 9000, "canary": 1000}"#).replace(
+            r#""split""#,
+            r#""canary_health": {"max_error_rate": 2}, "split""#,
+        );
+        let err = parse(&bad).expect_err("out of range");
+        assert_eq!(err.path(), Some("routes[0].canary_health.max_error_rate"));
     }
 
     #[test]

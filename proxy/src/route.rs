@@ -12,7 +12,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use rand::Rng;
 use rustc_hash::FxHashMap;
-use switchyard_config::{Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts};
+use switchyard_config::{
+    CanaryHealth, Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts,
+};
 
 use crate::error::ForwardError;
 use crate::health::{EndpointHealth, MAX_EJECTED_SHARE};
@@ -85,6 +87,8 @@ pub struct RouteEntry {
     override_cookie: Option<Box<str>>,
     /// Per pool of the split (same order): what the data plane counts.
     stats: Box<[(u16, Arc<PoolStats>)]>,
+    /// The route's canary-health settings, for the evaluator.
+    pub canary_health: CanaryHealth,
 }
 
 enum StickyKey {
@@ -232,6 +236,7 @@ impl RouteTable {
                 override_header,
                 override_cookie,
                 stats,
+                canary_health: route.canary_health,
             });
         }
 

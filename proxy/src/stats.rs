@@ -82,6 +82,7 @@ impl StatsScope {
                     duration: metrics.duration.with_label_values(&[route, pool]),
                     ticks: std::array::from_fn(|_| TickSlot::default()),
                     slow_after_us: AtomicU64::new(u64::MAX),
+                    slo_after_us: AtomicU64::new(u64::MAX),
                 })
             });
         Arc::clone(stats)
@@ -206,6 +207,8 @@ pub struct PoolStats {
     ticks: [TickSlot; RING],
     /// A response slower than this (µs) counts as slow; set by the detector.
     pub slow_after_us: AtomicU64,
+    /// A response slower than this (µs) breaks the route's latency SLO.
+    pub slo_after_us: AtomicU64,
 }
 
 /// Counts of one tick.
@@ -214,6 +217,7 @@ struct TickSlot {
     requests: AtomicU64,
     errors: AtomicU64,
     slow: AtomicU64,
+    over_slo: AtomicU64,
 }
 
 /// Counts of one finished tick, as the detector reads them.
@@ -225,6 +229,8 @@ pub struct TickCounts {
     pub errors: u64,
     /// Answers slower than the latency threshold.
     pub slow: u64,
+    /// Answers slower than the route's latency SLO.
+    pub over_slo: u64,
 }
 
 /// Milliseconds from the first use of the stats clock to `at`.
@@ -256,8 +262,12 @@ impl PoolStats {
         if status >= 500 {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if elapsed.as_micros() as u64 > self.slow_after_us.load(Ordering::Relaxed) {
+        let micros = elapsed.as_micros() as u64;
+        if micros > self.slow_after_us.load(Ordering::Relaxed) {
             slot.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        if micros > self.slo_after_us.load(Ordering::Relaxed) {
+            slot.over_slo.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -274,11 +284,13 @@ impl PoolStats {
             requests: slot.requests.swap(0, Ordering::Relaxed),
             errors: slot.errors.swap(0, Ordering::Relaxed),
             slow: slot.slow.swap(0, Ordering::Relaxed),
+            over_slo: slot.over_slo.swap(0, Ordering::Relaxed),
         };
         let ahead = &self.ticks[(tick as usize + RING / 2) % RING];
         ahead.requests.store(0, Ordering::Relaxed);
         ahead.errors.store(0, Ordering::Relaxed);
         ahead.slow.store(0, Ordering::Relaxed);
+        ahead.over_slo.store(0, Ordering::Relaxed);
         counts
     }
 
