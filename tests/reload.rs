@@ -82,16 +82,16 @@ async fn edits_reload_and_bad_edits_are_refused_without_a_failed_request() {
     let client = support::client();
     // A valid edit: everything to the canary.
     replace_file(&file, &config(0));
-    let mut reloaded = false;
-    for _ in 0..500 {
-        let routes = get_json(&client, admin, "/v1/routes/web").await;
-        if routes["weights"]["canary"] == 10_000 {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(reloaded, "the edit never took effect");
+    let routes = support::poll_for(
+        Duration::from_secs(10),
+        || get_json(&client, admin, "/v1/routes/web"),
+        |r| r["weights"]["canary"] == 10_000,
+    )
+    .await;
+    assert_eq!(
+        routes["weights"]["canary"], 10_000,
+        "the edit never took effect"
+    );
     assert_eq!(
         support::send_many(proxy, "/", 20).await.get("canary"),
         Some(&20)
@@ -106,14 +106,12 @@ async fn edits_reload_and_bad_edits_are_refused_without_a_failed_request() {
     let broken = config(0).replace("\"canary\": 10000", "\"canary\": 9000");
     assert_ne!(broken, config(0));
     replace_file(&file, &broken);
-    let mut rejected = Vec::new();
-    for _ in 0..500 {
-        rejected = events_of_kind(&client, admin, "config_rejected").await;
-        if !rejected.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rejected = support::poll_for(
+        Duration::from_secs(10),
+        || events_of_kind(&client, admin, "config_rejected"),
+        |r| !r.is_empty(),
+    )
+    .await;
     assert_eq!(rejected.len(), 1, "the bad edit was not recorded");
     let reason = rejected[0]["reason"].as_str().expect("reason");
     let line = broken
@@ -138,19 +136,13 @@ async fn edits_reload_and_bad_edits_are_refused_without_a_failed_request() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let mut twice = false;
-    for _ in 0..500 {
-        if events_of_kind(&client, admin, "config_rejected")
-            .await
-            .len()
-            == 2
-        {
-            twice = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(twice, "SIGHUP did not re-read the file");
+    let rejected = support::poll_for(
+        Duration::from_secs(10),
+        || events_of_kind(&client, admin, "config_rejected"),
+        |r| r.len() == 2,
+    )
+    .await;
+    assert_eq!(rejected.len(), 2, "SIGHUP did not re-read the file");
 
     running.store(false, Ordering::Relaxed);
     for task in load {
@@ -292,17 +284,16 @@ async fn state_wins_over_file_weights_and_removed_routes_drop_their_state() {
         &file,
         &config(vec![route("web", "web", 9000), route("new", "new", 2000)]),
     );
-    let mut routes = Value::Null;
-    for _ in 0..500 {
-        routes = get_json(&client, admin, "/v1/routes").await;
-        if routes["routes"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["name"] == "new"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let routes = support::poll_for(
+        Duration::from_secs(10),
+        || get_json(&client, admin, "/v1/routes"),
+        |routes| {
+            routes["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["name"] == "new"))
+        },
+    )
+    .await;
     let by_name = |name: &str| {
         routes["routes"]
             .as_array()

@@ -116,33 +116,6 @@ pub async fn upstream(name: &str) -> Upstream {
     upstream
 }
 
-/// A raw TCP upstream: for each connection, reads one request head (and
-/// nothing more), records the raw bytes, and writes `reply` verbatim.
-/// `reply` of `None` closes the connection without answering.
-pub async fn raw_upstream(reply: Option<&'static [u8]>) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let record = record.clone();
-            tokio::spawn(async move {
-                let head = read_head(&mut stream).await;
-                record.lock().expect("not poisoned").push(head);
-                if let Some(reply) = reply {
-                    let _ = stream.write_all(reply).await;
-                }
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
 /// Reads until the end of a request or response head (`\r\n\r\n`) or EOF.
 pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
@@ -214,13 +187,6 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// An h2c (prior knowledge) client.
-pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
 /// Sends one GET with extra headers; returns status, headers and body.
 pub async fn get(
     client: &Client<HttpConnector, Full<Bytes>>,
@@ -268,22 +234,6 @@ pub async fn send_many(addr: SocketAddr, path: &str, n: usize) -> HashMap<String
         }
     }
     total
-}
-
-/// Writes raw bytes to the proxy and reads everything it sends back until
-/// it closes the connection (or 5 s pass with nothing more to read).
-pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Polls `check` every 10 ms until it holds or `deadline` passes.
@@ -753,3 +703,20 @@ pub fn admin_setup(config: &Value, token: Option<&str>) -> AdminSetup {
 
 /// The HTTP/1.1 client type the helpers use.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Fetches a value every 20 ms until `done` holds for it or `deadline`
+/// passes; returns the last value fetched, for the caller to assert on.
+pub async fn poll_for<T, F, Fut>(deadline: Duration, mut fetch: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        let value = fetch().await;
+        if done(&value) || start.elapsed() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
