@@ -296,6 +296,8 @@ fn split_config(
         RawPool {
             endpoints: baseline.into_iter().map(RawEndpoint::Address).collect(),
             policy: None,
+            health_check: None,
+            outlier_detection: None,
         },
     );
     if other.is_empty() {
@@ -306,6 +308,8 @@ fn split_config(
             RawPool {
                 endpoints: other.into_iter().map(RawEndpoint::Address).collect(),
                 policy: None,
+                health_check: None,
+                outlier_detection: None,
             },
         );
         weights.insert(baseline_name.to_string(), 10_000 - i64::from(other_bp));
@@ -324,6 +328,7 @@ fn split_config(
             sticky: None,
             pool_override: None,
             canary_health: None,
+            retries: None,
         }],
         timeouts: RawTimeouts {
             response_header: upstream_timeout,

@@ -16,6 +16,7 @@ use switchyard_proxy::stats::{tick_of, PoolStats, TICK};
 
 use crate::control::{ControlPlane, GateVerdict, StepGate};
 use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
+use crate::events::NewEvent;
 use crate::rollout::Rollout;
 
 /// The baseline counts as slow itself when more than this share of its
@@ -130,6 +131,7 @@ pub fn spawn(plane: Arc<ControlPlane>, board: Arc<HealthBoard>) {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_tick = tick_of(Instant::now());
+        let mut availability = Availability::default();
         loop {
             interval.tick().await;
             let now_tick = tick_of(Instant::now());
@@ -138,8 +140,103 @@ pub fn spawn(plane: Arc<ControlPlane>, board: Arc<HealthBoard>) {
                 evaluate(&plane, &board, &mut watches, last_tick).await;
                 last_tick += 1;
             }
+            availability.scan(&plane);
         }
     });
+}
+
+/// Which endpoints and pools were down at the last scan, so that each
+/// change is recorded once as an event: an endpoint taken out by its
+/// health checks or by outlier ejection, and a pool with none left, whose
+/// share fails open to the other pools of its split.
+#[derive(Default)]
+struct Availability {
+    endpoints: HashMap<(Arc<str>, std::net::SocketAddr), bool>,
+    pools: HashMap<(Arc<str>, Arc<str>), bool>,
+}
+
+impl Availability {
+    fn scan(&mut self, plane: &ControlPlane) {
+        let table = plane.routes().snapshot();
+        let now_ms = switchyard_proxy::stats::ms_of(Instant::now());
+        let record = |kind: &'static str, route: Option<String>, reason: String| {
+            plane.events().record(NewEvent {
+                who: "health".into(),
+                kind,
+                route,
+                old_weights: None,
+                new_weights: None,
+                reason,
+                evidence: None,
+                version: table.version(),
+            });
+        };
+        let mut endpoints = HashMap::new();
+        for pool in table.pools() {
+            for endpoint in pool.endpoints.iter() {
+                let down = endpoint.health.is_down(now_ms);
+                let key = (Arc::clone(&pool.name), endpoint.addr);
+                let was = self.endpoints.get(&key).copied().unwrap_or(false);
+                if down && !was {
+                    let why = if endpoint.health.is_checked_down() {
+                        "it failed its active health checks"
+                    } else {
+                        "ejected after repeated gateway failures (outlier detection)"
+                    };
+                    record(
+                        "endpoint_down",
+                        None,
+                        format!("endpoint {} is down: {why}", endpoint.label),
+                    );
+                } else if was && !down {
+                    record(
+                        "endpoint_up",
+                        None,
+                        format!("endpoint {} takes requests again", endpoint.label),
+                    );
+                }
+                endpoints.insert(key, down);
+            }
+        }
+        self.endpoints = endpoints;
+        let mut pools = HashMap::new();
+        for route in table.routes() {
+            for (pool, weight) in route.weights() {
+                let entry = table.pool(pool);
+                let down = entry.is_down(now_ms);
+                let key = (Arc::clone(&route.name), Arc::clone(&entry.name));
+                let was = self.pools.get(&key).copied().unwrap_or(false);
+                if down && !was && weight > 0 {
+                    // Where its share goes: the baseline first, as the
+                    // data plane does (see `healthy_endpoint`).
+                    let open = std::iter::once(route.baseline)
+                        .chain(route.weights().map(|(p, _)| p))
+                        .filter(|&p| p != pool)
+                        .find(|&p| !table.pool(p).is_down(now_ms));
+                    let reason = match open {
+                        Some(to) => format!(
+                            "every endpoint of pool {} is down: its {weight} basis points fail open to pool {}",
+                            entry.name,
+                            table.pool(to).name
+                        ),
+                        None => format!(
+                            "every endpoint of pool {} is down and no other pool of the split has one: requests get 503",
+                            entry.name
+                        ),
+                    };
+                    record("pool_down", Some(route.name.to_string()), reason);
+                } else if was && !down {
+                    record(
+                        "pool_up",
+                        Some(route.name.to_string()),
+                        format!("pool {} has endpoints up again", entry.name),
+                    );
+                }
+                pools.insert(key, down && (was || weight > 0));
+            }
+        }
+        self.pools = pools;
+    }
 }
 
 async fn evaluate(
@@ -267,9 +364,38 @@ async fn evaluate(
 /// detector refuses (validated by the config already) fall back to them.
 fn detector_for(settings: CanaryHealth) -> Detector {
     let mut config = DetectorConfig::default();
-    if let Some(threshold) = settings.threshold {
-        config.threshold = threshold;
+    fn set<T: Copy>(field: &mut T, value: Option<T>) {
+        if let Some(value) = value {
+            *field = value;
+        }
     }
+    let c = &mut config;
+    set(&mut c.threshold, settings.threshold);
+    set(&mut c.long_window_ticks, settings.long_window_ticks);
+    set(&mut c.short_window_ticks, settings.short_window_ticks);
+    set(&mut c.burst_window_ticks, settings.burst_window_ticks);
+    set(&mut c.canary_delay_ticks, settings.judge_delay_ticks);
+    set(
+        &mut c.short_window_min_requests,
+        settings.short_window_min_requests,
+    );
+    set(
+        &mut c.burst_window_min_requests,
+        settings.burst_window_min_requests,
+    );
+    set(&mut c.margin_std_errors, settings.margin_std_errors);
+    set(&mut c.p0_floor, settings.p0_floor);
+    set(&mut c.slow_arm_ratio, settings.slow_arm_ratio);
+    set(&mut c.slow_arm_min_increase, settings.slow_arm_min_increase);
+    set(&mut c.fast_arm_ratio, settings.fast_arm_ratio);
+    set(&mut c.fast_arm_min_increase, settings.fast_arm_min_increase);
+    set(&mut c.latency_p0, settings.latency_p0);
+    set(&mut c.latency_p1, settings.latency_p1);
+    set(&mut c.latency_ratio, settings.latency_ratio);
+    set(
+        &mut c.latency_min_increase_ms,
+        settings.latency_min_increase_ms,
+    );
     config.max_error_rate = settings.max_error_rate;
     config.max_latency_ms = settings.max_latency_ms;
     Detector::new(config).unwrap_or_else(|err| {
@@ -369,5 +495,35 @@ async fn fall_back(
             routes.entry(route.to_string()).or_default().last_verdict = Some(evidence);
         }
         Err(err) => tracing::error!(route, error = %err, "fallback failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_settings_reach_the_detector_and_the_rest_keep_their_defaults() {
+        let settings = CanaryHealth {
+            threshold: Some(12.0),
+            long_window_ticks: Some(300),
+            judge_delay_ticks: Some(0),
+            burst_window_min_requests: Some(20),
+            fast_arm_min_increase: Some(0.3),
+            latency_ratio: Some(2.0),
+            ..CanaryHealth::default()
+        };
+        let detector = detector_for(settings);
+        let config = detector.config();
+        let defaults = DetectorConfig::default();
+        assert_eq!(config.threshold, 12.0);
+        assert_eq!(config.long_window_ticks, 300);
+        assert_eq!(config.canary_delay_ticks, 0);
+        assert_eq!(config.burst_window_min_requests, 20);
+        assert_eq!(config.fast_arm_min_increase, 0.3);
+        assert_eq!(config.latency_ratio, 2.0);
+        assert_eq!(config.short_window_ticks, defaults.short_window_ticks);
+        assert_eq!(config.slow_arm_ratio, defaults.slow_arm_ratio);
+        assert_eq!(config.latency_p0, defaults.latency_p0);
     }
 }

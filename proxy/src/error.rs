@@ -113,6 +113,15 @@ pub enum ForwardError {
         #[source]
         source: std::io::Error,
     },
+    /// A thread or runtime of the data plane could not be started.
+    #[error("starting {what}")]
+    Start {
+        /// Which part.
+        what: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ForwardError {
@@ -126,7 +135,9 @@ impl ForwardError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::Resolve { .. } | Self::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Resolve { .. } | Self::Bind { .. } | Self::Start { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

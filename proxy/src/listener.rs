@@ -26,6 +26,7 @@ use crate::client_io::{ClientIo, ConnPhase};
 use crate::error::ForwardError;
 use crate::forward::Proxy;
 use crate::headers::ClientInfo;
+use crate::health_check::HealthChecker;
 use crate::route::Routes;
 
 /// Runs futures on the current worker's `LocalSet`: hyper's HTTP/2 server
@@ -47,6 +48,8 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    /// Active health checks; stop when the server is dropped.
+    _checker: HealthChecker,
 }
 
 impl Server {
@@ -89,6 +92,10 @@ impl Server {
                 })?;
             handles.push(handle);
         }
+        let checker = HealthChecker::start(routes).map_err(|source| ForwardError::Start {
+            what: "the health checker",
+            source,
+        })?;
         for addr in &addrs {
             info!(address = %addr, workers, "listening");
         }
@@ -96,6 +103,7 @@ impl Server {
             addrs,
             shutdown,
             workers: handles,
+            _checker: checker,
         })
     }
 
