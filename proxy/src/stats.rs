@@ -8,7 +8,7 @@
 //! go back to zero when weights change.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,15 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+/// Whether requests are counted at all (see [`set_counting`]).
+static COUNTING: AtomicBool = AtomicBool::new(true);
+
+/// Turns per-request counting off or on for the whole process: with it
+/// off, the load benchmark measures what counting costs.
+pub fn set_counting(on: bool) {
+    COUNTING.store(on, Ordering::Relaxed);
+}
 
 /// The detector's tick.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -249,6 +258,9 @@ impl PoolStats {
     /// Records one answer: status, time to the response head, and whether
     /// it counts as an error for canary health.
     pub fn record(&self, status: u16, started: Instant, error: Option<ErrorKind>) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
@@ -273,6 +285,9 @@ impl PoolStats {
 
     /// Counts an upstream failure found after the head (a reset mid-body).
     pub fn record_late_error(&self, kind: ErrorKind) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         self.errors[kind as usize].inc();
     }
 
