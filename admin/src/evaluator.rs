@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use switchyard_config::CanaryHealth;
-use switchyard_proxy::stats::{tick_of, PoolStats, TICK};
+use switchyard_proxy::stats::{tick_of, PoolStats, TickCounts, TICK};
 
 use crate::control::{ControlPlane, GateVerdict, StepGate};
 use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
@@ -26,6 +26,9 @@ use crate::rollout::Rollout;
 const SHARED_SLOW_RATE: f64 = 0.05;
 const SHARED_SLOW_TICKS: usize = 10;
 const SHARED_SLOW_MIN_REQUESTS: u64 = 50;
+
+/// A pool's live error rate is over this many ticks (60 s).
+const LIVE_TICKS: usize = 600;
 
 /// Latency snapshots are taken every second and kept for 60 s.
 const SNAPSHOT_TICKS: u64 = 10;
@@ -56,6 +59,8 @@ struct RouteHealth {
     /// Per canary pool: requests served since the route's weights last
     /// changed, i.e. at the current rollout step.
     served: BTreeMap<String, u64>,
+    /// Every pool of the split: its live error rate, p99 and endpoints.
+    pools: BTreeMap<String, Value>,
 }
 
 /// The evaluator's shared view, for `GET /v1/routes/{route}/health`, and
@@ -105,7 +110,7 @@ impl HealthBoard {
         let routes = self.routes.lock().expect("health lock is never poisoned");
         match routes.get(route) {
             None => {
-                json!({"route": route, "canaries": {}, "last_verdict": null, "baseline_failing": false})
+                json!({"route": route, "pools": {}, "canaries": {}, "last_verdict": null, "baseline_failing": false})
             }
             Some(health) => {
                 let failing = health
@@ -114,6 +119,7 @@ impl HealthBoard {
                     .any(|s| s["is_baseline_failing"] == true);
                 json!({
                     "route": route,
+                    "pools": health.pools,
                     "canaries": health.status,
                     "served_at_step": health.served,
                     "last_verdict": health.last_verdict,
@@ -128,6 +134,7 @@ impl HealthBoard {
 pub fn spawn(plane: Arc<ControlPlane>, board: Arc<HealthBoard>) {
     tokio::spawn(async move {
         let mut watches: HashMap<(String, String), Watch> = HashMap::new();
+        let mut live: HashMap<(String, String), Live> = HashMap::new();
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_tick = tick_of(Instant::now());
@@ -137,7 +144,7 @@ pub fn spawn(plane: Arc<ControlPlane>, board: Arc<HealthBoard>) {
             let now_tick = tick_of(Instant::now());
             // Every tick that finished since the last run, oldest first.
             while last_tick < now_tick {
-                evaluate(&plane, &board, &mut watches, last_tick).await;
+                evaluate(&plane, &board, &mut watches, &mut live, last_tick).await;
                 last_tick += 1;
             }
             availability.scan(&plane);
@@ -243,11 +250,13 @@ async fn evaluate(
     plane: &Arc<ControlPlane>,
     board: &HealthBoard,
     watches: &mut HashMap<(String, String), Watch>,
+    live: &mut HashMap<(String, String), Live>,
     tick: u64,
 ) {
     let table = plane.routes().snapshot();
     let mut verdicts = Vec::new();
     let mut alive = Vec::new();
+    let mut present = Vec::new();
     for route in table.routes() {
         // Every pool's tick is taken, watched or not, so the ring holds
         // no stale counts when a pool becomes a canary later.
@@ -260,6 +269,26 @@ async fn evaluate(
             .weights()
             .map(|(pool, w)| (table.pool(pool).name.to_string(), w))
             .collect();
+        let now_ms = switchyard_proxy::stats::ms_of(Instant::now());
+        for (pool, stats) in route.all_stats() {
+            let name = table.pool(*pool).name.to_string();
+            present.push((route.name.to_string(), name.clone()));
+            let window = live
+                .entry((route.name.to_string(), name.clone()))
+                .or_default();
+            window.add(counts[pool]);
+            if tick.is_multiple_of(SNAPSHOT_TICKS) {
+                let endpoints = &table.pool(*pool).endpoints;
+                let up = endpoints
+                    .iter()
+                    .filter(|e| !e.health.is_down(now_ms))
+                    .count();
+                let described = window.describe(stats, (up, endpoints.len()));
+                let mut routes = board.routes.lock().expect("health lock is never poisoned");
+                let health = routes.entry(route.name.to_string()).or_default();
+                health.pools.insert(name, described);
+            }
+        }
         let baseline_counts = counts[&route.baseline];
         let baseline_stats = stats_of(route, route.baseline);
         for (pool, weight) in route.weights() {
@@ -343,9 +372,13 @@ async fn evaluate(
         }
     }
     watches.retain(|key, _| alive.contains(key));
+    live.retain(|key, _| present.contains(key));
     {
         let mut routes = board.routes.lock().expect("health lock is never poisoned");
         for (route, health) in routes.iter_mut() {
+            health
+                .pools
+                .retain(|pool, _| present.contains(&(route.clone(), pool.clone())));
             health
                 .status
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
@@ -421,19 +454,7 @@ fn publish_latency_threshold(watch: &mut Watch) {
     if watch.snapshots.len() > SNAPSHOTS {
         watch.snapshots.pop_front();
     }
-    let oldest = &watch.snapshots[0];
-    // Cumulative counts, then per bucket, over the window.
-    let mut previous = 0;
-    let window: Vec<(f64, u64)> = now
-        .iter()
-        .zip(oldest.iter())
-        .map(|(&(bound, total), &(_, then))| {
-            let cumulative = total.saturating_sub(then);
-            let in_bucket = cumulative.saturating_sub(previous);
-            previous = cumulative;
-            (bound, in_bucket)
-        })
-        .collect();
+    let window = window_of(&now, &watch.snapshots[0]);
     let threshold = watch.detector.config().latency_threshold_ms(&window);
     let micros = threshold.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
     watch.canary.slow_after_us.store(micros, Ordering::Relaxed);
@@ -443,6 +464,68 @@ fn publish_latency_threshold(watch: &mut Watch) {
         .baseline
         .slow_after_us
         .store(micros, Ordering::Relaxed);
+}
+
+/// Per bucket, the responses between two cumulative histogram snapshots.
+fn window_of(now: &[(f64, u64)], oldest: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    let mut previous = 0;
+    now.iter()
+        .zip(oldest.iter())
+        .map(|(&(bound, total), &(_, then))| {
+            let cumulative = total.saturating_sub(then);
+            let in_bucket = cumulative.saturating_sub(previous);
+            previous = cumulative;
+            (bound, in_bucket)
+        })
+        .collect()
+}
+
+/// One pool of one route over the last 60 s, watched by a detector or
+/// not, for `ctl status`: requests, errors and the latency histogram.
+#[derive(Default)]
+struct Live {
+    ticks: VecDeque<(u64, u64)>,
+    requests: u64,
+    errors: u64,
+    snapshots: VecDeque<Vec<(f64, u64)>>,
+}
+
+impl Live {
+    fn add(&mut self, counts: TickCounts) {
+        self.ticks.push_back((counts.requests, counts.errors));
+        self.requests += counts.requests;
+        self.errors += counts.errors;
+        if self.ticks.len() > LIVE_TICKS {
+            if let Some((requests, errors)) = self.ticks.pop_front() {
+                self.requests -= requests;
+                self.errors -= errors;
+            }
+        }
+    }
+
+    /// Takes a latency snapshot and describes the window.
+    fn describe(&mut self, stats: &PoolStats, endpoints: (usize, usize)) -> Value {
+        let now = stats.latency_snapshot();
+        if self.snapshots.is_empty() {
+            // The histogram counts from the start: the first window is all of it.
+            self.snapshots
+                .push_back(now.iter().map(|&(bound, _)| (bound, 0)).collect());
+        }
+        self.snapshots.push_back(now);
+        if self.snapshots.len() > SNAPSHOTS {
+            self.snapshots.pop_front();
+        }
+        let newest = self.snapshots.back().expect("just pushed");
+        let window = window_of(newest, &self.snapshots[0]);
+        json!({
+            "requests_60s": self.requests,
+            "errors_60s": self.errors,
+            "error_rate": (self.requests > 0).then(|| self.errors as f64 / self.requests as f64),
+            "p99_ms": crate::detector::quantile_ms(&window, 0.99),
+            "endpoints_up": endpoints.0,
+            "endpoints": endpoints.1,
+        })
+    }
 }
 
 async fn fall_back(
