@@ -93,34 +93,78 @@ pub fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// body), `TE` (except a `trailers` request, which survives as `TE: trailers`)
 /// and `Upgrade` unless `keep_upgrade` (a WebSocket handshake being passed on).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: the common keep-alive request or response has none of them.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-            .collect();
+    // One pass over the names finds which of them are there: the common
+    // request has none, the common response only `Connection`, so the
+    // map is not searched (hashed) once per hop-by-hop name.
+    let present = headers
+        .keys()
+        .fold(0u8, |present, name| present | hop_bit(name));
+    if present & HOP_CONNECTION != 0 {
+        // Values are shared `Bytes`: cloning one copies no bytes.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
         headers.remove(header::CONNECTION);
-        for name in named {
-            if keep_upgrade && name == header::UPGRADE {
-                continue;
+        for value in first.iter().chain(more.iter()) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                let skip = token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"));
+                if let (false, Ok(name)) = (skip, std::str::from_utf8(token)) {
+                    // A `&str` name is looked up without allocating.
+                    headers.remove(name);
+                }
             }
-            headers.remove(&name);
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.remove(header::TE) {
-        if has_token(te.as_bytes(), b"trailers") {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & HOP_KEEP_ALIVE != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & HOP_PROXY_CONNECTION != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & HOP_TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & HOP_TE != 0 {
+        if let Some(te) = headers.remove(header::TE) {
+            if has_token(te.as_bytes(), b"trailers") {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+const HOP_CONNECTION: u8 = 1;
+const HOP_KEEP_ALIVE: u8 = 2;
+const HOP_PROXY_CONNECTION: u8 = 4;
+const HOP_TRANSFER_ENCODING: u8 = 8;
+const HOP_TE: u8 = 16;
+const HOP_UPGRADE: u8 = 32;
+
+/// The bit of a fixed hop-by-hop field name, 0 for any other name.
+fn hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else if *name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if *name == PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else {
+        0
     }
 }
 
@@ -216,6 +260,26 @@ mod tests {
         assert!(headers.get("upgrade").is_none());
         assert_eq!(headers["te"], "trailers");
         assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn every_connection_field_counts_and_names_match_in_any_case() {
+        let mut headers = map(&[
+            ("connection", "X-One"),
+            ("connection", " x-two ,, bad name, Keep-Alive"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_headers(&mut headers, false);
+        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+        // Nothing hop-by-hop: nothing changes.
+        let mut plain = map(&[("host", "a"), ("x-kept", "yes")]);
+        strip_hop_headers(&mut plain, false);
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]
