@@ -17,7 +17,10 @@ use tracing::debug;
 
 use crate::body::{InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
-use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_headers, ClientInfo};
+use crate::headers::{
+    field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present, ClientInfo,
+    FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+};
 use crate::route::{EndpointEntry, RouteEntry, RouteTable, Routes};
 use crate::stats::ErrorKind;
 use crate::upstream::{ExchangeTimeouts, Upstreams};
@@ -90,7 +93,11 @@ impl Proxy {
         // Only `chunked` alone is accepted: hyper refuses a body whose last
         // coding is not chunked, and other codings before it are refused
         // here, as nginx does, since nothing downstream would decode them.
-        if let Some(te) = parts.headers.get(header::TRANSFER_ENCODING) {
+        let fields = field_bits(&parts.headers);
+        if let Some(te) = (fields & HOP_TRANSFER_ENCODING != 0)
+            .then(|| parts.headers.get(header::TRANSFER_ENCODING))
+            .flatten()
+        {
             if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
                 || parts
                     .headers
@@ -130,16 +137,20 @@ impl Proxy {
         let pool = table.pool(pool_index);
         debug!(route = %route.name, backend = %endpoint.label, "forwarding");
 
-        let upgrade = is_h1(&parts) && is_websocket_upgrade(&parts.headers);
+        let upgrade = fields & (HOP_UPGRADE | HOP_CONNECTION) == (HOP_UPGRADE | HOP_CONNECTION)
+            && is_h1(&parts)
+            && is_websocket_upgrade(&parts.headers);
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
             None
         };
-        strip_hop_headers(&mut parts.headers, upgrade);
-        // The proxy answers `Expect: 100-continue` itself when it reads the body.
-        parts.headers.remove(header::EXPECT);
-        set_forwarded(&mut parts.headers, client, host_value.as_ref());
+        strip_present(&mut parts.headers, upgrade, fields);
+        if fields & FIELD_EXPECT != 0 {
+            // The proxy answers `Expect: 100-continue` itself when it reads the body.
+            parts.headers.remove(header::EXPECT);
+        }
+        set_forwarded(&mut parts.headers, client, host_value.as_ref(), fields);
         if parts.uri.scheme().is_some() || parts.version == Version::HTTP_2 {
             // Absolute-form (RFC 9112 §3.2.2) and HTTP/2: the authority
             // becomes the Host, and the target goes out in origin form.

@@ -93,12 +93,25 @@ pub fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// body), `TE` (except a `trailers` request, which survives as `TE: trailers`)
 /// and `Upgrade` unless `keep_upgrade` (a WebSocket handshake being passed on).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names finds which of them are there: the common
-    // request has none, the common response only `Connection`, so the
-    // map is not searched (hashed) once per hop-by-hop name.
-    let present = headers
+    let present = field_bits(headers);
+    strip_present(headers, keep_upgrade, present);
+}
+
+/// Which of the fields the proxy acts on a request has ([`FieldBits`]),
+/// found in one pass over the names: the common request has none of them
+/// and the common response only `Connection`, so the map is not searched
+/// (hashed) once per name the proxy might act on.
+pub fn field_bits(headers: &HeaderMap) -> FieldBits {
+    headers
         .keys()
-        .fold(0u8, |present, name| present | hop_bit(name));
+        .fold(0, |present, name| present | field_bit(name))
+}
+
+/// A set of [`field_bits`] flags.
+pub type FieldBits = u16;
+
+/// [`strip_hop_headers`] with the fields present already known.
+pub fn strip_present(headers: &mut HeaderMap, keep_upgrade: bool, present: FieldBits) {
     if present & HOP_CONNECTION != 0 {
         // Values are shared `Bytes`: cloning one copies no bytes.
         let mut values = headers.get_all(header::CONNECTION).iter();
@@ -142,15 +155,22 @@ pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-const HOP_CONNECTION: u8 = 1;
-const HOP_KEEP_ALIVE: u8 = 2;
-const HOP_PROXY_CONNECTION: u8 = 4;
-const HOP_TRANSFER_ENCODING: u8 = 8;
-const HOP_TE: u8 = 16;
-const HOP_UPGRADE: u8 = 32;
+/// `Connection`.
+pub const HOP_CONNECTION: FieldBits = 1;
+const HOP_KEEP_ALIVE: FieldBits = 2;
+const HOP_PROXY_CONNECTION: FieldBits = 4;
+/// `Transfer-Encoding`.
+pub const HOP_TRANSFER_ENCODING: FieldBits = 8;
+const HOP_TE: FieldBits = 16;
+/// `Upgrade`.
+pub const HOP_UPGRADE: FieldBits = 32;
+/// `Expect`.
+pub const FIELD_EXPECT: FieldBits = 64;
+const FIELD_X_FORWARDED_FOR: FieldBits = 128;
+const FIELD_FORWARDED: FieldBits = 256;
 
-/// The bit of a fixed hop-by-hop field name, 0 for any other name.
-fn hop_bit(name: &HeaderName) -> u8 {
+/// The bit of a field name the proxy acts on, 0 for any other name.
+fn field_bit(name: &HeaderName) -> FieldBits {
     if name == header::CONNECTION {
         HOP_CONNECTION
     } else if name == header::TRANSFER_ENCODING {
@@ -163,6 +183,12 @@ fn hop_bit(name: &HeaderName) -> u8 {
         HOP_KEEP_ALIVE
     } else if *name == PROXY_CONNECTION {
         HOP_PROXY_CONNECTION
+    } else if name == header::EXPECT {
+        FIELD_EXPECT
+    } else if *name == X_FORWARDED_FOR {
+        FIELD_X_FORWARDED_FOR
+    } else if *name == FORWARDED {
+        FIELD_FORWARDED
     } else {
         0
     }
@@ -172,10 +198,15 @@ fn hop_bit(name: &HeaderName) -> u8 {
 /// client to `X-Forwarded-For` and `Forwarded`, and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (a client's own values for
 /// those two are not trusted, as nginx's `proxy_set_header` does).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        None => client.peer_value.clone(),
-        Some(_) => {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<&HeaderValue>,
+    present: FieldBits,
+) {
+    let xff = match present & FIELD_X_FORWARDED_FOR {
+        0 => client.peer_value.clone(),
+        _ => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 joined.put_slice(value.as_bytes());
@@ -189,7 +220,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
 
     let mut previous: Option<HeaderValue> = None;
-    if headers.contains_key(&FORWARDED) {
+    if present & FIELD_FORWARDED != 0 {
         let mut joined = BytesMut::new();
         for value in headers.get_all(&FORWARDED) {
             joined.put_slice(value.as_bytes());
@@ -299,7 +330,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("example.com:8080");
-        set_forwarded(&mut headers, &client, Some(&host));
+        let present = field_bits(&headers);
+        set_forwarded(&mut headers, &client, Some(&host), present);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "example.com:8080");
