@@ -206,6 +206,49 @@ pub struct CanaryHealth {
     pub latency_ratio: Option<f64>,
     /// Latency threshold's least increase over the baseline's p99, ms.
     pub latency_min_increase_ms: Option<f64>,
+    /// Statuses that count as errors (see [`ErrorStatuses`]); `None`: 5xx.
+    pub error_statuses: Option<ErrorStatuses>,
+}
+
+impl CanaryHealth {
+    /// The statuses that count as errors for this route.
+    pub fn error_statuses(&self) -> ErrorStatuses {
+        self.error_statuses.unwrap_or_default()
+    }
+}
+
+/// A set of statuses from 400 to 655: bit `n` of word `n / 64` is status
+/// 400 + n. The default is every 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorStatuses(pub [u64; 4]);
+
+impl ErrorStatuses {
+    /// The empty set.
+    pub const NONE: ErrorStatuses = ErrorStatuses([0; 4]);
+
+    /// Adds `low..=high` (within 400..=599).
+    pub fn add(&mut self, low: u16, high: u16) {
+        for status in low.max(400)..=high.min(599) {
+            let n = usize::from(status - 400);
+            self.0[n / 64] |= 1 << (n % 64);
+        }
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        let Some(n) = status.checked_sub(400).map(usize::from) else {
+            return false;
+        };
+        n < 256 && self.0[n / 64] & (1 << (n % 64)) != 0
+    }
+}
+
+impl Default for ErrorStatuses {
+    fn default() -> Self {
+        let mut set = ErrorStatuses::NONE;
+        set.add(500, 599);
+        set
+    }
 }
 
 /// All given matchers must hold.

@@ -231,6 +231,11 @@ pub struct RawCanaryHealth {
     /// The slow threshold's least increase over the baseline's p99, ms (default 10).
     #[serde(default)]
     pub latency_min_increase_ms: Option<f64>,
+    /// Which answers count as errors: codes (`429`) or classes (`"5xx"`),
+    /// 400 to 599; default `["5xx"]`, whether the upstream or the proxy
+    /// (502, 503, 504 for a pool it could not reach) answered.
+    #[serde(default)]
+    pub error_statuses: Vec<RawStatus>,
 }
 
 /// Request matchers; all given ones must match.

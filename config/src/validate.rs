@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::locate::{locate, render, Segment};
 use crate::model::{
-    CanaryHealth, Config, Endpoint, HealthCheck, HostMatch, Limits, Match, OutlierDetection,
-    Override, PathMatch, Policy, Pool, Retries, Route, Split, Sticky, Timeouts,
+    CanaryHealth, Config, Endpoint, ErrorStatuses, HealthCheck, HostMatch, Limits, Match,
+    OutlierDetection, Override, PathMatch, Policy, Pool, Retries, Route, Split, Sticky, Timeouts,
     DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
 };
 use crate::raw::{
@@ -366,24 +366,7 @@ impl Validator<'_> {
         let mut expected_status = Vec::new();
         for (index, status) in raw.expected_status.iter().enumerate() {
             let status_path = with(&with(path, key("expected_status")), Segment::Index(index));
-            let range = match status {
-                RawStatus::Code(code) if (100..=599).contains(code) => (*code as u16, *code as u16),
-                RawStatus::Class(class)
-                    if class.len() == 3
-                        && (b'1'..=b'5').contains(&class.as_bytes()[0])
-                        && class[1..].eq_ignore_ascii_case("xx") =>
-                {
-                    let low = u16::from(class.as_bytes()[0] - b'0') * 100;
-                    (low, low + 99)
-                }
-                _ => {
-                    return self.fail(
-                        &status_path,
-                        "expected a status code 100 to 599 or a class such as \"2xx\"",
-                    )
-                }
-            };
-            expected_status.push(range);
+            expected_status.push(self.status_range(&status_path, status)?);
         }
         if expected_status.is_empty() {
             expected_status.push((200, 399));
@@ -402,6 +385,25 @@ impl Validator<'_> {
             rise: count("rise", raw.rise, 2)?,
             fall: count("fall", raw.fall, 3)?,
         })
+    }
+
+    /// A status code or class as an inclusive range.
+    fn status_range(&self, path: &Path, status: &RawStatus) -> Result<(u16, u16), ConfigError> {
+        match status {
+            RawStatus::Code(code) if (100..=599).contains(code) => Ok((*code as u16, *code as u16)),
+            RawStatus::Class(class)
+                if class.len() == 3
+                    && (b'1'..=b'5').contains(&class.as_bytes()[0])
+                    && class[1..].eq_ignore_ascii_case("xx") =>
+            {
+                let low = u16::from(class.as_bytes()[0] - b'0') * 100;
+                Ok((low, low + 99))
+            }
+            _ => self.fail(
+                path,
+                "expected a status code 100 to 599 or a class such as \"2xx\"",
+            ),
+        }
     }
 
     fn outlier(
@@ -535,7 +537,8 @@ impl Validator<'_> {
             ),
             _ => Ok(value.map(|n| n as u64)),
         };
-        let health = CanaryHealth {
+        let mut health = CanaryHealth {
+            error_statuses: None,
             threshold: check("threshold", raw.threshold, 0.0, 1000.0, true)?,
             max_error_rate: check("max_error_rate", raw.max_error_rate, 0.0, 0.5, true)?,
             max_latency_ms: check("max_latency_ms", raw.max_latency_ms, 0.0, 3_600_000.0, true)?,
@@ -584,6 +587,17 @@ impl Validator<'_> {
                 false,
             )?,
         };
+        if !raw.error_statuses.is_empty() {
+            let mut set = ErrorStatuses::NONE;
+            for (index, status) in raw.error_statuses.iter().enumerate() {
+                let status_path = with(&with(path, key("error_statuses")), Segment::Index(index));
+                match self.status_range(&status_path, status)? {
+                    (low, high) if low >= 400 && high <= 599 => set.add(low, high),
+                    _ => return self.fail(&status_path, "only 4xx and 5xx answers can be errors"),
+                }
+            }
+            health.error_statuses = Some(set);
+        }
         // The rules between fields, with the defaults for what is absent.
         let long = health.long_window_ticks.unwrap_or(600);
         for (name, value) in [
@@ -992,6 +1006,34 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn error_statuses_name_what_counts_as_an_error() {
+        let config = parse(&with_route_field(
+            r#""canary_health": {"error_statuses": ["5xx", 429]}"#,
+        ))
+        .expect("valid");
+        let errors = config.routes[0].canary_health.error_statuses();
+        assert!(errors.contains(429) && errors.contains(500) && errors.contains(599));
+        assert!(!errors.contains(404) && !errors.contains(200));
+        let only = parse(&with_route_field(
+            r#""canary_health": {"error_statuses": [502, 503, 504]}"#,
+        ))
+        .expect("valid");
+        let only = only.routes[0].canary_health.error_statuses();
+        assert!(only.contains(503) && !only.contains(500));
+        let default = parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#)).expect("valid");
+        let default = default.routes[0].canary_health.error_statuses();
+        assert!(default.contains(500) && !default.contains(429));
+        let err = parse(&with_route_field(
+            r#""canary_health": {"error_statuses": ["2xx"]}"#,
+        ))
+        .expect_err("a 2xx is no error");
+        assert_eq!(
+            err.path(),
+            Some("routes[0].canary_health.error_statuses[0]")
+        );
     }
 
     #[test]

@@ -306,11 +306,16 @@ impl RouteTable {
         })
     }
 
-    /// Sets the weight and version gauges to this table's (when it goes live).
+    /// Sets the weight and version gauges to this table's, and each
+    /// route's error statuses in its stats (when it goes live, so that a
+    /// table built and then refused changes nothing).
     fn publish_gauges(&self) {
         let metrics = Metrics::global();
         metrics.table_version.set(self.version as i64);
         for route in self.routes.iter() {
+            for (_, stats) in route.stats.iter() {
+                stats.set_error_statuses(route.canary_health.error_statuses());
+            }
             for (pool, weight) in route.weights() {
                 metrics
                     .weights

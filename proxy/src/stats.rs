@@ -17,6 +17,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use switchyard_config::ErrorStatuses;
 
 /// Whether requests are counted at all (see [`set_counting`]).
 static COUNTING: AtomicBool = AtomicBool::new(true);
@@ -92,6 +93,7 @@ impl StatsScope {
                     ticks: std::array::from_fn(|_| TickSlot::default()),
                     slow_after_us: AtomicU64::new(u64::MAX),
                     slo_after_us: AtomicU64::new(u64::MAX),
+                    error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
                 })
             });
         Arc::clone(stats)
@@ -218,6 +220,8 @@ pub struct PoolStats {
     pub slow_after_us: AtomicU64,
     /// A response slower than this (µs) breaks the route's latency SLO.
     pub slo_after_us: AtomicU64,
+    /// The statuses that count as errors, as [`ErrorStatuses`] words.
+    error_statuses: [AtomicU64; 4],
 }
 
 /// Counts of one tick.
@@ -271,7 +275,7 @@ impl PoolStats {
         }
         let slot = &self.ticks[(tick_of(now) as usize) % RING];
         slot.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
+        if self.is_error(status) {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
         let micros = elapsed.as_micros() as u64;
@@ -281,6 +285,20 @@ impl PoolStats {
         if micros > self.slo_after_us.load(Ordering::Relaxed) {
             slot.over_slo.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sets which statuses count as errors (when a table is built).
+    pub fn set_error_statuses(&self, statuses: ErrorStatuses) {
+        for (word, bits) in self.error_statuses.iter().zip(statuses.0) {
+            word.store(bits, Ordering::Relaxed);
+        }
+    }
+
+    fn is_error(&self, status: u16) -> bool {
+        let Some(n) = status.checked_sub(400).map(usize::from) else {
+            return false;
+        };
+        n < 256 && self.error_statuses[n / 64].load(Ordering::Relaxed) & (1 << (n % 64)) != 0
     }
 
     /// Counts an upstream failure found after the head (a reset mid-body).
