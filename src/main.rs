@@ -296,6 +296,7 @@ fn split_config(
         RawPool {
             endpoints: baseline.into_iter().map(RawEndpoint::Address).collect(),
             policy: None,
+            tls: None,
         },
     );
     if other.is_empty() {
@@ -306,13 +307,17 @@ fn split_config(
             RawPool {
                 endpoints: other.into_iter().map(RawEndpoint::Address).collect(),
                 policy: None,
+                tls: None,
             },
         );
         weights.insert(baseline_name.to_string(), 10_000 - i64::from(other_bp));
         weights.insert(other_name.to_string(), i64::from(other_bp));
     }
     RawConfig {
-        listeners: vec![RawListener { address: listen }],
+        listeners: vec![RawListener {
+            address: listen,
+            tls: None,
+        }],
         pools,
         routes: vec![RawRoute {
             name: "default".to_string(),
