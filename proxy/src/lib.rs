@@ -10,6 +10,7 @@
 //!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
 //! - `health`: passive outlier ejection of failing endpoints.
+//! - `tls`: TLS termination (SNI certificates, hot reload) and TLS to upstreams.
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
 //! - `stats`: Prometheus metrics and the per-pool 100 ms outcome ticks.
 //! - `body`: request and response body types.
@@ -24,10 +25,11 @@ pub mod health;
 mod listener;
 pub mod route;
 pub mod stats;
+pub mod tls;
 mod upstream;
 
 pub use error::ForwardError;
 pub use headers::{has_token, strip_hop_headers};
-pub use listener::Server;
+pub use listener::{Listen, Server};
 pub use route::{RouteTable, Routes};
 pub use stats::Metrics;
