@@ -807,3 +807,127 @@ async fn admin_serves(admin: SocketAddr, config: ClientConfig) -> bool {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).contains("200 OK")
 }
+
+#[tokio::test]
+async fn the_binary_serves_https_and_admin_mtls_from_flags() {
+    let upstream = support::upstream("app").await;
+    let dir = temp_dir("binary");
+    let ca = Ca::new("test CA");
+    let clients = Ca::new("admin clients CA");
+    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["localhost"]));
+    let clients_file = dir.join("clients.pem");
+    std::fs::write(&clients_file, clients.pem()).expect("write");
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let stable = upstream.addr.to_string();
+    let (cert, key, clients_file) = (path(&cert), path(&key), path(&clients_file));
+    let (mut child, proxy, admin) = support::start_binary(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--stable",
+        &stable,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-tls-cert",
+        &cert,
+        "--admin-tls-key",
+        &key,
+        "--admin-client-ca",
+        &clients_file,
+        "--workers",
+        "1",
+    ])
+    .await;
+
+    let stream = handshake(proxy, "localhost", client_config(ca.roots(), &[]))
+        .await
+        .expect("handshake");
+    let (status, body) = get_h1(stream, "localhost", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
+    assert_eq!(upstream.requests()[0].headers["x-forwarded-proto"], "https");
+
+    // The admin API wants a client certificate; with one, its metrics
+    // show when the certificates expire.
+    assert!(!admin_serves(admin, client_config(ca.roots(), &[])).await);
+    let config = client_config_with_cert(ca.roots(), &clients.leaf(&["operator"]));
+    let stream = handshake(admin, "localhost", config)
+        .await
+        .expect("handshake");
+    let (status, metrics) = get_h1(stream, "localhost", "/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let expiry: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_tls_certificate_expiry_timestamp_seconds{"))
+        .collect();
+    assert_eq!(
+        expiry.len(),
+        2,
+        "the listener's and the admin's: {expiry:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as f64;
+    for line in expiry {
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a value");
+        assert!(value > now, "{line}");
+    }
+    child.kill().await.expect("kill");
+}
+
+#[test]
+fn check_verifies_the_tls_files() {
+    let dir = temp_dir("check");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_leaf(&dir, "api", &ca.leaf(&["api.example.com", "*.example.org"]));
+    let (_, stranger_key) = write_leaf(&dir, "stranger", &ca.leaf(&["api.example.com"]));
+    let config = |key_file: &Path| {
+        json!({
+            "listeners": [{"address": "127.0.0.1:8443", "tls": {"certificates": [
+                {"cert_file": "api.pem", "key_file": key_file, "default": true}]}}],
+            "pools": {"app": {"endpoints": ["127.0.0.1:9000"]}},
+            "routes": [{"name": "web", "split": {"baseline": "app", "weights": {"app": 10000}}}],
+        })
+    };
+    let check = |config: Value| {
+        let file = dir.join("switchyard.json");
+        std::fs::write(&file, serde_json::to_string_pretty(&config).expect("json")).expect("write");
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check", file.to_str().expect("utf-8")])
+            .output()
+            .expect("run check")
+    };
+
+    // A relative cert_file is found next to the config file.
+    let output = check(config(&key));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("127.0.0.1:8443 (tls)"), "{stdout}");
+    assert!(
+        stdout.contains("names api.example.com, *.example.org (default), expires in"),
+        "{stdout}"
+    );
+    assert!(cert.exists());
+
+    let output = check(config(&stranger_key));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("listeners[0].tls.certificates[0] (line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stranger.key"), "{stderr}");
+    assert!(stderr.contains("pairing the private key"), "{stderr}");
+}
