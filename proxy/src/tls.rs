@@ -371,6 +371,9 @@ impl TlsTerminator {
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // The server's suite order (AEADs with forward secrecy, strongest
+        // first) wins over the client's, as nginx's ssl_prefer_server_ciphers.
+        config.ignore_client_order = true;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_error)?;
         let summaries: Vec<CertificateSummary> =
