@@ -315,7 +315,7 @@ fn admin_tls(args: &RunArgs) -> anyhow::Result<Option<Arc<TlsTerminator>>> {
         .admin_client_ca
         .as_deref()
         .map(|file| ("--admin-client-ca", file));
-    let terminator = TlsTerminator::with_client_ca("admin", &[files], &["http/1.1"], client_ca)
+    let terminator = TlsTerminator::new("admin", &[files], &["http/1.1"], client_ca)
         .context("setting up TLS for the admin API")?;
     Ok(Some(Arc::new(terminator)))
 }

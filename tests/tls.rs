@@ -755,7 +755,7 @@ async fn admin_over_tls_requires_a_client_certificate() {
         is_default: true,
         origin: "--admin-tls-cert".to_string(),
     };
-    let tls = TlsTerminator::with_client_ca(
+    let tls = TlsTerminator::new(
         "admin",
         &[files],
         &["http/1.1"],

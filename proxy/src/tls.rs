@@ -325,7 +325,7 @@ impl TlsTerminator {
     /// server config: ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3, session
     /// resumption by tickets and by a bounded session cache.
     pub fn load(listener: &ListenerTls) -> Result<TlsTerminator, ForwardError> {
-        Self::with_client_ca(
+        Self::new(
             &listener.address.to_string(),
             &listener.certificates,
             &["h2", "http/1.1"],
@@ -334,9 +334,10 @@ impl TlsTerminator {
     }
 
     /// As [`TlsTerminator::load`], for any listener: `label` names it in
-    /// metrics, `alpn` lists its protocols, and with `client_ca` a client
-    /// must present a certificate issued by one of those CAs.
-    pub fn with_client_ca(
+    /// logs and metrics, `alpn` lists its protocols, and with `client_ca`
+    /// (where the setting was given, and the PEM file of CAs) a client must
+    /// present a certificate issued by one of those CAs.
+    pub fn new(
         label: &str,
         files: &[CertificateFiles],
         alpn: &[&str],
