@@ -811,6 +811,6 @@ if [[ " $TARGETS " == *" switchyard "* ]]; then
     if ((warns > 0)); then
         say ""
         say "Switchyard logged $warns warning/error lines; the first ones:"
-        grep -E 'WARN|ERROR' "$RUN/switchyard.log" | head -n 5 >&2
+        grep -m 5 -E 'WARN|ERROR' "$RUN/switchyard.log" >&2 || true
     fi
 fi
