@@ -288,10 +288,10 @@ async fn sni_picks_exact_wildcard_and_default_certificates() {
     server.shutdown();
 }
 
-/// A TLS 1.1 ClientHello (legacy version 3.2, no supported_versions
-/// extension), with the CBC suites a TLS 1.1 client offers.
-fn tls11_client_hello() -> Vec<u8> {
-    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+/// A TLS 1.0 or 1.1 ClientHello (legacy version 3.`minor`, no
+/// supported_versions extension), with the CBC suites such a client offers.
+fn old_client_hello(minor: u8) -> Vec<u8> {
+    let mut body = vec![0x03, minor]; // client_version: 3.1 is TLS 1.0, 3.2 TLS 1.1
     body.extend_from_slice(&[7u8; 32]); // random
     body.push(0); // session id
     let suites: [u16; 4] = [0xc013, 0xc014, 0x002f, 0x0035];
@@ -354,20 +354,26 @@ async fn only_tls_1_2_and_1_3_are_spoken() {
         );
     }
 
-    // rustls cannot offer TLS 1.1, so a hand-made ClientHello does: the
-    // proxy answers with a fatal alert and no ServerHello.
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(&tls11_client_hello())
-        .await
-        .expect("send hello");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    assert!(answer.len() >= 7, "an alert record, got {answer:?}");
-    assert_eq!(answer[0], 0x15, "an alert, not a ServerHello: {answer:?}");
-    assert_eq!(answer[5], 2, "a fatal alert: {answer:?}");
-    // protocol_version (70) or handshake_failure (40): either refuses 1.1.
-    assert!([70, 40].contains(&answer[6]), "alert {}", answer[6]);
+    // rustls cannot offer TLS 1.0 or 1.1, so hand-made ClientHellos do:
+    // the proxy answers each with a fatal alert and no ServerHello.
+    for minor in [1, 2] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(&old_client_hello(minor))
+            .await
+            .expect("send hello");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(answer.len() >= 7, "an alert record, got {answer:?}");
+        assert_eq!(answer[0], 0x15, "an alert, not a ServerHello: {answer:?}");
+        assert_eq!(answer[5], 2, "a fatal alert: {answer:?}");
+        // protocol_version (70) or handshake_failure (40): either refuses.
+        assert!(
+            [70, 40].contains(&answer[6]),
+            "3.{minor}: alert {}",
+            answer[6]
+        );
+    }
     server.shutdown();
 }
 
