@@ -25,8 +25,10 @@
 #   SCENARIOS  any of: keepalive close h2c tls-keepalive tls-close  (all)
 #              tls-*: HTTPS with one ECDSA P-256 certificate (openssl, made
 #              here); tls-close makes a TLS handshake per request
-#   TARGETS    any of: switchyard nginx haproxy upstream     (the first three;
-#              "upstream" hits an upstream directly: the ceiling, HTTP/1.1 only)
+#   TARGETS    any of: switchyard nginx haproxy upstream nometrics  (the first
+#              three; "upstream" hits an upstream directly: the ceiling, HTTP/1.1
+#              only; "nometrics" is Switchyard with --no-request-metrics, so that
+#              TARGETS='switchyard nometrics' measures what counting costs)
 #   WARMUP     seconds of warm-up per target and scenario    (2)
 #   CONNECTIONS  wrk connections                             (50)
 #   H2_CONNECTIONS, H2_STREAMS  h2load -c and -m             (10, 5)
@@ -85,7 +87,8 @@ UP1=$((PORT_BASE + 1))
 UP2=$((PORT_BASE + 2))
 UP_STATUS=$((PORT_BASE + 3))
 SY_PORT=$((PORT_BASE + 10))
-SY_TLS_PORT=$((PORT_BASE + 11))
+NM_PORT=$((PORT_BASE + 11))
+SY_TLS_PORT=$((PORT_BASE + 12))
 NGX_PORT=$((PORT_BASE + 20))
 NGX_H2_PORT=$((PORT_BASE + 21))
 NGX_TLS_PORT=$((PORT_BASE + 22))
@@ -106,8 +109,8 @@ for s in $SCENARIOS; do
         || die "unknown scenario '$s' (keepalive, close, h2c, tls-keepalive, tls-close)"
 done
 for t in $TARGETS; do
-    [[ $t == switchyard || $t == nginx || $t == haproxy || $t == upstream ]] \
-        || die "unknown target '$t' (switchyard, nginx, haproxy, upstream)"
+    [[ $t == switchyard || $t == nginx || $t == haproxy || $t == upstream || $t == nometrics ]] \
+        || die "unknown target '$t' (switchyard, nginx, haproxy, upstream, nometrics)"
 done
 
 missing=()
@@ -132,7 +135,7 @@ CLK_TCK=$(getconf CLK_TCK)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$UP1" "$UP2" "$UP_STATUS" "$SY_PORT" "$SY_TLS_PORT" "$NGX_PORT" "$NGX_H2_PORT" \
+for p in "$UP1" "$UP2" "$UP_STATUS" "$SY_PORT" "$NM_PORT" "$SY_TLS_PORT" "$NGX_PORT" "$NGX_H2_PORT" \
     "$NGX_TLS_PORT" "$HAP_PORT" "$HAP_H2_PORT" "$HAP_TLS_PORT"; do
     if port_in_use "$p"; then die "port $p is in use; set PORT_BASE to a free range"; fi
 done
@@ -301,6 +304,14 @@ EOF
     wait_ready switchyard "https://127.0.0.1:$SY_TLS_PORT/"
 }
 
+# The same, counting nothing per request: the metrics' cost is the gap.
+start_nometrics() {
+    start nometrics "$PROXY_CPU" "$SWITCHYARD_BIN" run \
+        --listen "127.0.0.1:$NM_PORT" --stable "127.0.0.1:$UP1" --canary "127.0.0.1:$UP2" \
+        --canary-weight 10 --workers 1 --admin 127.0.0.1:0 --no-request-metrics
+    wait_ready nometrics "http://127.0.0.1:$NM_PORT/"
+}
+
 # nginx as the reverse proxy, configured as one would for production:
 # upstream keep-alive (HTTP/1.1, Connection cleared), no access log.
 # nginx 1.22 takes h2c prior knowledge on a plaintext `listen ... http2`.
@@ -389,6 +400,7 @@ url() {
         nginx:tls-*) echo "https://127.0.0.1:$NGX_TLS_PORT/" ;;
         haproxy:tls-*) echo "https://127.0.0.1:$HAP_TLS_PORT/" ;;
         switchyard:*) echo "http://127.0.0.1:$SY_PORT/" ;;
+        nometrics:*) echo "http://127.0.0.1:$NM_PORT/" ;;
         nginx:h2c) echo "http://127.0.0.1:$NGX_H2_PORT/" ;;
         nginx:*) echo "http://127.0.0.1:$NGX_PORT/" ;;
         haproxy:h2c) echo "http://127.0.0.1:$HAP_H2_PORT/" ;;
@@ -575,8 +587,9 @@ title() {
 targets_for() {
     local t
     for t in $TARGETS; do
-        # The upstream has no h2c or TLS port.
+        # The upstream has no h2c or TLS port, nometrics no TLS port.
         [[ ($1 == h2c || $1 == tls-*) && $t == upstream ]] && continue
+        [[ $1 == tls-* && $t == nometrics ]] && continue
         printf '%s ' "$t"
     done
 }
@@ -756,6 +769,12 @@ for scenario in $SCENARIOS; do
         IFS=$'\t' read -r _ _ _ _ _ best_cpu _ <<<"$(summarize "$scenario" "$best")"
         notes+=("$(awk -v s="$scenario" -v b="$best" -v a="$sy_med" -v r="$best_rps" -v c="$sy_cpu" -v d="$best_cpu" \
             'BEGIN { printf "%s: Switchyard %.2f× the req/s of the best peer (%s), at %.2f× its CPU per request", s, a / r, b, c / d }')")
+    fi
+    if [[ " $targets " == *" switchyard "* && " $targets " == *" nometrics "* ]]; then
+        IFS=$'\t' read -r sy_med _ _ _ _ sy_cpu _ <<<"$(summarize "$scenario" switchyard)"
+        IFS=$'\t' read -r nm_med _ _ _ _ nm_cpu _ <<<"$(summarize "$scenario" nometrics)"
+        notes+=("$(awk -v s="$scenario" -v a="$sy_med" -v b="$nm_med" -v c="$sy_cpu" -v d="$nm_cpu" \
+            'BEGIN { printf "%s: counting (metrics and canary-health ticks) costs %.1f%% of req/s and %.1f%% more CPU per request", s, 100 * (b - a) / b, 100 * (c - d) / d }')")
     fi
 done
 

@@ -450,6 +450,18 @@ fn print_health(value: &Value) {
         weights.join(" ")
     );
     print_rollout(&json!({"route": route, "rollout": value["rollout"]}));
+    for (pool, live) in value["pools"].as_object().into_iter().flatten() {
+        let rate = live["error_rate"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+        let p99 = live["p99_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+        println!(
+            "  pool {pool}: errors {rate} ({} of {} over 60 s), p99 {p99}, endpoints {} of {} up",
+            live["errors_60s"], live["requests_60s"], live["endpoints_up"], live["endpoints"],
+        );
+    }
     if value["baseline_failing"] == true {
         println!("  the baseline is failing too: the canary is judged against its raised rate");
     }

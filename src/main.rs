@@ -115,6 +115,11 @@ struct RunArgs {
     /// may move on (0: none); with less traffic the rollout holds.
     #[arg(long, default_value_t = 100)]
     min_step_requests: u64,
+    /// Count nothing per request: no request, error or latency series and
+    /// no canary health (no automatic fallback, rollout gates see no
+    /// traffic). For measuring what counting costs, not for production.
+    #[arg(long)]
+    no_request_metrics: bool,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -216,6 +221,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "no --state-dir: weights set through the admin API will not survive a restart"
         );
+    }
+    if args.no_request_metrics {
+        tracing::warn!("--no-request-metrics: requests are not counted; canary health is off");
+        switchyard_proxy::stats::set_counting(false);
     }
     let plane = ControlPlane::start(config.clone(), args.config.clone(), store, state)
         .context("building the routing table")?;
@@ -406,6 +415,8 @@ fn split_config(
         RawPool {
             endpoints: baseline.into_iter().map(RawEndpoint::Address).collect(),
             policy: None,
+            health_check: None,
+            outlier_detection: None,
             tls: None,
         },
     );
@@ -417,6 +428,8 @@ fn split_config(
             RawPool {
                 endpoints: other.into_iter().map(RawEndpoint::Address).collect(),
                 policy: None,
+                health_check: None,
+                outlier_detection: None,
                 tls: None,
             },
         );
@@ -439,6 +452,7 @@ fn split_config(
             sticky: None,
             pool_override: None,
             canary_health: None,
+            retries: None,
         }],
         timeouts: RawTimeouts {
             response_header: upstream_timeout,

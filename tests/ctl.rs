@@ -99,6 +99,31 @@ async fn ctl_sets_weights_runs_rollouts_and_reports_errors() {
     let status = stdout(&ctl(admin, &["status", "default"]));
     assert!(status.contains("aborted"), "{status}");
     assert!(status.contains("last verdict: none"), "{status}");
+    // Each pool's live error rate and p99 over the last 60 s, refreshed
+    // every second: the blue pool served about 300 of the 400 requests.
+    let served_of = |line: &str| -> u64 {
+        line.split("(0 of ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let blue_line = |status: &str| {
+        status
+            .lines()
+            .find(|l| l.trim_start().starts_with("pool blue:"))
+            .map(str::to_string)
+    };
+    let status = support::poll_for(
+        Duration::from_secs(5),
+        || async { stdout(&ctl(admin, &["status", "default"])) },
+        |s| blue_line(s).is_some_and(|l| !l.contains("p99 -") && served_of(&l) >= 250),
+    )
+    .await;
+    let line = blue_line(&status).expect("a line for pool blue");
+    assert!((250..=350).contains(&served_of(&line)), "{line}");
+    assert!(line.contains("errors 0.00%"), "{line}");
+    assert!(line.contains(" ms, endpoints 1 of 1 up"), "{line}");
     let preset = stdout(&ctl(
         admin,
         &["rollout", "default", "--preset", "Canary10Percent5Minutes"],

@@ -14,7 +14,7 @@ const DASHBOARD: &str = "deploy/grafana/switchyard.json";
 
 /// What `GET /metrics` exports (README, "Metrics"), with the histogram's
 /// series.
-const EXPORTED: [&str; 12] = [
+const EXPORTED: [&str; 13] = [
     "switchyard_requests_total",
     "switchyard_upstream_errors_total",
     "switchyard_request_duration_seconds_bucket",
@@ -24,6 +24,7 @@ const EXPORTED: [&str; 12] = [
     "switchyard_table_version",
     "switchyard_rollout_state",
     "switchyard_fallbacks_total",
+    "switchyard_rollout_held",
     "switchyard_active_connections",
     "switchyard_config_reloads_total",
     "switchyard_build_info",

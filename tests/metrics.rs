@@ -117,6 +117,109 @@ async fn metrics_count_requests_errors_and_follow_weights() {
 }
 
 #[tokio::test]
+async fn a_held_rollout_shows_in_the_metrics_until_it_moves_on() {
+    let stable = support::upstream("hstable").await;
+    let canary = support::upstream("hcanary").await;
+    let mut config = support::split_config(&[(&stable, 10000), (&canary, 0)], json!({}));
+    config["routes"][0]["name"] = json!("hroute");
+    let setup = support::admin_setup(&config, None);
+    setup.api.board().set_min_step_requests(50);
+    let request = http::Request::post(format!("http://{}/v1/routes/hroute/rollout", setup.admin))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({"strategy": "canary", "steps": [{"weight": 5000, "pause": "100ms"}]})
+                .to_string(),
+        )))
+        .expect("request");
+    let (status, body) = support::exchange(&support::client(), request).await;
+    assert_eq!(status, 200, "{body}");
+    let held = r#"switchyard_rollout_held{route="hroute"}"#;
+    let value = |m: &HashMap<String, f64>| m.get(held).copied();
+    // No traffic: the due step holds.
+    let (_, metrics) = support::poll_for(
+        std::time::Duration::from_secs(10),
+        || scrape(setup.admin),
+        |(_, m)| value(m) == Some(1.0),
+    )
+    .await;
+    assert_eq!(value(&metrics), Some(1.0));
+    // Traffic lets it move on and complete: no longer held.
+    support::send_many(setup.proxy, "/", 200).await;
+    let (text, metrics) = support::poll_for(
+        std::time::Duration::from_secs(10),
+        || scrape(setup.admin),
+        |(_, m)| value(m) == Some(0.0),
+    )
+    .await;
+    assert_eq!(value(&metrics), Some(0.0), "{text}");
+    assert_eq!(
+        metrics.get(r#"switchyard_rollout_state{route="hroute",state="completed"}"#),
+        Some(&1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_route_says_which_answers_count_as_errors() {
+    // Both routes' pools answer 429; only the route that lists 429 as an
+    // error counts them so (the canary detector reads the same counts).
+    let busy = support::scripted_upstream(
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\n\r\nbusy",
+        support::After::Close,
+    )
+    .await;
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"busy": {"endpoints": [busy.addr.to_string()]}},
+        "routes": [
+            {"name": "strict", "match": {"path_prefix": "/strict"},
+             "split": {"baseline": "busy", "weights": {"busy": 10000}},
+             "canary_health": {"error_statuses": ["5xx", 429]}},
+            {"name": "lenient", "split": {"baseline": "busy", "weights": {"busy": 10000}}},
+        ],
+    });
+    let setup = support::admin_setup(&config, None);
+    let client = support::client();
+    for path in ["/strict", "/lenient"] {
+        for _ in 0..10 {
+            let (status, _, _) = support::get(&client, setup.proxy, path, &[]).await;
+            assert_eq!(status, 429);
+        }
+    }
+    let counts = |route: &'static str| {
+        let client = client.clone();
+        async move {
+            let (_, _, body) = support::get(
+                &client,
+                setup.admin,
+                &format!("/v1/routes/{route}/health"),
+                &[],
+            )
+            .await;
+            let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+            (
+                health["pools"]["busy"]["requests_60s"].as_u64(),
+                health["pools"]["busy"]["errors_60s"].as_u64(),
+            )
+        }
+    };
+    let strict = support::poll_for(
+        std::time::Duration::from_secs(5),
+        || counts("strict"),
+        |&(requests, _)| requests == Some(10),
+    )
+    .await;
+    assert_eq!(strict, (Some(10), Some(10)));
+    let lenient = support::poll_for(
+        std::time::Duration::from_secs(5),
+        || counts("lenient"),
+        |&(requests, _)| requests == Some(10),
+    )
+    .await;
+    assert_eq!(lenient, (Some(10), Some(0)));
+}
+
+#[tokio::test]
 async fn promtool_accepts_the_metrics() {
     let Ok(promtool) = which_promtool() else {
         // CI installs promtool (.ci/run); there a missing one is a failure.

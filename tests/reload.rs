@@ -179,19 +179,8 @@ async fn put_config_replaces_the_file_and_bad_configs_change_nothing() {
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .expect("request");
-        let response = support::client().request(request).await.expect("response");
-        let status = response.status();
-        use http_body_util::BodyExt;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (
-            status,
-            serde_json::from_slice::<Value>(&body).expect("JSON"),
-        )
+        let (status, body) = support::exchange(&support::client(), request).await;
+        (status, serde_json::from_str::<Value>(&body).expect("JSON"))
     };
 
     let (status, body) = put(serde_json::to_string_pretty(&config(0)).expect("json")).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Value};
 
 async fn setup() -> support::AdminSetup {
@@ -49,18 +49,12 @@ async fn call(
         }
         None => Bytes::new(),
     };
-    let response = support::client()
-        .request(request.body(Full::new(bytes)).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&body).expect("JSON body"))
+    let request = request.body(Full::new(bytes)).expect("request");
+    let (status, body) = support::exchange(&support::client(), request).await;
+    (
+        StatusCode::from_u16(status).expect("status"),
+        serde_json::from_str(&body).expect("JSON body"),
+    )
 }
 
 async fn rollout(admin: SocketAddr) -> Value {

@@ -217,15 +217,8 @@ async fn routes_match_host_path_method_and_headers_in_order() {
         .header("host", "api.example.com")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .expect("request");
-    let response = client.request(request).await.expect("response");
-    use http_body_util::BodyExt;
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert_eq!(&body[..], b"admin");
+    let (_, body) = support::exchange(&client, request).await;
+    assert_eq!(body, "admin");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -559,8 +559,13 @@ async fn certificates_reload_without_dropping_connections() {
 }
 
 /// An HTTPS upstream with its own CA; with `client_ca`, it requires a
-/// client certificate from that CA. Answers with its name.
-async fn tls_upstream(name: &'static str, leaf: &Leaf, client_ca: Option<&Ca>) -> SocketAddr {
+/// client certificate from that CA. Answers with its name, and counts
+/// the health checks it receives.
+async fn tls_upstream(
+    name: &'static str,
+    leaf: &Leaf,
+    client_ca: Option<&Ca>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key PEM");
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider()))
         .with_safe_default_protocol_versions()
@@ -582,18 +587,26 @@ async fn tls_upstream(name: &'static str, leaf: &Leaf, client_ca: Option<&Ca>) -
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&checks);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let acceptor = acceptor.clone();
+            let counter = Arc::clone(&counter);
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service = service_fn(move |_request: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                let service = service_fn(move |request: Request<Incoming>| {
+                    if request.headers().get("user-agent").map(|v| v.as_bytes())
+                        == Some(b"switchyard-health-check")
+                    {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -601,7 +614,7 @@ async fn tls_upstream(name: &'static str, leaf: &Leaf, client_ca: Option<&Ca>) -
             });
         }
     });
-    addr
+    (addr, checks)
 }
 
 #[tokio::test]
@@ -611,8 +624,8 @@ async fn upstream_tls_is_verified_and_presents_a_client_certificate() {
     let client_ca = Ca::new("proxy client CA");
     let other_ca = Ca::new("someone else's CA");
     let backend = server_ca.leaf(&["backend.internal"]);
-    let plain = tls_upstream("plain-tls", &backend, None).await;
-    let mutual = tls_upstream("mutual-tls", &backend, Some(&client_ca)).await;
+    let (plain, _) = tls_upstream("plain-tls", &backend, None).await;
+    let (mutual, _) = tls_upstream("mutual-tls", &backend, Some(&client_ca)).await;
     let server_ca_file = dir.join("server-ca.pem");
     let other_ca_file = dir.join("other-ca.pem");
     std::fs::write(&server_ca_file, server_ca.pem()).expect("write");
@@ -673,6 +686,38 @@ async fn upstream_tls_is_verified_and_presents_a_client_certificate() {
     let (status, body) = get("mtls_without_cert").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(!body.contains("mutual-tls"), "{body}");
+    proxy.server.shutdown();
+}
+
+#[tokio::test]
+async fn health_checks_of_a_tls_pool_speak_tls() {
+    let dir = temp_dir("health");
+    let ca = Ca::new("upstream CA");
+    let (addr, checks) = tls_upstream("checked", &ca.leaf(&["backend.internal"]), None).await;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"app": {
+            "endpoints": [addr.to_string()],
+            "tls": {"server_name": "backend.internal", "ca_file": ca_file},
+            "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms", "fall": 1},
+        }},
+        "routes": [{"name": "web", "split": {"baseline": "app", "weights": {"app": 10000}}}],
+        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
+    });
+    let proxy = support::proxy(&config);
+    // A check sent in plaintext would never reach the upstream's HTTP
+    // layer, and with fall 1 would take the only endpoint down.
+    let seen = support::poll_for(
+        Duration::from_secs(10),
+        || async { checks.load(Ordering::Relaxed) },
+        |n| *n >= 3,
+    )
+    .await;
+    assert!(seen >= 3, "{seen} health checks arrived over TLS");
+    let (status, _, body) = support::get(&support::client(), proxy.addr, "/", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "checked"));
     proxy.server.shutdown();
 }
 

@@ -279,6 +279,21 @@ impl ControlPlane {
         *self.gate.write().expect("gate lock is never poisoned") = Some(gate);
     }
 
+    /// Records that a gate holds `route`'s rollout (until when, and why),
+    /// or no longer does; keeps `switchyard_rollout_held` in step. Returns
+    /// the hold it replaces.
+    fn set_hold(&self, route: &str, hold: Option<(u64, String)>) -> Option<(u64, String)> {
+        AdminMetrics::global()
+            .rollout_held
+            .with_label_values(&[route])
+            .set(i64::from(hold.is_some()));
+        let mut holds = self.holds.lock().expect("holds lock is never poisoned");
+        match hold {
+            Some(hold) => holds.insert(route.to_string(), hold),
+            None => holds.remove(route),
+        }
+    }
+
     /// Why a gate holds `route`'s rollout, if it does.
     pub fn hold_reason(&self, route: &str) -> Option<String> {
         let holds = self.holds.lock().expect("holds lock is never poisoned");
@@ -315,21 +330,14 @@ impl ControlPlane {
             };
             match verdict {
                 GateVerdict::Proceed => {
-                    self.holds
-                        .lock()
-                        .expect("holds lock is never poisoned")
-                        .remove(&route);
+                    self.set_hold(&route, None);
                     self.advance(&route, now).await;
                 }
                 GateVerdict::Hold(reason) => {
-                    let previous = self
-                        .holds
-                        .lock()
-                        .expect("holds lock is never poisoned")
-                        .insert(
-                            route.clone(),
-                            (now + HOLD_RECHECK.as_millis() as u64, reason.clone()),
-                        );
+                    let previous = self.set_hold(
+                        &route,
+                        Some((now + HOLD_RECHECK.as_millis() as u64, reason.clone())),
+                    );
                     if previous.is_none_or(|(_, old)| old != reason) {
                         self.events.record(NewEvent {
                             who: "gate".into(),
@@ -344,10 +352,7 @@ impl ControlPlane {
                     }
                 }
                 GateVerdict::Abort(reason) => {
-                    self.holds
-                        .lock()
-                        .expect("holds lock is never poisoned")
-                        .remove(&route);
+                    self.set_hold(&route, None);
                     if let Err(err) = self
                         .control_rollout(&route, RolloutAction::Abort(reason), "gate")
                         .await
@@ -499,6 +504,13 @@ impl ControlPlane {
         inner.state = state;
         inner.effective = effective;
         AdminMetrics::global().set_rollout(route, rollout_now.as_ref());
+        if !rollout_now
+            .as_ref()
+            .is_some_and(|r| r.state == crate::rollout::RolloutState::Running)
+        {
+            // A hold ends with the rollout (a fallback, an abort, a promotion).
+            self.set_hold(route, None);
+        }
         self.events.record(NewEvent {
             who: who.to_string(),
             kind,

@@ -277,41 +277,52 @@ impl DetectorConfig {
     /// and a threshold guessed below it would blame the canary for it.
     pub fn latency_threshold_ms(&self, histogram: &[(f64, u64)]) -> Option<f64> {
         let total: u64 = histogram.iter().map(|&(_, count)| count).sum();
-        if total < self.latency_min_samples || total == 0 {
+        if total < self.latency_min_samples {
             return None;
         }
-        let rank = self.latency_quantile * total as f64;
-        let mut below = 0u64;
-        let mut previous_ms: Option<f64> = None;
-        for &(upper_ms, count) in histogram {
-            let lower_ms = previous_ms.unwrap_or(0.0);
-            let is_ordered = match previous_ms {
-                None => upper_ms >= 0.0,
-                Some(previous) => upper_ms > previous,
-            };
-            if upper_ms.is_nan() || !is_ordered {
-                return None;
-            }
-            if count > 0 && (below + count) as f64 >= rank {
-                if !upper_ms.is_finite() {
-                    return None;
-                }
-                let into = (rank - below as f64) / count as f64;
-                let quantile = lower_ms + (upper_ms - lower_ms) * into.clamp(0.0, 1.0);
-                let threshold =
-                    (quantile * self.latency_ratio).max(quantile + self.latency_min_increase_ms);
-                return Some(threshold);
-            }
-            below += count;
-            previous_ms = Some(upper_ms);
-        }
-        None
+        let quantile = quantile_ms(histogram, self.latency_quantile)?;
+        Some((quantile * self.latency_ratio).max(quantile + self.latency_min_increase_ms))
     }
 
     /// An arm's alternative: max(ratio·p0, p0 + min_increase), kept below 1.
     fn alternative(&self, p0: f64, ratio: f64, min_increase: f64) -> f64 {
         (ratio * p0).max(p0 + min_increase).min(self.p_max)
     }
+}
+
+/// The `q` quantile (0 to 1) of a histogram of `(upper bound in ms,
+/// responses in that bucket)`, bounds increasing (the last may be
+/// infinite), interpolated linearly inside its bucket, the first bucket
+/// starting at 0 ms. None when it is empty, when the bounds are not
+/// increasing, or when the quantile falls in an unbounded bucket.
+pub fn quantile_ms(histogram: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total: u64 = histogram.iter().map(|&(_, count)| count).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    let mut previous_ms: Option<f64> = None;
+    for &(upper_ms, count) in histogram {
+        let lower_ms = previous_ms.unwrap_or(0.0);
+        let is_ordered = match previous_ms {
+            None => upper_ms >= 0.0,
+            Some(previous) => upper_ms > previous,
+        };
+        if upper_ms.is_nan() || !is_ordered {
+            return None;
+        }
+        if count > 0 && (below + count) as f64 >= rank {
+            if !upper_ms.is_finite() {
+                return None;
+            }
+            let into = (rank - below as f64) / count as f64;
+            return Some(lower_ms + (upper_ms - lower_ms) * into.clamp(0.0, 1.0));
+        }
+        below += count;
+        previous_ms = Some(upper_ms);
+    }
+    None
 }
 
 /// One tick of the baseline pool's outcomes.

@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use switchyard_config::CanaryHealth;
-use switchyard_proxy::stats::{tick_of, PoolStats, TICK};
+use switchyard_proxy::stats::{tick_of, PoolStats, TickCounts, TICK};
 
 use crate::control::{ControlPlane, GateVerdict, StepGate};
 use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
+use crate::events::NewEvent;
 use crate::rollout::Rollout;
 
 /// The baseline counts as slow itself when more than this share of its
@@ -25,6 +26,9 @@ use crate::rollout::Rollout;
 const SHARED_SLOW_RATE: f64 = 0.05;
 const SHARED_SLOW_TICKS: usize = 10;
 const SHARED_SLOW_MIN_REQUESTS: u64 = 50;
+
+/// A pool's live error rate is over this many ticks (60 s).
+const LIVE_TICKS: usize = 600;
 
 /// Latency snapshots are taken every second and kept for 60 s.
 const SNAPSHOT_TICKS: u64 = 10;
@@ -55,6 +59,8 @@ struct RouteHealth {
     /// Per canary pool: requests served since the route's weights last
     /// changed, i.e. at the current rollout step.
     served: BTreeMap<String, u64>,
+    /// Every pool of the split: its live error rate, p99 and endpoints.
+    pools: BTreeMap<String, Value>,
 }
 
 /// The evaluator's shared view, for `GET /v1/routes/{route}/health`, and
@@ -104,7 +110,7 @@ impl HealthBoard {
         let routes = self.routes.lock().expect("health lock is never poisoned");
         match routes.get(route) {
             None => {
-                json!({"route": route, "canaries": {}, "last_verdict": null, "baseline_failing": false})
+                json!({"route": route, "pools": {}, "canaries": {}, "last_verdict": null, "baseline_failing": false})
             }
             Some(health) => {
                 let failing = health
@@ -113,6 +119,7 @@ impl HealthBoard {
                     .any(|s| s["is_baseline_failing"] == true);
                 json!({
                     "route": route,
+                    "pools": health.pools,
                     "canaries": health.status,
                     "served_at_step": health.served,
                     "last_verdict": health.last_verdict,
@@ -127,30 +134,129 @@ impl HealthBoard {
 pub fn spawn(plane: Arc<ControlPlane>, board: Arc<HealthBoard>) {
     tokio::spawn(async move {
         let mut watches: HashMap<(String, String), Watch> = HashMap::new();
+        let mut live: HashMap<(String, String), Live> = HashMap::new();
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_tick = tick_of(Instant::now());
+        let mut availability = Availability::default();
         loop {
             interval.tick().await;
             let now_tick = tick_of(Instant::now());
             // Every tick that finished since the last run, oldest first.
             while last_tick < now_tick {
-                evaluate(&plane, &board, &mut watches, last_tick).await;
+                evaluate(&plane, &board, &mut watches, &mut live, last_tick).await;
                 last_tick += 1;
             }
+            availability.scan(&plane);
         }
     });
+}
+
+/// Which endpoints and pools were down at the last scan, so that each
+/// change is recorded once as an event: an endpoint taken out by its
+/// health checks or by outlier ejection, and a pool with none left, whose
+/// share fails open to the other pools of its split.
+#[derive(Default)]
+struct Availability {
+    endpoints: HashMap<(Arc<str>, std::net::SocketAddr), bool>,
+    pools: HashMap<(Arc<str>, Arc<str>), bool>,
+}
+
+impl Availability {
+    fn scan(&mut self, plane: &ControlPlane) {
+        let table = plane.routes().snapshot();
+        let now_ms = switchyard_proxy::stats::ms_of(Instant::now());
+        let record = |kind: &'static str, route: Option<String>, reason: String| {
+            plane.events().record(NewEvent {
+                who: "health".into(),
+                kind,
+                route,
+                old_weights: None,
+                new_weights: None,
+                reason,
+                evidence: None,
+                version: table.version(),
+            });
+        };
+        let mut endpoints = HashMap::new();
+        for pool in table.pools() {
+            for endpoint in pool.endpoints.iter() {
+                let down = endpoint.health.is_down(now_ms);
+                let key = (Arc::clone(&pool.name), endpoint.addr);
+                let was = self.endpoints.get(&key).copied().unwrap_or(false);
+                if down && !was {
+                    let why = if endpoint.health.is_checked_down() {
+                        "it failed its active health checks"
+                    } else {
+                        "ejected after repeated gateway failures (outlier detection)"
+                    };
+                    record(
+                        "endpoint_down",
+                        None,
+                        format!("endpoint {} is down: {why}", endpoint.label),
+                    );
+                } else if was && !down {
+                    record(
+                        "endpoint_up",
+                        None,
+                        format!("endpoint {} takes requests again", endpoint.label),
+                    );
+                }
+                endpoints.insert(key, down);
+            }
+        }
+        self.endpoints = endpoints;
+        let mut pools = HashMap::new();
+        for route in table.routes() {
+            for (pool, weight) in route.weights() {
+                let entry = table.pool(pool);
+                let down = entry.is_down(now_ms);
+                let key = (Arc::clone(&route.name), Arc::clone(&entry.name));
+                let was = self.pools.get(&key).copied().unwrap_or(false);
+                if down && !was && weight > 0 {
+                    // Where its share goes: the baseline first, as the
+                    // data plane does (see `healthy_endpoint`).
+                    let open = std::iter::once(route.baseline)
+                        .chain(route.weights().map(|(p, _)| p))
+                        .filter(|&p| p != pool)
+                        .find(|&p| !table.pool(p).is_down(now_ms));
+                    let reason = match open {
+                        Some(to) => format!(
+                            "every endpoint of pool {} is down: its {weight} basis points fail open to pool {}",
+                            entry.name,
+                            table.pool(to).name
+                        ),
+                        None => format!(
+                            "every endpoint of pool {} is down and no other pool of the split has one: requests get 503",
+                            entry.name
+                        ),
+                    };
+                    record("pool_down", Some(route.name.to_string()), reason);
+                } else if was && !down {
+                    record(
+                        "pool_up",
+                        Some(route.name.to_string()),
+                        format!("pool {} has endpoints up again", entry.name),
+                    );
+                }
+                pools.insert(key, down && (was || weight > 0));
+            }
+        }
+        self.pools = pools;
+    }
 }
 
 async fn evaluate(
     plane: &Arc<ControlPlane>,
     board: &HealthBoard,
     watches: &mut HashMap<(String, String), Watch>,
+    live: &mut HashMap<(String, String), Live>,
     tick: u64,
 ) {
     let table = plane.routes().snapshot();
     let mut verdicts = Vec::new();
     let mut alive = Vec::new();
+    let mut present = Vec::new();
     for route in table.routes() {
         // Every pool's tick is taken, watched or not, so the ring holds
         // no stale counts when a pool becomes a canary later.
@@ -163,6 +269,26 @@ async fn evaluate(
             .weights()
             .map(|(pool, w)| (table.pool(pool).name.to_string(), w))
             .collect();
+        let now_ms = switchyard_proxy::stats::ms_of(Instant::now());
+        for (pool, stats) in route.all_stats() {
+            let name = table.pool(*pool).name.to_string();
+            present.push((route.name.to_string(), name.clone()));
+            let window = live
+                .entry((route.name.to_string(), name.clone()))
+                .or_default();
+            window.add(counts[pool]);
+            if tick.is_multiple_of(SNAPSHOT_TICKS) {
+                let endpoints = &table.pool(*pool).endpoints;
+                let up = endpoints
+                    .iter()
+                    .filter(|e| !e.health.is_down(now_ms))
+                    .count();
+                let described = window.describe(stats, (up, endpoints.len()));
+                let mut routes = board.routes.lock().expect("health lock is never poisoned");
+                let health = routes.entry(route.name.to_string()).or_default();
+                health.pools.insert(name, described);
+            }
+        }
         let baseline_counts = counts[&route.baseline];
         let baseline_stats = stats_of(route, route.baseline);
         for (pool, weight) in route.weights() {
@@ -246,9 +372,13 @@ async fn evaluate(
         }
     }
     watches.retain(|key, _| alive.contains(key));
+    live.retain(|key, _| present.contains(key));
     {
         let mut routes = board.routes.lock().expect("health lock is never poisoned");
         for (route, health) in routes.iter_mut() {
+            health
+                .pools
+                .retain(|pool, _| present.contains(&(route.clone(), pool.clone())));
             health
                 .status
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
@@ -267,9 +397,38 @@ async fn evaluate(
 /// detector refuses (validated by the config already) fall back to them.
 fn detector_for(settings: CanaryHealth) -> Detector {
     let mut config = DetectorConfig::default();
-    if let Some(threshold) = settings.threshold {
-        config.threshold = threshold;
+    fn set<T: Copy>(field: &mut T, value: Option<T>) {
+        if let Some(value) = value {
+            *field = value;
+        }
     }
+    let c = &mut config;
+    set(&mut c.threshold, settings.threshold);
+    set(&mut c.long_window_ticks, settings.long_window_ticks);
+    set(&mut c.short_window_ticks, settings.short_window_ticks);
+    set(&mut c.burst_window_ticks, settings.burst_window_ticks);
+    set(&mut c.canary_delay_ticks, settings.judge_delay_ticks);
+    set(
+        &mut c.short_window_min_requests,
+        settings.short_window_min_requests,
+    );
+    set(
+        &mut c.burst_window_min_requests,
+        settings.burst_window_min_requests,
+    );
+    set(&mut c.margin_std_errors, settings.margin_std_errors);
+    set(&mut c.p0_floor, settings.p0_floor);
+    set(&mut c.slow_arm_ratio, settings.slow_arm_ratio);
+    set(&mut c.slow_arm_min_increase, settings.slow_arm_min_increase);
+    set(&mut c.fast_arm_ratio, settings.fast_arm_ratio);
+    set(&mut c.fast_arm_min_increase, settings.fast_arm_min_increase);
+    set(&mut c.latency_p0, settings.latency_p0);
+    set(&mut c.latency_p1, settings.latency_p1);
+    set(&mut c.latency_ratio, settings.latency_ratio);
+    set(
+        &mut c.latency_min_increase_ms,
+        settings.latency_min_increase_ms,
+    );
     config.max_error_rate = settings.max_error_rate;
     config.max_latency_ms = settings.max_latency_ms;
     Detector::new(config).unwrap_or_else(|err| {
@@ -295,19 +454,7 @@ fn publish_latency_threshold(watch: &mut Watch) {
     if watch.snapshots.len() > SNAPSHOTS {
         watch.snapshots.pop_front();
     }
-    let oldest = &watch.snapshots[0];
-    // Cumulative counts, then per bucket, over the window.
-    let mut previous = 0;
-    let window: Vec<(f64, u64)> = now
-        .iter()
-        .zip(oldest.iter())
-        .map(|(&(bound, total), &(_, then))| {
-            let cumulative = total.saturating_sub(then);
-            let in_bucket = cumulative.saturating_sub(previous);
-            previous = cumulative;
-            (bound, in_bucket)
-        })
-        .collect();
+    let window = window_of(&now, &watch.snapshots[0]);
     let threshold = watch.detector.config().latency_threshold_ms(&window);
     let micros = threshold.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
     watch.canary.slow_after_us.store(micros, Ordering::Relaxed);
@@ -317,6 +464,68 @@ fn publish_latency_threshold(watch: &mut Watch) {
         .baseline
         .slow_after_us
         .store(micros, Ordering::Relaxed);
+}
+
+/// Per bucket, the responses between two cumulative histogram snapshots.
+fn window_of(now: &[(f64, u64)], oldest: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    let mut previous = 0;
+    now.iter()
+        .zip(oldest.iter())
+        .map(|(&(bound, total), &(_, then))| {
+            let cumulative = total.saturating_sub(then);
+            let in_bucket = cumulative.saturating_sub(previous);
+            previous = cumulative;
+            (bound, in_bucket)
+        })
+        .collect()
+}
+
+/// One pool of one route over the last 60 s, watched by a detector or
+/// not, for `ctl status`: requests, errors and the latency histogram.
+#[derive(Default)]
+struct Live {
+    ticks: VecDeque<(u64, u64)>,
+    requests: u64,
+    errors: u64,
+    snapshots: VecDeque<Vec<(f64, u64)>>,
+}
+
+impl Live {
+    fn add(&mut self, counts: TickCounts) {
+        self.ticks.push_back((counts.requests, counts.errors));
+        self.requests += counts.requests;
+        self.errors += counts.errors;
+        if self.ticks.len() > LIVE_TICKS {
+            if let Some((requests, errors)) = self.ticks.pop_front() {
+                self.requests -= requests;
+                self.errors -= errors;
+            }
+        }
+    }
+
+    /// Takes a latency snapshot and describes the window.
+    fn describe(&mut self, stats: &PoolStats, endpoints: (usize, usize)) -> Value {
+        let now = stats.latency_snapshot();
+        if self.snapshots.is_empty() {
+            // The histogram counts from the start: the first window is all of it.
+            self.snapshots
+                .push_back(now.iter().map(|&(bound, _)| (bound, 0)).collect());
+        }
+        self.snapshots.push_back(now);
+        if self.snapshots.len() > SNAPSHOTS {
+            self.snapshots.pop_front();
+        }
+        let newest = self.snapshots.back().expect("just pushed");
+        let window = window_of(newest, &self.snapshots[0]);
+        json!({
+            "requests_60s": self.requests,
+            "errors_60s": self.errors,
+            "error_rate": (self.requests > 0).then(|| self.errors as f64 / self.requests as f64),
+            "p99_ms": crate::detector::quantile_ms(&window, 0.99),
+            "endpoints_up": endpoints.0,
+            "endpoints": endpoints.1,
+        })
+    }
 }
 
 async fn fall_back(
@@ -369,5 +578,35 @@ async fn fall_back(
             routes.entry(route.to_string()).or_default().last_verdict = Some(evidence);
         }
         Err(err) => tracing::error!(route, error = %err, "fallback failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_settings_reach_the_detector_and_the_rest_keep_their_defaults() {
+        let settings = CanaryHealth {
+            threshold: Some(12.0),
+            long_window_ticks: Some(300),
+            judge_delay_ticks: Some(0),
+            burst_window_min_requests: Some(20),
+            fast_arm_min_increase: Some(0.3),
+            latency_ratio: Some(2.0),
+            ..CanaryHealth::default()
+        };
+        let detector = detector_for(settings);
+        let config = detector.config();
+        let defaults = DetectorConfig::default();
+        assert_eq!(config.threshold, 12.0);
+        assert_eq!(config.long_window_ticks, 300);
+        assert_eq!(config.canary_delay_ticks, 0);
+        assert_eq!(config.burst_window_min_requests, 20);
+        assert_eq!(config.fast_arm_min_increase, 0.3);
+        assert_eq!(config.latency_ratio, 2.0);
+        assert_eq!(config.short_window_ticks, defaults.short_window_ticks);
+        assert_eq!(config.slow_arm_ratio, defaults.slow_arm_ratio);
+        assert_eq!(config.latency_p0, defaults.latency_p0);
     }
 }

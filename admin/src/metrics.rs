@@ -16,6 +16,8 @@ pub struct AdminMetrics {
     pub rollout_state: IntGaugeVec,
     /// Automatic fallbacks by route and reason.
     pub fallbacks: IntCounterVec,
+    /// 1 while a gate holds a route's rollout (too little canary traffic).
+    pub rollout_held: IntGaugeVec,
 }
 
 const STATES: [(&str, RolloutState); 5] = [
@@ -53,6 +55,14 @@ impl AdminMetrics {
                 &["route", "reason"],
             )
             .expect("valid metric");
+            let rollout_held = IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_rollout_held",
+                    "1 while a route's rollout step is held because its canary has not yet served enough requests to be judged.",
+                ),
+                &["route"],
+            )
+            .expect("valid metric");
             let build_info = IntGaugeVec::new(
                 Opts::new("switchyard_build_info", "Always 1; the labels say which build runs."),
                 &["version"],
@@ -65,6 +75,7 @@ impl AdminMetrics {
                 Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
                 Box::new(rollout_state.clone()),
                 Box::new(fallbacks.clone()),
+                Box::new(rollout_held.clone()),
                 Box::new(build_info),
             ] {
                 registry.register(collector).expect("names are unique");
@@ -73,6 +84,7 @@ impl AdminMetrics {
                 reloads,
                 rollout_state,
                 fallbacks,
+                rollout_held,
             }
         })
     }

@@ -43,6 +43,10 @@ pub struct Pool {
     pub endpoints: Vec<Endpoint>,
     /// How an endpoint is picked.
     pub policy: Policy,
+    /// Active health checks, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier ejection.
+    pub outlier: OutlierDetection,
     /// TLS to the endpoints, if the pool speaks it.
     pub tls: Option<UpstreamTls>,
 }
@@ -114,6 +118,58 @@ impl Config {
     }
 }
 
+/// An active HTTP health check of each endpoint of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path (and query) requested with GET.
+    pub path: String,
+    /// The Host sent; the endpoint's address when `None`.
+    pub host: Option<String>,
+    /// Time between checks of one endpoint.
+    pub interval: Duration,
+    /// Time a check may take to its response head.
+    pub timeout: Duration,
+    /// Inclusive status ranges that pass.
+    pub expected_status: Vec<(u16, u16)>,
+    /// Passes in a row that bring a down endpoint back.
+    pub rise: u32,
+    /// Failures in a row that take an endpoint down.
+    pub fall: u32,
+}
+
+impl HealthCheck {
+    /// Whether a check's status passes.
+    pub fn passes(&self, status: u16) -> bool {
+        self.expected_status
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&status))
+    }
+}
+
+/// Passive outlier ejection settings of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Gateway failures in a row that eject an endpoint; 0: never.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further one doubles it.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+    /// The most of a pool ejected at once, in percent (at least one endpoint may be).
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
 /// One upstream endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -157,6 +213,28 @@ pub struct Route {
     pub pool_override: Option<Override>,
     /// Canary-health settings (defaults where absent).
     pub canary_health: CanaryHealth,
+    /// Retries of sent requests.
+    pub retries: Retries,
+}
+
+/// Retries of requests that reached an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retries {
+    /// Retries after the first try; 0: none.
+    pub attempts: u32,
+    /// Retry when the upstream closed or reset before its response head.
+    pub on_reset: bool,
+    /// Retry when no response head came in time.
+    pub on_timeout: bool,
+    /// Retry on these upstream statuses: bit `n` is status 500 + n.
+    pub on_status: u128,
+}
+
+impl Retries {
+    /// Whether an upstream's answer with `status` is retried.
+    pub fn on(&self, status: u16) -> bool {
+        (500..600).contains(&status) && self.on_status & (1 << (status - 500)) != 0
+    }
 }
 
 /// Per-route canary-health settings; `None` keeps the detector's default.
@@ -168,6 +246,81 @@ pub struct CanaryHealth {
     pub max_error_rate: Option<f64>,
     /// Absolute latency SLO, milliseconds.
     pub max_latency_ms: Option<f64>,
+    /// The baseline's long window, in 100 ms ticks.
+    pub long_window_ticks: Option<usize>,
+    /// The baseline's short window, in ticks.
+    pub short_window_ticks: Option<usize>,
+    /// Requests the short window needs to raise p0.
+    pub short_window_min_requests: Option<u64>,
+    /// The baseline's burst window, in ticks.
+    pub burst_window_ticks: Option<usize>,
+    /// Requests the burst window needs to raise p0.
+    pub burst_window_min_requests: Option<u64>,
+    /// Standard errors added to the long window's rate.
+    pub margin_std_errors: Option<f64>,
+    /// The least p0.
+    pub p0_floor: Option<f64>,
+    /// Ticks the canary's counts wait before they are judged.
+    pub judge_delay_ticks: Option<usize>,
+    /// Slow error arm's ratio.
+    pub slow_arm_ratio: Option<f64>,
+    /// Slow error arm's least increase.
+    pub slow_arm_min_increase: Option<f64>,
+    /// Fast error arm's ratio.
+    pub fast_arm_ratio: Option<f64>,
+    /// Fast error arm's least increase.
+    pub fast_arm_min_increase: Option<f64>,
+    /// Latency arm's p0.
+    pub latency_p0: Option<f64>,
+    /// Latency arm's p1.
+    pub latency_p1: Option<f64>,
+    /// Latency threshold's ratio over the baseline's p99.
+    pub latency_ratio: Option<f64>,
+    /// Latency threshold's least increase over the baseline's p99, ms.
+    pub latency_min_increase_ms: Option<f64>,
+    /// Statuses that count as errors (see [`ErrorStatuses`]); `None`: 5xx.
+    pub error_statuses: Option<ErrorStatuses>,
+}
+
+impl CanaryHealth {
+    /// The statuses that count as errors for this route.
+    pub fn error_statuses(&self) -> ErrorStatuses {
+        self.error_statuses.unwrap_or_default()
+    }
+}
+
+/// A set of statuses from 400 to 655: bit `n` of word `n / 64` is status
+/// 400 + n. The default is every 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorStatuses(pub [u64; 4]);
+
+impl ErrorStatuses {
+    /// The empty set.
+    pub const NONE: ErrorStatuses = ErrorStatuses([0; 4]);
+
+    /// Adds `low..=high` (within 400..=599).
+    pub fn add(&mut self, low: u16, high: u16) {
+        for status in low.max(400)..=high.min(599) {
+            let n = usize::from(status - 400);
+            self.0[n / 64] |= 1 << (n % 64);
+        }
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        let Some(n) = status.checked_sub(400).map(usize::from) else {
+            return false;
+        };
+        n < 256 && self.0[n / 64] & (1 << (n % 64)) != 0
+    }
+}
+
+impl Default for ErrorStatuses {
+    fn default() -> Self {
+        let mut set = ErrorStatuses::NONE;
+        set.add(500, 599);
+        set
+    }
 }
 
 /// All given matchers must hold.

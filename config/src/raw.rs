@@ -92,6 +92,68 @@ pub struct RawPool {
     /// Speak TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawUpstreamTls>,
+    /// Active HTTP health checks of each endpoint; none when absent.
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    /// Passive outlier ejection; defaults apply when absent.
+    #[serde(default)]
+    pub outlier_detection: Option<RawOutlierDetection>,
+}
+
+/// An active HTTP health check, like HAProxy's `option httpchk` with
+/// `inter`, `rise` and `fall`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// The path requested with GET, such as `/healthz`.
+    pub path: String,
+    /// The Host sent; the endpoint's address when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Time between two checks of one endpoint (default `2s`).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// A check without a response head in this time fails (default `1s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Statuses that pass: codes (`204`) or classes (`"2xx"`); default 2xx and 3xx.
+    #[serde(default)]
+    pub expected_status: Vec<RawStatus>,
+    /// Passed checks in a row that bring a down endpoint back (default 2).
+    #[serde(default)]
+    pub rise: Option<i64>,
+    /// Failed checks in a row that take an endpoint down (default 3).
+    #[serde(default)]
+    pub fall: Option<i64>,
+}
+
+/// A status code or a class such as `"2xx"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawStatus {
+    /// One code.
+    Code(i64),
+    /// A class, `"1xx"` to `"5xx"`.
+    Class(String),
+}
+
+/// Passive outlier ejection, like Envoy's `outlier_detection`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    /// Gateway failures in a row that eject an endpoint (default 5; 0 turns ejection off).
+    #[serde(default)]
+    pub consecutive_failures: Option<i64>,
+    /// The first ejection's length; each further one doubles it (default `10s`).
+    #[serde(default)]
+    pub base_ejection: Option<String>,
+    /// No ejection lasts longer (default `5m`).
+    #[serde(default)]
+    pub max_ejection: Option<String>,
+    /// At most this share of the pool is ejected at once, but always at
+    /// least one endpoint (default 50).
+    #[serde(default)]
+    pub max_ejected_percent: Option<i64>,
 }
 
 /// An endpoint, either a bare address or an address with a weight.
@@ -139,6 +201,21 @@ pub struct RawRoute {
     /// Canary-health settings for this route; defaults apply when absent.
     #[serde(default)]
     pub canary_health: Option<RawCanaryHealth>,
+    /// Retries of requests that were sent; none when absent.
+    #[serde(default)]
+    pub retries: Option<RawRetries>,
+}
+
+/// When a request that reached an upstream is sent again, to another
+/// endpoint of the same pool. Only idempotent methods whose body was read
+/// whole are retried (as Envoy and nginx's `proxy_next_upstream` do).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first try, 1 to 5.
+    pub attempts: i64,
+    /// What is retried: `reset`, `timeout`, `5xx`, or a status `502`, `503`, `504`.
+    pub on: Vec<String>,
 }
 
 /// Per-route canary-health settings.
@@ -155,6 +232,60 @@ pub struct RawCanaryHealth {
     /// An absolute latency SLO in milliseconds.
     #[serde(default)]
     pub max_latency_ms: Option<f64>,
+    /// The baseline's long window (default `60s`), a multiple of 100 ms.
+    #[serde(default)]
+    pub long_window: Option<String>,
+    /// The baseline's short window (default `5s`).
+    #[serde(default)]
+    pub short_window: Option<String>,
+    /// Requests the short window needs to raise p0 (default 100).
+    #[serde(default)]
+    pub short_window_min_requests: Option<i64>,
+    /// The baseline's burst window (default `1s`).
+    #[serde(default)]
+    pub burst_window: Option<String>,
+    /// Requests the burst window needs to raise p0 (default 50).
+    #[serde(default)]
+    pub burst_window_min_requests: Option<i64>,
+    /// Standard errors added to the baseline's long-window rate (default 2).
+    #[serde(default)]
+    pub margin_std_errors: Option<f64>,
+    /// The least p0 (default 0.001).
+    #[serde(default)]
+    pub p0_floor: Option<f64>,
+    /// How long the canary's counts wait to be judged against the baseline
+    /// over the same interval (default `300ms`).
+    #[serde(default)]
+    pub judge_delay: Option<String>,
+    /// Slow error arm: p1 = max(ratio × p0, p0 + min_increase); ratio (default 2).
+    #[serde(default)]
+    pub slow_arm_ratio: Option<f64>,
+    /// Slow error arm's least increase (default 0.01).
+    #[serde(default)]
+    pub slow_arm_min_increase: Option<f64>,
+    /// Fast error arm's ratio (default 5).
+    #[serde(default)]
+    pub fast_arm_ratio: Option<f64>,
+    /// Fast error arm's least increase (default 0.20).
+    #[serde(default)]
+    pub fast_arm_min_increase: Option<f64>,
+    /// Latency arm: the share of slow answers tolerated (default 0.01).
+    #[serde(default)]
+    pub latency_p0: Option<f64>,
+    /// Latency arm: the share of slow answers that is bad (default 0.05).
+    #[serde(default)]
+    pub latency_p1: Option<f64>,
+    /// Slow means over max(ratio × baseline p99, p99 + min_increase_ms): ratio (default 1.5).
+    #[serde(default)]
+    pub latency_ratio: Option<f64>,
+    /// The slow threshold's least increase over the baseline's p99, ms (default 10).
+    #[serde(default)]
+    pub latency_min_increase_ms: Option<f64>,
+    /// Which answers count as errors: codes (`429`) or classes (`"5xx"`),
+    /// 400 to 599; default `["5xx"]`, whether the upstream or the proxy
+    /// (502, 503, 504 for a pool it could not reach) answered.
+    #[serde(default)]
+    pub error_statuses: Vec<RawStatus>,
 }
 
 /// Request matchers; all given ones must match.

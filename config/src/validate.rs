@@ -9,13 +9,14 @@ use crate::locate::{locate, render, Segment};
 use std::path::PathBuf;
 
 use crate::model::{
-    CanaryHealth, CertificateFiles, Config, Endpoint, HostMatch, Limits, ListenerTls, Match,
-    Override, PathMatch, Policy, Pool, Route, Split, Sticky, Timeouts, UpstreamTls,
-    DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
+    CanaryHealth, CertificateFiles, Config, Endpoint, ErrorStatuses, HealthCheck, HostMatch,
+    Limits, ListenerTls, Match, OutlierDetection, Override, PathMatch, Policy, Pool, Retries,
+    Route, Split, Sticky, Timeouts, UpstreamTls, DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
 };
 use crate::raw::{
-    RawCanaryHealth, RawConfig, RawEndpoint, RawLimits, RawListenerTls, RawMatch, RawOverride,
-    RawRoute, RawSticky, RawTimeouts, RawUpstreamTls,
+    RawCanaryHealth, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawListenerTls, RawMatch,
+    RawOutlierDetection, RawOverride, RawRetries, RawRoute, RawStatus, RawSticky, RawTimeouts,
+    RawUpstreamTls,
 };
 
 /// Parses JSON text and validates it. Errors carry line, column and path.
@@ -174,6 +175,14 @@ impl Validator<'_> {
                     )
                 }
             };
+            let health_check = match &raw_pool.health_check {
+                None => None,
+                Some(check) => Some(self.health_check(&with(&path, key("health_check")), check)?),
+            };
+            let outlier = self.outlier(
+                &with(&path, key("outlier_detection")),
+                raw_pool.outlier_detection.as_ref(),
+            )?;
             let tls = match &raw_pool.tls {
                 Some(raw_tls) => Some(self.upstream_tls(&with(&path, key("tls")), raw_tls)?),
                 None => None,
@@ -182,6 +191,8 @@ impl Validator<'_> {
                 name: name.clone(),
                 endpoints,
                 policy,
+                health_check,
+                outlier,
                 tls,
             });
         }
@@ -431,6 +442,10 @@ impl Validator<'_> {
             None => CanaryHealth::default(),
             Some(health) => self.canary_health(&with(path, key("canary_health")), health)?,
         };
+        let retries = match &raw.retries {
+            None => Retries::default(),
+            Some(retries) => self.retries(&with(path, key("retries")), retries)?,
+        };
 
         Ok(Route {
             name: raw.name.clone(),
@@ -442,7 +457,173 @@ impl Validator<'_> {
             sticky,
             pool_override,
             canary_health,
+            retries,
         })
+    }
+
+    fn health_check(&self, path: &Path, raw: &RawHealthCheck) -> Result<HealthCheck, ConfigError> {
+        self.url_path(&with(path, key("path")), &raw.path)?;
+        if let Some(host) = &raw.host {
+            let valid = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            if !valid {
+                return self.fail(
+                    &with(path, key("host")),
+                    format!("{host:?} is not a host name"),
+                );
+            }
+        }
+        let interval = self.duration(
+            &with(path, key("interval")),
+            &raw.interval,
+            Duration::from_secs(2),
+        )?;
+        let timeout = self.duration(
+            &with(path, key("timeout")),
+            &raw.timeout,
+            Duration::from_secs(1),
+        )?;
+        if timeout > interval {
+            return self.fail(
+                &with(path, key("timeout")),
+                "the timeout must not be longer than the interval",
+            );
+        }
+        let mut expected_status = Vec::new();
+        for (index, status) in raw.expected_status.iter().enumerate() {
+            let status_path = with(&with(path, key("expected_status")), Segment::Index(index));
+            expected_status.push(self.status_range(&status_path, status)?);
+        }
+        if expected_status.is_empty() {
+            expected_status.push((200, 399));
+        }
+        let count = |name: &str, value: Option<i64>, default: u32| match value {
+            None => Ok(default),
+            Some(n) if (1..=100).contains(&n) => Ok(n as u32),
+            Some(n) => self.fail(&with(path, key(name)), format!("{n} is outside 1..=100")),
+        };
+        Ok(HealthCheck {
+            path: raw.path.clone(),
+            host: raw.host.clone(),
+            interval,
+            timeout,
+            expected_status,
+            rise: count("rise", raw.rise, 2)?,
+            fall: count("fall", raw.fall, 3)?,
+        })
+    }
+
+    /// A status code or class as an inclusive range.
+    fn status_range(&self, path: &Path, status: &RawStatus) -> Result<(u16, u16), ConfigError> {
+        match status {
+            RawStatus::Code(code) if (100..=599).contains(code) => Ok((*code as u16, *code as u16)),
+            RawStatus::Class(class)
+                if class.len() == 3
+                    && (b'1'..=b'5').contains(&class.as_bytes()[0])
+                    && class[1..].eq_ignore_ascii_case("xx") =>
+            {
+                let low = u16::from(class.as_bytes()[0] - b'0') * 100;
+                Ok((low, low + 99))
+            }
+            _ => self.fail(
+                path,
+                "expected a status code 100 to 599 or a class such as \"2xx\"",
+            ),
+        }
+    }
+
+    fn outlier(
+        &self,
+        path: &Path,
+        raw: Option<&RawOutlierDetection>,
+    ) -> Result<OutlierDetection, ConfigError> {
+        let d = OutlierDetection::default();
+        let Some(raw) = raw else {
+            return Ok(d);
+        };
+        let consecutive_failures = match raw.consecutive_failures {
+            None => d.consecutive_failures,
+            Some(n) if (0..=1000).contains(&n) => n as u32,
+            Some(n) => {
+                return self.fail(
+                    &with(path, key("consecutive_failures")),
+                    format!("{n} is outside 0..=1000"),
+                )
+            }
+        };
+        let base_ejection = self.duration(
+            &with(path, key("base_ejection")),
+            &raw.base_ejection,
+            d.base_ejection,
+        )?;
+        let max_ejection = self.duration(
+            &with(path, key("max_ejection")),
+            &raw.max_ejection,
+            d.max_ejection,
+        )?;
+        if max_ejection < base_ejection {
+            return self.fail(
+                &with(path, key("max_ejection")),
+                "must not be shorter than base_ejection",
+            );
+        }
+        let max_ejected_percent = match raw.max_ejected_percent {
+            None => d.max_ejected_percent,
+            Some(n) if (0..=100).contains(&n) => n as u32,
+            Some(n) => {
+                return self.fail(
+                    &with(path, key("max_ejected_percent")),
+                    format!("{n} is outside 0..=100"),
+                )
+            }
+        };
+        Ok(OutlierDetection {
+            consecutive_failures,
+            base_ejection,
+            max_ejection,
+            max_ejected_percent,
+        })
+    }
+
+    fn retries(&self, path: &Path, raw: &RawRetries) -> Result<Retries, ConfigError> {
+        if !(1..=5).contains(&raw.attempts) {
+            return self.fail(
+                &with(path, key("attempts")),
+                format!("{} is outside 1..=5", raw.attempts),
+            );
+        }
+        let mut retries = Retries {
+            attempts: raw.attempts as u32,
+            ..Retries::default()
+        };
+        let on_path = with(path, key("on"));
+        if raw.on.is_empty() {
+            return self.fail(
+                &on_path,
+                "name at least one of reset, timeout, 5xx or a 5xx status",
+            );
+        }
+        for (index, what) in raw.on.iter().enumerate() {
+            match what.as_str() {
+                "reset" => retries.on_reset = true,
+                "timeout" => retries.on_timeout = true,
+                "5xx" => retries.on_status = (1 << 100) - 1,
+                code => match code.parse::<u16>() {
+                    Ok(status @ 500..=599) => retries.on_status |= 1 << (status - 500),
+                    _ => {
+                        return self.fail(
+                            &with(&on_path, Segment::Index(index)),
+                            format!(
+                                "{code:?} is not retryable; expected reset, timeout, 5xx or a status 500 to 599"
+                            ),
+                        )
+                    }
+                },
+            }
+        }
+        Ok(retries)
     }
 
     fn canary_health(
@@ -462,11 +643,118 @@ impl Validator<'_> {
                     ),
                 _ => Ok(value),
             };
-        Ok(CanaryHealth {
+        let ticks = |name: &str, value: &Option<String>| -> Result<Option<usize>, ConfigError> {
+            let field = with(path, key(name));
+            let Some(text) = value else {
+                return Ok(None);
+            };
+            let duration = self.duration(&field, value, Duration::ZERO)?;
+            let ms = duration.as_millis();
+            if ms % 100 != 0 || ms > 600_000 {
+                return self.fail(
+                    &field,
+                    format!("{text:?} must be a multiple of 100ms, at most 10m"),
+                );
+            }
+            Ok(Some((ms / 100) as usize))
+        };
+        let requests = |name: &str, value: Option<i64>| match value {
+            Some(n) if !(1..=1_000_000).contains(&n) => self.fail(
+                &with(path, key(name)),
+                format!("{n} is outside 1..=1000000"),
+            ),
+            _ => Ok(value.map(|n| n as u64)),
+        };
+        let mut health = CanaryHealth {
+            error_statuses: None,
             threshold: check("threshold", raw.threshold, 0.0, 1000.0, true)?,
             max_error_rate: check("max_error_rate", raw.max_error_rate, 0.0, 0.5, true)?,
             max_latency_ms: check("max_latency_ms", raw.max_latency_ms, 0.0, 3_600_000.0, true)?,
-        })
+            long_window_ticks: ticks("long_window", &raw.long_window)?,
+            short_window_ticks: ticks("short_window", &raw.short_window)?,
+            short_window_min_requests: requests(
+                "short_window_min_requests",
+                raw.short_window_min_requests,
+            )?,
+            burst_window_ticks: ticks("burst_window", &raw.burst_window)?,
+            burst_window_min_requests: requests(
+                "burst_window_min_requests",
+                raw.burst_window_min_requests,
+            )?,
+            margin_std_errors: check("margin_std_errors", raw.margin_std_errors, 0.0, 10.0, false)?,
+            p0_floor: check("p0_floor", raw.p0_floor, 0.0, 0.5, true)?,
+            judge_delay_ticks: match &raw.judge_delay {
+                // Zero is allowed here: no delay.
+                Some(text) if parse_duration(text) == Some(Duration::ZERO) => Some(0),
+                _ => ticks("judge_delay", &raw.judge_delay)?,
+            },
+            slow_arm_ratio: check("slow_arm_ratio", raw.slow_arm_ratio, 1.0, 100.0, false)?,
+            slow_arm_min_increase: check(
+                "slow_arm_min_increase",
+                raw.slow_arm_min_increase,
+                0.0,
+                0.9,
+                false,
+            )?,
+            fast_arm_ratio: check("fast_arm_ratio", raw.fast_arm_ratio, 1.0, 100.0, false)?,
+            fast_arm_min_increase: check(
+                "fast_arm_min_increase",
+                raw.fast_arm_min_increase,
+                0.0,
+                0.9,
+                false,
+            )?,
+            latency_p0: check("latency_p0", raw.latency_p0, 0.0, 0.5, true)?,
+            latency_p1: check("latency_p1", raw.latency_p1, 0.0, 0.99, true)?,
+            latency_ratio: check("latency_ratio", raw.latency_ratio, 1.0, 100.0, false)?,
+            latency_min_increase_ms: check(
+                "latency_min_increase_ms",
+                raw.latency_min_increase_ms,
+                0.0,
+                60_000.0,
+                false,
+            )?,
+        };
+        if !raw.error_statuses.is_empty() {
+            let mut set = ErrorStatuses::NONE;
+            for (index, status) in raw.error_statuses.iter().enumerate() {
+                let status_path = with(&with(path, key("error_statuses")), Segment::Index(index));
+                match self.status_range(&status_path, status)? {
+                    (low, high) if low >= 400 && high <= 599 => set.add(low, high),
+                    _ => return self.fail(&status_path, "only 4xx and 5xx answers can be errors"),
+                }
+            }
+            health.error_statuses = Some(set);
+        }
+        // The rules between fields, with the defaults for what is absent.
+        let long = health.long_window_ticks.unwrap_or(600);
+        for (name, value) in [
+            ("short_window", health.short_window_ticks),
+            ("burst_window", health.burst_window_ticks),
+        ] {
+            if value.is_some_and(|t| t == 0 || t > long) {
+                return self.fail(
+                    &with(path, key(name)),
+                    "must be at least 100ms and no longer than long_window",
+                );
+            }
+        }
+        if health.long_window_ticks == Some(0) {
+            return self.fail(&with(path, key("long_window")), "must be at least 100ms");
+        }
+        if health.judge_delay_ticks.unwrap_or(3) >= long {
+            return self.fail(
+                &with(path, key("judge_delay")),
+                "must be shorter than long_window",
+            );
+        }
+        if health.latency_p1.unwrap_or(0.05) <= health.latency_p0.unwrap_or(0.01) {
+            return self.fail(
+                &with(path, key("latency_p1")),
+                "must be greater than latency_p0",
+            );
+        }
+        Ok(health)
     }
 
     fn matcher(&self, path: &Path, raw: &RawMatch) -> Result<Match, ConfigError> {
@@ -899,6 +1187,178 @@ mod tests {
         ))
         .expect_err("unknown field");
         assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    }
+
+    fn with_route_field(field: &str) -> String {
+        minimal(r#"{"stable": 9000, "canary": 1000}"#)
+            .replace(r#""split""#, &format!("{field}, \"split\""))
+    }
+
+    fn with_pool_field(field: &str) -> String {
+        minimal(r#"{"stable": 9000, "canary": 1000}"#).replace(
+            r#""endpoints": ["127.0.0.1:9001"]"#,
+            &format!(r#""endpoints": ["127.0.0.1:9001"], {field}"#),
+        )
+    }
+
+    #[test]
+    fn every_detector_parameter_can_be_set_per_route() {
+        let config = parse(&with_route_field(
+            r#""canary_health": {"long_window": "30s", "short_window": "2s",
+                "short_window_min_requests": 40, "burst_window": "500ms",
+                "burst_window_min_requests": 20, "margin_std_errors": 3, "p0_floor": 0.002,
+                "judge_delay": "0s", "slow_arm_ratio": 3, "slow_arm_min_increase": 0.02,
+                "fast_arm_ratio": 4, "fast_arm_min_increase": 0.3, "latency_p0": 0.02,
+                "latency_p1": 0.1, "latency_ratio": 2, "latency_min_increase_ms": 5}"#,
+        ))
+        .expect("valid");
+        let health = config.routes[0].canary_health;
+        assert_eq!(health.long_window_ticks, Some(300));
+        assert_eq!(health.short_window_ticks, Some(20));
+        assert_eq!(health.burst_window_ticks, Some(5));
+        assert_eq!(health.judge_delay_ticks, Some(0));
+        assert_eq!(health.short_window_min_requests, Some(40));
+        assert_eq!(health.latency_p1, Some(0.1));
+        assert_eq!(health.fast_arm_min_increase, Some(0.3));
+
+        for (field, path) in [
+            (r#""short_window": "90s""#, "short_window"),
+            (r#""long_window": "150ms""#, "long_window"),
+            (r#""latency_p0": 0.2, "latency_p1": 0.1"#, "latency_p1"),
+            (r#""slow_arm_ratio": 0.5"#, "slow_arm_ratio"),
+            (
+                r#""burst_window_min_requests": 0"#,
+                "burst_window_min_requests",
+            ),
+        ] {
+            let err = parse(&with_route_field(&format!(
+                r#""canary_health": {{{field}}}"#
+            )))
+            .expect_err(field);
+            assert_eq!(
+                err.path(),
+                Some(format!("routes[0].canary_health.{path}").as_str()),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_statuses_name_what_counts_as_an_error() {
+        let config = parse(&with_route_field(
+            r#""canary_health": {"error_statuses": ["5xx", 429]}"#,
+        ))
+        .expect("valid");
+        let errors = config.routes[0].canary_health.error_statuses();
+        assert!(errors.contains(429) && errors.contains(500) && errors.contains(599));
+        assert!(!errors.contains(404) && !errors.contains(200));
+        let only = parse(&with_route_field(
+            r#""canary_health": {"error_statuses": [502, 503, 504]}"#,
+        ))
+        .expect("valid");
+        let only = only.routes[0].canary_health.error_statuses();
+        assert!(only.contains(503) && !only.contains(500));
+        let default = parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#)).expect("valid");
+        let default = default.routes[0].canary_health.error_statuses();
+        assert!(default.contains(500) && !default.contains(429));
+        let err = parse(&with_route_field(
+            r#""canary_health": {"error_statuses": ["2xx"]}"#,
+        ))
+        .expect_err("a 2xx is no error");
+        assert_eq!(
+            err.path(),
+            Some("routes[0].canary_health.error_statuses[0]")
+        );
+    }
+
+    #[test]
+    fn health_checks_and_outlier_settings_are_checked() {
+        let config = parse(&with_pool_field(
+            r#""health_check": {"path": "/healthz", "interval": "500ms", "timeout": "200ms",
+                "expected_status": [204, "3xx"], "rise": 1, "fall": 2},
+               "outlier_detection": {"consecutive_failures": 3, "base_ejection": "1s",
+                "max_ejection": "4s", "max_ejected_percent": 100}"#,
+        ))
+        .expect("valid");
+        let pool = config.pool("stable").expect("exists");
+        let check = pool.health_check.as_ref().expect("configured");
+        assert_eq!(check.interval, Duration::from_millis(500));
+        assert!(check.passes(204) && check.passes(302) && !check.passes(200));
+        assert_eq!((check.rise, check.fall), (1, 2));
+        assert_eq!(pool.outlier.consecutive_failures, 3);
+        assert_eq!(pool.outlier.max_ejection, Duration::from_secs(4));
+        let defaults = config.pool("canary").expect("exists");
+        assert!(defaults.health_check.is_none());
+        assert_eq!(defaults.outlier, OutlierDetection::default());
+
+        for (field, path) in [
+            (
+                r#""health_check": {"path": "healthz"}"#,
+                "health_check.path",
+            ),
+            (
+                r#""health_check": {"path": "/", "expected_status": ["6xx"]}"#,
+                "health_check.expected_status[0]",
+            ),
+            (
+                r#""health_check": {"path": "/", "interval": "1s", "timeout": "2s"}"#,
+                "health_check.timeout",
+            ),
+            (
+                r#""health_check": {"path": "/", "rise": 0}"#,
+                "health_check.rise",
+            ),
+            (
+                r#""outlier_detection": {"base_ejection": "1m", "max_ejection": "10s"}"#,
+                "outlier_detection.max_ejection",
+            ),
+            (
+                r#""outlier_detection": {"max_ejected_percent": 150}"#,
+                "outlier_detection.max_ejected_percent",
+            ),
+        ] {
+            let err = parse(&with_pool_field(field)).expect_err(field);
+            assert_eq!(
+                err.path(),
+                Some(format!("pools.stable.{path}").as_str()),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn retries_name_what_they_retry() {
+        let config = parse(&with_route_field(
+            r#""retries": {"attempts": 2, "on": ["reset", "503"]}"#,
+        ))
+        .expect("valid");
+        let retries = config.routes[0].retries;
+        assert_eq!(retries.attempts, 2);
+        assert!(retries.on_reset && !retries.on_timeout);
+        assert!(retries.on(503) && !retries.on(502) && !retries.on(404));
+        let all = parse(&with_route_field(
+            r#""retries": {"attempts": 1, "on": ["5xx"]}"#,
+        ))
+        .expect("valid");
+        assert!(all.routes[0].retries.on(500) && all.routes[0].retries.on(599));
+        assert_eq!(
+            parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#))
+                .expect("valid")
+                .routes[0]
+                .retries
+                .attempts,
+            0
+        );
+        let err = parse(&with_route_field(
+            r#""retries": {"attempts": 1, "on": ["404"]}"#,
+        ))
+        .expect_err("4xx is not retryable");
+        assert_eq!(err.path(), Some("routes[0].retries.on[0]"));
+        let err = parse(&with_route_field(
+            r#""retries": {"attempts": 9, "on": ["reset"]}"#,
+        ))
+        .expect_err("too many");
+        assert_eq!(err.path(), Some("routes[0].retries.attempts"));
     }
 
     #[test]

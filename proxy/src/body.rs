@@ -17,6 +17,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::route::RouteTable;
+use crate::stats::ErrorKind;
 use crate::upstream::Release;
 
 /// The error type of both bodies.
@@ -156,12 +158,55 @@ pub enum ProxyBody {
         release: Option<Release>,
         /// Keeps the endpoint's in-flight count until the body is done.
         in_flight: Option<InFlight>,
+        /// Where a failure mid-body is counted: the request's table (handed
+        /// over by the request, not cloned), route and pool.
+        origin: Origin,
     },
     /// A short answer made by the proxy.
     Local(Option<Bytes>),
 }
 
+/// The route and pool that served a response, for counting a failure
+/// that comes after the head.
+pub struct Origin {
+    table: Option<Arc<RouteTable>>,
+    route: u16,
+    pool: u16,
+}
+
+impl Origin {
+    /// The route's and pool's indices in the table the request used.
+    pub fn new(route: u16, pool: u16) -> Origin {
+        Origin {
+            table: None,
+            route,
+            pool,
+        }
+    }
+
+    fn count_reset(&mut self) {
+        if let Some(table) = self.table.take() {
+            if let Some(route) = table.routes().get(usize::from(self.route)) {
+                route.stats(self.pool).record_late_error(ErrorKind::Reset);
+            }
+        }
+    }
+}
+
 impl ProxyBody {
+    /// Gives an upstream body the table its request was routed with, so
+    /// that a reset mid-body is counted for its route and pool.
+    pub fn attach_table(&mut self, table: Arc<RouteTable>) {
+        if let ProxyBody::Upstream {
+            release: Some(_),
+            origin,
+            ..
+        } = self
+        {
+            origin.table = Some(table);
+        }
+    }
+
     /// A local answer.
     pub fn local(bytes: Bytes) -> ProxyBody {
         ProxyBody::Local(Some(bytes))
@@ -170,19 +215,26 @@ impl ProxyBody {
     /// The upstream's body. A body that is already over (HEAD, 204, 304,
     /// `Content-Length: 0`) is never polled by hyper, so its connection
     /// goes back to the pool now.
-    pub fn upstream(inner: Incoming, release: Release, in_flight: Option<InFlight>) -> ProxyBody {
+    pub fn upstream(
+        inner: Incoming,
+        release: Release,
+        in_flight: Option<InFlight>,
+        origin: Origin,
+    ) -> ProxyBody {
         if inner.is_end_stream() {
             release.finish();
             return ProxyBody::Upstream {
                 inner,
                 release: None,
                 in_flight: None,
+                origin,
             };
         }
         ProxyBody::Upstream {
             inner,
             release: Some(release),
             in_flight,
+            origin,
         }
     }
 }
@@ -201,6 +253,7 @@ impl Body for ProxyBody {
                 inner,
                 release,
                 in_flight,
+                origin,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if inner.is_end_stream() {
@@ -223,6 +276,7 @@ impl Body for ProxyBody {
                     // the client must see the truncation, so the error goes on.
                     release.take();
                     in_flight.take();
+                    origin.count_reset();
                     Poll::Ready(Some(Err(Box::new(err))))
                 }
                 Poll::Pending => Poll::Pending,

@@ -302,41 +302,48 @@ struct HeadScan {
 }
 
 impl HeadScan {
-    fn feed(&mut self, bytes: &[u8]) -> Verdict {
-        for &b in bytes {
-            if b == b'\n' {
-                // A line of just "\r" (or nothing) ends the head.
-                let empty = self.line_bytes == 0 || (self.line_bytes == 1 && self.line[0] == b'\r');
-                if self.lines > 0 && empty {
-                    self.finished = true;
-                    return Verdict::Fine;
-                }
-                self.lines += 1;
-                self.line_len = 0;
-                self.line_bytes = 0;
-                continue;
+    /// Looks at each line's start only: the bytes between are skipped with
+    /// `memchr`, so a long head costs little more than a short one.
+    fn feed(&mut self, mut bytes: &[u8]) -> Verdict {
+        while !bytes.is_empty() {
+            let (part, rest, ended) = match memchr::memchr(b'\n', bytes) {
+                Some(at) => (&bytes[..at], &bytes[at + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            let take = (self.line.len() - self.line_len).min(part.len());
+            for (slot, &b) in self.line[self.line_len..self.line_len + take]
+                .iter_mut()
+                .zip(part)
+            {
+                *slot = b.to_ascii_lowercase();
             }
-            if self.line_len < self.line.len() {
-                self.line[self.line_len] = b.to_ascii_lowercase();
-                self.line_len += 1;
-                // Only a line whose start has the length of one of the two
-                // names can be one: compare then, not at every byte.
-                let at_name_end = self.line_len == b"content-length:".len()
-                    || self.line_len == b"transfer-encoding:".len();
-                if self.lines > 0 && at_name_end {
-                    let line = &self.line[..self.line_len];
-                    if line == b"content-length:" {
-                        self.content_lengths += 1;
-                    } else if line == b"transfer-encoding:" {
-                        self.transfer_encodings += 1;
-                    }
-                    let both = self.content_lengths > 0 && self.transfer_encodings > 0;
-                    if both || self.content_lengths > 1 {
-                        return Verdict::Smuggle;
-                    }
+            self.line_len += take;
+            self.line_bytes += part.len();
+            bytes = rest;
+            if !ended {
+                break;
+            }
+            // A line of just "\r" (or nothing) ends the head.
+            let empty = self.line_bytes == 0 || (self.line_bytes == 1 && self.line[0] == b'\r');
+            if self.lines > 0 && empty {
+                self.finished = true;
+                return Verdict::Fine;
+            }
+            if self.lines > 0 {
+                let line = &self.line[..self.line_len];
+                if line.starts_with(b"content-length:") {
+                    self.content_lengths += 1;
+                } else if line.starts_with(b"transfer-encoding:") {
+                    self.transfer_encodings += 1;
+                }
+                let both = self.content_lengths > 0 && self.transfer_encodings > 0;
+                if both || self.content_lengths > 1 {
+                    return Verdict::Smuggle;
                 }
             }
-            self.line_bytes += 1;
+            self.lines += 1;
+            self.line_len = 0;
+            self.line_bytes = 0;
         }
         Verdict::Fine
     }
@@ -374,6 +381,20 @@ mod tests {
         ]));
         assert!(!scan(&[
             b"GET /content-length: HTTP/1.1\r\nX-A: content-length:\r\n\r\n"
+        ]));
+        // The empty line that ends the head, split across reads.
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r",
+            b"\ntransfer-encoding: chunked\r\n"
+        ]));
+        // A field name split across reads, and a long line before it.
+        let long = format!(
+            "GET / HTTP/1.1\r\nX-Long: {}\r\nTransfer-",
+            "a".repeat(5000)
+        );
+        assert!(scan(&[
+            long.as_bytes(),
+            b"Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
         ]));
         // After the head, body bytes are not scanned.
         assert!(!scan(&[

@@ -159,6 +159,15 @@ pub enum ForwardError {
         #[source]
         source: std::io::Error,
     },
+    /// A thread or runtime of the data plane could not be started.
+    #[error("starting {what}")]
+    Start {
+        /// Which part.
+        what: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ForwardError {
@@ -176,6 +185,7 @@ impl ForwardError {
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
             | Self::Bind { .. }
+            | Self::Start { .. }
             | Self::TlsFile { .. }
             | Self::TlsConfig { .. }
             | Self::TlsName { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,10 +15,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::body::{InFlight, ProxyBody, RequestBody};
+use crate::body::{InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
-use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_headers, ClientInfo};
+use crate::headers::{
+    field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present, ClientInfo,
+    FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+};
 use crate::route::{EndpointEntry, RouteEntry, RouteTable, Routes};
+use crate::stats::ErrorKind;
 use crate::upstream::{ExchangeTimeouts, Upstreams};
 
 /// A request body up to this size is read whole before anything goes
@@ -52,7 +56,10 @@ impl Proxy {
         let table = self.routes.snapshot();
         let http1 = request.version() != Version::HTTP_2;
         match self.forward(&table, &client, request, started).await {
-            Ok(response) => Ok(response),
+            Ok(mut response) => {
+                response.body_mut().attach_table(table);
+                Ok(response)
+            }
             Err(err) => {
                 debug!(client = %client.peer, error = %err, status = %err.status(), "request failed");
                 Ok(err.to_response(http1 && err.closes_connection()))
@@ -86,7 +93,11 @@ impl Proxy {
         // Only `chunked` alone is accepted: hyper refuses a body whose last
         // coding is not chunked, and other codings before it are refused
         // here, as nginx does, since nothing downstream would decode them.
-        if let Some(te) = parts.headers.get(header::TRANSFER_ENCODING) {
+        let fields = field_bits(&parts.headers);
+        if let Some(te) = (fields & HOP_TRANSFER_ENCODING != 0)
+            .then(|| parts.headers.get(header::TRANSFER_ENCODING))
+            .flatten()
+        {
             if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
                 || parts
                     .headers
@@ -126,16 +137,20 @@ impl Proxy {
         let pool = table.pool(pool_index);
         debug!(route = %route.name, backend = %endpoint.label, "forwarding");
 
-        let upgrade = is_h1(&parts) && is_websocket_upgrade(&parts.headers);
+        let upgrade = fields & (HOP_UPGRADE | HOP_CONNECTION) == (HOP_UPGRADE | HOP_CONNECTION)
+            && is_h1(&parts)
+            && is_websocket_upgrade(&parts.headers);
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
             None
         };
-        strip_hop_headers(&mut parts.headers, upgrade);
-        // The proxy answers `Expect: 100-continue` itself when it reads the body.
-        parts.headers.remove(header::EXPECT);
-        set_forwarded(&mut parts.headers, client, host_value.as_ref());
+        strip_present(&mut parts.headers, upgrade, fields);
+        if fields & FIELD_EXPECT != 0 {
+            // The proxy answers `Expect: 100-continue` itself when it reads the body.
+            parts.headers.remove(header::EXPECT);
+        }
+        set_forwarded(&mut parts.headers, client, host_value.as_ref(), fields);
         if parts.uri.scheme().is_some() || parts.version == Version::HTTP_2 {
             // Absolute-form (RFC 9112 §3.2.2) and HTTP/2: the authority
             // becomes the Host, and the target goes out in origin form.
@@ -169,39 +184,80 @@ impl Proxy {
             idle: table.timeouts.idle,
         };
         let stats = route.stats(pool_index);
+        let retries = &route.retries;
+        // A copy for retries, made only when the route retries sent
+        // requests and this one may be sent twice.
+        let mut request = Request::from_parts(parts, body);
+        let mut spare = (retries.attempts > 0 && is_idempotent(request.method()))
+            .then(|| copy_request(&request))
+            .flatten();
+        let mut retries_left = retries.attempts;
         let mut endpoint = endpoint;
-        let mut sent = self
-            .upstreams
-            .send(endpoint, Request::from_parts(parts, body), timeouts)
-            .await;
-        // A connect failure sent nothing: the request goes once to another
-        // endpoint of the same pool, as nginx's proxy_next_upstream error.
-        if let Err(failed) = &mut sent {
-            if let (Some(kind), true) = (failed.error.upstream_kind(), failed.unsent.is_some()) {
-                if let Some(other) = pool.pick_other(endpoint, now_ms) {
-                    let request = failed.unsent.take().expect("checked above");
-                    stats.record_late_error(kind);
-                    pool.endpoint_failed(endpoint, now_ms);
-                    debug!(route = %route.name, from = %endpoint.label, to = %other.label, "retrying on another endpoint");
-                    endpoint = other;
-                    sent = self.upstreams.send(endpoint, request, timeouts).await;
+        let (response, release) = loop {
+            let mut sent = self.upstreams.send(endpoint, request, timeouts).await;
+            // A connect failure sent nothing: the request goes once to another
+            // endpoint of the same pool, as nginx's proxy_next_upstream error.
+            if let Err(failed) = &mut sent {
+                if let (Some(kind), true) = (failed.error.upstream_kind(), failed.unsent.is_some())
+                {
+                    if let Some(other) = pool.pick_other(endpoint, now_ms) {
+                        let request = failed.unsent.take().expect("checked above");
+                        stats.record_late_error(kind);
+                        pool.endpoint_failed(endpoint, now_ms);
+                        debug!(route = %route.name, from = %endpoint.label, to = %other.label, "retrying on another endpoint");
+                        endpoint = other;
+                        sent = self.upstreams.send(endpoint, request, timeouts).await;
+                    }
                 }
             }
-        }
-        let (response, release) = match sent {
-            Ok(sent) => {
-                stats.record(sent.0.status().as_u16(), started, None);
-                endpoint.health.succeeded();
-                sent
-            }
-            Err(failed) => {
-                let err = failed.error;
-                stats.record(err.status().as_u16(), started, err.upstream_kind());
-                if err.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
-                    tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
+            // A request that was sent goes again only when it is idempotent,
+            // its body is at hand, and the route retries this failure.
+            let retry = retries_left > 0
+                && spare.is_some()
+                && match &sent {
+                    Ok((response, _)) => retries.on(response.status().as_u16()),
+                    Err(failed) => {
+                        failed.unsent.is_none()
+                            && match failed.error.upstream_kind() {
+                                Some(ErrorKind::Reset) => retries.on_reset,
+                                Some(ErrorKind::Timeout) => retries.on_timeout,
+                                _ => false,
+                            }
+                    }
+                };
+            match sent {
+                Ok((response, release)) if !retry => {
+                    stats.record(response.status().as_u16(), started, None);
+                    endpoint.health.succeeded();
+                    break (response, release);
                 }
-                return Err(err);
+                Ok((response, _)) => {
+                    // Each try is an answer the detector must see: a retry
+                    // must not hide a failing canary.
+                    stats.record(response.status().as_u16(), started, None);
+                    endpoint.health.succeeded();
+                }
+                Err(failed) => {
+                    let err = failed.error;
+                    stats.record(err.status().as_u16(), started, err.upstream_kind());
+                    if err.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
+                        tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
+                    }
+                    if !retry {
+                        return Err(err);
+                    }
+                }
             }
+            retries_left -= 1;
+            let copy = spare.take().expect("checked by retry");
+            if retries_left > 0 {
+                spare = copy_request(&copy);
+            }
+            request = copy;
+            if let Some(other) = pool.pick_other(endpoint, now_ms) {
+                endpoint = other;
+            }
+            debug!(route = %route.name, backend = %endpoint.label, "retrying a sent request");
         };
 
         let (mut parts, body) = response.into_parts();
@@ -225,7 +281,12 @@ impl Proxy {
         }
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, release, in_flight),
+            ProxyBody::upstream(
+                body,
+                release,
+                in_flight,
+                Origin::new(route.index, pool_index),
+            ),
         ))
     }
 }
@@ -252,6 +313,33 @@ fn healthy_endpoint<'t>(
     Err(ForwardError::NoHealthyEndpoint {
         route: route.name.to_string(),
     })
+}
+
+/// RFC 9110 §9.2.2: a method whose repetition has the effect of one.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A copy of a request whose body was read whole, for a retry; `None` for
+/// a streamed body, which cannot be sent twice.
+fn copy_request(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let body = match request.body() {
+        RequestBody::Empty => RequestBody::Empty,
+        RequestBody::Full { data, trailers } => RequestBody::Full {
+            data: data.clone(),
+            trailers: trailers.clone(),
+        },
+        RequestBody::Stream { .. } => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 fn is_h1(parts: &http::request::Parts) -> bool {

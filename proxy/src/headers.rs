@@ -93,34 +93,104 @@ pub fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// body), `TE` (except a `trailers` request, which survives as `TE: trailers`)
 /// and `Upgrade` unless `keep_upgrade` (a WebSocket handshake being passed on).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: the common keep-alive request or response has none of them.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-            .collect();
+    let present = field_bits(headers);
+    strip_present(headers, keep_upgrade, present);
+}
+
+/// Which of the fields the proxy acts on a request has ([`FieldBits`]),
+/// found in one pass over the names: the common request has none of them
+/// and the common response only `Connection`, so the map is not searched
+/// (hashed) once per name the proxy might act on.
+pub fn field_bits(headers: &HeaderMap) -> FieldBits {
+    headers
+        .keys()
+        .fold(0, |present, name| present | field_bit(name))
+}
+
+/// A set of [`field_bits`] flags.
+pub type FieldBits = u16;
+
+/// [`strip_hop_headers`] with the fields present already known.
+pub fn strip_present(headers: &mut HeaderMap, keep_upgrade: bool, present: FieldBits) {
+    if present & HOP_CONNECTION != 0 {
+        // Values are shared `Bytes`: cloning one copies no bytes.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
         headers.remove(header::CONNECTION);
-        for name in named {
-            if keep_upgrade && name == header::UPGRADE {
-                continue;
+        for value in first.iter().chain(more.iter()) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                let skip = token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"));
+                if let (false, Ok(name)) = (skip, std::str::from_utf8(token)) {
+                    // A `&str` name is looked up without allocating.
+                    headers.remove(name);
+                }
             }
-            headers.remove(&name);
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.remove(header::TE) {
-        if has_token(te.as_bytes(), b"trailers") {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & HOP_KEEP_ALIVE != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & HOP_PROXY_CONNECTION != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & HOP_TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & HOP_TE != 0 {
+        if let Some(te) = headers.remove(header::TE) {
+            if has_token(te.as_bytes(), b"trailers") {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// `Connection`.
+pub const HOP_CONNECTION: FieldBits = 1;
+const HOP_KEEP_ALIVE: FieldBits = 2;
+const HOP_PROXY_CONNECTION: FieldBits = 4;
+/// `Transfer-Encoding`.
+pub const HOP_TRANSFER_ENCODING: FieldBits = 8;
+const HOP_TE: FieldBits = 16;
+/// `Upgrade`.
+pub const HOP_UPGRADE: FieldBits = 32;
+/// `Expect`.
+pub const FIELD_EXPECT: FieldBits = 64;
+const FIELD_X_FORWARDED_FOR: FieldBits = 128;
+const FIELD_FORWARDED: FieldBits = 256;
+
+/// The bit of a field name the proxy acts on, 0 for any other name.
+fn field_bit(name: &HeaderName) -> FieldBits {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else if *name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if *name == PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else if name == header::EXPECT {
+        FIELD_EXPECT
+    } else if *name == X_FORWARDED_FOR {
+        FIELD_X_FORWARDED_FOR
+    } else if *name == FORWARDED {
+        FIELD_FORWARDED
+    } else {
+        0
     }
 }
 
@@ -128,10 +198,15 @@ pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// client to `X-Forwarded-For` and `Forwarded`, and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (a client's own values for
 /// those two are not trusted, as nginx's `proxy_set_header` does).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        None => client.peer_value.clone(),
-        Some(_) => {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<&HeaderValue>,
+    present: FieldBits,
+) {
+    let xff = match present & FIELD_X_FORWARDED_FOR {
+        0 => client.peer_value.clone(),
+        _ => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 joined.put_slice(value.as_bytes());
@@ -145,7 +220,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
 
     let mut previous: Option<HeaderValue> = None;
-    if headers.contains_key(&FORWARDED) {
+    if present & FIELD_FORWARDED != 0 {
         let mut joined = BytesMut::new();
         for value in headers.get_all(&FORWARDED) {
             joined.put_slice(value.as_bytes());
@@ -219,6 +294,26 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_field_counts_and_names_match_in_any_case() {
+        let mut headers = map(&[
+            ("connection", "X-One"),
+            ("connection", " x-two ,, bad name, Keep-Alive"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_headers(&mut headers, false);
+        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+        // Nothing hop-by-hop: nothing changes.
+        let mut plain = map(&[("host", "a"), ("x-kept", "yes")]);
+        strip_hop_headers(&mut plain, false);
+        assert_eq!(plain.len(), 2);
+    }
+
+    #[test]
     fn websocket_upgrade_survives() {
         let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_websocket_upgrade(&headers));
@@ -235,7 +330,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("example.com:8080");
-        set_forwarded(&mut headers, &client, Some(&host));
+        let present = field_bits(&headers);
+        set_forwarded(&mut headers, &client, Some(&host), present);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "example.com:8080");

@@ -9,7 +9,9 @@
 //! - `client_io`: the client socket with head/idle timeouts (408) and the
 //!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
-//! - `health`: passive outlier ejection of failing endpoints.
+//! - `health`: an endpoint's health: passive outlier ejection and the
+//!   active checks' verdict.
+//! - `health_check`: active HTTP health checks, on a thread of their own.
 //! - `tls`: TLS termination (SNI certificates, hot reload) and TLS to upstreams.
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
 //! - `stats`: Prometheus metrics and the per-pool 100 ms outcome ticks.
@@ -22,6 +24,7 @@ mod error;
 mod forward;
 mod headers;
 pub mod health;
+pub mod health_check;
 mod listener;
 pub mod route;
 pub mod stats;

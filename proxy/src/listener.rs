@@ -26,6 +26,7 @@ use crate::client_io::{ClientIo, ConnPhase};
 use crate::error::ForwardError;
 use crate::forward::Proxy;
 use crate::headers::ClientInfo;
+use crate::health_check::HealthChecker;
 use crate::route::{RouteTable, Routes};
 use crate::tls::TlsTerminator;
 
@@ -51,6 +52,8 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    /// Active health checks; stop when the server is dropped.
+    _checker: HealthChecker,
 }
 
 impl Server {
@@ -108,6 +111,10 @@ impl Server {
                 })?;
             handles.push(handle);
         }
+        let checker = HealthChecker::start(routes).map_err(|source| ForwardError::Start {
+            what: "the health checker",
+            source,
+        })?;
         for (addr, tls) in addrs.iter().zip(&tls) {
             info!(address = %addr, workers, tls = tls.is_some(), "listening");
         }
@@ -115,6 +122,7 @@ impl Server {
             addrs,
             shutdown,
             workers: handles,
+            _checker: checker,
         })
     }
 

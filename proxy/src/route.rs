@@ -13,11 +13,12 @@ use http::Method;
 use rand::Rng;
 use rustc_hash::FxHashMap;
 use switchyard_config::{
-    CanaryHealth, Config, HostMatch, Limits, PathMatch, Policy, Sticky, Timeouts,
+    CanaryHealth, Config, HealthCheck, HostMatch, Limits, OutlierDetection, PathMatch, Policy,
+    Retries, Sticky, Timeouts,
 };
 
 use crate::error::ForwardError;
-use crate::health::{EndpointHealth, MAX_EJECTED_SHARE};
+use crate::health::EndpointHealth;
 use crate::stats::{Metrics, PoolStats, StatsScope};
 use crate::tls::UpstreamTlsClient;
 
@@ -75,6 +76,8 @@ pub struct RouteTable {
 pub struct RouteEntry {
     /// Route name.
     pub name: Arc<str>,
+    /// Its index in the table's routes.
+    pub index: u16,
     host: Option<HostMatch>,
     path: Option<PathMatch>,
     methods: Box<[Method]>,
@@ -90,6 +93,8 @@ pub struct RouteEntry {
     stats: Box<[(u16, Arc<PoolStats>)]>,
     /// The route's canary-health settings, for the evaluator.
     pub canary_health: CanaryHealth,
+    /// Retries of sent requests.
+    pub retries: Retries,
 }
 
 enum StickyKey {
@@ -108,6 +113,9 @@ pub struct PoolEntry {
     /// atomic increment and an index, with no lock shared by workers.
     sequence: Box<[u16]>,
     next: AtomicUsize,
+    outlier: OutlierDetection,
+    /// Active health checks of the endpoints, if configured.
+    pub health_check: Option<Arc<HealthCheck>>,
 }
 
 /// One resolved endpoint.
@@ -180,6 +188,8 @@ impl RouteTable {
                 policy: pool.policy,
                 sequence: smooth_sequence(&weights).into(),
                 next: AtomicUsize::new(0),
+                outlier: pool.outlier,
+                health_check: pool.health_check.clone().map(Arc::new),
             });
         }
         let pool_index = |name: &str| -> u16 {
@@ -217,6 +227,7 @@ impl RouteTable {
             };
             routes.push(RouteEntry {
                 name: route.name.as_str().into(),
+                index: routes.len() as u16,
                 host: route.matcher.host.clone(),
                 path: route.matcher.path.clone(),
                 methods: route
@@ -249,6 +260,7 @@ impl RouteTable {
                 override_cookie,
                 stats,
                 canary_health: route.canary_health,
+                retries: route.retries,
             });
         }
 
@@ -306,11 +318,16 @@ impl RouteTable {
         })
     }
 
-    /// Sets the weight and version gauges to this table's (when it goes live).
+    /// Sets the weight and version gauges to this table's, and each
+    /// route's error statuses in its stats (when it goes live, so that a
+    /// table built and then refused changes nothing).
     fn publish_gauges(&self) {
         let metrics = Metrics::global();
         metrics.table_version.set(self.version as i64);
         for route in self.routes.iter() {
+            for (_, stats) in route.stats.iter() {
+                stats.set_error_statuses(route.canary_health.error_statuses());
+            }
             for (pool, weight) in route.weights() {
                 metrics
                     .weights
@@ -509,43 +526,52 @@ impl PoolEntry {
         &self.endpoints[index as usize]
     }
 
-    /// Picks an endpoint that is not ejected, if the pool has one.
+    /// Picks an endpoint that is not down, if the pool has one.
     pub fn pick_healthy(&self, now_ms: u64) -> Option<&EndpointEntry> {
         let first = self.pick();
-        if !first.health.is_ejected(now_ms) {
+        if !first.health.is_down(now_ms) {
             return Some(first);
         }
         (0..self.sequence.len().min(8))
             .map(|_| self.pick())
-            .find(|e| !e.health.is_ejected(now_ms))
-            .or_else(|| self.endpoints.iter().find(|e| !e.health.is_ejected(now_ms)))
+            .find(|e| !e.health.is_down(now_ms))
+            .or_else(|| self.endpoints.iter().find(|e| !e.health.is_down(now_ms)))
+    }
+
+    /// Whether every endpoint of the pool is down now.
+    pub fn is_down(&self, now_ms: u64) -> bool {
+        self.endpoints.iter().all(|e| e.health.is_down(now_ms))
     }
 
     /// Records a failed exchange with `endpoint`; ejects it after a run of
     /// failures if the pool can spare it. Returns true if it was ejected.
     pub fn endpoint_failed(&self, endpoint: &EndpointEntry, now_ms: u64) -> bool {
-        endpoint.health.failed(now_ms, || {
+        endpoint.health.failed(now_ms, &self.outlier, || {
             let ejected = self
                 .endpoints
                 .iter()
                 .filter(|e| e.health.is_ejected(now_ms))
                 .count();
             ejected == 0
-                || ((ejected + 1) as f64) <= MAX_EJECTED_SHARE * self.endpoints.len() as f64
+                || (ejected + 1) * 100
+                    <= self.outlier.max_ejected_percent as usize * self.endpoints.len()
         })
     }
 
-    /// Another endpoint than `tried`, by the pool's policy, if the pool has one.
+    /// Another endpoint than `tried` that is up: the next one after it in
+    /// the pool's list. It does not advance the policy's own sequence, so a
+    /// retry does not shift which endpoint the next request starts with
+    /// (else a dead endpoint would be every request's first pick).
     pub fn pick_other(&self, tried: &EndpointEntry, now_ms: u64) -> Option<&EndpointEntry> {
-        if self.endpoints.len() < 2 {
-            return None;
-        }
-        // The policy's next pick is almost always another endpoint; a few
-        // tries cover weights that repeat one endpoint in a row.
-        (0..self.sequence.len().min(8))
-            .map(|_| self.pick())
-            .find(|e| e.addr != tried.addr && !e.health.is_ejected(now_ms))
-            .or_else(|| self.endpoints.iter().find(|e| e.addr != tried.addr))
+        let count = self.endpoints.len();
+        let start = self
+            .endpoints
+            .iter()
+            .position(|e| e.addr == tried.addr)
+            .unwrap_or(0);
+        (1..count)
+            .map(|step| &self.endpoints[(start + step) % count])
+            .find(|e| !e.health.is_down(now_ms))
     }
 
     /// Whether requests in flight must be counted for this pool.

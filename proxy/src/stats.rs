@@ -8,7 +8,7 @@
 //! go back to zero when weights change.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,16 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use switchyard_config::ErrorStatuses;
+
+/// Whether requests are counted at all (see [`set_counting`]).
+static COUNTING: AtomicBool = AtomicBool::new(true);
+
+/// Turns per-request counting off or on for the whole process: with it
+/// off, the load benchmark measures what counting costs.
+pub fn set_counting(on: bool) {
+    COUNTING.store(on, Ordering::Relaxed);
+}
 
 /// The detector's tick.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -83,6 +93,7 @@ impl StatsScope {
                     ticks: std::array::from_fn(|_| TickSlot::default()),
                     slow_after_us: AtomicU64::new(u64::MAX),
                     slo_after_us: AtomicU64::new(u64::MAX),
+                    error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
                 })
             });
         Arc::clone(stats)
@@ -209,6 +220,8 @@ pub struct PoolStats {
     pub slow_after_us: AtomicU64,
     /// A response slower than this (µs) breaks the route's latency SLO.
     pub slo_after_us: AtomicU64,
+    /// The statuses that count as errors, as [`ErrorStatuses`] words.
+    error_statuses: [AtomicU64; 4],
 }
 
 /// Counts of one tick.
@@ -249,6 +262,9 @@ impl PoolStats {
     /// Records one answer: status, time to the response head, and whether
     /// it counts as an error for canary health.
     pub fn record(&self, status: u16, started: Instant, error: Option<ErrorKind>) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
@@ -259,7 +275,7 @@ impl PoolStats {
         }
         let slot = &self.ticks[(tick_of(now) as usize) % RING];
         slot.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
+        if self.is_error(status) {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
         let micros = elapsed.as_micros() as u64;
@@ -271,8 +287,25 @@ impl PoolStats {
         }
     }
 
+    /// Sets which statuses count as errors (when a table is built).
+    pub fn set_error_statuses(&self, statuses: ErrorStatuses) {
+        for (word, bits) in self.error_statuses.iter().zip(statuses.0) {
+            word.store(bits, Ordering::Relaxed);
+        }
+    }
+
+    fn is_error(&self, status: u16) -> bool {
+        let Some(n) = status.checked_sub(400).map(usize::from) else {
+            return false;
+        };
+        n < 256 && self.error_statuses[n / 64].load(Ordering::Relaxed) & (1 << (n % 64)) != 0
+    }
+
     /// Counts an upstream failure found after the head (a reset mid-body).
     pub fn record_late_error(&self, kind: ErrorKind) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         self.errors[kind as usize].inc();
     }
 

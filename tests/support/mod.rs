@@ -209,6 +209,22 @@ pub async fn get(
     )
 }
 
+/// Sends a request with `client`; returns the status and the body as text.
+pub async fn exchange(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> (u16, String) {
+    let response = client.request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Sends `n` GETs over 8 concurrent keep-alive connections; counts bodies.
 pub async fn send_many(addr: SocketAddr, path: &str, n: usize) -> HashMap<String, usize> {
     let client = client();

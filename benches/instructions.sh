@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Instructions per request in Switchyard's own code (user space), counted
+# by callgrind: unlike req/s, the count does not move with whatever else
+# the machine is doing, so it shows what a hot-path change saves even on a
+# busy or shared machine (see /work/shared/PERF.md). Kernel time (syscalls,
+# loopback TCP) is not in it: load.sh measures the whole.
+#
+# Layout: one nginx upstream with two ports (64-byte bodies), Switchyard
+# under valgrind with one worker and a 90/10 split, wrk with keep-alive.
+# After a warm-up the counters are zeroed, wrk runs DURATION seconds, and
+# the instructions counted are divided by the requests wrk completed.
+#
+# Usage:  benches/instructions.sh                          # HTTP/1.1 keep-alive
+#         ARGS=--no-request-metrics benches/instructions.sh  # without counting
+#
+# Knobs: DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# flags), PORT_BASE (18200), BUILD (1: cargo build --release first),
+# SWITCHYARD_BIN. Needs valgrind, nginx, wrk, curl.
+
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-10}
+ARGS=${ARGS:-}
+PORT_BASE=${PORT_BASE:-18200}
+BUILD=${BUILD:-1}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SWITCHYARD_BIN=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
+UP1=$PORT_BASE UP2=$((PORT_BASE + 1)) PORT=$((PORT_BASE + 2))
+
+die() { echo "instructions.sh: $*" >&2; exit 1; }
+for tool in valgrind callgrind_control nginx wrk curl; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install valgrind nginx wrk curl)"
+done
+if ((BUILD)); then
+    (cd "$ROOT" && cargo build --release --bin switchyard --quiet) || die "build failed"
+fi
+
+RUN=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ -n ${KEEP:-} ]]; then cp "$RUN"/callgrind.out* "$KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+body64() {
+    local s="$1 upstream, 64-byte body "
+    while ((${#s} < 64)); do s+="."; done
+    printf '%s' "${s:0:64}"
+}
+
+mkdir -p "$RUN/nginx"
+cat >"$RUN/upstream.conf" <<EOF
+worker_processes 1;
+pid $RUN/nginx/nginx.pid;
+error_log $RUN/upstream.log warn;
+daemon off;
+events { worker_connections 1024; }
+http {
+    client_body_temp_path $RUN/nginx/client_body;
+    proxy_temp_path $RUN/nginx/proxy;
+    fastcgi_temp_path $RUN/nginx/fastcgi;
+    uwsgi_temp_path $RUN/nginx/uwsgi;
+    scgi_temp_path $RUN/nginx/scgi;
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server { listen 127.0.0.1:$UP1; location / { return 200 "$(body64 stable)"; } }
+    server { listen 127.0.0.1:$UP2; location / { return 200 "$(body64 canary)"; } }
+}
+EOF
+nginx -p "$RUN/nginx" -c "$RUN/upstream.conf" >"$RUN/nginx.out" 2>&1 &
+PIDS+=($!)
+
+# shellcheck disable=SC2086 # ARGS is a list of flags
+SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+    "$SWITCHYARD_BIN" run --listen "127.0.0.1:$PORT" --stable "127.0.0.1:$UP1" \
+    --canary "127.0.0.1:$UP2" --canary-weight 10 --workers 1 --admin 127.0.0.1:0 $ARGS \
+    >"$RUN/switchyard.log" 2>&1 &
+PROXY=$!
+PIDS+=("$PROXY")
+
+for ((i = 0; i < 300; i++)); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/" 2>/dev/null) == 200 ]] && break
+    kill -0 "$PROXY" 2>/dev/null || { cat "$RUN/switchyard.log" >&2; die "switchyard exited"; }
+    sleep 0.1
+done
+((i < 300)) || die "switchyard did not answer on port $PORT"
+
+wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/" >/dev/null
+callgrind_control --zero "$PROXY" >/dev/null 2>&1
+out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PORT/")
+callgrind_control --dump=measured "$PROXY" >/dev/null 2>&1
+requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+[[ -z $errors ]] || die "wrk saw errors: $errors"
+
+# The dump after the zeroing: its totals are the measured interval's.
+dump=$(grep -l 'measured' "$RUN"/callgrind.out* | head -n 1)
+instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+[[ -n $instructions && ${requests:-0} -gt 0 ]] || die "no count (dump $dump, requests $requests)"
+awk -v i="$instructions" -v r="$requests" -v a="${ARGS:-none}" -v c="$CONNECTIONS" \
+    'BEGIN { printf "%.0f instructions per request (%d requests, wrk -c%d keep-alive, extra flags: %s)\n", i / r, r, c, a }'
