@@ -22,7 +22,9 @@
 # Knobs (environment):
 #   DURATION   seconds per measured run                     (10)
 #   ROUNDS     interleaved rounds per scenario               (3)
-#   SCENARIOS  any of: keepalive close h2c                   (all three)
+#   SCENARIOS  any of: keepalive close h2c tls-keepalive tls-close  (all)
+#              tls-*: HTTPS with one ECDSA P-256 certificate (openssl, made
+#              here); tls-close makes a TLS handshake per request
 #   TARGETS    any of: switchyard nginx haproxy upstream nometrics  (the first
 #              three; "upstream" hits an upstream directly: the ceiling, HTTP/1.1
 #              only; "nometrics" is Switchyard with --no-request-metrics, so that
@@ -48,7 +50,7 @@ set -euo pipefail
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-SCENARIOS=${SCENARIOS:-keepalive close h2c}
+SCENARIOS=${SCENARIOS:-keepalive close h2c tls-keepalive tls-close}
 TARGETS=${TARGETS:-switchyard nginx haproxy}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -86,10 +88,13 @@ UP2=$((PORT_BASE + 2))
 UP_STATUS=$((PORT_BASE + 3))
 SY_PORT=$((PORT_BASE + 10))
 NM_PORT=$((PORT_BASE + 11))
+SY_TLS_PORT=$((PORT_BASE + 12))
 NGX_PORT=$((PORT_BASE + 20))
 NGX_H2_PORT=$((PORT_BASE + 21))
+NGX_TLS_PORT=$((PORT_BASE + 22))
 HAP_PORT=$((PORT_BASE + 30))
 HAP_H2_PORT=$((PORT_BASE + 31))
+HAP_TLS_PORT=$((PORT_BASE + 32))
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "load.sh: $*"; exit 1; }
@@ -100,7 +105,8 @@ for n in "$DURATION" "$ROUNDS" "$WARMUP" "$CONNECTIONS" "$H2_CONNECTIONS" "$H2_S
     [[ $n =~ ^[0-9]+$ && $n -gt 0 ]] || die "DURATION, ROUNDS, WARMUP, CONNECTIONS, H2_* and PORT_BASE must be positive integers (got '$n')"
 done
 for s in $SCENARIOS; do
-    [[ $s == keepalive || $s == close || $s == h2c ]] || die "unknown scenario '$s' (keepalive, close, h2c)"
+    [[ $s == keepalive || $s == close || $s == h2c || $s == tls-keepalive || $s == tls-close ]] \
+        || die "unknown scenario '$s' (keepalive, close, h2c, tls-keepalive, tls-close)"
 done
 for t in $TARGETS; do
     [[ $t == switchyard || $t == nginx || $t == haproxy || $t == upstream || $t == nometrics ]] \
@@ -108,7 +114,7 @@ for t in $TARGETS; do
 done
 
 missing=()
-for tool in nginx haproxy wrk h2load taskset curl pgrep getconf; do
+for tool in nginx haproxy wrk h2load taskset curl pgrep getconf openssl; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -129,7 +135,8 @@ CLK_TCK=$(getconf CLK_TCK)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$UP1" "$UP2" "$UP_STATUS" "$SY_PORT" "$NM_PORT" "$NGX_PORT" "$NGX_H2_PORT" "$HAP_PORT" "$HAP_H2_PORT"; do
+for p in "$UP1" "$UP2" "$UP_STATUS" "$SY_PORT" "$NM_PORT" "$SY_TLS_PORT" "$NGX_PORT" "$NGX_H2_PORT" \
+    "$NGX_TLS_PORT" "$HAP_PORT" "$HAP_H2_PORT" "$HAP_TLS_PORT"; do
     if port_in_use "$p"; then die "port $p is in use; set PORT_BASE to a free range"; fi
 done
 
@@ -210,7 +217,7 @@ wait_ready() {
     local name=$1 url=$2 i
     for ((i = 0; i < 50; i++)); do
         alive "$name" || die "$name exited at startup: $HOW (its log follows)"
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null) == 200 ]]; then return 0; fi
+        if [[ $(curl -sk -o /dev/null -w '%{http_code}' "$url" 2>/dev/null) == 200 ]]; then return 0; fi
         sleep 0.1
     done
     die "$name did not answer 200 on $url"
@@ -265,11 +272,36 @@ EOF
     wait_ready upstream "http://127.0.0.1:$UP2/"
 }
 
+# One ECDSA P-256 certificate for every proxy's TLS listener (HAProxy wants
+# the certificate and key in one file).
+make_certificate() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$RUN/tls.key" -out "$RUN/tls.pem" 2>/dev/null || die "openssl could not make a certificate"
+    cat "$RUN/tls.pem" "$RUN/tls.key" >"$RUN/haproxy-tls.pem"
+}
+
+# Switchyard from a config file: the one-route command line has one
+# listener, and the TLS scenarios need a second one.
 start_switchyard() {
-    start switchyard "$PROXY_CPU" "$SWITCHYARD_BIN" run \
-        --listen "127.0.0.1:$SY_PORT" --stable "127.0.0.1:$UP1" --canary "127.0.0.1:$UP2" \
-        --canary-weight 10 --workers 1 --admin 127.0.0.1:0
+    cat >"$RUN/switchyard.json" <<EOF
+{
+  "listeners": [
+    {"address": "127.0.0.1:$SY_PORT"},
+    {"address": "127.0.0.1:$SY_TLS_PORT",
+     "tls": {"certificates": [{"cert_file": "$RUN/tls.pem", "key_file": "$RUN/tls.key", "default": true}]}}
+  ],
+  "pools": {
+    "stable": {"endpoints": ["127.0.0.1:$UP1"]},
+    "canary": {"endpoints": ["127.0.0.1:$UP2"]}
+  },
+  "routes": [{"name": "default", "split": {"baseline": "stable", "weights": {"stable": 9000, "canary": 1000}}}]
+}
+EOF
+    start switchyard "$PROXY_CPU" "$SWITCHYARD_BIN" run --config "$RUN/switchyard.json" \
+        --workers 1 --admin 127.0.0.1:0
     wait_ready switchyard "http://127.0.0.1:$SY_PORT/"
+    wait_ready switchyard "https://127.0.0.1:$SY_TLS_PORT/"
 }
 
 # The same, counting nothing per request: the metrics' cost is the gap.
@@ -299,9 +331,14 @@ $(nginx_temp_paths nginx)
         keepalive_requests 1000000;
         keepalive_timeout 300s;
     }
+    ssl_certificate $RUN/tls.pem;
+    ssl_certificate_key $RUN/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:1m;
     server {
         listen 127.0.0.1:$NGX_PORT backlog=4096;
         listen 127.0.0.1:$NGX_H2_PORT http2 backlog=4096;
+        listen 127.0.0.1:$NGX_TLS_PORT ssl http2 backlog=4096;
         location / {
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -313,6 +350,7 @@ EOF
     } >"$RUN/nginx.conf"
     start nginx "$PROXY_CPU" nginx -p "$RUN/nginx" -e "$RUN/nginx.log" -c "$RUN/nginx.conf"
     wait_ready nginx "http://127.0.0.1:$NGX_PORT/"
+    wait_ready nginx "https://127.0.0.1:$NGX_TLS_PORT/"
 }
 
 # HAProxy, one thread, server-side connection reuse, no logs. `proto h2` on
@@ -341,6 +379,10 @@ frontend h2c
     bind 127.0.0.1:$HAP_H2_PORT proto h2
     default_backend upstreams
 
+frontend tls
+    bind 127.0.0.1:$HAP_TLS_PORT ssl crt $RUN/haproxy-tls.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+    default_backend upstreams
+
 backend upstreams
     balance roundrobin
     server stable 127.0.0.1:$UP1 weight 9
@@ -348,11 +390,15 @@ backend upstreams
 EOF
     start haproxy "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg"
     wait_ready haproxy "http://127.0.0.1:$HAP_PORT/"
+    wait_ready haproxy "https://127.0.0.1:$HAP_TLS_PORT/"
 }
 
 # url TARGET SCENARIO
 url() {
     case $1:$2 in
+        switchyard:tls-*) echo "https://127.0.0.1:$SY_TLS_PORT/" ;;
+        nginx:tls-*) echo "https://127.0.0.1:$NGX_TLS_PORT/" ;;
+        haproxy:tls-*) echo "https://127.0.0.1:$HAP_TLS_PORT/" ;;
         switchyard:*) echo "http://127.0.0.1:$SY_PORT/" ;;
         nometrics:*) echo "http://127.0.0.1:$NM_PORT/" ;;
         nginx:h2c) echo "http://127.0.0.1:$NGX_H2_PORT/" ;;
@@ -500,9 +546,9 @@ load() {
     children_ticks
     c0=$CHILD_TICKS
     case $scenario in
-        keepalive)
+        keepalive | tls-keepalive)
             taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency "$u" >"$out.raw" 2>&1 ;;
-        close)
+        close | tls-close)
             taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
                 -H 'Connection: close' "$u" >"$out.raw" 2>&1 ;;
         h2c)
@@ -533,13 +579,17 @@ title() {
         keepalive) echo "HTTP/1.1 keep-alive (wrk -t1 -c$CONNECTIONS)" ;;
         close) echo "new connection per request (wrk -t1 -c$CONNECTIONS, Connection: close)" ;;
         h2c) echo "h2c prior knowledge (h2load -c$H2_CONNECTIONS -m$H2_STREAMS)" ;;
+        tls-keepalive) echo "HTTPS keep-alive (wrk -t1 -c$CONNECTIONS, ECDSA P-256)" ;;
+        tls-close) echo "a TLS handshake per request (wrk -t1 -c$CONNECTIONS, Connection: close, ECDSA P-256)" ;;
     esac
 }
 
 targets_for() {
     local t
     for t in $TARGETS; do
-        [[ $1 == h2c && $t == upstream ]] && continue   # the upstream has no h2c port
+        # The upstream has no h2c or TLS port, nometrics no TLS port.
+        [[ ($1 == h2c || $1 == tls-*) && $t == upstream ]] && continue
+        [[ $1 == tls-* && $t == nometrics ]] && continue
         printf '%s ' "$t"
     done
 }
@@ -601,6 +651,7 @@ measure() {
 # ---------------------------------------------------------------- run
 
 say "runtime files in $RUN"
+make_certificate
 start_upstream
 for t in $TARGETS; do
     [[ $t == upstream ]] || "start_$t"
@@ -755,7 +806,8 @@ hwm_note="peak RSS per scenario (VmHWM reset before each)"
         "$(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'),"\
         "$(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), $(h2load --version | head -n1)."
     echo
-    echo "Scenarios: keepalive = $(title keepalive); close = $(title close); h2c = $(title h2c)."
+    echo "Scenarios: keepalive = $(title keepalive); close = $(title close); h2c = $(title h2c);"
+    echo "tls-keepalive = $(title tls-keepalive); tls-close = $(title tls-close)."
     echo "req/s: median (min-max) over the rounds; vs best peer: median req/s over the faster of nginx"
     echo "and HAProxy; p50/p99: medians over the rounds; CPU s/100k: the proxy's user+system CPU seconds"
     echo "per 100,000 requests; CPU %: of the proxy's core; RSS: $hwm_note;"
@@ -778,6 +830,6 @@ if [[ " $TARGETS " == *" switchyard "* ]]; then
     if ((warns > 0)); then
         say ""
         say "Switchyard logged $warns warning/error lines; the first ones:"
-        grep -E 'WARN|ERROR' "$RUN/switchyard.log" | head -n 5 >&2
+        grep -m 5 -E 'WARN|ERROR' "$RUN/switchyard.log" >&2 || true
     fi
 fi

@@ -13,9 +13,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use switchyard_admin::{AdminApi, ControlPlane, StateStore};
-use switchyard_config::raw::{RawEndpoint, RawListener, RawPool, RawRoute, RawSplit, RawTimeouts};
-use switchyard_config::{Config, RawConfig};
-use switchyard_proxy::{RouteTable, Server};
+use switchyard_config::raw::{
+    RawCertificate, RawEndpoint, RawListener, RawListenerTls, RawPool, RawRoute, RawSplit,
+    RawTimeouts,
+};
+use switchyard_config::{CertificateFiles, Config, RawConfig};
+use switchyard_proxy::tls::TlsTerminator;
+use switchyard_proxy::{Listen, RouteTable, Server};
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +62,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Config file (JSON). Without it and without --stable, the embedded demo runs.
-    #[arg(long, conflicts_with_all = ["stable", "canary", "canary_weight", "listen", "upstream_timeout"])]
+    #[arg(long, conflicts_with_all = ["stable", "canary", "canary_weight", "listen", "upstream_timeout", "tls_cert"])]
     config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long)]
@@ -75,12 +79,28 @@ struct RunArgs {
     /// How long to wait for an upstream's response head (2s, 500ms).
     #[arg(long)]
     upstream_timeout: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM), for the one-route mode.
+    #[arg(long, requires_all = ["tls_key", "stable"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
     /// Admin API address. On a non-loopback address a token is required.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
+    /// Serve the admin API over TLS with this certificate chain (PEM).
+    #[arg(long, requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --admin-tls-cert.
+    #[arg(long, requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Require admin clients to present a certificate issued by a CA in
+    /// this PEM file (mutual TLS).
+    #[arg(long, requires = "admin_tls_cert")]
+    admin_client_ca: Option<PathBuf>,
     /// File holding the admin bearer token (or set SWITCHYARD_ADMIN_TOKEN).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
@@ -134,7 +154,23 @@ fn main() -> ExitCode {
 fn check(file: &Path) -> anyhow::Result<()> {
     let config = load(file)?;
     RouteTable::build(&config, 1).with_context(|| format!("{}", file.display()))?;
+    let terminators = tls_terminators(&config).with_context(|| format!("{}", file.display()))?;
     print!("{config}");
+    for (addr, terminator) in &terminators {
+        for summary in terminator.summaries().iter() {
+            println!(
+                "  tls {addr}: {} names {}{}, expires in {} days",
+                summary.cert_file.display(),
+                if summary.names.is_empty() {
+                    "none".to_string()
+                } else {
+                    summary.names.join(", ")
+                },
+                if summary.is_default { " (default)" } else { "" },
+                summary.days_left()
+            );
+        }
+    }
     println!("{}: ok", file.display());
     Ok(())
 }
@@ -192,15 +228,42 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let plane = ControlPlane::start(config.clone(), args.config.clone(), store, state)
         .context("building the routing table")?;
-    let server = Server::start(plane.routes(), &config.listeners, workers).context("starting")?;
+    let terminators = tls_terminators(&config)?;
+    let listen: Vec<Listen> = config
+        .listeners
+        .iter()
+        .map(|addr| {
+            let tls = terminators
+                .iter()
+                .find(|(tls_addr, _)| tls_addr == addr)
+                .map(|(_, terminator)| Arc::clone(terminator));
+            (*addr, tls)
+        })
+        .collect();
+    let server = Server::start_with_tls(plane.routes(), &listen, workers).context("starting")?;
     if let Some(file) = &args.config {
         switchyard_admin::watch::watch_config(Arc::clone(&plane), file)
             .context("watching the config file")?;
     }
-    let admin =
-        switchyard_admin::server::start(args.admin, AdminApi::new(Arc::clone(&plane), token))
-            .context("starting the admin API")?;
+    let admin_tls = admin_tls(&args)?;
+    let mut watched: Vec<Arc<TlsTerminator>> =
+        terminators.iter().map(|(_, t)| Arc::clone(t)).collect();
+    watched.extend(admin_tls.iter().cloned());
+    switchyard_admin::watch::watch_certificates(Arc::clone(&plane), watched)
+        .context("watching the certificate files")?;
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    let admin = switchyard_admin::server::start_with_tls(
+        args.admin,
+        AdminApi::new(Arc::clone(&plane), token),
+        admin_tls,
+    )
+    .context("starting the admin API")?;
     let addr = server.local_addrs()[0];
+    let scheme = if listen[0].1.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if demo {
         println!("Switchyard is running the embedded demo on http://{addr}");
         println!("  two demo upstreams, blue (90%) and green (10%), answer with their name:");
@@ -209,10 +272,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("  your own upstreams: switchyard run --stable HOST:PORT --canary HOST:PORT --canary-weight 10");
         println!("  a config file:      switchyard run --config examples/canary.json");
     } else {
-        println!("Switchyard is listening on http://{addr}");
+        println!("Switchyard is listening on {scheme}://{addr}");
         print!("{config}");
     }
-    println!("Admin API on http://{admin}/v1/routes");
+    println!("Admin API on {admin_scheme}://{admin}/v1/routes");
     println!("Ctrl-C or SIGTERM stops it after in-flight requests finish.");
 
     wait_for_signal(|| async {
@@ -227,6 +290,43 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the certificates of every TLS listener; each error names the
+/// file and where the config lists it.
+fn tls_terminators(config: &Config) -> anyhow::Result<Vec<(SocketAddr, Arc<TlsTerminator>)>> {
+    config
+        .tls
+        .iter()
+        .map(|listener| {
+            let terminator = TlsTerminator::load(listener).with_context(|| {
+                format!("loading the certificates of listener {}", listener.address)
+            })?;
+            Ok((listener.address, Arc::new(terminator)))
+        })
+        .collect()
+}
+
+/// The admin listener's TLS, from `--admin-tls-cert`, `--admin-tls-key`
+/// and `--admin-client-ca`.
+fn admin_tls(args: &RunArgs) -> anyhow::Result<Option<Arc<TlsTerminator>>> {
+    let (Some(cert_file), Some(key_file)) = (&args.admin_tls_cert, &args.admin_tls_key) else {
+        return Ok(None);
+    };
+    let files = CertificateFiles {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        names: Vec::new(),
+        is_default: true,
+        origin: "--admin-tls-cert".to_string(),
+    };
+    let client_ca = args
+        .admin_client_ca
+        .as_deref()
+        .map(|file| ("--admin-client-ca", file));
+    let terminator = TlsTerminator::new("admin", &[files], &["http/1.1"], client_ca)
+        .context("setting up TLS for the admin API")?;
+    Ok(Some(Arc::new(terminator)))
 }
 
 /// The admin token from `--admin-token-file` or `SWITCHYARD_ADMIN_TOKEN`.
@@ -276,7 +376,7 @@ fn one_route(args: &RunArgs) -> anyhow::Result<Config> {
         (Some(pct), false) => percent_to_basis_points(pct)?,
     };
     let canary = (!args.canary.is_empty()).then(|| args.canary.clone());
-    let raw = split_config(
+    let mut raw = split_config(
         args.listen
             .map_or_else(|| DEFAULT_LISTEN.to_string(), |a| a.to_string()),
         args.stable.clone(),
@@ -285,6 +385,16 @@ fn one_route(args: &RunArgs) -> anyhow::Result<Config> {
         canary_bp,
         args.upstream_timeout.clone(),
     );
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        raw.listeners[0].tls = Some(RawListenerTls {
+            certificates: vec![RawCertificate {
+                cert_file: cert.to_string_lossy().into_owned(),
+                key_file: key.to_string_lossy().into_owned(),
+                names: Vec::new(),
+                default: true,
+            }],
+        });
+    }
     raw.into_config()
         .map_err(|err| anyhow::anyhow!("invalid command line: {err}"))
 }
@@ -307,6 +417,7 @@ fn split_config(
             policy: None,
             health_check: None,
             outlier_detection: None,
+            tls: None,
         },
     );
     if other.is_empty() {
@@ -319,13 +430,17 @@ fn split_config(
                 policy: None,
                 health_check: None,
                 outlier_detection: None,
+                tls: None,
             },
         );
         weights.insert(baseline_name.to_string(), 10_000 - i64::from(other_bp));
         weights.insert(other_name.to_string(), i64::from(other_bp));
     }
     RawConfig {
-        listeners: vec![RawListener { address: listen }],
+        listeners: vec![RawListener {
+            address: listen,
+            tls: None,
+        }],
         pools,
         routes: vec![RawRoute {
             name: "default".to_string(),

@@ -26,7 +26,8 @@ pub struct Event {
     pub time: String,
     /// `admin`, `config-reload`, `rollout`, `startup`.
     pub who: String,
-    /// `weights`, `config_reload`, `config_rejected`, `state_dropped`.
+    /// `weights`, `config_reload`, `config_rejected`, `state_dropped`,
+    /// `certificate_reload`, `certificate_rejected`.
     pub kind: String,
     /// The route, when one route changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

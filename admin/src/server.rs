@@ -8,11 +8,26 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use switchyard_proxy::tls::TlsTerminator;
+
 use crate::api::AdminApi;
 use crate::error::AdminError;
 
+/// A client that connects and does not finish its handshake is closed.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Binds `addr` and serves `api` on a new thread; returns the bound address.
 pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminError> {
+    start_with_tls(addr, api, None)
+}
+
+/// As [`start`], over TLS when `tls` is given (whose server config may
+/// require client certificates).
+pub fn start_with_tls(
+    addr: SocketAddr,
+    api: Arc<AdminApi>,
+    tls: Option<Arc<TlsTerminator>>,
+) -> Result<SocketAddr, AdminError> {
     let storage = |source| AdminError::Storage {
         what: "binding the admin listener",
         path: addr.to_string().into(),
@@ -46,11 +61,25 @@ pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminEr
                         continue;
                     };
                     let api = Arc::clone(&api);
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |request| Arc::clone(&api).handle(request));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        let Some(tls) = tls else {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            return;
+                        };
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Ok(Err(err)) => {
+                                tracing::debug!(error = %err, "admin TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!("admin TLS handshake timed out"),
+                        }
                     });
                 }
             })

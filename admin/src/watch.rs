@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
+use switchyard_proxy::tls::TlsTerminator;
+
 use crate::control::ControlPlane;
+use crate::events::NewEvent;
 
 /// Changes closer together than this are one change: an editor's save is
 /// often a truncate and a write, or a write and a rename.
@@ -60,4 +63,136 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
             }
         })?;
     Ok(())
+}
+
+/// Watches the certificate and key files of `terminators` and reloads a
+/// terminator when one of its files changes: new handshakes get the new
+/// certificate, open connections keep theirs. A file that does not load
+/// or check leaves the old certificate in use, with a logged error and a
+/// `certificate_rejected` event.
+pub fn watch_certificates(
+    plane: Arc<ControlPlane>,
+    terminators: Vec<Arc<TlsTerminator>>,
+) -> notify::Result<()> {
+    if terminators.is_empty() {
+        return Ok(());
+    }
+    // Directories are watched (see the module comment); any change in one
+    // reloads the terminators with a file there. A reload that finds the
+    // same certificates changes nothing and records nothing, so unrelated
+    // files in the directory and Kubernetes' symlink swaps are both fine.
+    let directory = |file: &Path| -> PathBuf {
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        file.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let watched: Vec<(Arc<TlsTerminator>, Vec<PathBuf>)> = terminators
+        .into_iter()
+        .map(|terminator| {
+            let mut dirs: Vec<PathBuf> = terminator.files().map(directory).collect();
+            dirs.sort();
+            dirs.dedup();
+            (terminator, dirs)
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let _ = tx.send(event);
+    })?;
+    let mut all_dirs: Vec<&PathBuf> = watched.iter().flat_map(|(_, dirs)| dirs).collect();
+    all_dirs.sort();
+    all_dirs.dedup();
+    for dir in all_dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    std::thread::Builder::new()
+        .name("switchyard-cert-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            while let Ok(event) = rx.recv() {
+                let mut changed: Vec<PathBuf> = match event {
+                    Ok(event) => event
+                        .paths
+                        .iter()
+                        .filter_map(|p| p.parent().map(Path::to_path_buf))
+                        .collect(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "certificate watch error");
+                        continue;
+                    }
+                };
+                // Let the writer finish (a certificate and its key are
+                // often written one after the other), folding the burst.
+                while let Ok(more) = rx.recv_timeout(SETTLE) {
+                    if let Ok(more) = more {
+                        changed.extend(
+                            more.paths
+                                .iter()
+                                .filter_map(|p| p.parent().map(Path::to_path_buf)),
+                        );
+                    }
+                }
+                for (terminator, dirs) in &watched {
+                    if dirs.iter().any(|dir| changed.contains(dir)) {
+                        reload_certificates(&plane, terminator);
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn reload_certificates(plane: &ControlPlane, terminator: &TlsTerminator) {
+    let (kind, reason) = match terminator.reload() {
+        Ok(false) => return,
+        Ok(true) => {
+            let names: Vec<String> = terminator
+                .summaries()
+                .iter()
+                .map(|s| format!("{} ({} days left)", s.cert_file.display(), s.days_left()))
+                .collect();
+            tracing::info!(listener = %terminator.label(), "certificates reloaded");
+            (
+                "certificate_reload",
+                format!(
+                    "listener {}: loaded {}",
+                    terminator.label(),
+                    names.join(", ")
+                ),
+            )
+        }
+        Err(err) => {
+            let reason = error_chain(&err);
+            tracing::error!(listener = %terminator.label(), error = %reason, "certificate reload refused; the old certificates stay in use");
+            (
+                "certificate_rejected",
+                format!(
+                    "listener {}: {reason}; the old certificates stay in use",
+                    terminator.label()
+                ),
+            )
+        }
+    };
+    plane.events().record(NewEvent {
+        who: "certificate-reload".to_string(),
+        kind,
+        route: None,
+        old_weights: None,
+        new_weights: None,
+        reason,
+        evidence: None,
+        version: plane.version(),
+    });
+}
+
+/// An error and its sources, `: `-separated, for a one-line reason.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -20,13 +20,18 @@ pub use validate::{parse, parse_duration, parse_raw, validate};
 
 use std::path::Path;
 
-/// Reads and validates one config file.
+/// Reads and validates one config file. Relative TLS file names are taken
+/// relative to the file's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&source)
+    let mut config = parse(&source)?;
+    if let Some(dir) = path.parent() {
+        config.rebase_files(dir);
+    }
+    Ok(config)
 }
 
 impl RawConfig {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Basis points in a whole split: weights are integers that sum to this,
@@ -14,6 +15,8 @@ pub const TOTAL_WEIGHT: u32 = 10_000;
 pub struct Config {
     /// Data-plane listening addresses.
     pub listeners: Vec<SocketAddr>,
+    /// TLS settings of the listeners that terminate TLS.
+    pub tls: Vec<ListenerTls>,
     /// Upstream pools, in name order.
     pub pools: Vec<Pool>,
     /// Routes in match order.
@@ -44,6 +47,75 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// Passive outlier ejection.
     pub outlier: OutlierDetection,
+    /// TLS to the endpoints, if the pool speaks it.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// A listener that terminates TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// The listener's address, as in [`Config::listeners`].
+    pub address: SocketAddr,
+    /// Its certificates, at least one.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// A certificate chain and key on disk, and where the config names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Lower-case SNI names (`*.example.com` for a wildcard); empty: the
+    /// certificate's own DNS names.
+    pub names: Vec<String>,
+    /// Served without SNI or for an unknown name.
+    pub is_default: bool,
+    /// `listeners[0].tls.certificates[1] (line 7)`, for errors about the files.
+    pub origin: String,
+}
+
+/// TLS to a pool's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and verified name; `None`: each endpoint's host.
+    pub server_name: Option<String>,
+    /// CA certificates to trust; `None`: the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key for mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `pools.api.tls (line 9)`, for errors about the files.
+    pub origin: String,
+}
+
+impl Config {
+    /// Makes the relative file names of TLS settings relative to `dir`
+    /// (the config file's directory) rather than the working directory.
+    pub fn rebase_files(&mut self, dir: &Path) {
+        let rebase = |file: &mut PathBuf| {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        };
+        for listener in &mut self.tls {
+            for certificate in &mut listener.certificates {
+                rebase(&mut certificate.cert_file);
+                rebase(&mut certificate.key_file);
+            }
+        }
+        for pool in &mut self.pools {
+            if let Some(tls) = &mut pool.tls {
+                if let Some(ca) = &mut tls.ca_file {
+                    rebase(ca);
+                }
+                if let Some((cert, key)) = &mut tls.client_cert {
+                    rebase(cert);
+                    rebase(key);
+                }
+            }
+        }
+    }
 }
 
 /// An active HTTP health check of each endpoint of a pool.
@@ -454,7 +526,17 @@ impl Default for Limits {
 /// Prints the routing table the config describes, for `switchyard check`.
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|a| {
+                if self.tls.iter().any(|t| t.address == *a) {
+                    format!("{a} (tls)")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
         writeln!(f, "listeners: {}", listeners.join(", "))?;
         writeln!(f, "pools:")?;
         for pool in &self.pools {
@@ -463,9 +545,18 @@ impl fmt::Display for Config {
                 .iter()
                 .map(|e| format!("{} (weight {})", e.address, e.weight))
                 .collect();
+            let tls = match &pool.tls {
+                Some(tls) => format!(
+                    " (tls{})",
+                    tls.server_name
+                        .as_ref()
+                        .map_or_else(String::new, |name| format!(" to {name}"))
+                ),
+                None => String::new(),
+            };
             writeln!(
                 f,
-                "  {:<12} {:<18} {}",
+                "  {:<12} {:<18} {}{tls}",
                 pool.name,
                 pool.policy.name(),
                 endpoints.join(", ")

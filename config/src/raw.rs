@@ -31,6 +31,53 @@ pub struct RawConfig {
 pub struct RawListener {
     /// `ip:port`, for example `0.0.0.0:8080`.
     pub address: String,
+    /// Terminate TLS on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawListenerTls>,
+}
+
+/// TLS termination: the certificates a listener offers, chosen by SNI.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// One or more certificate/key pairs.
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// SNI names this certificate serves (`api.example.com`,
+    /// `*.example.com`); empty: the DNS names in the certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Served to clients that send no SNI name, or one no certificate has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+}
+
+/// TLS from the proxy to a pool's endpoints.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// The name sent as SNI and verified in the endpoint's certificate;
+    /// default: the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM file of the CA certificates to trust; default: the webpki roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Client certificate chain (PEM) presented to the endpoint (mTLS).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<String>,
 }
 
 /// A named set of interchangeable upstream endpoints.
@@ -42,6 +89,9 @@ pub struct RawPool {
     /// How an endpoint is chosen inside the pool.
     #[serde(default)]
     pub policy: Option<String>,
+    /// Speak TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawUpstreamTls>,
     /// Active HTTP health checks of each endpoint; none when absent.
     #[serde(default)]
     pub health_check: Option<RawHealthCheck>,

@@ -6,14 +6,17 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::locate::{locate, render, Segment};
+use std::path::PathBuf;
+
 use crate::model::{
-    CanaryHealth, Config, Endpoint, ErrorStatuses, HealthCheck, HostMatch, Limits, Match,
-    OutlierDetection, Override, PathMatch, Policy, Pool, Retries, Route, Split, Sticky, Timeouts,
-    DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
+    CanaryHealth, CertificateFiles, Config, Endpoint, ErrorStatuses, HealthCheck, HostMatch,
+    Limits, ListenerTls, Match, OutlierDetection, Override, PathMatch, Policy, Pool, Retries,
+    Route, Split, Sticky, Timeouts, UpstreamTls, DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
 };
 use crate::raw::{
-    RawCanaryHealth, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawMatch,
+    RawCanaryHealth, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawListenerTls, RawMatch,
     RawOutlierDetection, RawOverride, RawRetries, RawRoute, RawStatus, RawSticky, RawTimeouts,
+    RawUpstreamTls,
 };
 
 /// Parses JSON text and validates it. Errors carry line, column and path.
@@ -92,6 +95,7 @@ impl Validator<'_> {
             return self.fail(&listeners_path, "at least one listener is required");
         }
         let mut listeners = Vec::new();
+        let mut tls = Vec::new();
         for (index, listener) in raw.listeners.iter().enumerate() {
             let path = with(
                 &with(&listeners_path, Segment::Index(index)),
@@ -113,6 +117,10 @@ impl Validator<'_> {
                 return self.fail(&path, format!("listener {address} is given twice"));
             }
             listeners.push(address);
+            if let Some(raw_tls) = &listener.tls {
+                let tls_path = with(&with(&listeners_path, Segment::Index(index)), key("tls"));
+                tls.push(self.listener_tls(&tls_path, address, raw_tls)?);
+            }
         }
 
         let pools_path = with(&root, key("pools"));
@@ -175,12 +183,17 @@ impl Validator<'_> {
                 &with(&path, key("outlier_detection")),
                 raw_pool.outlier_detection.as_ref(),
             )?;
+            let tls = match &raw_pool.tls {
+                Some(raw_tls) => Some(self.upstream_tls(&with(&path, key("tls")), raw_tls)?),
+                None => None,
+            };
             pools.push(Pool {
                 name: name.clone(),
                 endpoints,
                 policy,
                 health_check,
                 outlier,
+                tls,
             });
         }
 
@@ -203,11 +216,126 @@ impl Validator<'_> {
 
         Ok(Config {
             listeners,
+            tls,
             pools,
             routes,
             timeouts: self.timeouts(&with(&root, key("timeouts")), &raw.timeouts)?,
             limits: self.limits(&with(&root, key("limits")), &raw.limits)?,
         })
+    }
+
+    /// `listeners[0].tls.certificates[1] (line 7)`: where a file-backed
+    /// setting stands, for errors found later when the files are read.
+    fn origin(&self, path: &Path) -> String {
+        let (line, _) = locate(self.source, path);
+        format!("{} (line {line})", render(path))
+    }
+
+    fn listener_tls(
+        &self,
+        path: &Path,
+        address: SocketAddr,
+        raw: &RawListenerTls,
+    ) -> Result<ListenerTls, ConfigError> {
+        let certificates_path = with(path, key("certificates"));
+        if raw.certificates.is_empty() {
+            return self.fail(&certificates_path, "tls needs at least one certificate");
+        }
+        let mut certificates: Vec<CertificateFiles> = Vec::new();
+        for (index, raw_cert) in raw.certificates.iter().enumerate() {
+            let path = with(&certificates_path, Segment::Index(index));
+            let cert_file = self.file(&with(&path, key("cert_file")), &raw_cert.cert_file)?;
+            let key_file = self.file(&with(&path, key("key_file")), &raw_cert.key_file)?;
+            let mut names = Vec::new();
+            for (n, name) in raw_cert.names.iter().enumerate() {
+                let name_path = with(&with(&path, key("names")), Segment::Index(n));
+                let name = self.sni_name(&name_path, name)?;
+                if names.contains(&name) {
+                    return self.fail(&name_path, format!("name {name:?} is listed twice"));
+                }
+                names.push(name);
+            }
+            if raw_cert.default && certificates.iter().any(|c| c.is_default) {
+                return self.fail(
+                    &with(&path, key("default")),
+                    "only one certificate of a listener can be the default",
+                );
+            }
+            certificates.push(CertificateFiles {
+                cert_file,
+                key_file,
+                names,
+                is_default: raw_cert.default,
+                origin: self.origin(&path),
+            });
+        }
+        Ok(ListenerTls {
+            address,
+            certificates,
+        })
+    }
+
+    fn upstream_tls(&self, path: &Path, raw: &RawUpstreamTls) -> Result<UpstreamTls, ConfigError> {
+        let server_name = match &raw.server_name {
+            None => None,
+            Some(name) => {
+                let name_path = with(path, key("server_name"));
+                if name.starts_with("*.") {
+                    return self.fail(&name_path, "server_name cannot be a wildcard");
+                }
+                Some(self.sni_name(&name_path, name)?)
+            }
+        };
+        let ca_file = match &raw.ca_file {
+            None => None,
+            Some(file) => Some(self.file(&with(path, key("ca_file")), file)?),
+        };
+        let client_cert = match (&raw.cert_file, &raw.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key_file)) => Some((
+                self.file(&with(path, key("cert_file")), cert)?,
+                self.file(&with(path, key("key_file")), key_file)?,
+            )),
+            (Some(_), None) => return self.fail(path, "a client cert_file needs its key_file"),
+            (None, Some(_)) => return self.fail(path, "a client key_file needs its cert_file"),
+        };
+        Ok(UpstreamTls {
+            server_name,
+            ca_file,
+            client_cert,
+            origin: self.origin(path),
+        })
+    }
+
+    fn file(&self, path: &Path, file: &str) -> Result<PathBuf, ConfigError> {
+        if file.trim().is_empty() {
+            return self.fail(path, "a file name is required");
+        }
+        Ok(PathBuf::from(file))
+    }
+
+    /// A DNS name or `*.` wildcard, lower case; IP addresses are allowed
+    /// (an upstream's certificate may name one).
+    fn sni_name(&self, path: &Path, name: &str) -> Result<String, ConfigError> {
+        let lower = name.to_ascii_lowercase();
+        let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = !bare.is_empty()
+            && bare.len() <= 253
+            && !bare.starts_with('.')
+            && !bare.ends_with('.')
+            && !bare.contains("..")
+            && (bare.parse::<std::net::IpAddr>().is_ok()
+                || bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if valid {
+            Ok(lower)
+        } else {
+            self.fail(
+                path,
+                format!("{name:?} is not a name like api.example.com or *.example.com"),
+            )
+        }
     }
 
     fn name(&self, path: &Path, name: &str, what: &str) -> Result<(), ConfigError> {
@@ -952,6 +1080,113 @@ mod tests {
         );
         let err = parse(&bad).expect_err("out of range");
         assert_eq!(err.path(), Some("routes[0].canary_health.max_error_rate"));
+    }
+
+    fn with_tls(listener_tls: &str, pool_tls: &str) -> String {
+        minimal(r#"{"stable": 10000}"#)
+            .replace(
+                r#"{"address": "127.0.0.1:8080"}"#,
+                &format!(r#"{{"address": "127.0.0.1:8443", "tls": {listener_tls}}}"#),
+            )
+            .replace(
+                r#""endpoints": ["127.0.0.1:9001"]"#,
+                &format!(r#""endpoints": ["127.0.0.1:9001"], "tls": {pool_tls}"#),
+            )
+    }
+
+    #[test]
+    fn tls_settings_are_read() {
+        let source = with_tls(
+            r#"{"certificates": [
+                {"cert_file": "a.pem", "key_file": "a.key", "names": ["API.example.com", "*.example.org"], "default": true},
+                {"cert_file": "/etc/b.pem", "key_file": "/etc/b.key"}]}"#,
+            r#"{"server_name": "api.internal", "ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "c.key"}"#,
+        );
+        let mut config = parse(&source).expect("valid");
+        assert_eq!(config.tls.len(), 1);
+        let listener = &config.tls[0];
+        assert_eq!(listener.address, "127.0.0.1:8443".parse().expect("addr"));
+        assert_eq!(
+            listener.certificates[0].names,
+            ["api.example.com", "*.example.org"]
+        );
+        assert!(listener.certificates[0].is_default);
+        assert!(!listener.certificates[1].is_default);
+        assert_eq!(
+            listener.certificates[1].origin,
+            "listeners[0].tls.certificates[1] (line 4)"
+        );
+        let pool = config.pool("stable").expect("pool");
+        let tls = pool.tls.as_ref().expect("pool tls");
+        assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+        config.rebase_files(std::path::Path::new("/srv/conf"));
+        assert_eq!(
+            config.tls[0].certificates[0].cert_file,
+            PathBuf::from("/srv/conf/a.pem")
+        );
+        assert_eq!(
+            config.tls[0].certificates[1].cert_file,
+            PathBuf::from("/etc/b.pem")
+        );
+        let pool_tls = config
+            .pool("stable")
+            .and_then(|p| p.tls.clone())
+            .expect("tls");
+        assert_eq!(pool_tls.ca_file, Some(PathBuf::from("/srv/conf/ca.pem")));
+    }
+
+    #[test]
+    fn bad_tls_settings_name_their_path() {
+        let cases = [
+            (
+                r#"{"certificates": []}"#,
+                "{}",
+                "listeners[0].tls.certificates",
+                "at least one",
+            ),
+            (
+                r#"{"certificates": [{"cert_file": "", "key_file": "k"}]}"#,
+                "{}",
+                "listeners[0].tls.certificates[0].cert_file",
+                "file name",
+            ),
+            (
+                r#"{"certificates": [{"cert_file": "c", "key_file": "k", "names": ["bad name"]}]}"#,
+                "{}",
+                "listeners[0].tls.certificates[0].names[0]",
+                "not a name",
+            ),
+            (
+                r#"{"certificates": [{"cert_file": "c", "key_file": "k", "default": true},
+                                     {"cert_file": "d", "key_file": "e", "default": true}]}"#,
+                "{}",
+                "listeners[0].tls.certificates[1].default",
+                "only one",
+            ),
+            (
+                r#"{"certificates": [{"cert_file": "c", "key_file": "k"}]}"#,
+                r#"{"cert_file": "c.pem"}"#,
+                "pools.stable.tls",
+                "needs its key_file",
+            ),
+            (
+                r#"{"certificates": [{"cert_file": "c", "key_file": "k"}]}"#,
+                r#"{"server_name": "*.internal"}"#,
+                "pools.stable.tls.server_name",
+                "wildcard",
+            ),
+        ];
+        for (listener, pool, path, reason) in cases {
+            let err = parse(&with_tls(listener, pool)).expect_err(path);
+            assert_eq!(err.path(), Some(path), "{err}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+        let err = parse(&with_tls(
+            r#"{"certificates": [{"cert_file": "c", "key_file": "k", "colour": 1}]}"#,
+            "{}",
+        ))
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
     }
 
     fn with_route_field(field: &str) -> String {

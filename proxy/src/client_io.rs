@@ -77,9 +77,10 @@ const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: 
 const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 73\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two of either\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A client TCP stream with head timeouts and the framing check.
-pub struct ClientIo {
-    stream: TcpStream,
+/// A client stream with head timeouts and the framing check: a TCP
+/// stream, or the plaintext side of a TLS stream.
+pub struct ClientIo<S = TcpStream> {
+    stream: S,
     phase: Arc<ConnPhase>,
     deadline: Pin<Box<Sleep>>,
     armed: bool,
@@ -94,14 +95,14 @@ pub struct ClientIo {
     preface_seen: usize,
 }
 
-impl ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// Wraps an accepted stream; the first head must start within `request_header`.
     pub fn new(
-        stream: TcpStream,
+        stream: S,
         phase: Arc<ConnPhase>,
         request_header: Duration,
         idle: Duration,
-    ) -> ClientIo {
+    ) -> ClientIo<S> {
         ClientIo {
             stream,
             phase,
@@ -183,7 +184,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -229,7 +230,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -265,7 +266,7 @@ impl AsyncWrite for ClientIo {
     }
 }
 
-impl ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     fn note_write(&mut self, result: &Poll<io::Result<usize>>) {
         // Answer bytes going out: the connection is idle (or streaming a
         // response) until the next head begins; a response that makes no

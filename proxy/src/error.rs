@@ -104,6 +104,52 @@ pub enum ForwardError {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS certificate, key or CA file is missing, unreadable, or unfit
+    /// (expired, not matching its key, not covering a listed name).
+    #[error("{origin}: {what} {}", file.display())]
+    TlsFile {
+        /// Where the config names the file: `listeners[0].tls.certificates[1] (line 7)`.
+        origin: String,
+        /// `reading the certificates in`, `pairing the private key with the certificate`, ...
+        what: &'static str,
+        /// The file.
+        file: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// rustls refused a TLS setting.
+    #[error("setting up TLS for {listener}")]
+    TlsConfig {
+        /// The listener's address, or `pool NAME`.
+        listener: String,
+        /// rustls' error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A pool's TLS server name is not a DNS name or IP address.
+    #[error("pool {pool}: {name:?} cannot be a TLS server name")]
+    TlsName {
+        /// The pool.
+        pool: String,
+        /// The name.
+        name: String,
+        /// Why not.
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake with an endpoint failed, its certificate
+    /// verification included.
+    #[error("upstream TLS handshake failed: {backend}")]
+    UpstreamTls {
+        /// `pool/address`.
+        backend: String,
+        /// The address.
+        addr: SocketAddr,
+        /// rustls' reason, inside an I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("binding listener {addr}")]
     Bind {
@@ -133,18 +179,23 @@ impl ForwardError {
             Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::Resolve { .. } | Self::Bind { .. } | Self::Start { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            Self::Connect { .. } | Self::Upstream { .. } | Self::UpstreamTls { .. } => {
+                StatusCode::BAD_GATEWAY
             }
+            Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Resolve { .. }
+            | Self::Bind { .. }
+            | Self::Start { .. }
+            | Self::TlsFile { .. }
+            | Self::TlsConfig { .. }
+            | Self::TlsName { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The upstream failure this error counts as, if it is one.
     pub fn upstream_kind(&self) -> Option<ErrorKind> {
         match self {
-            Self::Connect { .. } => Some(ErrorKind::Connect),
+            Self::Connect { .. } | Self::UpstreamTls { .. } => Some(ErrorKind::Connect),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => Some(ErrorKind::Timeout),
             Self::Upstream { source, .. } if source.is_parse() || source.is_parse_status() => {
                 Some(ErrorKind::Malformed)

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::health::{CheckTransition, EndpointHealth};
 use crate::route::Routes;
+use crate::tls::UpstreamTlsClient;
 
 /// The checker looks at the live table at least this often, so a reload
 /// that adds or changes a check takes effect quickly.
@@ -90,6 +91,7 @@ async fn run(routes: Routes, mut stopped: watch::Receiver<bool>) {
                     tokio::task::spawn_local(check_endpoint(
                         Arc::clone(check),
                         endpoint.addr,
+                        endpoint.tls.clone(),
                         Arc::clone(&endpoint.health),
                         Arc::clone(&endpoint.label),
                     ));
@@ -110,10 +112,11 @@ async fn run(routes: Routes, mut stopped: watch::Receiver<bool>) {
 async fn check_endpoint(
     check: Arc<HealthCheck>,
     addr: SocketAddr,
+    tls: Option<Arc<UpstreamTlsClient>>,
     health: Arc<EndpointHealth>,
     label: Arc<str>,
 ) {
-    let outcome = match probe(&check, addr).await {
+    let outcome = match probe(&check, addr, tls.as_deref()).await {
         Ok(status) if check.passes(status) => Ok(()),
         Ok(status) => Err(format!("status {status}")),
         Err(reason) => Err(reason),
@@ -133,17 +136,42 @@ async fn check_endpoint(
 }
 
 /// One check: the status code the endpoint answered, or why there was none.
-pub async fn probe(check: &HealthCheck, addr: SocketAddr) -> Result<u16, String> {
-    match tokio::time::timeout(check.timeout, exchange(check, addr)).await {
+/// A pool that speaks TLS is checked over TLS, verified as requests are.
+pub async fn probe(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    tls: Option<&UpstreamTlsClient>,
+) -> Result<u16, String> {
+    match tokio::time::timeout(check.timeout, exchange(check, addr, tls)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no status within {:?}", check.timeout)),
     }
 }
 
-async fn exchange(check: &HealthCheck, addr: SocketAddr) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(addr)
+async fn exchange(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    tls: Option<&UpstreamTlsClient>,
+) -> Result<u16, String> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|err| format!("connect: {err}"))?;
+    match tls {
+        None => exchange_on(check, addr, stream).await,
+        Some(tls) => {
+            let stream = tls
+                .connect(stream)
+                .await
+                .map_err(|err| format!("TLS handshake: {err}"))?;
+            exchange_on(check, addr, stream).await
+        }
+    }
+}
+
+async fn exchange_on<S>(check: &HealthCheck, addr: SocketAddr, mut stream: S) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let host = match &check.host {
         Some(host) => host.clone(),
         None => addr.to_string(),

@@ -12,6 +12,7 @@
 //! - `health`: an endpoint's health: passive outlier ejection and the
 //!   active checks' verdict.
 //! - `health_check`: active HTTP health checks, on a thread of their own.
+//! - `tls`: TLS termination (SNI certificates, hot reload) and TLS to upstreams.
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*` / `Forwarded`.
 //! - `stats`: Prometheus metrics and the per-pool 100 ms outcome ticks.
 //! - `body`: request and response body types.
@@ -27,10 +28,11 @@ pub mod health_check;
 mod listener;
 pub mod route;
 pub mod stats;
+pub mod tls;
 mod upstream;
 
 pub use error::ForwardError;
 pub use headers::{has_token, strip_hop_headers};
-pub use listener::Server;
+pub use listener::{Listen, Server};
 pub use route::{RouteTable, Routes};
 pub use stats::Metrics;

@@ -27,7 +27,11 @@ use crate::error::ForwardError;
 use crate::forward::Proxy;
 use crate::headers::ClientInfo;
 use crate::health_check::HealthChecker;
-use crate::route::Routes;
+use crate::route::{RouteTable, Routes};
+use crate::tls::TlsTerminator;
+
+/// A listening address, with the TLS terminator of a TLS listener.
+pub type Listen = (SocketAddr, Option<Arc<TlsTerminator>>);
 
 /// Runs futures on the current worker's `LocalSet`: hyper's HTTP/2 server
 /// spawns a task per stream, and these stay on the worker thread too.
@@ -60,13 +64,27 @@ impl Server {
         listen: &[SocketAddr],
         workers: usize,
     ) -> Result<Server, ForwardError> {
+        let plain: Vec<Listen> = listen.iter().map(|&addr| (addr, None)).collect();
+        Self::start_with_tls(routes, &plain, workers)
+    }
+
+    /// As [`Server::start`], with TLS on the listeners that have a
+    /// terminator.
+    pub fn start_with_tls(
+        routes: Routes,
+        listen: &[Listen],
+        workers: usize,
+    ) -> Result<Server, ForwardError> {
+        let tls: Vec<Option<Arc<TlsTerminator>>> =
+            listen.iter().map(|(_, tls)| tls.clone()).collect();
+        let listen: Vec<SocketAddr> = listen.iter().map(|(addr, _)| *addr).collect();
         let workers = workers.max(1);
         // Bind the first socket of each address, then the other workers'
         // sockets on the port it got, so port 0 yields one shared port.
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
-        for &addr in listen {
+        for &addr in &listen {
             refuse_if_taken(addr)?;
             let first = bind(addr)?;
             let bound = first
@@ -83,6 +101,7 @@ impl Server {
         for (index, listeners) in sockets.into_iter().enumerate() {
             let routes = routes.clone();
             let shutdown_rx = shutdown_rx.clone();
+            let listeners = listeners.into_iter().zip(tls.iter().cloned()).collect();
             let handle = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || run_worker(listeners, routes, shutdown_rx))
@@ -96,8 +115,8 @@ impl Server {
             what: "the health checker",
             source,
         })?;
-        for addr in &addrs {
-            info!(address = %addr, workers, "listening");
+        for (addr, tls) in addrs.iter().zip(&tls) {
+            info!(address = %addr, workers, tls = tls.is_some(), "listening");
         }
         Ok(Server {
             addrs,
@@ -154,7 +173,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ForwardError> {
 }
 
 fn run_worker(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>,
     routes: Routes,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -173,7 +192,7 @@ fn run_worker(
         let graceful = Rc::new(GracefulShutdown::new());
         let proxy = Proxy::new(routes.clone());
         let mut accepting = Vec::new();
-        for listener in listeners {
+        for (listener, tls) in listeners {
             let listener = match TcpListener::from_std(listener) {
                 Ok(listener) => listener,
                 Err(err) => {
@@ -183,6 +202,7 @@ fn run_worker(
             };
             accepting.push(tokio::task::spawn_local(accept_loop(
                 listener,
+                tls,
                 Rc::clone(&proxy),
                 routes.clone(),
                 Rc::clone(&graceful),
@@ -205,6 +225,7 @@ fn run_worker(
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<TlsTerminator>>,
     proxy: Rc<Proxy>,
     routes: Routes,
     graceful: Rc<GracefulShutdown>,
@@ -226,51 +247,103 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let table = routes.snapshot();
-        let client = Rc::new(ClientInfo::new(peer, "http"));
-        let phase = Arc::new(ConnPhase::default());
-        let io = ClientIo::new(
-            stream,
-            Arc::clone(&phase),
-            table.timeouts.request_header,
-            table.timeouts.idle,
-        );
         let proxy = Rc::clone(&proxy);
-        let service = service_fn(move |request| {
-            phase.request_started();
-            Rc::clone(&proxy).handle(Rc::clone(&client), request)
-        });
-        let mut builder = auto::Builder::new(LocalExec);
-        builder
-            .http1()
-            // Head and idle timeouts are ClientIo's: hyper's own header
-            // timeout closes without the 408 and cannot tell idle apart.
-            // The head must fit the read buffer: a larger one gets 431.
-            .max_buf_size(table.limits.max_header_bytes)
-            .max_headers(table.limits.max_headers)
-            // A client that half-closes after its request gets no answer
-            // from most servers either; closing frees the socket at once.
-            .half_close(false)
-            // Not pipeline_flush: with it, hyper 1.x holds writes while
-            // unparsed bytes are buffered, so an answer to a malformed
-            // request is lost and a body is queued without back-pressure.
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(table.limits.max_header_bytes as u32)
-            .max_concurrent_streams(256);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
         let connections = &crate::stats::Metrics::global().connections;
         connections.inc();
-        tokio::task::spawn_local(async move {
-            if let Err(err) = connection.await {
-                debug!(client = %peer, error = %err, "client connection ended");
+        let table = routes.snapshot();
+        match &tls {
+            None => {
+                let connection = serve(stream, peer, "http", &table, proxy, &graceful);
+                tokio::task::spawn_local(async move {
+                    connection.await;
+                    connections.dec();
+                });
             }
-            connections.dec();
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor().clone();
+                // Weak: the drain at shutdown takes the worker's only
+                // strong reference; a handshake that ends after that has
+                // its connection closed rather than served.
+                let graceful = Rc::downgrade(&graceful);
+                tokio::task::spawn_local(async move {
+                    // The handshake counts against the head timeout, so a
+                    // client that connects and says nothing is closed as
+                    // on a plain listener.
+                    let limit = table.timeouts.request_header;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            if let Some(graceful) = graceful.upgrade() {
+                                let connection =
+                                    serve(stream, peer, "https", &table, proxy, &graceful);
+                                drop(graceful);
+                                connection.await;
+                            }
+                        }
+                        Ok(Err(err)) => {
+                            debug!(client = %peer, error = %err, "TLS handshake failed");
+                        }
+                        Err(_) => debug!(client = %peer, "TLS handshake timed out"),
+                    }
+                    connections.dec();
+                });
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or the
+/// plaintext side of TLS); the future ends with the connection. It is
+/// watched by `graceful` from the call on, before it is first polled.
+fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    proto: &'static str,
+    table: &RouteTable,
+    proxy: Rc<Proxy>,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Rc::new(ClientInfo::new(peer, proto));
+    let phase = Arc::new(ConnPhase::default());
+    let io = ClientIo::new(
+        stream,
+        Arc::clone(&phase),
+        table.timeouts.request_header,
+        table.timeouts.idle,
+    );
+    let service = service_fn(move |request| {
+        phase.request_started();
+        Rc::clone(&proxy).handle(Rc::clone(&client), request)
+    });
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        // Head and idle timeouts are ClientIo's: hyper's own header
+        // timeout closes without the 408 and cannot tell idle apart.
+        // The head must fit the read buffer: a larger one gets 431.
+        .max_buf_size(table.limits.max_header_bytes)
+        .max_headers(table.limits.max_headers)
+        // A client that half-closes after its request gets no answer
+        // from most servers either; closing frees the socket at once.
+        .half_close(false)
+        // Not pipeline_flush: with it, hyper 1.x holds writes while
+        // unparsed bytes are buffered, so an answer to a malformed
+        // request is lost and a body is queued without back-pressure.
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(table.limits.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    async move {
+        if let Err(err) = connection.await {
+            debug!(client = %peer, error = %err, "client connection ended");
+        }
     }
 }

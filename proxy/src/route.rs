@@ -20,6 +20,7 @@ use switchyard_config::{
 use crate::error::ForwardError;
 use crate::health::EndpointHealth;
 use crate::stats::{Metrics, PoolStats, StatsScope};
+use crate::tls::UpstreamTlsClient;
 
 /// Sticky keys hash into this many buckets; a bucket maps to a pool by the
 /// split's cumulative weights, one bucket per basis point.
@@ -127,6 +128,8 @@ pub struct EndpointEntry {
     pub in_flight: Arc<AtomicU32>,
     /// Recent failures, for outlier ejection.
     pub health: Arc<EndpointHealth>,
+    /// TLS to this endpoint, when its pool speaks TLS.
+    pub tls: Option<Arc<UpstreamTlsClient>>,
 }
 
 /// The pool chosen for a request, and the sticky cookie to set if any.
@@ -162,11 +165,20 @@ impl RouteTable {
                     address: endpoint.address.clone(),
                     source,
                 })?;
+                let tls = match &pool.tls {
+                    Some(tls) => Some(Arc::new(UpstreamTlsClient::build(
+                        &pool.name,
+                        tls,
+                        &endpoint.address,
+                    )?)),
+                    None => None,
+                };
                 endpoints.push(EndpointEntry {
                     addr,
                     label: format!("{}/{}", pool.name, endpoint.address).into(),
                     in_flight: Arc::new(AtomicU32::new(0)),
                     health: scope.endpoint_health(&pool.name, addr),
+                    tls,
                 });
             }
             let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();

@@ -35,15 +35,26 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections are kept by address and TLS settings (0: plain), so
+/// a plain pool and a TLS pool on one address never share a connection.
+type IdleKey = (SocketAddr, u64);
+
+fn idle_key(endpoint: &EndpointEntry) -> IdleKey {
+    (
+        endpoint.addr,
+        endpoint.tls.as_ref().map_or(0, |tls| tls.pool_key),
+    )
+}
+
 /// One worker's upstream connections.
 pub struct Upstreams {
-    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<IdleKey, Vec<Idle>>>,
 }
 
 /// Hands a connection back to its pool when the response body is done.
 pub struct Release {
     sender: Sender,
-    addr: SocketAddr,
+    addr: IdleKey,
     upstreams: Rc<Upstreams>,
 }
 
@@ -108,7 +119,7 @@ impl Upstreams {
         timeouts: ExchangeTimeouts,
     ) -> Result<(Response<Incoming>, Release), Failed> {
         loop {
-            let (mut sender, reused) = match self.take_idle(endpoint.addr, timeouts.idle) {
+            let (mut sender, reused) = match self.take_idle(idle_key(endpoint), timeouts.idle) {
                 Some(sender) => (sender, true),
                 None => match self.connect(endpoint, timeouts.connect).await {
                     Ok(sender) => (sender, false),
@@ -146,7 +157,7 @@ impl Upstreams {
                 Ok(Ok(response)) => {
                     let release = Release {
                         sender,
-                        addr: endpoint.addr,
+                        addr: idle_key(endpoint),
                         upstreams: Rc::clone(self),
                     };
                     return Ok((response, release));
@@ -167,7 +178,7 @@ impl Upstreams {
         }
     }
 
-    fn take_idle(&self, addr: SocketAddr, max_idle: Duration) -> Option<Sender> {
+    fn take_idle(&self, addr: IdleKey, max_idle: Duration) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
@@ -207,22 +218,47 @@ impl Upstreams {
         };
         // Small requests and responses must not wait for Nagle.
         stream.set_nodelay(true).map_err(connect_error)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ForwardError::Upstream {
-                what: "handshake failed",
+        let Some(tls) = &endpoint.tls else {
+            return handshake(endpoint, stream).await;
+        };
+        // The TLS handshake shares the connect timeout: both are about
+        // reaching the endpoint, before any of the request is sent.
+        match tokio::time::timeout(timeout, tls.connect(stream)).await {
+            Err(_) => Err(ForwardError::ConnectTimeout {
                 backend: endpoint.label.to_string(),
+                after: timeout,
+            }),
+            Ok(Err(source)) => Err(ForwardError::UpstreamTls {
+                backend: endpoint.label.to_string(),
+                addr: endpoint.addr,
                 source,
-            })?;
-        let backend = endpoint.label.clone();
-        tokio::task::spawn_local(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(backend = %backend, error = %err, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+            }),
+            Ok(Ok(stream)) => handshake(endpoint, stream).await,
+        }
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream (TCP or TLS) and spawns the
+/// connection's task.
+async fn handshake<S>(endpoint: &EndpointEntry, stream: S) -> Result<Sender, ForwardError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ForwardError::Upstream {
+            what: "handshake failed",
+            backend: endpoint.label.to_string(),
+            source,
+        })?;
+    let backend = endpoint.label.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(backend = %backend, error = %err, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Names what went wrong with an exchange, for the error body and metrics.

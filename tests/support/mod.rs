@@ -649,7 +649,8 @@ pub fn decode_chunked(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
 }
 
 /// Starts the `switchyard` binary and waits until it has printed its
-/// data-plane and admin addresses (`http://ADDR` on stdout, in that order).
+/// data-plane and admin addresses (`http://ADDR` or `https://ADDR` on
+/// stdout, in that order).
 pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -663,7 +664,7 @@ pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let parse = |line: &str| -> SocketAddr {
-        let at = line.find("http://").expect("http://") + 7;
+        let at = line.find("://").expect("a URL") + 3;
         let addr = line[at..].split(['/', ' ']).next().expect("address");
         addr.parse().expect("socket address")
     };
@@ -674,9 +675,9 @@ pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
             .expect("switchyard printed its addresses in time")
             .expect("read stdout")
             .expect("switchyard exited early");
-        if line.starts_with("Admin API on http://") {
+        if line.starts_with("Admin API on ") {
             admin = Some(parse(&line));
-        } else if proxy.is_none() && line.contains("http://") {
+        } else if proxy.is_none() && line.contains("://") {
             proxy = Some(parse(&line));
         }
     }
