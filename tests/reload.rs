@@ -193,6 +193,32 @@ async fn put_config_replaces_the_file_and_bad_configs_change_nothing() {
     let on_disk: Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
     assert_eq!(on_disk, config(0), "the file was not replaced");
+    let client = support::client();
+    let reloads = events_of_kind(&client, admin, "config_reload").await;
+    assert!(
+        reloads
+            .iter()
+            .all(|e| !e["reason"].as_str().unwrap_or_default().contains("restart")),
+        "{reloads:?}"
+    );
+
+    // A new listener cannot be bound by a reload: the rest applies, and the
+    // event says the listeners stay as started.
+    let mut more = config(5_000);
+    more["listeners"] = json!([{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:1"}]);
+    let (status, body) = put(serde_json::to_string_pretty(&more).expect("json")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["routes"][0]["weights"]["canary"], 5_000);
+    let reloads = events_of_kind(&client, admin, "config_reload").await;
+    let last = reloads.last().expect("a reload event");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("takes a restart: they stay as started")),
+        "{last}"
+    );
+    let (status, _) = put(serde_json::to_string_pretty(&config(0)).expect("json")).await;
+    assert_eq!(status, 200);
 
     let broken = serde_json::to_string_pretty(&config(0))
         .expect("json")

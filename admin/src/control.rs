@@ -38,6 +38,12 @@ pub struct ControlPlane {
     /// Routes whose due step a gate holds: until when, and why. Not
     /// persisted: after a restart the gate is simply asked again.
     holds: std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>,
+    /// The listeners (addresses and TLS settings) bound at start: a reload
+    /// cannot rebind them, so a change to them is reported, not applied.
+    bound: (
+        Vec<std::net::SocketAddr>,
+        Vec<switchyard_config::ListenerTls>,
+    ),
 }
 
 /// Asked before a rollout leaves a step whose pause is over: the place
@@ -112,7 +118,9 @@ impl ControlPlane {
                 version: state.version,
             });
         }
+        let bound = (base.listeners.clone(), base.tls.clone());
         Ok(Arc::new(ControlPlane {
+            bound,
             routes: Routes::new(table),
             store,
             events,
@@ -667,6 +675,16 @@ impl ControlPlane {
         let effective = effective_config(&base, &state);
         let table = RouteTable::build_in(&effective, state.version, &self.scope)
             .map_err(AdminError::Build)?;
+        let mut reason = reason;
+        if (&base.listeners, &base.tls) != (&self.bound.0, &self.bound.1) {
+            // Routes, pools, weights and limits change now; sockets and
+            // their certificates were bound at start (certificate *files*
+            // reload on their own).
+            reason.push_str(
+                "; the listeners (addresses or TLS settings) changed, which takes a restart: they stay as started",
+            );
+            tracing::warn!("config reload: listener changes take effect only after a restart");
+        }
         if let Some((path, text)) = write_file {
             write_atomically(path, text.as_bytes())?;
         }
