@@ -17,7 +17,7 @@ use switchyard_config::raw::{
     RawCertificate, RawEndpoint, RawListener, RawListenerTls, RawPool, RawRoute, RawSplit,
     RawTimeouts,
 };
-use switchyard_config::{CertificateFiles, Config, RawConfig};
+use switchyard_config::{AdminTls, CertificateFiles, Config, RawConfig};
 use switchyard_proxy::tls::TlsTerminator;
 use switchyard_proxy::{Listen, RouteTable, Server};
 
@@ -88,9 +88,10 @@ struct RunArgs {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
-    /// Admin API address. On a non-loopback address a token is required.
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: SocketAddr,
+    /// Admin API address (default: the config's `admin.address`, else
+    /// 127.0.0.1:9901). On a non-loopback address a token is required.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Serve the admin API over TLS with this certificate chain (PEM).
     #[arg(long, requires = "admin_tls_key")]
     admin_tls_cert: Option<PathBuf>,
@@ -123,6 +124,7 @@ struct RunArgs {
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -155,24 +157,36 @@ fn check(file: &Path) -> anyhow::Result<()> {
     let config = load(file)?;
     RouteTable::build(&config, 1).with_context(|| format!("{}", file.display()))?;
     let terminators = tls_terminators(&config).with_context(|| format!("{}", file.display()))?;
+    let admin = match &config.admin.tls {
+        Some(tls) => Some(admin_terminator(tls).with_context(|| format!("{}", file.display()))?),
+        None => None,
+    };
     print!("{config}");
     for (addr, terminator) in &terminators {
-        for summary in terminator.summaries().iter() {
-            println!(
-                "  tls {addr}: {} names {}{}, expires in {} days",
-                summary.cert_file.display(),
-                if summary.names.is_empty() {
-                    "none".to_string()
-                } else {
-                    summary.names.join(", ")
-                },
-                if summary.is_default { " (default)" } else { "" },
-                summary.days_left()
-            );
-        }
+        print_certificates(&addr.to_string(), terminator);
+    }
+    if let Some(terminator) = &admin {
+        print_certificates("admin", terminator);
     }
     println!("{}: ok", file.display());
     Ok(())
+}
+
+/// One line per certificate: its file, names, and days left.
+fn print_certificates(label: &str, terminator: &TlsTerminator) {
+    for summary in terminator.summaries().iter() {
+        println!(
+            "  tls {label}: {} names {}{}, expires in {} days",
+            summary.cert_file.display(),
+            if summary.names.is_empty() {
+                "none".to_string()
+            } else {
+                summary.names.join(", ")
+            },
+            if summary.is_default { " (default)" } else { "" },
+            summary.days_left()
+        );
+    }
 }
 
 /// Loads a config file; a bad one is reported as `file:line:column: path: reason`.
@@ -208,11 +222,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let token = admin_token(&args)?;
-    if token.is_none() && !args.admin.ip().is_loopback() {
+    // The flag wins over the config file, which wins over the default.
+    let admin_addr = args
+        .admin
+        .or(config.admin.address)
+        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("a valid default address"));
+    if token.is_none() && !admin_addr.ip().is_loopback() {
         bail!(
-            "the admin API on {} is reachable from other hosts: give it a token \
-             (--admin-token-file or SWITCHYARD_ADMIN_TOKEN) or listen on loopback",
-            args.admin
+            "the admin API on {admin_addr} is reachable from other hosts: give it a token \
+             (--admin-token-file or SWITCHYARD_ADMIN_TOKEN) or listen on loopback"
         );
     }
     let (store, state) = StateStore::open(args.state_dir.as_deref(), args.reset_state)
@@ -245,7 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         switchyard_admin::watch::watch_config(Arc::clone(&plane), file)
             .context("watching the config file")?;
     }
-    let admin_tls = admin_tls(&args)?;
+    let admin_tls = admin_tls(&args, &config)?;
     let mut watched: Vec<Arc<TlsTerminator>> =
         terminators.iter().map(|(_, t)| Arc::clone(t)).collect();
     watched.extend(admin_tls.iter().cloned());
@@ -253,7 +271,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("watching the certificate files")?;
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = switchyard_admin::server::start_with_tls(
-        args.admin,
+        admin_addr,
         AdminApi::new(Arc::clone(&plane), token),
         admin_tls,
     )
@@ -307,26 +325,41 @@ fn tls_terminators(config: &Config) -> anyhow::Result<Vec<(SocketAddr, Arc<TlsTe
         .collect()
 }
 
-/// The admin listener's TLS, from `--admin-tls-cert`, `--admin-tls-key`
-/// and `--admin-client-ca`.
-fn admin_tls(args: &RunArgs) -> anyhow::Result<Option<Arc<TlsTerminator>>> {
-    let (Some(cert_file), Some(key_file)) = (&args.admin_tls_cert, &args.admin_tls_key) else {
+/// The admin listener's TLS: from `--admin-tls-cert`, `--admin-tls-key`
+/// and `--admin-client-ca` when given, else from the config's `admin.tls`.
+fn admin_tls(args: &RunArgs, config: &Config) -> anyhow::Result<Option<Arc<TlsTerminator>>> {
+    let from_flags = match (&args.admin_tls_cert, &args.admin_tls_key) {
+        (Some(cert_file), Some(key_file)) => Some(AdminTls {
+            certificate: CertificateFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                names: Vec::new(),
+                is_default: true,
+                origin: "--admin-tls-cert".to_string(),
+            },
+            client_ca_file: args.admin_client_ca.clone(),
+        }),
+        _ => None,
+    };
+    let Some(tls) = from_flags.or_else(|| config.admin.tls.clone()) else {
         return Ok(None);
     };
-    let files = CertificateFiles {
-        cert_file: cert_file.clone(),
-        key_file: key_file.clone(),
-        names: Vec::new(),
-        is_default: true,
-        origin: "--admin-tls-cert".to_string(),
-    };
-    let client_ca = args
-        .admin_client_ca
+    Ok(Some(Arc::new(admin_terminator(&tls)?)))
+}
+
+fn admin_terminator(tls: &AdminTls) -> anyhow::Result<TlsTerminator> {
+    let origin = tls.certificate.origin.clone();
+    let client_ca = tls
+        .client_ca_file
         .as_deref()
-        .map(|file| ("--admin-client-ca", file));
-    let terminator = TlsTerminator::new("admin", &[files], &["http/1.1"], client_ca)
-        .context("setting up TLS for the admin API")?;
-    Ok(Some(Arc::new(terminator)))
+        .map(|file| (origin.as_str(), file));
+    TlsTerminator::new(
+        "admin",
+        std::slice::from_ref(&tls.certificate),
+        &["http/1.1"],
+        client_ca,
+    )
+    .context("setting up TLS for the admin API")
 }
 
 /// The admin token from `--admin-token-file` or `SWITCHYARD_ADMIN_TOKEN`.
@@ -459,6 +492,7 @@ fn split_config(
             ..Default::default()
         },
         limits: Default::default(),
+        admin: None,
     }
 }
 

@@ -982,3 +982,60 @@ fn check_verifies_the_tls_files() {
     assert!(stderr.contains("stranger.key"), "{stderr}");
     assert!(stderr.contains("pairing the private key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_config_file_gives_the_admin_listener_and_its_tls() {
+    let upstream = support::upstream("app").await;
+    let dir = temp_dir("admin-config");
+    let ca = Ca::new("test CA");
+    let clients = Ca::new("admin clients CA");
+    write_leaf(&dir, "admin", &ca.leaf(&["localhost"]));
+    let (_, stranger_key) = write_leaf(&dir, "stranger", &ca.leaf(&["localhost"]));
+    std::fs::write(dir.join("clients.pem"), clients.pem()).expect("write");
+    let config = |key_file: &str| {
+        json!({
+            "listeners": [{"address": "127.0.0.1:0"}],
+            "pools": {"app": {"endpoints": [upstream.addr.to_string()]}},
+            "routes": [{"name": "web", "split": {"baseline": "app", "weights": {"app": 10000}}}],
+            // Relative file names are found next to the config file.
+            "admin": {"address": "127.0.0.1:0", "tls": {
+                "cert_file": "admin.pem", "key_file": key_file, "client_ca_file": "clients.pem"}},
+        })
+    };
+    let file = dir.join("switchyard.json");
+    let write = |config: Value| {
+        std::fs::write(&file, serde_json::to_string_pretty(&config).expect("json")).expect("write")
+    };
+
+    write(config("admin.key"));
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", file.to_str().expect("utf-8")])
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(stdout.contains("tls admin: "), "{stdout}");
+
+    // No --admin flag: the address and the TLS come from the file.
+    let (mut child, _proxy, admin) =
+        support::start_binary(&["run", "--config", file.to_str().expect("utf-8")]).await;
+    assert!(!admin_serves(admin, client_config(ca.roots(), &[])).await);
+    let with_cert = client_config_with_cert(ca.roots(), &clients.leaf(&["operator"]));
+    let stream = handshake(admin, "localhost", with_cert)
+        .await
+        .expect("handshake");
+    let (status, routes) = get_h1(stream, "localhost", "/v1/routes", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{routes}");
+    assert!(routes.contains("\"web\""), "{routes}");
+    child.kill().await.expect("kill");
+
+    // A key that does not go with the certificate is refused, naming where.
+    write(config(stranger_key.to_str().expect("utf-8")));
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", file.to_str().expect("utf-8")])
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    assert!(stderr.contains("admin.tls (line"), "{stderr}");
+}

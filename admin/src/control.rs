@@ -38,11 +38,13 @@ pub struct ControlPlane {
     /// Routes whose due step a gate holds: until when, and why. Not
     /// persisted: after a restart the gate is simply asked again.
     holds: std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>,
-    /// The listeners (addresses and TLS settings) bound at start: a reload
+    /// The listeners (addresses and TLS settings, the data plane's and the
+    /// admin API's) bound at start: a reload
     /// cannot rebind them, so a change to them is reported, not applied.
     bound: (
         Vec<std::net::SocketAddr>,
         Vec<switchyard_config::ListenerTls>,
+        switchyard_config::AdminListener,
     ),
 }
 
@@ -118,7 +120,7 @@ impl ControlPlane {
                 version: state.version,
             });
         }
-        let bound = (base.listeners.clone(), base.tls.clone());
+        let bound = (base.listeners.clone(), base.tls.clone(), base.admin.clone());
         Ok(Arc::new(ControlPlane {
             bound,
             routes: Routes::new(table),
@@ -676,12 +678,14 @@ impl ControlPlane {
         let table = RouteTable::build_in(&effective, state.version, &self.scope)
             .map_err(AdminError::Build)?;
         let mut reason = reason;
-        if (&base.listeners, &base.tls) != (&self.bound.0, &self.bound.1) {
+        if (&base.listeners, &base.tls, &base.admin)
+            != (&self.bound.0, &self.bound.1, &self.bound.2)
+        {
             // Routes, pools, weights and limits change now; sockets and
             // their certificates were bound at start (certificate *files*
             // reload on their own).
             reason.push_str(
-                "; the listeners (addresses or TLS settings) changed, which takes a restart: they stay as started",
+                "; the listeners (addresses or TLS settings, the admin listener's too) changed, which takes a restart: they stay as started",
             );
             tracing::warn!("config reload: listener changes take effect only after a restart");
         }

@@ -25,6 +25,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Request limits.
     pub limits: Limits,
+    /// The admin API's listener.
+    pub admin: AdminListener,
 }
 
 impl Config {
@@ -58,6 +60,24 @@ pub struct ListenerTls {
     pub address: SocketAddr,
     /// Its certificates, at least one.
     pub certificates: Vec<CertificateFiles>,
+}
+
+/// The admin API's listener, as the config gives it (flags win).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminListener {
+    /// Where it listens; `None`: the flag's or the default address.
+    pub address: Option<SocketAddr>,
+    /// Its TLS, if any.
+    pub tls: Option<AdminTls>,
+}
+
+/// TLS on the admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// Its certificate and key.
+    pub certificate: CertificateFiles,
+    /// The CAs of admin clients' certificates; `None`: no client certificate asked.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// A certificate chain and key on disk, and where the config names them.
@@ -102,6 +122,13 @@ impl Config {
             for certificate in &mut listener.certificates {
                 rebase(&mut certificate.cert_file);
                 rebase(&mut certificate.key_file);
+            }
+        }
+        if let Some(tls) = &mut self.admin.tls {
+            rebase(&mut tls.certificate.cert_file);
+            rebase(&mut tls.certificate.key_file);
+            if let Some(ca) = &mut tls.client_ca_file {
+                rebase(ca);
             }
         }
         for pool in &mut self.pools {

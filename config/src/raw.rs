@@ -23,6 +23,36 @@ pub struct RawConfig {
     /// Request limits; each has a safe default.
     #[serde(default)]
     pub limits: RawLimits,
+    /// The admin API's listener; command-line flags win over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<RawAdmin>,
+}
+
+/// The admin API's listener.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `ip:port` (default `127.0.0.1:9901`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Serve the admin API over TLS.
+    #[serde(default)]
+    pub tls: Option<RawAdminTls>,
+}
+
+/// The admin listener's certificate, and the CA its clients' certificates
+/// must come from (mutual TLS) if given.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+    /// PEM file of the CAs that issue admin clients' certificates; when
+    /// given, a client without such a certificate is refused.
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
 }
 
 /// One listening socket.

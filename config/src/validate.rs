@@ -9,14 +9,15 @@ use crate::locate::{locate, render, Segment};
 use std::path::PathBuf;
 
 use crate::model::{
-    CanaryHealth, CertificateFiles, Config, Endpoint, ErrorStatuses, HealthCheck, HostMatch,
-    Limits, ListenerTls, Match, OutlierDetection, Override, PathMatch, Policy, Pool, Retries,
-    Route, Split, Sticky, Timeouts, UpstreamTls, DEFAULT_OVERRIDE_HEADER, TOTAL_WEIGHT,
+    AdminListener, AdminTls, CanaryHealth, CertificateFiles, Config, Endpoint, ErrorStatuses,
+    HealthCheck, HostMatch, Limits, ListenerTls, Match, OutlierDetection, Override, PathMatch,
+    Policy, Pool, Retries, Route, Split, Sticky, Timeouts, UpstreamTls, DEFAULT_OVERRIDE_HEADER,
+    TOTAL_WEIGHT,
 };
 use crate::raw::{
-    RawCanaryHealth, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawListenerTls, RawMatch,
-    RawOutlierDetection, RawOverride, RawRetries, RawRoute, RawStatus, RawSticky, RawTimeouts,
-    RawUpstreamTls,
+    RawAdmin, RawCanaryHealth, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawListenerTls,
+    RawMatch, RawOutlierDetection, RawOverride, RawRetries, RawRoute, RawStatus, RawSticky,
+    RawTimeouts, RawUpstreamTls,
 };
 
 /// Parses JSON text and validates it. Errors carry line, column and path.
@@ -221,7 +222,48 @@ impl Validator<'_> {
             routes,
             timeouts: self.timeouts(&with(&root, key("timeouts")), &raw.timeouts)?,
             limits: self.limits(&with(&root, key("limits")), &raw.limits)?,
+            admin: match &raw.admin {
+                None => AdminListener::default(),
+                Some(admin) => self.admin(&with(&root, key("admin")), admin)?,
+            },
         })
+    }
+
+    fn admin(&self, path: &Path, raw: &RawAdmin) -> Result<AdminListener, ConfigError> {
+        let address = match &raw.address {
+            None => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    return self.fail(
+                        &with(path, key("address")),
+                        format!("{text:?} is not an ip:port address (such as 127.0.0.1:9901)"),
+                    )
+                }
+            },
+        };
+        let tls = match &raw.tls {
+            None => None,
+            Some(tls) => {
+                let tls_path = with(path, key("tls"));
+                let certificate = CertificateFiles {
+                    cert_file: self.file(&with(&tls_path, key("cert_file")), &tls.cert_file)?,
+                    key_file: self.file(&with(&tls_path, key("key_file")), &tls.key_file)?,
+                    names: Vec::new(),
+                    is_default: true,
+                    origin: self.origin(&tls_path),
+                };
+                let client_ca_file = match &tls.client_ca_file {
+                    None => None,
+                    Some(file) => Some(self.file(&with(&tls_path, key("client_ca_file")), file)?),
+                };
+                Some(AdminTls {
+                    certificate,
+                    client_ca_file,
+                })
+            }
+        };
+        Ok(AdminListener { address, tls })
     }
 
     /// `listeners[0].tls.certificates[1] (line 7)`: where a file-backed
@@ -1241,6 +1283,38 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_admin_section_is_checked_like_the_rest() {
+        let with_admin = |admin: &str| {
+            minimal(r#"{"stable": 9000, "canary": 1000}"#)
+                .replace(r#""routes""#, &format!(r#""admin": {admin}, "routes""#))
+        };
+        let config = parse(&with_admin(
+            r#"{"address": "127.0.0.1:9999", "tls": {"cert_file": "a.pem", "key_file": "a.key"}}"#,
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.admin.address,
+            Some("127.0.0.1:9999".parse().expect("addr"))
+        );
+        let tls = config.admin.tls.expect("tls");
+        assert_eq!(tls.certificate.cert_file, std::path::PathBuf::from("a.pem"));
+        assert!(tls.client_ca_file.is_none());
+        let err = parse(&with_admin(r#"{"address": "localhost"}"#)).expect_err("no port");
+        assert_eq!(err.path(), Some("admin.address"));
+        let err = parse(&with_admin(
+            r#"{"tls": {"cert_file": "a.pem", "key_file": " "}}"#,
+        ))
+        .expect_err("no key file");
+        assert_eq!(err.path(), Some("admin.tls.key_file"));
+        assert_eq!(
+            parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#))
+                .expect("valid")
+                .admin,
+            AdminListener::default()
+        );
     }
 
     #[test]
