@@ -39,6 +39,10 @@
 #              processes leave the machine idle, and measure a run again (twice
 #              at most) when they or hypervisor steal took over 10% of a core
 #              during it; 0: neither                                         (1)
+#   PROXY_CPU_QUOTA  percent of a core each proxy may use (cgroup v1 cpu
+#              quota), e.g. 40: with the proxies capped below what the load
+#              side can feed, a handshake per request measures the proxies'
+#              capacity, not the load generator's; empty: no cap          ()
 #   BUILD      1: cargo build --release first; 0: use the binary as it is (1)
 #   SWITCHYARD_BIN  the binary                   (target/release/switchyard)
 #   SWITCHYARD_LOG  its log filter                                      (warn)
@@ -61,6 +65,8 @@ BUILD=${BUILD:-1}
 H2_LATENCY=${H2_LATENCY:-1}
 QUIET=${QUIET:-1}
 QUIET_WAIT=${QUIET_WAIT:-60}
+PROXY_CPU_QUOTA=${PROXY_CPU_QUOTA:-}
+CGROUP_ROOT=/sys/fs/cgroup/cpu
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SWITCHYARD_BIN=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
@@ -73,6 +79,7 @@ COMMAND_LINE="DURATION=$DURATION ROUNDS=$ROUNDS SCENARIOS='$SCENARIOS' TARGETS='
 [[ $H2_CONNECTIONS == 10 ]] || COMMAND_LINE+=" H2_CONNECTIONS=$H2_CONNECTIONS"
 [[ $H2_STREAMS == 5 ]] || COMMAND_LINE+=" H2_STREAMS=$H2_STREAMS"
 [[ $H2_LATENCY == 1 ]] || COMMAND_LINE+=" H2_LATENCY=$H2_LATENCY"
+[[ -z $PROXY_CPU_QUOTA ]] || COMMAND_LINE+=" PROXY_CPU_QUOTA=$PROXY_CPU_QUOTA"
 COMMAND_LINE+=" benches/load.sh"
 
 # The proxy gets a core of its own; everything else shares the other one.
@@ -172,6 +179,10 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    local group
+    for group in "$CGROUP_ROOT"/switchyard-load-$$-*; do
+        [[ -d $group ]] && rmdir "$group" 2>/dev/null || true
+    done
     # On a failure (not on Ctrl-C or TERM) the logs may say why.
     if ((STATUS != 0 && STATUS != 130 && STATUS != 143)) && [[ -d $RUN ]]; then
         local log
@@ -657,6 +668,25 @@ for t in $TARGETS; do
     [[ $t == upstream ]] || "start_$t"
 done
 
+# cap NAME: puts a proxy's processes (nginx's master and worker) in a cgroup
+# of their own whose CPU quota is PROXY_CPU_QUOTA percent of a core.
+cap() {
+    local group="$CGROUP_ROOT/switchyard-load-$$-$1" pid
+    mkdir -p "$group" || die "cannot create the cgroup $group (cgroup v1 cpu controller, root)"
+    echo 100000 >"$group/cpu.cfs_period_us"
+    echo $((PROXY_CPU_QUOTA * 1000)) >"$group/cpu.cfs_quota_us"
+    for pid in $(tree "${PID[$1]}"); do echo "$pid" >"$group/cgroup.procs"; done
+}
+if [[ -n $PROXY_CPU_QUOTA ]]; then
+    [[ $PROXY_CPU_QUOTA =~ ^[0-9]+$ && $PROXY_CPU_QUOTA -ge 5 && $PROXY_CPU_QUOTA -le 100 ]] \
+        || die "PROXY_CPU_QUOTA must be a percentage from 5 to 100 (got '$PROXY_CPU_QUOTA')"
+    [[ -d $CGROUP_ROOT ]] || die "PROXY_CPU_QUOTA needs the cgroup v1 cpu controller at $CGROUP_ROOT"
+    for t in $TARGETS; do
+        [[ $t == upstream ]] || cap "$(proc_of "$t")"
+    done
+    say "each proxy is capped at ${PROXY_CPU_QUOTA}% of a core"
+fi
+
 # Each proxy must split about 90/10: 200 requests on one connection.
 for t in $TARGETS; do
     [[ $t == upstream ]] && continue
@@ -802,6 +832,7 @@ hwm_note="peak RSS per scenario (VmHWM reset before each)"
     echo "$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -sr); proxy alone on CPU $PROXY_CPU with one worker; load generator and"
     echo "upstreams (nginx, two ports, 64-byte bodies) on CPU $LOAD_CPU; one route split 90/10; keep-alive"
     echo "to the upstreams. ${DURATION}s per run, $ROUNDS interleaved rounds after a ${WARMUP}s warm-up."
+    [[ -z $PROXY_CPU_QUOTA ]] || echo "Each proxy capped at ${PROXY_CPU_QUOTA}% of a core (cgroup CPU quota), so that the load side is not the limit."
     echo "Versions: $("$SWITCHYARD_BIN" --version 2>/dev/null | head -n1) ($(revision)),"\
         "$(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'),"\
         "$(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), $(h2load --version | head -n1)."
