@@ -83,6 +83,8 @@ pub struct ClientIo<S = TcpStream> {
     stream: S,
     phase: Arc<ConnPhase>,
     deadline: Pin<Box<Sleep>>,
+    /// When the current phase times out; the timer may be set earlier.
+    due: Instant,
     armed: bool,
     request_header: Duration,
     idle: Duration,
@@ -107,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             stream,
             phase,
             deadline: Box::pin(tokio::time::sleep(request_header)),
+            due: Instant::now() + request_header,
             armed: true,
             request_header,
             idle,
@@ -117,8 +120,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
+    /// Times the current phase out `after` from now. The timer is moved
+    /// only when it must fire sooner: a later deadline (the common case, a
+    /// phase per request) just waits for the timer to fire early and be
+    /// pushed back, which saves a timer-wheel update on every request.
     fn arm(&mut self, after: Duration) {
-        self.deadline.as_mut().reset(Instant::now() + after);
+        let due = Instant::now() + after;
+        self.due = due;
+        if !self.armed || self.deadline.deadline() > due {
+            self.deadline.as_mut().reset(due);
+        }
         self.armed = true;
     }
 
@@ -215,6 +226,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
                 if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
+                    if Instant::now() < this.due {
+                        // Fired for an earlier phase's deadline: wait on.
+                        let due = this.due;
+                        this.deadline.as_mut().reset(due);
+                        let _ = this.deadline.as_mut().poll(cx);
+                        return Poll::Pending;
+                    }
                     return match this.phase.get() {
                         Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),
                         Phase::Fresh | Phase::Idle => this.end_with(None, cx),
