@@ -414,3 +414,72 @@ async fn a_pool_with_every_endpoint_down_fails_open_to_the_baseline() {
         "{body}"
     );
 }
+
+/// An upstream that answers the first request on each connection, keeps
+/// the connection, and closes it without a word when a second request
+/// comes: a keep-alive timeout that fires as the request arrives.
+async fn closes_on_second_request() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&unanswered);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                if support::read_head(&mut stream).await.is_empty() {
+                    return;
+                }
+                let _ = stream.write_all(OK_REPLY).await;
+                if !support::read_head(&mut stream).await.is_empty() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                // Dropped unanswered.
+            });
+        }
+    });
+    (addr, unanswered)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_the_upstream_is_closing_goes_again() {
+    let (addr, unanswered) = closes_on_second_request().await;
+    let proxy = proxy_to("racy", addr);
+    let proxy_addr = proxy.addr;
+    let send = |method: &'static str| async move {
+        let mut stream = TcpStream::connect(proxy_addr).await.expect("connect");
+        stream
+            .write_all(
+                format!("{method} / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        support::read_response(&mut stream, &mut buf, false)
+            .await
+            .status
+    };
+    assert_eq!(send("GET").await, 200);
+    // The pause is the subject: the pooled connection has been idle long
+    // enough (over a second) to be one an upstream may be closing.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(send("GET").await, 200, "the GET was not sent again");
+    assert_eq!(
+        unanswered.load(Ordering::SeqCst),
+        1,
+        "the race did not happen"
+    );
+
+    // A POST may not be sent twice: the client gets the 502.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(send("POST").await, 502);
+    assert_eq!(unanswered.load(Ordering::SeqCst), 2);
+}

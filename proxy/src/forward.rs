@@ -23,7 +23,7 @@ use crate::headers::{
 };
 use crate::route::{EndpointEntry, RouteEntry, RouteTable, Routes};
 use crate::stats::ErrorKind;
-use crate::upstream::{ExchangeTimeouts, Upstreams};
+use crate::upstream::{copy_if_retryable, ExchangeTimeouts, Upstreams};
 
 /// A request body up to this size is read whole before anything goes
 /// upstream, as nginx's `proxy_request_buffering` does: a malformed chunked
@@ -188,8 +188,8 @@ impl Proxy {
         // A copy for retries, made only when the route retries sent
         // requests and this one may be sent twice.
         let mut request = Request::from_parts(parts, body);
-        let mut spare = (retries.attempts > 0 && is_idempotent(request.method()))
-            .then(|| copy_request(&request))
+        let mut spare = (retries.attempts > 0)
+            .then(|| copy_if_retryable(&request))
             .flatten();
         let mut retries_left = retries.attempts;
         let mut endpoint = endpoint;
@@ -251,7 +251,7 @@ impl Proxy {
             retries_left -= 1;
             let copy = spare.take().expect("checked by retry");
             if retries_left > 0 {
-                spare = copy_request(&copy);
+                spare = copy_if_retryable(&copy);
             }
             request = copy;
             if let Some(other) = pool.pick_other(endpoint, now_ms) {
@@ -313,33 +313,6 @@ fn healthy_endpoint<'t>(
     Err(ForwardError::NoHealthyEndpoint {
         route: route.name.to_string(),
     })
-}
-
-/// RFC 9110 §9.2.2: a method whose repetition has the effect of one.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-/// A copy of a request whose body was read whole, for a retry; `None` for
-/// a streamed body, which cannot be sent twice.
-fn copy_request(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let body = match request.body() {
-        RequestBody::Empty => RequestBody::Empty,
-        RequestBody::Full { data, trailers } => RequestBody::Full {
-            data: data.clone(),
-            trailers: trailers.clone(),
-        },
-        RequestBody::Stream { .. } => return None,
-    };
-    let mut copy = Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
 }
 
 fn is_h1(parts: &http::request::Parts) -> bool {

@@ -118,9 +118,22 @@ impl Upstreams {
         mut request: Request<RequestBody>,
         timeouts: ExchangeTimeouts,
     ) -> Result<(Response<Incoming>, Release), Failed> {
+        // A copy of the request for the keep-alive race (see STALE_AFTER),
+        // and whether the next try must take a new connection.
+        let mut spare: Option<Request<RequestBody>> = None;
+        let mut fresh = false;
         loop {
-            let (mut sender, reused) = match self.take_idle(idle_key(endpoint), timeouts.idle) {
-                Some(sender) => (sender, true),
+            let pooled = match fresh {
+                true => None,
+                false => self.take_idle(idle_key(endpoint), timeouts.idle),
+            };
+            let (mut sender, reused) = match pooled {
+                Some((sender, idle_for)) => {
+                    spare = (idle_for >= STALE_AFTER)
+                        .then(|| copy_if_retryable(&request))
+                        .flatten();
+                    (sender, true)
+                }
                 None => match self.connect(endpoint, timeouts.connect).await {
                     Ok(sender) => (sender, false),
                     Err(error) => {
@@ -172,19 +185,34 @@ impl Upstreams {
                             continue;
                         }
                     }
-                    return Err(classify(endpoint, err.into_error()).into());
+                    let error = err.into_error();
+                    // The request went out on a connection that had been
+                    // idle, and the upstream closed it without a word: the
+                    // keep-alive race. An idempotent request goes again on
+                    // a new connection, as Go's and nginx's clients do.
+                    if reused && is_closed_unanswered(&error) {
+                        if let Some(copy) = spare.take() {
+                            tracing::debug!(backend = %endpoint.label, "stale pooled connection; sending again on a new one");
+                            request = copy;
+                            fresh = true;
+                            continue;
+                        }
+                    }
+                    return Err(classify(endpoint, error).into());
                 }
             }
         }
     }
 
-    fn take_idle(&self, addr: IdleKey, max_idle: Duration) -> Option<Sender> {
+    /// A pooled connection to `addr` and how long it was idle.
+    fn take_idle(&self, addr: IdleKey, max_idle: Duration) -> Option<(Sender, Duration)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < max_idle {
-                return Some(entry.sender);
+            let idle_for = now.duration_since(entry.since);
+            if !entry.sender.is_closed() && idle_for < max_idle {
+                return Some((entry.sender, idle_for));
             }
         }
         None
@@ -259,6 +287,59 @@ where
         }
     });
     Ok(sender)
+}
+
+/// A pooled connection idle this long may be one the upstream is closing
+/// just now (its keep-alive timeout: 2 s for gunicorn, 5 s for Node.js and
+/// Apache). Requests sent on one are copied first, so that an idempotent
+/// one can go again if the upstream closes without answering. Under load
+/// connections are reused within milliseconds and nothing is copied.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether the upstream closed or reset the connection before any of its
+/// answer: the sign of a keep-alive race rather than of a failing request.
+fn is_closed_unanswered(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A copy of a request that may be sent twice: an idempotent method
+/// (RFC 9110 §9.2.2) whose body was read whole. `None` otherwise.
+pub fn copy_if_retryable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    use http::Method;
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    if !idempotent {
+        return None;
+    }
+    let body = match request.body() {
+        RequestBody::Empty => RequestBody::Empty,
+        RequestBody::Full { data, trailers } => RequestBody::Full {
+            data: data.clone(),
+            trailers: trailers.clone(),
+        },
+        RequestBody::Stream { .. } => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 /// Names what went wrong with an exchange, for the error body and metrics.
