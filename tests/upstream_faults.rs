@@ -452,7 +452,9 @@ async fn closes_on_second_request() -> (
 #[tokio::test]
 async fn an_idempotent_request_on_a_connection_the_upstream_is_closing_goes_again() {
     let (addr, unanswered) = closes_on_second_request().await;
-    let proxy = proxy_to("racy", addr);
+    // One worker: upstream connections are pooled per worker, and the
+    // second request must find the first one's connection.
+    let proxy = support::proxy_with_workers(&support::pool_config("racy", addr, json!({})), 1);
     let proxy_addr = proxy.addr;
     let send = |method: &'static str| async move {
         let mut stream = TcpStream::connect(proxy_addr).await.expect("connect");

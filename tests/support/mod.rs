@@ -166,9 +166,15 @@ pub struct TestProxy {
 
 /// Starts the proxy (two workers) on a config value.
 pub fn proxy(config: &Value) -> TestProxy {
+    proxy_with_workers(config, 2)
+}
+
+/// Starts the proxy with `workers` workers; with one, every client
+/// connection shares one upstream pool.
+pub fn proxy_with_workers(config: &Value, workers: usize) -> TestProxy {
     let config = switchyard_config::parse(&config.to_string()).expect("valid test config");
     let routes = Routes::new(RouteTable::build(&config, 1).expect("table builds"));
-    let server = Server::start(routes.clone(), &config.listeners, 2).expect("proxy starts");
+    let server = Server::start(routes.clone(), &config.listeners, workers).expect("proxy starts");
     TestProxy {
         addr: server.local_addrs()[0],
         routes,
