@@ -214,11 +214,9 @@ impl Availability {
                 let key = (Arc::clone(&route.name), Arc::clone(&entry.name));
                 let was = self.pools.get(&key).copied().unwrap_or(false);
                 if down && !was && weight > 0 {
-                    // Where its share goes: the baseline first, as the
-                    // data plane does (see `healthy_endpoint`).
-                    let open = std::iter::once(route.baseline)
-                        .chain(route.weights().map(|(p, _)| p))
-                        .filter(|&p| p != pool)
+                    // Where its share goes, in the data plane's order.
+                    let open = route
+                        .fail_open_order(pool)
                         .find(|&p| !table.pool(p).is_down(now_ms));
                     let reason = match open {
                         Some(to) => format!(

@@ -303,8 +303,7 @@ fn healthy_endpoint<'t>(
     if let Some(endpoint) = table.pool(chosen).pick_healthy(now_ms) {
         return Ok((chosen, endpoint));
     }
-    let others = std::iter::once(route.baseline).chain(route.weights().map(|(pool, _)| pool));
-    for pool in others.filter(|&p| p != chosen) {
+    for pool in route.fail_open_order(chosen) {
         if let Some(endpoint) = table.pool(pool).pick_healthy(now_ms) {
             debug!(route = %route.name, from = %table.pool(chosen).name, to = %table.pool(pool).name, "pool down; failing open");
             return Ok((pool, endpoint));

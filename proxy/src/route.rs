@@ -485,6 +485,14 @@ impl RouteEntry {
             .expect("validated: a split has at least one pool")
     }
 
+    /// Where `down`'s share goes when every endpoint of it is down, in
+    /// order: the baseline, then the other pools of the split.
+    pub fn fail_open_order(&self, down: u16) -> impl Iterator<Item = u16> + '_ {
+        std::iter::once(self.baseline)
+            .chain(self.split.iter().map(|&(_, pool)| pool))
+            .filter(move |&pool| pool != down)
+    }
+
     /// Pool indices of the split with their weights in basis points.
     pub fn weights(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
         let mut start = 0;
