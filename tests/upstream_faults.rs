@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -24,28 +23,19 @@ async fn get_once(proxy: &support::TestProxy) -> (u16, String) {
     (status.as_u16(), body)
 }
 
-/// A proxy whose one pool `pool` is `addr`.
-fn proxy_to(pool: &str, addr: SocketAddr) -> support::TestProxy {
-    support::proxy(&support::pool_config(pool, addr, json!({})))
-}
-
 #[tokio::test]
 async fn refused_connection_is_502_naming_pool_and_address() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    let proxy = proxy_to("gone", addr);
+    let proxy = support::proxy_to("gone", addr, json!({}));
 
     // Two requests on one client connection: an upstream failure does not
     // close the client's connection.
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let mut buf = Vec::new();
     for _ in 0..2 {
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let response = support::read_response(&mut stream, &mut buf, false).await;
+        let response = support::get_on(&mut stream, &mut buf).await;
         let body = String::from_utf8_lossy(&response.body);
         assert_eq!(response.status, 502, "{body}");
         assert!(
@@ -94,7 +84,7 @@ async fn silent_upstream_is_504_naming_the_backend() {
 #[tokio::test]
 async fn garbage_response_is_502_malformed() {
     let upstream = support::scripted_upstream(b"HELLO\r\n\r\n", After::Close).await;
-    let proxy = proxy_to("bad", upstream.addr);
+    let proxy = support::proxy_to("bad", upstream.addr, json!({}));
     let (status, body) = get_once(&proxy).await;
     assert_eq!(status, 502, "{body}");
     assert!(
@@ -114,7 +104,7 @@ async fn differing_content_lengths_in_response_are_502() {
         After::Close,
     )
     .await;
-    let proxy = proxy_to("bad", upstream.addr);
+    let proxy = support::proxy_to("bad", upstream.addr, json!({}));
     let (status, body) = get_once(&proxy).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains(&format!("bad/{}", upstream.addr)), "{body}");
@@ -124,7 +114,7 @@ async fn differing_content_lengths_in_response_are_502() {
 #[tokio::test]
 async fn close_before_any_response_is_502() {
     let upstream = support::scripted_upstream(b"", After::Close).await;
-    let proxy = proxy_to("flaky", upstream.addr);
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
     let (status, body) = get_once(&proxy).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains(&format!("flaky/{}", upstream.addr)), "{body}");
@@ -134,7 +124,7 @@ async fn close_before_any_response_is_502() {
 #[tokio::test]
 async fn reset_before_any_response_is_502() {
     let upstream = support::scripted_upstream(b"", After::Reset).await;
-    let proxy = proxy_to("flaky", upstream.addr);
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
     let (status, body) = get_once(&proxy).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains(&format!("flaky/{}", upstream.addr)), "{body}");
@@ -173,7 +163,7 @@ async fn close_mid_body_is_passed_on_as_a_truncation() {
         After::Close,
     )
     .await;
-    let proxy = proxy_to("flaky", upstream.addr);
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
 
     let (head, body) = raw_get(&proxy).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
@@ -205,7 +195,7 @@ async fn reset_mid_body_is_passed_on_as_a_truncation() {
         After::Reset,
     )
     .await;
-    let proxy = proxy_to("flaky", upstream.addr);
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
     let (out, closed) = support::raw_exchange_until_close(
         proxy.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -233,7 +223,7 @@ async fn chunked_body_cut_short_is_not_terminated() {
         After::Close,
     )
     .await;
-    let proxy = proxy_to("flaky", upstream.addr);
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
     let (head, body) = raw_get(&proxy).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     // The last-chunk would make the truncated body look complete.
@@ -249,15 +239,11 @@ async fn pooled_connection_closed_by_upstream_is_not_a_failure() {
     // The upstream answers keep-alive style, then closes the idle
     // connection, as servers with a short keep-alive timeout do.
     let upstream = support::scripted_upstream(OK_REPLY, After::Close).await;
-    let proxy = proxy_to("web", upstream.addr);
+    let proxy = support::proxy_to("web", upstream.addr, json!({}));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let mut buf = Vec::new();
     for round in 1..=3 {
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let response = support::read_response(&mut stream, &mut buf, false).await;
+        let response = support::get_on(&mut stream, &mut buf).await;
         assert_eq!(
             (response.status, response.body.as_slice()),
             (200, &b"ok"[..]),
@@ -283,15 +269,11 @@ async fn back_to_back_requests_survive_upstream_closing_each_connection() {
     // Here the next request races the upstream's close: the proxy may
     // write into a connection that is already closing.
     let upstream = support::scripted_upstream(OK_REPLY, After::Close).await;
-    let proxy = proxy_to("web", upstream.addr);
+    let proxy = support::proxy_to("web", upstream.addr, json!({}));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let mut buf = Vec::new();
     for round in 0..50 {
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let response = support::read_response(&mut stream, &mut buf, false).await;
+        let response = support::get_on(&mut stream, &mut buf).await;
         assert_eq!(
             response.status,
             200,

@@ -73,7 +73,7 @@ impl ConnPhase {
     }
 }
 
-const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
+pub(crate) const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
 const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 73\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two of either\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -95,6 +95,8 @@ pub struct ClientIo<S = TcpStream> {
     /// and hyper's parser may each read again.
     ended: bool,
     preface_seen: usize,
+    /// Bytes read before hyper took over (by the fast path), read first.
+    prefix: bytes::BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
@@ -117,6 +119,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             answer: None,
             ended: false,
             preface_seen: 0,
+            prefix: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Wraps a stream the fast path has served: `prefix` holds what it
+    /// read and did not serve, and `served` says whether requests came
+    /// before (so HTTP/2's preface can no longer start).
+    pub fn resume(
+        stream: S,
+        phase: Arc<ConnPhase>,
+        request_header: Duration,
+        idle: Duration,
+        prefix: bytes::BytesMut,
+        served: bool,
+    ) -> ClientIo<S> {
+        if served {
+            phase.set(Phase::Idle);
+        }
+        ClientIo {
+            prefix,
+            ..ClientIo::new(stream, phase, request_header, idle)
         }
     }
 
@@ -209,7 +232,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             };
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let read = if this.prefix.is_empty() {
+            Pin::new(&mut this.stream).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
+        match read {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() == before {
                     return Poll::Ready(Ok(()));

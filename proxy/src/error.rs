@@ -93,6 +93,17 @@ pub enum ForwardError {
         #[source]
         source: hyper::Error,
     },
+    /// The endpoint's answer was unusable, as the HTTP/1.1 fast path's own
+    /// client found: reset, closed early, or malformed.
+    #[error("upstream {what}: {backend}")]
+    Exchange {
+        /// `reset before the response`, `sent a malformed response`, ...
+        what: &'static str,
+        /// `pool/address`.
+        backend: String,
+        /// How it counts.
+        kind: ErrorKind,
+    },
     /// An endpoint name did not resolve while building a table.
     #[error("resolving endpoint {address} of pool {pool}")]
     Resolve {
@@ -179,9 +190,10 @@ impl ForwardError {
             Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Connect { .. } | Self::Upstream { .. } | Self::UpstreamTls { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Connect { .. }
+            | Self::Upstream { .. }
+            | Self::Exchange { .. }
+            | Self::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
             | Self::Bind { .. }
@@ -201,6 +213,7 @@ impl ForwardError {
                 Some(ErrorKind::Malformed)
             }
             Self::Upstream { .. } => Some(ErrorKind::Reset),
+            Self::Exchange { kind, .. } => Some(*kind),
             _ => None,
         }
     }
@@ -217,9 +230,8 @@ impl ForwardError {
         )
     }
 
-    /// The answer to the client: the status and a one-line text body that
-    /// says what happened.
-    pub fn to_response(&self, close: bool) -> Response<ProxyBody> {
+    /// The one-line text body that says what happened, with its cause.
+    pub fn message(&self) -> String {
         let mut message = self.to_string();
         if let Some(source) = std::error::Error::source(self) {
             message.push_str(" (");
@@ -227,7 +239,13 @@ impl ForwardError {
             message.push(')');
         }
         message.push('\n');
-        let mut response = Response::new(ProxyBody::local(Bytes::from(message)));
+        message
+    }
+
+    /// The answer to the client: the status and a one-line text body that
+    /// says what happened.
+    pub fn to_response(&self, close: bool) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::local(Bytes::from(self.message())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(

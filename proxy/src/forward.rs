@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::body::{InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
+use crate::fast::RawPool;
 use crate::headers::{
     field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present, ClientInfo,
     FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
@@ -29,12 +30,14 @@ use crate::upstream::{copy_if_retryable, ExchangeTimeouts, Upstreams};
 /// upstream, as nginx's `proxy_request_buffering` does: a malformed chunked
 /// body is then refused before the upstream sees a byte of the request.
 /// Larger bodies stream after this much has been read.
-const READ_AHEAD_BYTES: usize = 64 * 1024;
+pub(crate) const READ_AHEAD_BYTES: usize = 64 * 1024;
 
 /// One worker's request handler.
 pub struct Proxy {
-    routes: Routes,
+    pub(crate) routes: Routes,
     upstreams: Rc<Upstreams>,
+    /// The fast path's upstream connections.
+    pub(crate) raw: RawPool,
 }
 
 impl Proxy {
@@ -43,6 +46,7 @@ impl Proxy {
         Rc::new(Proxy {
             routes,
             upstreams: Upstreams::new(),
+            raw: RawPool::default(),
         })
     }
 
@@ -294,7 +298,7 @@ impl Proxy {
 /// An endpoint that is not ejected: from the chosen pool, else — when
 /// every endpoint of it is down — from the baseline, else from any other
 /// pool of the split (failing open). None left: 503.
-fn healthy_endpoint<'t>(
+pub(crate) fn healthy_endpoint<'t>(
     table: &'t RouteTable,
     route: &RouteEntry,
     chosen: u16,
@@ -347,7 +351,7 @@ fn request_host(
 
 /// The host part of a `Host` value (RFC 3986 `host [ ":" port ]`), lower
 /// case for matching; borrowed unless it had upper-case letters.
-fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardError> {
+pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardError> {
     let invalid = ForwardError::BadRequest {
         reason: "invalid Host field",
     };

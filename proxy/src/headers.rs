@@ -46,6 +46,11 @@ impl ClientInfo {
         }
     }
 
+    /// The `for=` value of `Forwarded` for this client.
+    pub fn forwarded_for(&self) -> &str {
+        &self.forwarded_for
+    }
+
     /// Joins `pieces` into one header value carved from the connection's
     /// arena. The pieces must be valid header value bytes.
     pub fn header_value(&self, pieces: &[&[u8]]) -> HeaderValue {

@@ -5,7 +5,8 @@
 //!   route lookup, pool choice (weights, sticky buckets, override), endpoint
 //!   choice.
 //! - `listener`: worker threads, sockets and hyper's server settings ([`Server`]).
-//! - `forward`: one request's path through the proxy.
+//! - `fast`: the HTTP/1.1 fast path: common requests proxied without hyper.
+//! - `forward`: one request's path through the proxy (hyper's side).
 //! - `client_io`: the client socket with head/idle timeouts (408) and the
 //!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
@@ -21,6 +22,7 @@
 mod body;
 mod client_io;
 mod error;
+mod fast;
 mod forward;
 mod headers;
 pub mod health;

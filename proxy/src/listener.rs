@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::client_io::{ClientIo, ConnPhase};
 use crate::error::ForwardError;
+use crate::fast;
 use crate::forward::Proxy;
 use crate::headers::ClientInfo;
 use crate::health_check::HealthChecker;
@@ -253,7 +254,15 @@ async fn accept_loop(
         let table = routes.snapshot();
         match &tls {
             None => {
-                let connection = serve(stream, peer, "http", &table, proxy, &graceful);
+                let connection = serve(
+                    stream,
+                    peer,
+                    "http",
+                    &table,
+                    proxy,
+                    &graceful,
+                    shutdown.clone(),
+                );
                 tokio::task::spawn_local(async move {
                     connection.await;
                     connections.dec();
@@ -265,6 +274,7 @@ async fn accept_loop(
                 // strong reference; a handshake that ends after that has
                 // its connection closed rather than served.
                 let graceful = Rc::downgrade(&graceful);
+                let shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
                     // The handshake counts against the head timeout, so a
                     // client that connects and says nothing is closed as
@@ -273,8 +283,9 @@ async fn accept_loop(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             if let Some(graceful) = graceful.upgrade() {
-                                let connection =
-                                    serve(stream, peer, "https", &table, proxy, &graceful);
+                                let connection = serve(
+                                    stream, peer, "https", &table, proxy, &graceful, shutdown,
+                                );
                                 drop(graceful);
                                 connection.await;
                             }
@@ -292,8 +303,9 @@ async fn accept_loop(
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or the
-/// plaintext side of TLS); the future ends with the connection. It is
-/// watched by `graceful` from the call on, before it is first polled.
+/// plaintext side of TLS): the fast path first, then hyper if a request
+/// needs it; the future ends with the connection. It is watched by
+/// `graceful` from the call on, before it is first polled.
 fn serve<S>(
     stream: S,
     peer: SocketAddr,
@@ -301,48 +313,63 @@ fn serve<S>(
     table: &RouteTable,
     proxy: Rc<Proxy>,
     graceful: &GracefulShutdown,
+    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = Rc::new(ClientInfo::new(peer, proto));
-    let phase = Arc::new(ConnPhase::default());
-    let io = ClientIo::new(
-        stream,
-        Arc::clone(&phase),
-        table.timeouts.request_header,
-        table.timeouts.idle,
-    );
-    let service = service_fn(move |request| {
-        phase.request_started();
-        Rc::clone(&proxy).handle(Rc::clone(&client), request)
-    });
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        // Head and idle timeouts are ClientIo's: hyper's own header
-        // timeout closes without the 408 and cannot tell idle apart.
-        // The head must fit the read buffer: a larger one gets 431.
-        .max_buf_size(table.limits.max_header_bytes)
-        .max_headers(table.limits.max_headers)
-        // A client that half-closes after its request gets no answer
-        // from most servers either; closing frees the socket at once.
-        .half_close(false)
-        // Not pipeline_flush: with it, hyper 1.x holds writes while
-        // unparsed bytes are buffered, so an answer to a malformed
-        // request is lost and a body is queued without back-pressure.
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(table.limits.max_header_bytes as u32)
-        .max_concurrent_streams(256);
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
+    // Holding a watcher makes the drain wait for this connection.
+    let watcher = graceful.watcher();
+    let (request_header, idle) = (table.timeouts.request_header, table.timeouts.idle);
     async move {
-        if let Err(err) = connection.await {
+        let (stream, buffered, served) = match fast::serve(stream, &client, &proxy, shutdown).await
+        {
+            fast::Outcome::Closed => return,
+            fast::Outcome::Fallback {
+                stream,
+                buffered,
+                served,
+            } => (stream, buffered, served),
+        };
+        let table = proxy.routes.snapshot();
+        let phase = Arc::new(ConnPhase::default());
+        let io = ClientIo::resume(
+            stream,
+            Arc::clone(&phase),
+            request_header,
+            idle,
+            buffered,
+            served,
+        );
+        let service = service_fn(move |request| {
+            phase.request_started();
+            Rc::clone(&proxy).handle(Rc::clone(&client), request)
+        });
+        let mut builder = auto::Builder::new(LocalExec);
+        builder
+            .http1()
+            // Head and idle timeouts are ClientIo's: hyper's own header
+            // timeout closes without the 408 and cannot tell idle apart.
+            // The head must fit the read buffer: a larger one gets 431.
+            .max_buf_size(table.limits.max_header_bytes)
+            .max_headers(table.limits.max_headers)
+            // A client that half-closes after its request gets no answer
+            // from most servers either; closing frees the socket at once.
+            .half_close(false)
+            // Not pipeline_flush: with it, hyper 1.x holds writes while
+            // unparsed bytes are buffered, so an answer to a malformed
+            // request is lost and a body is queued without back-pressure.
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(table.limits.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(err) = watcher.watch(connection).await {
             debug!(client = %peer, error = %err, "client connection ended");
         }
     }

@@ -43,6 +43,11 @@ impl Routes {
         self.0.load_full()
     }
 
+    /// The live table's timeouts, read without taking a reference to it.
+    pub fn timeouts(&self) -> switchyard_config::Timeouts {
+        self.0.load().timeouts
+    }
+
     /// Swaps in a table that is already validated and built; returns the old one.
     pub fn replace(&self, next: RouteTable) -> Arc<RouteTable> {
         next.publish_gauges();
@@ -363,7 +368,7 @@ impl RouteTable {
         method: &Method,
         host: &str,
         path: &str,
-        headers: &HeaderMap,
+        headers: &(impl Fields + ?Sized),
     ) -> Option<&RouteEntry> {
         // The exact host, else its longest wildcard suffix, else no host
         // rule: every candidate list already satisfies the host rule.
@@ -380,7 +385,7 @@ impl RouteTable {
 
     /// Chooses the pool for a request on `route`: the override if it names
     /// a pool of the split, else the sticky bucket, else a weighted random pick.
-    pub fn choose_pool(&self, route: &RouteEntry, headers: &HeaderMap) -> PoolChoice {
+    pub fn choose_pool(&self, route: &RouteEntry, headers: &(impl Fields + ?Sized)) -> PoolChoice {
         if let Some(pool) = self.override_pool(route, headers) {
             return PoolChoice {
                 pool,
@@ -390,9 +395,9 @@ impl RouteTable {
         }
         match &route.sticky {
             Some(StickyKey::Header(name)) => {
-                if let Some(value) = headers.get(name) {
+                if let Some(value) = headers.values(name).next() {
                     return PoolChoice {
-                        pool: route.pool_for_bucket(sticky_bucket(value.as_bytes())),
+                        pool: route.pool_for_bucket(sticky_bucket(value)),
                         set_cookie: None,
                         pinned: false,
                     };
@@ -426,9 +431,13 @@ impl RouteTable {
         }
     }
 
-    fn override_pool(&self, route: &RouteEntry, headers: &HeaderMap) -> Option<u16> {
-        let wanted = match (&route.override_header, &route.override_cookie) {
-            (Some(name), _) if headers.contains_key(name) => headers.get(name)?.as_bytes(),
+    fn override_pool(&self, route: &RouteEntry, headers: &(impl Fields + ?Sized)) -> Option<u16> {
+        let header = route
+            .override_header
+            .as_ref()
+            .and_then(|name| headers.values(name).next());
+        let wanted = match (header, &route.override_cookie) {
+            (Some(value), _) => value,
             (_, Some(cookie)) => find_cookie(headers, cookie)?,
             _ => return None,
         };
@@ -443,7 +452,7 @@ impl RouteTable {
 impl RouteEntry {
     /// Whether the request matches this route's path, method and header
     /// rules; the host rule was settled by the index that chose it.
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    fn matches(&self, method: &Method, path: &str, headers: &(impl Fields + ?Sized)) -> bool {
         let path_ok = match &self.path {
             None => true,
             Some(PathMatch::Prefix(prefix)) => path.starts_with(prefix.as_str()),
@@ -456,8 +465,8 @@ impl RouteEntry {
             return false;
         }
         self.headers.iter().all(|(name, want)| match want {
-            None => headers.contains_key(name),
-            Some(want) => headers.get_all(name).iter().any(|v| v == want),
+            None => headers.values(name).next().is_some(),
+            Some(want) => headers.values(name).any(|v| v == want.as_bytes()),
         })
     }
 
@@ -643,12 +652,24 @@ fn resolve(address: &str) -> std::io::Result<SocketAddr> {
     })
 }
 
+/// A request's fields as routing reads them: hyper's `HeaderMap`, or the
+/// fields the HTTP/1.1 fast path parsed in place.
+pub trait Fields {
+    /// Every value of the field `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+impl Fields for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
 /// Finds a cookie's value among the `Cookie` fields without allocating.
-pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+pub fn find_cookie<'a>(headers: &'a (impl Fields + ?Sized), name: &str) -> Option<&'a [u8]> {
     headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .values(&header::COOKIE)
+        .flat_map(|value| value.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii();
             let (key, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);

@@ -223,29 +223,7 @@ impl Upstreams {
         endpoint: &EndpointEntry,
         timeout: Duration,
     ) -> Result<Sender, ForwardError> {
-        let connect_error = |source: std::io::Error| ForwardError::Connect {
-            what: match source.kind() {
-                ErrorKind::ConnectionRefused => "refused",
-                ErrorKind::ConnectionReset => "reset",
-                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
-                _ => "failed",
-            },
-            backend: endpoint.label.to_string(),
-            addr: endpoint.addr,
-            source,
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
-            Err(_) => {
-                return Err(ForwardError::ConnectTimeout {
-                    backend: endpoint.label.to_string(),
-                    after: timeout,
-                })
-            }
-            Ok(Err(err)) => return Err(connect_error(err)),
-            Ok(Ok(stream)) => stream,
-        };
-        // Small requests and responses must not wait for Nagle.
-        stream.set_nodelay(true).map_err(connect_error)?;
+        let stream = connect_tcp(endpoint, timeout).await?;
         let Some(tls) = &endpoint.tls else {
             return handshake(endpoint, stream).await;
         };
@@ -264,6 +242,37 @@ impl Upstreams {
             Ok(Ok(stream)) => handshake(endpoint, stream).await,
         }
     }
+}
+
+/// A TCP connection to `endpoint`, with Nagle off, within `timeout`.
+pub async fn connect_tcp(
+    endpoint: &EndpointEntry,
+    timeout: Duration,
+) -> Result<TcpStream, ForwardError> {
+    let connect_error = |source: std::io::Error| ForwardError::Connect {
+        what: match source.kind() {
+            ErrorKind::ConnectionRefused => "refused",
+            ErrorKind::ConnectionReset => "reset",
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
+            _ => "failed",
+        },
+        backend: endpoint.label.to_string(),
+        addr: endpoint.addr,
+        source,
+    };
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
+        Err(_) => {
+            return Err(ForwardError::ConnectTimeout {
+                backend: endpoint.label.to_string(),
+                after: timeout,
+            })
+        }
+        Ok(Err(err)) => return Err(connect_error(err)),
+        Ok(Ok(stream)) => stream,
+    };
+    // Small requests and responses must not wait for Nagle.
+    stream.set_nodelay(true).map_err(connect_error)?;
+    Ok(stream)
 }
 
 /// Starts HTTP/1.1 on a connected stream (TCP or TLS) and spawns the
@@ -294,7 +303,7 @@ where
 /// Apache). Requests sent on one are copied first, so that an idempotent
 /// one can go again if the upstream closes without answering. Under load
 /// connections are reused within milliseconds and nothing is copied.
-const STALE_AFTER: Duration = Duration::from_secs(1);
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Whether the upstream closed or reset the connection before any of its
 /// answer: the sign of a keep-alive race rather than of a failing request.

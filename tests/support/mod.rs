@@ -286,6 +286,22 @@ pub fn pool_config(pool: &str, addr: SocketAddr, extra: Value) -> Value {
     config
 }
 
+/// A proxy whose one pool `pool` is `addr`, with `extra` merged into the
+/// config.
+pub fn proxy_to(pool: &str, addr: SocketAddr, extra: Value) -> TestProxy {
+    proxy(&pool_config(pool, addr, extra))
+}
+
+/// Sends `GET / HTTP/1.1` (`Host: x`) on `stream` and reads the answer,
+/// keeping extra bytes in `buf`.
+pub async fn get_on(stream: &mut TcpStream, buf: &mut Vec<u8>) -> RawResponse {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    read_response(stream, buf, false).await
+}
+
 /// What a scripted upstream does once it has written its reply.
 #[derive(Clone, Copy, Debug)]
 pub enum After {

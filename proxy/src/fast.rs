@@ -1,0 +1,1462 @@
+//! The HTTP/1.1 fast path: the common request is proxied here without
+//! hyper. Its head is parsed in place (httparse), routed, and rewritten
+//! into one buffer that goes upstream in one write; the response head is
+//! parsed in place and rewritten; the body is relayed as it comes, with
+//! back-pressure. No header map, no per-request allocation, and no hand-off
+//! to an upstream connection's task: the client's task drives both sockets.
+//!
+//! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body or
+//! a `Content-Length` body up to the read-ahead size, and nothing
+//! hop-by-hop but `Connection: keep-alive` or `close`; a route without
+//! retries, and a plain (not TLS) upstream pool.
+//!
+//! Anything else hands the connection, with the bytes already read, to
+//! hyper (`listener::serve`), which serves it from there on with the checks
+//! and answers of `forward`: HTTP/2's preface, HTTP/1.0, chunked or large
+//! request bodies, `Expect`, upgrades, absolute-form targets, and anything
+//! malformed or over a limit. So each rule about bad input has one
+//! implementation, hyper's and `forward`'s; the fast path only ever takes
+//! what is plainly well-formed.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{ErrorKind as IoErrorKind, Write as _};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::InFlight;
+use crate::client_io::TIMEOUT_RESPONSE;
+use crate::error::ForwardError;
+use crate::forward::{healthy_endpoint, host_for_matching, Proxy, READ_AHEAD_BYTES};
+use crate::headers::ClientInfo;
+use crate::route::{EndpointEntry, Fields, RouteEntry, RouteTable};
+use crate::stats::ErrorKind;
+use crate::upstream::{connect_tcp, STALE_AFTER};
+
+/// Field lines parsed in place; a head with more goes to hyper, which
+/// answers 431 when it is over the configured limit.
+const MAX_FIELDS: usize = 100;
+/// A client connection's read buffer grows by this much.
+const CLIENT_BUFFER: usize = 8 * 1024;
+/// The buffer a client connection's upstream heads and answers are
+/// written in starts at this size.
+const OUT_BUFFER: usize = 1024;
+/// An upstream response is read this much at a time.
+const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// Spare upstream buffers a worker keeps.
+const SPARE_BUFFERS: usize = 256;
+/// A response head over this size is refused (502), as hyper's client does
+/// with its read buffer limit.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Idle connections kept per endpoint and worker (as `upstream`'s pool).
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+/// Bytes a request target may hold here: RFC 3986's unreserved and
+/// sub-delims, ":", "@", "/", "?" and the "%" of pct-encoding. A target
+/// with any other byte goes to hyper, whose URI parser decides.
+const TARGET_BYTES: [bool; 256] = {
+    let allowed =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?%";
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// How a connection left the fast path.
+pub enum Outcome<S> {
+    /// It is over: closed by either side, timed out, or answered and closed.
+    Closed,
+    /// A request the fast path does not take: hyper serves the connection
+    /// from here on, starting with `buffered`.
+    Fallback {
+        /// The client stream.
+        stream: S,
+        /// What was read and not yet served: the next request's head first.
+        buffered: BytesMut,
+        /// Whether requests were served before (the next wait is idle).
+        served: bool,
+    },
+}
+
+/// One worker's pooled upstream connections for the fast path.
+#[derive(Default)]
+pub struct RawPool {
+    idle: RefCell<FxHashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    /// Upstream read buffers between exchanges.
+    spare: RefCell<Vec<BytesMut>>,
+}
+
+impl RawPool {
+    fn take_buffer(&self) -> BytesMut {
+        self.spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(UPSTREAM_BUFFER))
+    }
+
+    fn give_buffer(&self, mut buffer: BytesMut) {
+        buffer.clear();
+        let mut spare = self.spare.borrow_mut();
+        // A buffer a huge response head grew is let go.
+        if spare.len() < SPARE_BUFFERS && buffer.capacity() <= 4 * UPSTREAM_BUFFER {
+            spare.push(buffer);
+        }
+    }
+
+    /// A pooled connection to `addr` that is still open, and how long it
+    /// was idle.
+    fn take(&self, addr: SocketAddr, max_idle: Duration) -> Option<(TcpStream, Duration)> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some((stream, since)) = list.pop() {
+            let idle_for = now.duration_since(since);
+            if idle_for < max_idle && still_open(&stream) {
+                return Some((stream, idle_for));
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push((stream, Instant::now()));
+        }
+    }
+}
+
+/// Whether an idle upstream connection is still usable: nothing to read
+/// (an idle connection that is readable was closed, or sent garbage).
+/// tokio clears read readiness after a short read, so the common case
+/// costs no system call.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == IoErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// A timer for one connection's reads and writes, moved only when it must
+/// fire sooner: a later deadline (a phase per request) lets it fire early
+/// and be pushed back, which saves a timer-wheel update per request.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    due: Instant,
+}
+
+impl Deadline {
+    fn new(after: Duration) -> Deadline {
+        let due = Instant::now() + after;
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
+        }
+    }
+
+    fn set(&mut self, after: Duration) {
+        let due = Instant::now() + after;
+        self.due = due;
+        if self.sleep.deadline() > due {
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// `work`'s output, or None if the deadline passed first.
+    async fn run<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            while self.sleep.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= self.due {
+                    return Poll::Ready(None);
+                }
+                // Fired for an earlier deadline: wait on.
+                let due = self.due;
+                self.sleep.as_mut().reset(due);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Raw fields as routing reads them.
+struct RawFields<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl Fields for RawFields<'_, '_> {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let name = name.as_str();
+        self.0
+            .iter()
+            .filter(move |field| field.name.eq_ignore_ascii_case(name))
+            .map(|field| field.value)
+    }
+}
+
+/// The fields the fast path acts on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Host,
+    ContentLength,
+    Connection,
+    /// Hop-by-hop or expectation fields the fast path leaves to hyper
+    /// (requests) or drops (responses): Transfer-Encoding, TE, Upgrade,
+    /// Keep-Alive, Proxy-Connection, Expect.
+    Hop,
+    TransferEncoding,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    Forwarded,
+    Date,
+    Other,
+}
+
+fn classify(name: &str) -> Field {
+    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        4 if is("host") => Field::Host,
+        4 if is("date") => Field::Date,
+        14 if is("content-length") => Field::ContentLength,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::Hop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        2 if is("te") => Field::Hop,
+        7 if is("upgrade") => Field::Hop,
+        6 if is("expect") => Field::Hop,
+        16 if is("proxy-connection") => Field::Hop,
+        15 if is("x-forwarded-for") => Field::XForwardedFor,
+        17 if is("x-forwarded-proto") => Field::XForwardedProto,
+        16 if is("x-forwarded-host") => Field::XForwardedHost,
+        9 if is("forwarded") => Field::Forwarded,
+        _ => Field::Other,
+    }
+}
+
+/// A `Content-Length` value: digits only, or a list of equal ones.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut found = None;
+    for item in value.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 18 || !item.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = item.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+fn tokens(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// What to do with the bytes read so far.
+enum Step<'t> {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for the fast path: hyper takes the connection.
+    Fallback,
+    /// Answered by the proxy; the request (head and body) is `consumed`
+    /// bytes long.
+    Answer {
+        error: ForwardError,
+        consumed: usize,
+        close: bool,
+    },
+    /// Goes upstream: the head is in `out`, the body follows.
+    Forward(Plan<'t>),
+}
+
+/// A routed request whose upstream head is written.
+struct Plan<'t> {
+    head_len: usize,
+    body_len: usize,
+    route: &'t RouteEntry,
+    pool: u16,
+    endpoint: &'t EndpointEntry,
+    set_cookie: Option<HeaderValue>,
+    head_request: bool,
+    idempotent: bool,
+    close: bool,
+}
+
+/// Parses and routes a request head at the start of `input`; for a
+/// request that goes upstream, writes the upstream head into `out`.
+fn plan<'t>(
+    input: &[u8],
+    table: &'t RouteTable,
+    client: &ClientInfo,
+    out: &mut Vec<u8>,
+    now_ms: u64,
+) -> Step<'t> {
+    let limits = &table.limits;
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    let head_len = match request.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Step::Partial,
+        Err(_) => return Step::Fallback,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Step::Fallback;
+    };
+    if head_len > limits.max_header_bytes
+        || request.headers.len() > limits.max_headers
+        || !target.starts_with('/')
+        || target.len() > limits.max_uri_bytes
+        || !target.bytes().all(|b| TARGET_BYTES[usize::from(b)])
+        || method == "CONNECT"
+    {
+        return Step::Fallback;
+    }
+    let mut host = None;
+    let mut hosts = 0;
+    let mut length = None;
+    let mut lengths = 0;
+    let mut close = false;
+    for field in request.headers.iter() {
+        match classify(field.name) {
+            Field::Host => {
+                hosts += 1;
+                host = Some(field.value);
+            }
+            Field::ContentLength => {
+                lengths += 1;
+                length = parse_length(field.value);
+                if length.is_none() {
+                    return Step::Fallback;
+                }
+            }
+            Field::Connection => {
+                for token in tokens(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Step::Fallback;
+                    }
+                }
+            }
+            Field::Hop | Field::TransferEncoding => return Step::Fallback,
+            _ => {}
+        }
+    }
+    let body_len = length.unwrap_or(0);
+    let (Some(host_value), 1, 0 | 1) = (host, hosts, lengths) else {
+        return Step::Fallback;
+    };
+    if body_len > READ_AHEAD_BYTES as u64 || body_len > limits.max_body_bytes {
+        return Step::Fallback;
+    }
+    let Ok(host) = host_for_matching(host_value) else {
+        return Step::Fallback;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Step::Fallback;
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let fields = RawFields(request.headers);
+    let consumed = head_len + body_len as usize;
+    let Some(route) = table.find_route(&method, &host, path, &fields) else {
+        return Step::Answer {
+            error: ForwardError::NoRoute {
+                host: host.into_owned(),
+                path: path.to_string(),
+            },
+            consumed,
+            close,
+        };
+    };
+    if route.retries.attempts > 0 {
+        return Step::Fallback;
+    }
+    let choice = table.choose_pool(route, &fields);
+    let (pool, endpoint) = if choice.pinned {
+        (choice.pool, table.pool(choice.pool).pick())
+    } else {
+        match healthy_endpoint(table, route, choice.pool, now_ms) {
+            Ok(found) => found,
+            Err(error) => {
+                return Step::Answer {
+                    error,
+                    consumed,
+                    close,
+                }
+            }
+        }
+    };
+    if endpoint.tls.is_some() {
+        return Step::Fallback;
+    }
+
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut prior_for = false;
+    let mut prior_forwarded = false;
+    for field in request.headers.iter() {
+        match classify(field.name) {
+            Field::Connection | Field::XForwardedProto | Field::XForwardedHost => {}
+            Field::XForwardedFor => prior_for = true,
+            Field::Forwarded => prior_forwarded = true,
+            _ => put_field(out, field.name.as_bytes(), field.value),
+        }
+    }
+    // The client is appended to X-Forwarded-For and Forwarded; the proto
+    // and host are set (a client's own are not trusted), as `headers`
+    // does for hyper's path.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if prior_for {
+        put_joined(out, request.headers, Field::XForwardedFor);
+    }
+    out.extend_from_slice(client.peer_value.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(client.proto.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
+    out.extend_from_slice(host_value);
+    out.extend_from_slice(b"\r\nforwarded: ");
+    if prior_forwarded {
+        put_joined(out, request.headers, Field::Forwarded);
+    }
+    out.extend_from_slice(b"for=");
+    out.extend_from_slice(client.forwarded_for().as_bytes());
+    out.extend_from_slice(b";host=\"");
+    out.extend_from_slice(host_value);
+    out.extend_from_slice(b"\";proto=");
+    out.extend_from_slice(client.proto.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+
+    let head_request = method == Method::HEAD;
+    Step::Forward(Plan {
+        head_len,
+        body_len: body_len as usize,
+        route,
+        pool,
+        endpoint,
+        set_cookie: choice.set_cookie,
+        head_request,
+        idempotent: matches!(
+            method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        ),
+        close,
+    })
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Every value of a field, each followed by ", ".
+fn put_joined(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], which: Field) {
+    for field in fields.iter().filter(|f| classify(f.name) == which) {
+        out.extend_from_slice(field.value);
+        out.extend_from_slice(b", ");
+    }
+}
+
+/// A `Date` field line, formatted once a second per thread.
+fn put_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                date.1.copy_from_slice(text.as_bytes());
+                date.0 = secs;
+            }
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&date.1);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+fn put_number(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+/// The proxy's own answer to a request, as bytes.
+fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool) {
+    let message = error.message();
+    let status = error.status();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    put_number(out, message.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    put_date(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(message.as_bytes());
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+enum Framing {
+    /// No body: HEAD, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked(ChunkScan),
+    /// Until the upstream closes; re-framed as chunked for the client.
+    Close,
+}
+
+/// A final response head, rewritten for the client into `out`.
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// Whether the upstream keeps the connection open after the body.
+    keep_alive: bool,
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx answer of this length: skipped, the final one follows.
+    Interim(usize),
+    Final(ResponseHead),
+}
+
+/// What the response rewrite needs from the request.
+struct ResponseContext<'a> {
+    head_request: bool,
+    set_cookie: Option<&'a HeaderValue>,
+    close: bool,
+}
+
+const MALFORMED: &str = "sent a malformed response";
+
+/// Parses a response head at the start of `input`; a final one is
+/// rewritten into `out` for the client: hop-by-hop fields dropped, the
+/// framing restated, `Date`, the sticky cookie and `Connection: close`
+/// added where due.
+fn parse_response(
+    input: &[u8],
+    context: &ResponseContext<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err("sent too many header fields"),
+        Err(_) => return Err(MALFORMED),
+    };
+    let (Some(status), Some(version)) = (response.code, response.version) else {
+        return Err(MALFORMED);
+    };
+    if (100..200).contains(&status) {
+        // No upgrade was asked for, so a 101 is as wrong as garbage.
+        return match status {
+            101 => Err(MALFORMED),
+            _ => Ok(Parsed::Interim(len)),
+        };
+    }
+    let mut keep_alive = version == 1;
+    let mut connection: Option<&[u8]> = None;
+    let mut length: Option<u64> = None;
+    let mut first_length: Option<&[u8]> = None;
+    let mut transfer_chunked: Option<bool> = None;
+    let mut date = false;
+    for field in response.headers.iter() {
+        match classify(field.name) {
+            Field::Connection => {
+                for token in tokens(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                        keep_alive = true;
+                    }
+                }
+                // Several Connection fields are rare: names in the others
+                // are found by `named_in_connection` below.
+                connection = Some(field.value);
+            }
+            Field::ContentLength => {
+                let n = parse_length(field.value).ok_or(MALFORMED)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(MALFORMED);
+                }
+                length = Some(n);
+                first_length.get_or_insert(field.value);
+            }
+            Field::TransferEncoding => {
+                transfer_chunked = tokens(field.value)
+                    .last()
+                    .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+            }
+            Field::Date => date = true,
+            _ => {}
+        }
+    }
+    let framing = if context.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (transfer_chunked, length) {
+            // Both: a smuggling attempt or a broken server; never relayed.
+            (Some(_), Some(_)) => return Err(MALFORMED),
+            (Some(true), None) => Framing::Chunked(ChunkScan::default()),
+            (Some(false), None) | (None, None) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    if matches!(framing, Framing::Close) {
+        keep_alive = false;
+    }
+    let many_connections = response
+        .headers
+        .iter()
+        .filter(|f| classify(f.name) == Field::Connection)
+        .nth(1)
+        .is_some();
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&input[9..12]);
+    out.push(b' ');
+    match response.reason {
+        Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
+        _ => out.extend_from_slice(
+            StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("")
+                .as_bytes(),
+        ),
+    }
+    out.extend_from_slice(b"\r\n");
+    for field in response.headers.iter() {
+        match classify(field.name) {
+            Field::Connection | Field::Hop | Field::TransferEncoding | Field::ContentLength => {}
+            _ => {
+                let named = match connection {
+                    Some(list) if many_connections => {
+                        named_in_connection(response.headers, field.name)
+                            || tokens(list).any(|t| t.eq_ignore_ascii_case(field.name.as_bytes()))
+                    }
+                    Some(list) => {
+                        tokens(list).any(|t| t.eq_ignore_ascii_case(field.name.as_bytes()))
+                    }
+                    None => false,
+                };
+                if !named {
+                    put_field(out, field.name.as_bytes(), field.value);
+                }
+            }
+        }
+    }
+    match &framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            put_number(out, *n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked(_) | Framing::Close => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        Framing::Empty => {
+            if let (Some(value), false) = (first_length, status == 204) {
+                put_field(out, b"content-length", value);
+            }
+        }
+    }
+    if !date {
+        put_date(out);
+    }
+    if let Some(cookie) = context.set_cookie {
+        put_field(out, b"set-cookie", cookie.as_bytes());
+    }
+    if context.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Parsed::Final(ResponseHead {
+        len,
+        status,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn named_in_connection(fields: &[httparse::Header<'_>], name: &str) -> bool {
+    fields
+        .iter()
+        .filter(|f| classify(f.name) == Field::Connection)
+        .any(|f| tokens(f.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// Finds where a chunked body ends in the bytes relayed through it
+/// (RFC 9112 §7.1): sizes, extensions, data, the last chunk, trailers.
+#[derive(Default)]
+struct ChunkScan {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    EndLf,
+    Done,
+}
+
+impl ChunkScan {
+    /// Scans `bytes`; returns how many belong to the body (all of them,
+    /// unless its end is among them), or None if the framing is broken.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.state == ChunkState::Done {
+                return Some(at);
+            }
+            if self.state == ChunkState::Data {
+                let take = (bytes.len() - at).min(self.size as usize);
+                at += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = ChunkState::DataCr;
+                }
+                continue;
+            }
+            let b = bytes[at];
+            at += 1;
+            self.state = match (self.state, b) {
+                (ChunkState::Size, b) if b.is_ascii_hexdigit() => {
+                    if self.digits == 15 {
+                        return None;
+                    }
+                    self.digits += 1;
+                    self.size = self.size * 16 + u64::from((b as char).to_digit(16)?);
+                    ChunkState::Size
+                }
+                (ChunkState::Size, b';' | b' ' | b'\t') if self.digits > 0 => ChunkState::Extension,
+                (ChunkState::Size, b'\r') if self.digits > 0 => ChunkState::SizeLf,
+                (ChunkState::Extension, b'\r') => ChunkState::SizeLf,
+                (ChunkState::Extension, b'\n') => return None,
+                (ChunkState::Extension, _) => ChunkState::Extension,
+                (ChunkState::SizeLf, b'\n') => {
+                    self.digits = 0;
+                    if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    }
+                }
+                (ChunkState::DataCr, b'\r') => ChunkState::DataLf,
+                (ChunkState::DataLf, b'\n') => ChunkState::Size,
+                (ChunkState::TrailerStart, b'\r') => ChunkState::EndLf,
+                (ChunkState::TrailerStart, b'\n') => return None,
+                (ChunkState::Trailer, b'\n') => ChunkState::TrailerStart,
+                (ChunkState::TrailerStart | ChunkState::Trailer, _) => ChunkState::Trailer,
+                (ChunkState::EndLf, b'\n') => ChunkState::Done,
+                _ => return None,
+            };
+        }
+        Some(at)
+    }
+
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+/// Serves a client connection on the fast path until it ends or a request
+/// needs hyper.
+pub async fn serve<S>(
+    mut stream: S,
+    client: &ClientInfo,
+    proxy: &Proxy,
+    mut shutdown: watch::Receiver<bool>,
+) -> Outcome<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_BUFFER);
+    let mut served = false;
+    let timeouts = proxy.routes.timeouts();
+    let mut deadline = Deadline::new(timeouts.request_header);
+    let mut upstream_deadline = Deadline::new(timeouts.response_header);
+    loop {
+        if matches!(shutdown.has_changed(), Ok(true)) {
+            return Outcome::Closed;
+        }
+        // The table is taken once the head is whole: a request that
+        // arrives after a swap is acknowledged follows the new table.
+        let mut table: std::sync::Arc<RouteTable>;
+        let timeouts = proxy.routes.timeouts();
+        let timeouts = &timeouts;
+        // Nothing yet: the first request must start within the head
+        // timeout, later ones within the idle timeout; then the head must
+        // be whole within the head timeout.
+        deadline.set(match (input.is_empty(), served) {
+            (true, true) => timeouts.idle,
+            _ => timeouts.request_header,
+        });
+        let mut head_started = !input.is_empty();
+        let (plan, started) = loop {
+            let started = std::time::Instant::now();
+            if !input.is_empty() {
+                table = proxy.routes.snapshot();
+                match plan(
+                    &input,
+                    &table,
+                    client,
+                    &mut out,
+                    crate::stats::ms_of(started),
+                ) {
+                    Step::Partial => {}
+                    Step::Fallback => {
+                        return Outcome::Fallback {
+                            stream,
+                            buffered: input,
+                            served,
+                        }
+                    }
+                    Step::Answer {
+                        error,
+                        consumed,
+                        close,
+                    } => {
+                        let close = close || error.closes_connection();
+                        put_error(&mut out, &error, close);
+                        let read = read_to(
+                            &mut stream,
+                            &mut input,
+                            consumed,
+                            &mut deadline,
+                            timeouts.idle,
+                        )
+                        .await;
+                        if !read
+                            || !write_out(&mut stream, &out, &mut deadline, timeouts.idle).await
+                        {
+                            return Outcome::Closed;
+                        }
+                        input.advance(consumed);
+                        served = true;
+                        if close {
+                            let _ = stream.shutdown().await;
+                            return Outcome::Closed;
+                        }
+                        break (None, started);
+                    }
+                    Step::Forward(plan) => break (Some(plan), started),
+                }
+                if input.len() > table.limits.max_header_bytes {
+                    // hyper answers 431.
+                    return Outcome::Fallback {
+                        stream,
+                        buffered: input,
+                        served,
+                    };
+                }
+            }
+            if input.capacity() - input.len() < CLIENT_BUFFER / 2 {
+                // An emptied buffer takes back the space before its start.
+                input.reserve(CLIENT_BUFFER);
+            }
+            let read = if input.is_empty() {
+                tokio::select! {
+                    biased;
+                    read = deadline.run(stream.read_buf(&mut input)) => read,
+                    Ok(_) = shutdown.wait_for(|stop| *stop) => return Outcome::Closed,
+                }
+            } else {
+                deadline.run(stream.read_buf(&mut input)).await
+            };
+            match read {
+                Some(Ok(n)) if n > 0 => {
+                    if !head_started {
+                        head_started = true;
+                        deadline.set(timeouts.request_header);
+                    }
+                }
+                Some(_) => return Outcome::Closed,
+                None => {
+                    if !input.is_empty() {
+                        let _ = stream.write_all(TIMEOUT_RESPONSE).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    return Outcome::Closed;
+                }
+            }
+        };
+        let Some(plan) = plan else { continue };
+
+        // The body, read whole (it is at most READ_AHEAD_BYTES).
+        let end = plan.head_len + plan.body_len;
+        if !read_to(&mut stream, &mut input, end, &mut deadline, timeouts.idle).await {
+            return Outcome::Closed;
+        }
+        out.extend_from_slice(&input[plan.head_len..end]);
+        input.advance(end);
+        served = true;
+
+        let pool = table.pool(plan.pool);
+        let stats = plan.route.stats(plan.pool);
+        let now_ms = crate::stats::ms_of(started);
+        let _in_flight = pool
+            .counts_in_flight()
+            .then(|| InFlight::start(&plan.endpoint.in_flight));
+        let context = ResponseContext {
+            head_request: plan.head_request,
+            set_cookie: plan.set_cookie.as_ref(),
+            close: plan.close,
+        };
+        // From the worker's spares: an idle client holds no upstream buffer.
+        let mut upstream_buffer = proxy.raw.take_buffer();
+        let mut endpoint = plan.endpoint;
+        let mut moved = false;
+        let sent = loop {
+            let sent = exchange(
+                &proxy.raw,
+                endpoint,
+                &mut out,
+                &mut upstream_buffer,
+                &context,
+                plan.idempotent,
+                &table,
+                &mut upstream_deadline,
+            )
+            .await;
+            // A connect failure sent nothing: the request goes once to
+            // another endpoint of the same pool, as nginx's
+            // proxy_next_upstream error.
+            if let Err(Failed { error, sent: false }) = &sent {
+                if let (Some(kind), false) = (error.upstream_kind(), moved) {
+                    if let Some(other) = pool.pick_other(endpoint, now_ms) {
+                        stats.record_late_error(kind);
+                        pool.endpoint_failed(endpoint, now_ms);
+                        endpoint = other;
+                        moved = true;
+                        continue;
+                    }
+                }
+            }
+            break sent;
+        };
+        let (mut upstream, head) = match sent {
+            Ok(exchanged) => exchanged,
+            Err(failed) => {
+                let error = failed.error;
+                stats.record(error.status().as_u16(), started, error.upstream_kind());
+                if error.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
+                    tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
+                }
+                tracing::debug!(client = %client.peer, error = %error, "request failed");
+                put_error(&mut out, &error, plan.close);
+                proxy.raw.give_buffer(upstream_buffer);
+                if !write_out(&mut stream, &out, &mut deadline, timeouts.idle).await || plan.close {
+                    let _ = stream.shutdown().await;
+                    return Outcome::Closed;
+                }
+                continue;
+            }
+        };
+        stats.record(head.status, started, None);
+        endpoint.health.succeeded();
+
+        let relayed = relay(
+            &mut stream,
+            &mut upstream,
+            &mut upstream_buffer,
+            &mut out,
+            head,
+            &mut deadline,
+            &mut upstream_deadline,
+            timeouts.idle,
+        )
+        .await;
+        if let Some(kind) = relayed.late_error {
+            stats.record_late_error(kind);
+        }
+        if relayed.reusable {
+            proxy.raw.put(endpoint.addr, upstream);
+        }
+        proxy.raw.give_buffer(upstream_buffer);
+        if out.capacity() > 4 * OUT_BUFFER {
+            // A large body passed through: an idle client keeps a small buffer.
+            out = Vec::with_capacity(OUT_BUFFER);
+        }
+        if input.is_empty() && input.capacity() > 4 * CLIENT_BUFFER {
+            input = BytesMut::with_capacity(CLIENT_BUFFER);
+        }
+        if !relayed.client_ok || plan.close {
+            let _ = stream.shutdown().await;
+            return Outcome::Closed;
+        }
+    }
+}
+
+/// Reads until `input` holds `end` bytes; false if the client went away
+/// or stalled for `idle`.
+async fn read_to<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    end: usize,
+    deadline: &mut Deadline,
+    idle: Duration,
+) -> bool {
+    while input.len() < end {
+        input.reserve(end - input.len());
+        deadline.set(idle);
+        match deadline.run(stream.read_buf(input)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Writes `bytes` to the client; false if it went away or did not read
+/// for `idle` (nginx's `send_timeout`).
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    deadline: &mut Deadline,
+    idle: Duration,
+) -> bool {
+    deadline.set(idle);
+    matches!(
+        deadline
+            .run(async {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            })
+            .await,
+        Some(Ok(()))
+    )
+}
+
+/// A failed exchange.
+struct Failed {
+    error: ForwardError,
+    /// Whether any of the request may have reached the endpoint.
+    sent: bool,
+}
+
+/// Sends the request in `out` on a pooled or new connection and reads the
+/// final response head into `buffer`; on success `out` holds the head
+/// rewritten for the client.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    raw: &RawPool,
+    endpoint: &EndpointEntry,
+    out: &mut Vec<u8>,
+    buffer: &mut BytesMut,
+    context: &ResponseContext<'_>,
+    idempotent: bool,
+    table: &RouteTable,
+    deadline: &mut Deadline,
+) -> Result<(TcpStream, ResponseHead), Failed> {
+    let timeouts = &table.timeouts;
+    let mut fresh = false;
+    loop {
+        let pooled = match fresh {
+            true => None,
+            false => raw.take(endpoint.addr, timeouts.idle),
+        };
+        let reused = pooled.is_some();
+        // An idempotent request on a connection idle long enough that the
+        // upstream may be closing it just now may go again on a new one
+        // (the keep-alive race; see STALE_AFTER).
+        let may_resend = idempotent
+            && pooled
+                .as_ref()
+                .is_some_and(|(_, idle)| *idle >= STALE_AFTER);
+        let mut upstream = match pooled {
+            Some((stream, _)) => stream,
+            None => match connect_tcp(endpoint, timeouts.connect).await {
+                Ok(stream) => stream,
+                Err(error) => return Err(Failed { error, sent: false }),
+            },
+        };
+        if upstream.write_all(out).await.is_err() {
+            // A pooled connection the upstream closed: nothing was taken.
+            if reused {
+                fresh = true;
+                continue;
+            }
+            return Err(Failed {
+                error: ForwardError::Exchange {
+                    what: "reset before the response",
+                    backend: endpoint.label.to_string(),
+                    kind: ErrorKind::Reset,
+                },
+                sent: true,
+            });
+        }
+        buffer.clear();
+        deadline.set(timeouts.response_header);
+        let read = deadline
+            .run(read_head(&mut upstream, buffer, context, out))
+            .await;
+        match read {
+            None => {
+                return Err(Failed {
+                    error: ForwardError::Timeout {
+                        backend: endpoint.label.to_string(),
+                        after: timeouts.response_header,
+                    },
+                    sent: true,
+                })
+            }
+            Some(Ok(head)) => return Ok((upstream, head)),
+            Some(Err(HeadError::Unanswered(_))) if may_resend => {
+                tracing::debug!(backend = %endpoint.label, "stale pooled connection; sending again on a new one");
+                fresh = true;
+            }
+            Some(Err(HeadError::Unanswered(what) | HeadError::Broken(what))) => {
+                let kind = match what {
+                    MALFORMED
+                    | "sent too many header fields"
+                    | "sent a response head over 64 KiB" => ErrorKind::Malformed,
+                    _ => ErrorKind::Reset,
+                };
+                return Err(Failed {
+                    error: ForwardError::Exchange {
+                        what,
+                        backend: endpoint.label.to_string(),
+                        kind,
+                    },
+                    sent: true,
+                });
+            }
+        }
+    }
+}
+
+enum HeadError {
+    /// Closed or reset before a byte of the answer.
+    Unanswered(&'static str),
+    /// Broken off or malformed.
+    Broken(&'static str),
+}
+
+async fn read_head(
+    upstream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    context: &ResponseContext<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, HeadError> {
+    loop {
+        if !buffer.is_empty() {
+            match parse_response(buffer, context, out).map_err(HeadError::Broken)? {
+                Parsed::Final(head) => return Ok(head),
+                Parsed::Interim(len) => {
+                    buffer.advance(len);
+                    continue;
+                }
+                Parsed::Partial => {}
+            }
+            if buffer.len() > MAX_RESPONSE_HEAD {
+                return Err(HeadError::Broken("sent a response head over 64 KiB"));
+            }
+        }
+        make_room(buffer);
+        let empty = buffer.is_empty();
+        match upstream.read_buf(buffer).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) if empty => return Err(HeadError::Unanswered("reset before the response")),
+            Err(_) if empty => return Err(HeadError::Unanswered("reset before the response")),
+            _ => {
+                return Err(HeadError::Broken(
+                    "closed the connection before a complete response",
+                ))
+            }
+        }
+    }
+}
+
+/// How a relayed body ended.
+struct Relayed {
+    /// The client connection can serve another request.
+    client_ok: bool,
+    /// The upstream connection can go back to the pool.
+    reusable: bool,
+    /// An upstream failure after the head.
+    late_error: Option<ErrorKind>,
+}
+
+impl Relayed {
+    /// The client went away.
+    const GONE: Relayed = Relayed {
+        client_ok: false,
+        reusable: false,
+        late_error: None,
+    };
+
+    /// The upstream failed mid-body. Closing the client connection shows
+    /// the truncation (fewer bytes than Content-Length, or no last chunk).
+    fn broken(kind: ErrorKind) -> Relayed {
+        Relayed {
+            client_ok: false,
+            reusable: false,
+            late_error: Some(kind),
+        }
+    }
+}
+
+/// Writes the rewritten head (in `out`) and the body to the client.
+#[allow(clippy::too_many_arguments)]
+async fn relay<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    upstream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: ResponseHead,
+    deadline: &mut Deadline,
+    upstream_deadline: &mut Deadline,
+    idle: Duration,
+) -> Relayed {
+    buffer.advance(head.len);
+    let mut body = match head.framing {
+        Framing::Empty => Delimited::Length(0),
+        Framing::Length(n) => Delimited::Length(n),
+        Framing::Chunked(scan) => Delimited::Chunked(scan),
+        Framing::Close => {
+            return relay_until_close(
+                client,
+                upstream,
+                buffer,
+                out,
+                deadline,
+                upstream_deadline,
+                idle,
+            )
+            .await
+        }
+    };
+    let Some(take) = body.feed(buffer) else {
+        return Relayed::broken(ErrorKind::Malformed);
+    };
+    out.extend_from_slice(&buffer[..take]);
+    // Bytes after the body: the upstream is not speaking HTTP/1.1 as it
+    // should, and its connection is not used again.
+    let mut clean = buffer.len() == take;
+    if !write_out(client, out, deadline, idle).await {
+        return Relayed::GONE;
+    }
+    while !body.done() {
+        match read_body(upstream, buffer, upstream_deadline, idle).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => return Relayed::broken(ErrorKind::Reset),
+            Err(kind) => return Relayed::broken(kind),
+        }
+        let Some(take) = body.feed(buffer) else {
+            return Relayed::broken(ErrorKind::Malformed);
+        };
+        clean = buffer.len() == take;
+        if !write_out(client, &buffer[..take], deadline, idle).await {
+            return Relayed::GONE;
+        }
+    }
+    Relayed {
+        client_ok: true,
+        reusable: clean && head.keep_alive,
+        late_error: None,
+    }
+}
+
+/// A body delimited by its length or by chunked framing, as it passes.
+enum Delimited {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(ChunkScan),
+}
+
+impl Delimited {
+    /// How many of `bytes` belong to the body; None if its framing broke.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Delimited::Length(left) => {
+                let take = (bytes.len() as u64).min(*left);
+                *left -= take;
+                Some(take as usize)
+            }
+            Delimited::Chunked(scan) => scan.feed(bytes),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Delimited::Length(left) => *left == 0,
+            Delimited::Chunked(scan) => scan.done(),
+        }
+    }
+}
+
+/// Relays a body that ends when the upstream closes, re-framed as chunked
+/// so that the client connection can stay open.
+async fn relay_until_close<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    upstream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    out: &mut Vec<u8>,
+    deadline: &mut Deadline,
+    upstream_deadline: &mut Deadline,
+    idle: Duration,
+) -> Relayed {
+    loop {
+        if !buffer.is_empty() {
+            let _ = write!(out, "{:x}\r\n", buffer.len());
+            out.extend_from_slice(buffer);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !out.is_empty() && !write_out(client, out, deadline, idle).await {
+            return Relayed::GONE;
+        }
+        out.clear();
+        match read_body(upstream, buffer, upstream_deadline, idle).await {
+            Ok(0) => {
+                // The upstream closed: the body is complete.
+                let client_ok = write_out(client, b"0\r\n\r\n", deadline, idle).await;
+                return Relayed {
+                    client_ok,
+                    reusable: false,
+                    late_error: None,
+                };
+            }
+            Ok(_) => {}
+            Err(kind) => return Relayed::broken(kind),
+        }
+    }
+}
+
+/// Reads the next part of a response body into the emptied `buffer`:
+/// the bytes read (0 at the end of the stream), or how it failed. An
+/// upstream that sends nothing for `idle` mid-body has failed (nginx's
+/// `proxy_read_timeout`).
+async fn read_body(
+    upstream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    deadline: &mut Deadline,
+    idle: Duration,
+) -> Result<usize, ErrorKind> {
+    buffer.clear();
+    make_room(buffer);
+    deadline.set(idle);
+    match deadline.run(upstream.read_buf(buffer)).await {
+        None => Err(ErrorKind::Timeout),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(_)) => Err(ErrorKind::Reset),
+    }
+}
+
+/// Room for a full read: `read_buf` on a full `BytesMut` would add only
+/// 64 bytes. An emptied buffer takes back the space before its start.
+fn make_room(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < UPSTREAM_BUFFER / 4 {
+        buffer.reserve(UPSTREAM_BUFFER);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(chunks: &[&[u8]]) -> Option<(usize, bool)> {
+        let mut scan = ChunkScan::default();
+        let mut total = 0;
+        for chunk in chunks {
+            total += scan.feed(chunk)?;
+        }
+        Some((total, scan.done()))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let body = b"5\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(scan_all(&[body]), Some((body.len(), true)));
+        // Split anywhere, with extensions and trailers, and extra bytes.
+        let body = b"3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for cut in 0..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(
+                scan_all(&[a, b]),
+                Some((body.len() - 4, true)),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(scan_all(&[b"5\r\nhel"]), Some((6, false)));
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_refused() {
+        assert_eq!(scan_all(&[b"zz\r\n"]), None);
+        assert_eq!(scan_all(&[b"\r\n"]), None);
+        assert_eq!(scan_all(&[b"5\r\nhelloX"]), None);
+        assert_eq!(scan_all(&[b"1234567890abcdef0\r\n"]), None);
+    }
+
+    #[test]
+    fn content_length_values() {
+        assert_eq!(parse_length(b"42"), Some(42));
+        assert_eq!(parse_length(b"7, 7"), Some(7));
+        assert_eq!(parse_length(b"7, 8"), None);
+        assert_eq!(parse_length(b"-1"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"+5"), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! The HTTP/1.1 fast path (`proxy/src/fast.rs`) through real sockets:
+//! what it does that hyper's path did for it (response framing, interim
+//! answers, a stalled body), and a connection that moves from the fast
+//! path to hyper in the middle and keeps being served.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use support::After;
+
+#[tokio::test]
+async fn a_connection_moves_to_hyper_mid_way_and_keeps_serving() {
+    let upstream = support::upstream("stable").await;
+    let proxy = support::proxy(&support::split_config(&[(&upstream, 10000)], json!({})));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+
+    // Fast path: a plain GET.
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let first = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!((first.status, &first.body[..]), (200, &b"stable"[..]));
+
+    // A chunked body is hyper's: the connection moves over with the bytes
+    // already read, and the body arrives whole.
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let second = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body, b"hello world");
+
+    // And hyper serves the rest of the connection.
+    stream
+        .write_all(b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let third = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(third.status, 200);
+
+    let seen: Vec<String> = upstream.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/one", "/echo", "/three"]);
+}
+
+#[tokio::test]
+async fn a_fast_path_body_arrives_whole_with_forwarding_fields() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    // The body arrives in a second packet, after the head.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"PUT /a?b=c HTTP/1.1\r\nHost: Example.com:8080\r\nContent-Length: 11\r\nX-Forwarded-For: 10.0.0.9\r\nConnection: keep-alive\r\n\r\nhello")
+        .await
+        .expect("write");
+    stream.write_all(b" world").await.expect("write");
+    let mut buf = Vec::new();
+    let response = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!((response.status, &response.body[..]), (200, &b"ok"[..]));
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    let head = &seen[0].head;
+    assert!(head.starts_with("PUT /a?b=c HTTP/1.1\r\n"), "{head}");
+    assert_eq!(seen[0].body, b"hello world");
+    assert_eq!(support::header_values(head, "host"), ["Example.com:8080"]);
+    assert_eq!(
+        support::header_values(head, "x-forwarded-for"),
+        ["10.0.0.9, 127.0.0.1"]
+    );
+    assert_eq!(support::header_values(head, "x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        support::header_values(head, "x-forwarded-host"),
+        ["Example.com:8080"]
+    );
+    assert!(
+        support::header_values(head, "connection").is_empty(),
+        "{head}"
+    );
+    assert_eq!(support::header_values(head, "content-length"), ["11"]);
+}
+
+#[tokio::test]
+async fn a_response_delimited_by_close_is_rechunked_and_the_client_keeps_its_connection() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        let response = support::get_on(&mut stream, &mut buf).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("transfer-encoding"), ["chunked"]);
+        assert_eq!(response.body, b"until the upstream closes");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_the_final_one_relayed() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let response = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!((response.status, &response.body[..]), (200, &b"final"[..]));
+}
+
+#[tokio::test]
+async fn a_response_with_both_length_and_chunked_is_502() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
+    let (status, _, body) = support::get(&support::client(), proxy.addr, "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("sent a malformed response"), "{body}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst bytes",
+        After::Hang,
+    )
+    .await;
+    let proxy = support::proxy_to(
+        "stalls",
+        upstream.addr,
+        json!({"timeouts": {"idle": "300ms", "drain": "1s"}}),
+    );
+    let (out, closed) = support::raw_exchange_until_close(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed, "still open after 5 s: {text:?}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(text.ends_with("first bytes"), "{text:?}");
+    // The upstream saw its connection closed by the proxy.
+    assert!(
+        support::eventually(Duration::from_secs(5), || {
+            upstream.closed.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_target_with_bytes_a_uri_cannot_hold_is_left_to_hyper_and_refused() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    let (out, closed) = support::raw_exchange_until_close(
+        proxy.addr,
+        b"GET /a\"b<c> HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed, "{text:?}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    assert!(
+        upstream.requests().is_empty(),
+        "forwarded: {:?}",
+        upstream.requests()
+    );
+}
