@@ -197,3 +197,31 @@ async fn a_target_with_bytes_a_uri_cannot_hold_is_left_to_hyper_and_refused() {
         upstream.requests()
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let upstream = support::upstream("stable").await;
+    // A drain timeout far longer than the test may take: shutdown must
+    // not wait for idle connections to time out.
+    let proxy = support::proxy_with_workers(
+        &support::pool_config(
+            "stable",
+            upstream.addr,
+            json!({"timeouts": {"drain": "60s"}}),
+        ),
+        1,
+    );
+    let mut idle = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let response = support::get_on(&mut idle, &mut buf).await;
+    assert_eq!(response.status, 200);
+
+    let server = proxy.server;
+    let stopped = tokio::task::spawn_blocking(move || server.shutdown());
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("shutdown waited on an idle connection")
+        .expect("shutdown");
+    let (rest, closed) = support::read_until_close(&mut idle, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "{rest:?}");
+}

@@ -18,7 +18,7 @@
 //! implementation, hyper's and `forward`'s; the fast path only ever takes
 //! what is plainly well-formed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{ErrorKind as IoErrorKind, Write as _};
 use std::net::SocketAddr;
@@ -32,14 +32,13 @@ use http::{Method, StatusCode};
 use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::InFlight;
 use crate::client_io::TIMEOUT_RESPONSE;
 use crate::error::ForwardError;
 use crate::forward::{healthy_endpoint, host_for_matching, Proxy, READ_AHEAD_BYTES};
-use crate::headers::ClientInfo;
+use crate::headers::{byte_set, ClientInfo};
 use crate::route::{EndpointEntry, Fields, RouteEntry, RouteTable};
 use crate::stats::ErrorKind;
 use crate::upstream::{connect_tcp, STALE_AFTER};
@@ -65,17 +64,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 64;
 /// Bytes a request target may hold here: RFC 3986's unreserved and
 /// sub-delims, ":", "@", "/", "?" and the "%" of pct-encoding. A target
 /// with any other byte goes to hyper, whose URI parser decides.
-const TARGET_BYTES: [bool; 256] = {
-    let allowed =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?%";
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < allowed.len() {
-        table[allowed[i] as usize] = true;
-        i += 1;
-    }
-    table
-};
+const TARGET_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=:@/?%");
 
 /// How a connection left the fast path.
 pub enum Outcome<S> {
@@ -138,6 +127,52 @@ impl RawPool {
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((stream, Instant::now()));
+        }
+    }
+}
+
+/// A worker's shutdown signal for fast-path connections waiting between
+/// requests. Each connection registers its task's waker once, and `stop`
+/// wakes them all: no lock and no allocation per request.
+#[derive(Default)]
+pub struct Stopping {
+    stopped: Cell<bool>,
+    next: Cell<u64>,
+    waiting: RefCell<FxHashMap<u64, Waker>>,
+}
+
+impl Stopping {
+    /// Ends every wait between requests, now and from now on.
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for (_, waker) in waiting {
+            waker.wake();
+        }
+    }
+}
+
+/// A connection's registration with [`Stopping`], removed when dropped.
+#[derive(Default)]
+struct Waiting<'a> {
+    registered: Option<(&'a Stopping, u64)>,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(&mut self, stopping: &'a Stopping, waker: &Waker) {
+        if self.registered.is_none() {
+            let id = stopping.next.get();
+            stopping.next.set(id + 1);
+            stopping.waiting.borrow_mut().insert(id, waker.clone());
+            self.registered = Some((stopping, id));
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some((stopping, id)) = self.registered {
+            stopping.waiting.borrow_mut().remove(&id);
         }
     }
 }
@@ -345,8 +380,11 @@ fn plan<'t>(
     let mut length = None;
     let mut lengths = 0;
     let mut close = false;
-    for field in request.headers.iter() {
-        match classify(field.name) {
+    // Each name is classified once; the second pass reads the kinds.
+    let mut kinds = [Field::Other; MAX_FIELDS];
+    for (field, kind) in request.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(field.name);
+        match *kind {
             Field::Host => {
                 hosts += 1;
                 host = Some(field.value);
@@ -384,7 +422,7 @@ fn plan<'t>(
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Step::Fallback;
     };
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let path = memchr::memchr(b'?', target.as_bytes()).map_or(target, |at| &target[..at]);
     let fields = RawFields(request.headers);
     let consumed = head_len + body_len as usize;
     let Some(route) = table.find_route(&method, &host, path, &fields) else {
@@ -426,8 +464,8 @@ fn plan<'t>(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut prior_for = false;
     let mut prior_forwarded = false;
-    for field in request.headers.iter() {
-        match classify(field.name) {
+    for (field, kind) in request.headers.iter().zip(kinds) {
+        match kind {
             Field::Connection | Field::XForwardedProto | Field::XForwardedHost => {}
             Field::XForwardedFor => prior_for = true,
             Field::Forwarded => prior_forwarded = true,
@@ -439,7 +477,7 @@ fn plan<'t>(
     // does for hyper's path.
     out.extend_from_slice(b"x-forwarded-for: ");
     if prior_for {
-        put_joined(out, request.headers, Field::XForwardedFor);
+        put_joined(out, request.headers, &kinds, Field::XForwardedFor);
     }
     out.extend_from_slice(client.peer_value.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
@@ -448,7 +486,7 @@ fn plan<'t>(
     out.extend_from_slice(host_value);
     out.extend_from_slice(b"\r\nforwarded: ");
     if prior_forwarded {
-        put_joined(out, request.headers, Field::Forwarded);
+        put_joined(out, request.headers, &kinds, Field::Forwarded);
     }
     out.extend_from_slice(b"for=");
     out.extend_from_slice(client.forwarded_for().as_bytes());
@@ -488,8 +526,8 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Every value of a field, each followed by ", ".
-fn put_joined(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], which: Field) {
-    for field in fields.iter().filter(|f| classify(f.name) == which) {
+fn put_joined(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], kinds: &[Field], which: Field) {
+    for (field, _) in fields.iter().zip(kinds).filter(|(_, &k)| k == which) {
         out.extend_from_slice(field.value);
         out.extend_from_slice(b", ");
     }
@@ -517,8 +555,18 @@ fn put_date(out: &mut Vec<u8>) {
     });
 }
 
-fn put_number(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "{n}");
+fn put_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The proxy's own answer to a request, as bytes.
@@ -609,9 +657,13 @@ fn parse_response(
     let mut first_length: Option<&[u8]> = None;
     let mut transfer_chunked: Option<bool> = None;
     let mut date = false;
-    for field in response.headers.iter() {
-        match classify(field.name) {
+    let mut connections = 0;
+    let mut kinds = [Field::Other; MAX_FIELDS];
+    for (field, kind) in response.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(field.name);
+        match *kind {
             Field::Connection => {
+                connections += 1;
                 for token in tokens(field.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         keep_alive = false;
@@ -654,12 +706,7 @@ fn parse_response(
     if matches!(framing, Framing::Close) {
         keep_alive = false;
     }
-    let many_connections = response
-        .headers
-        .iter()
-        .filter(|f| classify(f.name) == Field::Connection)
-        .nth(1)
-        .is_some();
+    let many_connections = connections > 1;
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -676,13 +723,13 @@ fn parse_response(
         ),
     }
     out.extend_from_slice(b"\r\n");
-    for field in response.headers.iter() {
-        match classify(field.name) {
+    for (field, kind) in response.headers.iter().zip(kinds) {
+        match kind {
             Field::Connection | Field::Hop | Field::TransferEncoding | Field::ContentLength => {}
             _ => {
                 let named = match connection {
                     Some(list) if many_connections => {
-                        named_in_connection(response.headers, field.name)
+                        named_in_connection(response.headers, &kinds, field.name)
                             || tokens(list).any(|t| t.eq_ignore_ascii_case(field.name.as_bytes()))
                     }
                     Some(list) => {
@@ -729,11 +776,12 @@ fn parse_response(
     }))
 }
 
-fn named_in_connection(fields: &[httparse::Header<'_>], name: &str) -> bool {
+fn named_in_connection(fields: &[httparse::Header<'_>], kinds: &[Field], name: &str) -> bool {
     fields
         .iter()
-        .filter(|f| classify(f.name) == Field::Connection)
-        .any(|f| tokens(f.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+        .zip(kinds)
+        .filter(|(_, &k)| k == Field::Connection)
+        .any(|(f, _)| tokens(f.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
 /// Finds where a chunked body ends in the bytes relayed through it
@@ -822,23 +870,19 @@ impl ChunkScan {
 
 /// Serves a client connection on the fast path until it ends or a request
 /// needs hyper.
-pub async fn serve<S>(
-    mut stream: S,
-    client: &ClientInfo,
-    proxy: &Proxy,
-    mut shutdown: watch::Receiver<bool>,
-) -> Outcome<S>
+pub async fn serve<S>(mut stream: S, client: &ClientInfo, proxy: &Proxy) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
     let mut out: Vec<u8> = Vec::with_capacity(OUT_BUFFER);
     let mut served = false;
+    let mut waiting = Waiting::default();
     let timeouts = proxy.routes.timeouts();
     let mut deadline = Deadline::new(timeouts.request_header);
     let mut upstream_deadline = Deadline::new(timeouts.response_header);
     loop {
-        if matches!(shutdown.has_changed(), Ok(true)) {
+        if proxy.stopping.stopped.get() {
             return Outcome::Closed;
         }
         // The table is taken once the head is whole: a request that
@@ -917,10 +961,21 @@ where
                 input.reserve(CLIENT_BUFFER);
             }
             let read = if input.is_empty() {
-                tokio::select! {
-                    biased;
-                    read = deadline.run(stream.read_buf(&mut input)) => read,
-                    Ok(_) = shutdown.wait_for(|stop| *stop) => return Outcome::Closed,
+                // Between requests: a shutdown ends the wait.
+                let stopping = &proxy.stopping;
+                let waiting = &mut waiting;
+                let mut read = std::pin::pin!(deadline.run(stream.read_buf(&mut input)));
+                let read = std::future::poll_fn(|cx| {
+                    if stopping.stopped.get() {
+                        return Poll::Ready(None);
+                    }
+                    waiting.register(stopping, cx.waker());
+                    read.as_mut().poll(cx).map(Some)
+                })
+                .await;
+                match read {
+                    Some(read) => read,
+                    None => return Outcome::Closed,
                 }
             } else {
                 deadline.run(stream.read_buf(&mut input)).await

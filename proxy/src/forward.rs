@@ -17,10 +17,10 @@ use tracing::debug;
 
 use crate::body::{InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
-use crate::fast::RawPool;
+use crate::fast::{RawPool, Stopping};
 use crate::headers::{
-    field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present, ClientInfo,
-    FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    byte_set, field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present,
+    ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::route::{EndpointEntry, RouteEntry, RouteTable, Routes};
 use crate::stats::ErrorKind;
@@ -38,6 +38,8 @@ pub struct Proxy {
     upstreams: Rc<Upstreams>,
     /// The fast path's upstream connections.
     pub(crate) raw: RawPool,
+    /// Ends the fast path's waits between requests at shutdown.
+    pub(crate) stopping: Stopping,
 }
 
 impl Proxy {
@@ -47,6 +49,7 @@ impl Proxy {
             routes,
             upstreams: Upstreams::new(),
             raw: RawPool::default(),
+            stopping: Stopping::default(),
         })
     }
 
@@ -349,6 +352,9 @@ fn request_host(
     }
 }
 
+/// Bytes of an RFC 3986 `reg-name` (unreserved, pct-encoded, sub-delims).
+const REG_NAME_BYTES: [bool; 256] = byte_set(b"-._~%!$&'()*+,;=");
+
 /// The host part of a `Host` value (RFC 3986 `host [ ":" port ]`), lower
 /// case for matching; borrowed unless it had upper-case letters.
 pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardError> {
@@ -370,10 +376,7 @@ pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardErr
     } else {
         let colon = value.iter().rposition(|&b| b == b':');
         let (host, port) = value.split_at(colon.unwrap_or(value.len()));
-        let reg_name = host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
-        if !reg_name {
+        if !host.iter().all(|&b| REG_NAME_BYTES[usize::from(b)]) {
             return Err(ForwardError::BadRequest {
                 reason: "invalid Host field",
             });

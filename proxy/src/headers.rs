@@ -87,6 +87,22 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
+/// A byte-membership table: ASCII letters and digits, and `extra`.
+pub const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
 /// Whether a comma-separated list holds `token` (case-insensitive).
 pub fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')

@@ -213,6 +213,9 @@ fn run_worker(
         for task in accepting {
             let _ = task.await;
         }
+        // Connections between requests close now; busy ones after their
+        // answer.
+        proxy.stopping.stop();
         let drain = routes.snapshot().timeouts.drain;
         let graceful = Rc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
         if tokio::time::timeout(drain, graceful.shutdown())
@@ -254,15 +257,7 @@ async fn accept_loop(
         let table = routes.snapshot();
         match &tls {
             None => {
-                let connection = serve(
-                    stream,
-                    peer,
-                    "http",
-                    &table,
-                    proxy,
-                    &graceful,
-                    shutdown.clone(),
-                );
+                let connection = serve(stream, peer, "http", &table, proxy, &graceful);
                 tokio::task::spawn_local(async move {
                     connection.await;
                     connections.dec();
@@ -274,7 +269,6 @@ async fn accept_loop(
                 // strong reference; a handshake that ends after that has
                 // its connection closed rather than served.
                 let graceful = Rc::downgrade(&graceful);
-                let shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
                     // The handshake counts against the head timeout, so a
                     // client that connects and says nothing is closed as
@@ -283,9 +277,8 @@ async fn accept_loop(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             if let Some(graceful) = graceful.upgrade() {
-                                let connection = serve(
-                                    stream, peer, "https", &table, proxy, &graceful, shutdown,
-                                );
+                                let connection =
+                                    serve(stream, peer, "https", &table, proxy, &graceful);
                                 drop(graceful);
                                 connection.await;
                             }
@@ -313,7 +306,6 @@ fn serve<S>(
     table: &RouteTable,
     proxy: Rc<Proxy>,
     graceful: &GracefulShutdown,
-    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -323,8 +315,7 @@ where
     let watcher = graceful.watcher();
     let (request_header, idle) = (table.timeouts.request_header, table.timeouts.idle);
     async move {
-        let (stream, buffered, served) = match fast::serve(stream, &client, &proxy, shutdown).await
-        {
+        let (stream, buffered, served) = match fast::serve(stream, &client, &proxy).await {
             fast::Outcome::Closed => return,
             fast::Outcome::Fallback {
                 stream,

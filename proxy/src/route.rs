@@ -62,13 +62,13 @@ pub struct RouteTable {
     pools: Box<[PoolEntry]>,
     /// Exact host → the routes that can match it, in config order, with the
     /// host rule already known to hold (exact, suffix or no rule).
-    by_host: FxHashMap<Box<str>, Box<[u16]>>,
+    by_host: FxHashMap<Box<str>, Candidates>,
     /// Wildcard suffix (`.example.com`) → the routes a host with that
     /// suffix can match, in config order, host rule known to hold.
-    by_suffix: FxHashMap<Box<str>, Box<[u16]>>,
+    by_suffix: FxHashMap<Box<str>, Candidates>,
     /// For a host no exact or suffix entry names: the routes without a
     /// host rule.
-    other_hosts: Box<[u16]>,
+    other_hosts: Candidates,
     /// Timeouts from the config.
     pub timeouts: Timeouts,
     /// Limits from the config.
@@ -100,6 +100,76 @@ pub struct RouteEntry {
     pub canary_health: CanaryHealth,
     /// Retries of sent requests.
     pub retries: Retries,
+}
+
+/// The routes a request's host leaves to try, in config order.
+struct Candidates {
+    all: Box<[u16]>,
+    /// For a long list: the same routes by path rule.
+    by_path: Option<PathIndex>,
+}
+
+/// Candidate routes by path rule, so that a long list of path-only routes
+/// costs a lookup per distinct prefix length rather than a scan. Each list
+/// is in config order; the earliest match over all of them wins.
+struct PathIndex {
+    /// Routes without a path rule.
+    any: Box<[u16]>,
+    exact: FxHashMap<Box<str>, Box<[u16]>>,
+    prefix: FxHashMap<Box<str>, Box<[u16]>>,
+    /// The distinct prefix lengths.
+    lengths: Box<[usize]>,
+    /// The earliest route with a path rule.
+    first_keyed: u16,
+}
+
+/// Lists shorter than this are scanned: a few `starts_with` cost less
+/// than the lookups.
+const INDEX_FROM: usize = 8;
+
+impl Candidates {
+    fn new(all: Vec<u16>, routes: &[RouteEntry]) -> Candidates {
+        let by_path = (all.len() >= INDEX_FROM).then(|| {
+            let mut any = Vec::new();
+            let mut exact: FxHashMap<Box<str>, Vec<u16>> = FxHashMap::default();
+            let mut prefix: FxHashMap<Box<str>, Vec<u16>> = FxHashMap::default();
+            for &i in &all {
+                match &routes[i as usize].path {
+                    None => any.push(i),
+                    Some(PathMatch::Exact(path)) => {
+                        exact.entry(path.as_str().into()).or_default().push(i)
+                    }
+                    Some(PathMatch::Prefix(path)) => {
+                        prefix.entry(path.as_str().into()).or_default().push(i)
+                    }
+                }
+            }
+            let mut lengths: Vec<usize> = prefix.keys().map(|p| p.len()).collect();
+            lengths.sort_unstable();
+            lengths.dedup();
+            let boxed = |map: FxHashMap<Box<str>, Vec<u16>>| {
+                map.into_iter()
+                    .map(|(k, v)| (k, v.into_boxed_slice()))
+                    .collect()
+            };
+            let first_keyed = all
+                .iter()
+                .copied()
+                .find(|&i| routes[i as usize].path.is_some())
+                .unwrap_or(u16::MAX);
+            PathIndex {
+                first_keyed,
+                any: any.into(),
+                exact: boxed(exact),
+                prefix: boxed(prefix),
+                lengths: lengths.into(),
+            }
+        });
+        Candidates {
+            all: all.into(),
+            by_path,
+        }
+    }
 }
 
 enum StickyKey {
@@ -269,7 +339,7 @@ impl RouteTable {
             });
         }
 
-        let mut by_host: FxHashMap<Box<str>, Box<[u16]>> = FxHashMap::default();
+        let mut by_host: FxHashMap<Box<str>, Candidates> = FxHashMap::default();
         for route in &routes {
             if let Some(HostMatch::Exact(host)) = &route.host {
                 let candidates = routes
@@ -282,12 +352,12 @@ impl RouteTable {
                     })
                     .map(|(i, _)| i as u16)
                     .collect();
-                by_host.insert(host.as_str().into(), candidates);
+                by_host.insert(host.as_str().into(), Candidates::new(candidates, &routes));
             }
         }
         // Per wildcard suffix: the routes any host with that suffix can
         // match — suffixes that it itself ends with, and no host rule.
-        let mut by_suffix: FxHashMap<Box<str>, Box<[u16]>> = FxHashMap::default();
+        let mut by_suffix: FxHashMap<Box<str>, Candidates> = FxHashMap::default();
         for route in &routes {
             if let Some(HostMatch::Suffix(suffix)) = &route.host {
                 let candidates = routes
@@ -300,7 +370,7 @@ impl RouteTable {
                     })
                     .map(|(i, _)| i as u16)
                     .collect();
-                by_suffix.insert(suffix.as_str().into(), candidates);
+                by_suffix.insert(suffix.as_str().into(), Candidates::new(candidates, &routes));
             }
         }
         let other_hosts = routes
@@ -309,6 +379,7 @@ impl RouteTable {
             .filter(|(_, r)| r.host.is_none())
             .map(|(i, _)| i as u16)
             .collect();
+        let other_hosts = Candidates::new(other_hosts, &routes);
 
         Ok(RouteTable {
             version,
@@ -372,15 +443,48 @@ impl RouteTable {
     ) -> Option<&RouteEntry> {
         // The exact host, else its longest wildcard suffix, else no host
         // rule: every candidate list already satisfies the host rule.
-        let candidates = self.by_host.get(host).or_else(|| {
-            host.match_indices('.')
-                .find_map(|(dot, _)| self.by_suffix.get(&host[dot..]))
+        // Tables with no host rules (or no wildcards) skip the lookups.
+        let exact = match self.by_host.is_empty() {
+            true => None,
+            false => self.by_host.get(host),
+        };
+        let candidates = exact.or_else(|| match self.by_suffix.is_empty() {
+            true => None,
+            false => host
+                .match_indices('.')
+                .find_map(|(dot, _)| self.by_suffix.get(&host[dot..])),
         });
-        let candidates = candidates.map_or(&*self.other_hosts, |c| &**c);
-        candidates
+        let candidates = candidates.unwrap_or(&self.other_hosts);
+        let first = |list: &[u16], before: Option<u16>| {
+            list.iter()
+                .copied()
+                .take_while(|&i| before.is_none_or(|b| i < b))
+                .find(|&i| self.routes[i as usize].matches(method, path, headers))
+        };
+        let Some(index) = &candidates.by_path else {
+            return first(&candidates.all, None).map(|i| &self.routes[i as usize]);
+        };
+        // The earliest match over the routes without a path rule, those
+        // with this exact path, and those with a prefix of it.
+        let mut best = first(&index.any, None);
+        if best.is_some_and(|b| b < index.first_keyed) {
+            // A route without a path rule matched before any with one.
+            return best.map(|i| &self.routes[i as usize]);
+        }
+        let exact = match index.exact.is_empty() {
+            true => None,
+            false => index.exact.get(path).map(|list| &**list),
+        };
+        let prefixes = index
+            .lengths
             .iter()
-            .map(|&i| &self.routes[i as usize])
-            .find(|route| route.matches(method, path, headers))
+            .filter_map(|&len| index.prefix.get(path.get(..len)?).map(|list| &**list));
+        for list in exact.into_iter().chain(prefixes) {
+            if let Some(i) = first(list, best) {
+                best = Some(i);
+            }
+        }
+        best.map(|i| &self.routes[i as usize])
     }
 
     /// Chooses the pool for a request on `route`: the override if it names
@@ -737,6 +841,45 @@ mod tests {
             let table = two_pool_table(canary);
             let in_canary = (0..BUCKETS).filter(|&b| pool_name(&table, b) == "canary").count();
             proptest::prop_assert_eq!(in_canary as u32, canary);
+        }
+    }
+
+    proptest::proptest! {
+        /// The path index finds what a scan in config order finds.
+        #[test]
+        fn path_index_agrees_with_a_scan(
+            rules in proptest::collection::vec((0u8..3, "/[ab]{0,3}"), 1..30),
+            paths in proptest::collection::vec("/[ab]{0,4}", 1..20),
+        ) {
+            let routes: Vec<String> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, (kind, path))| {
+                    let rule = match kind {
+                        0 => format!(r#""match": {{"path_prefix": "{path}"}}, "#),
+                        1 => format!(r#""match": {{"path_exact": "{path}"}}, "#),
+                        _ => String::new(),
+                    };
+                    format!(r#"{{"name": "r{i}", {rule}"split": {{"baseline": "p", "weights": {{"p": 10000}}}}}}"#)
+                })
+                .collect();
+            let source = format!(
+                r#"{{"listeners": [{{"address": "127.0.0.1:1"}}], "pools": {{"p": {{"endpoints": ["127.0.0.1:2"]}}}}, "routes": [{}]}}"#,
+                routes.join(",")
+            );
+            let table = RouteTable::build(&switchyard_config::parse(&source).expect("valid"), 1)
+                .expect("table");
+            for path in &paths {
+                let scanned = rules.iter().position(|(kind, rule)| match kind {
+                    0 => path.starts_with(rule.as_str()),
+                    1 => path == rule,
+                    _ => true,
+                });
+                let found = table
+                    .find_route(&Method::GET, "h", path, &HeaderMap::new())
+                    .map(|r| r.index as usize);
+                proptest::prop_assert_eq!(found, scanned, "path {}", path);
+            }
         }
     }
 
