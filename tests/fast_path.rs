@@ -225,3 +225,83 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let (rest, closed) = support::read_until_close(&mut idle, Duration::from_secs(5)).await;
     assert!(closed && rest.is_empty(), "{rest:?}");
 }
+
+#[tokio::test]
+async fn an_error_answer_to_head_has_no_body_and_the_next_answer_is_intact() {
+    let upstream = support::upstream("stable").await;
+    let proxy = support::proxy(&support::split_config(
+        &[(&upstream, 10000)],
+        json!({"match": {"path_prefix": "/only"}}),
+    ));
+    // Pipelined: a HEAD nothing routes, then a GET that routes.
+    let (out, _) = support::raw_exchange_until_close(
+        proxy.addr,
+        b"HEAD /other HTTP/1.1\r\nHost: x\r\n\r\nGET /only HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let responses = support::parse_responses(&out, &[true, false]);
+    assert_eq!(responses.len(), 2, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(responses[0].status, 404);
+    assert_ne!(responses[0].header("content-length"), ["0"]);
+    assert_eq!(
+        (responses[1].status, &responses[1].body[..]),
+        (200, &b"stable"[..])
+    );
+}
+
+#[tokio::test]
+async fn the_status_line_is_restated_from_the_parsed_status() {
+    // Blank lines before a status line are skipped (RFC 9112 §2.2); the
+    // client's status line must not be copied from fixed offsets.
+    let upstream = support::scripted_upstream(
+        b"\r\n\r\nHTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let response = support::get_on(&mut stream, &mut buf).await;
+    assert!(
+        response.head.starts_with("HTTP/1.1 204 No Content\r\n"),
+        "{:?}",
+        response.head
+    );
+}
+
+#[tokio::test]
+async fn an_empty_transfer_encoding_line_does_not_hide_chunked_beside_a_length() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\nContent-Length: 5\r\n\r\nhello",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("flaky", upstream.addr, json!({}));
+    let (status, _, body) = support::get(&support::client(), proxy.addr, "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+}
+
+#[tokio::test]
+async fn a_request_length_goes_upstream_restated() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0005\r\n\r\nhello")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let response = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(response.status, 200);
+    let seen = upstream.requests();
+    assert_eq!(
+        support::header_values(&seen[0].head, "content-length"),
+        ["5"]
+    );
+    assert_eq!(seen[0].body, b"hello");
+}

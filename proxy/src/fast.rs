@@ -122,11 +122,19 @@ impl RawPool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+    fn put(&self, addr: SocketAddr, stream: TcpStream, max_idle: Duration) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
+        let now = Instant::now();
+        // The oldest come first: those idle too long are closed here, so
+        // a quiet pool does not keep sockets the upstream has closed.
+        let expired = list
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= max_idle)
+            .count();
+        list.drain(..expired);
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((stream, Instant::now()));
+            list.push((stream, now));
         }
     }
 }
@@ -327,6 +335,7 @@ enum Step<'t> {
         error: ForwardError,
         consumed: usize,
         close: bool,
+        head_request: bool,
     },
     /// Goes upstream: the head is in `out`, the body follows.
     Forward(Plan<'t>),
@@ -433,6 +442,7 @@ fn plan<'t>(
             },
             consumed,
             close,
+            head_request: method == Method::HEAD,
         };
     };
     if route.retries.attempts > 0 {
@@ -449,6 +459,7 @@ fn plan<'t>(
                     error,
                     consumed,
                     close,
+                    head_request: method == Method::HEAD,
                 }
             }
         }
@@ -466,7 +477,10 @@ fn plan<'t>(
     let mut prior_forwarded = false;
     for (field, kind) in request.headers.iter().zip(kinds) {
         match kind {
-            Field::Connection | Field::XForwardedProto | Field::XForwardedHost => {}
+            Field::Connection
+            | Field::XForwardedProto
+            | Field::XForwardedHost
+            | Field::ContentLength => {}
             Field::XForwardedFor => prior_for = true,
             Field::Forwarded => prior_forwarded = true,
             _ => put_field(out, field.name.as_bytes(), field.value),
@@ -494,7 +508,14 @@ fn plan<'t>(
     out.extend_from_slice(host_value);
     out.extend_from_slice(b"\";proto=");
     out.extend_from_slice(client.proto.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if length.is_some() {
+        // Restated from the parsed value: `0044` or `44, 44` never goes on.
+        out.extend_from_slice(b"content-length: ");
+        put_number(out, body_len);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 
     let head_request = method == Method::HEAD;
     Step::Forward(Plan {
@@ -570,7 +591,7 @@ fn put_number(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// The proxy's own answer to a request, as bytes.
-fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool) {
+fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool, head_request: bool) {
     let message = error.message();
     let status = error.status();
     out.clear();
@@ -586,7 +607,10 @@ fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(message.as_bytes());
+    // A HEAD answer has the body's length and no body (RFC 9110 §9.3.2).
+    if !head_request {
+        out.extend_from_slice(message.as_bytes());
+    }
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -644,6 +668,9 @@ fn parse_response(
     let (Some(status), Some(version)) = (response.code, response.version) else {
         return Err(MALFORMED);
     };
+    if status < 100 {
+        return Err(MALFORMED);
+    }
     if (100..200).contains(&status) {
         // No upgrade was asked for, so a 101 is as wrong as garbage.
         return match status {
@@ -655,7 +682,11 @@ fn parse_response(
     let mut connection: Option<&[u8]> = None;
     let mut length: Option<u64> = None;
     let mut first_length: Option<&[u8]> = None;
-    let mut transfer_chunked: Option<bool> = None;
+    // Whether any Transfer-Encoding came, and whether its last coding is
+    // chunked (the codings of every field, in order).
+    let mut transfer_encoded = false;
+    let mut transfer_chunked = false;
+    let mut close_asked = false;
     let mut date = false;
     let mut connections = 0;
     let mut kinds = [Field::Other; MAX_FIELDS];
@@ -666,7 +697,7 @@ fn parse_response(
                 connections += 1;
                 for token in tokens(field.value) {
                     if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
+                        close_asked = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
                         keep_alive = true;
                     }
@@ -684,23 +715,33 @@ fn parse_response(
                 first_length.get_or_insert(field.value);
             }
             Field::TransferEncoding => {
-                transfer_chunked = tokens(field.value)
-                    .last()
-                    .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+                transfer_encoded = true;
+                if let Some(last) = tokens(field.value).last() {
+                    transfer_chunked = last.eq_ignore_ascii_case(b"chunked");
+                }
             }
             Field::Date => date = true,
             _ => {}
         }
     }
+    // A close never gives way to a keep-alive.
+    keep_alive &= !close_asked;
+    // Both framings, or chunked from HTTP/1.0 (RFC 9112 §6.1): a smuggling
+    // attempt or a broken server; never relayed.
+    if transfer_encoded && (length.is_some() || version == 0) {
+        return Err(MALFORMED);
+    }
     let framing = if context.head_request || status == 204 || status == 304 {
         Framing::Empty
+    } else if transfer_encoded {
+        match transfer_chunked {
+            true => Framing::Chunked(ChunkScan::default()),
+            false => Framing::Close,
+        }
     } else {
-        match (transfer_chunked, length) {
-            // Both: a smuggling attempt or a broken server; never relayed.
-            (Some(_), Some(_)) => return Err(MALFORMED),
-            (Some(true), None) => Framing::Chunked(ChunkScan::default()),
-            (Some(false), None) | (None, None) => Framing::Close,
-            (None, Some(n)) => Framing::Length(n),
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
         }
     };
     if matches!(framing, Framing::Close) {
@@ -710,7 +751,7 @@ fn parse_response(
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(&input[9..12]);
+    put_number(out, u64::from(status));
     out.push(b' ');
     match response.reason {
         Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
@@ -797,6 +838,8 @@ struct ChunkScan {
 enum ChunkState {
     #[default]
     Size,
+    /// Whitespace after the size: an extension or the line end follows.
+    SizeWs,
     Extension,
     SizeLf,
     Data,
@@ -804,8 +847,14 @@ enum ChunkState {
     DataLf,
     TrailerStart,
     Trailer,
+    TrailerLf,
     EndLf,
     Done,
+}
+
+/// A byte a field value (an extension or a trailer line) may hold.
+fn field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
 impl ChunkScan {
@@ -837,11 +886,16 @@ impl ChunkScan {
                     self.size = self.size * 16 + u64::from((b as char).to_digit(16)?);
                     ChunkState::Size
                 }
-                (ChunkState::Size, b';' | b' ' | b'\t') if self.digits > 0 => ChunkState::Extension,
-                (ChunkState::Size, b'\r') if self.digits > 0 => ChunkState::SizeLf,
+                (ChunkState::Size, b' ' | b'\t') if self.digits > 0 => ChunkState::SizeWs,
+                (ChunkState::SizeWs, b' ' | b'\t') => ChunkState::SizeWs,
+                (ChunkState::Size | ChunkState::SizeWs, b';') if self.digits > 0 => {
+                    ChunkState::Extension
+                }
+                (ChunkState::Size | ChunkState::SizeWs, b'\r') if self.digits > 0 => {
+                    ChunkState::SizeLf
+                }
                 (ChunkState::Extension, b'\r') => ChunkState::SizeLf,
-                (ChunkState::Extension, b'\n') => return None,
-                (ChunkState::Extension, _) => ChunkState::Extension,
+                (ChunkState::Extension, b) if field_byte(b) => ChunkState::Extension,
                 (ChunkState::SizeLf, b'\n') => {
                     self.digits = 0;
                     if self.size == 0 {
@@ -853,9 +907,11 @@ impl ChunkScan {
                 (ChunkState::DataCr, b'\r') => ChunkState::DataLf,
                 (ChunkState::DataLf, b'\n') => ChunkState::Size,
                 (ChunkState::TrailerStart, b'\r') => ChunkState::EndLf,
-                (ChunkState::TrailerStart, b'\n') => return None,
-                (ChunkState::Trailer, b'\n') => ChunkState::TrailerStart,
-                (ChunkState::TrailerStart | ChunkState::Trailer, _) => ChunkState::Trailer,
+                (ChunkState::Trailer, b'\r') => ChunkState::TrailerLf,
+                (ChunkState::TrailerLf, b'\n') => ChunkState::TrailerStart,
+                (ChunkState::TrailerStart | ChunkState::Trailer, b) if field_byte(b) => {
+                    ChunkState::Trailer
+                }
                 (ChunkState::EndLf, b'\n') => ChunkState::Done,
                 _ => return None,
             };
@@ -921,9 +977,10 @@ where
                         error,
                         consumed,
                         close,
+                        head_request,
                     } => {
                         let close = close || error.closes_connection();
-                        put_error(&mut out, &error, close);
+                        put_error(&mut out, &error, close, head_request);
                         let read = read_to(
                             &mut stream,
                             &mut input,
@@ -990,8 +1047,13 @@ where
                 Some(_) => return Outcome::Closed,
                 None => {
                     if !input.is_empty() {
-                        let _ = stream.write_all(TIMEOUT_RESPONSE).await;
-                        let _ = stream.shutdown().await;
+                        deadline.set(timeouts.request_header);
+                        let _ = deadline
+                            .run(async {
+                                stream.write_all(TIMEOUT_RESPONSE).await?;
+                                stream.shutdown().await
+                            })
+                            .await;
                     }
                     return Outcome::Closed;
                 }
@@ -1014,10 +1076,12 @@ where
         let _in_flight = pool
             .counts_in_flight()
             .then(|| InFlight::start(&plan.endpoint.in_flight));
+        // A shutdown under way: this is the connection's last answer.
+        let close = plan.close || proxy.stopping.stopped.get();
         let context = ResponseContext {
             head_request: plan.head_request,
             set_cookie: plan.set_cookie.as_ref(),
-            close: plan.close,
+            close,
         };
         // From the worker's spares: an idle client holds no upstream buffer.
         let mut upstream_buffer = proxy.raw.take_buffer();
@@ -1060,7 +1124,7 @@ where
                     tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
                 }
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
-                put_error(&mut out, &error, plan.close);
+                put_error(&mut out, &error, plan.close, plan.head_request);
                 proxy.raw.give_buffer(upstream_buffer);
                 if !write_out(&mut stream, &out, &mut deadline, timeouts.idle).await || plan.close {
                     let _ = stream.shutdown().await;
@@ -1087,7 +1151,7 @@ where
             stats.record_late_error(kind);
         }
         if relayed.reusable {
-            proxy.raw.put(endpoint.addr, upstream);
+            proxy.raw.put(endpoint.addr, upstream, timeouts.idle);
         }
         proxy.raw.give_buffer(upstream_buffer);
         if out.capacity() > 4 * OUT_BUFFER {
@@ -1097,7 +1161,7 @@ where
         if input.is_empty() && input.capacity() > 4 * CLIENT_BUFFER {
             input = BytesMut::with_capacity(CLIENT_BUFFER);
         }
-        if !relayed.client_ok || plan.close {
+        if !relayed.client_ok || close {
             let _ = stream.shutdown().await;
             return Outcome::Closed;
         }
@@ -1187,7 +1251,19 @@ async fn exchange(
                 Err(error) => return Err(Failed { error, sent: false }),
             },
         };
-        if upstream.write_all(out).await.is_err() {
+        // The request must be written and answered within the timeout.
+        deadline.set(timeouts.response_header);
+        let written = deadline.run(upstream.write_all(out)).await;
+        if written.is_none() {
+            return Err(Failed {
+                error: ForwardError::Timeout {
+                    backend: endpoint.label.to_string(),
+                    after: timeouts.response_header,
+                },
+                sent: true,
+            });
+        }
+        if written.is_some_and(|w| w.is_err()) {
             // A pooled connection the upstream closed: nothing was taken.
             if reused {
                 fresh = true;
@@ -1203,7 +1279,6 @@ async fn exchange(
             });
         }
         buffer.clear();
-        deadline.set(timeouts.response_header);
         let read = deadline
             .run(read_head(&mut upstream, buffer, context, out))
             .await;
@@ -1503,6 +1578,16 @@ mod tests {
         assert_eq!(scan_all(&[b"\r\n"]), None);
         assert_eq!(scan_all(&[b"5\r\nhelloX"]), None);
         assert_eq!(scan_all(&[b"1234567890abcdef0\r\n"]), None);
+        // Only an extension or the line end after whitespace; field bytes
+        // in extensions and trailers; CRLF line ends.
+        assert_eq!(scan_all(&[b"5 xyz\r\n"]), None);
+        assert_eq!(
+            scan_all(&[b"5 ;a=b\r\nhello\r\n0\r\n\r\n"]),
+            Some((20, true))
+        );
+        assert_eq!(scan_all(&[b"5;a\0b\r\n"]), None);
+        assert_eq!(scan_all(&[b"0\r\nX: 1\n\r\n"]), None);
+        assert_eq!(scan_all(&[b"0\r\nX: \x01\r\n\r\n"]), None);
     }
 
     #[test]

@@ -338,6 +338,10 @@ where
             Rc::clone(&proxy).handle(Rc::clone(&client), request)
         });
         let mut builder = auto::Builder::new(LocalExec);
+        if served {
+            // HTTP/1.1 requests came first: no HTTP/2 preface can follow.
+            builder = builder.http1_only();
+        }
         builder
             .http1()
             // Head and idle timeouts are ClientIo's: hyper's own header
