@@ -13,6 +13,23 @@ use tokio::net::TcpStream;
 
 use support::After;
 
+/// Sends `request` on a new connection to a proxy in front of a scripted
+/// upstream that answers `reply`; returns the upstream and the answer.
+async fn through(
+    reply: &'static [u8],
+    request: &[u8],
+) -> (support::Scripted, support::RawResponse) {
+    let upstream = support::scripted_upstream(reply, After::Close).await;
+    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let response = support::read_response(&mut stream, &mut buf, false).await;
+    (upstream, response)
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
 #[tokio::test]
 async fn a_connection_moves_to_hyper_mid_way_and_keeps_serving() {
     let upstream = support::upstream("stable").await;
@@ -114,19 +131,11 @@ async fn a_response_delimited_by_close_is_rechunked_and_the_client_keeps_its_con
 
 #[tokio::test]
 async fn interim_responses_are_skipped_and_the_final_one_relayed() {
-    let upstream = support::scripted_upstream(
+    let (_, response) = through(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
-        After::Close,
+        GET,
     )
     .await;
-    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let response = support::read_response(&mut stream, &mut buf, false).await;
     assert_eq!((response.status, &response.body[..]), (200, &b"final"[..]));
 }
 
@@ -254,15 +263,7 @@ async fn an_error_answer_to_head_has_no_body_and_the_next_answer_is_intact() {
 async fn the_status_line_is_restated_from_the_parsed_status() {
     // Blank lines before a status line are skipped (RFC 9112 §2.2); the
     // client's status line must not be copied from fixed offsets.
-    let upstream = support::scripted_upstream(
-        b"\r\n\r\nHTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
-        After::Close,
-    )
-    .await;
-    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let mut buf = Vec::new();
-    let response = support::get_on(&mut stream, &mut buf).await;
+    let (_, response) = through(b"\r\n\r\nHTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", GET).await;
     assert!(
         response.head.starts_with("HTTP/1.1 204 No Content\r\n"),
         "{:?}",
@@ -284,19 +285,11 @@ async fn an_empty_transfer_encoding_line_does_not_hide_chunked_beside_a_length()
 
 #[tokio::test]
 async fn a_request_length_goes_upstream_restated() {
-    let upstream = support::scripted_upstream(
+    let (upstream, response) = through(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-        After::Close,
+        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0005\r\n\r\nhello",
     )
     .await;
-    let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0005\r\n\r\nhello")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let response = support::read_response(&mut stream, &mut buf, false).await;
     assert_eq!(response.status, 200);
     let seen = upstream.requests();
     assert_eq!(
