@@ -560,12 +560,12 @@ async fn certificates_reload_without_dropping_connections() {
 
 /// An HTTPS upstream with its own CA; with `client_ca`, it requires a
 /// client certificate from that CA. Answers with its name, and counts
-/// the health checks it receives.
+/// the health checks it receives and the TLS connections it accepts.
 async fn tls_upstream(
     name: &'static str,
     leaf: &Leaf,
     client_ca: Option<&Ca>,
-) -> (SocketAddr, Arc<AtomicUsize>) {
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key PEM");
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider()))
         .with_safe_default_protocol_versions()
@@ -588,7 +588,9 @@ async fn tls_upstream(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let checks = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&checks);
+    let connections = Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -596,10 +598,12 @@ async fn tls_upstream(
             };
             let acceptor = acceptor.clone();
             let counter = Arc::clone(&counter);
+            let connections = Arc::clone(&connections);
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
+                connections.fetch_add(1, Ordering::Relaxed);
                 let service = service_fn(move |request: Request<Incoming>| {
                     if request.headers().get("user-agent").map(|v| v.as_bytes())
                         == Some(b"switchyard-health-check")
@@ -614,7 +618,7 @@ async fn tls_upstream(
             });
         }
     });
-    (addr, checks)
+    (addr, checks, accepted)
 }
 
 #[tokio::test]
@@ -624,8 +628,8 @@ async fn upstream_tls_is_verified_and_presents_a_client_certificate() {
     let client_ca = Ca::new("proxy client CA");
     let other_ca = Ca::new("someone else's CA");
     let backend = server_ca.leaf(&["backend.internal"]);
-    let (plain, _) = tls_upstream("plain-tls", &backend, None).await;
-    let (mutual, _) = tls_upstream("mutual-tls", &backend, Some(&client_ca)).await;
+    let (plain, _, _) = tls_upstream("plain-tls", &backend, None).await;
+    let (mutual, _, _) = tls_upstream("mutual-tls", &backend, Some(&client_ca)).await;
     let server_ca_file = dir.join("server-ca.pem");
     let other_ca_file = dir.join("other-ca.pem");
     std::fs::write(&server_ca_file, server_ca.pem()).expect("write");
@@ -689,23 +693,35 @@ async fn upstream_tls_is_verified_and_presents_a_client_certificate() {
     proxy.server.shutdown();
 }
 
+/// A config whose one pool, `app`, is `addr` over TLS for the name
+/// `backend.internal`, verified with `ca` (written under `dir`), with
+/// `extra` fields on the pool.
+fn tls_pool_config(dir: &Path, ca: &Ca, addr: SocketAddr, extra: Value) -> Value {
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    let mut pool = json!({
+        "endpoints": [addr.to_string()],
+        "tls": {"server_name": "backend.internal", "ca_file": ca_file},
+    });
+    if let (Some(pool), Value::Object(extra)) = (pool.as_object_mut(), extra) {
+        pool.extend(extra);
+    }
+    json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"app": pool},
+        "routes": [{"name": "web", "split": {"baseline": "app", "weights": {"app": 10000}}}],
+        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
+    })
+}
+
 #[tokio::test]
 async fn health_checks_of_a_tls_pool_speak_tls() {
     let dir = temp_dir("health");
     let ca = Ca::new("upstream CA");
-    let (addr, checks) = tls_upstream("checked", &ca.leaf(&["backend.internal"]), None).await;
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write");
-    let config = json!({
-        "listeners": [{"address": "127.0.0.1:0"}],
-        "pools": {"app": {
-            "endpoints": [addr.to_string()],
-            "tls": {"server_name": "backend.internal", "ca_file": ca_file},
-            "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms", "fall": 1},
-        }},
-        "routes": [{"name": "web", "split": {"baseline": "app", "weights": {"app": 10000}}}],
-        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
-    });
+    let (addr, checks, _) = tls_upstream("checked", &ca.leaf(&["backend.internal"]), None).await;
+    let health_check =
+        json!({"path": "/healthz", "interval": "100ms", "timeout": "100ms", "fall": 1});
+    let config = tls_pool_config(&dir, &ca, addr, json!({"health_check": health_check}));
     let proxy = support::proxy(&config);
     // A check sent in plaintext would never reach the upstream's HTTP
     // layer, and with fall 1 would take the only endpoint down.
@@ -718,6 +734,28 @@ async fn health_checks_of_a_tls_pool_speak_tls() {
     assert!(seen >= 3, "{seen} health checks arrived over TLS");
     let (status, _, body) = support::get(&support::client(), proxy.addr, "/", &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "checked"));
+    proxy.server.shutdown();
+}
+
+#[tokio::test]
+async fn a_tls_pool_reuses_its_connections() {
+    let dir = temp_dir("reuse");
+    let ca = Ca::new("upstream CA");
+    let (addr, _, accepted) = tls_upstream("reused", &ca.leaf(&["backend.internal"]), None).await;
+    let config = tls_pool_config(&dir, &ca, addr, json!({}));
+    // One worker: every request finds the connection the first one left.
+    let proxy = support::proxy_with_workers(&config, 1);
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..5 {
+        let response = support::get_on(&mut stream, &mut buf).await;
+        assert_eq!((response.status, &response.body[..]), (200, &b"reused"[..]));
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "TLS connections opened"
+    );
     proxy.server.shutdown();
 }
 

@@ -7,8 +7,8 @@
 //!
 //! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body or
 //! a `Content-Length` body up to the read-ahead size, and nothing
-//! hop-by-hop but `Connection: keep-alive` or `close`; a route without
-//! retries, and a plain (not TLS) upstream pool.
+//! hop-by-hop but `Connection: keep-alive` or `close`; and a route without
+//! retries. Upstream pools may speak plain TCP or TLS (`RawConn`).
 //!
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
@@ -20,8 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io::{ErrorKind as IoErrorKind, Write as _};
-use std::net::SocketAddr;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,7 +30,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::InFlight;
@@ -41,7 +39,7 @@ use crate::forward::{healthy_endpoint, host_for_matching, Proxy, READ_AHEAD_BYTE
 use crate::headers::{byte_set, ClientInfo};
 use crate::route::{EndpointEntry, Fields, RouteEntry, RouteTable};
 use crate::stats::ErrorKind;
-use crate::upstream::{connect_tcp, STALE_AFTER};
+use crate::upstream::{connect_raw, idle_key, IdleKey, RawConn, STALE_AFTER};
 
 /// Field lines parsed in place; a head with more goes to hyper, which
 /// answers 431 when it is over the configured limit.
@@ -85,7 +83,7 @@ pub enum Outcome<S> {
 /// One worker's pooled upstream connections for the fast path.
 #[derive(Default)]
 pub struct RawPool {
-    idle: RefCell<FxHashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    idle: RefCell<FxHashMap<IdleKey, Vec<(RawConn, Instant)>>>,
     /// Upstream read buffers between exchanges.
     spare: RefCell<Vec<BytesMut>>,
 }
@@ -109,7 +107,7 @@ impl RawPool {
 
     /// A pooled connection to `addr` that is still open, and how long it
     /// was idle.
-    fn take(&self, addr: SocketAddr, max_idle: Duration) -> Option<(TcpStream, Duration)> {
+    fn take(&self, addr: IdleKey, max_idle: Duration) -> Option<(RawConn, Duration)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
@@ -122,7 +120,7 @@ impl RawPool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream, max_idle: Duration) {
+    fn put(&self, addr: IdleKey, stream: RawConn, max_idle: Duration) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         let now = Instant::now();
@@ -189,14 +187,18 @@ impl Drop for Waiting<'_> {
 /// (an idle connection that is readable was closed, or sent garbage).
 /// tokio clears read readiness after a short read, so the common case
 /// costs no system call.
-fn still_open(stream: &TcpStream) -> bool {
+fn still_open(conn: &RawConn) -> bool {
+    let stream = conn.tcp();
     let mut cx = Context::from_waker(Waker::noop());
     match stream.poll_read_ready(&mut cx) {
         Poll::Pending => true,
         Poll::Ready(Err(_)) => false,
         Poll::Ready(Ok(())) => {
+            // Peeked, not read: under TLS the bytes belong to the session
+            // (an alert, most likely), which then is not reused either.
             let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == IoErrorKind::WouldBlock)
+            let mut probe = tokio::io::ReadBuf::new(&mut probe);
+            matches!(stream.poll_peek(&mut cx, &mut probe), Poll::Pending)
         }
     }
 }
@@ -464,10 +466,6 @@ fn plan<'t>(
             }
         }
     };
-    if endpoint.tls.is_some() {
-        return Step::Fallback;
-    }
-
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -1151,7 +1149,7 @@ where
             stats.record_late_error(kind);
         }
         if relayed.reusable {
-            proxy.raw.put(endpoint.addr, upstream, timeouts.idle);
+            proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);
         }
         proxy.raw.give_buffer(upstream_buffer);
         if out.capacity() > 4 * OUT_BUFFER {
@@ -1228,13 +1226,13 @@ async fn exchange(
     idempotent: bool,
     table: &RouteTable,
     deadline: &mut Deadline,
-) -> Result<(TcpStream, ResponseHead), Failed> {
+) -> Result<(RawConn, ResponseHead), Failed> {
     let timeouts = &table.timeouts;
     let mut fresh = false;
     loop {
         let pooled = match fresh {
             true => None,
-            false => raw.take(endpoint.addr, timeouts.idle),
+            false => raw.take(idle_key(endpoint), timeouts.idle),
         };
         let reused = pooled.is_some();
         // An idempotent request on a connection idle long enough that the
@@ -1246,7 +1244,7 @@ async fn exchange(
                 .is_some_and(|(_, idle)| *idle >= STALE_AFTER);
         let mut upstream = match pooled {
             Some((stream, _)) => stream,
-            None => match connect_tcp(endpoint, timeouts.connect).await {
+            None => match connect_raw(endpoint, timeouts.connect).await {
                 Ok(stream) => stream,
                 Err(error) => return Err(Failed { error, sent: false }),
             },
@@ -1325,7 +1323,7 @@ enum HeadError {
 }
 
 async fn read_head(
-    upstream: &mut TcpStream,
+    upstream: &mut RawConn,
     buffer: &mut BytesMut,
     context: &ResponseContext<'_>,
     out: &mut Vec<u8>,
@@ -1392,7 +1390,7 @@ impl Relayed {
 #[allow(clippy::too_many_arguments)]
 async fn relay<S: AsyncWrite + Unpin>(
     client: &mut S,
-    upstream: &mut TcpStream,
+    upstream: &mut RawConn,
     buffer: &mut BytesMut,
     out: &mut Vec<u8>,
     head: ResponseHead,
@@ -1481,7 +1479,7 @@ impl Delimited {
 /// so that the client connection can stay open.
 async fn relay_until_close<S: AsyncWrite + Unpin>(
     client: &mut S,
-    upstream: &mut TcpStream,
+    upstream: &mut RawConn,
     buffer: &mut BytesMut,
     out: &mut Vec<u8>,
     deadline: &mut Deadline,
@@ -1519,7 +1517,7 @@ async fn relay_until_close<S: AsyncWrite + Unpin>(
 /// upstream that sends nothing for `idle` mid-body has failed (nginx's
 /// `proxy_read_timeout`).
 async fn read_body(
-    upstream: &mut TcpStream,
+    upstream: &mut RawConn,
     buffer: &mut BytesMut,
     deadline: &mut Deadline,
     idle: Duration,

@@ -37,9 +37,10 @@ struct Idle {
 
 /// Idle connections are kept by address and TLS settings (0: plain), so
 /// a plain pool and a TLS pool on one address never share a connection.
-type IdleKey = (SocketAddr, u64);
+pub type IdleKey = (SocketAddr, u64);
 
-fn idle_key(endpoint: &EndpointEntry) -> IdleKey {
+/// The key an endpoint's idle connections are kept under.
+pub fn idle_key(endpoint: &EndpointEntry) -> IdleKey {
     (
         endpoint.addr,
         endpoint.tls.as_ref().map_or(0, |tls| tls.pool_key),
@@ -223,29 +224,101 @@ impl Upstreams {
         endpoint: &EndpointEntry,
         timeout: Duration,
     ) -> Result<Sender, ForwardError> {
-        let stream = connect_tcp(endpoint, timeout).await?;
-        let Some(tls) = &endpoint.tls else {
-            return handshake(endpoint, stream).await;
-        };
-        // The TLS handshake shares the connect timeout: both are about
-        // reaching the endpoint, before any of the request is sent.
-        match tokio::time::timeout(timeout, tls.connect(stream)).await {
-            Err(_) => Err(ForwardError::ConnectTimeout {
-                backend: endpoint.label.to_string(),
-                after: timeout,
-            }),
-            Ok(Err(source)) => Err(ForwardError::UpstreamTls {
-                backend: endpoint.label.to_string(),
-                addr: endpoint.addr,
-                source,
-            }),
-            Ok(Ok(stream)) => handshake(endpoint, stream).await,
+        handshake(endpoint, connect_raw(endpoint, timeout).await?).await
+    }
+}
+
+/// A connection to an endpoint: TCP, or TLS over it for a TLS pool.
+pub enum RawConn {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS to a pool that speaks it.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl RawConn {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            RawConn::Plain(stream) => stream,
+            RawConn::Tls(stream) => stream.get_ref().0,
         }
     }
 }
 
+impl tokio::io::AsyncRead for RawConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawConn::Plain(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            RawConn::Tls(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for RawConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            RawConn::Plain(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+            RawConn::Tls(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawConn::Plain(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+            RawConn::Tls(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawConn::Plain(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+            RawConn::Tls(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to `endpoint` within `timeout`: TCP, then TLS for a TLS
+/// pool (the handshake shares the connect timeout: both are about reaching
+/// the endpoint, before any of the request is sent).
+pub async fn connect_raw(
+    endpoint: &EndpointEntry,
+    timeout: Duration,
+) -> Result<RawConn, ForwardError> {
+    let stream = connect_tcp(endpoint, timeout).await?;
+    let Some(tls) = &endpoint.tls else {
+        return Ok(RawConn::Plain(stream));
+    };
+    match tokio::time::timeout(timeout, tls.connect(stream)).await {
+        Err(_) => Err(ForwardError::ConnectTimeout {
+            backend: endpoint.label.to_string(),
+            after: timeout,
+        }),
+        Ok(Err(source)) => Err(ForwardError::UpstreamTls {
+            backend: endpoint.label.to_string(),
+            addr: endpoint.addr,
+            source,
+        }),
+        Ok(Ok(stream)) => Ok(RawConn::Tls(Box::new(stream))),
+    }
+}
+
 /// A TCP connection to `endpoint`, with Nagle off, within `timeout`.
-pub async fn connect_tcp(
+async fn connect_tcp(
     endpoint: &EndpointEntry,
     timeout: Duration,
 ) -> Result<TcpStream, ForwardError> {
