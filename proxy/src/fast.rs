@@ -35,11 +35,13 @@ use tokio::time::{Instant, Sleep};
 use crate::body::InFlight;
 use crate::client_io::TIMEOUT_RESPONSE;
 use crate::error::ForwardError;
-use crate::forward::{healthy_endpoint, host_for_matching, Proxy, READ_AHEAD_BYTES};
+use crate::forward::{
+    count_failure, healthy_endpoint, host_for_matching, move_on, Proxy, READ_AHEAD_BYTES,
+};
 use crate::headers::{byte_set, ClientInfo};
 use crate::route::{EndpointEntry, Fields, RouteEntry, RouteTable};
 use crate::stats::ErrorKind;
-use crate::upstream::{connect_raw, idle_key, IdleKey, RawConn, STALE_AFTER};
+use crate::upstream::{connect_raw, idle_key, is_idempotent, IdleKey, RawConn, STALE_AFTER};
 
 /// Field lines parsed in place; a head with more goes to hyper, which
 /// answers 431 when it is over the configured limit.
@@ -524,15 +526,7 @@ fn plan<'t>(
         endpoint,
         set_cookie: choice.set_cookie,
         head_request,
-        idempotent: matches!(
-            method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        ),
+        idempotent: is_idempotent(&method),
         close,
     })
 }
@@ -942,8 +936,7 @@ where
         // The table is taken once the head is whole: a request that
         // arrives after a swap is acknowledged follows the new table.
         let mut table: std::sync::Arc<RouteTable>;
-        let timeouts = proxy.routes.timeouts();
-        let timeouts = &timeouts;
+        let timeouts = &proxy.routes.timeouts();
         // Nothing yet: the first request must start within the head
         // timeout, later ones within the idle timeout; then the head must
         // be whole within the head timeout.
@@ -1102,9 +1095,7 @@ where
             // proxy_next_upstream error.
             if let Err(Failed { error, sent: false }) = &sent {
                 if let (Some(kind), false) = (error.upstream_kind(), moved) {
-                    if let Some(other) = pool.pick_other(endpoint, now_ms) {
-                        stats.record_late_error(kind);
-                        pool.endpoint_failed(endpoint, now_ms);
+                    if let Some(other) = move_on(pool, stats, endpoint, kind, now_ms) {
                         endpoint = other;
                         moved = true;
                         continue;
@@ -1117,10 +1108,7 @@ where
             Ok(exchanged) => exchanged,
             Err(failed) => {
                 let error = failed.error;
-                stats.record(error.status().as_u16(), started, error.upstream_kind());
-                if error.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
-                    tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
-                }
+                count_failure(pool, stats, endpoint, &error, started, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
                 put_error(&mut out, &error, plan.close, plan.head_request);
                 proxy.raw.give_buffer(upstream_buffer);

@@ -22,8 +22,8 @@ use crate::headers::{
     byte_set, field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present,
     ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
-use crate::route::{EndpointEntry, RouteEntry, RouteTable, Routes};
-use crate::stats::ErrorKind;
+use crate::route::{EndpointEntry, PoolEntry, RouteEntry, RouteTable, Routes};
+use crate::stats::{ErrorKind, PoolStats};
 use crate::upstream::{copy_if_retryable, ExchangeTimeouts, Upstreams};
 
 /// A request body up to this size is read whole before anything goes
@@ -207,10 +207,8 @@ impl Proxy {
             if let Err(failed) = &mut sent {
                 if let (Some(kind), true) = (failed.error.upstream_kind(), failed.unsent.is_some())
                 {
-                    if let Some(other) = pool.pick_other(endpoint, now_ms) {
+                    if let Some(other) = move_on(pool, stats, endpoint, kind, now_ms) {
                         let request = failed.unsent.take().expect("checked above");
-                        stats.record_late_error(kind);
-                        pool.endpoint_failed(endpoint, now_ms);
                         debug!(route = %route.name, from = %endpoint.label, to = %other.label, "retrying on another endpoint");
                         endpoint = other;
                         sent = self.upstreams.send(endpoint, request, timeouts).await;
@@ -246,10 +244,7 @@ impl Proxy {
                 }
                 Err(failed) => {
                     let err = failed.error;
-                    stats.record(err.status().as_u16(), started, err.upstream_kind());
-                    if err.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
-                        tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
-                    }
+                    count_failure(pool, stats, endpoint, &err, started, now_ms);
                     if !retry {
                         return Err(err);
                     }
@@ -295,6 +290,38 @@ impl Proxy {
                 Origin::new(route.index, pool_index),
             ),
         ))
+    }
+}
+
+/// After a connect failure (nothing sent): counts it against `failed` and
+/// picks another endpoint of the pool that is up, if there is one — the
+/// request goes there once, as with nginx's `proxy_next_upstream error`.
+pub(crate) fn move_on<'t>(
+    pool: &'t PoolEntry,
+    stats: &PoolStats,
+    failed: &EndpointEntry,
+    kind: ErrorKind,
+    now_ms: u64,
+) -> Option<&'t EndpointEntry> {
+    let other = pool.pick_other(failed, now_ms)?;
+    stats.record_late_error(kind);
+    pool.endpoint_failed(failed, now_ms);
+    Some(other)
+}
+
+/// Counts a failed exchange: its answer for the route's pool, and an
+/// upstream failure against the endpoint (ejecting it after a run).
+pub(crate) fn count_failure(
+    pool: &PoolEntry,
+    stats: &PoolStats,
+    endpoint: &EndpointEntry,
+    error: &ForwardError,
+    started: Instant,
+    now_ms: u64,
+) {
+    stats.record(error.status().as_u16(), started, error.upstream_kind());
+    if error.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
+        tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
     }
 }
 

@@ -397,15 +397,20 @@ fn is_closed_unanswered(error: &hyper::Error) -> bool {
     false
 }
 
-/// A copy of a request that may be sent twice: an idempotent method
-/// (RFC 9110 §9.2.2) whose body was read whole. `None` otherwise.
-pub fn copy_if_retryable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+/// Whether a method is idempotent (RFC 9110 §9.2.2): a request with it
+/// may be sent twice.
+pub fn is_idempotent(method: &http::Method) -> bool {
     use http::Method;
-    let idempotent = matches!(
-        *request.method(),
+    matches!(
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if !idempotent {
+    )
+}
+
+/// A copy of a request that may be sent twice: an idempotent method
+/// whose body was read whole. `None` otherwise.
+pub fn copy_if_retryable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !is_idempotent(request.method()) {
         return None;
     }
     let body = match request.body() {
