@@ -11,14 +11,16 @@
 # the instructions counted are divided by the requests wrk completed.
 #
 # Usage:  benches/instructions.sh                          # HTTP/1.1 keep-alive
+#         LOAD=h2c benches/instructions.sh                 # h2c, h2load -c10 -m5
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
 #
-# Knobs: DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: LOAD (http1 or h2c), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), PORT_BASE (18200), BUILD (1: cargo build --release first),
-# SWITCHYARD_BIN. Needs valgrind, nginx, wrk, curl.
+# SWITCHYARD_BIN. Needs valgrind, nginx, wrk (or h2load), curl.
 
 set -euo pipefail
 
+LOAD=${LOAD:-http1}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-10}
 ARGS=${ARGS:-}
@@ -29,7 +31,12 @@ SWITCHYARD_BIN=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
 UP1=$PORT_BASE UP2=$((PORT_BASE + 1)) PORT=$((PORT_BASE + 2))
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
-for tool in valgrind callgrind_control nginx wrk curl; do
+case $LOAD in
+http1) LOADER=wrk ;;
+h2c) LOADER=h2load ;;
+*) echo "instructions.sh: LOAD is http1 or h2c, not $LOAD" >&2; exit 1 ;;
+esac
+for tool in valgrind callgrind_control nginx "$LOADER" curl; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install valgrind nginx wrk curl)"
 done
 if ((BUILD)); then
@@ -91,17 +98,29 @@ for ((i = 0; i < 300; i++)); do
 done
 ((i < 300)) || die "switchyard did not answer on port $PORT"
 
-wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/" >/dev/null
+# Prints the number of requests completed, or fails on any error.
+load() {
+    local seconds=$1 out
+    if [[ $LOAD == h2c ]]; then
+        out=$(h2load -c"$CONNECTIONS" -m5 -D"$seconds" "http://127.0.0.1:$PORT/")
+        awk '/^requests:/ { if ($10 != 0 || $12 != 0) { print "h2load saw failures: " $0 > "/dev/stderr"; exit 1 } print $8 }' <<<"$out"
+    else
+        out=$(wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" "http://127.0.0.1:$PORT/")
+        if awk '/Non-2xx|Socket errors/ { found = 1 } END { exit !found }' <<<"$out"; then
+            die "wrk saw errors: $out"
+        fi
+        awk '/requests in/ { print $1 }' <<<"$out"
+    fi
+}
+
+load 2 >/dev/null
 callgrind_control --zero "$PROXY" >/dev/null 2>&1
-out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PORT/")
+requests=$(load "$DURATION")
 callgrind_control --dump=measured "$PROXY" >/dev/null 2>&1
-requests=$(awk '/requests in/ { print $1 }' <<<"$out")
-errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-[[ -z $errors ]] || die "wrk saw errors: $errors"
 
 # The dump after the zeroing: its totals are the measured interval's.
 dump=$(grep -l 'measured' "$RUN"/callgrind.out* | head -n 1)
 instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
 [[ -n $instructions && ${requests:-0} -gt 0 ]] || die "no count (dump $dump, requests $requests)"
 awk -v i="$instructions" -v r="$requests" -v a="${ARGS:-none}" -v c="$CONNECTIONS" \
-    'BEGIN { printf "%.0f instructions per request (%d requests, wrk -c%d keep-alive, extra flags: %s)\n", i / r, r, c, a }'
+    -v l="$LOAD" 'BEGIN { printf "%.0f instructions per request (%d requests, %s, %d connections, extra flags: %s)\n", i / r, r, l, c, a }'

@@ -17,6 +17,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::raw_upstream::RawBody;
 use crate::route::RouteTable;
 use crate::stats::ErrorKind;
 use crate::upstream::Release;
@@ -162,7 +163,10 @@ pub enum ProxyBody {
         /// over by the request, not cloned), route and pool.
         origin: Origin,
     },
-    /// A short answer made by the proxy.
+    /// A body read straight from a raw upstream connection (HTTP/2
+    /// clients; see `raw_upstream`).
+    Raw(Box<RawBody>),
+    /// A short answer made by the proxy, or a whole upstream body.
     Local(Option<Bytes>),
 }
 
@@ -184,10 +188,11 @@ impl Origin {
         }
     }
 
-    fn count_reset(&mut self) {
+    /// Counts a failure after the head, once.
+    pub(crate) fn count(&mut self, kind: ErrorKind) {
         if let Some(table) = self.table.take() {
             if let Some(route) = table.routes().get(usize::from(self.route)) {
-                route.stats(self.pool).record_late_error(ErrorKind::Reset);
+                route.stats(self.pool).record_late_error(kind);
             }
         }
     }
@@ -197,13 +202,14 @@ impl ProxyBody {
     /// Gives an upstream body the table its request was routed with, so
     /// that a reset mid-body is counted for its route and pool.
     pub fn attach_table(&mut self, table: Arc<RouteTable>) {
-        if let ProxyBody::Upstream {
-            release: Some(_),
-            origin,
-            ..
-        } = self
-        {
-            origin.table = Some(table);
+        match self {
+            ProxyBody::Upstream {
+                release: Some(_),
+                origin,
+                ..
+            } => origin.table = Some(table),
+            ProxyBody::Raw(body) => body.origin_mut().table = Some(table),
+            _ => {}
         }
     }
 
@@ -249,6 +255,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Raw(body) => body.poll_frame(cx),
             ProxyBody::Upstream {
                 inner,
                 release,
@@ -276,7 +283,7 @@ impl Body for ProxyBody {
                     // the client must see the truncation, so the error goes on.
                     release.take();
                     in_flight.take();
-                    origin.count_reset();
+                    origin.count(ErrorKind::Reset);
                     Poll::Ready(Some(Err(Box::new(err))))
                 }
                 Poll::Pending => Poll::Pending,
@@ -287,6 +294,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local(bytes) => bytes.is_none(),
+            ProxyBody::Raw(body) => body.is_end_stream(),
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -296,6 +304,7 @@ impl Body for ProxyBody {
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            ProxyBody::Raw(body) => body.size_hint(),
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
         }
     }

@@ -38,14 +38,14 @@ use crate::error::ForwardError;
 use crate::forward::{
     count_failure, healthy_endpoint, host_for_matching, move_on, Proxy, READ_AHEAD_BYTES,
 };
-use crate::headers::{byte_set, ClientInfo};
-use crate::route::{EndpointEntry, Fields, RouteEntry, RouteTable};
-use crate::stats::ErrorKind;
+use crate::headers::{byte_set, put_forwarding, ClientInfo};
+use crate::route::{EndpointEntry, Fields, PoolEntry, RouteEntry, RouteTable};
+use crate::stats::{ErrorKind, PoolStats};
 use crate::upstream::{connect_raw, idle_key, is_idempotent, IdleKey, RawConn, STALE_AFTER};
 
 /// Field lines parsed in place; a head with more goes to hyper, which
 /// answers 431 when it is over the configured limit.
-const MAX_FIELDS: usize = 100;
+pub(crate) const MAX_FIELDS: usize = 100;
 /// A client connection's read buffer grows by this much.
 const CLIENT_BUFFER: usize = 8 * 1024;
 /// The buffer a client connection's upstream heads and answers are
@@ -91,14 +91,14 @@ pub struct RawPool {
 }
 
 impl RawPool {
-    fn take_buffer(&self) -> BytesMut {
+    pub(crate) fn take_buffer(&self) -> BytesMut {
         self.spare
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| BytesMut::with_capacity(UPSTREAM_BUFFER))
     }
 
-    fn give_buffer(&self, mut buffer: BytesMut) {
+    pub(crate) fn give_buffer(&self, mut buffer: BytesMut) {
         buffer.clear();
         let mut spare = self.spare.borrow_mut();
         // A buffer a huge response head grew is let go.
@@ -122,7 +122,7 @@ impl RawPool {
         None
     }
 
-    fn put(&self, addr: IdleKey, stream: RawConn, max_idle: Duration) {
+    pub(crate) fn put(&self, addr: IdleKey, stream: RawConn, max_idle: Duration) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         let now = Instant::now();
@@ -208,13 +208,13 @@ fn still_open(conn: &RawConn) -> bool {
 /// A timer for one connection's reads and writes, moved only when it must
 /// fire sooner: a later deadline (a phase per request) lets it fire early
 /// and be pushed back, which saves a timer-wheel update per request.
-struct Deadline {
+pub(crate) struct Deadline {
     sleep: Pin<Box<Sleep>>,
     due: Instant,
 }
 
 impl Deadline {
-    fn new(after: Duration) -> Deadline {
+    pub(crate) fn new(after: Duration) -> Deadline {
         let due = Instant::now() + after;
         Deadline {
             sleep: Box::pin(tokio::time::sleep_until(due)),
@@ -222,7 +222,7 @@ impl Deadline {
         }
     }
 
-    fn set(&mut self, after: Duration) {
+    pub(crate) fn set(&mut self, after: Duration) {
         let due = Instant::now() + after;
         self.due = due;
         if self.sleep.deadline() > due {
@@ -237,17 +237,25 @@ impl Deadline {
             if let Poll::Ready(output) = work.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            while self.sleep.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= self.due {
-                    return Poll::Ready(None);
-                }
-                // Fired for an earlier deadline: wait on.
-                let due = self.due;
-                self.sleep.as_mut().reset(due);
+            match self.poll_passed(cx) {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
             }
-            Poll::Pending
         })
         .await
+    }
+
+    /// Whether the deadline has passed; if not, `cx` is woken when it may.
+    pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.due {
+                return true;
+            }
+            // Fired for an earlier deadline: wait on.
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
+        }
+        false
     }
 }
 
@@ -473,42 +481,33 @@ fn plan<'t>(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut prior_for = false;
-    let mut prior_forwarded = false;
     for (field, kind) in request.headers.iter().zip(kinds) {
         match kind {
             Field::Connection
             | Field::XForwardedProto
             | Field::XForwardedHost
-            | Field::ContentLength => {}
-            Field::XForwardedFor => prior_for = true,
-            Field::Forwarded => prior_forwarded = true,
+            | Field::ContentLength
+            | Field::XForwardedFor
+            | Field::Forwarded => {}
             _ => put_field(out, field.name.as_bytes(), field.value),
         }
     }
     // The client is appended to X-Forwarded-For and Forwarded; the proto
     // and host are set (a client's own are not trusted), as `headers`
     // does for hyper's path.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if prior_for {
-        put_joined(out, request.headers, &kinds, Field::XForwardedFor);
-    }
-    out.extend_from_slice(client.peer_value.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    out.extend_from_slice(client.proto.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-host: ");
-    out.extend_from_slice(host_value);
-    out.extend_from_slice(b"\r\nforwarded: ");
-    if prior_forwarded {
-        put_joined(out, request.headers, &kinds, Field::Forwarded);
-    }
-    out.extend_from_slice(b"for=");
-    out.extend_from_slice(client.forwarded_for().as_bytes());
-    out.extend_from_slice(b";host=\"");
-    out.extend_from_slice(host_value);
-    out.extend_from_slice(b"\";proto=");
-    out.extend_from_slice(client.proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    let values_of = |which: Field| {
+        let fields = request.headers.iter().zip(kinds);
+        fields
+            .filter(move |(_, k)| *k == which)
+            .map(|(f, _)| f.value)
+    };
+    put_forwarding(
+        out,
+        client,
+        host_value,
+        values_of(Field::XForwardedFor),
+        values_of(Field::Forwarded),
+    );
     if length.is_some() {
         // Restated from the parsed value: `0044` or `44, 44` never goes on.
         out.extend_from_slice(b"content-length: ");
@@ -531,19 +530,11 @@ fn plan<'t>(
     })
 }
 
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Every value of a field, each followed by ", ".
-fn put_joined(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], kinds: &[Field], which: Field) {
-    for (field, _) in fields.iter().zip(kinds).filter(|(_, &k)| k == which) {
-        out.extend_from_slice(field.value);
-        out.extend_from_slice(b", ");
-    }
 }
 
 /// A `Date` field line, formatted once a second per thread.
@@ -568,7 +559,7 @@ fn put_date(out: &mut Vec<u8>) {
     });
 }
 
-fn put_number(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn put_number(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -606,7 +597,7 @@ fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool, head_request:
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
-enum Framing {
+pub(crate) enum Framing {
     /// No body: HEAD, 204, 304.
     Empty,
     Length(u64),
@@ -616,12 +607,13 @@ enum Framing {
 }
 
 /// A final response head, rewritten for the client into `out`.
-struct ResponseHead {
-    len: usize,
-    status: u16,
-    framing: Framing,
+pub(crate) struct ResponseHead {
+    /// Its length in the upstream's bytes.
+    pub(crate) len: usize,
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
     /// Whether the upstream keeps the connection open after the body.
-    keep_alive: bool,
+    pub(crate) keep_alive: bool,
 }
 
 enum Parsed {
@@ -632,13 +624,13 @@ enum Parsed {
 }
 
 /// What the response rewrite needs from the request.
-struct ResponseContext<'a> {
-    head_request: bool,
-    set_cookie: Option<&'a HeaderValue>,
-    close: bool,
+pub(crate) struct ResponseContext<'a> {
+    pub(crate) head_request: bool,
+    pub(crate) set_cookie: Option<&'a HeaderValue>,
+    pub(crate) close: bool,
 }
 
-const MALFORMED: &str = "sent a malformed response";
+pub(crate) const MALFORMED: &str = "sent a malformed response";
 
 /// Parses a response head at the start of `input`; a final one is
 /// rewritten into `out` for the client: hop-by-hop fields dropped, the
@@ -820,7 +812,7 @@ fn named_in_connection(fields: &[httparse::Header<'_>], kinds: &[Field], name: &
 /// Finds where a chunked body ends in the bytes relayed through it
 /// (RFC 9112 §7.1): sizes, extensions, data, the last chunk, trailers.
 #[derive(Default)]
-struct ChunkScan {
+pub(crate) struct ChunkScan {
     state: ChunkState,
     size: u64,
     digits: u8,
@@ -853,6 +845,15 @@ impl ChunkScan {
     /// Scans `bytes`; returns how many belong to the body (all of them,
     /// unless its end is among them), or None if the framing is broken.
     fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        self.decode(bytes, |_| {})
+    }
+
+    /// As `feed`, and hands each run of chunk data in `bytes` to `data`.
+    pub(crate) fn decode(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Option<usize> {
         let mut at = 0;
         while at < bytes.len() {
             if self.state == ChunkState::Done {
@@ -860,6 +861,7 @@ impl ChunkScan {
             }
             if self.state == ChunkState::Data {
                 let take = (bytes.len() - at).min(self.size as usize);
+                data(at..at + take);
                 at += take;
                 self.size -= take as u64;
                 if self.size == 0 {
@@ -911,7 +913,7 @@ impl ChunkScan {
         Some(at)
     }
 
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
 }
@@ -1076,34 +1078,17 @@ where
         };
         // From the worker's spares: an idle client holds no upstream buffer.
         let mut upstream_buffer = proxy.raw.take_buffer();
-        let mut endpoint = plan.endpoint;
-        let mut moved = false;
-        let sent = loop {
-            let sent = exchange(
-                &proxy.raw,
-                endpoint,
-                &mut out,
-                &mut upstream_buffer,
-                &context,
-                plan.idempotent,
-                &table,
-                &mut upstream_deadline,
-            )
-            .await;
-            // A connect failure sent nothing: the request goes once to
-            // another endpoint of the same pool, as nginx's
-            // proxy_next_upstream error.
-            if let Err(Failed { error, sent: false }) = &sent {
-                if let (Some(kind), false) = (error.upstream_kind(), moved) {
-                    if let Some(other) = move_on(pool, stats, endpoint, kind, now_ms) {
-                        endpoint = other;
-                        moved = true;
-                        continue;
-                    }
-                }
-            }
-            break sent;
+        let mut ex = Exchange {
+            raw: &proxy.raw,
+            out: &mut out,
+            buffer: &mut upstream_buffer,
+            context: &context,
+            idempotent: plan.idempotent,
+            table: &table,
+            deadline: &mut upstream_deadline,
         };
+        let (endpoint, sent) =
+            exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms).await;
         let (mut upstream, head) = match sent {
             Ok(exchanged) => exchanged,
             Err(failed) => {
@@ -1195,26 +1180,67 @@ async fn write_out<S: AsyncWrite + Unpin>(
 }
 
 /// A failed exchange.
-struct Failed {
-    error: ForwardError,
+pub(crate) struct Failed {
+    pub(crate) error: ForwardError,
     /// Whether any of the request may have reached the endpoint.
     sent: bool,
+}
+
+/// One request's exchange with an upstream, and what it needs.
+pub(crate) struct Exchange<'a> {
+    pub(crate) raw: &'a RawPool,
+    /// The request, then the response head rewritten for the client.
+    pub(crate) out: &'a mut Vec<u8>,
+    /// The upstream's bytes.
+    pub(crate) buffer: &'a mut BytesMut,
+    pub(crate) context: &'a ResponseContext<'a>,
+    pub(crate) idempotent: bool,
+    pub(crate) table: &'a RouteTable,
+    pub(crate) deadline: &'a mut Deadline,
+}
+
+/// `exchange`, and after a connect failure (nothing sent) once more with
+/// another endpoint of the same pool, as nginx's `proxy_next_upstream
+/// error`. Returns the endpoint last tried with the outcome.
+pub(crate) async fn exchange_moving_on<'t>(
+    ex: &mut Exchange<'_>,
+    pool: &'t PoolEntry,
+    stats: &PoolStats,
+    mut endpoint: &'t EndpointEntry,
+    now_ms: u64,
+) -> (&'t EndpointEntry, Result<(RawConn, ResponseHead), Failed>) {
+    let mut moved = false;
+    loop {
+        let sent = exchange(ex, endpoint).await;
+        if let Err(Failed { error, sent: false }) = &sent {
+            if let (Some(kind), false) = (error.upstream_kind(), moved) {
+                if let Some(other) = move_on(pool, stats, endpoint, kind, now_ms) {
+                    endpoint = other;
+                    moved = true;
+                    continue;
+                }
+            }
+        }
+        return (endpoint, sent);
+    }
 }
 
 /// Sends the request in `out` on a pooled or new connection and reads the
 /// final response head into `buffer`; on success `out` holds the head
 /// rewritten for the client.
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
-    raw: &RawPool,
+    ex: &mut Exchange<'_>,
     endpoint: &EndpointEntry,
-    out: &mut Vec<u8>,
-    buffer: &mut BytesMut,
-    context: &ResponseContext<'_>,
-    idempotent: bool,
-    table: &RouteTable,
-    deadline: &mut Deadline,
 ) -> Result<(RawConn, ResponseHead), Failed> {
+    let Exchange {
+        raw,
+        out,
+        buffer,
+        context,
+        idempotent,
+        table,
+        deadline,
+    } = ex;
     let timeouts = &table.timeouts;
     let mut fresh = false;
     loop {
@@ -1226,7 +1252,7 @@ async fn exchange(
         // An idempotent request on a connection idle long enough that the
         // upstream may be closing it just now may go again on a new one
         // (the keep-alive race; see STALE_AFTER).
-        let may_resend = idempotent
+        let may_resend = *idempotent
             && pooled
                 .as_ref()
                 .is_some_and(|(_, idle)| *idle >= STALE_AFTER);
@@ -1522,7 +1548,7 @@ async fn read_body(
 
 /// Room for a full read: `read_buf` on a full `BytesMut` would add only
 /// 64 bytes. An emptied buffer takes back the space before its start.
-fn make_room(buffer: &mut BytesMut) {
+pub(crate) fn make_room(buffer: &mut BytesMut) {
     if buffer.capacity() - buffer.len() < UPSTREAM_BUFFER / 4 {
         buffer.reserve(UPSTREAM_BUFFER);
     }

@@ -20,7 +20,7 @@ use crate::error::ForwardError;
 use crate::fast::{RawPool, Stopping};
 use crate::headers::{
     byte_set, field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present,
-    ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_FIELDS, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::route::{EndpointEntry, PoolEntry, RouteEntry, RouteTable, Routes};
 use crate::stats::{ErrorKind, PoolStats};
@@ -36,8 +36,9 @@ pub(crate) const READ_AHEAD_BYTES: usize = 64 * 1024;
 pub struct Proxy {
     pub(crate) routes: Routes,
     upstreams: Rc<Upstreams>,
-    /// The fast path's upstream connections.
-    pub(crate) raw: RawPool,
+    /// The fast path's upstream connections, shared with HTTP/2 requests'
+    /// bodies.
+    pub(crate) raw: Rc<RawPool>,
     /// Ends the fast path's waits between requests at shutdown.
     pub(crate) stopping: Stopping,
 }
@@ -48,7 +49,7 @@ impl Proxy {
         Rc::new(Proxy {
             routes,
             upstreams: Upstreams::new(),
-            raw: RawPool::default(),
+            raw: Rc::default(),
             stopping: Stopping::default(),
         })
     }
@@ -83,6 +84,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let (mut parts, body) = request.into_parts();
         let limits = &table.limits;
+        let http2 = parts.version == Version::HTTP_2;
 
         if parts.method == Method::CONNECT {
             return Err(ForwardError::BadRequest {
@@ -144,6 +146,42 @@ impl Proxy {
         let pool = table.pool(pool_index);
         debug!(route = %route.name, backend = %endpoint.label, "forwarding");
 
+        let body = read_ahead(body, limits.max_body_bytes).await?;
+        // HTTP/2's common request goes upstream on a raw connection, its
+        // head written from the fields as they are.
+        let whole = match &body {
+            RequestBody::Empty => Some(None),
+            RequestBody::Full {
+                data,
+                trailers: None,
+            } => Some(data.as_deref()),
+            _ => None,
+        };
+        if let (true, 0, 0, Some(whole), Some(host)) = (
+            http2,
+            route.retries.attempts,
+            fields & HOP_FIELDS,
+            whole,
+            &host_value,
+        ) {
+            let request = crate::raw_upstream::Request {
+                parts: &parts,
+                host: host.as_bytes(),
+                client,
+                body: whole,
+                route,
+                pool: pool_index,
+                endpoint,
+                set_cookie: choice.set_cookie.as_ref(),
+                started,
+                now_ms,
+            };
+            let in_flight = pool
+                .counts_in_flight()
+                .then(|| InFlight::start(&endpoint.in_flight));
+            return crate::raw_upstream::forward(&self.raw, table, request, in_flight).await;
+        }
+
         let upgrade = fields & (HOP_UPGRADE | HOP_CONNECTION) == (HOP_UPGRADE | HOP_CONNECTION)
             && is_h1(&parts)
             && is_websocket_upgrade(&parts.headers);
@@ -173,7 +211,6 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
 
-        let body = read_ahead(body, limits.max_body_bytes).await?;
         if let RequestBody::Full { data, .. } = &body {
             // The body was re-framed: its length is now known exactly.
             let len = data.as_ref().map_or(0, |d| d.len());

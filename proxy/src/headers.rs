@@ -46,11 +46,6 @@ impl ClientInfo {
         }
     }
 
-    /// The `for=` value of `Forwarded` for this client.
-    pub fn forwarded_for(&self) -> &str {
-        &self.forwarded_for
-    }
-
     /// Joins `pieces` into one header value carved from the connection's
     /// arena. The pieces must be valid header value bytes.
     pub fn header_value(&self, pieces: &[&[u8]]) -> HeaderValue {
@@ -190,6 +185,15 @@ pub const FIELD_EXPECT: FieldBits = 64;
 const FIELD_X_FORWARDED_FOR: FieldBits = 128;
 const FIELD_FORWARDED: FieldBits = 256;
 
+/// Hop-by-hop fields and `Expect`: what `strip_present` acts on.
+pub const HOP_FIELDS: FieldBits = HOP_CONNECTION
+    | HOP_KEEP_ALIVE
+    | HOP_PROXY_CONNECTION
+    | HOP_TRANSFER_ENCODING
+    | HOP_TE
+    | HOP_UPGRADE
+    | FIELD_EXPECT;
+
 /// The bit of a field name the proxy acts on, 0 for any other name.
 fn field_bit(name: &HeaderName) -> FieldBits {
     if name == header::CONNECTION {
@@ -273,6 +277,43 @@ pub fn set_forwarded(
         ]),
     };
     headers.insert(&FORWARDED, forwarded);
+}
+
+/// The forwarding fields as `set_forwarded` sets them, written as
+/// HTTP/1.1 field lines for a request head built by hand: the client
+/// appended to the `prior_for` values of `X-Forwarded-For` and the
+/// `prior_forwarded` ones of `Forwarded`; `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` set.
+pub(crate) fn put_forwarding<'v>(
+    out: &mut Vec<u8>,
+    client: &ClientInfo,
+    host: &[u8],
+    prior_for: impl Iterator<Item = &'v [u8]>,
+    prior_forwarded: impl Iterator<Item = &'v [u8]>,
+) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for value in prior_for {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.peer_value.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(client.proto.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nforwarded: ");
+    for value in prior_forwarded {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    // A host with a port has a ':' and must be a quoted string.
+    out.extend_from_slice(b"for=");
+    out.extend_from_slice(client.forwarded_for.as_bytes());
+    out.extend_from_slice(b";host=\"");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\";proto=");
+    out.extend_from_slice(client.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn to_value(bytes: Bytes) -> HeaderValue {

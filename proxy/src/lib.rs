@@ -7,6 +7,8 @@
 //! - `listener`: worker threads, sockets and hyper's server settings ([`Server`]).
 //! - `fast`: the HTTP/1.1 fast path: common requests proxied without hyper.
 //! - `forward`: one request's path through the proxy (hyper's side).
+//! - `raw_upstream`: HTTP/2 requests sent upstream on the fast path's raw
+//!   connections.
 //! - `client_io`: the client socket with head/idle timeouts (408) and the
 //!   Content-Length/Transfer-Encoding check hyper does not make.
 //! - `upstream`: pooled upstream HTTP/1.1 connections, per worker.
@@ -28,6 +30,7 @@ mod headers;
 pub mod health;
 pub mod health_check;
 mod listener;
+mod raw_upstream;
 pub mod route;
 pub mod stats;
 pub mod tls;

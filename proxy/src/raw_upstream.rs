@@ -1,0 +1,413 @@
+//! HTTP/2 requests sent upstream on the fast path's raw HTTP/1.1
+//! connections. hyper serves the client's side of HTTP/2; the upstream
+//! side is the fast path's: the request head (and a body read whole) is
+//! written in one buffer on a pooled connection of the worker's `RawPool`,
+//! driven by the stream's own task, and the response head is parsed and
+//! rewritten by the same code as the fast path's. A body that came whole
+//! with the head is answered at once and its connection pooled again;
+//! a longer one streams through [`RawBody`].
+//!
+//! Requests this does not take stay on hyper's client (`upstream`): a body
+//! over the read-ahead size or with trailers, `TE: trailers` (the upstream
+//! may send trailers, which a raw chunked body would not carry), and
+//! routes with retries.
+
+use std::future::Future;
+use std::ops::Range;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncReadExt;
+
+use crate::body::{BoxError, InFlight, Origin, ProxyBody};
+use crate::error::ForwardError;
+use crate::fast::{
+    exchange_moving_on, make_room, put_field, put_number, Deadline, Exchange, Framing, RawPool,
+    ResponseContext, MALFORMED, MAX_FIELDS,
+};
+use crate::forward::count_failure;
+use crate::headers::{put_forwarding, ClientInfo};
+use crate::route::{EndpointEntry, RouteEntry, RouteTable};
+use crate::stats::ErrorKind;
+use crate::upstream::{idle_key, is_idempotent, IdleKey, RawConn};
+
+/// What the raw path needs of a request that hyper parsed and `forward`
+/// checked and routed: one without hop-by-hop fields (HTTP/2 has none but
+/// `TE: trailers`).
+pub(crate) struct Request<'a> {
+    pub(crate) parts: &'a http::request::Parts,
+    /// `:authority` (or `Host`), the upstream's `Host`.
+    pub(crate) host: &'a [u8],
+    pub(crate) client: &'a ClientInfo,
+    /// The body, read whole.
+    pub(crate) body: Option<&'a [u8]>,
+    pub(crate) route: &'a RouteEntry,
+    pub(crate) pool: u16,
+    pub(crate) endpoint: &'a EndpointEntry,
+    pub(crate) set_cookie: Option<&'a HeaderValue>,
+    pub(crate) started: Instant,
+    pub(crate) now_ms: u64,
+}
+
+/// Sends `request` and turns the answer into a response for hyper.
+pub(crate) async fn forward(
+    raw: &Rc<RawPool>,
+    table: &RouteTable,
+    request: Request<'_>,
+    in_flight: Option<InFlight>,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    let Request {
+        parts,
+        host,
+        client,
+        body,
+        route,
+        pool: pool_index,
+        endpoint,
+        set_cookie,
+        started,
+        now_ms,
+    } = request;
+    let mut out = Vec::with_capacity(512 + body.map_or(0, <[u8]>::len));
+    write_request(parts, host, client, body, &mut out);
+    let pool = table.pool(pool_index);
+    let stats = route.stats(pool_index);
+    let context = ResponseContext {
+        head_request: parts.method == Method::HEAD,
+        set_cookie,
+        close: false,
+    };
+    let timeouts = &table.timeouts;
+    let mut buffer = raw.take_buffer();
+    let mut deadline = Deadline::new(timeouts.response_header);
+    let mut ex = Exchange {
+        raw,
+        out: &mut out,
+        buffer: &mut buffer,
+        context: &context,
+        idempotent: is_idempotent(&parts.method),
+        table,
+        deadline: &mut deadline,
+    };
+    let (endpoint, sent) = exchange_moving_on(&mut ex, pool, stats, endpoint, now_ms).await;
+    let converted = sent
+        .map_err(|failed| failed.error)
+        .and_then(|(conn, head)| {
+            // `out` holds the head rewritten for an HTTP/1.1 client.
+            let response = to_response(&out).ok_or_else(|| ForwardError::Exchange {
+                what: MALFORMED,
+                backend: endpoint.label.to_string(),
+                kind: ErrorKind::Malformed,
+            })?;
+            Ok((conn, head, response))
+        });
+    let (conn, head, response) = match converted {
+        Ok(converted) => converted,
+        Err(error) => {
+            count_failure(pool, stats, endpoint, &error, started, now_ms);
+            raw.give_buffer(buffer);
+            return Err(error);
+        }
+    };
+    stats.record(head.status, started, None);
+    endpoint.health.succeeded();
+
+    buffer.advance(head.len);
+    let key = idle_key(endpoint);
+    let whole = match head.framing {
+        Framing::Empty => Some(None),
+        Framing::Length(n) if buffer.len() as u64 >= n => {
+            Some(Some(Bytes::copy_from_slice(&buffer[..n as usize])))
+        }
+        _ => None,
+    };
+    let body = match whole {
+        Some(data) => {
+            // The whole body came with the head: the connection is free
+            // now, unless the upstream sent more than it announced.
+            let extra = buffer.len() > data.as_ref().map_or(0, Bytes::len);
+            if head.keep_alive && !extra {
+                raw.put(key, conn, timeouts.idle);
+            }
+            raw.give_buffer(buffer);
+            ProxyBody::Local(data.filter(|d| !d.is_empty()))
+        }
+        None => {
+            deadline.set(timeouts.idle);
+            ProxyBody::Raw(Box::new(RawBody {
+                conn: Some(conn),
+                buffer,
+                framing: head.framing,
+                keep_alive: head.keep_alive,
+                pool: Rc::clone(raw),
+                key,
+                idle: timeouts.idle,
+                deadline,
+                in_flight,
+                origin: Origin::new(route.index, pool_index),
+            }))
+        }
+    };
+    let (parts, ()) = response.into_parts();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Writes an HTTP/1.1 request head for `parts`, as `forward` rewrites a
+/// request for hyper's client: an origin-form target, `host` as the
+/// `Host`, the forwarding fields, the length restated; then the body.
+fn write_request(
+    parts: &http::request::Parts,
+    host: &[u8],
+    client: &ClientInfo,
+    body: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let headers = &parts.headers;
+    for (name, value) in headers {
+        // Written below, not as the client sent them.
+        let rewritten = matches!(
+            name.as_str(),
+            "host"
+                | "cookie"
+                | "content-length"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "forwarded"
+        );
+        if !rewritten {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    put_field(out, b"host", host);
+    let values = |name| headers.get_all(name).into_iter().map(HeaderValue::as_bytes);
+    put_forwarding(
+        out,
+        client,
+        host,
+        values("x-forwarded-for"),
+        values("forwarded"),
+    );
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    // HTTP/2 may split a cookie into several fields; HTTP/1.1 wants one
+    // (RFC 9113 §8.2.3).
+    if let Some(first) = cookies.next() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for more in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(more.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        Some(body) => {
+            out.extend_from_slice(b"content-length: ");
+            put_number(out, body.len() as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        // A method that defines a body states that it has none.
+        None if !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+        ) =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(body) = body {
+        out.extend_from_slice(body);
+    }
+}
+
+/// The response for hyper from a head `fast::parse_response` wrote for an
+/// HTTP/1.1 client: its fields but the framing ones, which HTTP/2 does not
+/// have. The values share one copy of the head.
+fn to_response(head: &[u8]) -> Option<Response<()>> {
+    let head = Bytes::copy_from_slice(head);
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) else {
+        return None;
+    };
+    let status = StatusCode::from_u16(parsed.code?).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
+        headers.append(name, value);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Some(response)
+}
+
+/// A response body read from a raw upstream connection as hyper asks for
+/// it (back-pressure: nothing is read ahead of the client). At its end the
+/// connection goes back to the pool; an upstream that fails or goes quiet
+/// for the idle timeout mid-body ends it with an error, so the client sees
+/// the truncation (its stream is reset).
+pub struct RawBody {
+    /// None once the body has ended.
+    conn: Option<RawConn>,
+    /// Read and not yet passed on.
+    buffer: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Rc<RawPool>,
+    key: IdleKey,
+    idle: Duration,
+    deadline: Deadline,
+    /// Kept until the body is done.
+    in_flight: Option<InFlight>,
+    origin: Origin,
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+impl RawBody {
+    pub(crate) fn origin_mut(&mut self) -> &mut Origin {
+        &mut self.origin
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The body is over; `reusable`: nothing came after it.
+    fn finish(&mut self, reusable: bool) {
+        self.in_flight.take();
+        if let Some(conn) = self.conn.take() {
+            if reusable && self.keep_alive {
+                self.pool.put(self.key, conn, self.idle);
+            }
+        }
+    }
+
+    fn fail(&mut self, kind: ErrorKind, what: &'static str) -> Polled {
+        self.conn = None;
+        self.in_flight.take();
+        self.origin.count(kind);
+        Poll::Ready(Some(Err(what.into())))
+    }
+
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
+        loop {
+            if self.conn.is_none() {
+                return Poll::Ready(None);
+            }
+            if !self.buffer.is_empty() {
+                let (data, ended) = match self.take_data() {
+                    Some(taken) => taken,
+                    None => {
+                        return self.fail(ErrorKind::Malformed, "upstream: bad chunked framing")
+                    }
+                };
+                if let Some(reusable) = ended {
+                    self.finish(reusable);
+                }
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                continue;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            make_room(&mut self.buffer);
+            let read = std::pin::pin!(conn.read_buf(&mut self.buffer)).poll(cx);
+            match read {
+                Poll::Ready(Ok(0)) if matches!(self.framing, Framing::Close) => {
+                    self.finish(false);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    return self.fail(ErrorKind::Reset, "upstream closed mid-body");
+                }
+                Poll::Ready(Ok(_)) => self.deadline.set(self.idle),
+                Poll::Ready(Err(_)) => {
+                    return self.fail(ErrorKind::Reset, "upstream reset mid-body");
+                }
+                Poll::Pending => {
+                    if self.deadline.poll_passed(cx) {
+                        return self.fail(ErrorKind::Timeout, "upstream went quiet mid-body");
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// The body's next data from the buffer, and whether it ended there
+    /// (Some(reusable)); None if its chunked framing is broken.
+    fn take_data(&mut self) -> Option<(Bytes, Option<bool>)> {
+        let buffer = &mut self.buffer;
+        Some(match &mut self.framing {
+            Framing::Length(left) => {
+                let take = (*left).min(buffer.len() as u64);
+                *left -= take;
+                let data = buffer.split_to(take as usize).freeze();
+                (data, (*left == 0).then(|| buffer.is_empty()))
+            }
+            Framing::Chunked(scan) => {
+                // One run of data (the common case) is passed on without a
+                // copy; several are joined.
+                let mut first: Option<Range<usize>> = None;
+                let mut joined = BytesMut::new();
+                let used = scan.decode(buffer, |run| match first.take() {
+                    None if joined.is_empty() => first = Some(run),
+                    earlier => {
+                        if let Some(earlier) = earlier {
+                            joined.extend_from_slice(&buffer[earlier]);
+                        }
+                        joined.extend_from_slice(&buffer[run]);
+                    }
+                })?;
+                let data = match first {
+                    Some(run) => {
+                        let mut taken = buffer.split_to(used);
+                        taken.advance(run.start);
+                        taken.truncate(run.len());
+                        taken.freeze()
+                    }
+                    None => {
+                        buffer.advance(used);
+                        joined.freeze()
+                    }
+                };
+                (data, scan.done().then(|| buffer.is_empty()))
+            }
+            Framing::Close => (buffer.split().freeze(), None),
+            Framing::Empty => (Bytes::new(), Some(buffer.is_empty())),
+        })
+    }
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        self.pool.give_buffer(std::mem::take(&mut self.buffer));
+    }
+}
