@@ -21,6 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,7 +46,7 @@ use crate::upstream::{connect_raw, idle_key, is_idempotent, IdleKey, RawConn, ST
 
 /// Field lines parsed in place; a head with more goes to hyper, which
 /// answers 431 when it is over the configured limit.
-pub(crate) const MAX_FIELDS: usize = 100;
+const MAX_FIELDS: usize = 100;
 /// A client connection's read buffer grows by this much.
 const CLIENT_BUFFER: usize = 8 * 1024;
 /// The buffer a client connection's upstream heads and answers are
@@ -376,9 +377,16 @@ fn plan<'t>(
     now_ms: u64,
 ) -> Step<'t> {
     let limits = &table.limits;
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut request = httparse::Request::new(&mut fields);
-    let head_len = match request.parse(input) {
+    // Uninitialised slots: filling 100 empty ones would cost more than
+    // parsing a common head.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        input,
+        &mut fields,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Step::Partial,
         Err(_) => return Step::Fallback,
@@ -641,9 +649,14 @@ fn parse_response(
     context: &ResponseContext<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Parsed, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(input) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        input,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err("sent too many header fields"),

@@ -28,7 +28,7 @@ use crate::body::{BoxError, InFlight, Origin, ProxyBody};
 use crate::error::ForwardError;
 use crate::fast::{
     exchange_moving_on, make_room, put_field, put_number, Deadline, Exchange, Framing, RawPool,
-    ResponseContext, MALFORMED, MAX_FIELDS,
+    ResponseContext, MALFORMED,
 };
 use crate::forward::count_failure;
 use crate::headers::{put_forwarding, ClientInfo};
@@ -99,11 +99,12 @@ pub(crate) async fn forward(
         .map_err(|failed| failed.error)
         .and_then(|(conn, head)| {
             // `out` holds the head rewritten for an HTTP/1.1 client.
-            let response = to_response(&out).ok_or_else(|| ForwardError::Exchange {
-                what: MALFORMED,
-                backend: endpoint.label.to_string(),
-                kind: ErrorKind::Malformed,
-            })?;
+            let response =
+                to_response(head.status, &out).ok_or_else(|| ForwardError::Exchange {
+                    what: MALFORMED,
+                    backend: endpoint.label.to_string(),
+                    kind: ErrorKind::Malformed,
+                })?;
             Ok((conn, head, response))
         });
     let (conn, head, response) = match converted {
@@ -232,28 +233,33 @@ fn write_request(
     }
 }
 
-/// The response for hyper from a head `fast::parse_response` wrote for an
-/// HTTP/1.1 client: its fields but the framing ones, which HTTP/2 does not
-/// have. The values share one copy of the head.
-fn to_response(head: &[u8]) -> Option<Response<()>> {
+/// The response for hyper from the head `fast::parse_response` wrote for
+/// an HTTP/1.1 client: its fields but the framing ones, which HTTP/2 does
+/// not have. That head is well-formed by construction (a status line, then
+/// `name: value` lines, each ending in CRLF, then an empty line), so it is
+/// split, not parsed again; names and values are still checked as they
+/// become a `HeaderMap`. The values share one copy of the head.
+fn to_response(status: u16, head: &[u8]) -> Option<Response<()>> {
     let head = Bytes::copy_from_slice(head);
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) else {
-        return None;
-    };
-    let status = StatusCode::from_u16(parsed.code?).ok()?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+    let mut headers = HeaderMap::with_capacity(16);
+    let first = memchr::memchr(b'\n', &head)? + 1;
+    let mut start = first;
+    for end in memchr::memchr_iter(b'\n', &head[first..]).map(|at| first + at) {
+        let line = start..end.checked_sub(1)?;
+        start = end + 1;
+        if line.is_empty() {
+            break;
+        }
+        let colon = line.start + memchr::memchr(b':', &head[line.clone()])?;
+        let name = HeaderName::from_bytes(&head[line.start..colon]).ok()?;
         if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(colon + 2..line.end)).ok()?;
         headers.append(name, value);
     }
     let mut response = Response::new(());
-    *response.status_mut() = status;
+    *response.status_mut() = StatusCode::from_u16(status).ok()?;
     *response.headers_mut() = headers;
     Some(response)
 }
