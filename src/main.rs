@@ -259,6 +259,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .collect();
     let server = Server::start_with_tls(plane.routes(), &listen, workers).context("starting")?;
+    plane.set_listener_hook(listener_hook(&server, &plane, &config, &terminators));
     if let Some(file) = &args.config {
         switchyard_admin::watch::watch_config(Arc::clone(&plane), file)
             .context("watching the config file")?;
@@ -308,6 +309,64 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How a reload rebinds the listeners: TLS listeners whose settings did
+/// not change keep their terminator (and its certificate watch); new or
+/// changed ones load theirs, and their files are watched from then on.
+fn listener_hook(
+    server: &Server,
+    plane: &Arc<ControlPlane>,
+    config: &Config,
+    terminators: &[(SocketAddr, Arc<TlsTerminator>)],
+) -> switchyard_admin::ListenerHook {
+    let listeners = server.listeners();
+    // The plane holds the hook: a weak reference, not a cycle.
+    let plane = Arc::downgrade(plane);
+    let known: Vec<(switchyard_config::ListenerTls, Arc<TlsTerminator>)> = config
+        .tls
+        .iter()
+        .filter_map(|settings| {
+            let (_, terminator) = terminators.iter().find(|(a, _)| *a == settings.address)?;
+            Some((settings.clone(), Arc::clone(terminator)))
+        })
+        .collect();
+    let known = std::sync::Mutex::new(known);
+    Box::new(move |config: &Config| {
+        let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listen: Vec<Listen> = Vec::with_capacity(config.listeners.len());
+        let mut loaded = Vec::new();
+        let mut now_known = Vec::new();
+        for addr in &config.listeners {
+            let Some(settings) = config.tls.iter().find(|t| t.address == *addr) else {
+                listen.push((*addr, None));
+                continue;
+            };
+            let terminator = match known.iter().find(|(old, _)| old == settings) {
+                Some((_, terminator)) => Arc::clone(terminator),
+                None => {
+                    let terminator = TlsTerminator::load(settings).map_err(|err| {
+                        format!("listener {addr}: loading its certificates: {err:#}")
+                    })?;
+                    let terminator = Arc::new(terminator);
+                    loaded.push(Arc::clone(&terminator));
+                    terminator
+                }
+            };
+            now_known.push((settings.clone(), Arc::clone(&terminator)));
+            listen.push((*addr, Some(terminator)));
+        }
+        listeners
+            .apply(&listen)
+            .map_err(|err| format!("{err}; the listeners stay as they were"))?;
+        *known = now_known;
+        if let Some(plane) = plane.upgrade() {
+            if let Err(err) = switchyard_admin::watch::watch_certificates(plane, loaded) {
+                tracing::warn!(error = %err, "cannot watch a new listener's certificate files");
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Loads the certificates of every TLS listener; each error names the

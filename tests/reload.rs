@@ -166,22 +166,8 @@ async fn put_config_replaces_the_file_and_bad_configs_change_nothing() {
         )
     };
     std::fs::write(&file, config(10_000).to_string()).expect("config");
-    let (_child, proxy, admin) = support::start_binary(&[
-        "run",
-        "--config",
-        file.to_str().expect("utf-8"),
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .await;
-    let put = |body: String| async move {
-        let request = http::Request::put(format!("http://{admin}/v1/config"))
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .expect("request");
-        let (status, body) = support::exchange(&support::client(), request).await;
-        (status, serde_json::from_str::<Value>(&body).expect("JSON"))
-    };
+    let (_child, proxy, admin) = support::start_on_config(&file).await;
+    let put = |body: String| support::put_config(admin, body);
 
     let (status, body) = put(serde_json::to_string_pretty(&config(0)).expect("json")).await;
     assert_eq!(status, 200, "{body}");
@@ -201,24 +187,6 @@ async fn put_config_replaces_the_file_and_bad_configs_change_nothing() {
             .all(|e| !e["reason"].as_str().unwrap_or_default().contains("restart")),
         "{reloads:?}"
     );
-
-    // A new listener cannot be bound by a reload: the rest applies, and the
-    // event says the listeners stay as started.
-    let mut more = config(5_000);
-    more["listeners"] = json!([{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:1"}]);
-    let (status, body) = put(serde_json::to_string_pretty(&more).expect("json")).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["routes"][0]["weights"]["canary"], 5_000);
-    let reloads = events_of_kind(&client, admin, "config_reload").await;
-    let last = reloads.last().expect("a reload event");
-    assert!(
-        last["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("takes a restart: they stay as started")),
-        "{last}"
-    );
-    let (status, _) = put(serde_json::to_string_pretty(&config(0)).expect("json")).await;
-    assert_eq!(status, 200);
 
     let broken = serde_json::to_string_pretty(&config(0))
         .expect("json")
@@ -339,4 +307,82 @@ async fn state_wins_over_file_weights_and_removed_routes_drop_their_state() {
             .expect("json");
     assert!(saved["routes"].get("old").is_none(), "{saved}");
     assert_eq!(saved["routes"]["web"]["weights"]["canary"], 5000);
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_listeners_and_a_taken_address_changes_nothing() {
+    let stable = support::upstream("stable").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-listeners-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("config.json");
+    let with_listeners = |addresses: &[String]| {
+        let mut config = support::split_config(&[(&stable, 10_000)], json!({}));
+        let listeners: Vec<Value> = addresses.iter().map(|a| json!({"address": a})).collect();
+        config["listeners"] = json!(listeners);
+        serde_json::to_string_pretty(&config).expect("json")
+    };
+    let first = format!("127.0.0.1:{}", support::free_port());
+    std::fs::write(&file, with_listeners(std::slice::from_ref(&first))).expect("config");
+    let (_child, first_addr, admin) = support::start_on_config(&file).await;
+    let put = |body: String| support::put_config(admin, body);
+
+    // A second listener: bound before the call returns, and it answers.
+    let second = format!("127.0.0.1:{}", support::free_port());
+    let (status, body) = put(with_listeners(&[first.clone(), second.clone()])).await;
+    assert_eq!(status, 200, "{body}");
+    let second_addr: SocketAddr = second.parse().expect("address");
+    assert_eq!(
+        support::send_many(second_addr, "/", 5).await.get("stable"),
+        Some(&5)
+    );
+    assert_eq!(
+        support::send_many(first_addr, "/", 5).await.get("stable"),
+        Some(&5)
+    );
+
+    // The first goes: no new connections there, but one it accepted is
+    // served on to its end.
+    let mut open = tokio::net::TcpStream::connect(first_addr)
+        .await
+        .expect("connect");
+    let mut buf = Vec::new();
+    assert_eq!(support::get_on(&mut open, &mut buf).await.status, 200);
+    let (status, body) = put(with_listeners(std::slice::from_ref(&second))).await;
+    assert_eq!(status, 200, "{body}");
+    let closed = support::eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(first_addr).is_err()
+    })
+    .await;
+    assert!(closed, "{first_addr} still accepts connections");
+    assert_eq!(support::get_on(&mut open, &mut buf).await.status, 200);
+    assert_eq!(
+        support::send_many(second_addr, "/", 5).await.get("stable"),
+        Some(&5)
+    );
+
+    // An address someone else holds: refused with the reason, and nothing
+    // changes, neither the listeners nor the file.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr").to_string();
+    let (status, body) = put(with_listeners(&[second.clone(), taken.clone()])).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "listener_unavailable");
+    assert_eq!(body["error"]["field"], "listeners");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains(&taken), "{message}");
+    let on_disk = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(on_disk, with_listeners(std::slice::from_ref(&second)));
+    assert_eq!(
+        support::send_many(second_addr, "/", 5).await.get("stable"),
+        Some(&5)
+    );
+    let client = support::client();
+    let rejected = events_of_kind(&client, admin, "config_rejected").await;
+    let last = rejected.last().expect("a rejection event");
+    assert!(
+        last["reason"].as_str().is_some_and(|r| r.contains(&taken)),
+        "{last}"
+    );
+    drop(holder);
 }

@@ -1077,3 +1077,103 @@ async fn the_config_file_gives_the_admin_listener_and_its_tls() {
     assert!(!check.status.success());
     assert!(stderr.contains("admin.tls (line"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_plain_listener_becomes_tls_on_the_same_port() {
+    let upstream = support::upstream("app").await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("relisten");
+    let (cert, key) = write_leaf(&dir, "leaf", &ca.leaf(&["app.test"]));
+    let config = tls_config(&upstream, json!([{"cert_file": cert, "key_file": key}]));
+    let config = switchyard_config::parse(&config.to_string()).expect("valid test config");
+    let routes = Routes::new(RouteTable::build(&config, 1).expect("table builds"));
+    let configured = config.listeners[0];
+    let server = Server::start_with_tls(routes, &[(configured, None)], 2).expect("starts");
+    let addr = server.local_addrs()[0];
+    assert_eq!(support::send_many(addr, "/", 3).await.get("app"), Some(&3));
+
+    // The same configured address, now with TLS: bound again on the port
+    // it has, and the plain socket closes.
+    let terminator = Arc::new(TlsTerminator::load(&config.tls[0]).expect("certificates load"));
+    let bound = server
+        .listeners()
+        .apply(&[(configured, Some(terminator))])
+        .expect("applied");
+    assert_eq!(bound, [addr]);
+    let mut tls_served = false;
+    for _ in 0..50 {
+        // Until the old socket is gone, a connection may still land on it.
+        let config = client_config(ca.roots(), &["http/1.1"]);
+        if let Ok(stream) = handshake(addr, "app.test", config).await {
+            let (status, body) = get_h1(stream, "app.test", "/", &[]).await;
+            assert_eq!((status.as_u16(), body.as_str()), (200, "app"));
+            tls_served = true;
+            break;
+        }
+    }
+    assert!(tls_served, "no TLS on {addr}");
+    let plain_refused = support::eventually(Duration::from_secs(5), || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return true;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut head = [0u8; 12];
+        // A TLS listener answers plain HTTP with an alert or a close,
+        // never an HTTP response.
+        !matches!(stream.read(&mut head), Ok(n) if n >= 5 && head.starts_with(b"HTTP/"))
+    })
+    .await;
+    assert!(plain_refused, "{addr} still serves plain HTTP");
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn a_reload_adds_a_tls_listener_and_refuses_one_whose_key_does_not_fit() {
+    let upstream = support::upstream("app").await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("reload-listener");
+    let (cert, key) = write_leaf(&dir, "leaf", &ca.leaf(&["app.test"]));
+    let (_, stranger_key) = write_leaf(&dir, "stranger", &ca.leaf(&["other.test"]));
+    let port = support::free_port();
+    let config = |listeners: Value| {
+        let mut config = support::split_config(&[(&upstream, 10_000)], json!({}));
+        config["listeners"] = listeners;
+        serde_json::to_string_pretty(&config).expect("json")
+    };
+    let plain = json!([{"address": "127.0.0.1:0"}]);
+    let file = dir.join("switchyard.json");
+    std::fs::write(&file, config(plain)).expect("write");
+    let (_child, proxy, admin) = support::start_on_config(&file).await;
+    let with_tls = |key: &Path| {
+        config(json!([
+            {"address": "127.0.0.1:0"},
+            {"address": format!("127.0.0.1:{port}"),
+             "tls": {"certificates": [{"cert_file": cert, "key_file": key}]}},
+        ]))
+    };
+    let tls_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+
+    // A key that does not go with its certificate: refused, saying which
+    // listener; nothing is bound.
+    let (status, body) = support::put_config(admin, with_tls(&stranger_key)).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains(&tls_addr.to_string()), "{message}");
+    assert!(TcpStream::connect(tls_addr).await.is_err());
+
+    // With its own key: the new listener speaks TLS; the old one goes on.
+    let (status, body) = support::put_config(admin, with_tls(&key)).await;
+    assert_eq!(status, 200, "{body}");
+    let stream = handshake(
+        tls_addr,
+        "app.test",
+        client_config(ca.roots(), &["http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    let (status, body) = get_h1(stream, "app.test", "/", &[]).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "app"));
+    assert_eq!(support::send_many(proxy, "/", 3).await.get("app"), Some(&3));
+}

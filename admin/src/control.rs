@@ -38,15 +38,18 @@ pub struct ControlPlane {
     /// Routes whose due step a gate holds: until when, and why. Not
     /// persisted: after a restart the gate is simply asked again.
     holds: std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>,
-    /// The listeners (addresses and TLS settings, the data plane's and the
-    /// admin API's) bound at start: a reload
-    /// cannot rebind them, so a change to them is reported, not applied.
-    bound: (
-        Vec<std::net::SocketAddr>,
-        Vec<switchyard_config::ListenerTls>,
-        switchyard_config::AdminListener,
-    ),
+    /// The admin API's listener as bound at start: a reload does not
+    /// rebind it, so a change to it is reported, not applied.
+    bound_admin: switchyard_config::AdminListener,
+    /// Rebinds the data plane's listeners on a reload that changes them
+    /// (set by whoever runs the data plane); without it, such a change is
+    /// reported, not applied.
+    listener_hook: std::sync::OnceLock<ListenerHook>,
 }
+
+/// Makes the data plane listen as a config says: all or nothing; the error
+/// says what could not be bound or loaded.
+pub type ListenerHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
 
 /// Asked before a rollout leaves a step whose pause is over: the place
 /// where health gates (enough traffic, no errors) hold or abort a step.
@@ -89,6 +92,11 @@ struct Inner {
     state: RuntimeState,
     /// `base` with `state` applied: what the live table was built from.
     effective: Config,
+    /// The data plane's listeners and their TLS settings as bound.
+    listening: (
+        Vec<std::net::SocketAddr>,
+        Vec<switchyard_config::ListenerTls>,
+    ),
 }
 
 impl ControlPlane {
@@ -120,13 +128,14 @@ impl ControlPlane {
                 version: state.version,
             });
         }
-        let bound = (base.listeners.clone(), base.tls.clone(), base.admin.clone());
         Ok(Arc::new(ControlPlane {
-            bound,
+            bound_admin: base.admin.clone(),
+            listener_hook: std::sync::OnceLock::new(),
             routes: Routes::new(table),
             store,
             events,
             inner: Mutex::new(Inner {
+                listening: (base.listeners.clone(), base.tls.clone()),
                 base,
                 state,
                 effective,
@@ -593,21 +602,11 @@ impl ControlPlane {
                     ),
                     _ => format!("{}:{err}", path.display()),
                 };
-                tracing::warn!(reason = %reason, "config reload refused; the running config stays");
                 AdminMetrics::global()
                     .reloads
                     .with_label_values(&["rejected"])
                     .inc();
-                self.events.record(NewEvent {
-                    who: who.to_string(),
-                    kind: "config_rejected",
-                    route: None,
-                    old_weights: None,
-                    new_weights: None,
-                    reason: reason.clone(),
-                    evidence: None,
-                    version: inner.state.version,
-                });
+                self.record_rejection(who, &reason, inner.state.version);
                 return Err(AdminError::Invalid {
                     code: "invalid_config",
                     message: reason,
@@ -627,6 +626,27 @@ impl ControlPlane {
             .with_label_values(&[result])
             .inc();
         applied
+    }
+
+    /// Logs and records a refused config; the running one stays.
+    fn record_rejection(&self, who: &str, reason: &str, version: u64) {
+        tracing::warn!(reason = %reason, "config reload refused; the running config stays");
+        self.events.record(NewEvent {
+            who: who.to_string(),
+            kind: "config_rejected",
+            route: None,
+            old_weights: None,
+            new_weights: None,
+            reason: reason.to_string(),
+            evidence: None,
+            version,
+        });
+    }
+
+    /// Lets reloads rebind the data plane's listeners through `hook`
+    /// (once; later calls are ignored).
+    pub fn set_listener_hook(&self, hook: ListenerHook) {
+        let _ = self.listener_hook.set(hook);
     }
 
     /// Replaces the whole config (`PUT /v1/config`): validated like
@@ -678,21 +698,55 @@ impl ControlPlane {
         let table = RouteTable::build_in(&effective, state.version, &self.scope)
             .map_err(AdminError::Build)?;
         let mut reason = reason;
-        if (&base.listeners, &base.tls, &base.admin)
-            != (&self.bound.0, &self.bound.1, &self.bound.2)
-        {
-            // Routes, pools, weights and limits change now; sockets and
-            // their certificates were bound at start (certificate *files*
-            // reload on their own).
+        let listening = (base.listeners.clone(), base.tls.clone());
+        let rebound = listening != inner.listening;
+        if rebound {
+            match self.listener_hook.get() {
+                // All or nothing: refused, nothing changes.
+                Some(hook) => hook(&base).map_err(|message| {
+                    self.record_rejection(who, &message, inner.state.version);
+                    AdminError::Invalid {
+                        code: "listener_unavailable",
+                        message,
+                        field: "listeners".into(),
+                    }
+                })?,
+                None => {
+                    reason.push_str(
+                        "; the listeners (addresses or TLS settings) changed, which takes a restart here: they stay as started",
+                    );
+                    tracing::warn!(
+                        "config reload: listener changes take effect only after a restart"
+                    );
+                }
+            }
+        }
+        if base.admin != self.bound_admin {
             reason.push_str(
-                "; the listeners (addresses or TLS settings, the admin listener's too) changed, which takes a restart: they stay as started",
+                "; the admin listener changed, which takes a restart: it stays as started",
             );
-            tracing::warn!("config reload: listener changes take effect only after a restart");
+            tracing::warn!(
+                "config reload: an admin listener change takes effect only after a restart"
+            );
         }
-        if let Some((path, text)) = write_file {
-            write_atomically(path, text.as_bytes())?;
+        let persisted = match write_file {
+            Some((path, text)) => write_atomically(path, text.as_bytes()),
+            None => Ok(()),
         }
-        self.store.persist(&state)?;
+        .and_then(|()| self.store.persist(&state));
+        if let Err(err) = persisted {
+            if let (true, Some(hook)) = (rebound, self.listener_hook.get()) {
+                // Not applied after all: the listeners go back as they were.
+                let _ = hook(&inner.base);
+            }
+            return Err(err);
+        }
+        if rebound && self.listener_hook.get().is_some() {
+            reason.push_str("; listeners now ");
+            let addrs: Vec<String> = base.listeners.iter().map(ToString::to_string).collect();
+            reason.push_str(&addrs.join(", "));
+            inner.listening = listening;
+        }
         self.routes.replace(table);
         let version = state.version;
         inner.base = base;

@@ -5,11 +5,18 @@
 //! spreads connections over workers, and a connection's client and upstream
 //! I/O both stay on one thread. Nothing on the request path crosses threads
 //! except the routing table, read through `ArcSwap`.
+//!
+//! Listeners can be added, removed or replaced while running
+//! ([`Listeners::apply`], for config reloads): new sockets are bound first,
+//! all or none, then each worker is told to accept on its new sockets and
+//! stop accepting on removed ones; connections already accepted on a
+//! removed listener are served to their end.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,7 +26,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::client_io::{ClientIo, ConnPhase};
@@ -50,11 +57,159 @@ where
 
 /// A running data plane.
 pub struct Server {
-    addrs: Vec<SocketAddr>,
+    listeners: Listeners,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     /// Active health checks; stop when the server is dropped.
     _checker: HealthChecker,
+}
+
+/// The running server's listeners, changed by [`Listeners::apply`]; a
+/// handle any thread may hold.
+#[derive(Clone)]
+pub struct Listeners {
+    inner: Arc<Mutex<ListenerSet>>,
+}
+
+struct ListenerSet {
+    /// In the order last applied.
+    current: Vec<Bound>,
+    /// One per worker.
+    workers: Vec<mpsc::UnboundedSender<Change>>,
+}
+
+/// A listener as configured and as bound.
+struct Bound {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    tls: Option<Arc<TlsTerminator>>,
+}
+
+impl Bound {
+    fn same(&self, (addr, tls): &Listen) -> bool {
+        self.configured == *addr
+            && match (&self.tls, tls) {
+                (None, None) => true,
+                (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+                _ => false,
+            }
+    }
+}
+
+/// A change to one worker's listeners.
+enum Change {
+    /// Accept on this socket for `addr` (instead of any socket it had).
+    Add {
+        addr: SocketAddr,
+        socket: std::net::TcpListener,
+        tls: Option<Arc<TlsTerminator>>,
+    },
+    /// Stop accepting on `addr`.
+    Remove(SocketAddr),
+}
+
+impl Listeners {
+    /// The bound addresses, in the order last applied.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let set = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        set.current.iter().map(|b| b.bound).collect()
+    }
+
+    /// Makes `listen` the listeners: keeps those that are unchanged (same
+    /// address and the same TLS terminator, or none), binds the new ones
+    /// and replaces the changed ones, and stops accepting on the rest.
+    /// Every new socket is bound before anything changes: if one cannot
+    /// be (the address is taken, or not this host's), nothing changes and
+    /// the error says which. Returns the bound addresses.
+    pub fn apply(&self, listen: &[Listen]) -> Result<Vec<SocketAddr>, ForwardError> {
+        let mut set = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let workers = set.workers.len();
+        let mut next = Vec::with_capacity(listen.len());
+        // Per worker, the sockets to add.
+        let mut added: Vec<Vec<Change>> = (0..workers).map(|_| Vec::new()).collect();
+        for entry in listen {
+            if let Some(kept) = set.current.iter().find(|b| b.same(entry)) {
+                next.push(Bound {
+                    configured: kept.configured,
+                    bound: kept.bound,
+                    tls: kept.tls.clone(),
+                });
+                continue;
+            }
+            let (addr, tls) = entry;
+            // An address of ours whose TLS changes is bound again beside
+            // the old socket (SO_REUSEPORT), which then closes.
+            let ours = set.current.iter().find(|b| b.configured == *addr);
+            let sockets = match ours {
+                Some(old) => bind_all(old.bound, workers, false)?,
+                None => bind_all(*addr, workers, true)?,
+            };
+            let bound = sockets.0;
+            for (worker, socket) in added.iter_mut().zip(sockets.1) {
+                worker.push(Change::Add {
+                    addr: *addr,
+                    socket,
+                    tls: tls.clone(),
+                });
+            }
+            next.push(Bound {
+                configured: *addr,
+                bound,
+                tls: tls.clone(),
+            });
+        }
+        // Everything is bound: now the workers are told.
+        let removed: Vec<SocketAddr> = set
+            .current
+            .iter()
+            .filter(|b| !listen.iter().any(|(addr, _)| *addr == b.configured))
+            .map(|b| b.configured)
+            .collect();
+        for (sender, changes) in set.workers.iter().zip(added) {
+            for change in changes {
+                let _ = sender.send(change);
+            }
+            for addr in &removed {
+                let _ = sender.send(Change::Remove(*addr));
+            }
+        }
+        for b in &next {
+            if !set
+                .current
+                .iter()
+                .any(|old| old.same(&(b.configured, b.tls.clone())))
+            {
+                info!(address = %b.bound, tls = b.tls.is_some(), "listening");
+            }
+        }
+        for addr in &removed {
+            info!(address = %addr, "stopped listening");
+        }
+        set.current = next;
+        Ok(set.current.iter().map(|b| b.bound).collect())
+    }
+}
+
+/// Binds `addr` once per worker (port 0: the first socket picks the port,
+/// the others share it); the bound address and the sockets. `probe`: first
+/// make sure nobody else holds the address.
+fn bind_all(
+    addr: SocketAddr,
+    workers: usize,
+    probe: bool,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ForwardError> {
+    if probe {
+        refuse_if_taken(addr)?;
+    }
+    let first = bind(addr)?;
+    let bound = first
+        .local_addr()
+        .map_err(|source| ForwardError::Bind { addr, source })?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(bind(bound)?);
+    }
+    Ok((bound, sockets))
 }
 
 impl Server {
@@ -76,71 +231,71 @@ impl Server {
         listen: &[Listen],
         workers: usize,
     ) -> Result<Server, ForwardError> {
-        let tls: Vec<Option<Arc<TlsTerminator>>> =
-            listen.iter().map(|(_, tls)| tls.clone()).collect();
-        let listen: Vec<SocketAddr> = listen.iter().map(|(addr, _)| *addr).collect();
         let workers = workers.max(1);
-        // Bind the first socket of each address, then the other workers'
-        // sockets on the port it got, so port 0 yields one shared port.
-        let mut sockets: Vec<Vec<std::net::TcpListener>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
-        for &addr in &listen {
-            refuse_if_taken(addr)?;
-            let first = bind(addr)?;
-            let bound = first
-                .local_addr()
-                .map_err(|source| ForwardError::Bind { addr, source })?;
-            sockets[0].push(first);
-            for worker in sockets.iter_mut().skip(1) {
-                worker.push(bind(bound)?);
-            }
-            addrs.push(bound);
-        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::new();
-        for (index, listeners) in sockets.into_iter().enumerate() {
+        let mut senders = Vec::new();
+        for index in 0..workers {
             let routes = routes.clone();
             let shutdown_rx = shutdown_rx.clone();
-            let listeners = listeners.into_iter().zip(tls.iter().cloned()).collect();
+            let (sender, changes) = mpsc::unbounded_channel();
             let handle = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
-                .spawn(move || run_worker(listeners, routes, shutdown_rx))
-                .map_err(|source| ForwardError::Bind {
-                    addr: listen[0],
+                .spawn(move || run_worker(changes, routes, shutdown_rx))
+                .map_err(|source| ForwardError::Start {
+                    what: "a worker thread",
                     source,
                 })?;
             handles.push(handle);
+            senders.push(sender);
         }
-        let checker = HealthChecker::start(routes).map_err(|source| ForwardError::Start {
-            what: "the health checker",
-            source,
-        })?;
-        for (addr, tls) in addrs.iter().zip(&tls) {
-            info!(address = %addr, workers, tls = tls.is_some(), "listening");
-        }
-        Ok(Server {
-            addrs,
+        let listeners = Listeners {
+            inner: Arc::new(Mutex::new(ListenerSet {
+                current: Vec::new(),
+                workers: senders,
+            })),
+        };
+        let server = Server {
+            listeners: listeners.clone(),
             shutdown,
             workers: handles,
-            _checker: checker,
-        })
+            _checker: HealthChecker::start(routes).map_err(|source| ForwardError::Start {
+                what: "the health checker",
+                source,
+            })?,
+        };
+        // A bind that fails drops `server`, which stops the workers.
+        listeners.apply(listen)?;
+        Ok(server)
     }
 
-    /// The bound addresses, in the order given to [`Server::start`].
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// The bound addresses, in the order given to [`Server::start`] or
+    /// last applied.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs()
+    }
+
+    /// A handle that changes the listeners while the server runs.
+    pub fn listeners(&self) -> Listeners {
+        self.listeners.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the table's
     /// drain timeout), and returns once every worker has stopped.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for worker in self.workers {
+        for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 warn!("a worker thread panicked");
             }
         }
+    }
+}
+
+impl Drop for Server {
+    /// Dropped without `shutdown`: the workers stop and drain on their own.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
     }
 }
 
@@ -174,9 +329,9 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ForwardError> {
 }
 
 fn run_worker(
-    listeners: Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     routes: Routes,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -192,25 +347,45 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let graceful = Rc::new(GracefulShutdown::new());
         let proxy = Proxy::new(routes.clone());
-        let mut accepting = Vec::new();
-        for (listener, tls) in listeners {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(listener) => listener,
-                Err(err) => {
-                    warn!(error = %err, "cannot register a listener");
-                    continue;
-                }
+        // Accept loops by address; stopping one drops its socket, while
+        // the connections it accepted run on as tasks of their own.
+        let mut accepting: HashMap<SocketAddr, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut open = true;
+        loop {
+            let change = tokio::select! {
+                change = changes.recv(), if open => change,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            accepting.push(tokio::task::spawn_local(accept_loop(
-                listener,
-                tls,
-                Rc::clone(&proxy),
-                routes.clone(),
-                Rc::clone(&graceful),
-                shutdown.clone(),
-            )));
+            match change {
+                Some(Change::Add { addr, socket, tls }) => {
+                    let listener = match TcpListener::from_std(socket) {
+                        Ok(listener) => listener,
+                        Err(err) => {
+                            warn!(address = %addr, error = %err, "cannot register a listener");
+                            continue;
+                        }
+                    };
+                    let task = tokio::task::spawn_local(accept_loop(
+                        listener,
+                        tls,
+                        Rc::clone(&proxy),
+                        routes.clone(),
+                        Rc::clone(&graceful),
+                    ));
+                    if let Some(old) = accepting.insert(addr, task) {
+                        old.abort();
+                    }
+                }
+                Some(Change::Remove(addr)) => {
+                    if let Some(task) = accepting.remove(&addr) {
+                        task.abort();
+                    }
+                }
+                None => open = false,
+            }
         }
-        for task in accepting {
+        for (_, task) in accepting.drain() {
+            task.abort();
             let _ = task.await;
         }
         // Connections between requests close now; busy ones after their
@@ -233,13 +408,9 @@ async fn accept_loop(
     proxy: Rc<Proxy>,
     routes: Routes,
     graceful: Rc<GracefulShutdown>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
+        let accepted = listener.accept().await;
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {

@@ -759,3 +759,28 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `PUT /v1/config` with `body`; the status and the JSON answer.
+pub async fn put_config(admin: SocketAddr, body: String) -> (u16, Value) {
+    let request = http::Request::put(format!("http://{admin}/v1/config"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let (status, body) = exchange(&client(), request).await;
+    (status, serde_json::from_str::<Value>(&body).expect("JSON"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    probe.local_addr().expect("addr").port()
+}
+
+/// Runs the binary on the config file `file`, with the admin API on a free
+/// loopback port: the child, the first listener and the admin address.
+pub async fn start_on_config(
+    file: &std::path::Path,
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let file = file.to_str().expect("a UTF-8 path");
+    start_binary(&["run", "--config", file, "--admin", "127.0.0.1:0"]).await
+}
