@@ -435,14 +435,29 @@ async fn h2_and_http1_over_tls_route_and_say_https() {
     server.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_reload_without_dropping_connections() {
-    let upstream = support::upstream("app").await;
-    let ca = Ca::new("test CA");
-    let dir = temp_dir("reload");
-    let old = ca.leaf(&["api.example.com"]);
-    let (cert, key) = write_leaf(&dir, "api", &old);
-    let config = tls_config(&upstream, json!([{"cert_file": cert, "key_file": key}]));
+/// Writes a new leaf for api.example.com over `cert` and `key`; the leaf,
+/// and whether handshakes with `addr` present it within 10 s.
+async fn replace_leaf(ca: &Ca, cert: &Path, key: &Path, addr: SocketAddr) -> (Leaf, bool) {
+    let new = ca.leaf(&["api.example.com"]);
+    replace_file(key, &new.key_pem);
+    replace_file(cert, &new.cert_pem);
+    let seen = support::poll_for(
+        Duration::from_secs(10),
+        || async {
+            let config = client_config(ca.roots(), &[]);
+            let stream = handshake(addr, "api.example.com", config).await;
+            stream.map(|s| presented(&s)).ok()
+        },
+        |der| der.as_ref() == Some(&new.der),
+    )
+    .await;
+    let served = seen.as_ref() == Some(&new.der);
+    (new, served)
+}
+
+/// A proxy with a control plane whose TLS listener's certificate files
+/// are watched: the plane, the server and its address.
+fn start_watched(config: &Value) -> (Arc<switchyard_admin::ControlPlane>, Server, SocketAddr) {
     let parsed = switchyard_config::parse(&config.to_string()).expect("valid");
     let (store, state) = switchyard_admin::StateStore::open(None, false).expect("store");
     let plane =
@@ -453,6 +468,18 @@ async fn certificates_reload_without_dropping_connections() {
     let addr = server.local_addrs()[0];
     switchyard_admin::watch::watch_certificates(Arc::clone(&plane), vec![terminator])
         .expect("watch");
+    (plane, server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_without_dropping_connections() {
+    let upstream = support::upstream("app").await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("reload");
+    let old = ca.leaf(&["api.example.com"]);
+    let (cert, key) = write_leaf(&dir, "api", &old);
+    let config = tls_config(&upstream, json!([{"cert_file": cert, "key_file": key}]));
+    let (plane, server, addr) = start_watched(&config);
 
     let client = || client_config(ca.roots(), &[]);
     let stream = handshake(addr, "api.example.com", client())
@@ -469,23 +496,8 @@ async fn certificates_reload_without_dropping_connections() {
     );
 
     // A new certificate and key: new handshakes get it.
-    let new = ca.leaf(&["api.example.com"]);
-    replace_file(&key, &new.key_pem);
-    replace_file(&cert, &new.cert_pem);
-    let seen = support::poll_for(
-        Duration::from_secs(10),
-        || async {
-            let stream = handshake(addr, "api.example.com", client()).await;
-            stream.map(|s| presented(&s)).ok()
-        },
-        |der| der.as_ref() == Some(&new.der),
-    )
-    .await;
-    assert_eq!(
-        seen.as_ref(),
-        Some(&new.der),
-        "the new certificate is served"
-    );
+    let (new, served) = replace_leaf(&ca, &cert, &key, addr).await;
+    assert!(served, "the new certificate is served");
     // The connection opened before the reload still works.
     assert_eq!(
         send(&mut open, "api.example.com", "/", &[]).await.0,
@@ -1176,4 +1188,32 @@ async fn a_reload_adds_a_tls_listener_and_refuses_one_whose_key_does_not_fit() {
     let (status, body) = get_h1(stream, "app.test", "/", &[]).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "app"));
     assert_eq!(support::send_many(proxy, "/", 3).await.get("app"), Some(&3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_directory_does_not_hold_off_a_certificate_reload() {
+    let upstream = support::upstream("app").await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("busy-dir");
+    let (cert, key) = write_leaf(&dir, "api", &ca.leaf(&["api.example.com"]));
+    let config = tls_config(&upstream, json!([{"cert_file": cert, "key_file": key}]));
+    let (_plane, _server, addr) = start_watched(&config);
+
+    // A log written beside the certificates, every few milliseconds.
+    let writing = Arc::new(AtomicUsize::new(1));
+    let writer = {
+        let (writing, log) = (Arc::clone(&writing), dir.join("busy.log"));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::File::create(log).expect("log");
+            while writing.load(Ordering::Relaxed) == 1 {
+                let _ = writeln!(file, "a line");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (_, served) = replace_leaf(&ca, &cert, &key, addr).await;
+    writing.store(0, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(served, "the new certificate waited on the busy directory");
 }

@@ -4,9 +4,11 @@
 //! config managers replace a file by renaming a new one over it, which a
 //! watch on the old inode would miss.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -18,6 +20,26 @@ use crate::events::NewEvent;
 /// Changes closer together than this are one change: an editor's save is
 /// often a truncate and a write, or a write and a rename.
 const SETTLE: Duration = Duration::from_millis(100);
+
+/// A change is reloaded at most this long after it, however busy its
+/// directory (a log written beside the files must not hold a reload off).
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+
+/// Takes the events that follow one until [`SETTLE`] passes without any,
+/// or [`SETTLE_MAX`] since the first; each goes to `fold`.
+fn settle<T>(rx: &Receiver<T>, mut fold: impl FnMut(T)) {
+    let until = Instant::now() + SETTLE_MAX;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match rx.recv_timeout(SETTLE.min(left)) {
+            Ok(more) => fold(more),
+            Err(_) => return,
+        }
+    }
+}
 
 /// Watches `path` and reloads it into `plane` on every change, on a thread
 /// of its own. Returns an error if the watch cannot be set up.
@@ -54,7 +76,7 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
                     continue;
                 }
                 // Let the writer finish, and fold the burst into one reload.
-                while rx.recv_timeout(SETTLE).is_ok() {}
+                settle(&rx, |_| {});
                 match runtime.block_on(plane.reload(&path, "config-reload")) {
                     Ok(Some(version)) => tracing::info!(version, "config reloaded"),
                     Ok(None) => {}
@@ -95,6 +117,31 @@ pub fn watch_certificates(
             (terminator, dirs)
         })
         .collect();
+    // The names that matter in those directories: the files' own (as
+    // configured, and where symlinks lead), and Kubernetes' `..data`
+    // swaps. Anything else written there (a log, say) is not a change.
+    let mut names: Vec<OsString> = Vec::new();
+    for (terminator, _) in &watched {
+        for file in terminator.files() {
+            let canonical = std::fs::canonicalize(file).ok();
+            for name in [Some(file), canonical.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter_map(Path::file_name)
+            {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_os_string());
+                }
+            }
+        }
+    }
+    let relevant = move |path: &PathBuf| -> Option<PathBuf> {
+        let name = path.file_name()?;
+        let matters = names.iter().any(|n| n == name) || name.to_string_lossy().starts_with("..");
+        matters
+            .then(|| path.parent().map(Path::to_path_buf))
+            .flatten()
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let _ = tx.send(event);
@@ -109,34 +156,33 @@ pub fn watch_certificates(
         .name("switchyard-cert-watch".into())
         .spawn(move || {
             let _watcher = watcher;
-            while let Ok(event) = rx.recv() {
-                let mut changed: Vec<PathBuf> = match event {
-                    Ok(event) => event
-                        .paths
-                        .iter()
-                        .filter_map(|p| p.parent().map(Path::to_path_buf))
-                        .collect(),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "certificate watch error");
-                        continue;
+            // The directories with a change, each once.
+            let mut changed: Vec<PathBuf> = Vec::new();
+            let note =
+                |changed: &mut Vec<PathBuf>, event: notify::Result<notify::Event>| match event {
+                    Ok(event) => {
+                        for dir in event.paths.iter().filter_map(&relevant) {
+                            if !changed.contains(&dir) {
+                                changed.push(dir);
+                            }
+                        }
                     }
+                    Err(err) => tracing::warn!(error = %err, "certificate watch error"),
                 };
+            while let Ok(event) = rx.recv() {
+                note(&mut changed, event);
+                if changed.is_empty() {
+                    continue;
+                }
                 // Let the writer finish (a certificate and its key are
                 // often written one after the other), folding the burst.
-                while let Ok(more) = rx.recv_timeout(SETTLE) {
-                    if let Ok(more) = more {
-                        changed.extend(
-                            more.paths
-                                .iter()
-                                .filter_map(|p| p.parent().map(Path::to_path_buf)),
-                        );
-                    }
-                }
+                settle(&rx, |more| note(&mut changed, more));
                 for (terminator, dirs) in &watched {
                     if dirs.iter().any(|dir| changed.contains(dir)) {
                         reload_certificates(&plane, terminator);
                     }
                 }
+                changed.clear();
             }
         })?;
     Ok(())
