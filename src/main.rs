@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use switchyard_admin::watch::{watch_certificates, CertificateWatch};
 use switchyard_admin::{AdminApi, ControlPlane, StateStore};
 use switchyard_config::raw::{
     RawCertificate, RawEndpoint, RawListener, RawListenerTls, RawPool, RawRoute, RawSplit,
@@ -259,17 +260,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .collect();
     let server = Server::start_with_tls(plane.routes(), &listen, workers).context("starting")?;
-    plane.set_listener_hook(listener_hook(&server, &plane, &config, &terminators));
+    plane.set_listener_hook(listener_hook(&server, &plane, &config, &terminators)?);
     if let Some(file) = &args.config {
         switchyard_admin::watch::watch_config(Arc::clone(&plane), file)
             .context("watching the config file")?;
     }
     let admin_tls = admin_tls(&args, &config)?;
-    let mut watched: Vec<Arc<TlsTerminator>> =
-        terminators.iter().map(|(_, t)| Arc::clone(t)).collect();
-    watched.extend(admin_tls.iter().cloned());
-    switchyard_admin::watch::watch_certificates(Arc::clone(&plane), watched)
-        .context("watching the certificate files")?;
+    let _admin_watch = watch_certificates(Arc::clone(&plane), admin_tls.iter().cloned().collect())
+        .context("watching the admin listener's certificate files")?;
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = switchyard_admin::server::start_with_tls(
         admin_addr,
@@ -311,62 +309,93 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How a reload rebinds the listeners: TLS listeners whose settings did
-/// not change keep their terminator (and its certificate watch); new or
-/// changed ones load theirs, and their files are watched from then on.
+/// A TLS listener's terminator in use, and the watch on its files.
+struct Watched {
+    settings: switchyard_config::ListenerTls,
+    terminator: Arc<TlsTerminator>,
+    _watch: Option<CertificateWatch>,
+}
+
+/// How a reload rebinds the listeners. TLS listeners whose settings did
+/// not change keep their terminator and its certificate watch; new or
+/// changed ones load theirs, watched from the commit on; the watches of
+/// listeners that are gone end.
 fn listener_hook(
     server: &Server,
     plane: &Arc<ControlPlane>,
     config: &Config,
     terminators: &[(SocketAddr, Arc<TlsTerminator>)],
-) -> switchyard_admin::ListenerHook {
+) -> anyhow::Result<switchyard_admin::ListenerHook> {
     let listeners = server.listeners();
     // The plane holds the hook: a weak reference, not a cycle.
-    let plane = Arc::downgrade(plane);
-    let known: Vec<(switchyard_config::ListenerTls, Arc<TlsTerminator>)> = config
-        .tls
-        .iter()
-        .filter_map(|settings| {
-            let (_, terminator) = terminators.iter().find(|(a, _)| *a == settings.address)?;
-            Some((settings.clone(), Arc::clone(terminator)))
-        })
-        .collect();
-    let known = std::sync::Mutex::new(known);
-    Box::new(move |config: &Config| {
-        let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+    let weak = Arc::downgrade(plane);
+    let mut known = Vec::new();
+    for settings in &config.tls {
+        let Some((_, terminator)) = terminators.iter().find(|(a, _)| *a == settings.address) else {
+            continue;
+        };
+        let watch = watch_certificates(Arc::clone(plane), vec![Arc::clone(terminator)])
+            .with_context(|| format!("watching the certificate files of {}", settings.address))?;
+        known.push(Watched {
+            settings: settings.clone(),
+            terminator: Arc::clone(terminator),
+            _watch: Some(watch),
+        });
+    }
+    let known = Arc::new(std::sync::Mutex::new(known));
+    Ok(Box::new(move |config: &Config| {
         let mut listen: Vec<Listen> = Vec::with_capacity(config.listeners.len());
-        let mut loaded = Vec::new();
-        let mut now_known = Vec::new();
-        for addr in &config.listeners {
-            let Some(settings) = config.tls.iter().find(|t| t.address == *addr) else {
-                listen.push((*addr, None));
-                continue;
-            };
-            let terminator = match known.iter().find(|(old, _)| old == settings) {
-                Some((_, terminator)) => Arc::clone(terminator),
-                None => {
-                    let terminator = TlsTerminator::load(settings).map_err(|err| {
+        let mut in_use = Vec::new();
+        {
+            let current = known.lock().unwrap_or_else(|e| e.into_inner());
+            for addr in &config.listeners {
+                let Some(settings) = config.tls.iter().find(|t| t.address == *addr) else {
+                    listen.push((*addr, None));
+                    continue;
+                };
+                let terminator = match current.iter().find(|w| w.settings == *settings) {
+                    Some(watched) => Arc::clone(&watched.terminator),
+                    None => Arc::new(TlsTerminator::load(settings).map_err(|err| {
                         format!("listener {addr}: loading its certificates: {err:#}")
-                    })?;
-                    let terminator = Arc::new(terminator);
-                    loaded.push(Arc::clone(&terminator));
-                    terminator
-                }
-            };
-            now_known.push((settings.clone(), Arc::clone(&terminator)));
-            listen.push((*addr, Some(terminator)));
-        }
-        listeners
-            .apply(&listen)
-            .map_err(|err| format!("{err}; the listeners stay as they were"))?;
-        *known = now_known;
-        if let Some(plane) = plane.upgrade() {
-            if let Err(err) = switchyard_admin::watch::watch_certificates(plane, loaded) {
-                tracing::warn!(error = %err, "cannot watch a new listener's certificate files");
+                    })?),
+                };
+                in_use.push((settings.clone(), Arc::clone(&terminator)));
+                listen.push((*addr, Some(terminator)));
             }
         }
-        Ok(())
-    })
+        let prepared = listeners
+            .prepare(&listen)
+            .map_err(|err| format!("{err}; the listeners stay as they were"))?;
+        let (known, weak) = (Arc::clone(&known), weak.clone());
+        let commit: switchyard_admin::ListenerCommit = Box::new(move || {
+            prepared.commit();
+            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+            let mut old = std::mem::take(&mut *known);
+            for (settings, terminator) in in_use {
+                if let Some(at) = old
+                    .iter()
+                    .position(|w| Arc::ptr_eq(&w.terminator, &terminator))
+                {
+                    known.push(old.swap_remove(at));
+                    continue;
+                }
+                let watch = weak.upgrade().and_then(|plane| {
+                    watch_certificates(plane, vec![Arc::clone(&terminator)])
+                        .map_err(|err| {
+                            tracing::warn!(error = %err, listener = %settings.address, "cannot watch a listener's certificate files");
+                        })
+                        .ok()
+                });
+                known.push(Watched {
+                    settings,
+                    terminator,
+                    _watch: watch,
+                });
+            }
+            // What is left in `old` is no longer in use: its watches end.
+        });
+        Ok(commit)
+    }))
 }
 
 /// Loads the certificates of every TLS listener; each error names the

@@ -362,15 +362,22 @@ async fn a_reload_adds_and_removes_listeners_and_a_taken_address_changes_nothing
     );
 
     // An address someone else holds: refused with the reason, and nothing
-    // changes, neither the listeners nor the file.
+    // changes, neither the listeners (a free address in the same reload
+    // is not bound either) nor the file.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = holder.local_addr().expect("addr").to_string();
-    let (status, body) = put(with_listeners(&[second.clone(), taken.clone()])).await;
+    let fresh = format!("127.0.0.1:{}", support::free_port());
+    let listed = [second.clone(), fresh.clone(), taken.clone()];
+    let (status, body) = put(with_listeners(&listed)).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "listener_unavailable");
     assert_eq!(body["error"]["field"], "listeners");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains(&taken), "{message}");
+    assert!(
+        std::net::TcpStream::connect(&fresh).is_err(),
+        "{fresh} was bound"
+    );
     let on_disk = std::fs::read_to_string(&file).expect("read");
     assert_eq!(on_disk, with_listeners(std::slice::from_ref(&second)));
     assert_eq!(
@@ -385,4 +392,14 @@ async fn a_reload_adds_and_removes_listeners_and_a_taken_address_changes_nothing
         "{last}"
     );
     drop(holder);
+
+    // The same port on another address of this host: bound beside ours,
+    // which then closes (the probe for strangers would have refused it).
+    let wider = format!("0.0.0.0:{}", second_addr.port());
+    let (status, body) = put(with_listeners(std::slice::from_ref(&wider))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        support::send_many(second_addr, "/", 5).await.get("stable"),
+        Some(&5)
+    );
 }

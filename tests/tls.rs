@@ -441,6 +441,13 @@ async fn replace_leaf(ca: &Ca, cert: &Path, key: &Path, addr: SocketAddr) -> (Le
     let new = ca.leaf(&["api.example.com"]);
     replace_file(key, &new.key_pem);
     replace_file(cert, &new.cert_pem);
+    let served = serves_within_10_s(ca, addr, &new).await;
+    (new, served)
+}
+
+/// Whether handshakes with `addr` for api.example.com present `leaf`
+/// within 10 s.
+async fn serves_within_10_s(ca: &Ca, addr: SocketAddr, leaf: &Leaf) -> bool {
     let seen = support::poll_for(
         Duration::from_secs(10),
         || async {
@@ -448,16 +455,15 @@ async fn replace_leaf(ca: &Ca, cert: &Path, key: &Path, addr: SocketAddr) -> (Le
             let stream = handshake(addr, "api.example.com", config).await;
             stream.map(|s| presented(&s)).ok()
         },
-        |der| der.as_ref() == Some(&new.der),
+        |der| der.as_ref() == Some(&leaf.der),
     )
     .await;
-    let served = seen.as_ref() == Some(&new.der);
-    (new, served)
+    seen.as_ref() == Some(&leaf.der)
 }
 
 /// A proxy with a control plane whose TLS listener's certificate files
-/// are watched: the plane, the server and its address.
-fn start_watched(config: &Value) -> (Arc<switchyard_admin::ControlPlane>, Server, SocketAddr) {
+/// are watched: the plane, the server, its address and the watch.
+fn start_watched(config: &Value) -> Watched {
     let parsed = switchyard_config::parse(&config.to_string()).expect("valid");
     let (store, state) = switchyard_admin::StateStore::open(None, false).expect("store");
     let plane =
@@ -466,10 +472,17 @@ fn start_watched(config: &Value) -> (Arc<switchyard_admin::ControlPlane>, Server
     let listen: Vec<Listen> = vec![(parsed.listeners[0], Some(Arc::clone(&terminator)))];
     let server = Server::start_with_tls(plane.routes(), &listen, 1).expect("proxy starts");
     let addr = server.local_addrs()[0];
-    switchyard_admin::watch::watch_certificates(Arc::clone(&plane), vec![terminator])
+    let watch = switchyard_admin::watch::watch_certificates(Arc::clone(&plane), vec![terminator])
         .expect("watch");
-    (plane, server, addr)
+    (plane, server, addr, watch)
 }
+
+type Watched = (
+    Arc<switchyard_admin::ControlPlane>,
+    Server,
+    SocketAddr,
+    switchyard_admin::watch::CertificateWatch,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_dropping_connections() {
@@ -479,7 +492,7 @@ async fn certificates_reload_without_dropping_connections() {
     let old = ca.leaf(&["api.example.com"]);
     let (cert, key) = write_leaf(&dir, "api", &old);
     let config = tls_config(&upstream, json!([{"cert_file": cert, "key_file": key}]));
-    let (plane, server, addr) = start_watched(&config);
+    let (plane, server, addr, _watch) = start_watched(&config);
 
     let client = || client_config(ca.roots(), &[]);
     let stream = handshake(addr, "api.example.com", client())
@@ -1197,7 +1210,7 @@ async fn a_busy_directory_does_not_hold_off_a_certificate_reload() {
     let dir = temp_dir("busy-dir");
     let (cert, key) = write_leaf(&dir, "api", &ca.leaf(&["api.example.com"]));
     let config = tls_config(&upstream, json!([{"cert_file": cert, "key_file": key}]));
-    let (_plane, _server, addr) = start_watched(&config);
+    let (_plane, _server, addr, _watch) = start_watched(&config);
 
     // A log written beside the certificates, every few milliseconds.
     let writing = Arc::new(AtomicUsize::new(1));
@@ -1216,4 +1229,42 @@ async fn a_busy_directory_does_not_hold_off_a_certificate_reload() {
     writing.store(0, Ordering::Relaxed);
     writer.join().expect("writer");
     assert!(served, "the new certificate waited on the busy directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotated_like_a_kubernetes_secret_reload_each_time() {
+    // Kubernetes' atomic writer: the files are symlinks through `..data`
+    // to a timestamped directory; a rotation writes a new directory,
+    // swaps `..data` by a rename, and deletes the old directory.
+    use std::os::unix::fs::symlink;
+    let upstream = support::upstream("app").await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("k8s-secret");
+    let rotate = |generation: usize, leaf: &Leaf| {
+        let target = dir.join(format!("..2026_11_26_{generation}"));
+        std::fs::create_dir(&target).expect("dir");
+        std::fs::write(target.join("tls.crt"), &leaf.cert_pem).expect("cert");
+        std::fs::write(target.join("tls.key"), &leaf.key_pem).expect("key");
+        let staged = dir.join("..data_tmp");
+        symlink(target.file_name().expect("name"), &staged).expect("symlink");
+        std::fs::rename(&staged, dir.join("..data")).expect("swap");
+        if generation > 0 {
+            let old = dir.join(format!("..2026_11_26_{}", generation - 1));
+            std::fs::remove_dir_all(old).expect("old generation");
+        }
+    };
+    rotate(0, &ca.leaf(&["api.example.com"]));
+    for name in ["tls.crt", "tls.key"] {
+        symlink(format!("..data/{name}"), dir.join(name)).expect("symlink");
+    }
+    let certificates = json!([{"cert_file": dir.join("tls.crt"), "key_file": dir.join("tls.key")}]);
+    let config = tls_config(&upstream, certificates);
+    let (_plane, _server, addr, _watch) = start_watched(&config);
+
+    for generation in 1..=2 {
+        let new = ca.leaf(&["api.example.com"]);
+        rotate(generation, &new);
+        let served = serves_within_10_s(&ca, addr, &new).await;
+        assert!(served, "rotation {generation} not served");
+    }
 }

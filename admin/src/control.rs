@@ -47,9 +47,14 @@ pub struct ControlPlane {
     listener_hook: std::sync::OnceLock<ListenerHook>,
 }
 
-/// Makes the data plane listen as a config says: all or nothing; the error
-/// says what could not be bound or loaded.
-pub type ListenerHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+/// Binds what the data plane needs to listen as a config says, all or
+/// nothing (the error says what could not be bound or loaded), and returns
+/// how to put it in use once the config is persisted.
+pub type ListenerHook = Box<dyn Fn(&Config) -> Result<ListenerCommit, String> + Send + Sync>;
+
+/// Puts the listeners a [`ListenerHook`] bound in use; dropped instead, it
+/// closes them and nothing changes.
+pub type ListenerCommit = Box<dyn FnOnce() + Send>;
 
 /// Asked before a rollout leaves a step whose pause is over: the place
 /// where health gates (enough traffic, no errors) hold or abort a step.
@@ -700,17 +705,20 @@ impl ControlPlane {
         let mut reason = reason;
         let listening = (base.listeners.clone(), base.tls.clone());
         let rebound = listening != inner.listening;
+        let mut commit = None;
         if rebound {
             match self.listener_hook.get() {
                 // All or nothing: refused, nothing changes.
-                Some(hook) => hook(&base).map_err(|message| {
-                    self.record_rejection(who, &message, inner.state.version);
-                    AdminError::Invalid {
-                        code: "listener_unavailable",
-                        message,
-                        field: "listeners".into(),
-                    }
-                })?,
+                Some(hook) => {
+                    commit = Some(hook(&base).map_err(|message| {
+                        self.record_rejection(who, &message, inner.state.version);
+                        AdminError::Invalid {
+                            code: "listener_unavailable",
+                            message,
+                            field: "listeners".into(),
+                        }
+                    })?)
+                }
                 None => {
                     reason.push_str(
                         "; the listeners (addresses or TLS settings) changed, which takes a restart here: they stay as started",
@@ -734,14 +742,10 @@ impl ControlPlane {
             None => Ok(()),
         }
         .and_then(|()| self.store.persist(&state));
-        if let Err(err) = persisted {
-            if let (true, Some(hook)) = (rebound, self.listener_hook.get()) {
-                // Not applied after all: the listeners go back as they were.
-                let _ = hook(&inner.base);
-            }
-            return Err(err);
-        }
-        if rebound && self.listener_hook.get().is_some() {
+        // Not persisted: `commit` is dropped, closing what it bound.
+        persisted?;
+        if let Some(commit) = commit {
+            commit();
             reason.push_str("; listeners now ");
             let addrs: Vec<String> = base.listeners.iter().map(ToString::to_string).collect();
             reason.push_str(&addrs.join(", "));

@@ -28,7 +28,9 @@ mod state;
 pub mod watch;
 
 pub use api::AdminApi;
-pub use control::{ControlPlane, GateVerdict, ListenerHook, RolloutAction, StepGate};
+pub use control::{
+    ControlPlane, GateVerdict, ListenerCommit, ListenerHook, RolloutAction, StepGate,
+};
 pub use error::AdminError;
 pub use events::{Event, EventLog};
 pub use state::{RuntimeState, StateStore};

@@ -4,7 +4,6 @@
 //! config managers replace a file by renaming a new one over it, which a
 //! watch on the old inode would miss.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -91,57 +90,42 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
 /// terminator when one of its files changes: new handshakes get the new
 /// certificate, open connections keep theirs. A file that does not load
 /// or check leaves the old certificate in use, with a logged error and a
-/// `certificate_rejected` event.
+/// `certificate_rejected` event. The watch lasts as long as the returned
+/// [`CertificateWatch`].
 pub fn watch_certificates(
     plane: Arc<ControlPlane>,
     terminators: Vec<Arc<TlsTerminator>>,
-) -> notify::Result<()> {
+) -> notify::Result<CertificateWatch> {
     if terminators.is_empty() {
-        return Ok(());
+        return Ok(CertificateWatch { _watcher: None });
     }
     // Directories are watched (see the module comment); any change in one
     // reloads the terminators with a file there. A reload that finds the
     // same certificates changes nothing and records nothing, so unrelated
     // files in the directory and Kubernetes' symlink swaps are both fine.
-    let directory = |file: &Path| -> PathBuf {
-        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-        file.parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    // Both the directory a file is named in and the one its symlinks lead
+    // to: certbot writes new files beside the old targets (`archive/`),
+    // and Kubernetes swaps a `..data` symlink in the named directory and
+    // deletes the old target directory, whose watch ends with it.
+    let directories = |file: &Path| -> [PathBuf; 2] {
+        let named = std::env::current_dir()
+            .map(|cwd| cwd.join(file))
+            .unwrap_or_else(|_| file.to_path_buf());
+        let target = std::fs::canonicalize(file).unwrap_or_else(|_| named.clone());
+        [named, target].map(|f| {
+            f.parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        })
     };
     let watched: Vec<(Arc<TlsTerminator>, Vec<PathBuf>)> = terminators
         .into_iter()
         .map(|terminator| {
-            let mut dirs: Vec<PathBuf> = terminator.files().map(directory).collect();
+            let mut dirs: Vec<PathBuf> = terminator.files().flat_map(directories).collect();
             dirs.sort();
             dirs.dedup();
             (terminator, dirs)
         })
         .collect();
-    // The names that matter in those directories: the files' own (as
-    // configured, and where symlinks lead), and Kubernetes' `..data`
-    // swaps. Anything else written there (a log, say) is not a change.
-    let mut names: Vec<OsString> = Vec::new();
-    for (terminator, _) in &watched {
-        for file in terminator.files() {
-            let canonical = std::fs::canonicalize(file).ok();
-            for name in [Some(file), canonical.as_deref()]
-                .into_iter()
-                .flatten()
-                .filter_map(Path::file_name)
-            {
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_os_string());
-                }
-            }
-        }
-    }
-    let relevant = move |path: &PathBuf| -> Option<PathBuf> {
-        let name = path.file_name()?;
-        let matters = names.iter().any(|n| n == name) || name.to_string_lossy().starts_with("..");
-        matters
-            .then(|| path.parent().map(Path::to_path_buf))
-            .flatten()
-    };
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let _ = tx.send(event);
@@ -155,13 +139,14 @@ pub fn watch_certificates(
     std::thread::Builder::new()
         .name("switchyard-cert-watch".into())
         .spawn(move || {
-            let _watcher = watcher;
+            // Ends when the watcher is dropped: its events' sender goes too.
             // The directories with a change, each once.
             let mut changed: Vec<PathBuf> = Vec::new();
             let note =
                 |changed: &mut Vec<PathBuf>, event: notify::Result<notify::Event>| match event {
                     Ok(event) => {
-                        for dir in event.paths.iter().filter_map(&relevant) {
+                        let dirs = event.paths.iter().filter_map(|p| p.parent());
+                        for dir in dirs.map(Path::to_path_buf) {
                             if !changed.contains(&dir) {
                                 changed.push(dir);
                             }
@@ -185,7 +170,14 @@ pub fn watch_certificates(
                 changed.clear();
             }
         })?;
-    Ok(())
+    Ok(CertificateWatch {
+        _watcher: Some(watcher),
+    })
+}
+
+/// A running certificate watch; dropping it ends the watch and its thread.
+pub struct CertificateWatch {
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 fn reload_certificates(plane: &ControlPlane, terminator: &TlsTerminator) {

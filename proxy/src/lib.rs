@@ -38,6 +38,6 @@ mod upstream;
 
 pub use error::ForwardError;
 pub use headers::{has_token, strip_hop_headers};
-pub use listener::{Listen, Listeners, Server};
+pub use listener::{Listen, Listeners, PreparedListeners, Server};
 pub use route::{RouteTable, Routes};
 pub use stats::Metrics;

@@ -153,19 +153,36 @@ impl Listeners {
         set.current.iter().map(|b| b.bound).collect()
     }
 
-    /// Makes `listen` the listeners: keeps those that are unchanged (same
-    /// address and the same TLS terminator, or none), binds the new ones
-    /// and replaces the changed ones, and stops accepting on the rest.
-    /// Every new socket is bound before anything changes: if one cannot
-    /// be (the address is taken, or not this host's), nothing changes and
-    /// the error says which. Returns the bound addresses.
+    /// Makes `listen` the listeners: [`Listeners::prepare`], then
+    /// [`PreparedListeners::commit`]. Returns the bound addresses.
     pub fn apply(&self, listen: &[Listen]) -> Result<Vec<SocketAddr>, ForwardError> {
-        let mut set = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.prepare(listen)?.commit())
+    }
+
+    /// Binds what making `listen` the listeners takes, changing nothing
+    /// yet: those unchanged (same address and the same TLS terminator, or
+    /// none) are kept, new ones bound on every worker, and those whose TLS
+    /// changes bound again beside the old socket (SO_REUSEPORT). If one
+    /// cannot be bound (the address is taken, or not this host's, or listed
+    /// twice), nothing is, and the error says which. Dropping the result
+    /// instead of committing it closes what it bound.
+    pub fn prepare(&self, listen: &[Listen]) -> Result<PreparedListeners, ForwardError> {
+        let set = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let workers = set.workers.len();
-        let mut next = Vec::with_capacity(listen.len());
+        let mut next: Vec<Bound> = Vec::with_capacity(listen.len());
         // Per worker, the sockets to add.
         let mut added: Vec<Vec<Change>> = (0..workers).map(|_| Vec::new()).collect();
         for entry in listen {
+            let (addr, tls) = entry;
+            if next.iter().any(|b| b.configured == *addr) {
+                return Err(ForwardError::Bind {
+                    addr: *addr,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "the address is listed twice",
+                    ),
+                });
+            }
             if let Some(kept) = set.current.iter().find(|b| b.same(entry)) {
                 next.push(Bound {
                     configured: kept.configured,
@@ -174,16 +191,19 @@ impl Listeners {
                 });
                 continue;
             }
-            let (addr, tls) = entry;
-            // An address of ours whose TLS changes is bound again beside
-            // the old socket (SO_REUSEPORT), which then closes.
-            let ours = set.current.iter().find(|b| b.configured == *addr);
-            let sockets = match ours {
+            let sockets = match set.current.iter().find(|b| b.configured == *addr) {
+                // Ours, with other TLS: bound again on the port it has.
                 Some(old) => bind_all(old.bound, workers, false)?,
-                None => bind_all(*addr, workers, true)?,
+                // A port one of ours holds (0.0.0.0:80 becoming
+                // 127.0.0.1:80, say) would fail the probe: bound beside it.
+                None => {
+                    let ours = addr.port() != 0
+                        && set.current.iter().any(|b| b.bound.port() == addr.port());
+                    bind_all(*addr, workers, !ours)?
+                }
             };
-            let bound = sockets.0;
-            for (worker, socket) in added.iter_mut().zip(sockets.1) {
+            let (bound, sockets) = sockets;
+            for (worker, socket) in added.iter_mut().zip(sockets) {
                 worker.push(Change::Add {
                     addr: *addr,
                     socket,
@@ -196,35 +216,59 @@ impl Listeners {
                 tls: tls.clone(),
             });
         }
-        // Everything is bound: now the workers are told.
         let removed: Vec<SocketAddr> = set
             .current
             .iter()
             .filter(|b| !listen.iter().any(|(addr, _)| *addr == b.configured))
             .map(|b| b.configured)
             .collect();
-        for (sender, changes) in set.workers.iter().zip(added) {
+        Ok(PreparedListeners {
+            listeners: self.clone(),
+            next,
+            added,
+            removed,
+        })
+    }
+}
+
+/// Listeners bound by [`Listeners::prepare`], not yet in use.
+pub struct PreparedListeners {
+    listeners: Listeners,
+    next: Vec<Bound>,
+    /// Per worker, the sockets to accept on.
+    added: Vec<Vec<Change>>,
+    removed: Vec<SocketAddr>,
+}
+
+impl PreparedListeners {
+    /// Puts them in use: each worker accepts on its new sockets and stops
+    /// accepting on removed or replaced ones (their connections are served
+    /// to their end). Returns the bound addresses.
+    pub fn commit(self) -> Vec<SocketAddr> {
+        let mut set = self
+            .listeners
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (sender, changes) in set.workers.iter().zip(self.added) {
             for change in changes {
                 let _ = sender.send(change);
             }
-            for addr in &removed {
+            for addr in &self.removed {
                 let _ = sender.send(Change::Remove(*addr));
             }
         }
-        for b in &next {
-            if !set
-                .current
-                .iter()
-                .any(|old| old.same(&(b.configured, b.tls.clone())))
-            {
+        for b in &self.next {
+            let entry = (b.configured, b.tls.clone());
+            if !set.current.iter().any(|old| old.same(&entry)) {
                 info!(address = %b.bound, tls = b.tls.is_some(), "listening");
             }
         }
-        for addr in &removed {
+        for addr in &self.removed {
             info!(address = %addr, "stopped listening");
         }
-        set.current = next;
-        Ok(set.current.iter().map(|b| b.bound).collect())
+        set.current = self.next;
+        set.current.iter().map(|b| b.bound).collect()
     }
 }
 

@@ -170,8 +170,18 @@ fn write_request(
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(target.as_bytes());
+    // Origin form: a path, "/" when there is none (a `:path` of "?a=1"
+    // routes as "/" and goes on as "/?a=1"), then the query.
+    match parts.uri.path_and_query() {
+        Some(target) => {
+            out.extend_from_slice(target.path().as_bytes());
+            if let Some(query) = target.query() {
+                out.push(b'?');
+                out.extend_from_slice(query.as_bytes());
+            }
+        }
+        None => out.push(b'/'),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let headers = &parts.headers;
     for (name, value) in headers {
