@@ -403,3 +403,45 @@ async fn a_reload_adds_and_removes_listeners_and_a_taken_address_changes_nothing
         Some(&5)
     );
 }
+
+#[tokio::test]
+async fn a_config_rotated_like_a_kubernetes_config_map_reloads_each_time() {
+    // Kubernetes' atomic writer: config.json is a symlink through `..data`
+    // to a timestamped directory; a rotation writes a new directory, swaps
+    // `..data` by a rename and deletes the old directory.
+    let stable = support::upstream("stable").await;
+    let canary = support::upstream("canary").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-configmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = |canary_bp: i64| {
+        let pools = [(&stable, 10_000 - canary_bp), (&canary, canary_bp)];
+        support::split_config(&pools, json!({})).to_string()
+    };
+    let rotate = |generation, text: String| {
+        support::kubernetes_write(&dir, generation, &[("config.json", text.as_bytes())]);
+    };
+    rotate(0, config(0));
+    let file = dir.join("config.json");
+    let (_child, proxy, _admin) = support::start_on_config(&file).await;
+    assert_eq!(
+        support::send_many(proxy, "/", 10).await.get("stable"),
+        Some(&10)
+    );
+
+    for (generation, (canary_bp, pool)) in [(10_000, "canary"), (0, "stable")].iter().enumerate() {
+        rotate(generation + 1, config(*canary_bp));
+        let counts = support::poll_for(
+            Duration::from_secs(10),
+            || support::send_many(proxy, "/", 10),
+            |counts| counts.get(*pool) == Some(&10),
+        )
+        .await;
+        assert_eq!(
+            counts.get(*pool),
+            Some(&10),
+            "rotation {} not applied",
+            generation + 1
+        );
+    }
+}

@@ -1236,27 +1236,17 @@ async fn certificates_rotated_like_a_kubernetes_secret_reload_each_time() {
     // Kubernetes' atomic writer: the files are symlinks through `..data`
     // to a timestamped directory; a rotation writes a new directory,
     // swaps `..data` by a rename, and deletes the old directory.
-    use std::os::unix::fs::symlink;
     let upstream = support::upstream("app").await;
     let ca = Ca::new("test CA");
     let dir = temp_dir("k8s-secret");
-    let rotate = |generation: usize, leaf: &Leaf| {
-        let target = dir.join(format!("..2026_11_26_{generation}"));
-        std::fs::create_dir(&target).expect("dir");
-        std::fs::write(target.join("tls.crt"), &leaf.cert_pem).expect("cert");
-        std::fs::write(target.join("tls.key"), &leaf.key_pem).expect("key");
-        let staged = dir.join("..data_tmp");
-        symlink(target.file_name().expect("name"), &staged).expect("symlink");
-        std::fs::rename(&staged, dir.join("..data")).expect("swap");
-        if generation > 0 {
-            let old = dir.join(format!("..2026_11_26_{}", generation - 1));
-            std::fs::remove_dir_all(old).expect("old generation");
-        }
+    let rotate = |generation, leaf: &Leaf| {
+        let files = [
+            ("tls.crt", leaf.cert_pem.as_bytes()),
+            ("tls.key", leaf.key_pem.as_bytes()),
+        ];
+        support::kubernetes_write(&dir, generation, &files);
     };
     rotate(0, &ca.leaf(&["api.example.com"]));
-    for name in ["tls.crt", "tls.key"] {
-        symlink(format!("..data/{name}"), dir.join(name)).expect("symlink");
-    }
     let certificates = json!([{"cert_file": dir.join("tls.crt"), "key_file": dir.join("tls.key")}]);
     let config = tls_config(&upstream, certificates);
     let (_plane, _server, addr, _watch) = start_watched(&config);

@@ -40,18 +40,42 @@ fn settle<T>(rx: &Receiver<T>, mut fold: impl FnMut(T)) {
     }
 }
 
+/// `file` as named (made absolute) and where its symlinks lead.
+fn named_and_target(file: &Path) -> [PathBuf; 2] {
+    let named = std::env::current_dir()
+        .map(|cwd| cwd.join(file))
+        .unwrap_or_else(|_| file.to_path_buf());
+    let target = std::fs::canonicalize(file).unwrap_or_else(|_| named.clone());
+    [named, target]
+}
+
+fn parent(file: &Path) -> PathBuf {
+    file.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 /// Watches `path` and reloads it into `plane` on every change, on a thread
 /// of its own. Returns an error if the watch cannot be set up.
 pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()> {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // The file is read by the name it was given, so symlinks are followed
+    // afresh each time; both that name's directory and the one its
+    // symlinks lead to are watched, as for certificates (a Kubernetes
+    // ConfigMap swaps a `..data` symlink and deletes the old target).
+    let [named, target] = named_and_target(path);
+    let names: Vec<std::ffi::OsString> = [&named, &target]
+        .iter()
+        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+        .collect();
+    let path = named.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let _ = tx.send(event);
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut dirs: Vec<PathBuf> = [named, target].iter().map(|p| parent(p)).collect();
+    dirs.dedup();
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -65,7 +89,11 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
                     Ok(event) => event
                         .paths
                         .iter()
-                        .any(|p| p.file_name() == path.file_name()),
+                        .filter_map(|p| p.file_name())
+                        .any(|name| {
+                            names.iter().any(|n| n == name)
+                                || name.to_string_lossy().starts_with("..")
+                        }),
                     Err(err) => {
                         tracing::warn!(error = %err, "config watch error");
                         false
@@ -107,16 +135,7 @@ pub fn watch_certificates(
     // to: certbot writes new files beside the old targets (`archive/`),
     // and Kubernetes swaps a `..data` symlink in the named directory and
     // deletes the old target directory, whose watch ends with it.
-    let directories = |file: &Path| -> [PathBuf; 2] {
-        let named = std::env::current_dir()
-            .map(|cwd| cwd.join(file))
-            .unwrap_or_else(|_| file.to_path_buf());
-        let target = std::fs::canonicalize(file).unwrap_or_else(|_| named.clone());
-        [named, target].map(|f| {
-            f.parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        })
-    };
+    let directories = |file: &Path| named_and_target(file).map(|f| parent(&f));
     let watched: Vec<(Arc<TlsTerminator>, Vec<PathBuf>)> = terminators
         .into_iter()
         .map(|terminator| {

@@ -784,3 +784,30 @@ pub async fn start_on_config(
     let file = file.to_str().expect("a UTF-8 path");
     start_binary(&["run", "--config", file, "--admin", "127.0.0.1:0"]).await
 }
+
+/// Writes `files` into `dir` as Kubernetes' atomic writer does for a
+/// ConfigMap or Secret: into a new timestamped directory, made current by
+/// renaming a `..data` symlink over the old one, whose directory is then
+/// deleted. Generation 0 also links each name to `..data/NAME`.
+pub fn kubernetes_write(dir: &std::path::Path, generation: usize, files: &[(&str, &[u8])]) {
+    use std::os::unix::fs::symlink;
+    let target = dir.join(format!("..2026_11_26_{generation}"));
+    std::fs::create_dir(&target).expect("dir");
+    for (name, contents) in files {
+        std::fs::write(target.join(name), contents).expect("write");
+    }
+    let staged = dir.join("..data_tmp");
+    symlink(target.file_name().expect("name"), &staged).expect("symlink");
+    std::fs::rename(&staged, dir.join("..data")).expect("swap");
+    match generation {
+        0 => {
+            for (name, _) in files {
+                symlink(format!("..data/{name}"), dir.join(name)).expect("symlink");
+            }
+        }
+        _ => {
+            let old = dir.join(format!("..2026_11_26_{}", generation - 1));
+            std::fs::remove_dir_all(old).expect("old generation");
+        }
+    }
+}
