@@ -284,6 +284,11 @@ fn framed(head: &str) -> (Vec<u8>, Then) {
             Keep-Alive: timeout=5\r\nX-Secret: 1\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
         }
         "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n",
+        // Interim answers first: skipped, the final one goes on.
+        "/interim" => {
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+            Link: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+        }
         other => panic!("unexpected {other}"),
     };
     let then = match target(head) {
@@ -315,6 +320,12 @@ async fn each_response_framing_becomes_http2_data() {
     assert_eq!(body.expect("body"), "");
     let (status, _, body) = send(&mut sender, request("GET", "/empty", b"")).await;
     assert_eq!((status, body.expect("body")), (204, Bytes::new()));
+    let (status, headers, body) = send(&mut sender, request("GET", "/interim", b"")).await;
+    assert_eq!((status, body.expect("body")), (200, Bytes::from("final")));
+    assert!(
+        headers.get("link").is_none(),
+        "an interim answer's field leaked"
+    );
 
     // Hop-by-hop fields, and those Connection names, stay behind.
     let (status, headers, body) = send(&mut sender, request("GET", "/hop", b"")).await;

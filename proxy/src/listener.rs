@@ -429,9 +429,11 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let graceful = Rc::new(GracefulShutdown::new());
         let proxy = Proxy::new(routes.clone());
-        // Accept loops by address; stopping one drops its socket, while
-        // the connections it accepted run on as tasks of their own.
-        let mut accepting: HashMap<SocketAddr, tokio::task::JoinHandle<()>> = HashMap::new();
+        // Accept loops by address, and what stops each: a stopped loop
+        // takes what the kernel has queued, then drops its socket; the
+        // connections it accepted run on as tasks of their own.
+        let mut accepting: HashMap<SocketAddr, (tokio::task::JoinHandle<()>, StopAccepting)> =
+            HashMap::new();
         let mut open = true;
         loop {
             let change = tokio::select! {
@@ -447,26 +449,26 @@ fn run_worker(
                             continue;
                         }
                     };
+                    let (stop, stopped) = tokio::sync::oneshot::channel();
                     let task = tokio::task::spawn_local(accept_loop(
                         listener,
                         tls,
                         Rc::clone(&proxy),
                         routes.clone(),
                         Rc::clone(&graceful),
+                        stopped,
                     ));
-                    if let Some(old) = accepting.insert(addr, task) {
-                        old.abort();
-                    }
+                    // The old loop (TLS changed) stops when its sender drops.
+                    accepting.insert(addr, (task, stop));
                 }
                 Some(Change::Remove(addr)) => {
-                    if let Some(task) = accepting.remove(&addr) {
-                        task.abort();
-                    }
+                    accepting.remove(&addr);
                 }
                 None => open = false,
             }
         }
-        for (_, task) in accepting.drain() {
+        // Shutting down: no more accepting at all.
+        for (_, (task, _)) in accepting.drain() {
             task.abort();
             let _ = task.await;
         }
@@ -484,15 +486,37 @@ fn run_worker(
     });
 }
 
+/// Stops an accept loop when sent to or dropped.
+type StopAccepting = tokio::sync::oneshot::Sender<()>;
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<TlsTerminator>>,
     proxy: Rc<Proxy>,
     routes: Routes,
     graceful: Rc<GracefulShutdown>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut stopping = false;
     loop {
-        let accepted = listener.accept().await;
+        let accepted = if stopping {
+            // Connections the kernel queued already are served, not reset
+            // when the socket closes.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match listener.poll_accept(&mut cx) {
+                Poll::Ready(Ok(accepted)) => Ok(accepted),
+                _ => return,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                accepted = listener.accept() => accepted,
+                _ = &mut stop => {
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
