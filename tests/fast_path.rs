@@ -298,3 +298,30 @@ async fn a_request_length_goes_upstream_restated() {
     );
     assert_eq!(seen[0].body, b"hello");
 }
+
+#[tokio::test]
+async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout_unused() {
+    // A reload that removes an endpoint leaves its pooled connections
+    // where no request takes them again: they must close on their own.
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Hang,
+    )
+    .await;
+    let timeouts = json!({"connect": "2s", "response_header": "5s", "idle": "1s"});
+    let proxy = support::proxy_to("stable", upstream.addr, json!({"timeouts": timeouts}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    assert_eq!(support::get_on(&mut stream, &mut buf).await.status, 200);
+    assert_eq!(
+        upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // Nothing more is sent; the pooled connection goes within two idle
+    // timeouts (a sweep runs once per idle timeout).
+    let closed = support::eventually(Duration::from_secs(5), || {
+        upstream.closed.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(closed, "the idle upstream connection stayed open");
+}

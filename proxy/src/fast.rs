@@ -123,6 +123,22 @@ impl RawPool {
         None
     }
 
+    /// Closes the connections idle for `max_idle` or more, of every
+    /// address: those of endpoints no longer in the table are never taken
+    /// or put again, so nothing else would close them.
+    pub(crate) fn sweep(&self, max_idle: Duration) {
+        let now = Instant::now();
+        self.idle.borrow_mut().retain(|_, list| {
+            // The oldest come first.
+            let expired = list
+                .iter()
+                .take_while(|(_, since)| now.duration_since(*since) >= max_idle)
+                .count();
+            list.drain(..expired);
+            !list.is_empty()
+        });
+    }
+
     pub(crate) fn put(&self, addr: IdleKey, stream: RawConn, max_idle: Duration) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();

@@ -54,6 +54,15 @@ impl Proxy {
         })
     }
 
+    /// Closes the worker's upstream connections idle past the table's idle
+    /// timeout; run every so often, so that connections to endpoints a
+    /// reload removed do not stay open.
+    pub fn sweep_idle(&self) {
+        let idle = self.routes.timeouts().idle;
+        self.raw.sweep(idle);
+        self.upstreams.sweep(idle);
+    }
+
     /// Serves one request; every failure becomes an answer to the client.
     pub async fn handle(
         self: Rc<Self>,

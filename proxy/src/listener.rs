@@ -429,6 +429,16 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let graceful = Rc::new(GracefulShutdown::new());
         let proxy = Proxy::new(routes.clone());
+        let sweeper = tokio::task::spawn_local({
+            let proxy = Rc::clone(&proxy);
+            async move {
+                loop {
+                    let every = proxy.routes.timeouts().idle.max(Duration::from_secs(1));
+                    tokio::time::sleep(every).await;
+                    proxy.sweep_idle();
+                }
+            }
+        });
         // Accept loops by address, and what stops each: a stopped loop
         // takes what the kernel has queued, then drops its socket; the
         // connections it accepted run on as tasks of their own.
@@ -472,6 +482,7 @@ fn run_worker(
             task.abort();
             let _ = task.await;
         }
+        sweeper.abort();
         // Connections between requests close now; busy ones after their
         // answer.
         proxy.stopping.stop();

@@ -205,6 +205,16 @@ impl Upstreams {
         }
     }
 
+    /// Closes the connections idle for `max_idle` or more, of every
+    /// address (see `RawPool::sweep`).
+    pub fn sweep(&self, max_idle: Duration) {
+        let now = Instant::now();
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain(|entry| now.duration_since(entry.since) < max_idle);
+            !list.is_empty()
+        });
+    }
+
     /// A pooled connection to `addr` and how long it was idle.
     fn take_idle(&self, addr: IdleKey, max_idle: Duration) -> Option<(Sender, Duration)> {
         let mut idle = self.idle.borrow_mut();
