@@ -83,15 +83,87 @@ pub enum Outcome<S> {
     },
 }
 
-/// One worker's pooled upstream connections for the fast path.
+/// One worker's pooled upstream connections for the fast path, and the
+/// buffers its connections borrow while they are busy: an idle client
+/// connection holds none.
 #[derive(Default)]
 pub struct RawPool {
     idle: RefCell<FxHashMap<IdleKey, Vec<(RawConn, Instant)>>>,
     /// Upstream read buffers between exchanges.
     spare: RefCell<Vec<BytesMut>>,
+    /// Client read buffers between requests.
+    spare_input: RefCell<Vec<BytesMut>>,
+    /// Head buffers between requests.
+    spare_out: RefCell<Vec<Vec<u8>>>,
+    /// What a client connection waiting for its next request reads into;
+    /// borrowed only for one `poll_read`.
+    scratch: RefCell<Vec<u8>>,
 }
 
 impl RawPool {
+    fn take_input(&self) -> BytesMut {
+        self.spare_input
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(CLIENT_BUFFER))
+    }
+
+    fn give_input(&self, mut input: BytesMut) {
+        input.clear();
+        let mut spare = self.spare_input.borrow_mut();
+        // A buffer a large request grew is let go.
+        if spare.len() < SPARE_BUFFERS && input.capacity() <= 4 * CLIENT_BUFFER {
+            spare.push(input);
+        }
+    }
+
+    fn take_out(&self) -> Vec<u8> {
+        self.spare_out
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(OUT_BUFFER))
+    }
+
+    fn give_out(&self, mut out: Vec<u8>) {
+        out.clear();
+        let mut spare = self.spare_out.borrow_mut();
+        if spare.len() < SPARE_BUFFERS && out.capacity() <= 4 * OUT_BUFFER {
+            spare.push(out);
+        }
+    }
+
+    /// Reads the start of a request into `input` (empty, and without a
+    /// buffer while the connection waited) through the worker's scratch
+    /// buffer, taking a buffer for `input` only once bytes arrive.
+    async fn read_fresh<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        input: &mut BytesMut,
+    ) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let mut scratch = self.scratch.borrow_mut();
+            if scratch.len() < CLIENT_BUFFER {
+                scratch.resize(CLIENT_BUFFER, 0);
+            }
+            let mut read = tokio::io::ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    if !filled.is_empty() {
+                        if input.capacity() == 0 {
+                            *input = self.take_input();
+                        }
+                        input.extend_from_slice(filled);
+                    }
+                    Poll::Ready(Ok(filled.len()))
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     pub(crate) fn take_buffer(&self) -> BytesMut {
         self.spare
             .borrow_mut()
@@ -953,8 +1025,9 @@ pub async fn serve<S>(mut stream: S, client: &ClientInfo, proxy: &Proxy) -> Outc
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
-    let mut out: Vec<u8> = Vec::with_capacity(OUT_BUFFER);
+    // Taken from the worker's spares while a request is under way.
+    let mut input = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
     let mut served = false;
     let mut waiting = Waiting::default();
     let timeouts = proxy.routes.timeouts();
@@ -980,6 +1053,9 @@ where
             let started = std::time::Instant::now();
             if !input.is_empty() {
                 table = proxy.routes.snapshot();
+                if out.capacity() == 0 {
+                    out = proxy.raw.take_out();
+                }
                 match plan(
                     &input,
                     &table,
@@ -1035,15 +1111,19 @@ where
                     };
                 }
             }
-            if input.capacity() - input.len() < CLIENT_BUFFER / 2 {
-                // An emptied buffer takes back the space before its start.
-                input.reserve(CLIENT_BUFFER);
-            }
             let read = if input.is_empty() {
-                // Between requests: a shutdown ends the wait.
+                // Between requests, holding no buffer: a shutdown ends the
+                // wait.
+                if input.capacity() > 0 {
+                    proxy.raw.give_input(std::mem::take(&mut input));
+                }
+                if out.capacity() > 0 {
+                    proxy.raw.give_out(std::mem::take(&mut out));
+                }
                 let stopping = &proxy.stopping;
                 let waiting = &mut waiting;
-                let mut read = std::pin::pin!(deadline.run(stream.read_buf(&mut input)));
+                let fresh = proxy.raw.read_fresh(&mut stream, &mut input);
+                let mut read = std::pin::pin!(deadline.run(fresh));
                 let read = std::future::poll_fn(|cx| {
                     if stopping.stopped.get() {
                         return Poll::Ready(None);
@@ -1057,6 +1137,10 @@ where
                     None => return Outcome::Closed,
                 }
             } else {
+                if input.capacity() - input.len() < CLIENT_BUFFER / 2 {
+                    // An emptied buffer takes back the space before its start.
+                    input.reserve(CLIENT_BUFFER);
+                }
                 deadline.run(stream.read_buf(&mut input)).await
             };
             match read {
@@ -1154,13 +1238,6 @@ where
             proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);
         }
         proxy.raw.give_buffer(upstream_buffer);
-        if out.capacity() > 4 * OUT_BUFFER {
-            // A large body passed through: an idle client keeps a small buffer.
-            out = Vec::with_capacity(OUT_BUFFER);
-        }
-        if input.is_empty() && input.capacity() > 4 * CLIENT_BUFFER {
-            input = BytesMut::with_capacity(CLIENT_BUFFER);
-        }
         if !relayed.client_ok || close {
             let _ = stream.shutdown().await;
             return Outcome::Closed;

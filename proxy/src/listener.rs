@@ -611,50 +611,56 @@ where
                 served,
             } => (stream, buffered, served),
         };
-        let table = proxy.routes.snapshot();
-        let phase = Arc::new(ConnPhase::default());
-        let io = ClientIo::resume(
-            stream,
-            Arc::clone(&phase),
-            request_header,
-            idle,
-            buffered,
-            served,
-        );
-        let service = service_fn(move |request| {
-            phase.request_started();
-            Rc::clone(&proxy).handle(Rc::clone(&client), request)
-        });
-        let streams = ConnStreams::default();
-        let mut builder = auto::Builder::new(streams.clone());
-        if served {
-            // HTTP/1.1 requests came first: no HTTP/2 preface can follow.
-            builder = builder.http1_only();
-        }
-        builder
-            .http1()
-            // Head and idle timeouts are ClientIo's: hyper's own header
-            // timeout closes without the 408 and cannot tell idle apart.
-            // The head must fit the read buffer: a larger one gets 431.
-            .max_buf_size(table.limits.max_header_bytes)
-            .max_headers(table.limits.max_headers)
-            // A client that half-closes after its request gets no answer
-            // from most servers either; closing frees the socket at once.
-            .half_close(false)
-            // Not pipeline_flush: with it, hyper 1.x holds writes while
-            // unparsed bytes are buffered, so an answer to a malformed
-            // request is lost and a body is queued without back-pressure.
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(table.limits.max_header_bytes as u32)
-            .max_concurrent_streams(256);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        if let Err(err) = with_streams(watcher.watch(connection), streams).await {
-            debug!(client = %peer, error = %err, "client connection ended");
-        }
+        // Boxed: until a request needs hyper, the connection's future holds
+        // the fast path's state only, not room for hyper's (about 1.5 KiB
+        // per idle connection).
+        Box::pin(async move {
+            let table = proxy.routes.snapshot();
+            let phase = Arc::new(ConnPhase::default());
+            let io = ClientIo::resume(
+                stream,
+                Arc::clone(&phase),
+                request_header,
+                idle,
+                buffered,
+                served,
+            );
+            let service = service_fn(move |request| {
+                phase.request_started();
+                Rc::clone(&proxy).handle(Rc::clone(&client), request)
+            });
+            let streams = ConnStreams::default();
+            let mut builder = auto::Builder::new(streams.clone());
+            if served {
+                // HTTP/1.1 requests came first: no HTTP/2 preface can follow.
+                builder = builder.http1_only();
+            }
+            builder
+                .http1()
+                // Head and idle timeouts are ClientIo's: hyper's own header
+                // timeout closes without the 408 and cannot tell idle apart.
+                // The head must fit the read buffer: a larger one gets 431.
+                .max_buf_size(table.limits.max_header_bytes)
+                .max_headers(table.limits.max_headers)
+                // A client that half-closes after its request gets no answer
+                // from most servers either; closing frees the socket at once.
+                .half_close(false)
+                // Not pipeline_flush: with it, hyper 1.x holds writes while
+                // unparsed bytes are buffered, so an answer to a malformed
+                // request is lost and a body is queued without back-pressure.
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(table.limits.max_header_bytes as u32)
+                .max_concurrent_streams(256);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(err) = with_streams(watcher.watch(connection), streams).await {
+                debug!(client = %peer, error = %err, "client connection ended");
+            }
+        })
+        .await;
     }
 }
