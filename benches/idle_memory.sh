@@ -38,24 +38,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$RUN/nginx"
-cat >"$RUN/upstream.conf" <<CONF
-worker_processes 1;
-pid $RUN/nginx/nginx.pid;
-error_log $RUN/upstream.log warn;
-daemon off;
-events { worker_connections 1024; }
-http {
-    client_body_temp_path $RUN/nginx/client_body;
-    proxy_temp_path $RUN/nginx/proxy;
-    fastcgi_temp_path $RUN/nginx/fastcgi;
-    uwsgi_temp_path $RUN/nginx/uwsgi;
-    scgi_temp_path $RUN/nginx/scgi;
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 "upstream"; } }
-}
-CONF
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
+nginx_upstream_conf "$RUN" "\
+    server { listen 127.0.0.1:$UP; location / { return 200 upstream; } }" >"$RUN/upstream.conf"
 nginx -p "$RUN/nginx" -c "$RUN/upstream.conf" >"$RUN/nginx.out" 2>&1 &
 PIDS+=($!)
 

@@ -59,27 +59,12 @@ body64() {
     printf '%s' "${s:0:64}"
 }
 
-mkdir -p "$RUN/nginx"
-cat >"$RUN/upstream.conf" <<EOF
-worker_processes 1;
-pid $RUN/nginx/nginx.pid;
-error_log $RUN/upstream.log warn;
-daemon off;
-events { worker_connections 1024; }
-http {
-    client_body_temp_path $RUN/nginx/client_body;
-    proxy_temp_path $RUN/nginx/proxy;
-    fastcgi_temp_path $RUN/nginx/fastcgi;
-    uwsgi_temp_path $RUN/nginx/uwsgi;
-    scgi_temp_path $RUN/nginx/scgi;
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server { listen 127.0.0.1:$UP1; location / { return 200 "$(body64 stable)"; } }
-    server { listen 127.0.0.1:$UP2; location / { return 200 "$(body64 canary)"; } }
-}
-EOF
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
+nginx_upstream_conf "$RUN" "\
+    server { listen 127.0.0.1:$UP1; location / { return 200 \"$(body64 stable)\"; } }
+    server { listen 127.0.0.1:$UP2; location / { return 200 \"$(body64 canary)\"; } }" \
+    >"$RUN/upstream.conf"
 nginx -p "$RUN/nginx" -c "$RUN/upstream.conf" >"$RUN/nginx.out" 2>&1 &
 PIDS+=($!)
 
