@@ -90,48 +90,18 @@ pub enum Outcome<S> {
 pub struct RawPool {
     idle: RefCell<FxHashMap<IdleKey, Vec<(RawConn, Instant)>>>,
     /// Upstream read buffers between exchanges.
-    spare: RefCell<Vec<BytesMut>>,
+    pub(crate) upstream_buffers: Spares<BytesMut, UPSTREAM_BUFFER>,
     /// Client read buffers between requests.
-    spare_input: RefCell<Vec<BytesMut>>,
-    /// Head buffers between requests.
-    spare_out: RefCell<Vec<Vec<u8>>>,
+    input_buffers: Spares<BytesMut, CLIENT_BUFFER>,
+    /// Head buffers (requests going upstream, answers going back) between
+    /// requests.
+    pub(crate) head_buffers: Spares<Vec<u8>, OUT_BUFFER>,
     /// What a client connection waiting for its next request reads into;
     /// borrowed only for one `poll_read`.
     scratch: RefCell<Vec<u8>>,
 }
 
 impl RawPool {
-    fn take_input(&self) -> BytesMut {
-        self.spare_input
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(CLIENT_BUFFER))
-    }
-
-    fn give_input(&self, mut input: BytesMut) {
-        input.clear();
-        let mut spare = self.spare_input.borrow_mut();
-        // A buffer a large request grew is let go.
-        if spare.len() < SPARE_BUFFERS && input.capacity() <= 4 * CLIENT_BUFFER {
-            spare.push(input);
-        }
-    }
-
-    fn take_out(&self) -> Vec<u8> {
-        self.spare_out
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(OUT_BUFFER))
-    }
-
-    fn give_out(&self, mut out: Vec<u8>) {
-        out.clear();
-        let mut spare = self.spare_out.borrow_mut();
-        if spare.len() < SPARE_BUFFERS && out.capacity() <= 4 * OUT_BUFFER {
-            spare.push(out);
-        }
-    }
-
     /// Reads the start of a request into `input` (empty, and without a
     /// buffer while the connection waited) through the worker's scratch
     /// buffer, taking a buffer for `input` only once bytes arrive.
@@ -151,7 +121,7 @@ impl RawPool {
                     let filled = read.filled();
                     if !filled.is_empty() {
                         if input.capacity() == 0 {
-                            *input = self.take_input();
+                            *input = self.input_buffers.take();
                         }
                         input.extend_from_slice(filled);
                     }
@@ -162,22 +132,6 @@ impl RawPool {
             }
         })
         .await
-    }
-
-    pub(crate) fn take_buffer(&self) -> BytesMut {
-        self.spare
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(UPSTREAM_BUFFER))
-    }
-
-    pub(crate) fn give_buffer(&self, mut buffer: BytesMut) {
-        buffer.clear();
-        let mut spare = self.spare.borrow_mut();
-        // A buffer a huge response head grew is let go.
-        if spare.len() < SPARE_BUFFERS && buffer.capacity() <= 4 * UPSTREAM_BUFFER {
-            spare.push(buffer);
-        }
     }
 
     /// A pooled connection to `addr` that is still open, and how long it
@@ -224,6 +178,65 @@ impl RawPool {
         list.drain(..expired);
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((stream, now));
+        }
+    }
+}
+
+/// Buffers a worker keeps between uses (at most [`SPARE_BUFFERS`]), each
+/// made with `SIZE` bytes of room; one that grew past four times that is
+/// let go rather than kept.
+pub(crate) struct Spares<B, const SIZE: usize>(RefCell<Vec<B>>);
+
+impl<B, const SIZE: usize> Default for Spares<B, SIZE> {
+    fn default() -> Self {
+        Spares(RefCell::new(Vec::new()))
+    }
+}
+
+/// What [`Spares`] keeps: a byte buffer.
+pub(crate) trait SpareBuffer {
+    fn with_room(bytes: usize) -> Self;
+    fn room(&self) -> usize;
+    fn empty(&mut self);
+}
+
+impl SpareBuffer for BytesMut {
+    fn with_room(bytes: usize) -> Self {
+        BytesMut::with_capacity(bytes)
+    }
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+    fn empty(&mut self) {
+        self.clear();
+    }
+}
+
+impl SpareBuffer for Vec<u8> {
+    fn with_room(bytes: usize) -> Self {
+        Vec::with_capacity(bytes)
+    }
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+    fn empty(&mut self) {
+        self.clear();
+    }
+}
+
+impl<B: SpareBuffer, const SIZE: usize> Spares<B, SIZE> {
+    pub(crate) fn take(&self) -> B {
+        self.0
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| B::with_room(SIZE))
+    }
+
+    pub(crate) fn give(&self, mut buffer: B) {
+        buffer.empty();
+        let mut spare = self.0.borrow_mut();
+        if spare.len() < SPARE_BUFFERS && buffer.room() <= 4 * SIZE {
+            spare.push(buffer);
         }
     }
 }
@@ -1054,7 +1067,7 @@ where
             if !input.is_empty() {
                 table = proxy.routes.snapshot();
                 if out.capacity() == 0 {
-                    out = proxy.raw.take_out();
+                    out = proxy.raw.head_buffers.take();
                 }
                 match plan(
                     &input,
@@ -1115,10 +1128,10 @@ where
                 // Between requests, holding no buffer: a shutdown ends the
                 // wait.
                 if input.capacity() > 0 {
-                    proxy.raw.give_input(std::mem::take(&mut input));
+                    proxy.raw.input_buffers.give(std::mem::take(&mut input));
                 }
                 if out.capacity() > 0 {
-                    proxy.raw.give_out(std::mem::take(&mut out));
+                    proxy.raw.head_buffers.give(std::mem::take(&mut out));
                 }
                 let stopping = &proxy.stopping;
                 let waiting = &mut waiting;
@@ -1190,7 +1203,7 @@ where
             close,
         };
         // From the worker's spares: an idle client holds no upstream buffer.
-        let mut upstream_buffer = proxy.raw.take_buffer();
+        let mut upstream_buffer = proxy.raw.upstream_buffers.take();
         let mut ex = Exchange {
             raw: &proxy.raw,
             out: &mut out,
@@ -1209,7 +1222,7 @@ where
                 count_failure(pool, stats, endpoint, &error, started, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
                 put_error(&mut out, &error, plan.close, plan.head_request);
-                proxy.raw.give_buffer(upstream_buffer);
+                proxy.raw.upstream_buffers.give(upstream_buffer);
                 if !write_out(&mut stream, &out, &mut deadline, timeouts.idle).await || plan.close {
                     let _ = stream.shutdown().await;
                     return Outcome::Closed;
@@ -1237,7 +1250,7 @@ where
         if relayed.reusable {
             proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);
         }
-        proxy.raw.give_buffer(upstream_buffer);
+        proxy.raw.upstream_buffers.give(upstream_buffer);
         if !relayed.client_ok || close {
             let _ = stream.shutdown().await;
             return Outcome::Closed;

@@ -73,7 +73,8 @@ pub(crate) async fn forward(
         started,
         now_ms,
     } = request;
-    let mut out = Vec::with_capacity(512 + body.map_or(0, <[u8]>::len));
+    // From the worker's spares, as the fast path's head buffer is.
+    let mut out = raw.head_buffers.take();
     write_request(parts, host, client, body, &mut out);
     let pool = table.pool(pool_index);
     let stats = route.stats(pool_index);
@@ -83,7 +84,7 @@ pub(crate) async fn forward(
         close: false,
     };
     let timeouts = &table.timeouts;
-    let mut buffer = raw.take_buffer();
+    let mut buffer = raw.upstream_buffers.take();
     let mut deadline = Deadline::new(timeouts.response_header);
     let mut ex = Exchange {
         raw,
@@ -107,11 +108,12 @@ pub(crate) async fn forward(
                 })?;
             Ok((conn, head, response))
         });
+    raw.head_buffers.give(out);
     let (conn, head, response) = match converted {
         Ok(converted) => converted,
         Err(error) => {
             count_failure(pool, stats, endpoint, &error, started, now_ms);
-            raw.give_buffer(buffer);
+            raw.upstream_buffers.give(buffer);
             return Err(error);
         }
     };
@@ -135,7 +137,7 @@ pub(crate) async fn forward(
             if head.keep_alive && !extra {
                 raw.put(key, conn, timeouts.idle);
             }
-            raw.give_buffer(buffer);
+            raw.upstream_buffers.give(buffer);
             ProxyBody::Local(data.filter(|d| !d.is_empty()))
         }
         None => {
@@ -424,6 +426,8 @@ impl RawBody {
 
 impl Drop for RawBody {
     fn drop(&mut self) {
-        self.pool.give_buffer(std::mem::take(&mut self.buffer));
+        self.pool
+            .upstream_buffers
+            .give(std::mem::take(&mut self.buffer));
     }
 }
