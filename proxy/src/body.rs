@@ -1,5 +1,7 @@
 //! Body types on both sides of the proxy.
 //!
+//! - [`ClientBody`]: the body as the client sends it: hyper's (HTTP/1.1
+//!   on hyper's path) or the HTTP/2 server's.
 //! - [`RequestBody`]: what goes upstream: nothing, a small body read whole
 //!   (so a malformed one is refused before anything is forwarded), or a
 //!   large one streamed after the part already read.
@@ -25,6 +27,50 @@ use crate::upstream::Release;
 /// The error type of both bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body as the client sends it.
+pub enum ClientBody {
+    /// Read by hyper's HTTP/1.1 server.
+    Hyper(Incoming),
+    /// Read by the HTTP/2 server, stream by stream.
+    H2(crate::h2::RecvBody),
+    /// The request said it has none (HTTP/2 `END_STREAM` on its head).
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            ClientBody::H2(body) => body.poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A request body on its way upstream.
 pub enum RequestBody {
     /// No body.
@@ -42,7 +88,7 @@ pub enum RequestBody {
         /// The part read ahead.
         prefix: Option<Bytes>,
         /// The rest, straight from the client.
-        rest: Incoming,
+        rest: ClientBody,
         /// Bytes seen so far, checked against the limit.
         seen: u64,
         /// The body limit.
@@ -95,7 +141,7 @@ impl Body for RequestBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
+                    Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }

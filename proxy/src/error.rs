@@ -49,9 +49,9 @@ pub enum ForwardError {
     /// The client's body broke off or was malformed (a bad chunk size).
     #[error("reading the request body")]
     ClientBody {
-        /// hyper's parse or I/O error.
+        /// hyper's parse or I/O error, or the HTTP/2 stream's reset.
         #[source]
-        source: hyper::Error,
+        source: crate::body::BoxError,
     },
     /// Connecting to the endpoint failed.
     #[error("upstream connect {what}: {backend}")]

@@ -252,6 +252,11 @@ pub struct Stopping {
 }
 
 impl Stopping {
+    /// Whether the worker is stopping.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
     /// Ends every wait between requests, now and from now on.
     pub fn stop(&self) {
         self.stopped.set(true);
@@ -264,12 +269,12 @@ impl Stopping {
 
 /// A connection's registration with [`Stopping`], removed when dropped.
 #[derive(Default)]
-struct Waiting<'a> {
+pub(crate) struct Waiting<'a> {
     registered: Option<(&'a Stopping, u64)>,
 }
 
 impl<'a> Waiting<'a> {
-    fn register(&mut self, stopping: &'a Stopping, waker: &Waker) {
+    pub(crate) fn register(&mut self, stopping: &'a Stopping, waker: &Waker) {
         if self.registered.is_none() {
             let id = stopping.next.get();
             stopping.next.set(id + 1);

@@ -12,10 +12,9 @@ use http::uri::Uri;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::body::{InFlight, Origin, ProxyBody, RequestBody};
+use crate::body::{ClientBody, InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
 use crate::fast::{RawPool, Stopping};
 use crate::headers::{
@@ -67,7 +66,7 @@ impl Proxy {
     pub async fn handle(
         self: Rc<Self>,
         client: Rc<ClientInfo>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let table = self.routes.snapshot();
@@ -88,7 +87,7 @@ impl Proxy {
         &self,
         table: &RouteTable,
         client: &ClientInfo,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let (mut parts, body) = request.into_parts();
@@ -478,7 +477,7 @@ pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardErr
 }
 
 /// Reads up to [`READ_AHEAD_BYTES`] of the body before forwarding.
-async fn read_ahead(mut body: Incoming, limit: u64) -> Result<RequestBody, ForwardError> {
+async fn read_ahead(mut body: ClientBody, limit: u64) -> Result<RequestBody, ForwardError> {
     if body.is_end_stream() {
         return Ok(RequestBody::Empty);
     }

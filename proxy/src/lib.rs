@@ -7,6 +7,7 @@
 //! - `listener`: worker threads, sockets and hyper's server settings ([`Server`]).
 //! - `fast`: the HTTP/1.1 fast path: common requests proxied without hyper.
 //! - `forward`: one request's path through the proxy (hyper's side).
+//! - `h2`: the HTTP/2 server (h2c and h2 over TLS), with its HPACK.
 //! - `raw_upstream`: HTTP/2 requests sent upstream on the fast path's raw
 //!   connections.
 //! - `client_io`: the client socket with head/idle timeouts (408) and the
@@ -26,6 +27,7 @@ mod client_io;
 mod error;
 mod fast;
 mod forward;
+mod h2;
 mod headers;
 pub mod health;
 pub mod health_check;

@@ -33,10 +33,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::body::ClientBody;
 use crate::client_io::{ClientIo, ConnPhase};
 use crate::error::ForwardError;
 use crate::fast;
 use crate::forward::Proxy;
+use crate::h2;
 use crate::headers::ClientInfo;
 use crate::health_check::HealthChecker;
 use crate::route::{RouteTable, Routes};
@@ -91,6 +93,13 @@ async fn with_streams<T>(connection: impl Future<Output = T>, streams: ConnStrea
         return Poll::Pending;
     })
     .await
+}
+
+/// Whether HTTP/2 connections get Switchyard's own server (the default) or
+/// hyper's (`SWITCHYARD_HTTP2=hyper`, kept to compare the two).
+fn native_h2() -> bool {
+    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NATIVE.get_or_init(|| std::env::var("SWITCHYARD_HTTP2").map_or(true, |v| v != "hyper"))
 }
 
 /// A running data plane.
@@ -611,6 +620,14 @@ where
                 served,
             } => (stream, buffered, served),
         };
+        let h2 = !served
+            && buffered.len() >= 3
+            && h2::PREFACE.starts_with(&buffered[..buffered.len().min(h2::PREFACE.len())]);
+        if h2 && native_h2() {
+            let _watcher = watcher;
+            Box::pin(h2::serve(stream, &buffered, client, proxy)).await;
+            return;
+        }
         // Boxed: until a request needs hyper, the connection's future holds
         // the fast path's state only, not room for hyper's (about 1.5 KiB
         // per idle connection).
@@ -627,7 +644,7 @@ where
             );
             let service = service_fn(move |request| {
                 phase.request_started();
-                Rc::clone(&proxy).handle(Rc::clone(&client), request)
+                Rc::clone(&proxy).handle(Rc::clone(&client), request.map(ClientBody::Hyper))
             });
             let streams = ConnStreams::default();
             let mut builder = auto::Builder::new(streams.clone());

@@ -1,0 +1,1473 @@
+//! The HTTP/2 server (RFC 9113): h2c with prior knowledge and h2 over TLS.
+//!
+//! One task serves a connection: it reads and answers frames, runs each
+//! stream's request through [`Proxy::handle`] as a future of its own
+//! (polled in the same task), and writes what all streams have to say in
+//! one buffer, flushed once per turn. It replaces hyper's HTTP/2 server,
+//! whose frame, HPACK and stream machinery cost about two thirds of an
+//! h2c request's instructions.
+//!
+//! Flow control: the client may send 256 KiB per stream and 1 MiB in all
+//! before the body reader takes any; what a reader takes is granted back
+//! (`WINDOW_UPDATE`) once half a window is taken, so a slow upstream slows
+//! the client. Responses are sent within the client's windows, and no
+//! body is polled while 64 KiB wait to be written.
+//!
+//! Errors follow RFC 9113 §5.4: a malformed request resets its stream
+//! (`PROTOCOL_ERROR`) and is never forwarded; a protocol violation ends
+//! the connection with `GOAWAY`.
+
+mod hpack;
+mod huffman_table;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+use crate::body::{BoxError, ClientBody, ProxyBody};
+use crate::fast::{Deadline, Waiting};
+use crate::forward::Proxy;
+use crate::headers::ClientInfo;
+
+/// What a client sends first (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const FRAME_HEAD: usize = 9;
+/// The largest frame payload we accept: the protocol's default, which we
+/// do not raise.
+const MAX_FRAME: usize = 16_384;
+/// Bytes read at a time; room for the largest frame and its head.
+const INPUT_SIZE: usize = 32 * 1024;
+/// Responses are not polled while this much waits to be written.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+
+const MAX_STREAMS: u32 = 256;
+/// What a client may send on one stream before its reader takes some.
+const STREAM_WINDOW: i64 = 256 * 1024;
+/// What a client may send on all streams before their readers take some.
+const CONN_WINDOW: i64 = 1024 * 1024;
+/// The protocol's initial windows, before SETTINGS (RFC 9113 §6.9.2).
+const DEFAULT_WINDOW: i64 = 65_535;
+const MAX_WINDOW: i64 = (1 << 31) - 1;
+
+// Frame types (RFC 9113 §6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+// Flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
+
+// Error codes (RFC 9113 §7).
+const NO_ERROR: u32 = 0x0;
+const PROTOCOL_ERROR: u32 = 0x1;
+const INTERNAL_ERROR: u32 = 0x2;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+const REFUSED_STREAM: u32 = 0x7;
+const COMPRESSION_ERROR: u32 = 0x9;
+
+// Settings (RFC 9113 §6.5.2).
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+/// A connection error: the connection ends with `GOAWAY` and this code.
+#[derive(Debug)]
+struct ConnError {
+    code: u32,
+    reason: &'static str,
+}
+
+fn conn_error(code: u32, reason: &'static str) -> ConnError {
+    ConnError { code, reason }
+}
+
+/// What the connection and the readers of its request bodies share.
+#[derive(Default)]
+struct ConnShared {
+    /// Bytes each stream's reader took since the connection last looked,
+    /// to be granted back to the client.
+    credits: RefCell<Vec<(u32, u32)>>,
+    /// The connection task, woken when a reader on another task takes bytes.
+    waker: RefCell<Option<Waker>>,
+    /// Set while the connection task runs: a reader polled by it needs
+    /// no wake-up.
+    running: Cell<bool>,
+}
+
+/// One stream's request body as the connection received it.
+#[derive(Default)]
+struct Recv {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    /// The client reset the stream, or the connection ended.
+    reset: bool,
+    /// The reader dropped the body: what arrives is granted back at once.
+    dropped: bool,
+    /// Bytes taken by the reader, for the size hint.
+    taken: u64,
+    waker: Option<Waker>,
+}
+
+/// What a stream's handler, its body reader and the connection share.
+struct StreamShared {
+    id: u32,
+    /// The request's `content-length`, if it gave one.
+    length: Option<u64>,
+    recv: RefCell<Recv>,
+    /// The client reset the stream: the handler stops when next polled.
+    cancelled: Cell<bool>,
+    /// The handler's task, woken to notice a cancel.
+    handler: RefCell<Option<Waker>>,
+    conn: Rc<ConnShared>,
+}
+
+impl StreamShared {
+    fn wake_reader(&self) {
+        if let Some(waker) = self.recv.borrow_mut().waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Error of a request body whose stream was reset.
+#[derive(Debug, thiserror::Error)]
+#[error("the client reset the HTTP/2 stream")]
+struct StreamReset;
+
+/// An HTTP/2 request body, read from its stream.
+pub struct RecvBody(Rc<StreamShared>);
+
+impl RecvBody {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let shared = &self.0;
+        let mut recv = shared.recv.borrow_mut();
+        if let Some(chunk) = recv.chunks.pop_front() {
+            recv.taken += chunk.len() as u64;
+            drop(recv);
+            give_credit(shared, chunk.len());
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if recv.reset {
+            return Poll::Ready(Some(Err(Box::new(StreamReset))));
+        }
+        if let Some(trailers) = recv.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if recv.ended {
+            return Poll::Ready(None);
+        }
+        recv.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        let recv = self.0.recv.borrow();
+        recv.ended && !recv.reset && recv.chunks.is_empty() && recv.trailers.is_none()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.0.length {
+            Some(length) => SizeHint::with_exact(length.saturating_sub(self.0.recv.borrow().taken)),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        let mut recv = self.0.recv.borrow_mut();
+        recv.dropped = true;
+        let unread: usize = recv.chunks.drain(..).map(|c| c.len()).sum();
+        drop(recv);
+        if unread > 0 {
+            give_credit(&self.0, unread);
+        }
+    }
+}
+
+/// Tells the connection that `len` bytes of `stream` were taken.
+fn give_credit(stream: &StreamShared, len: usize) {
+    let conn = &stream.conn;
+    conn.credits.borrow_mut().push((stream.id, len as u32));
+    if !conn.running.get() {
+        if let Some(waker) = conn.waker.borrow().as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+type Handler = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
+/// A stream's handler, stopped when the client resets the stream.
+struct StreamTask {
+    shared: Rc<StreamShared>,
+    handler: Handler,
+}
+
+impl Future for StreamTask {
+    type Output = (u32, Option<Response<ProxyBody>>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.shared.id;
+        if self.shared.cancelled.get() {
+            return Poll::Ready((id, None));
+        }
+        match self.handler.as_mut().poll(cx) {
+            Poll::Ready(Ok(response)) => Poll::Ready((id, Some(response))),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => {
+                let mut handler = self.shared.handler.borrow_mut();
+                if !handler.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *handler = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A response on its way out.
+enum Sending {
+    /// The handler has not answered yet.
+    Waiting,
+    /// The head is sent; the body follows, `pending` being the part of its
+    /// last chunk the windows did not let through yet.
+    Body {
+        body: ProxyBody,
+        pending: Option<Bytes>,
+    },
+}
+
+/// How a response body ended.
+enum End {
+    /// Its last DATA frame (END_STREAM) is written.
+    Sent,
+    /// Trailers end it.
+    Trailers(HeaderMap),
+    /// It broke off: the stream is reset.
+    Failed,
+}
+
+/// A stream the connection serves.
+struct Stream {
+    shared: Rc<StreamShared>,
+    /// The client may still send on it.
+    recv_open: bool,
+    /// What the client may still send before we grant more.
+    recv_window: i64,
+    /// Taken by the reader, not yet granted back.
+    recv_credit: i64,
+    received: u64,
+    send_window: i64,
+    sending: Sending,
+    /// A HEAD request: its answer has no body, whatever the handler says.
+    head_request: bool,
+}
+
+/// A header block waiting for its CONTINUATION frames.
+struct Continuation {
+    id: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+/// The connection's state apart from its socket and read buffer, so frame
+/// handlers may read the buffer while they change the state.
+struct State {
+    proxy: Rc<Proxy>,
+    client: Rc<ClientInfo>,
+    shared: Rc<ConnShared>,
+    out: Vec<u8>,
+    written: usize,
+    /// Written but not yet flushed.
+    unflushed: bool,
+    /// Scratch for encoding one header block.
+    block: Vec<u8>,
+    decoder: hpack::Decoder,
+    streams: FxHashMap<u32, Stream>,
+    /// Streams whose response body is being sent.
+    sending: Vec<u32>,
+    tasks: FuturesUnordered<StreamTask>,
+    /// The highest stream the client opened.
+    last_id: u32,
+    /// Our GOAWAY's last stream: later streams are ignored.
+    goaway: Option<u32>,
+    /// The client sent GOAWAY, or closed its side.
+    peer_done: bool,
+    /// A connection error was sent; the connection ends once it is written.
+    closing: bool,
+    send_window: i64,
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    recv_window: i64,
+    recv_credit: i64,
+    continuation: Option<Continuation>,
+    /// Whether the next header block is the connection's first.
+    first_block: bool,
+    max_header_list: usize,
+}
+
+/// Serves an HTTP/2 connection whose first bytes (`buffered`, at least the
+/// start of the preface) were read by the fast path.
+pub(crate) async fn serve<S>(mut io: S, buffered: &[u8], client: Rc<ClientInfo>, proxy: Rc<Proxy>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let table = proxy.routes.snapshot();
+    let (head_timeout, idle_timeout) = (table.timeouts.request_header, table.timeouts.idle);
+    let max_header_list = table.limits.max_header_bytes;
+    drop(table);
+    let mut input = vec![0u8; INPUT_SIZE.max(buffered.len())];
+    input[..buffered.len()].copy_from_slice(buffered);
+    let mut state = State {
+        proxy,
+        client,
+        shared: Rc::new(ConnShared::default()),
+        out: Vec::with_capacity(1024),
+        written: 0,
+        unflushed: false,
+        block: Vec::new(),
+        decoder: hpack::Decoder::default(),
+        streams: FxHashMap::default(),
+        sending: Vec::new(),
+        tasks: FuturesUnordered::new(),
+        last_id: 0,
+        goaway: None,
+        peer_done: false,
+        closing: false,
+        send_window: DEFAULT_WINDOW,
+        peer_initial_window: DEFAULT_WINDOW,
+        peer_max_frame: MAX_FRAME,
+        recv_window: CONN_WINDOW,
+        recv_credit: 0,
+        continuation: None,
+        first_block: true,
+        max_header_list,
+    };
+    state.put_settings();
+    let mut conn = Conn {
+        input,
+        start: 0,
+        end: buffered.len(),
+        preface_seen: false,
+        read_closed: false,
+        deadline: Deadline::new(head_timeout),
+        idle: false,
+        idle_timeout,
+    };
+    let proxy = Rc::clone(&state.proxy);
+    let mut waiting = Waiting::default();
+    std::future::poll_fn(|cx| {
+        if proxy.stopping.is_stopped() {
+            state.go_away();
+        } else {
+            waiting.register(&proxy.stopping, cx.waker());
+        }
+        state.shared.running.set(true);
+        let done = conn.poll(&mut io, &mut state, cx);
+        state.shared.running.set(false);
+        done
+    })
+    .await;
+    state.shutdown();
+}
+
+/// The socket side of a connection.
+struct Conn {
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    preface_seen: bool,
+    read_closed: bool,
+    /// The head timeout until the preface, then the idle timeout while no
+    /// stream is open.
+    deadline: Deadline,
+    idle: bool,
+    idle_timeout: Duration,
+}
+
+impl Conn {
+    fn poll<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        state: &mut State,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        {
+            let mut waker = state.shared.waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        loop {
+            let mut progress = false;
+            if !state.closing && state.backlog() < OUT_HIGH_WATER {
+                match self.read_frames(io, state, cx) {
+                    Ok(read) => progress |= read,
+                    Err(err) => {
+                        if err.code != NO_ERROR {
+                            debug!(client = %state.client.peer, reason = err.reason, "HTTP/2 connection error");
+                        }
+                        state.fail(err);
+                    }
+                }
+            }
+            while let Poll::Ready(Some((id, response))) = state.tasks.poll_next_unpin(cx) {
+                if let Some(response) = response {
+                    state.respond(id, response);
+                }
+                progress = true;
+            }
+            progress |= state.pump_bodies(cx);
+            state.take_credits();
+            if state.flush(io, cx).is_err() {
+                return Poll::Ready(());
+            }
+            if state.written < state.out.len() {
+                // The socket is full: wait for it (the read side still
+                // reacts to its own wake-ups).
+                progress = false;
+            }
+            let quiet = state.streams.is_empty() && state.out.is_empty() && !state.unflushed;
+            if quiet
+                && (state.closing || self.read_closed || state.peer_done || state.goaway.is_some())
+            {
+                return Poll::Ready(());
+            }
+            if !progress {
+                break;
+            }
+        }
+        // The idle timer runs while no stream is open.
+        let idle = state.streams.is_empty() && state.continuation.is_none();
+        if idle && self.preface_seen && !self.idle {
+            self.deadline.set(self.idle_timeout);
+        }
+        self.idle = idle;
+        if (idle || !self.preface_seen) && self.deadline.poll_passed(cx) {
+            if !self.preface_seen {
+                return Poll::Ready(());
+            }
+            state.go_away();
+            if state.flush(io, cx).is_err() || state.out.is_empty() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Reads and handles frames until the socket has no more or the output
+    /// backlog is high; whether anything happened.
+    fn read_frames<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        state: &mut State,
+        cx: &mut Context<'_>,
+    ) -> Result<bool, ConnError> {
+        let mut progress = false;
+        loop {
+            if !self.preface_seen {
+                let have = &self.input[self.start..self.end];
+                let n = have.len().min(PREFACE.len());
+                if have[..n] != PREFACE[..n] {
+                    return Err(conn_error(PROTOCOL_ERROR, "bad connection preface"));
+                }
+                if n == PREFACE.len() {
+                    self.start += n;
+                    self.preface_seen = true;
+                }
+            }
+            while self.preface_seen && !state.closing {
+                let have = &self.input[self.start..self.end];
+                if have.len() < FRAME_HEAD {
+                    break;
+                }
+                let len =
+                    usize::from(have[0]) << 16 | usize::from(have[1]) << 8 | usize::from(have[2]);
+                if len > MAX_FRAME {
+                    return Err(conn_error(
+                        FRAME_SIZE_ERROR,
+                        "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                    ));
+                }
+                if have.len() < FRAME_HEAD + len {
+                    break;
+                }
+                let kind = have[3];
+                let flags = have[4];
+                let id = u32::from_be_bytes([have[5], have[6], have[7], have[8]]) & 0x7fff_ffff;
+                let payload = &have[FRAME_HEAD..FRAME_HEAD + len];
+                self.start += FRAME_HEAD + len;
+                state.on_frame(kind, flags, id, payload)?;
+                progress = true;
+                if state.backlog() >= OUT_HIGH_WATER {
+                    return Ok(progress);
+                }
+            }
+            if self.read_closed || state.closing {
+                return Ok(progress);
+            }
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.input.len() - self.end < FRAME_HEAD + MAX_FRAME {
+                self.input.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let mut buf = ReadBuf::new(&mut self.input[self.end..]);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    progress = true;
+                    if n == 0 {
+                        self.read_closed = true;
+                        state.peer_done = true;
+                        if state.continuation.is_some() || self.start != self.end {
+                            // Closed in the middle of a frame or a head.
+                            state.closing = true;
+                        }
+                        state.reset_unfinished();
+                        return Ok(progress);
+                    }
+                    self.end += n;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.read_closed = true;
+                    state.peer_done = true;
+                    state.closing = true;
+                    state.reset_unfinished();
+                    return Ok(true);
+                }
+                Poll::Pending => return Ok(progress),
+            }
+        }
+    }
+}
+
+/// Appends a frame head.
+fn put_frame_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, id: u32) {
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
+/// A request head as decoded, before it is checked.
+#[derive(Default)]
+struct Head {
+    method: Option<Method>,
+    scheme: Option<Scheme>,
+    authority: Option<Authority>,
+    path: Option<PathAndQuery>,
+    headers: HeaderMap,
+    length: Option<u64>,
+    /// Why the head is malformed (RFC 9113 §8.1.1), if it is.
+    malformed: Option<&'static str>,
+    /// RFC 9113 §6.5.2's size: names, values and 32 bytes per field.
+    list_size: usize,
+    regular_seen: bool,
+}
+
+impl Head {
+    fn fail(&mut self, reason: &'static str) {
+        self.malformed.get_or_insert(reason);
+    }
+
+    /// Takes one decoded field; `shared` holds `value` when it came from
+    /// the dynamic table, so it is shared, not copied.
+    fn field(&mut self, name: &[u8], value: &[u8], shared: Option<&Bytes>, trailers: bool) {
+        self.list_size += name.len() + value.len() + 32;
+        if self.malformed.is_some() {
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.regular_seen || trailers {
+                return self.fail("pseudo-header field after a regular one");
+            }
+            let taken = match pseudo {
+                b"method" => self.method.is_some(),
+                b"scheme" => self.scheme.is_some(),
+                b"authority" => self.authority.is_some(),
+                b"path" => self.path.is_some(),
+                _ => return self.fail("unknown pseudo-header field"),
+            };
+            if taken {
+                return self.fail("pseudo-header field given twice");
+            }
+            match pseudo {
+                b"method" => match Method::from_bytes(value) {
+                    Ok(method) => self.method = Some(method),
+                    Err(_) => self.fail("invalid :method"),
+                },
+                b"scheme" => match value {
+                    b"http" => self.scheme = Some(Scheme::HTTP),
+                    b"https" => self.scheme = Some(Scheme::HTTPS),
+                    _ => match Scheme::try_from(value) {
+                        Ok(scheme) => self.scheme = Some(scheme),
+                        Err(_) => self.fail("invalid :scheme"),
+                    },
+                },
+                b"authority" => match Authority::try_from(value) {
+                    Ok(authority) => self.authority = Some(authority),
+                    Err(_) => self.fail("invalid :authority"),
+                },
+                _ => match PathAndQuery::try_from(value) {
+                    Ok(path) if !value.is_empty() => self.path = Some(path),
+                    _ => self.fail("invalid :path"),
+                },
+            }
+            return;
+        }
+        self.regular_seen = true;
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return self.fail("upper-case field name");
+        }
+        match name {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => return self.fail("connection-specific field"),
+            b"te" if value != b"trailers" => return self.fail("TE other than trailers"),
+            _ => {}
+        }
+        if value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+            || value.last().is_some_and(|b| *b == b' ' || *b == b'\t')
+        {
+            return self.fail("field value with leading or trailing white space");
+        }
+        let Ok(name) = HeaderName::from_bytes(name) else {
+            return self.fail("invalid field name");
+        };
+        let value = match shared {
+            Some(bytes) => HeaderValue::from_maybe_shared(bytes.slice_ref(value)),
+            None => HeaderValue::from_bytes(value),
+        };
+        let Ok(value) = value else {
+            return self.fail("invalid field value");
+        };
+        if name == http::header::CONTENT_LENGTH && !trailers {
+            let digits = value.as_bytes();
+            let parsed =
+                (!digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit))
+                    .then(|| {
+                        digits
+                            .iter()
+                            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
+                    });
+            match (parsed, self.length) {
+                (Some(n), None) => self.length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return self.fail("invalid content-length"),
+            }
+        }
+        self.headers.append(name, value);
+    }
+
+    /// The request, or why it is malformed.
+    fn request(self, body: ClientBody) -> Result<Request<ClientBody>, &'static str> {
+        if let Some(reason) = self.malformed {
+            return Err(reason);
+        }
+        let method = self.method.ok_or("no :method")?;
+        let mut uri = http::uri::Parts::default();
+        if method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() || self.authority.is_none() {
+                return Err("CONNECT with :scheme or :path, or without :authority");
+            }
+        } else {
+            let (Some(_), Some(_)) = (&self.scheme, &self.path) else {
+                return Err("no :scheme or no :path");
+            };
+            if self.authority.is_some() {
+                uri.scheme = self.scheme;
+            }
+            uri.path_and_query = self.path;
+        }
+        uri.authority = self.authority;
+        let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = self.headers;
+        Ok(request)
+    }
+}
+
+impl State {
+    fn backlog(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    fn put_settings(&mut self) {
+        let settings: [(u16, u32); 3] = [
+            (SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS),
+            (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, self.max_header_list as u32),
+        ];
+        put_frame_head(&mut self.out, settings.len() * 6, SETTINGS, 0, 0);
+        for (id, value) in settings {
+            self.out.extend_from_slice(&id.to_be_bytes());
+            self.out.extend_from_slice(&value.to_be_bytes());
+        }
+        self.put_window_update(0, (CONN_WINDOW - DEFAULT_WINDOW) as u32);
+    }
+
+    fn put_window_update(&mut self, id: u32, increment: u32) {
+        put_frame_head(&mut self.out, 4, WINDOW_UPDATE, 0, id);
+        self.out.extend_from_slice(&increment.to_be_bytes());
+    }
+
+    fn put_rst(&mut self, id: u32, code: u32) {
+        put_frame_head(&mut self.out, 4, RST_STREAM, 0, id);
+        self.out.extend_from_slice(&code.to_be_bytes());
+    }
+
+    fn put_goaway(&mut self, code: u32, reason: &str) {
+        put_frame_head(&mut self.out, 8 + reason.len(), GOAWAY, 0, 0);
+        self.out.extend_from_slice(&self.last_id.to_be_bytes());
+        self.out.extend_from_slice(&code.to_be_bytes());
+        self.out.extend_from_slice(reason.as_bytes());
+    }
+
+    /// Graceful end: no new streams; the open ones finish.
+    fn go_away(&mut self) {
+        if self.goaway.is_none() && !self.closing {
+            self.put_goaway(NO_ERROR, "");
+            self.goaway = Some(self.last_id);
+        }
+    }
+
+    /// A connection error: GOAWAY, and every stream ends.
+    fn fail(&mut self, err: ConnError) {
+        if !self.closing {
+            self.put_goaway(err.code, err.reason);
+            self.closing = true;
+        }
+        self.shutdown();
+    }
+
+    /// Ends every stream: handlers stop, readers see a reset.
+    fn shutdown(&mut self) {
+        for (_, stream) in self.streams.drain() {
+            stream.shared.recv.borrow_mut().reset = true;
+            stream.shared.wake_reader();
+        }
+        self.tasks = FuturesUnordered::new();
+        self.sending.clear();
+    }
+
+    /// The client closed its side: bodies it did not finish never will.
+    fn reset_unfinished(&mut self) {
+        for stream in self.streams.values_mut() {
+            if stream.recv_open {
+                stream.recv_open = false;
+                stream.shared.recv.borrow_mut().reset = true;
+                stream.shared.wake_reader();
+            }
+        }
+    }
+
+    /// Resets a stream (a stream error, or one we end early) and forgets it.
+    fn reset(&mut self, id: u32, code: u32) {
+        self.put_rst(id, code);
+        self.forget(id);
+    }
+
+    /// Forgets a stream; a handler still running is stopped.
+    fn forget(&mut self, id: u32) {
+        if let Some(stream) = self.streams.remove(&id) {
+            let shared = &stream.shared;
+            shared.cancelled.set(true);
+            let handler = shared.handler.borrow_mut().take();
+            if let (Sending::Waiting, Some(waker)) = (&stream.sending, handler) {
+                waker.wake();
+            }
+            if stream.recv_open {
+                shared.recv.borrow_mut().reset = true;
+                shared.wake_reader();
+            }
+            // What the client may still send on it counts against the
+            // connection until it learns of the reset; the stream's own
+            // unread bytes come back through the reader's credits.
+        }
+    }
+
+    fn on_frame(&mut self, kind: u8, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if let Some(continuation) = &self.continuation {
+            if kind != CONTINUATION || id != continuation.id {
+                return Err(conn_error(PROTOCOL_ERROR, "expected CONTINUATION"));
+            }
+        }
+        match kind {
+            DATA => self.on_data(flags, id, payload),
+            HEADERS => self.on_headers(flags, id, payload),
+            CONTINUATION => {
+                let Some(continuation) = &mut self.continuation else {
+                    return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
+                };
+                continuation.block.extend_from_slice(payload);
+                if continuation.block.len() > self.max_header_list + MAX_FRAME {
+                    return Err(conn_error(COMPRESSION_ERROR, "header block too large"));
+                }
+                if flags & END_HEADERS != 0 {
+                    let continuation = self.continuation.take().expect("checked above");
+                    self.on_block(
+                        continuation.id,
+                        continuation.end_stream,
+                        &continuation.block,
+                    )?;
+                }
+                Ok(())
+            }
+            PRIORITY => {
+                if id == 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "PRIORITY on stream 0"));
+                }
+                if payload.len() != 5 {
+                    self.reset(id, FRAME_SIZE_ERROR);
+                }
+                Ok(())
+            }
+            RST_STREAM => {
+                if id == 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on stream 0"));
+                }
+                if payload.len() != 4 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size"));
+                }
+                if id > self.last_id {
+                    return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+                }
+                self.forget(id);
+                self.sending.retain(|s| *s != id);
+                Ok(())
+            }
+            SETTINGS => self.on_settings(flags, id, payload),
+            PUSH_PROMISE => Err(conn_error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
+            PING => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "PING on a stream"));
+                }
+                if payload.len() != 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "PING of the wrong size"));
+                }
+                if flags & ACK == 0 {
+                    put_frame_head(&mut self.out, 8, PING, ACK, 0);
+                    self.out.extend_from_slice(payload);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "GOAWAY on a stream"));
+                }
+                self.peer_done = true;
+                Ok(())
+            }
+            WINDOW_UPDATE => self.on_window_update(id, payload),
+            // Unknown frame types are ignored (RFC 9113 §5.5).
+            _ => Ok(()),
+        }
+    }
+
+    /// Strips the padding of a DATA or HEADERS payload.
+    fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], ConnError> {
+        if flags & PADDED == 0 {
+            return Ok(payload);
+        }
+        let Some((&pad, rest)) = payload.split_first() else {
+            return Err(conn_error(
+                FRAME_SIZE_ERROR,
+                "padded frame without its pad length",
+            ));
+        };
+        if usize::from(pad) > rest.len() {
+            return Err(conn_error(PROTOCOL_ERROR, "padding longer than the frame"));
+        }
+        Ok(&rest[..rest.len() - usize::from(pad)])
+    }
+
+    fn on_headers(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "HEADERS on stream 0"));
+        }
+        let mut block = Self::unpad(flags, payload)?;
+        if flags & PRIORITY_FLAG != 0 {
+            if block.len() < 5 {
+                return Err(conn_error(
+                    FRAME_SIZE_ERROR,
+                    "HEADERS too short for its priority",
+                ));
+            }
+            let depends =
+                u32::from_be_bytes([block[0], block[1], block[2], block[3]]) & 0x7fff_ffff;
+            if depends == id {
+                self.reset(id, PROTOCOL_ERROR);
+            }
+            block = &block[5..];
+        }
+        let end_stream = flags & END_STREAM != 0;
+        if flags & END_HEADERS == 0 {
+            self.continuation = Some(Continuation {
+                id,
+                end_stream,
+                block: block.to_vec(),
+            });
+            return Ok(());
+        }
+        self.on_block(id, end_stream, block)
+    }
+
+    /// A whole header block: a new request, or a request's trailers.
+    fn on_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        let trailers = self.streams.contains_key(&id);
+        let mut head = Head::default();
+        self.decoder
+            .decode(block, |name, value, shared| {
+                head.field(name, value, shared, trailers)
+            })
+            .map_err(|err| conn_error(COMPRESSION_ERROR, err.0))?;
+        if trailers {
+            return self.on_trailers(id, end_stream, head);
+        }
+        if id.is_multiple_of(2) {
+            return Err(conn_error(PROTOCOL_ERROR, "even stream id from a client"));
+        }
+        if id <= self.last_id {
+            // A closed stream (RFC 9113 §5.1): its block was decoded above,
+            // so the table stays right.
+            self.put_rst(id, STREAM_CLOSED);
+            return Ok(());
+        }
+        self.last_id = id;
+        if self.goaway.is_some() {
+            // After our GOAWAY: not served, and the client knows it.
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_STREAMS as usize {
+            self.put_rst(id, REFUSED_STREAM);
+            return Ok(());
+        }
+        if head.list_size > self.max_header_list && head.malformed.is_none() {
+            self.answer_locally(id, end_stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            return Ok(());
+        }
+        let length = head.length;
+        let head_request = head.method == Some(Method::HEAD);
+        if end_stream && length.is_some_and(|n| n != 0) {
+            head.fail("content-length with no body");
+        }
+        let shared = Rc::new(StreamShared {
+            id,
+            length,
+            recv: RefCell::new(Recv {
+                ended: end_stream,
+                ..Recv::default()
+            }),
+            cancelled: Cell::new(false),
+            handler: RefCell::new(None),
+            conn: Rc::clone(&self.shared),
+        });
+        let body = match end_stream {
+            true => ClientBody::Empty,
+            false => ClientBody::H2(RecvBody(Rc::clone(&shared))),
+        };
+        let request = match head.request(body) {
+            Ok(request) => request,
+            Err(reason) => {
+                debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
+                self.put_rst(id, PROTOCOL_ERROR);
+                return Ok(());
+            }
+        };
+        let handler = Box::pin(Rc::clone(&self.proxy).handle(Rc::clone(&self.client), request));
+        self.tasks.push(StreamTask {
+            shared: Rc::clone(&shared),
+            handler,
+        });
+        self.streams.insert(
+            id,
+            Stream {
+                shared,
+                recv_open: !end_stream,
+                recv_window: STREAM_WINDOW,
+                recv_credit: 0,
+                received: 0,
+                send_window: self.peer_initial_window,
+                sending: Sending::Waiting,
+                head_request,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_trailers(&mut self, id: u32, end_stream: bool, head: Head) -> Result<(), ConnError> {
+        let stream = self.streams.get_mut(&id).expect("checked by the caller");
+        if !stream.recv_open {
+            self.reset(id, STREAM_CLOSED);
+            return Ok(());
+        }
+        if !end_stream {
+            return Err(conn_error(PROTOCOL_ERROR, "trailers without END_STREAM"));
+        }
+        let length = stream.shared.length;
+        if head.malformed.is_some() || length.is_some_and(|n| n != stream.received) {
+            self.reset(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        stream.recv_open = false;
+        let mut recv = stream.shared.recv.borrow_mut();
+        recv.trailers = Some(head.headers);
+        recv.ended = true;
+        drop(recv);
+        stream.shared.wake_reader();
+        Ok(())
+    }
+
+    fn on_data(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let len = payload.len() as i64;
+        if len > self.recv_window {
+            return Err(conn_error(
+                FLOW_CONTROL_ERROR,
+                "DATA past the connection window",
+            ));
+        }
+        self.recv_window -= len;
+        let data = Self::unpad(flags, payload)?;
+        // Padding is granted back at once; so is all of it when no reader
+        // will take it.
+        let padding = len - data.len() as i64;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            if id > self.last_id {
+                return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
+            }
+            // A stream we reset or finished: the client may not know yet
+            // (RFC 9113 §5.1), so the frame is ignored.
+            self.recv_credit += len;
+            return Ok(());
+        };
+        if !stream.recv_open {
+            self.recv_credit += len;
+            self.reset(id, STREAM_CLOSED);
+            return Ok(());
+        }
+        if len > stream.recv_window {
+            self.recv_credit += len;
+            self.reset(id, FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        stream.recv_window -= len;
+        stream.recv_credit += padding;
+        self.recv_credit += padding;
+        stream.received += data.len() as u64;
+        let end = flags & END_STREAM != 0;
+        let length = stream.shared.length;
+        if length.is_some_and(|n| stream.received > n || (end && stream.received != n)) {
+            self.reset(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        let mut recv = stream.shared.recv.borrow_mut();
+        if recv.dropped {
+            stream.recv_credit += data.len() as i64;
+            self.recv_credit += data.len() as i64;
+        } else if !data.is_empty() {
+            recv.chunks.push_back(Bytes::copy_from_slice(data));
+        }
+        if end {
+            recv.ended = true;
+            stream.recv_open = false;
+        }
+        drop(recv);
+        stream.shared.wake_reader();
+        Ok(())
+    }
+
+    fn on_settings(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if id != 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "SETTINGS on a stream"));
+        }
+        if flags & ACK != 0 {
+            if !payload.is_empty() {
+                return Err(conn_error(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"));
+            }
+            return Ok(());
+        }
+        if !payload.len().is_multiple_of(6) {
+            return Err(conn_error(FRAME_SIZE_ERROR, "SETTINGS of the wrong size"));
+        }
+        for setting in payload.chunks_exact(6) {
+            let key = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            match key {
+                SETTINGS_ENABLE_PUSH if value > 1 => {
+                    return Err(conn_error(
+                        PROTOCOL_ERROR,
+                        "SETTINGS_ENABLE_PUSH not 0 or 1",
+                    ));
+                }
+                SETTINGS_INITIAL_WINDOW_SIZE => {
+                    if i64::from(value) > MAX_WINDOW {
+                        return Err(conn_error(
+                            FLOW_CONTROL_ERROR,
+                            "SETTINGS_INITIAL_WINDOW_SIZE too large",
+                        ));
+                    }
+                    let delta = i64::from(value) - self.peer_initial_window;
+                    self.peer_initial_window = i64::from(value);
+                    for stream in self.streams.values_mut() {
+                        stream.send_window += delta;
+                        if stream.send_window > MAX_WINDOW {
+                            return Err(conn_error(
+                                FLOW_CONTROL_ERROR,
+                                "a stream window over 2^31-1",
+                            ));
+                        }
+                    }
+                }
+                SETTINGS_MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&value) {
+                        return Err(conn_error(
+                            PROTOCOL_ERROR,
+                            "SETTINGS_MAX_FRAME_SIZE out of range",
+                        ));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                // The header table size needs nothing: our blocks use no
+                // dynamic table. The others do not concern a server.
+                _ => {}
+            }
+        }
+        put_frame_head(&mut self.out, 0, SETTINGS, ACK, 0);
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if payload.len() != 4 {
+            return Err(conn_error(
+                FRAME_SIZE_ERROR,
+                "WINDOW_UPDATE of the wrong size",
+            ));
+        }
+        let increment = i64::from(
+            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
+        );
+        if id == 0 {
+            if increment == 0 {
+                return Err(conn_error(PROTOCOL_ERROR, "WINDOW_UPDATE of 0"));
+            }
+            self.send_window += increment;
+            if self.send_window > MAX_WINDOW {
+                return Err(conn_error(
+                    FLOW_CONTROL_ERROR,
+                    "connection window over 2^31-1",
+                ));
+            }
+            return Ok(());
+        }
+        if id > self.last_id {
+            return Err(conn_error(
+                PROTOCOL_ERROR,
+                "WINDOW_UPDATE on an idle stream",
+            ));
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if increment == 0 {
+            self.reset(id, PROTOCOL_ERROR);
+            self.sending.retain(|s| *s != id);
+            return Ok(());
+        }
+        stream.send_window += increment;
+        if stream.send_window > MAX_WINDOW {
+            self.reset(id, FLOW_CONTROL_ERROR);
+            self.sending.retain(|s| *s != id);
+        }
+        Ok(())
+    }
+
+    /// Answers a request without forwarding it.
+    fn answer_locally(&mut self, id: u32, end_stream: bool, status: StatusCode) {
+        self.block.clear();
+        if self.first_block {
+            self.block.push(hpack::TABLE_SIZE_ZERO);
+            self.first_block = false;
+        }
+        hpack::put_status(&mut self.block, status.as_u16());
+        self.put_block(id, true);
+        if !end_stream {
+            self.put_rst(id, NO_ERROR);
+        }
+    }
+
+    /// Frames `self.block` as HEADERS (and CONTINUATION) on stream `id`.
+    fn put_block(&mut self, id: u32, end_stream: bool) {
+        let block = std::mem::take(&mut self.block);
+        let mut chunks = block.chunks(self.peer_max_frame).peekable();
+        let mut kind = HEADERS;
+        let mut flags = if end_stream { END_STREAM } else { 0 };
+        if block.is_empty() {
+            put_frame_head(&mut self.out, 0, HEADERS, flags | END_HEADERS, id);
+        }
+        while let Some(chunk) = chunks.next() {
+            if chunks.peek().is_none() {
+                flags |= END_HEADERS;
+            }
+            put_frame_head(&mut self.out, chunk.len(), kind, flags, id);
+            self.out.extend_from_slice(chunk);
+            kind = CONTINUATION;
+            flags = 0;
+        }
+        self.block = block;
+    }
+
+    fn put_fields(&mut self, headers: &HeaderMap) {
+        for (name, value) in headers {
+            // Connection-specific fields have no place in HTTP/2 (RFC 9113
+            // §8.2.2); the proxy strips them, and this makes sure.
+            let name = name.as_str();
+            if !matches!(
+                name,
+                "connection" | "transfer-encoding" | "upgrade" | "keep-alive" | "proxy-connection"
+            ) {
+                hpack::put_field(&mut self.block, name.as_bytes(), value.as_bytes());
+            }
+        }
+    }
+
+    /// The handler's answer: its head goes out, its body follows.
+    fn respond(&mut self, id: u32, response: Response<ProxyBody>) {
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        let head_request = stream.head_request;
+        let (parts, body) = response.into_parts();
+        self.block.clear();
+        if self.first_block {
+            self.block.push(hpack::TABLE_SIZE_ZERO);
+            self.first_block = false;
+        }
+        hpack::put_status(&mut self.block, parts.status.as_u16());
+        self.put_fields(&parts.headers);
+        let end_stream = head_request || body.is_end_stream();
+        self.put_block(id, end_stream);
+        if end_stream {
+            self.finish(id);
+            return;
+        }
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.sending = Sending::Body {
+                body,
+                pending: None,
+            };
+            self.sending.push(id);
+        }
+    }
+
+    /// The response is complete: a request body still coming is not
+    /// needed (RFC 9113 §8.1), and the stream is done.
+    fn finish(&mut self, id: u32) {
+        let open = self.streams.get(&id).is_some_and(|s| s.recv_open);
+        if open {
+            self.put_rst(id, NO_ERROR);
+        }
+        self.forget(id);
+    }
+
+    /// Sends what response bodies have, within the windows; whether
+    /// anything was sent.
+    fn pump_bodies(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        let mut i = 0;
+        while i < self.sending.len() {
+            if self.backlog() >= OUT_HIGH_WATER {
+                break;
+            }
+            let id = self.sending[i];
+            let Some(stream) = self.streams.get_mut(&id) else {
+                self.sending.swap_remove(i);
+                continue;
+            };
+            let Sending::Body { body, pending } = &mut stream.sending else {
+                i += 1;
+                continue;
+            };
+            let mut ended = None;
+            loop {
+                if let Some(chunk) = pending {
+                    let n = chunk
+                        .len()
+                        .min(stream.send_window.max(0) as usize)
+                        .min(self.send_window.max(0) as usize)
+                        .min(self.peer_max_frame);
+                    if n == 0 {
+                        break;
+                    }
+                    let last = n == chunk.len() && body.is_end_stream();
+                    put_frame_head(
+                        &mut self.out,
+                        n,
+                        DATA,
+                        if last { END_STREAM } else { 0 },
+                        id,
+                    );
+                    self.out.extend_from_slice(&chunk[..n]);
+                    stream.send_window -= n as i64;
+                    self.send_window -= n as i64;
+                    chunk.advance(n);
+                    if chunk.is_empty() {
+                        *pending = None;
+                    }
+                    progress = true;
+                    if last {
+                        ended = Some(End::Sent);
+                        break;
+                    }
+                    if self.out.len() - self.written >= OUT_HIGH_WATER {
+                        break;
+                    }
+                    continue;
+                }
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if !data.is_empty() => *pending = Some(data),
+                        Ok(_) => {}
+                        Err(frame) => {
+                            ended = Some(End::Trailers(frame.into_trailers().unwrap_or_default()));
+                            break;
+                        }
+                    },
+                    Poll::Ready(None) => {
+                        put_frame_head(&mut self.out, 0, DATA, END_STREAM, id);
+                        ended = Some(End::Sent);
+                        break;
+                    }
+                    Poll::Ready(Some(Err(err))) => {
+                        debug!(client = %self.client.peer, error = %err, "response body failed; resetting the stream");
+                        ended = Some(End::Failed);
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            let Some(end) = ended else {
+                i += 1;
+                continue;
+            };
+            progress = true;
+            self.sending.swap_remove(i);
+            match end {
+                End::Sent => self.finish(id),
+                End::Trailers(trailers) => {
+                    self.block.clear();
+                    self.put_fields(&trailers);
+                    self.put_block(id, true);
+                    self.finish(id);
+                }
+                End::Failed => self.reset(id, INTERNAL_ERROR),
+            }
+        }
+        progress
+    }
+
+    /// Grants back what readers took, once half a window is taken.
+    fn take_credits(&mut self) {
+        let credits = std::mem::take(&mut *self.shared.credits.borrow_mut());
+        if credits.is_empty() {
+            return;
+        }
+        for (id, len) in credits {
+            let len = i64::from(len);
+            self.recv_credit += len;
+            if let Some(stream) = self.streams.get_mut(&id) {
+                stream.recv_credit += len;
+            }
+        }
+        let mut updates: Vec<(u32, u32)> = Vec::new();
+        for (id, stream) in &mut self.streams {
+            if stream.recv_open && stream.recv_credit >= STREAM_WINDOW / 2 {
+                updates.push((*id, stream.recv_credit as u32));
+                stream.recv_window += stream.recv_credit;
+                stream.recv_credit = 0;
+            }
+        }
+        for (id, increment) in updates {
+            self.put_window_update(id, increment);
+        }
+        if self.recv_credit >= CONN_WINDOW / 2 {
+            self.put_window_update(0, self.recv_credit as u32);
+            self.recv_window += self.recv_credit;
+            self.recv_credit = 0;
+        }
+    }
+
+    /// Writes what is buffered; an error ends the connection.
+    fn flush<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> std::io::Result<()> {
+        while self.written < self.out.len() {
+            match Pin::new(&mut *io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        if !self.out.is_empty() {
+            self.out.clear();
+            self.written = 0;
+            if self.out.capacity() > 4 * OUT_HIGH_WATER {
+                self.out = Vec::with_capacity(1024);
+            }
+            self.unflushed = true;
+        }
+        // TLS may hold written bytes until flushed.
+        if self.unflushed {
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+}
