@@ -172,11 +172,25 @@ impl Proxy {
             whole,
             &host_value,
         ) {
-            let request = crate::raw_upstream::Request {
-                parts: &parts,
-                host: host.as_bytes(),
+            let mut out = self.raw.head_buffers.take();
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let fields = || {
+                parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+            };
+            crate::raw_upstream::write_request(
+                &mut out,
+                &parts.method,
+                target.as_bytes(),
+                fields,
+                host.as_bytes(),
                 client,
-                body: whole,
+                whole,
+            );
+            let request = crate::raw_upstream::Request {
+                method: &parts.method,
                 route,
                 pool: pool_index,
                 endpoint,
@@ -187,7 +201,17 @@ impl Proxy {
             let in_flight = pool
                 .counts_in_flight()
                 .then(|| InFlight::start(&endpoint.in_flight));
-            return crate::raw_upstream::forward(&self.raw, table, request, in_flight).await;
+            let (response, body) = crate::raw_upstream::send(
+                &self.raw,
+                table,
+                request,
+                out,
+                in_flight,
+                crate::raw_upstream::to_response,
+            )
+            .await?;
+            let (parts, ()) = response.into_parts();
+            return Ok(Response::from_parts(parts, body));
         }
 
         let upgrade = fields & (HOP_UPGRADE | HOP_CONNECTION) == (HOP_UPGRADE | HOP_CONNECTION)

@@ -36,16 +36,11 @@ use crate::route::{EndpointEntry, RouteEntry, RouteTable};
 use crate::stats::ErrorKind;
 use crate::upstream::{idle_key, is_idempotent, IdleKey, RawConn};
 
-/// What the raw path needs of a request that hyper parsed and `forward`
-/// checked and routed: one without hop-by-hop fields (HTTP/2 has none but
-/// `TE: trailers`).
+/// A request routed for the raw path, its HTTP/1.1 head (and body)
+/// written by [`write_request`]: one without hop-by-hop fields (HTTP/2
+/// has none but `TE: trailers`).
 pub(crate) struct Request<'a> {
-    pub(crate) parts: &'a http::request::Parts,
-    /// `:authority` (or `Host`), the upstream's `Host`.
-    pub(crate) host: &'a [u8],
-    pub(crate) client: &'a ClientInfo,
-    /// The body, read whole.
-    pub(crate) body: Option<&'a [u8]>,
+    pub(crate) method: &'a Method,
     pub(crate) route: &'a RouteEntry,
     pub(crate) pool: u16,
     pub(crate) endpoint: &'a EndpointEntry,
@@ -54,18 +49,20 @@ pub(crate) struct Request<'a> {
     pub(crate) now_ms: u64,
 }
 
-/// Sends `request` and turns the answer into a response for hyper.
-pub(crate) async fn forward(
+/// Sends `request`, whose head is in `out` (a buffer from the worker's
+/// head spares, given back here), and returns the response: its head as
+/// `convert` makes it from the status and the head rewritten for an
+/// HTTP/1.1 client, and its body.
+pub(crate) async fn send<R>(
     raw: &Rc<RawPool>,
     table: &RouteTable,
     request: Request<'_>,
+    mut out: Vec<u8>,
     in_flight: Option<InFlight>,
-) -> Result<Response<ProxyBody>, ForwardError> {
+    convert: impl FnOnce(u16, &[u8]) -> Option<R>,
+) -> Result<(R, ProxyBody), ForwardError> {
     let Request {
-        parts,
-        host,
-        client,
-        body,
+        method,
         route,
         pool: pool_index,
         endpoint,
@@ -73,13 +70,10 @@ pub(crate) async fn forward(
         started,
         now_ms,
     } = request;
-    // From the worker's spares, as the fast path's head buffer is.
-    let mut out = raw.head_buffers.take();
-    write_request(parts, host, client, body, &mut out);
     let pool = table.pool(pool_index);
     let stats = route.stats(pool_index);
     let context = ResponseContext {
-        head_request: parts.method == Method::HEAD,
+        head_request: *method == Method::HEAD,
         set_cookie,
         close: false,
     };
@@ -91,7 +85,7 @@ pub(crate) async fn forward(
         out: &mut out,
         buffer: &mut buffer,
         context: &context,
-        idempotent: is_idempotent(&parts.method),
+        idempotent: is_idempotent(method),
         table,
         deadline: &mut deadline,
     };
@@ -100,12 +94,11 @@ pub(crate) async fn forward(
         .map_err(|failed| failed.error)
         .and_then(|(conn, head)| {
             // `out` holds the head rewritten for an HTTP/1.1 client.
-            let response =
-                to_response(head.status, &out).ok_or_else(|| ForwardError::Exchange {
-                    what: MALFORMED,
-                    backend: endpoint.label.to_string(),
-                    kind: ErrorKind::Malformed,
-                })?;
+            let response = convert(head.status, &out).ok_or_else(|| ForwardError::Exchange {
+                what: MALFORMED,
+                backend: endpoint.label.to_string(),
+                kind: ErrorKind::Malformed,
+            })?;
             Ok((conn, head, response))
         });
     raw.head_buffers.give(out);
@@ -156,70 +149,72 @@ pub(crate) async fn forward(
             }))
         }
     };
-    let (parts, ()) = response.into_parts();
-    Ok(Response::from_parts(parts, body))
+    Ok((response, body))
 }
 
-/// Writes an HTTP/1.1 request head for `parts`, as `forward` rewrites a
-/// request for hyper's client: an origin-form target, `host` as the
-/// `Host`, the forwarding fields, the length restated; then the body.
-fn write_request(
-    parts: &http::request::Parts,
+/// Writes an HTTP/1.1 request head, as `forward` rewrites a request for
+/// hyper's client: the origin-form target (a `target` of "?a=1" goes on as
+/// "/?a=1"), the client's `fields` but those rewritten, `host` as the
+/// `Host`, the forwarding fields, cookies joined, the length restated;
+/// then the body. `fields` gives the lower-case names with their values,
+/// afresh each time it is called.
+pub(crate) fn write_request<'f, F, I>(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &[u8],
+    fields: F,
     host: &[u8],
     client: &ClientInfo,
     body: Option<&[u8]>,
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+) where
+    F: Fn() -> I,
+    I: Iterator<Item = (&'f [u8], &'f [u8])>,
+{
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    // Origin form: a path, "/" when there is none (a `:path` of "?a=1"
-    // routes as "/" and goes on as "/?a=1"), then the query.
-    match parts.uri.path_and_query() {
-        Some(target) => {
-            out.extend_from_slice(target.path().as_bytes());
-            if let Some(query) = target.query() {
-                out.push(b'?');
-                out.extend_from_slice(query.as_bytes());
-            }
-        }
-        None => out.push(b'/'),
+    if !target.starts_with(b"/") && target != b"*" {
+        out.push(b'/');
     }
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let headers = &parts.headers;
-    for (name, value) in headers {
+    for (name, value) in fields() {
         // Written below, not as the client sent them.
         let rewritten = matches!(
-            name.as_str(),
-            "host"
-                | "cookie"
-                | "content-length"
-                | "x-forwarded-for"
-                | "x-forwarded-proto"
-                | "x-forwarded-host"
-                | "forwarded"
+            name,
+            b"host"
+                | b"cookie"
+                | b"content-length"
+                | b"x-forwarded-for"
+                | b"x-forwarded-proto"
+                | b"x-forwarded-host"
+                | b"forwarded"
         );
         if !rewritten {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            put_field(out, name, value);
         }
     }
     put_field(out, b"host", host);
-    let values = |name| headers.get_all(name).into_iter().map(HeaderValue::as_bytes);
+    let values = |wanted: &'static [u8]| {
+        fields()
+            .filter(move |(name, _)| *name == wanted)
+            .map(|(_, value)| value)
+    };
     put_forwarding(
         out,
         client,
         host,
-        values("x-forwarded-for"),
-        values("forwarded"),
+        values(b"x-forwarded-for"),
+        values(b"forwarded"),
     );
-    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let mut cookies = values(b"cookie");
     // HTTP/2 may split a cookie into several fields; HTTP/1.1 wants one
     // (RFC 9113 §8.2.3).
     if let Some(first) = cookies.next() {
         out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(first.as_bytes());
+        out.extend_from_slice(first);
         for more in cookies {
             out.extend_from_slice(b"; ");
-            out.extend_from_slice(more.as_bytes());
+            out.extend_from_slice(more);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -231,7 +226,7 @@ fn write_request(
         }
         // A method that defines a body states that it has none.
         None if !matches!(
-            parts.method,
+            *method,
             Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
         ) =>
         {
@@ -251,7 +246,7 @@ fn write_request(
 /// `name: value` lines, each ending in CRLF, then an empty line), so it is
 /// split, not parsed again; names and values are still checked as they
 /// become a `HeaderMap`. The values share one copy of the head.
-fn to_response(status: u16, head: &[u8]) -> Option<Response<()>> {
+pub(crate) fn to_response(status: u16, head: &[u8]) -> Option<Response<()>> {
     let head = Bytes::copy_from_slice(head);
     let mut headers = HeaderMap::with_capacity(16);
     let first = memchr::memchr(b'\n', &head)? + 1;

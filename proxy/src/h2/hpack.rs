@@ -12,8 +12,6 @@
 use std::collections::VecDeque;
 use std::sync::OnceLock;
 
-use bytes::Bytes;
-
 use super::huffman_table::{CODES, LENGTHS};
 
 /// Why a header block could not be decoded: a connection error
@@ -93,10 +91,9 @@ const ENTRY_OVERHEAD: usize = 32;
 /// the server never advertises a larger `SETTINGS_HEADER_TABLE_SIZE`.
 pub(crate) const TABLE_SIZE: usize = 4096;
 
-/// An entry of the dynamic table: name and value in one allocation,
-/// which the request's field values share.
+/// An entry of the dynamic table: name and value in one allocation.
 struct Entry {
-    bytes: Bytes,
+    bytes: Box<[u8]>,
     name_len: usize,
 }
 
@@ -146,14 +143,12 @@ impl Default for Decoder {
 
 impl Decoder {
     /// Decodes one whole header block, calling `field` with each name and
-    /// value in order, and the dynamic table's bytes that hold the value
-    /// when it is there (to be shared, not copied). The table is updated as
-    /// the block says, so the whole block must be decoded even when its
-    /// fields are not wanted.
+    /// value in order. The table is updated as the block says, so the
+    /// whole block must be decoded even when its fields are not wanted.
     pub(crate) fn decode(
         &mut self,
         block: &[u8],
-        mut field: impl FnMut(&[u8], &[u8], Option<&Bytes>),
+        mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), HpackError> {
         let mut at = 0;
         let mut fields_seen = false;
@@ -167,11 +162,11 @@ impl Decoder {
                             .table
                             .get(index - 62)
                             .ok_or(HpackError("index past the table"))?;
-                        field(entry.name(), entry.value(), Some(&entry.bytes));
+                        field(entry.name(), entry.value());
                     }
                     _ => {
                         let (name, value) = self.entry(index)?;
-                        field(name, value, None);
+                        field(name, value);
                     }
                 }
             } else if first & 0xe0 == 0x20 {
@@ -207,22 +202,22 @@ impl Decoder {
                     None => self.entry(index)?.0,
                 };
                 if !indexing {
-                    field(name_bytes, value_bytes, None);
+                    field(name_bytes, value_bytes);
                 } else {
                     let mut bytes = Vec::with_capacity(name_bytes.len() + value_bytes.len());
                     bytes.extend_from_slice(name_bytes);
                     bytes.extend_from_slice(value_bytes);
                     let name_len = name_bytes.len();
                     let entry = Entry {
-                        bytes: Bytes::from(bytes),
+                        bytes: bytes.into_boxed_slice(),
                         name_len,
                     };
                     match self.insert(entry) {
                         Ok(()) => {
                             let entry = &self.table[0];
-                            field(entry.name(), entry.value(), Some(&entry.bytes));
+                            field(entry.name(), entry.value());
                         }
-                        Err(entry) => field(entry.name(), entry.value(), Some(&entry.bytes)),
+                        Err(entry) => field(entry.name(), entry.value()),
                     }
                 }
             }
@@ -435,38 +430,48 @@ pub(crate) fn put_status(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(&digits);
 }
 
-/// Appends a field (its name lowercase already) as a literal without
-/// indexing, the name by static index where there is one.
+/// Appends a field as a literal without indexing, the name in lower case
+/// (HTTP/2 wants it so; an HTTP/1.1 upstream may send any case), by
+/// static index where there is one.
 pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     match static_name(name) {
         Some(index) => put_integer(out, 0, 4, index),
         None => {
             out.push(0);
-            put_string(out, name);
+            put_integer(out, 0, 7, name.len());
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
         }
     }
     put_string(out, value);
 }
 
-/// The static index of the response field names that are common.
+/// The static index of the response field names that are common, in any
+/// case: picked by length first, so most names cost one comparison.
 fn static_name(name: &[u8]) -> Option<usize> {
-    Some(match name {
-        b"date" => 33,
-        b"server" => 54,
-        b"content-type" => 31,
-        b"content-length" => 28,
-        b"set-cookie" => 55,
-        b"cache-control" => 24,
-        b"etag" => 34,
-        b"last-modified" => 44,
-        b"location" => 46,
-        b"vary" => 59,
-        b"content-encoding" => 26,
-        b"expires" => 36,
-        b"accept-ranges" => 18,
-        b"age" => 21,
+    let candidates: &[(&[u8], usize)] = match name.len() {
+        3 => &[(b"age", 21)],
+        4 => &[(b"date", 33), (b"etag", 34), (b"vary", 59)],
+        6 => &[(b"server", 54)],
+        7 => &[(b"expires", 36)],
+        8 => &[(b"location", 46)],
+        10 => &[(b"set-cookie", 55)],
+        12 => &[(b"content-type", 31)],
+        13 => &[
+            (b"cache-control", 24),
+            (b"last-modified", 44),
+            (b"accept-ranges", 18),
+        ],
+        14 => &[(b"content-length", 28)],
+        16 => &[(b"content-encoding", 26)],
         _ => return None,
-    })
+    };
+    // The known names are lower-case letters and '-': setting bit 0x20
+    // lowers a letter and keeps '-', and no other token byte (RFC 9110
+    // §5.6.2) becomes one of them, so this compares without case.
+    candidates
+        .iter()
+        .find(|(known, _)| name.iter().zip(known.iter()).all(|(a, b)| a | 0x20 == *b))
+        .map(|&(_, index)| index)
 }
 
 #[cfg(test)]
@@ -478,7 +483,7 @@ mod tests {
         block: &[u8],
     ) -> Result<Vec<(String, String)>, HpackError> {
         let mut fields = Vec::new();
-        decoder.decode(block, |n, v, _| {
+        decoder.decode(block, |n, v| {
             fields.push((
                 String::from_utf8_lossy(n).into_owned(),
                 String::from_utf8_lossy(v).into_owned(),
@@ -623,11 +628,15 @@ mod tests {
         put_status(&mut block, 200);
         put_field(&mut block, b"content-type", b"text/plain");
         put_field(&mut block, b"x-long", &[b'v'; 300]);
+        put_field(&mut block, b"Content-Length", b"3");
+        put_field(&mut block, b"X-Mixed-Case", b"v");
         let mut decoder = Decoder::default();
         let fields = decode_all(&mut decoder, &block).unwrap();
         assert_eq!(fields[0], (":status".into(), "200".into()));
         assert_eq!(fields[1], ("content-type".into(), "text/plain".into()));
         assert_eq!(fields[2].1.len(), 300);
+        assert_eq!(fields[3], ("content-length".into(), "3".into()));
+        assert_eq!(fields[4], ("x-mixed-case".into(), "v".into()));
         let mut block = Vec::new();
         put_status(&mut block, 418);
         assert_eq!(

@@ -19,10 +19,10 @@
 
 mod hpack;
 mod huffman_table;
+mod request;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,14 +31,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::header::{HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
+use self::request::{Answer, RawHead};
 use crate::body::{BoxError, ClientBody, ProxyBody};
 use crate::fast::{Deadline, Waiting};
 use crate::forward::Proxy;
@@ -55,6 +54,8 @@ const MAX_FRAME: usize = 16_384;
 const INPUT_SIZE: usize = 32 * 1024;
 /// Responses are not polled while this much waits to be written.
 const OUT_HIGH_WATER: usize = 64 * 1024;
+/// How long a connection we end is read and drained before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
 
 const MAX_STREAMS: u32 = 256;
 /// What a client may send on one stream before its reader takes some.
@@ -231,7 +232,7 @@ fn give_credit(stream: &StreamShared, len: usize) {
     }
 }
 
-type Handler = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+type Handler = Pin<Box<dyn Future<Output = Answer>>>;
 
 /// A stream's handler, stopped when the client resets the stream.
 struct StreamTask {
@@ -240,7 +241,7 @@ struct StreamTask {
 }
 
 impl Future for StreamTask {
-    type Output = (u32, Option<Response<ProxyBody>>);
+    type Output = (u32, Option<Answer>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let id = self.shared.id;
@@ -248,8 +249,7 @@ impl Future for StreamTask {
             return Poll::Ready((id, None));
         }
         match self.handler.as_mut().poll(cx) {
-            Poll::Ready(Ok(response)) => Poll::Ready((id, Some(response))),
-            Poll::Ready(Err(never)) => match never {},
+            Poll::Ready(answer) => Poll::Ready((id, Some(answer))),
             Poll::Pending => {
                 let mut handler = self.shared.handler.borrow_mut();
                 if !handler.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -405,6 +405,17 @@ where
     })
     .await;
     state.shutdown();
+    if !conn.read_closed {
+        // A lingering close, as nginx's: the write side is shut first and
+        // what the client still sends is read and dropped for a moment, so
+        // closing with unread bytes does not reset the connection and lose
+        // the GOAWAY on its way.
+        let linger = async {
+            let _ = io.shutdown().await;
+            while let Ok(1..) = io.read(&mut conn.input).await {}
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
+    }
 }
 
 /// The socket side of a connection.
@@ -584,146 +595,6 @@ impl Conn {
 fn put_frame_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, id: u32) {
     out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
     out.extend_from_slice(&id.to_be_bytes());
-}
-
-/// A request head as decoded, before it is checked.
-#[derive(Default)]
-struct Head {
-    method: Option<Method>,
-    scheme: Option<Scheme>,
-    authority: Option<Authority>,
-    path: Option<PathAndQuery>,
-    headers: HeaderMap,
-    length: Option<u64>,
-    /// Why the head is malformed (RFC 9113 §8.1.1), if it is.
-    malformed: Option<&'static str>,
-    /// RFC 9113 §6.5.2's size: names, values and 32 bytes per field.
-    list_size: usize,
-    regular_seen: bool,
-}
-
-impl Head {
-    fn fail(&mut self, reason: &'static str) {
-        self.malformed.get_or_insert(reason);
-    }
-
-    /// Takes one decoded field; `shared` holds `value` when it came from
-    /// the dynamic table, so it is shared, not copied.
-    fn field(&mut self, name: &[u8], value: &[u8], shared: Option<&Bytes>, trailers: bool) {
-        self.list_size += name.len() + value.len() + 32;
-        if self.malformed.is_some() {
-            return;
-        }
-        if let Some(pseudo) = name.strip_prefix(b":") {
-            if self.regular_seen || trailers {
-                return self.fail("pseudo-header field after a regular one");
-            }
-            let taken = match pseudo {
-                b"method" => self.method.is_some(),
-                b"scheme" => self.scheme.is_some(),
-                b"authority" => self.authority.is_some(),
-                b"path" => self.path.is_some(),
-                _ => return self.fail("unknown pseudo-header field"),
-            };
-            if taken {
-                return self.fail("pseudo-header field given twice");
-            }
-            match pseudo {
-                b"method" => match Method::from_bytes(value) {
-                    Ok(method) => self.method = Some(method),
-                    Err(_) => self.fail("invalid :method"),
-                },
-                b"scheme" => match value {
-                    b"http" => self.scheme = Some(Scheme::HTTP),
-                    b"https" => self.scheme = Some(Scheme::HTTPS),
-                    _ => match Scheme::try_from(value) {
-                        Ok(scheme) => self.scheme = Some(scheme),
-                        Err(_) => self.fail("invalid :scheme"),
-                    },
-                },
-                b"authority" => match Authority::try_from(value) {
-                    Ok(authority) => self.authority = Some(authority),
-                    Err(_) => self.fail("invalid :authority"),
-                },
-                _ => match PathAndQuery::try_from(value) {
-                    Ok(path) if !value.is_empty() => self.path = Some(path),
-                    _ => self.fail("invalid :path"),
-                },
-            }
-            return;
-        }
-        self.regular_seen = true;
-        if name.iter().any(u8::is_ascii_uppercase) {
-            return self.fail("upper-case field name");
-        }
-        match name {
-            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
-            | b"upgrade" => return self.fail("connection-specific field"),
-            b"te" if value != b"trailers" => return self.fail("TE other than trailers"),
-            _ => {}
-        }
-        if value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
-            || value.last().is_some_and(|b| *b == b' ' || *b == b'\t')
-        {
-            return self.fail("field value with leading or trailing white space");
-        }
-        let Ok(name) = HeaderName::from_bytes(name) else {
-            return self.fail("invalid field name");
-        };
-        let value = match shared {
-            Some(bytes) => HeaderValue::from_maybe_shared(bytes.slice_ref(value)),
-            None => HeaderValue::from_bytes(value),
-        };
-        let Ok(value) = value else {
-            return self.fail("invalid field value");
-        };
-        if name == http::header::CONTENT_LENGTH && !trailers {
-            let digits = value.as_bytes();
-            let parsed =
-                (!digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit))
-                    .then(|| {
-                        digits
-                            .iter()
-                            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
-                    });
-            match (parsed, self.length) {
-                (Some(n), None) => self.length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => return self.fail("invalid content-length"),
-            }
-        }
-        self.headers.append(name, value);
-    }
-
-    /// The request, or why it is malformed.
-    fn request(self, body: ClientBody) -> Result<Request<ClientBody>, &'static str> {
-        if let Some(reason) = self.malformed {
-            return Err(reason);
-        }
-        let method = self.method.ok_or("no :method")?;
-        let mut uri = http::uri::Parts::default();
-        if method == Method::CONNECT {
-            if self.scheme.is_some() || self.path.is_some() || self.authority.is_none() {
-                return Err("CONNECT with :scheme or :path, or without :authority");
-            }
-        } else {
-            let (Some(_), Some(_)) = (&self.scheme, &self.path) else {
-                return Err("no :scheme or no :path");
-            };
-            if self.authority.is_some() {
-                uri.scheme = self.scheme;
-            }
-            uri.path_and_query = self.path;
-        }
-        uri.authority = self.authority;
-        let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
-        let mut request = Request::new(body);
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_2;
-        *request.headers_mut() = self.headers;
-        Ok(request)
-    }
 }
 
 impl State {
@@ -954,11 +825,9 @@ impl State {
     /// A whole header block: a new request, or a request's trailers.
     fn on_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
         let trailers = self.streams.contains_key(&id);
-        let mut head = Head::default();
+        let mut head = RawHead::new();
         self.decoder
-            .decode(block, |name, value, shared| {
-                head.field(name, value, shared, trailers)
-            })
+            .decode(block, |name, value| head.field(name, value, trailers))
             .map_err(|err| conn_error(COMPRESSION_ERROR, err.0))?;
         if trailers {
             return self.on_trailers(id, end_stream, head);
@@ -981,18 +850,18 @@ impl State {
             self.put_rst(id, REFUSED_STREAM);
             return Ok(());
         }
-        if head.list_size > self.max_header_list && head.malformed.is_none() {
+        if let Err(reason) = head.check(end_stream) {
+            debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
+            self.put_rst(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if head.list_size > self.max_header_list {
             self.answer_locally(id, end_stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             return Ok(());
         }
-        let length = head.length;
-        let head_request = head.method == Some(Method::HEAD);
-        if end_stream && length.is_some_and(|n| n != 0) {
-            head.fail("content-length with no body");
-        }
         let shared = Rc::new(StreamShared {
             id,
-            length,
+            length: head.length,
             recv: RefCell::new(Recv {
                 ended: end_stream,
                 ..Recv::default()
@@ -1001,19 +870,26 @@ impl State {
             handler: RefCell::new(None),
             conn: Rc::clone(&self.shared),
         });
-        let body = match end_stream {
-            true => ClientBody::Empty,
-            false => ClientBody::H2(RecvBody(Rc::clone(&shared))),
-        };
-        let request = match head.request(body) {
-            Ok(request) => request,
-            Err(reason) => {
-                debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
-                self.put_rst(id, PROTOCOL_ERROR);
-                return Ok(());
+        let head_request = head.is_head();
+        let (proxy, client) = (Rc::clone(&self.proxy), Rc::clone(&self.client));
+        let handler: Handler = if end_stream {
+            Box::pin(request::serve(proxy, client, head))
+        } else {
+            let body = ClientBody::H2(RecvBody(Rc::clone(&shared)));
+            match head.into_request(body) {
+                Ok(request) => Box::pin(async move {
+                    match proxy.handle(client, request).await {
+                        Ok(response) => Answer::Response(response),
+                        Err(never) => match never {},
+                    }
+                }),
+                Err(reason) => {
+                    debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
+                    self.put_rst(id, PROTOCOL_ERROR);
+                    return Ok(());
+                }
             }
         };
-        let handler = Box::pin(Rc::clone(&self.proxy).handle(Rc::clone(&self.client), request));
         self.tasks.push(StreamTask {
             shared: Rc::clone(&shared),
             handler,
@@ -1034,7 +910,7 @@ impl State {
         Ok(())
     }
 
-    fn on_trailers(&mut self, id: u32, end_stream: bool, head: Head) -> Result<(), ConnError> {
+    fn on_trailers(&mut self, id: u32, end_stream: bool, head: RawHead) -> Result<(), ConnError> {
         let stream = self.streams.get_mut(&id).expect("checked by the caller");
         if !stream.recv_open {
             self.reset(id, STREAM_CLOSED);
@@ -1044,13 +920,16 @@ impl State {
             return Err(conn_error(PROTOCOL_ERROR, "trailers without END_STREAM"));
         }
         let length = stream.shared.length;
-        if head.malformed.is_some() || length.is_some_and(|n| n != stream.received) {
-            self.reset(id, PROTOCOL_ERROR);
-            return Ok(());
-        }
+        let trailers = match head.into_trailers() {
+            Ok(trailers) if length.is_none_or(|n| n == stream.received) => trailers,
+            _ => {
+                self.reset(id, PROTOCOL_ERROR);
+                return Ok(());
+            }
+        };
         stream.recv_open = false;
         let mut recv = stream.shared.recv.borrow_mut();
-        recv.trailers = Some(head.headers);
+        recv.trailers = Some(trailers);
         recv.ended = true;
         drop(recv);
         stream.shared.wake_reader();
@@ -1070,42 +949,39 @@ impl State {
         }
         self.recv_window -= len;
         let data = Self::unpad(flags, payload)?;
-        // Padding is granted back at once; so is all of it when no reader
-        // will take it.
-        let padding = len - data.len() as i64;
         let Some(stream) = self.streams.get_mut(&id) else {
             if id > self.last_id {
                 return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
             // A stream we reset or finished: the client may not know yet
             // (RFC 9113 §5.1), so the frame is ignored.
-            self.recv_credit += len;
+            self.credit(id, len);
             return Ok(());
         };
-        if !stream.recv_open {
-            self.recv_credit += len;
-            self.reset(id, STREAM_CLOSED);
-            return Ok(());
-        }
-        if len > stream.recv_window {
-            self.recv_credit += len;
-            self.reset(id, FLOW_CONTROL_ERROR);
+        if !stream.recv_open || len > stream.recv_window {
+            let code = match stream.recv_open {
+                true => FLOW_CONTROL_ERROR,
+                false => STREAM_CLOSED,
+            };
+            self.credit(id, len);
+            self.reset(id, code);
             return Ok(());
         }
         stream.recv_window -= len;
-        stream.recv_credit += padding;
-        self.recv_credit += padding;
         stream.received += data.len() as u64;
         let end = flags & END_STREAM != 0;
         let length = stream.shared.length;
         if length.is_some_and(|n| stream.received > n || (end && stream.received != n)) {
+            self.credit(id, len);
             self.reset(id, PROTOCOL_ERROR);
             return Ok(());
         }
         let mut recv = stream.shared.recv.borrow_mut();
+        // Padding is granted back at once; so is all of it when no reader
+        // will take it.
+        let mut unread = len - data.len() as i64;
         if recv.dropped {
-            stream.recv_credit += data.len() as i64;
-            self.recv_credit += data.len() as i64;
+            unread = len;
         } else if !data.is_empty() {
             recv.chunks.push_back(Bytes::copy_from_slice(data));
         }
@@ -1115,7 +991,16 @@ impl State {
         }
         drop(recv);
         stream.shared.wake_reader();
+        if unread > 0 {
+            self.credit(id, unread);
+        }
         Ok(())
+    }
+
+    /// Counts `len` received bytes of stream `id` as taken, to be granted
+    /// back like what a reader takes.
+    fn credit(&mut self, id: u32, len: i64) {
+        self.shared.credits.borrow_mut().push((id, len as u32));
     }
 
     fn on_settings(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
@@ -1273,19 +1158,33 @@ impl State {
     }
 
     /// The handler's answer: its head goes out, its body follows.
-    fn respond(&mut self, id: u32, response: Response<ProxyBody>) {
+    fn respond(&mut self, id: u32, answer: Answer) {
         let Some(stream) = self.streams.get(&id) else {
             return;
         };
         let head_request = stream.head_request;
-        let (parts, body) = response.into_parts();
-        self.block.clear();
+        let body = match answer {
+            Answer::Response(response) => {
+                let (parts, body) = response.into_parts();
+                self.block.clear();
+                hpack::put_status(&mut self.block, parts.status.as_u16());
+                self.put_fields(&parts.headers);
+                body
+            }
+            Answer::Encoded(block, body) => {
+                // The block came from the worker's spares; the scratch it
+                // replaces goes there.
+                let scratch = std::mem::replace(&mut self.block, block);
+                if scratch.capacity() > 0 {
+                    self.proxy.raw.head_buffers.give(scratch);
+                }
+                body
+            }
+        };
         if self.first_block {
-            self.block.push(hpack::TABLE_SIZE_ZERO);
+            self.block.insert(0, hpack::TABLE_SIZE_ZERO);
             self.first_block = false;
         }
-        hpack::put_status(&mut self.block, parts.status.as_u16());
-        self.put_fields(&parts.headers);
         let end_stream = head_request || body.is_end_stream();
         self.put_block(id, end_stream);
         if end_stream {
@@ -1409,28 +1308,27 @@ impl State {
 
     /// Grants back what readers took, once half a window is taken.
     fn take_credits(&mut self) {
-        let credits = std::mem::take(&mut *self.shared.credits.borrow_mut());
-        if credits.is_empty() {
-            return;
-        }
-        for (id, len) in credits {
+        let mut credits = self.shared.credits.take();
+        for (id, len) in credits.drain(..) {
             let len = i64::from(len);
             self.recv_credit += len;
-            if let Some(stream) = self.streams.get_mut(&id) {
-                stream.recv_credit += len;
-            }
-        }
-        let mut updates: Vec<(u32, u32)> = Vec::new();
-        for (id, stream) in &mut self.streams {
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            stream.recv_credit += len;
             if stream.recv_open && stream.recv_credit >= STREAM_WINDOW / 2 {
-                updates.push((*id, stream.recv_credit as u32));
-                stream.recv_window += stream.recv_credit;
+                let increment = stream.recv_credit;
+                stream.recv_window += increment;
                 stream.recv_credit = 0;
+                self.put_window_update(id, increment as u32);
             }
         }
-        for (id, increment) in updates {
-            self.put_window_update(id, increment);
+        // The list's room is kept for the next turn.
+        let mut list = self.shared.credits.borrow_mut();
+        if list.is_empty() {
+            *list = credits;
         }
+        drop(list);
         if self.recv_credit >= CONN_WINDOW / 2 {
             self.put_window_update(0, self.recv_credit as u32);
             self.recv_window += self.recv_credit;

@@ -1,0 +1,434 @@
+//! One HTTP/2 request: its head as decoded and checked (RFC 9113 §8.1-8.3),
+//! and how it is served.
+//!
+//! A request without a body, the common case, is routed on its fields as
+//! decoded and sent upstream on the fast path's raw connections; the
+//! upstream's head becomes an HPACK block straight from its bytes. No
+//! `http::Request`, `HeaderMap` or `Uri` is built for it. Anything else
+//! (a body, `TE: trailers`, `Expect`, a route with retries, anything that
+//! would be answered with an error) becomes an `http::Request` for
+//! [`Proxy::handle`], which checks and answers it as it does HTTP/1.1.
+
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use tracing::debug;
+
+use super::hpack;
+use crate::body::{ClientBody, InFlight, ProxyBody};
+use crate::fast::RawPool;
+use crate::forward::{healthy_endpoint, host_for_matching, Proxy};
+use crate::headers::{byte_set, ClientInfo};
+use crate::route::{Fields, RouteTable};
+
+/// Bytes of a field name: lower-case `tchar`s (RFC 9110 §5.6.2).
+const NAME_BYTES: [bool; 256] = {
+    let mut set = byte_set(b"!#$%&'*+-.^_`|~");
+    let mut b = b'A';
+    while b <= b'Z' {
+        set[b as usize] = false;
+        b += 1;
+    }
+    set
+};
+
+/// Bytes of a `:path`, as the HTTP/1.1 fast path takes a target.
+const PATH_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=:@/?%");
+
+/// Bytes of an `:authority` (host, port, IP literal).
+const AUTHORITY_BYTES: [bool; 256] = byte_set(b"-._~%!$&'()*+,;=:[]");
+
+/// A request head as decoded: the values in one buffer, the regular
+/// fields as ranges of it.
+#[derive(Default)]
+pub(super) struct RawHead {
+    bytes: Vec<u8>,
+    /// Name start, value start (the name's end), value end.
+    fields: Vec<[u32; 3]>,
+    method: Option<Method>,
+    scheme: Option<Range<usize>>,
+    authority: Option<Range<usize>>,
+    path: Option<Range<usize>>,
+    /// The `content-length`, if given.
+    pub(super) length: Option<u64>,
+    /// Why the head is malformed, if it is.
+    malformed: Option<&'static str>,
+    /// RFC 9113 §6.5.2's size: names, values and 32 bytes per field.
+    pub(super) list_size: usize,
+    regular_seen: bool,
+    /// `TE: trailers` or `Expect`: for hyper's path.
+    needs_hyper: bool,
+}
+
+impl RawHead {
+    pub(super) fn new() -> RawHead {
+        RawHead {
+            bytes: Vec::with_capacity(256),
+            fields: Vec::with_capacity(12),
+            ..RawHead::default()
+        }
+    }
+
+    fn fail(&mut self, reason: &'static str) {
+        self.malformed.get_or_insert(reason);
+    }
+
+    fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        start..self.bytes.len()
+    }
+
+    /// Takes one decoded field, checking it as RFC 9113 §8.2 and §8.3 say.
+    pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool) {
+        self.list_size += name.len() + value.len() + 32;
+        if self.malformed.is_some() {
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.regular_seen || trailers {
+                return self.fail("pseudo-header field after a regular one");
+            }
+            let slot = match pseudo {
+                b"method" => {
+                    if self.method.is_some() {
+                        return self.fail("pseudo-header field given twice");
+                    }
+                    match Method::from_bytes(value) {
+                        Ok(method) => self.method = Some(method),
+                        Err(_) => self.fail("invalid :method"),
+                    }
+                    return;
+                }
+                b"scheme" => &self.scheme,
+                b"authority" => &self.authority,
+                b"path" => &self.path,
+                _ => return self.fail("unknown pseudo-header field"),
+            };
+            if slot.is_some() {
+                return self.fail("pseudo-header field given twice");
+            }
+            let valid = match pseudo {
+                b"scheme" => !value.is_empty() && value.iter().all(u8::is_ascii_alphanumeric),
+                b"authority" => value.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)]),
+                _ => !value.is_empty() && value.iter().all(|&b| PATH_BYTES[usize::from(b)]),
+            };
+            if !valid {
+                return self.fail("invalid pseudo-header field value");
+            }
+            let range = Some(self.keep(value));
+            match pseudo {
+                b"scheme" => self.scheme = range,
+                b"authority" => self.authority = range,
+                _ => self.path = range,
+            }
+            return;
+        }
+        self.regular_seen = true;
+        if name.is_empty() || !name.iter().all(|&b| NAME_BYTES[usize::from(b)]) {
+            return self.fail("invalid field name (upper case, or not a token)");
+        }
+        match name {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => return self.fail("connection-specific field"),
+            b"te" if value != b"trailers" => return self.fail("TE other than trailers"),
+            b"te" | b"expect" => self.needs_hyper = true,
+            _ => {}
+        }
+        // As `HeaderValue` takes them: no control bytes but HTAB (so no
+        // NUL, CR or LF), and no white space at either end.
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            || value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+            || value.last().is_some_and(|b| *b == b' ' || *b == b'\t')
+        {
+            return self.fail("invalid field value");
+        }
+        if name == b"content-length" && !trailers {
+            let parsed =
+                (!value.is_empty() && value.len() <= 18 && value.iter().all(u8::is_ascii_digit))
+                    .then(|| value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+            match (parsed, self.length) {
+                (Some(n), None) => self.length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return self.fail("invalid content-length"),
+            }
+        }
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(name);
+        let middle = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(value);
+        self.fields.push([start, middle, self.bytes.len() as u32]);
+    }
+
+    /// Checks the head as a whole: why it is malformed, if it is.
+    pub(super) fn check(&mut self, end_stream: bool) -> Result<(), &'static str> {
+        if let Some(reason) = self.malformed {
+            return Err(reason);
+        }
+        let method = self.method.as_ref().ok_or("no :method")?;
+        if *method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() || self.authority.is_none() {
+                return Err("CONNECT with :scheme or :path, or without :authority");
+            }
+        } else if self.scheme.is_none() || self.path.is_none() {
+            return Err("no :scheme or no :path");
+        }
+        if end_stream && self.length.is_some_and(|n| n != 0) {
+            return Err("content-length with no body");
+        }
+        Ok(())
+    }
+
+    /// The regular fields, names and values.
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|&[start, middle, end]| {
+            let (start, middle, end) = (start as usize, middle as usize, end as usize);
+            (&self.bytes[start..middle], &self.bytes[middle..end])
+        })
+    }
+
+    fn value(&self, range: &Option<Range<usize>>) -> Option<&[u8]> {
+        range.as_ref().map(|r| &self.bytes[r.clone()])
+    }
+
+    /// Whether the request is a HEAD.
+    pub(super) fn is_head(&self) -> bool {
+        self.method == Some(Method::HEAD)
+    }
+
+    /// The fields as a `HeaderMap` (all checked already).
+    fn header_map(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, value) in self.fields() {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+
+    /// The fields of a trailer section.
+    pub(super) fn into_trailers(self) -> Result<HeaderMap, &'static str> {
+        match self.malformed {
+            Some(reason) => Err(reason),
+            None => Ok(self.header_map()),
+        }
+    }
+
+    /// The request for [`Proxy::handle`].
+    pub(super) fn into_request(
+        self,
+        body: ClientBody,
+    ) -> Result<Request<ClientBody>, &'static str> {
+        let mut uri = http::uri::Parts::default();
+        if let Some(authority) = self.value(&self.authority) {
+            let authority = Authority::try_from(authority).map_err(|_| "invalid :authority")?;
+            if let Some(scheme) = self.value(&self.scheme) {
+                uri.scheme = Some(match scheme {
+                    b"http" => Scheme::HTTP,
+                    b"https" => Scheme::HTTPS,
+                    other => Scheme::try_from(other).map_err(|_| "invalid :scheme")?,
+                });
+            }
+            uri.authority = Some(authority);
+        }
+        if let Some(path) = self.value(&self.path) {
+            uri.path_and_query = Some(PathAndQuery::try_from(path).map_err(|_| "invalid :path")?);
+        }
+        let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
+        let headers = self.header_map();
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.ok_or("no :method")?;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+}
+
+impl Fields for RawHead {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let name = name.as_str().as_bytes();
+        self.fields()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, value)| value)
+    }
+}
+
+/// A stream's answer.
+pub(super) enum Answer {
+    /// From [`Proxy::handle`].
+    Response(Response<ProxyBody>),
+    /// From the raw path: the head as an HPACK block, and the body.
+    Encoded(Vec<u8>, ProxyBody),
+}
+
+/// Serves a request without a body: on the raw path when it can, else
+/// through [`Proxy::handle`].
+pub(super) async fn serve(proxy: Rc<Proxy>, client: Rc<ClientInfo>, head: RawHead) -> Answer {
+    let started = Instant::now();
+    let table = proxy.routes.snapshot();
+    let now_ms = crate::stats::ms_of(started);
+    let Some(planned) = plan(&table, &head, now_ms) else {
+        return match head.into_request(ClientBody::Empty) {
+            Ok(request) => match Rc::clone(&proxy).handle(client, request).await {
+                Ok(response) => Answer::Response(response),
+                Err(never) => match never {},
+            },
+            Err(reason) => {
+                Answer::Response(crate::ForwardError::BadRequest { reason }.to_response(false))
+            }
+        };
+    };
+    let Planned {
+        method,
+        host,
+        target,
+        route,
+        pool,
+        endpoint,
+        set_cookie,
+    } = planned;
+    let mut out = proxy.raw.head_buffers.take();
+    crate::raw_upstream::write_request(
+        &mut out,
+        &method,
+        target,
+        || head.fields(),
+        host,
+        &client,
+        None,
+    );
+    let in_flight = table
+        .pool(pool)
+        .counts_in_flight()
+        .then(|| InFlight::start(&endpoint.in_flight));
+    let request = crate::raw_upstream::Request {
+        method: &method,
+        route,
+        pool,
+        endpoint,
+        set_cookie: set_cookie.as_ref(),
+        started,
+        now_ms,
+    };
+    let encode = |status, head: &[u8]| encode_head(&proxy.raw, status, head);
+    let sent = crate::raw_upstream::send(&proxy.raw, &table, request, out, in_flight, encode).await;
+    match sent {
+        Ok((block, mut body)) => {
+            body.attach_table(Arc::clone(&table));
+            Answer::Encoded(block, body)
+        }
+        Err(err) => {
+            debug!(client = %client.peer, error = %err, status = %err.status(), "request failed");
+            Answer::Response(err.to_response(false))
+        }
+    }
+}
+
+/// A request routed for the raw path.
+struct Planned<'h, 't> {
+    method: Method,
+    host: &'h [u8],
+    target: &'h [u8],
+    route: &'t crate::route::RouteEntry,
+    pool: u16,
+    endpoint: &'t crate::route::EndpointEntry,
+    set_cookie: Option<HeaderValue>,
+}
+
+/// Routes a request for the raw path, or None when [`Proxy::handle`] is
+/// to take it: a CONNECT, `TE`/`Expect`, a target over the limit, a host
+/// that is missing or not well-formed, no route, a route with retries, no
+/// healthy endpoint — all of which that path answers as for HTTP/1.1.
+fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option<Planned<'h, 't>> {
+    let method = head.method.clone()?;
+    if method == Method::CONNECT || head.needs_hyper {
+        return None;
+    }
+    let target = head.value(&head.path)?;
+    if target.len() > table.limits.max_uri_bytes {
+        return None;
+    }
+    let host = match head.value(&head.authority) {
+        Some(authority) => authority,
+        None => {
+            let mut hosts = head.values(&http::header::HOST);
+            let host = hosts.next()?;
+            if hosts.next().is_some() {
+                return None;
+            }
+            host
+        }
+    };
+    let matched_host = host_for_matching(host).ok()?;
+    let path = memchr::memchr(b'?', target).map_or(target, |at| &target[..at]);
+    // PATH_BYTES are ASCII.
+    let path_str = std::str::from_utf8(path).ok()?;
+    let route = table.find_route(
+        &method,
+        &matched_host,
+        if path_str.is_empty() { "/" } else { path_str },
+        head,
+    )?;
+    if route.retries.attempts > 0 {
+        return None;
+    }
+    let choice = table.choose_pool(route, head);
+    let (pool, endpoint) = if choice.pinned {
+        (choice.pool, table.pool(choice.pool).pick())
+    } else {
+        healthy_endpoint(table, route, choice.pool, now_ms).ok()?
+    };
+    Some(Planned {
+        method,
+        host,
+        target,
+        route,
+        pool,
+        endpoint,
+        set_cookie: choice.set_cookie,
+    })
+}
+
+/// The HPACK block for the head `fast::parse_response` wrote for an
+/// HTTP/1.1 client: its fields but the connection-specific ones, which
+/// HTTP/2 does not have. That head is well-formed by construction (a
+/// status line, then `name: value` lines, each ending in CRLF, then an
+/// empty line), so it is split, not parsed again. The block is a buffer
+/// from the worker's head spares, given back when it is sent.
+fn encode_head(raw: &RawPool, status: u16, head: &[u8]) -> Option<Vec<u8>> {
+    let mut block = raw.head_buffers.take();
+    hpack::put_status(&mut block, status);
+    let first = memchr::memchr(b'\n', head)? + 1;
+    let mut start = first;
+    for end in memchr::memchr_iter(b'\n', &head[first..]).map(|at| first + at) {
+        let line = &head[start..end.checked_sub(1)?];
+        start = end + 1;
+        if line.is_empty() {
+            break;
+        }
+        let colon = memchr::memchr(b':', line)?;
+        let name = &line[..colon];
+        let connection_specific = [
+            &b"connection"[..],
+            b"transfer-encoding",
+            b"keep-alive",
+            b"proxy-connection",
+            b"upgrade",
+        ]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name));
+        if !connection_specific {
+            hpack::put_field(&mut block, name, line.get(colon + 2..)?);
+        }
+    }
+    Some(block)
+}
