@@ -1,0 +1,1098 @@
+//! Switchyard's own HTTP/2 server (`proxy/src/h2`) through real sockets:
+//! flow control both ways, many streams on one connection, PING and
+//! SETTINGS, malformed requests and protocol errors, a client's cancel,
+//! the head size limit, trailers, HEAD, the idle timeout and a graceful
+//! shutdown. Frame-level tests speak HTTP/2 through the small raw client
+//! below; the others use hyper's client.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::{timeout, Instant};
+
+// Frame types, flags, error codes and settings (RFC 9113 §6, §7).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const NO_ERROR: u32 = 0x0;
+const PROTOCOL_ERROR: u32 = 0x1;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+const COMPRESSION_ERROR: u32 = 0x9;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A whole request head and nothing more.
+const HEAD_ONLY: u8 = END_STREAM | END_HEADERS;
+
+/// A frame as read off the wire.
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    id: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The error code of a RST_STREAM or GOAWAY.
+    fn error_code(&self) -> u32 {
+        let at = if self.kind == GOAWAY { 4 } else { 0 };
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    /// A GOAWAY's last stream id.
+    fn last_stream(&self) -> u32 {
+        u32::from_be_bytes(self.payload[..4].try_into().expect("4 bytes")) & 0x7fff_ffff
+    }
+}
+
+/// A frame's bytes: the 9-byte head, then the payload.
+fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A header block of literals without indexing, names and values as raw
+/// strings (RFC 7541 §6.2.2), in the order given.
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    fn put_string(out: &mut Vec<u8>, text: &str) {
+        // An integer with a 7-bit prefix (RFC 7541 §5.1); no Huffman bit.
+        let mut len = text.len();
+        if len < 0x7f {
+            out.push(len as u8);
+        } else {
+            out.push(0x7f);
+            len -= 0x7f;
+            while len >= 0x80 {
+                out.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            out.push(len as u8);
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        put_string(&mut out, name);
+        put_string(&mut out, value);
+    }
+    out
+}
+
+/// A request head's block: the four pseudo-fields, then `extra`.
+fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut fields = vec![
+        (":method", method),
+        (":scheme", "http"),
+        (":authority", "app.test"),
+        (":path", path),
+    ];
+    fields.extend_from_slice(extra);
+    block(&fields)
+}
+
+/// Decodes a response block as this server writes them: `:status` indexed
+/// or a literal, other fields literals without indexing (name indexed or
+/// raw), no Huffman, perhaps a table size update first.
+fn decode(block: &[u8]) -> Vec<(String, String)> {
+    fn integer(block: &[u8], at: &mut usize, prefix: u32) -> usize {
+        let mask = (1usize << prefix) - 1;
+        let mut value = usize::from(block[*at]) & mask;
+        *at += 1;
+        if value < mask {
+            return value;
+        }
+        let mut shift = 0;
+        loop {
+            let byte = block[*at];
+            *at += 1;
+            value += usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                return value;
+            }
+        }
+    }
+    fn string(block: &[u8], at: &mut usize) -> String {
+        assert_eq!(block[*at] & 0x80, 0, "a Huffman-coded string");
+        let len = integer(block, at, 7);
+        *at += len;
+        String::from_utf8(block[*at - len..*at].to_vec()).expect("UTF-8")
+    }
+    let mut at = 0;
+    let mut fields = Vec::new();
+    while at < block.len() {
+        let first = block[at];
+        if first & 0x80 != 0 {
+            let status = match integer(block, &mut at, 7) {
+                8 => "200",
+                9 => "204",
+                10 => "206",
+                11 => "304",
+                12 => "400",
+                13 => "404",
+                14 => "500",
+                index => panic!("indexed field {index} is not a :status"),
+            };
+            fields.push((":status".to_string(), status.to_string()));
+        } else if first & 0xe0 == 0x20 {
+            integer(block, &mut at, 5); // a table size update
+        } else {
+            assert!(first & 0xe0 == 0, "a literal with indexing: {first:#x}");
+            let name = match integer(block, &mut at, 4) {
+                0 => string(block, &mut at),
+                index => static_name(index).to_string(),
+            };
+            fields.push((name, string(block, &mut at)));
+        }
+    }
+    fields
+}
+
+/// The static table's names (RFC 7541 Appendix A) this server indexes.
+fn static_name(index: usize) -> &'static str {
+    match index {
+        8 => ":status",
+        18 => "accept-ranges",
+        21 => "age",
+        24 => "cache-control",
+        26 => "content-encoding",
+        28 => "content-length",
+        31 => "content-type",
+        33 => "date",
+        34 => "etag",
+        36 => "expires",
+        44 => "last-modified",
+        46 => "location",
+        54 => "server",
+        55 => "set-cookie",
+        59 => "vary",
+        _ => panic!("static name {index} not expected"),
+    }
+}
+
+/// A response as the raw client read it.
+#[derive(Debug, Default)]
+struct RawResponse {
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn field(&self, name: &str) -> Option<&str> {
+        let found = self.fields.iter().find(|(n, _)| n == name);
+        found.map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw HTTP/2 client: writes bytes as given, reads frames one by one.
+struct RawClient {
+    stream: TcpStream,
+    input: Vec<u8>,
+    /// The settings of the server's first SETTINGS frame.
+    settings: Vec<(u16, u32)>,
+}
+
+impl RawClient {
+    /// Connects, sends the preface and a SETTINGS frame of `settings`,
+    /// reads the server's SETTINGS and acknowledges them.
+    async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut client = RawClient {
+            stream,
+            input: Vec::new(),
+            settings: Vec::new(),
+        };
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| [&id.to_be_bytes()[..], &value.to_be_bytes()].concat())
+            .collect();
+        client
+            .send(&[PREFACE, &frame(SETTINGS, 0, 0, &payload)].concat())
+            .await;
+        let first = client.next().await.expect("the server's preface");
+        assert_eq!((first.kind, first.flags, first.id), (SETTINGS, 0, 0));
+        client.settings = first
+            .payload
+            .chunks_exact(6)
+            .map(|s| {
+                let id = u16::from_be_bytes([s[0], s[1]]);
+                (id, u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+            })
+            .collect();
+        client.send(&frame(SETTINGS, ACK, 0, &[])).await;
+        client
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next frame, or None once the server closed the connection.
+    /// Panics after 5 s without one.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if self.input.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]);
+                let end = 9 + len as usize;
+                if self.input.len() >= end {
+                    let bytes: Vec<u8> = self.input.drain(..end).collect();
+                    let id = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
+                    return Some(Frame {
+                        kind: bytes[3],
+                        flags: bytes[4],
+                        id: id & 0x7fff_ffff,
+                        payload: bytes[9..].to_vec(),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("a frame or the close within 5 s")
+                .expect("read");
+            if n == 0 {
+                assert!(self.input.is_empty(), "closed mid-frame: {:?}", self.input);
+                return None;
+            }
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Skips frames until a GOAWAY, and returns it.
+    async fn goaway(&mut self) -> Frame {
+        loop {
+            let frame = self.next().await.expect("a GOAWAY before the close");
+            if frame.kind == GOAWAY {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts that the server closes the connection with nothing more to
+    /// say.
+    async fn assert_closed(&mut self) {
+        let next = self.next().await;
+        assert!(next.is_none(), "a frame instead of the close: {next:?}");
+    }
+
+    /// Reads stream `id`'s response to its end, skipping other streams'
+    /// frames and the connection's housekeeping.
+    async fn response(&mut self, id: u32) -> RawResponse {
+        let mut response = RawResponse::default();
+        assert!(self.read_into(id, &mut response, usize::MAX).await);
+        response
+    }
+
+    /// As `response`, but stops once the body has `until` bytes; whether
+    /// the stream ended.
+    async fn read_into(&mut self, id: u32, response: &mut RawResponse, until: usize) -> bool {
+        while response.body.len() < until {
+            let frame = self.next().await.expect("the response before the close");
+            assert_ne!(frame.kind, GOAWAY, "GOAWAY mid-response: {frame:?}");
+            if frame.id != id {
+                continue;
+            }
+            match frame.kind {
+                HEADERS => {
+                    assert_ne!(frame.flags & END_HEADERS, 0, "a head in pieces");
+                    assert!(response.fields.is_empty(), "a second head: {frame:?}");
+                    response.fields = decode(&frame.payload);
+                }
+                DATA => response.body.extend_from_slice(&frame.payload),
+                _ => panic!("stream {id} got {frame:?}"),
+            }
+            if frame.flags & END_STREAM != 0 {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sends a PING and returns every frame that arrives before its ACK,
+    /// so a test can tell that nothing else was on its way.
+    async fn frames_before_ping_ack(&mut self, data: [u8; 8]) -> Vec<Frame> {
+        self.send(&frame(PING, 0, 0, &data)).await;
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next().await.expect("the PING ACK before the close");
+            if frame.kind == PING && frame.flags & ACK != 0 && frame.payload == data {
+                return before;
+            }
+            before.push(frame);
+        }
+    }
+}
+
+/// Connects hyper's HTTP/2 client with prior knowledge.
+async fn h2_client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// A raw upstream for one request: it reports the request head once it is
+/// in, writes `reply` when released, and reports when the proxy closes the
+/// connection.
+struct Held {
+    addr: SocketAddr,
+    arrived: oneshot::Receiver<String>,
+    release: oneshot::Sender<()>,
+    closed: oneshot::Receiver<()>,
+}
+
+async fn held_upstream(reply: &'static [u8]) -> Held {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (arrived_tx, arrived) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel::<()>();
+    let (closed_tx, closed) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let head = support::read_head(&mut stream).await;
+        let _ = arrived_tx.send(String::from_utf8_lossy(&head).into_owned());
+        // A dropped sender is not a release.
+        let released = async {
+            if release_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let answer = tokio::select! {
+            () = released => true,
+            () = read_to_eof(&mut stream) => false,
+        };
+        if answer {
+            let _ = stream.write_all(reply).await;
+            read_to_eof(&mut stream).await;
+        }
+        let _ = closed_tx.send(());
+    });
+    Held {
+        addr,
+        arrived,
+        release,
+        closed,
+    }
+}
+
+async fn read_to_eof(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// A pattern that shows a byte moved or lost.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_request_body_larger_than_both_windows_arrives_whole() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut sender = h2_client(proxy.addr).await;
+
+    // 3 MiB: twelve stream windows (256 KiB) and three connection windows
+    // (1 MiB), so it passes only if what the upstream takes is granted
+    // back.
+    let body = Bytes::from(pattern(3 * 1024 * 1024));
+    let request = http::Request::post("http://app.test/echo")
+        .body(Full::new(body.clone()))
+        .expect("request");
+    let response = timeout(Duration::from_secs(60), async {
+        let response = sender.send_request(request).await.expect("response head");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body");
+        (status, bytes.to_bytes())
+    })
+    .await
+    .expect("answered within 60 s");
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.len(), body.len());
+    assert!(seen[0].body == body, "the upstream got other bytes");
+    assert_eq!(response.0, 200);
+    assert!(response.1 == body, "the echo came back changed");
+}
+
+/// An upstream that holds every request until `n` are in at once, then
+/// answers each with its path.
+async fn barrier_upstream(n: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let barrier = barrier.clone();
+            let service = service_fn(move |request: http::Request<Incoming>| {
+                let barrier = barrier.clone();
+                async move {
+                    barrier.wait().await;
+                    let path = Bytes::from(request.uri().path().to_string());
+                    Ok::<_, Infallible>(http::Response::new(Full::new(path)))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_hundred_streams_on_one_connection_are_served_at_once() {
+    // The upstream answers none until all 100 are in, so this passes only
+    // if the server runs them side by side.
+    let upstream = barrier_upstream(100).await;
+    let proxy = support::proxy_to("app", upstream, json!({}));
+    let sender = h2_client(proxy.addr).await;
+
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let path = format!("/stream/{i}");
+                let request = http::Request::get(format!("http://app.test{path}"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let response = sender.send_request(request).await.expect("response");
+                let status = response.status();
+                let body = response.into_body().collect().await.expect("body");
+                (path, status.as_u16(), body.to_bytes())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (path, status, body) = timeout(Duration::from_secs(20), task)
+            .await
+            .expect("all 100 answered within 20 s")
+            .expect("task");
+        assert_eq!((status, body), (200, Bytes::from(path)));
+    }
+}
+
+#[tokio::test]
+async fn a_stream_past_the_concurrency_limit_is_refused() {
+    // None of the first 256 can finish before all are in, so the 257th
+    // finds the limit (SETTINGS_MAX_CONCURRENT_STREAMS) reached.
+    let upstream = barrier_upstream(256).await;
+    let proxy = support::proxy_to("app", upstream, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let heads: Vec<u8> = (0..257u32)
+        .flat_map(|i| {
+            frame(
+                HEADERS,
+                HEAD_ONLY,
+                2 * i + 1,
+                &request("GET", &format!("/s/{i}"), &[]),
+            )
+        })
+        .collect();
+    client.send(&heads).await;
+
+    let mut bodies: HashMap<u32, Vec<u8>> = HashMap::new();
+    let (mut ended, mut resets) = (0, Vec::new());
+    while ended < 256 || resets.is_empty() {
+        let frame = client.next().await.expect("answers before the close");
+        match frame.kind {
+            RST_STREAM => resets.push((frame.id, frame.error_code())),
+            DATA => bodies.entry(frame.id).or_default().extend(frame.payload),
+            HEADERS => assert_eq!(decode(&frame.payload)[0].1, "200"),
+            _ => continue,
+        }
+        if frame.kind != RST_STREAM && frame.flags & END_STREAM != 0 {
+            ended += 1;
+        }
+    }
+    assert_eq!(resets, [(513, REFUSED_STREAM)]);
+    for i in 0..256 {
+        assert_eq!(bodies[&(2 * i + 1)], format!("/s/{i}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_response_waits_for_the_clients_stream_window() {
+    let body = pattern(2000);
+    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec();
+    reply.extend_from_slice(&body);
+    let upstream = support::scripted_upstream(reply.leak(), support::After::Close).await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 100)]).await;
+
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/", &[])))
+        .await;
+    let mut response = RawResponse::default();
+    assert!(!client.read_into(1, &mut response, 100).await);
+    assert_eq!(response.field(":status"), Some("200"));
+    assert_eq!(response.body.len(), 100, "past the initial window");
+    // A PING is answered at once: DATA sent before its ACK would come
+    // before it.
+    let early = client.frames_before_ping_ack(*b"window 1").await;
+    assert!(early.iter().all(|f| f.kind != DATA), "{early:?}");
+
+    client
+        .send(&frame(WINDOW_UPDATE, 0, 1, &900u32.to_be_bytes()))
+        .await;
+    assert!(!client.read_into(1, &mut response, 1000).await);
+    assert_eq!(response.body.len(), 1000, "past the WINDOW_UPDATE");
+    let early = client.frames_before_ping_ack(*b"window 2").await;
+    assert!(early.iter().all(|f| f.kind != DATA), "{early:?}");
+
+    // A new initial window size moves an open stream's window by the
+    // difference (RFC 9113 §6.9.2): 1000 more.
+    let larger = [
+        &SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes()[..],
+        &1100u32.to_be_bytes(),
+    ]
+    .concat();
+    client.send(&frame(SETTINGS, 0, 0, &larger)).await;
+    assert!(client.read_into(1, &mut response, usize::MAX).await);
+    assert!(response.body == body, "the body arrived changed");
+}
+
+#[tokio::test]
+async fn settings_are_sent_and_acknowledged_and_pings_answered() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to(
+        "app",
+        upstream.addr,
+        json!({"limits": {"max_header_bytes": 10_000}}),
+    );
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    for expected in [
+        (SETTINGS_MAX_CONCURRENT_STREAMS, 256),
+        (SETTINGS_INITIAL_WINDOW_SIZE, 256 * 1024),
+        (SETTINGS_MAX_HEADER_LIST_SIZE, 10_000),
+    ] {
+        assert!(
+            client.settings.contains(&expected),
+            "{expected:?} not in {:?}",
+            client.settings
+        );
+    }
+    // The connection window is raised from 65 535 to 1 MiB, and our empty
+    // SETTINGS is acknowledged.
+    let update = client.next().await.expect("WINDOW_UPDATE");
+    assert_eq!((update.kind, update.id), (WINDOW_UPDATE, 0));
+    assert_eq!(update.payload, (1_048_576u32 - 65_535).to_be_bytes());
+    let ack = client.next().await.expect("SETTINGS ACK");
+    assert_eq!((ack.kind, ack.flags, ack.payload.len()), (SETTINGS, ACK, 0));
+
+    // Settings sent later are acknowledged too.
+    let later = [
+        &SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes()[..],
+        &[0, 1, 0, 0],
+    ]
+    .concat();
+    client.send(&frame(SETTINGS, 0, 0, &later)).await;
+    let ack = client.next().await.expect("SETTINGS ACK");
+    assert_eq!((ack.kind, ack.flags, ack.payload.len()), (SETTINGS, ACK, 0));
+
+    client.send(&frame(PING, 0, 0, b"12345678")).await;
+    let pong = client.next().await.expect("PING ACK");
+    assert_eq!(
+        (pong.kind, pong.flags, pong.id, &pong.payload[..]),
+        (PING, ACK, 0, &b"12345678"[..])
+    );
+    // An ACK is not answered: the next PING's ACK is the next frame.
+    client.send(&frame(PING, ACK, 0, b"ignoreme")).await;
+    assert!(client.frames_before_ping_ack(*b"87654321").await.is_empty());
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_requests_are_reset_and_never_forwarded() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    let no_path = block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "app.test"),
+    ]);
+    let short_body = [
+        frame(
+            HEADERS,
+            END_HEADERS,
+            11,
+            &request("POST", "/short", &[("content-length", "10")]),
+        ),
+        frame(DATA, END_STREAM, 11, b"12345"),
+    ]
+    .concat();
+    let cases: [(&str, Vec<u8>); 6] = [
+        (
+            "an upper-case name",
+            frame(
+                HEADERS,
+                HEAD_ONLY,
+                1,
+                &request("GET", "/upper", &[("X-Upper", "1")]),
+            ),
+        ),
+        (
+            "a connection-specific field",
+            frame(
+                HEADERS,
+                HEAD_ONLY,
+                3,
+                &request("GET", "/conn", &[("connection", "keep-alive")]),
+            ),
+        ),
+        ("no :path", frame(HEADERS, HEAD_ONLY, 5, &no_path)),
+        (
+            "TE other than trailers",
+            frame(
+                HEADERS,
+                HEAD_ONLY,
+                7,
+                &request("GET", "/te", &[("te", "gzip")]),
+            ),
+        ),
+        (
+            "a content-length and no body",
+            frame(
+                HEADERS,
+                HEAD_ONLY,
+                9,
+                &request("POST", "/none", &[("content-length", "3")]),
+            ),
+        ),
+        // Head and body in one write, so the body is there before the
+        // request could be forwarded.
+        ("a body shorter than its content-length", short_body),
+    ];
+    for (i, (case, bytes)) in cases.iter().enumerate() {
+        let id = 2 * i as u32 + 1;
+        client.send(bytes).await;
+        let reset = loop {
+            let frame = client.next().await.expect("a reset before the close");
+            if frame.kind != SETTINGS && frame.kind != WINDOW_UPDATE {
+                break frame;
+            }
+        };
+        assert_eq!(
+            (reset.kind, reset.id),
+            (RST_STREAM, id),
+            "{case}: {reset:?}"
+        );
+        assert_eq!(reset.error_code(), PROTOCOL_ERROR, "{case}");
+    }
+
+    // The connection still serves.
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            13,
+            &request("GET", "/good", &[]),
+        ))
+        .await;
+    let response = client.response(13).await;
+    assert_eq!(response.field(":status"), Some("200"));
+    assert_eq!(response.body, b"app");
+    let uris: Vec<String> = upstream.requests().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/good"], "a malformed request was forwarded");
+}
+
+#[tokio::test]
+async fn protocol_errors_end_the_connection_with_goaway_and_its_code() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+
+    let get = request("GET", "/", &[]);
+    // Only the head of the oversized frame: the server judges it by its
+    // length and must not be left with unread bytes, which would turn its
+    // close into a reset.
+    let oversized = frame(DATA, 0, 1, &[0; 16_385])[..9].to_vec();
+    let cases: [(&str, Vec<u8>, u32); 6] = [
+        (
+            "DATA on stream 0",
+            frame(DATA, 0, 0, b"data"),
+            PROTOCOL_ERROR,
+        ),
+        ("a 16 385-byte frame", oversized, FRAME_SIZE_ERROR),
+        (
+            "a connection window over 2^31-1",
+            frame(WINDOW_UPDATE, 0, 0, &0x7fff_ffffu32.to_be_bytes()),
+            FLOW_CONTROL_ERROR,
+        ),
+        (
+            "an even stream id",
+            frame(HEADERS, HEAD_ONLY, 2, &get),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "HEADERS without END_HEADERS, then PING",
+            [
+                frame(HEADERS, END_STREAM, 1, &get),
+                frame(PING, 0, 0, &[0; 8]),
+            ]
+            .concat(),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "HPACK index 0",
+            frame(HEADERS, HEAD_ONLY, 1, &[0x80]),
+            COMPRESSION_ERROR,
+        ),
+    ];
+    for (case, bytes, code) in cases {
+        let mut client = RawClient::connect(proxy.addr, &[]).await;
+        client.send(&bytes).await;
+        let goaway = client.goaway().await;
+        assert_eq!(goaway.error_code(), code, "{case}: {goaway:?}");
+        assert_eq!(goaway.last_stream(), 0, "{case}: no stream was opened");
+        client.assert_closed().await;
+    }
+    assert!(upstream.requests().is_empty(), "something was forwarded");
+}
+
+#[tokio::test]
+async fn a_bad_preface_closes_the_connection_unforwarded() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+
+    // At once, "XX" where "SM" belongs: not HTTP/2 from the first read,
+    // so the HTTP/1.1 side refuses it.
+    let bad = [
+        &b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"[..],
+        &frame(SETTINGS, 0, 0, &[]),
+        &frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/", &[])),
+    ]
+    .concat();
+    let (answer, closed) =
+        support::raw_exchange_until_close(proxy.addr, &bad, Duration::from_secs(5)).await;
+    assert!(closed, "still open after 5 s: {answer:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+
+    // In two parts: the first is the start of a preface, so the HTTP/2
+    // server takes the connection (its SETTINGS say so); then the rest is
+    // wrong.
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut client = RawClient {
+        stream,
+        input: Vec::new(),
+        settings: Vec::new(),
+    };
+    client.send(b"PRI * HTTP/2.0\r\n\r\n").await;
+    let first = client.next().await.expect("the server's SETTINGS");
+    assert_eq!(first.kind, SETTINGS, "{first:?}");
+    client.send(b"XX\r\n\r\n").await;
+    let goaway = client.goaway().await;
+    assert_eq!(goaway.error_code(), PROTOCOL_ERROR, "{goaway:?}");
+    client.assert_closed().await;
+    assert!(upstream.requests().is_empty(), "something was forwarded");
+}
+
+#[tokio::test]
+async fn a_client_reset_closes_the_upstream_connection() {
+    // Waiting for the head, then part-way through the body.
+    for mid_body in [false, true] {
+        let upstream =
+            held_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst ten.").await;
+        let proxy = support::proxy_to("app", upstream.addr, json!({}));
+        let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+        client
+            .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/hold", &[])))
+            .await;
+        let head = timeout(Duration::from_secs(5), upstream.arrived)
+            .await
+            .expect("forwarded within 5 s")
+            .expect("head");
+        assert!(head.starts_with("GET /hold HTTP/1.1\r\n"), "{head}");
+        let mut release = Some(upstream.release);
+        if mid_body {
+            let release = release.take().expect("not sent yet");
+            release.send(()).expect("upstream waiting");
+            let mut response = RawResponse::default();
+            assert!(!client.read_into(1, &mut response, 10).await);
+            assert_eq!(response.body, b"first ten.");
+        }
+
+        client
+            .send(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
+            .await;
+        timeout(Duration::from_secs(5), upstream.closed)
+            .await
+            .unwrap_or_else(|_| panic!("mid-body {mid_body}: upstream still open after 5 s"))
+            .expect("closed");
+        // Nothing more comes on the cancelled stream; the connection lives.
+        let after = client.frames_before_ping_ack(*b"still ok").await;
+        assert!(
+            after.iter().all(|f| f.id != 1),
+            "after the cancel: {after:?}"
+        );
+        drop(release);
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_gets_431_unforwarded() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to(
+        "app",
+        upstream.addr,
+        json!({"limits": {"max_header_bytes": 8192}}),
+    );
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    assert!(client
+        .settings
+        .contains(&(SETTINGS_MAX_HEADER_LIST_SIZE, 8192)));
+
+    let big = "v".repeat(9000);
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            1,
+            &request("GET", "/big", &[("x-big", &big)]),
+        ))
+        .await;
+    let response = client.response(1).await;
+    assert_eq!(response.field(":status"), Some("431"), "{response:?}");
+    assert!(response.body.is_empty());
+
+    // With a body to follow: answered the same, and the stream is reset
+    // (NO_ERROR) so the client sends no more of it.
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS,
+            3,
+            &request("POST", "/big", &[("x-big", &big)]),
+        ))
+        .await;
+    let response = client.response(3).await;
+    assert_eq!(response.field(":status"), Some("431"), "{response:?}");
+    let reset = client.next().await.expect("RST_STREAM");
+    assert_eq!((reset.kind, reset.id), (RST_STREAM, 3), "{reset:?}");
+    assert_eq!(reset.error_code(), NO_ERROR);
+
+    // Under the limit, in a HEADERS and a CONTINUATION: forwarded whole.
+    let fits = "v".repeat(7000);
+    let head = request("GET", "/fits", &[("x-big", &fits)]);
+    let (first, second) = head.split_at(3000);
+    let split = [
+        frame(HEADERS, END_STREAM, 5, first),
+        frame(CONTINUATION, END_HEADERS, 5, second),
+    ];
+    client.send(&split.concat()).await;
+    let response = client.response(5).await;
+    assert_eq!(response.field(":status"), Some("200"), "{response:?}");
+    let seen = upstream.requests();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/fits"], "the large head was forwarded");
+    assert_eq!(seen[0].headers["x-big"], fits.as_str());
+}
+
+#[tokio::test]
+async fn response_trailers_reach_the_client() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+        5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n",
+        support::After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut sender = h2_client(proxy.addr).await;
+
+    // `TE: trailers` says the client takes them.
+    let request = http::Request::get("http://app.test/t")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("answered within 10 s")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(collected.to_bytes(), "hello world");
+    assert_eq!(trailers["x-checksum"], "abc123");
+
+    let seen = upstream.requests();
+    assert_eq!(support::header_values(&seen[0].head, "te"), ["trailers"]);
+}
+
+#[tokio::test]
+async fn a_head_response_has_the_length_and_no_data() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Kept: Yes\r\n\r\n",
+        support::After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("HEAD", "/h", &[])))
+        .await;
+    let head = loop {
+        let frame = client.next().await.expect("the response");
+        if frame.id == 1 {
+            break frame;
+        }
+    };
+    assert_eq!(head.kind, HEADERS, "{head:?}");
+    let fields = decode(&head.payload);
+    assert!(
+        fields.contains(&(":status".into(), "200".into())),
+        "{fields:?}"
+    );
+    // Names in lower case, as HTTP/2 wants them (RFC 9113 §8.2.1).
+    for field in [("content-length", "1000"), ("x-kept", "Yes")] {
+        let field = (field.0.to_string(), field.1.to_string());
+        assert!(fields.contains(&field), "{field:?} not in {fields:?}");
+    }
+    if head.flags & END_STREAM == 0 {
+        let end = client.next().await.expect("the end of the stream");
+        assert_eq!((end.kind, end.id, end.flags), (DATA, 1, END_STREAM));
+        assert!(end.payload.is_empty(), "a HEAD response with a body");
+    }
+    let after = client.frames_before_ping_ack(*b"no body!").await;
+    assert!(after.iter().all(|f| f.id != 1), "after the end: {after:?}");
+    let seen = upstream.requests();
+    assert!(seen[0].head.starts_with("HEAD /h HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_goaway_and_is_closed() {
+    let upstream = support::upstream("app").await;
+    let idle = Duration::from_millis(300);
+    let proxy = support::proxy_to(
+        "app",
+        upstream.addr,
+        json!({"timeouts": {"connect": "2s", "response_header": "5s", "idle": "300ms"}}),
+    );
+    // Never used: closed once the preface is idle that long.
+    let started = Instant::now();
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let goaway = client.goaway().await;
+    assert!(started.elapsed() >= idle, "after {:?}", started.elapsed());
+    assert_eq!((goaway.error_code(), goaway.last_stream()), (NO_ERROR, 0));
+    client.assert_closed().await;
+
+    // Used: the timer runs from the end of the last stream.
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let started = Instant::now();
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/", &[])))
+        .await;
+    assert_eq!(client.response(1).await.body, b"app");
+    let goaway = client.goaway().await;
+    assert!(started.elapsed() >= idle, "after {:?}", started.elapsed());
+    assert_eq!((goaway.error_code(), goaway.last_stream()), (NO_ERROR, 1));
+    client.assert_closed().await;
+}
+
+#[tokio::test]
+async fn an_open_stream_keeps_its_connection_from_idling() {
+    let upstream = held_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate").await;
+    let proxy = support::proxy_to(
+        "app",
+        upstream.addr,
+        json!({"timeouts": {"connect": "2s", "response_header": "5s", "idle": "300ms"}}),
+    );
+    let mut busy = RawClient::connect(proxy.addr, &[]).await;
+    busy.send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/slow", &[])))
+        .await;
+    timeout(Duration::from_secs(5), upstream.arrived)
+        .await
+        .expect("forwarded within 5 s")
+        .expect("head");
+
+    // A connection opened after the stream, idle from its start: its
+    // GOAWAY says the idle timeout has passed for the busy one too.
+    let mut clock = RawClient::connect(proxy.addr, &[]).await;
+    assert_eq!(clock.goaway().await.error_code(), NO_ERROR);
+    let early = busy.frames_before_ping_ack(*b"busy yet").await;
+    assert!(early.iter().all(|f| f.kind != GOAWAY), "{early:?}");
+
+    upstream.release.send(()).expect("upstream waiting");
+    assert_eq!(busy.response(1).await.body, b"late");
+}
+
+#[tokio::test]
+async fn shutdown_sends_goaway_and_lets_the_open_stream_finish() {
+    let upstream = held_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone").await;
+    let support::TestProxy { addr, server, .. } =
+        support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(addr, &[]).await;
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/slow", &[])))
+        .await;
+    timeout(Duration::from_secs(5), upstream.arrived)
+        .await
+        .expect("forwarded within 5 s")
+        .expect("head");
+
+    // What SIGTERM does in the binary; it returns once the drain is done.
+    let stopped = tokio::task::spawn_blocking(move || server.shutdown());
+    let goaway = client.goaway().await;
+    assert_eq!(goaway.error_code(), NO_ERROR, "{goaway:?}");
+    assert_eq!(goaway.last_stream(), 1, "{goaway:?}");
+
+    // A stream opened after the GOAWAY is not served; the open one is.
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 3, &request("GET", "/late", &[])))
+        .await;
+    upstream.release.send(()).expect("upstream waiting");
+    let response = client.response(1).await;
+    assert_eq!(response.field(":status"), Some("200"));
+    assert_eq!(response.body, b"done");
+    loop {
+        match client.next().await {
+            None => break,
+            Some(frame) => assert_ne!(frame.id, 3, "the late stream got {frame:?}"),
+        }
+    }
+    timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the server stopped within 5 s")
+        .expect("shutdown");
+}
