@@ -427,7 +427,7 @@ async fn a_request_body_larger_than_both_windows_arrives_whole() {
     let proxy = support::proxy_to("app", upstream.addr, json!({}));
     let mut sender = h2_client(proxy.addr).await;
 
-    // 3 MiB: twelve stream windows (256 KiB) and three connection windows
+    // 3 MiB: three stream windows (1 MiB) and three connection windows
     // (1 MiB), so it passes only if what the upstream takes is granted
     // back.
     let body = Bytes::from(pattern(3 * 1024 * 1024));
@@ -601,7 +601,7 @@ async fn settings_are_sent_and_acknowledged_and_pings_answered() {
 
     for expected in [
         (SETTINGS_MAX_CONCURRENT_STREAMS, 256),
-        (SETTINGS_INITIAL_WINDOW_SIZE, 256 * 1024),
+        (SETTINGS_INITIAL_WINDOW_SIZE, 1024 * 1024),
         (SETTINGS_MAX_HEADER_LIST_SIZE, 10_000),
     ] {
         assert!(

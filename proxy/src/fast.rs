@@ -653,6 +653,15 @@ pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// A `Date` field line, formatted once a second per thread.
 fn put_date(out: &mut Vec<u8>) {
+    with_date(|date| {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Calls `f` with the current `Date` value, formatted once a second.
+pub(crate) fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
     }
@@ -667,10 +676,8 @@ fn put_date(out: &mut Vec<u8>) {
                 date.0 = secs;
             }
         }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&date.1);
-        out.extend_from_slice(b"\r\n");
-    });
+        f(&date.1)
+    })
 }
 
 pub(crate) fn put_number(out: &mut Vec<u8>, mut n: u64) {

@@ -7,7 +7,7 @@
 //! whose frame, HPACK and stream machinery cost about two thirds of an
 //! h2c request's instructions.
 //!
-//! Flow control: the client may send 256 KiB per stream and 1 MiB in all
+//! Flow control: the client may send 1 MiB per stream and 1 MiB in all
 //! before the body reader takes any; what a reader takes is granted back
 //! (`WINDOW_UPDATE`) once half a window is taken, so a slow upstream slows
 //! the client. Responses are sent within the client's windows, and no
@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -39,7 +39,7 @@ use tracing::debug;
 
 use self::request::{Answer, RawHead};
 use crate::body::{BoxError, ClientBody, ProxyBody};
-use crate::fast::{Deadline, Waiting};
+use crate::fast::{with_date, Deadline, Waiting};
 use crate::forward::Proxy;
 use crate::headers::ClientInfo;
 
@@ -58,10 +58,20 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 
 const MAX_STREAMS: u32 = 256;
-/// What a client may send on one stream before its reader takes some.
-const STREAM_WINDOW: i64 = 256 * 1024;
-/// What a client may send on all streams before their readers take some.
+/// What a client may send on one stream before its reader takes some
+/// (hyper's server allowed as much).
+const STREAM_WINDOW: i64 = 1024 * 1024;
+/// What a client may send on all streams before their readers take some:
+/// the most request body a connection buffers.
 const CONN_WINDOW: i64 = 1024 * 1024;
+/// Empty CONTINUATION frames allowed in one header block.
+const MAX_EMPTY_CONTINUATIONS: u32 = 8;
+/// Streams the client may reset before their answer (Envoy's "premature
+/// resets", the HTTP/2 rapid-reset attack) before the ratio below counts.
+const PREMATURE_RESETS_FREE: u32 = 100;
+/// Streams the connection may reset for malformed requests before it ends
+/// (as the h2 crate's `max_local_error_reset_streams`).
+const MAX_LOCAL_RESETS: u32 = 1024;
 /// The protocol's initial windows, before SETTINGS (RFC 9113 §6.9.2).
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
@@ -94,6 +104,7 @@ const STREAM_CLOSED: u32 = 0x5;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const COMPRESSION_ERROR: u32 = 0x9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 // Settings (RFC 9113 §6.5.2).
 const SETTINGS_ENABLE_PUSH: u16 = 0x2;
@@ -130,6 +141,9 @@ struct ConnShared {
 #[derive(Default)]
 struct Recv {
     chunks: VecDeque<Bytes>,
+    /// Small DATA frames after `chunks`, gathered: a chunk each would
+    /// cost an allocation for a byte or two.
+    tail: BytesMut,
     trailers: Option<HeaderMap>,
     ended: bool,
     /// The client reset the stream, or the connection ended.
@@ -152,6 +166,47 @@ struct StreamShared {
     /// The handler's task, woken to notice a cancel.
     handler: RefCell<Option<Waker>>,
     conn: Rc<ConnShared>,
+}
+
+/// DATA payloads under this are gathered into one chunk.
+const SMALL_DATA: usize = 4096;
+
+impl Recv {
+    fn push(&mut self, data: &[u8]) {
+        if data.len() < SMALL_DATA {
+            self.tail.extend_from_slice(data);
+            if self.tail.len() < SMALL_DATA {
+                return;
+            }
+            let gathered = self.tail.split().freeze();
+            self.chunks.push_back(gathered);
+            return;
+        }
+        if !self.tail.is_empty() {
+            let gathered = self.tail.split().freeze();
+            self.chunks.push_back(gathered);
+        }
+        self.chunks.push_back(Bytes::copy_from_slice(data));
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        match self.chunks.pop_front() {
+            Some(chunk) => Some(chunk),
+            None if !self.tail.is_empty() => Some(self.tail.split().freeze()),
+            None => None,
+        }
+    }
+
+    /// Drops what is buffered; its length.
+    fn clear(&mut self) -> usize {
+        let len = self.chunks.drain(..).map(|c| c.len()).sum::<usize>() + self.tail.len();
+        self.tail = BytesMut::new();
+        len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.tail.is_empty()
+    }
 }
 
 impl StreamShared {
@@ -177,7 +232,7 @@ impl RecvBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let shared = &self.0;
         let mut recv = shared.recv.borrow_mut();
-        if let Some(chunk) = recv.chunks.pop_front() {
+        if let Some(chunk) = recv.pop() {
             recv.taken += chunk.len() as u64;
             drop(recv);
             give_credit(shared, chunk.len());
@@ -198,7 +253,7 @@ impl RecvBody {
 
     pub(crate) fn is_end_stream(&self) -> bool {
         let recv = self.0.recv.borrow();
-        recv.ended && !recv.reset && recv.chunks.is_empty() && recv.trailers.is_none()
+        recv.ended && !recv.reset && recv.is_empty() && recv.trailers.is_none()
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
@@ -213,7 +268,7 @@ impl Drop for RecvBody {
     fn drop(&mut self) {
         let mut recv = self.0.recv.borrow_mut();
         recv.dropped = true;
-        let unread: usize = recv.chunks.drain(..).map(|c| c.len()).sum();
+        let unread = recv.clear();
         drop(recv);
         if unread > 0 {
             give_credit(&self.0, unread);
@@ -273,6 +328,16 @@ enum Sending {
     },
 }
 
+/// What one step of a response body did.
+enum Pumped {
+    /// Nothing: the body has nothing yet, or the windows are shut.
+    Nothing,
+    /// A frame went out, or the body gave an empty one.
+    Sent,
+    /// The body ended (None: its stream was gone already).
+    Ended(Option<End>),
+}
+
 /// How a response body ended.
 enum End {
     /// Its last DATA frame (END_STREAM) is written.
@@ -304,6 +369,9 @@ struct Continuation {
     id: u32,
     end_stream: bool,
     block: Vec<u8>,
+    /// The HEADERS made the stream depend on itself (RFC 9113 §5.3.1).
+    self_dependent: bool,
+    empty_frames: u32,
 }
 
 /// The connection's state apart from its socket and read buffer, so frame
@@ -340,6 +408,11 @@ struct State {
     /// Whether the next header block is the connection's first.
     first_block: bool,
     max_header_list: usize,
+    /// Streams served, streams the client reset before their answer, and
+    /// streams reset for malformed requests: what a flood shows in.
+    opened: u32,
+    premature_resets: u32,
+    local_resets: u32,
 }
 
 /// Serves an HTTP/2 connection whose first bytes (`buffered`, at least the
@@ -378,6 +451,9 @@ where
         continuation: None,
         first_block: true,
         max_header_list,
+        opened: 0,
+        premature_resets: 0,
+        local_resets: 0,
     };
     state.put_settings();
     let mut conn = Conn {
@@ -385,9 +461,12 @@ where
         start: 0,
         end: buffered.len(),
         preface_seen: false,
+        settings_seen: false,
         read_closed: false,
         deadline: Deadline::new(head_timeout),
-        idle: false,
+        phase: Phase::Preface,
+        armed_for: 0,
+        head_timeout,
         idle_timeout,
     };
     let proxy = Rc::clone(&state.proxy);
@@ -424,12 +503,33 @@ struct Conn {
     start: usize,
     end: usize,
     preface_seen: bool,
+    /// The client's first frame, which must be SETTINGS, was read.
+    settings_seen: bool,
     read_closed: bool,
-    /// The head timeout until the preface, then the idle timeout while no
-    /// stream is open.
+    /// The timer of the phase the connection is in.
     deadline: Deadline,
-    idle: bool,
+    phase: Phase,
+    /// The last stream when the idle timer was set: a stream opened and
+    /// answered within one turn sets it again.
+    armed_for: u32,
+    head_timeout: Duration,
     idle_timeout: Duration,
+}
+
+/// What the connection's timer waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The preface, within the head timeout.
+    Preface,
+    /// Streams are open: no timer (each request has its own).
+    Busy,
+    /// A header block's CONTINUATION frames, within the head timeout.
+    Head,
+    /// No stream open: the idle timeout, then GOAWAY.
+    Idle,
+    /// The connection is ending and its last bytes are on their way: a
+    /// client that does not read them is closed on after [`LINGER`].
+    Closing,
 }
 
 impl Conn {
@@ -458,16 +558,18 @@ impl Conn {
                     }
                 }
             }
-            while let Poll::Ready(Some((id, response))) = state.tasks.poll_next_unpin(cx) {
-                if let Some(response) = response {
-                    state.respond(id, response);
+            while let Poll::Ready(Some((id, answer))) = state.tasks.poll_next_unpin(cx) {
+                if let Some(answer) = answer {
+                    state.respond(id, answer);
                 }
                 progress = true;
             }
             progress |= state.pump_bodies(cx);
             state.take_credits();
-            if state.flush(io, cx).is_err() {
-                return Poll::Ready(());
+            match state.flush(io, cx) {
+                // A backlog written out lets reading and bodies go on.
+                Ok(drained) => progress |= drained,
+                Err(_) => return Poll::Ready(()),
             }
             if state.written < state.out.len() {
                 // The socket is full: wait for it (the read side still
@@ -484,20 +586,38 @@ impl Conn {
                 break;
             }
         }
-        // The idle timer runs while no stream is open.
-        let idle = state.streams.is_empty() && state.continuation.is_none();
-        if idle && self.preface_seen && !self.idle {
-            self.deadline.set(self.idle_timeout);
+        let phase = if !self.preface_seen {
+            Phase::Preface
+        } else if state.closing || (state.goaway.is_some() && state.streams.is_empty()) {
+            Phase::Closing
+        } else if state.continuation.is_some() {
+            Phase::Head
+        } else if state.streams.is_empty() {
+            Phase::Idle
+        } else {
+            Phase::Busy
+        };
+        if phase != self.phase || (phase == Phase::Idle && state.last_id != self.armed_for) {
+            match phase {
+                Phase::Preface | Phase::Busy => {}
+                Phase::Head => self.deadline.set(self.head_timeout),
+                Phase::Idle => self.deadline.set(self.idle_timeout),
+                Phase::Closing => self.deadline.set(LINGER),
+            }
+            self.phase = phase;
+            self.armed_for = state.last_id;
         }
-        self.idle = idle;
-        if (idle || !self.preface_seen) && self.deadline.poll_passed(cx) {
-            if !self.preface_seen {
-                return Poll::Ready(());
+        if phase != Phase::Busy && self.deadline.poll_passed(cx) {
+            match phase {
+                Phase::Preface | Phase::Closing | Phase::Busy => return Poll::Ready(()),
+                Phase::Head => state.fail(conn_error(
+                    PROTOCOL_ERROR,
+                    "header block not finished in time",
+                )),
+                Phase::Idle => state.go_away(),
             }
-            state.go_away();
-            if state.flush(io, cx).is_err() || state.out.is_empty() {
-                return Poll::Ready(());
-            }
+            // Round again, to write what that added.
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }
@@ -544,6 +664,13 @@ impl Conn {
                 let id = u32::from_be_bytes([have[5], have[6], have[7], have[8]]) & 0x7fff_ffff;
                 let payload = &have[FRAME_HEAD..FRAME_HEAD + len];
                 self.start += FRAME_HEAD + len;
+                if !self.settings_seen {
+                    // The preface ends with the client's SETTINGS (§3.4).
+                    if kind != SETTINGS || flags & ACK != 0 {
+                        return Err(conn_error(PROTOCOL_ERROR, "the preface's SETTINGS missing"));
+                    }
+                    self.settings_seen = true;
+                }
                 state.on_frame(kind, flags, id, payload)?;
                 progress = true;
                 if state.backlog() >= OUT_HIGH_WATER {
@@ -628,7 +755,9 @@ impl State {
 
     fn put_goaway(&mut self, code: u32, reason: &str) {
         put_frame_head(&mut self.out, 8 + reason.len(), GOAWAY, 0, 0);
-        self.out.extend_from_slice(&self.last_id.to_be_bytes());
+        // A second GOAWAY may not raise the first's last stream.
+        let last = self.goaway.unwrap_or(self.last_id);
+        self.out.extend_from_slice(&last.to_be_bytes());
         self.out.extend_from_slice(&code.to_be_bytes());
         self.out.extend_from_slice(reason.as_bytes());
     }
@@ -686,13 +815,19 @@ impl State {
             if let (Sending::Waiting, Some(waker)) = (&stream.sending, handler) {
                 waker.wake();
             }
-            if stream.recv_open {
-                shared.recv.borrow_mut().reset = true;
+            // What it holds unread is granted back now, not when (or if)
+            // its reader gets to it: the reader sees the reset first.
+            let mut recv = shared.recv.borrow_mut();
+            let unread = recv.clear();
+            let cut = stream.recv_open || unread > 0;
+            recv.reset |= cut;
+            drop(recv);
+            if cut {
                 shared.wake_reader();
             }
-            // What the client may still send on it counts against the
-            // connection until it learns of the reset; the stream's own
-            // unread bytes come back through the reader's credits.
+            if unread > 0 {
+                self.credit(id, unread as i64);
+            }
         }
     }
 
@@ -713,12 +848,19 @@ impl State {
                 if continuation.block.len() > self.max_header_list + MAX_FRAME {
                     return Err(conn_error(COMPRESSION_ERROR, "header block too large"));
                 }
+                if payload.is_empty() {
+                    continuation.empty_frames += 1;
+                    if continuation.empty_frames > MAX_EMPTY_CONTINUATIONS {
+                        return Err(conn_error(ENHANCE_YOUR_CALM, "empty CONTINUATION frames"));
+                    }
+                }
                 if flags & END_HEADERS != 0 {
                     let continuation = self.continuation.take().expect("checked above");
                     self.on_block(
                         continuation.id,
                         continuation.end_stream,
                         &continuation.block,
+                        continuation.self_dependent,
                     )?;
                 }
                 Ok(())
@@ -727,7 +869,9 @@ impl State {
                 if id == 0 {
                     return Err(conn_error(PROTOCOL_ERROR, "PRIORITY on stream 0"));
                 }
-                if payload.len() != 5 {
+                // A stream error, but an idle stream cannot be reset
+                // (RFC 9113 §6.4): that frame is only ignored.
+                if payload.len() != 5 && id <= self.last_id {
                     self.reset(id, FRAME_SIZE_ERROR);
                 }
                 Ok(())
@@ -742,8 +886,25 @@ impl State {
                 if id > self.last_id {
                     return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
+                let unanswered = self
+                    .streams
+                    .get(&id)
+                    .is_some_and(|s| matches!(s.sending, Sending::Waiting));
                 self.forget(id);
                 self.sending.retain(|s| *s != id);
+                if unanswered {
+                    // Each such reset may have cost an upstream request; a
+                    // client that mostly opens and resets streams is cut off.
+                    self.premature_resets += 1;
+                    if self.premature_resets > PREMATURE_RESETS_FREE
+                        && self.premature_resets * 2 > self.opened
+                    {
+                        return Err(conn_error(
+                            ENHANCE_YOUR_CALM,
+                            "too many streams reset before their answer",
+                        ));
+                    }
+                }
                 Ok(())
             }
             SETTINGS => self.on_settings(flags, id, payload),
@@ -796,6 +957,7 @@ impl State {
             return Err(conn_error(PROTOCOL_ERROR, "HEADERS on stream 0"));
         }
         let mut block = Self::unpad(flags, payload)?;
+        let mut self_dependent = false;
         if flags & PRIORITY_FLAG != 0 {
             if block.len() < 5 {
                 return Err(conn_error(
@@ -805,9 +967,7 @@ impl State {
             }
             let depends =
                 u32::from_be_bytes([block[0], block[1], block[2], block[3]]) & 0x7fff_ffff;
-            if depends == id {
-                self.reset(id, PROTOCOL_ERROR);
-            }
+            self_dependent = depends == id;
             block = &block[5..];
         }
         let end_stream = flags & END_STREAM != 0;
@@ -816,20 +976,32 @@ impl State {
                 id,
                 end_stream,
                 block: block.to_vec(),
+                self_dependent,
+                empty_frames: 0,
             });
             return Ok(());
         }
-        self.on_block(id, end_stream, block)
+        self.on_block(id, end_stream, block, self_dependent)
     }
 
     /// A whole header block: a new request, or a request's trailers.
-    fn on_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+    fn on_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+        self_dependent: bool,
+    ) -> Result<(), ConnError> {
         let trailers = self.streams.contains_key(&id);
-        let mut head = RawHead::new();
+        let mut head = RawHead::new(self.max_header_list);
         self.decoder
             .decode(block, |name, value| head.field(name, value, trailers))
             .map_err(|err| conn_error(COMPRESSION_ERROR, err.0))?;
         if trailers {
+            if self_dependent {
+                self.reset(id, PROTOCOL_ERROR);
+                return Ok(());
+            }
             return self.on_trailers(id, end_stream, head);
         }
         if id.is_multiple_of(2) {
@@ -850,15 +1022,18 @@ impl State {
             self.put_rst(id, REFUSED_STREAM);
             return Ok(());
         }
-        if let Err(reason) = head.check(end_stream) {
-            debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
-            self.put_rst(id, PROTOCOL_ERROR);
-            return Ok(());
-        }
-        if head.list_size > self.max_header_list {
+        if head.is_over_limit() {
             self.answer_locally(id, end_stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             return Ok(());
         }
+        let checked = match self_dependent {
+            true => Err("a stream that depends on itself"),
+            false => head.check(end_stream),
+        };
+        if let Err(reason) = checked {
+            return self.refuse_malformed(id, reason);
+        }
+        self.opened += 1;
         let shared = Rc::new(StreamShared {
             id,
             length: head.length,
@@ -883,11 +1058,7 @@ impl State {
                         Err(never) => match never {},
                     }
                 }),
-                Err(reason) => {
-                    debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
-                    self.put_rst(id, PROTOCOL_ERROR);
-                    return Ok(());
-                }
+                Err(reason) => return self.refuse_malformed(id, reason),
             }
         };
         self.tasks.push(StreamTask {
@@ -910,6 +1081,18 @@ impl State {
         Ok(())
     }
 
+    /// Resets the stream of a malformed request (RFC 9113 §8.1.1); a
+    /// client that sends many is cut off.
+    fn refuse_malformed(&mut self, id: u32, reason: &'static str) -> Result<(), ConnError> {
+        debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
+        self.put_rst(id, PROTOCOL_ERROR);
+        self.local_resets += 1;
+        if self.local_resets > MAX_LOCAL_RESETS {
+            return Err(conn_error(ENHANCE_YOUR_CALM, "too many malformed requests"));
+        }
+        Ok(())
+    }
+
     fn on_trailers(&mut self, id: u32, end_stream: bool, head: RawHead) -> Result<(), ConnError> {
         let stream = self.streams.get_mut(&id).expect("checked by the caller");
         if !stream.recv_open {
@@ -917,7 +1100,9 @@ impl State {
             return Ok(());
         }
         if !end_stream {
-            return Err(conn_error(PROTOCOL_ERROR, "trailers without END_STREAM"));
+            // Malformed (RFC 9113 §8.1): a stream error.
+            self.reset(id, PROTOCOL_ERROR);
+            return Ok(());
         }
         let length = stream.shared.length;
         let trailers = match head.into_trailers() {
@@ -983,7 +1168,7 @@ impl State {
         if recv.dropped {
             unread = len;
         } else if !data.is_empty() {
-            recv.chunks.push_back(Bytes::copy_from_slice(data));
+            recv.push(data);
         }
         if end {
             recv.ended = true;
@@ -1169,6 +1354,20 @@ impl State {
                 self.block.clear();
                 hpack::put_status(&mut self.block, parts.status.as_u16());
                 self.put_fields(&parts.headers);
+                // As hyper's server did: a `date`, and the length of a
+                // body whose length is known.
+                if !parts.headers.contains_key(http::header::DATE) {
+                    with_date(|date| hpack::put_field(&mut self.block, b"date", date));
+                }
+                if let (false, false, Some(len)) = (
+                    head_request,
+                    parts.headers.contains_key(http::header::CONTENT_LENGTH),
+                    body.size_hint().exact(),
+                ) {
+                    let mut digits = Vec::with_capacity(20);
+                    crate::fast::put_number(&mut digits, len);
+                    hpack::put_field(&mut self.block, b"content-length", &digits);
+                }
                 body
             }
             Answer::Encoded(block, body) => {
@@ -1210,100 +1409,109 @@ impl State {
         self.forget(id);
     }
 
-    /// Sends what response bodies have, within the windows; whether
-    /// anything was sent.
+    /// Sends what response bodies have, within the windows, a frame per
+    /// stream in turn so that one large body does not hold the others
+    /// back; whether anything was sent.
     fn pump_bodies(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        let mut i = 0;
-        while i < self.sending.len() {
-            if self.backlog() >= OUT_HIGH_WATER {
-                break;
-            }
-            let id = self.sending[i];
-            let Some(stream) = self.streams.get_mut(&id) else {
-                self.sending.swap_remove(i);
-                continue;
-            };
-            let Sending::Body { body, pending } = &mut stream.sending else {
-                i += 1;
-                continue;
-            };
-            let mut ended = None;
-            loop {
-                if let Some(chunk) = pending {
-                    let n = chunk
-                        .len()
-                        .min(stream.send_window.max(0) as usize)
-                        .min(self.send_window.max(0) as usize)
-                        .min(self.peer_max_frame);
-                    if n == 0 {
-                        break;
-                    }
-                    let last = n == chunk.len() && body.is_end_stream();
-                    put_frame_head(
-                        &mut self.out,
-                        n,
-                        DATA,
-                        if last { END_STREAM } else { 0 },
-                        id,
-                    );
-                    self.out.extend_from_slice(&chunk[..n]);
-                    stream.send_window -= n as i64;
-                    self.send_window -= n as i64;
-                    chunk.advance(n);
-                    if chunk.is_empty() {
-                        *pending = None;
-                    }
-                    progress = true;
-                    if last {
-                        ended = Some(End::Sent);
-                        break;
-                    }
-                    if self.out.len() - self.written >= OUT_HIGH_WATER {
-                        break;
-                    }
-                    continue;
+        loop {
+            let mut moved = false;
+            let mut i = 0;
+            while i < self.sending.len() {
+                if self.backlog() >= OUT_HIGH_WATER {
+                    return progress;
                 }
-                match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) if !data.is_empty() => *pending = Some(data),
-                        Ok(_) => {}
-                        Err(frame) => {
-                            ended = Some(End::Trailers(frame.into_trailers().unwrap_or_default()));
-                            break;
+                let id = self.sending[i];
+                match self.pump_one(id, cx) {
+                    Pumped::Nothing => i += 1,
+                    Pumped::Sent => {
+                        moved = true;
+                        i += 1;
+                    }
+                    Pumped::Ended(end) => {
+                        moved = true;
+                        self.sending.swap_remove(i);
+                        match end {
+                            Some(End::Sent) => self.finish(id),
+                            Some(End::Trailers(trailers)) => {
+                                self.block.clear();
+                                self.put_fields(&trailers);
+                                self.put_block(id, true);
+                                self.finish(id);
+                            }
+                            Some(End::Failed) => self.reset(id, INTERNAL_ERROR),
+                            None => {}
                         }
-                    },
-                    Poll::Ready(None) => {
-                        put_frame_head(&mut self.out, 0, DATA, END_STREAM, id);
-                        ended = Some(End::Sent);
-                        break;
                     }
-                    Poll::Ready(Some(Err(err))) => {
-                        debug!(client = %self.client.peer, error = %err, "response body failed; resetting the stream");
-                        ended = Some(End::Failed);
-                        break;
-                    }
-                    Poll::Pending => break,
                 }
             }
-            let Some(end) = ended else {
-                i += 1;
-                continue;
-            };
-            progress = true;
-            self.sending.swap_remove(i);
-            match end {
-                End::Sent => self.finish(id),
-                End::Trailers(trailers) => {
-                    self.block.clear();
-                    self.put_fields(&trailers);
-                    self.put_block(id, true);
-                    self.finish(id);
-                }
-                End::Failed => self.reset(id, INTERNAL_ERROR),
+            progress |= moved;
+            if !moved {
+                return progress;
             }
         }
-        progress
+    }
+
+    /// One step of stream `id`'s body: a DATA frame sent, or the body
+    /// polled once for its next frame.
+    fn pump_one(&mut self, id: u32, cx: &mut Context<'_>) -> Pumped {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Pumped::Ended(None);
+        };
+        let Sending::Body { body, pending } = &mut stream.sending else {
+            return Pumped::Nothing;
+        };
+        if pending.is_none() {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => *pending = Some(data),
+                    Ok(_) => return Pumped::Sent,
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().unwrap_or_default();
+                        return Pumped::Ended(Some(End::Trailers(trailers)));
+                    }
+                },
+                Poll::Ready(None) => {
+                    put_frame_head(&mut self.out, 0, DATA, END_STREAM, id);
+                    return Pumped::Ended(Some(End::Sent));
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    debug!(client = %self.client.peer, error = %err, "response body failed; resetting the stream");
+                    return Pumped::Ended(Some(End::Failed));
+                }
+                Poll::Pending => return Pumped::Nothing,
+            }
+        }
+        let Some(chunk) = pending else {
+            return Pumped::Nothing;
+        };
+        let n = chunk
+            .len()
+            .min(stream.send_window.max(0) as usize)
+            .min(self.send_window.max(0) as usize)
+            .min(self.peer_max_frame);
+        if n == 0 {
+            return Pumped::Nothing;
+        }
+        let last = n == chunk.len() && body.is_end_stream();
+        put_frame_head(
+            &mut self.out,
+            n,
+            DATA,
+            if last { END_STREAM } else { 0 },
+            id,
+        );
+        self.out.extend_from_slice(&chunk[..n]);
+        stream.send_window -= n as i64;
+        self.send_window -= n as i64;
+        chunk.advance(n);
+        if chunk.is_empty() {
+            *pending = None;
+        }
+        match last {
+            true => Pumped::Ended(Some(End::Sent)),
+            false => Pumped::Sent,
+        }
     }
 
     /// Grants back what readers took, once half a window is taken.
@@ -1336,18 +1544,22 @@ impl State {
         }
     }
 
-    /// Writes what is buffered; an error ends the connection.
+    /// Writes what is buffered; whether a backlog was written out. An
+    /// error ends the connection.
     fn flush<S: AsyncWrite + Unpin>(
         &mut self,
         io: &mut S,
         cx: &mut Context<'_>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
+        // Reading and bodies pause at the high-water mark: getting under it
+        // is progress, or they would wait for a wake-up that never comes.
+        let paused = self.backlog() >= OUT_HIGH_WATER;
         while self.written < self.out.len() {
             match Pin::new(&mut *io).poll_write(cx, &self.out[self.written..]) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => self.written += n,
                 Poll::Ready(Err(err)) => return Err(err),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => return Ok(paused && self.backlog() < OUT_HIGH_WATER),
             }
         }
         if !self.out.is_empty() {
@@ -1366,6 +1578,6 @@ impl State {
                 Poll::Pending => {}
             }
         }
-        Ok(())
+        Ok(paused)
     }
 }

@@ -37,7 +37,9 @@ const NAME_BYTES: [bool; 256] = {
     set
 };
 
-/// Bytes of a `:path`, as the HTTP/1.1 fast path takes a target.
+/// Bytes of a `:path` the raw path sends on as they are, as the HTTP/1.1
+/// fast path takes a target; others (`|`, `[`, UTF-8, …) go through
+/// [`Proxy::handle`], as hyper's parser takes them.
 const PATH_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=:@/?%");
 
 /// Bytes of an `:authority` (host, port, IP literal).
@@ -60,18 +62,30 @@ pub(super) struct RawHead {
     malformed: Option<&'static str>,
     /// RFC 9113 §6.5.2's size: names, values and 32 bytes per field.
     pub(super) list_size: usize,
+    /// The most `list_size` may be; past it, fields are no longer kept
+    /// (a block of small references to a large table entry would
+    /// otherwise decode to hundreds of megabytes).
+    limit: usize,
     regular_seen: bool,
     /// `TE: trailers` or `Expect`: for hyper's path.
     needs_hyper: bool,
 }
 
 impl RawHead {
-    pub(super) fn new() -> RawHead {
+    /// An empty head whose fields may take `limit` bytes (RFC 9113
+    /// §6.5.2's count).
+    pub(super) fn new(limit: usize) -> RawHead {
         RawHead {
             bytes: Vec::with_capacity(256),
             fields: Vec::with_capacity(12),
+            limit,
             ..RawHead::default()
         }
+    }
+
+    /// Whether the fields took more than the limit.
+    pub(super) fn is_over_limit(&self) -> bool {
+        self.list_size > self.limit
     }
 
     fn fail(&mut self, reason: &'static str) {
@@ -86,8 +100,8 @@ impl RawHead {
 
     /// Takes one decoded field, checking it as RFC 9113 §8.2 and §8.3 say.
     pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool) {
-        self.list_size += name.len() + value.len() + 32;
-        if self.malformed.is_some() {
+        self.list_size = self.list_size.saturating_add(name.len() + value.len() + 32);
+        if self.malformed.is_some() || self.is_over_limit() {
             return;
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
@@ -116,7 +130,12 @@ impl RawHead {
             let valid = match pseudo {
                 b"scheme" => !value.is_empty() && value.iter().all(u8::is_ascii_alphanumeric),
                 b"authority" => value.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)]),
-                _ => !value.is_empty() && value.iter().all(|&b| PATH_BYTES[usize::from(b)]),
+                // Origin form (a query alone is taken as "/" and it), or
+                // `*`; no control byte, space or fragment (§8.3.1).
+                _ => {
+                    (matches!(value.first(), Some(b'/' | b'?')) || value == b"*")
+                        && value.iter().all(|&b| b > b' ' && b != 0x7f && b != b'#')
+                }
             };
             if !valid {
                 return self.fail("invalid pseudo-header field value");
@@ -201,24 +220,32 @@ impl RawHead {
         self.method == Some(Method::HEAD)
     }
 
-    /// The fields as a `HeaderMap` (all checked already).
-    fn header_map(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+    /// The fields as a `HeaderMap` (all checked already; their number is
+    /// bounded by the limit, whose largest value is 1 MiB, 32 bytes a
+    /// field: under the map's 24,576).
+    fn header_map(&self) -> Result<HeaderMap, &'static str> {
+        let mut headers =
+            HeaderMap::try_with_capacity(self.fields.len()).map_err(|_| "too many fields")?;
         for (name, value) in self.fields() {
             if let (Ok(name), Ok(value)) =
                 (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
             {
-                headers.append(name, value);
+                headers
+                    .try_append(name, value)
+                    .map_err(|_| "too many fields")?;
             }
         }
-        headers
+        Ok(headers)
     }
 
     /// The fields of a trailer section.
     pub(super) fn into_trailers(self) -> Result<HeaderMap, &'static str> {
+        if self.is_over_limit() {
+            return Err("trailer section over the size limit");
+        }
         match self.malformed {
             Some(reason) => Err(reason),
-            None => Ok(self.header_map()),
+            None => self.header_map(),
         }
     }
 
@@ -243,7 +270,7 @@ impl RawHead {
             uri.path_and_query = Some(PathAndQuery::try_from(path).map_err(|_| "invalid :path")?);
         }
         let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
-        let headers = self.header_map();
+        let headers = self.header_map()?;
         let mut request = Request::new(body);
         *request.method_mut() = self.method.ok_or("no :method")?;
         *request.uri_mut() = uri;
@@ -354,7 +381,9 @@ fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option
         return None;
     }
     let target = head.value(&head.path)?;
-    if target.len() > table.limits.max_uri_bytes {
+    if target.len() > table.limits.max_uri_bytes
+        || !target.iter().all(|&b| PATH_BYTES[usize::from(b)])
+    {
         return None;
     }
     let host = match head.value(&head.authority) {
