@@ -95,6 +95,9 @@ pub(crate) const TABLE_SIZE: usize = 4096;
 struct Entry {
     bytes: Box<[u8]>,
     name_len: usize,
+    /// The caller found its bytes well-formed when it was added: a field
+    /// sent again by index need not be checked again.
+    good: bool,
 }
 
 impl Entry {
@@ -143,12 +146,15 @@ impl Default for Decoder {
 
 impl Decoder {
     /// Decodes one whole header block, calling `field` with each name and
-    /// value in order. The table is updated as the block says, so the
-    /// whole block must be decoded even when its fields are not wanted.
+    /// value in order, and whether their bytes are known to be well-formed
+    /// (a static entry, or a table entry `field` said so of when it was
+    /// added); `field` answers whether they are. The table is updated as the
+    /// block says, so the whole block must be decoded even when its fields
+    /// are not wanted.
     pub(crate) fn decode(
         &mut self,
         block: &[u8],
-        mut field: impl FnMut(&[u8], &[u8]),
+        mut field: impl FnMut(&[u8], &[u8], bool) -> bool,
     ) -> Result<(), HpackError> {
         let mut at = 0;
         let mut fields_seen = false;
@@ -162,11 +168,11 @@ impl Decoder {
                             .table
                             .get(index - 62)
                             .ok_or(HpackError("index past the table"))?;
-                        field(entry.name(), entry.value());
+                        field(entry.name(), entry.value(), entry.good);
                     }
                     _ => {
                         let (name, value) = self.entry(index)?;
-                        field(name, value);
+                        field(name, value, true);
                     }
                 }
             } else if first & 0xe0 == 0x20 {
@@ -202,7 +208,7 @@ impl Decoder {
                     None => self.entry(index)?.0,
                 };
                 if !indexing {
-                    field(name_bytes, value_bytes);
+                    field(name_bytes, value_bytes, false);
                 } else {
                     let mut bytes = Vec::with_capacity(name_bytes.len() + value_bytes.len());
                     bytes.extend_from_slice(name_bytes);
@@ -211,13 +217,16 @@ impl Decoder {
                     let entry = Entry {
                         bytes: bytes.into_boxed_slice(),
                         name_len,
+                        good: false,
                     };
                     match self.insert(entry) {
                         Ok(()) => {
-                            let entry = &self.table[0];
-                            field(entry.name(), entry.value());
+                            let entry = &mut self.table[0];
+                            entry.good = field(entry.name(), entry.value(), false);
                         }
-                        Err(entry) => field(entry.name(), entry.value()),
+                        Err(entry) => {
+                            field(entry.name(), entry.value(), false);
+                        }
                     }
                 }
             }
@@ -483,11 +492,12 @@ mod tests {
         block: &[u8],
     ) -> Result<Vec<(String, String)>, HpackError> {
         let mut fields = Vec::new();
-        decoder.decode(block, |n, v| {
+        decoder.decode(block, |n, v, _| {
             fields.push((
                 String::from_utf8_lossy(n).into_owned(),
                 String::from_utf8_lossy(v).into_owned(),
-            ))
+            ));
+            true
         })?;
         Ok(fields)
     }
@@ -581,6 +591,32 @@ mod tests {
         assert!(decode_all(&mut decoder, &[0x3f, 0xe1, 0x1f]).is_ok()); // 4096
         assert!(decode_all(&mut decoder, &[0x3f, 0xe2, 0x1f]).is_err()); // 4097
         assert!(decode_all(&mut decoder, &[0x82, 0x20]).is_err());
+    }
+
+    /// A table entry is passed on as known-good only when the caller said
+    /// so of it when it was added; static entries always are.
+    #[test]
+    fn the_callers_verdict_on_an_entry_is_kept() {
+        let mut decoder = Decoder::default();
+        let mut seen = Vec::new();
+        // "good: 1" added and judged good, "bad: 2" added and judged bad.
+        let block = hex("4004 676f 6f64 0131 4003 6261 6401 32");
+        decoder
+            .decode(&block, |name, _, known| {
+                seen.push(known);
+                name == b"good"
+            })
+            .unwrap();
+        assert_eq!(seen, [false, false]);
+        seen.clear();
+        // Index 62 is "bad" (the newest), 63 "good", 2 is `:method GET`.
+        decoder
+            .decode(&[0x80 | 62, 0x80 | 63, 0x82], |_, _, known| {
+                seen.push(known);
+                true
+            })
+            .unwrap();
+        assert_eq!(seen, [false, true, true]);
     }
 
     #[test]

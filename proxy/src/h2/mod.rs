@@ -407,6 +407,8 @@ struct State {
     continuation: Option<Continuation>,
     /// Whether the next header block is the connection's first.
     first_block: bool,
+    /// The header block being decoded; its buffers are kept.
+    head: RawHead,
     max_header_list: usize,
     /// Streams served, streams the client reset before their answer, and
     /// streams reset for malformed requests: what a flood shows in.
@@ -450,6 +452,7 @@ where
         recv_credit: 0,
         continuation: None,
         first_block: true,
+        head: RawHead::default(),
         max_header_list,
         opened: 0,
         premature_resets: 0,
@@ -993,16 +996,20 @@ impl State {
         self_dependent: bool,
     ) -> Result<(), ConnError> {
         let trailers = self.streams.contains_key(&id);
-        let mut head = RawHead::new(self.max_header_list);
+        let head = &mut self.head;
+        head.clear(self.max_header_list);
         self.decoder
-            .decode(block, |name, value| head.field(name, value, trailers))
+            .decode(block, |name, value, good| {
+                head.field(name, value, trailers, good)
+            })
             .map_err(|err| conn_error(COMPRESSION_ERROR, err.0))?;
+        let head = &mut self.head;
         if trailers {
             if self_dependent {
                 self.reset(id, PROTOCOL_ERROR);
                 return Ok(());
             }
-            return self.on_trailers(id, end_stream, head);
+            return self.on_trailers(id, end_stream);
         }
         if id.is_multiple_of(2) {
             return Err(conn_error(PROTOCOL_ERROR, "even stream id from a client"));
@@ -1045,20 +1052,24 @@ impl State {
             handler: RefCell::new(None),
             conn: Rc::clone(&self.shared),
         });
+        let head = &self.head;
         let head_request = head.is_head();
         let (proxy, client) = (Rc::clone(&self.proxy), Rc::clone(&self.client));
-        let handler: Handler = if end_stream {
-            Box::pin(request::serve(proxy, client, head))
-        } else {
-            let body = ClientBody::H2(RecvBody(Rc::clone(&shared)));
-            match head.into_request(body) {
-                Ok(request) => Box::pin(async move {
-                    match proxy.handle(client, request).await {
-                        Ok(response) => Answer::Response(response),
-                        Err(never) => match never {},
-                    }
-                }),
-                Err(reason) => return self.refuse_malformed(id, reason),
+        let prepared = match end_stream {
+            true => request::prepare(&proxy, &client, head),
+            false => None,
+        };
+        let handler: Handler = match prepared {
+            Some(prepared) => Box::pin(request::send(proxy, client, prepared)),
+            None => {
+                let body = match end_stream {
+                    true => ClientBody::Empty,
+                    false => ClientBody::H2(RecvBody(Rc::clone(&shared))),
+                };
+                match head.request(body) {
+                    Ok(request) => Box::pin(request::handle(proxy, client, request)),
+                    Err(reason) => return self.refuse_malformed(id, reason),
+                }
             }
         };
         self.tasks.push(StreamTask {
@@ -1093,7 +1104,8 @@ impl State {
         Ok(())
     }
 
-    fn on_trailers(&mut self, id: u32, end_stream: bool, head: RawHead) -> Result<(), ConnError> {
+    /// Trailers, decoded into `self.head`.
+    fn on_trailers(&mut self, id: u32, end_stream: bool) -> Result<(), ConnError> {
         let stream = self.streams.get_mut(&id).expect("checked by the caller");
         if !stream.recv_open {
             self.reset(id, STREAM_CLOSED);
@@ -1105,7 +1117,7 @@ impl State {
             return Ok(());
         }
         let length = stream.shared.length;
-        let trailers = match head.into_trailers() {
+        let trailers = match self.head.trailers() {
             Ok(trailers) if length.is_none_or(|n| n == stream.received) => trailers,
             _ => {
                 self.reset(id, PROTOCOL_ERROR);

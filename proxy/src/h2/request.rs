@@ -72,15 +72,21 @@ pub(super) struct RawHead {
 }
 
 impl RawHead {
-    /// An empty head whose fields may take `limit` bytes (RFC 9113
-    /// §6.5.2's count).
-    pub(super) fn new(limit: usize) -> RawHead {
-        RawHead {
-            bytes: Vec::with_capacity(256),
-            fields: Vec::with_capacity(12),
+    /// Empties the head for the next block, whose fields may take
+    /// `limit` bytes (RFC 9113 §6.5.2's count); its buffers are kept.
+    pub(super) fn clear(&mut self, limit: usize) {
+        let (mut bytes, mut fields) = (
+            std::mem::take(&mut self.bytes),
+            std::mem::take(&mut self.fields),
+        );
+        bytes.clear();
+        fields.clear();
+        *self = RawHead {
+            bytes,
+            fields,
             limit,
             ..RawHead::default()
-        }
+        };
     }
 
     /// Whether the fields took more than the limit.
@@ -92,53 +98,64 @@ impl RawHead {
         self.malformed.get_or_insert(reason);
     }
 
+    /// Marks the head malformed for a field whose bytes are not: false.
+    fn refuse(&mut self, reason: &'static str) -> bool {
+        self.fail(reason);
+        false
+    }
+
     fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
         start..self.bytes.len()
     }
 
-    /// Takes one decoded field, checking it as RFC 9113 §8.2 and §8.3 say.
-    pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool) {
+    /// Takes one decoded field, checking it as RFC 9113 §8.2 and §8.3 say;
+    /// the bytes of a regular field are not checked again when `good` says
+    /// they were before. Returns whether they are well-formed (false when
+    /// not looked at).
+    pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool, good: bool) -> bool {
         self.list_size = self.list_size.saturating_add(name.len() + value.len() + 32);
         if self.malformed.is_some() || self.is_over_limit() {
-            return;
+            return false;
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
             if self.regular_seen || trailers {
-                return self.fail("pseudo-header field after a regular one");
+                return self.refuse("pseudo-header field after a regular one");
             }
             let slot = match pseudo {
                 b"method" => {
                     if self.method.is_some() {
-                        return self.fail("pseudo-header field given twice");
+                        return self.refuse("pseudo-header field given twice");
                     }
                     match Method::from_bytes(value) {
                         Ok(method) => self.method = Some(method),
-                        Err(_) => self.fail("invalid :method"),
+                        Err(_) => return self.refuse("invalid :method"),
                     }
-                    return;
+                    return true;
                 }
                 b"scheme" => &self.scheme,
                 b"authority" => &self.authority,
                 b"path" => &self.path,
-                _ => return self.fail("unknown pseudo-header field"),
+                _ => return self.refuse("unknown pseudo-header field"),
             };
             if slot.is_some() {
-                return self.fail("pseudo-header field given twice");
+                return self.refuse("pseudo-header field given twice");
             }
-            let valid = match pseudo {
-                b"scheme" => !value.is_empty() && value.iter().all(u8::is_ascii_alphanumeric),
-                b"authority" => value.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)]),
-                // Origin form (a query alone is taken as "/" and it), or
-                // `*`; no control byte, space or fragment (§8.3.1).
-                _ => {
-                    (matches!(value.first(), Some(b'/' | b'?')) || value == b"*")
-                        && value.iter().all(|&b| b > b' ' && b != 0x7f && b != b'#')
-                }
-            };
+            // A table entry that was checked when added passed this same test.
+            let valid = good
+                || match pseudo {
+                    b"scheme" => !value.is_empty() && value.iter().all(u8::is_ascii_alphanumeric),
+                    b"authority" => value.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)]),
+                    // Origin form (a query alone is taken as "/" and it), or
+                    // `*`; no control byte, space or fragment (§8.3.1).
+                    _ => {
+                        (matches!(value.first(), Some(b'/' | b'?')) || value == b"*")
+                            && value.iter().all(|&b| b > b' ' && b != 0x7f && b != b'#')
+                    }
+                };
             if !valid {
-                return self.fail("invalid pseudo-header field value");
+                return self.refuse("invalid pseudo-header field value");
             }
             let range = Some(self.keep(value));
             match pseudo {
@@ -146,26 +163,27 @@ impl RawHead {
                 b"authority" => self.authority = range,
                 _ => self.path = range,
             }
-            return;
+            return true;
         }
         self.regular_seen = true;
-        if name.is_empty() || !name.iter().all(|&b| NAME_BYTES[usize::from(b)]) {
-            return self.fail("invalid field name (upper case, or not a token)");
+        if !good && (name.is_empty() || !name.iter().all(|&b| NAME_BYTES[usize::from(b)])) {
+            return self.refuse("invalid field name (upper case, or not a token)");
         }
         match name {
             b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
-            | b"upgrade" => return self.fail("connection-specific field"),
-            b"te" if value != b"trailers" => return self.fail("TE other than trailers"),
+            | b"upgrade" => return self.refuse("connection-specific field"),
+            b"te" if value != b"trailers" => return self.refuse("TE other than trailers"),
             b"te" | b"expect" => self.needs_hyper = true,
             _ => {}
         }
         // As `HeaderValue` takes them: no control bytes but HTAB (so no
         // NUL, CR or LF), and no white space at either end.
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-            || value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
-            || value.last().is_some_and(|b| *b == b' ' || *b == b'\t')
+        if !good
+            && (value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                || value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+                || value.last().is_some_and(|b| *b == b' ' || *b == b'\t'))
         {
-            return self.fail("invalid field value");
+            return self.refuse("invalid field value");
         }
         if name == b"content-length" && !trailers {
             let parsed =
@@ -174,7 +192,11 @@ impl RawHead {
             match (parsed, self.length) {
                 (Some(n), None) => self.length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
-                _ => return self.fail("invalid content-length"),
+                _ => {
+                    // Well-formed bytes, a bad request.
+                    self.fail("invalid content-length");
+                    return true;
+                }
             }
         }
         let start = self.bytes.len() as u32;
@@ -182,6 +204,7 @@ impl RawHead {
         let middle = self.bytes.len() as u32;
         self.bytes.extend_from_slice(value);
         self.fields.push([start, middle, self.bytes.len() as u32]);
+        true
     }
 
     /// Checks the head as a whole: why it is malformed, if it is.
@@ -239,7 +262,7 @@ impl RawHead {
     }
 
     /// The fields of a trailer section.
-    pub(super) fn into_trailers(self) -> Result<HeaderMap, &'static str> {
+    pub(super) fn trailers(&self) -> Result<HeaderMap, &'static str> {
         if self.is_over_limit() {
             return Err("trailer section over the size limit");
         }
@@ -250,10 +273,7 @@ impl RawHead {
     }
 
     /// The request for [`Proxy::handle`].
-    pub(super) fn into_request(
-        self,
-        body: ClientBody,
-    ) -> Result<Request<ClientBody>, &'static str> {
+    pub(super) fn request(&self, body: ClientBody) -> Result<Request<ClientBody>, &'static str> {
         let mut uri = http::uri::Parts::default();
         if let Some(authority) = self.value(&self.authority) {
             let authority = Authority::try_from(authority).map_err(|_| "invalid :authority")?;
@@ -272,7 +292,7 @@ impl RawHead {
         let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
         let headers = self.header_map()?;
         let mut request = Request::new(body);
-        *request.method_mut() = self.method.ok_or("no :method")?;
+        *request.method_mut() = self.method.clone().ok_or("no :method")?;
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = headers;
@@ -297,42 +317,72 @@ pub(super) enum Answer {
     Encoded(Vec<u8>, ProxyBody),
 }
 
-/// Serves a request without a body: on the raw path when it can, else
-/// through [`Proxy::handle`].
-pub(super) async fn serve(proxy: Rc<Proxy>, client: Rc<ClientInfo>, head: RawHead) -> Answer {
+/// A request without a body, routed and written for the raw path: what
+/// its stream's future needs, owned.
+pub(super) struct Prepared {
+    table: Arc<RouteTable>,
+    /// The upstream request head, in a buffer from the worker's spares.
+    out: Vec<u8>,
+    method: Method,
+    route: u16,
+    pool: u16,
+    endpoint: usize,
+    set_cookie: Option<HeaderValue>,
+    started: Instant,
+    now_ms: u64,
+}
+
+/// Routes a request without a body and writes its upstream head, or None
+/// when [`Proxy::handle`] is to take it (see [`plan`]).
+pub(super) fn prepare(proxy: &Proxy, client: &ClientInfo, head: &RawHead) -> Option<Prepared> {
     let started = Instant::now();
     let table = proxy.routes.snapshot();
     let now_ms = crate::stats::ms_of(started);
-    let Some(planned) = plan(&table, &head, now_ms) else {
-        return match head.into_request(ClientBody::Empty) {
-            Ok(request) => match Rc::clone(&proxy).handle(client, request).await {
-                Ok(response) => Answer::Response(response),
-                Err(never) => match never {},
-            },
-            Err(reason) => {
-                Answer::Response(crate::ForwardError::BadRequest { reason }.to_response(false))
-            }
-        };
-    };
-    let Planned {
+    let planned = plan(&table, head, now_ms)?;
+    let pool = table.pool(planned.pool);
+    let endpoint = pool
+        .endpoints
+        .iter()
+        .position(|e| std::ptr::eq(e, planned.endpoint))?;
+    let mut out = proxy.raw.head_buffers.take();
+    crate::raw_upstream::write_request(
+        &mut out,
+        &planned.method,
+        planned.target,
+        || head.fields(),
+        planned.host,
+        client,
+        None,
+    );
+    let (route, pool) = (planned.route.index, planned.pool);
+    Some(Prepared {
+        out,
+        method: planned.method,
+        route,
+        pool,
+        endpoint,
+        set_cookie: planned.set_cookie,
+        started,
+        now_ms,
+        table,
+    })
+}
+
+/// Sends a prepared request on the raw path.
+pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Prepared) -> Answer {
+    let Prepared {
+        table,
+        out,
         method,
-        host,
-        target,
         route,
         pool,
         endpoint,
         set_cookie,
-    } = planned;
-    let mut out = proxy.raw.head_buffers.take();
-    crate::raw_upstream::write_request(
-        &mut out,
-        &method,
-        target,
-        || head.fields(),
-        host,
-        &client,
-        None,
-    );
+        started,
+        now_ms,
+    } = prepared;
+    let route = &table.routes()[usize::from(route)];
+    let endpoint = &table.pool(pool).endpoints[endpoint];
     let in_flight = table
         .pool(pool)
         .counts_in_flight()
@@ -357,6 +407,18 @@ pub(super) async fn serve(proxy: Rc<Proxy>, client: Rc<ClientInfo>, head: RawHea
             debug!(client = %client.peer, error = %err, status = %err.status(), "request failed");
             Answer::Response(err.to_response(false))
         }
+    }
+}
+
+/// Serves a request through [`Proxy::handle`].
+pub(super) async fn handle(
+    proxy: Rc<Proxy>,
+    client: Rc<ClientInfo>,
+    request: Request<ClientBody>,
+) -> Answer {
+    match proxy.handle(client, request).await {
+        Ok(response) => Answer::Response(response),
+        Err(never) => match never {},
     }
 }
 
