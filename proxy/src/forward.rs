@@ -208,6 +208,7 @@ impl Proxy {
                 out,
                 in_flight,
                 crate::raw_upstream::to_response,
+                crate::raw_upstream::copy_body,
             )
             .await?;
             let (parts, ()) = response.into_parts();

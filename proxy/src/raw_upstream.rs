@@ -52,7 +52,8 @@ pub(crate) struct Request<'a> {
 /// Sends `request`, whose head is in `out` (a buffer from the worker's
 /// head spares, given back here), and returns the response: its head as
 /// `convert` makes it from the status and the head rewritten for an
-/// HTTP/1.1 client, and its body.
+/// HTTP/1.1 client, and its body; a body that came whole with the head
+/// goes to `whole`, which may keep it in the response or return it.
 pub(crate) async fn send<R>(
     raw: &Rc<RawPool>,
     table: &RouteTable,
@@ -60,6 +61,7 @@ pub(crate) async fn send<R>(
     mut out: Vec<u8>,
     in_flight: Option<InFlight>,
     convert: impl FnOnce(u16, &[u8]) -> Option<R>,
+    whole: impl FnOnce(&mut R, &[u8]) -> ProxyBody,
 ) -> Result<(R, ProxyBody), ForwardError> {
     let Request {
         method,
@@ -102,7 +104,7 @@ pub(crate) async fn send<R>(
             Ok((conn, head, response))
         });
     raw.head_buffers.give(out);
-    let (conn, head, response) = match converted {
+    let (conn, head, mut response) = match converted {
         Ok(converted) => converted,
         Err(error) => {
             count_failure(pool, stats, endpoint, &error, started, now_ms);
@@ -115,23 +117,25 @@ pub(crate) async fn send<R>(
 
     buffer.advance(head.len);
     let key = idle_key(endpoint);
-    let whole = match head.framing {
-        Framing::Empty => Some(None),
-        Framing::Length(n) if buffer.len() as u64 >= n => {
-            Some(Some(Bytes::copy_from_slice(&buffer[..n as usize])))
-        }
+    let whole_len = match head.framing {
+        Framing::Empty => Some(0),
+        Framing::Length(n) if buffer.len() as u64 >= n => Some(n as usize),
         _ => None,
     };
-    let body = match whole {
-        Some(data) => {
+    let body = match whole_len {
+        Some(len) => {
             // The whole body came with the head: the connection is free
             // now, unless the upstream sent more than it announced.
-            let extra = buffer.len() > data.as_ref().map_or(0, Bytes::len);
+            let extra = buffer.len() > len;
             if head.keep_alive && !extra {
                 raw.put(key, conn, timeouts.idle);
             }
+            let body = match len {
+                0 => ProxyBody::Local(None),
+                _ => whole(&mut response, &buffer[..len]),
+            };
             raw.upstream_buffers.give(buffer);
-            ProxyBody::Local(data.filter(|d| !d.is_empty()))
+            body
         }
         None => {
             deadline.set(timeouts.idle);
@@ -238,6 +242,11 @@ pub(crate) fn write_request<'f, F, I>(
     if let Some(body) = body {
         out.extend_from_slice(body);
     }
+}
+
+/// A whole body as a response body of its own (a copy).
+pub(crate) fn copy_body<R>(_: &mut R, data: &[u8]) -> ProxyBody {
+    ProxyBody::Local(Some(Bytes::copy_from_slice(data)))
 }
 
 /// The response for hyper from the head `fast::parse_response` wrote for

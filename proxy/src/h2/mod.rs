@@ -1313,19 +1313,20 @@ impl State {
             self.first_block = false;
         }
         hpack::put_status(&mut self.block, status.as_u16());
-        self.put_block(id, true);
+        self.put_block(id, self.block.len(), true);
         if !end_stream {
             self.put_rst(id, NO_ERROR);
         }
     }
 
-    /// Frames `self.block` as HEADERS (and CONTINUATION) on stream `id`.
-    fn put_block(&mut self, id: u32, end_stream: bool) {
+    /// Frames the first `len` bytes of `self.block` as HEADERS (and
+    /// CONTINUATION) on stream `id`.
+    fn put_block(&mut self, id: u32, len: usize, end_stream: bool) {
         let block = std::mem::take(&mut self.block);
-        let mut chunks = block.chunks(self.peer_max_frame).peekable();
+        let mut chunks = block[..len].chunks(self.peer_max_frame).peekable();
         let mut kind = HEADERS;
         let mut flags = if end_stream { END_STREAM } else { 0 };
-        if block.is_empty() {
+        if len == 0 {
             put_frame_head(&mut self.out, 0, HEADERS, flags | END_HEADERS, id);
         }
         while let Some(chunk) = chunks.next() {
@@ -1360,6 +1361,8 @@ impl State {
             return;
         };
         let head_request = stream.head_request;
+        // Where the head ends in `self.block`: a short body may follow it.
+        let mut head_len = None;
         let body = match answer {
             Answer::Response(response) => {
                 let (parts, body) = response.into_parts();
@@ -1382,33 +1385,50 @@ impl State {
                 }
                 body
             }
-            Answer::Encoded(block, body) => {
+            Answer::Encoded(encoded, body) => {
                 // The block came from the worker's spares; the scratch it
                 // replaces goes there.
-                let scratch = std::mem::replace(&mut self.block, block);
+                let scratch = std::mem::replace(&mut self.block, encoded.bytes);
                 if scratch.capacity() > 0 {
                     self.proxy.raw.head_buffers.give(scratch);
                 }
+                head_len = Some(encoded.head);
                 body
             }
         };
+        let mut head_len = head_len.unwrap_or(self.block.len());
         if self.first_block {
             self.block.insert(0, hpack::TABLE_SIZE_ZERO);
             self.first_block = false;
+            head_len += 1;
         }
-        let end_stream = head_request || body.is_end_stream();
-        self.put_block(id, end_stream);
+        let inline = self.block.len() - head_len;
+        let end_stream = head_request || (inline == 0 && body.is_end_stream());
+        self.put_block(id, head_len, end_stream);
         if end_stream {
             self.finish(id);
             return;
         }
-        if let Some(stream) = self.streams.get_mut(&id) {
-            stream.sending = Sending::Body {
-                body,
-                pending: None,
-            };
-            self.sending.push(id);
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let mut pending = None;
+        if inline > 0 {
+            // The whole body is here: sent at once when the windows allow,
+            // as the body's first chunk when they do not.
+            let window = stream.send_window.min(self.send_window);
+            if inline as i64 <= window && inline <= self.peer_max_frame {
+                put_frame_head(&mut self.out, inline, DATA, END_STREAM, id);
+                self.out.extend_from_slice(&self.block[head_len..]);
+                stream.send_window -= inline as i64;
+                self.send_window -= inline as i64;
+                self.finish(id);
+                return;
+            }
+            pending = Some(Bytes::copy_from_slice(&self.block[head_len..]));
         }
+        stream.sending = Sending::Body { body, pending };
+        self.sending.push(id);
     }
 
     /// The response is complete: a request body still coming is not
@@ -1448,7 +1468,7 @@ impl State {
                             Some(End::Trailers(trailers)) => {
                                 self.block.clear();
                                 self.put_fields(&trailers);
-                                self.put_block(id, true);
+                                self.put_block(id, self.block.len(), true);
                                 self.finish(id);
                             }
                             Some(End::Failed) => self.reset(id, INTERNAL_ERROR),

@@ -314,8 +314,18 @@ pub(super) enum Answer {
     /// From [`Proxy::handle`].
     Response(Response<ProxyBody>),
     /// From the raw path: the head as an HPACK block, and the body.
-    Encoded(Vec<u8>, ProxyBody),
+    Encoded(Encoded, ProxyBody),
 }
+
+/// A response head as an HPACK block (`bytes[..head]`), and, after it, a
+/// short body that came whole (the rest of `bytes`).
+pub(super) struct Encoded {
+    pub(super) bytes: Vec<u8>,
+    pub(super) head: usize,
+}
+
+/// Whole bodies up to this size ride in the head's buffer.
+const INLINE_BODY: usize = 4096;
 
 /// A request without a body, routed and written for the raw path: what
 /// its stream's future needs, owned.
@@ -397,7 +407,17 @@ pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Pre
         now_ms,
     };
     let encode = |status, head: &[u8]| encode_head(&proxy.raw, status, head);
-    let sent = crate::raw_upstream::send(&proxy.raw, &table, request, out, in_flight, encode).await;
+    // A short body that came whole rides in the block's buffer, after the
+    // head: no allocation of its own.
+    let keep = |block: &mut Encoded, data: &[u8]| {
+        if data.len() > INLINE_BODY {
+            return crate::raw_upstream::copy_body(block, data);
+        }
+        block.bytes.extend_from_slice(data);
+        ProxyBody::Local(None)
+    };
+    let sent =
+        crate::raw_upstream::send(&proxy.raw, &table, request, out, in_flight, encode, keep).await;
     match sent {
         Ok((block, mut body)) => {
             body.attach_table(Arc::clone(&table));
@@ -495,7 +515,7 @@ fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option
 /// status line, then `name: value` lines, each ending in CRLF, then an
 /// empty line), so it is split, not parsed again. The block is a buffer
 /// from the worker's head spares, given back when it is sent.
-fn encode_head(raw: &RawPool, status: u16, head: &[u8]) -> Option<Vec<u8>> {
+fn encode_head(raw: &RawPool, status: u16, head: &[u8]) -> Option<Encoded> {
     let mut block = raw.head_buffers.take();
     hpack::put_status(&mut block, status);
     let first = memchr::memchr(b'\n', head)? + 1;
@@ -521,5 +541,6 @@ fn encode_head(raw: &RawPool, status: u16, head: &[u8]) -> Option<Vec<u8>> {
             hpack::put_field(&mut block, name, line.get(colon + 2..)?);
         }
     }
-    Some(block)
+    let head = block.len();
+    Some(Encoded { bytes: block, head })
 }
