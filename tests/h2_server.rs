@@ -2,14 +2,20 @@
 //! flow control both ways, many streams on one connection, PING and
 //! SETTINGS, malformed requests and protocol errors, a client's cancel,
 //! the head size limit, trailers, HEAD, the idle timeout and a graceful
-//! shutdown. Frame-level tests speak HTTP/2 through the small raw client
-//! below; the others use hyper's client.
+//! shutdown; and what the review's fixes hold: header lists over the limit
+//! (huge trailers, an HPACK bomb), a download once the socket fills,
+//! responses in turn, rapid-reset and malformed-request floods, a
+//! self-dependent stream, `:path` bytes, the first frame, empty and
+//! unfinished CONTINUATIONs, local answers' fields, and a reset stream's
+//! window given back. Frame-level tests speak HTTP/2 through the small raw
+//! client below; the others use hyper's client.
 
 mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +27,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::time::error::Elapsed;
 use tokio::time::{timeout, Instant};
 
 // Frame types, flags, error codes and settings (RFC 9113 §6, §7).
@@ -37,6 +44,7 @@ const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const PRIORITY_FLAG: u8 = 0x20;
 const NO_ERROR: u32 = 0x0;
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
@@ -44,9 +52,12 @@ const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
 const COMPRESSION_ERROR: u32 = 0x9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// The largest flow-control window (RFC 9113 §6.9.1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A whole request head and nothing more.
@@ -83,25 +94,54 @@ fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A header block's frames: HEADERS, then CONTINUATION frames, each
+/// with at most 16 384 bytes of `block`; END_HEADERS on the last.
+fn header_frames(id: u32, end_stream: bool, block: &[u8]) -> Vec<u8> {
+    let pieces: Vec<&[u8]> = block.chunks(16_384).collect();
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let (kind, mut flags) = match i {
+            0 => (HEADERS, if end_stream { END_STREAM } else { 0 }),
+            _ => (CONTINUATION, 0),
+        };
+        if i + 1 == pieces.len() {
+            flags |= END_HEADERS;
+        }
+        out.extend(frame(kind, flags, id, piece));
+    }
+    out
+}
+
+/// A string literal without Huffman coding: its length as an integer with
+/// a 7-bit prefix (RFC 7541 §5.1), then its bytes.
+fn put_string(out: &mut Vec<u8>, text: &str) {
+    let mut len = text.len();
+    if len < 0x7f {
+        out.push(len as u8);
+    } else {
+        out.push(0x7f);
+        len -= 0x7f;
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A literal with incremental indexing and a new name (RFC 7541 §6.2.1):
+/// the field is added to the server's dynamic table, as index 62.
+fn indexed_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x40];
+    put_string(&mut out, name);
+    put_string(&mut out, value);
+    out
+}
+
 /// A header block of literals without indexing, names and values as raw
 /// strings (RFC 7541 §6.2.2), in the order given.
 fn block(fields: &[(&str, &str)]) -> Vec<u8> {
-    fn put_string(out: &mut Vec<u8>, text: &str) {
-        // An integer with a 7-bit prefix (RFC 7541 §5.1); no Huffman bit.
-        let mut len = text.len();
-        if len < 0x7f {
-            out.push(len as u8);
-        } else {
-            out.push(0x7f);
-            len -= 0x7f;
-            while len >= 0x80 {
-                out.push((len as u8 & 0x7f) | 0x80);
-                len >>= 7;
-            }
-            out.push(len as u8);
-        }
-        out.extend_from_slice(text.as_bytes());
-    }
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
@@ -223,18 +263,31 @@ struct RawClient {
     input: Vec<u8>,
     /// The settings of the server's first SETTINGS frame.
     settings: Vec<(u16, u32)>,
+    /// The most bytes one read takes off the socket.
+    read_size: usize,
 }
 
 impl RawClient {
+    /// A client on `stream` that has sent nothing yet.
+    fn new(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            input: Vec::new(),
+            settings: Vec::new(),
+            read_size: 16 * 1024,
+        }
+    }
+
     /// Connects, sends the preface and a SETTINGS frame of `settings`,
     /// reads the server's SETTINGS and acknowledges them.
     async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let mut client = RawClient {
-            stream,
-            input: Vec::new(),
-            settings: Vec::new(),
-        };
+        RawClient::start(stream, settings).await
+    }
+
+    /// As `connect`, on a connected socket.
+    async fn start(stream: TcpStream, settings: &[(u16, u32)]) -> RawClient {
+        let mut client = RawClient::new(stream);
         let payload: Vec<u8> = settings
             .iter()
             .flat_map(|(id, value)| [&id.to_be_bytes()[..], &value.to_be_bytes()].concat())
@@ -263,6 +316,17 @@ impl RawClient {
     /// The next frame, or None once the server closed the connection.
     /// Panics after 5 s without one.
     async fn next(&mut self) -> Option<Frame> {
+        self.next_within(Duration::from_secs(5))
+            .await
+            .expect("a frame or the close within 5 s")
+    }
+
+    /// As `next`, but gives up (Err) after `within` without a frame.
+    async fn next_within(&mut self, within: Duration) -> Result<Option<Frame>, Elapsed> {
+        timeout(within, self.read_frame()).await
+    }
+
+    async fn read_frame(&mut self) -> Option<Frame> {
         loop {
             if self.input.len() >= 9 {
                 let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]);
@@ -279,9 +343,10 @@ impl RawClient {
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
-            let n = timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            let n = self
+                .stream
+                .read(&mut chunk[..self.read_size])
                 .await
-                .expect("a frame or the close within 5 s")
                 .expect("read");
             if n == 0 {
                 assert!(self.input.is_empty(), "closed mid-frame: {:?}", self.input);
@@ -322,7 +387,7 @@ impl RawClient {
         while response.body.len() < until {
             let frame = self.next().await.expect("the response before the close");
             assert_ne!(frame.kind, GOAWAY, "GOAWAY mid-response: {frame:?}");
-            if frame.id != id {
+            if frame.id != id || frame.kind == WINDOW_UPDATE {
                 continue;
             }
             match frame.kind {
@@ -418,7 +483,12 @@ async fn read_to_eof(stream: &mut TcpStream) {
 
 /// A pattern that shows a byte moved or lost.
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
+    pattern_at(0, len)
+}
+
+/// `len` bytes of `pattern` from offset `start` on.
+fn pattern_at(start: usize, len: usize) -> Vec<u8> {
+    (start..start + len).map(|i| (i % 251) as u8).collect()
 }
 
 #[tokio::test]
@@ -812,11 +882,7 @@ async fn a_bad_preface_closes_the_connection_unforwarded() {
     // server takes the connection (its SETTINGS say so); then the rest is
     // wrong.
     let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let mut client = RawClient {
-        stream,
-        input: Vec::new(),
-        settings: Vec::new(),
-    };
+    let mut client = RawClient::new(stream);
     client.send(b"PRI * HTTP/2.0\r\n\r\n").await;
     let first = client.next().await.expect("the server's SETTINGS");
     assert_eq!(first.kind, SETTINGS, "{first:?}");
@@ -1095,4 +1161,751 @@ async fn shutdown_sends_goaway_and_lets_the_open_stream_finish() {
         .await
         .expect("the server stopped within 5 s")
         .expect("shutdown");
+}
+
+/// An upstream that takes any number of connections and reads what comes,
+/// but never answers.
+async fn silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move { read_to_eof(&mut stream).await });
+        }
+    });
+    addr
+}
+
+/// A raw upstream that answers `GET /large` with its body of `pattern`,
+/// written 16 KiB at a time, and anything else with `small`.
+struct Paced {
+    addr: SocketAddr,
+    /// The bytes of the large body the upstream's socket took so far.
+    written: watch::Receiver<usize>,
+}
+
+async fn paced_upstream(len: usize) -> Paced {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (written_tx, written) = watch::channel(0);
+    let written_tx = Arc::new(written_tx);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let written_tx = Arc::clone(&written_tx);
+            tokio::spawn(async move {
+                let head = support::read_head(&mut stream).await;
+                if !head.starts_with(b"GET /large ") {
+                    let small = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall";
+                    let _ = stream.write_all(small).await;
+                    read_to_eof(&mut stream).await;
+                    return;
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut at = 0;
+                while at < len {
+                    let piece = pattern_at(at, (len - at).min(16 * 1024));
+                    if stream.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                    at += piece.len();
+                    written_tx.send_replace(at);
+                }
+                read_to_eof(&mut stream).await;
+            });
+        }
+    });
+    Paced { addr, written }
+}
+
+/// An upstream that answers each request at once from its head, reads
+/// none of its body, and then neither reads nor closes: a body sent to it
+/// stops once the sockets between are full.
+async fn unread_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                support::read_head(&mut stream).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // `stream` is held open until the test's runtime ends.
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A raw client's view of its upload on one stream: the windows it may
+/// send in, what it sent, and whether the response's head came.
+struct Uploader {
+    id: u32,
+    conn_window: i64,
+    stream_window: i64,
+    total: usize,
+    answered: bool,
+}
+
+impl Uploader {
+    /// An upload on stream `id` with `conn_window` bytes of connection
+    /// window, its stream window as the server's SETTINGS say.
+    fn new(id: u32, conn_window: i64, client: &RawClient) -> Uploader {
+        let initial = client
+            .settings
+            .iter()
+            .find(|(setting, _)| *setting == SETTINGS_INITIAL_WINDOW_SIZE)
+            .map_or(65_535, |(_, value)| i64::from(*value));
+        Uploader {
+            id,
+            conn_window,
+            stream_window: initial,
+            total: 0,
+            answered: false,
+        }
+    }
+
+    /// How much of `want` bytes may be sent now.
+    fn room(&self, want: usize) -> usize {
+        let room = self.conn_window.min(self.stream_window).max(0);
+        want.min(room as usize)
+    }
+
+    fn sent(&mut self, n: usize) {
+        self.conn_window -= n as i64;
+        self.stream_window -= n as i64;
+        self.total += n;
+    }
+
+    /// Takes in a frame from the server; whether it opened a window.
+    fn see(&mut self, frame: &Frame) -> bool {
+        let increment = || {
+            let bytes = frame.payload[..4].try_into().expect("4 bytes");
+            i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff)
+        };
+        match (frame.kind, frame.id) {
+            (WINDOW_UPDATE, 0) => self.conn_window += increment(),
+            (WINDOW_UPDATE, id) if id == self.id => self.stream_window += increment(),
+            (HEADERS, id) if id == self.id => {
+                self.answered = true;
+                return false;
+            }
+            (RST_STREAM, id) if id == self.id => panic!("the upload was reset: {frame:?}"),
+            (GOAWAY, _) => panic!("GOAWAY during the upload: {frame:?}"),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// Resets this process's peak resident set size (VmHWM) to its current
+/// size (Linux 4.0 and later).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("write /proc/self/clear_refs");
+}
+
+/// This process's peak resident set size in KiB since the last reset.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM line")
+}
+
+#[tokio::test]
+async fn trailers_of_tens_of_thousands_of_fields_reset_only_their_stream() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &request("POST", "/echo", &[]),
+        ))
+        .await;
+    // 32 KiB of 0x90, each byte a field (static index 16, `accept-encoding:
+    // gzip, deflate`): 32 768 fields, more than a HeaderMap can hold, in a
+    // HEADERS (END_STREAM) and a CONTINUATION.
+    client
+        .send(&header_frames(1, true, &[0x90; 32 * 1024]))
+        .await;
+    let frames = client.frames_before_ping_ack(*b"survived").await;
+    let answer = frames.iter().find(|f| f.id == 1).expect("stream 1 reset");
+    assert_eq!(answer.kind, RST_STREAM, "{answer:?}");
+    assert!(frames.iter().all(|f| f.kind != GOAWAY), "{frames:?}");
+
+    // The connection still serves.
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            3,
+            &request("GET", "/after", &[]),
+        ))
+        .await;
+    let response = client.response(3).await;
+    assert_eq!(response.field(":status"), Some("200"));
+    assert_eq!(response.body, b"app");
+}
+
+#[tokio::test]
+async fn an_hpack_bomb_gets_431_without_being_expanded() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // A 4 000-byte value into the server's dynamic table (4 038 of its
+    // 4 096 bytes), on a request that is served.
+    let value = "b".repeat(4000);
+    let mut first = request("GET", "/first", &[]);
+    first.extend(indexed_literal("x-bomb", &value));
+    client.send(&frame(HEADERS, HEAD_ONLY, 1, &first)).await;
+    assert_eq!(client.response(1).await.field(":status"), Some("200"));
+
+    // Blocks of 48 000 bytes (a HEADERS and two CONTINUATIONs, under the
+    // 32 KiB limit and a frame), nearly all 0xbe, a reference to that
+    // entry: each block would decode to some 190 MB of fields.
+    let mut bomb = request("GET", "/bomb", &[]);
+    bomb.resize(48_000, 0xbe);
+    // The peak, not the current size: memory the decoder took and gave
+    // back (a freed allocation this large goes back to the system) shows
+    // only there. Other tests of this binary run beside this one, hence
+    // the margin: 64 MiB against about 190 MB a block.
+    reset_peak_rss();
+    let before = support::vm_rss_kib();
+    for i in 0..4 {
+        let id = 3 + 2 * i;
+        client.send(&header_frames(id, true, &bomb)).await;
+        let response = client.response(id).await;
+        assert_eq!(response.field(":status"), Some("431"), "{response:?}");
+    }
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "the peak RSS grew by {grown} KiB");
+
+    let seen = upstream.requests();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/first"], "a bomb was forwarded");
+    assert_eq!(seen[0].headers["x-bomb"], value.as_str());
+}
+
+#[tokio::test]
+async fn a_large_download_goes_on_after_the_socket_fills() {
+    const LEN: usize = 16 * 1024 * 1024;
+    let upstream = paced_upstream(LEN).await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    // A small receive buffer read a little at a time: the proxy outruns the
+    // client, so its socket fills and its backlog waits, again and again.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    let stream = socket.connect(proxy.addr).await.expect("connect");
+    let mut client = RawClient::start(stream, &[(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)]).await;
+    client.read_size = 512;
+
+    // Both windows wide open: only the socket holds the proxy back.
+    let open = frame(WINDOW_UPDATE, 0, 0, &(MAX_WINDOW - 65_535).to_be_bytes());
+    let get = frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/large", &[]));
+    client.send(&[open, get].concat()).await;
+    let received = timeout(Duration::from_secs(120), async {
+        let mut received = 0;
+        loop {
+            // Each frame waits at most 5 s: a stalled connection fails here.
+            let frame = client.next().await.expect("the body before the close");
+            tokio::task::yield_now().await;
+            if frame.id != 1 {
+                continue;
+            }
+            match frame.kind {
+                HEADERS => {
+                    let fields = decode(&frame.payload);
+                    assert!(fields.contains(&(":status".into(), "200".into())));
+                }
+                DATA => {
+                    let expected = pattern_at(received, frame.payload.len());
+                    assert!(frame.payload == expected, "changed after {received} bytes");
+                    received += frame.payload.len();
+                }
+                _ => panic!("stream 1 got {frame:?}"),
+            }
+            if frame.flags & END_STREAM != 0 {
+                return received;
+            }
+        }
+    })
+    .await
+    .expect("the download done within 120 s");
+    assert_eq!(received, LEN);
+}
+
+#[tokio::test]
+async fn a_small_response_is_not_held_behind_a_large_one() {
+    const LEN: usize = 1024 * 1024;
+    let mut upstream = paced_upstream(LEN).await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    // Stream windows wide open and the connection's left at 65 535: the
+    // client says when the responses may move, and how far.
+    let mut client =
+        RawClient::connect(proxy.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)]).await;
+
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            1,
+            &request("GET", "/large", &[]),
+        ))
+        .await;
+    let mut large = RawResponse::default();
+    assert!(!client.read_into(1, &mut large, 65_535).await);
+    assert_eq!(large.body.len(), 65_535);
+    // With the window shut the proxy reads no more of the large body, which
+    // gathers in its socket: more than the window opened below.
+    timeout(
+        Duration::from_secs(5),
+        upstream.written.wait_for(|n| *n >= 256 * 1024),
+    )
+    .await
+    .expect("the upstream wrote 256 KiB within 5 s")
+    .expect("upstream running");
+
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            3,
+            &request("GET", "/small", &[]),
+        ))
+        .await;
+    let head = loop {
+        let frame = client.next().await.expect("the small response's head");
+        assert_ne!(frame.kind, DATA, "DATA with the window shut: {frame:?}");
+        if frame.id == 3 {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (head.kind, head.flags & END_STREAM),
+        (HEADERS, 0),
+        "{head:?}"
+    );
+
+    // Room for a frame of the large body (16 384 bytes at most) and the
+    // small body, if the streams take turns.
+    const OPENED: usize = 20_000;
+    client
+        .send(&frame(WINDOW_UPDATE, 0, 0, &(OPENED as u32).to_be_bytes()))
+        .await;
+    let mut frames = Vec::new();
+    let mut data = 0;
+    while data < OPENED {
+        let frame = client.next().await.expect("DATA before the close");
+        if frame.kind == DATA {
+            data += frame.payload.len();
+        }
+        frames.push(frame);
+    }
+    frames.extend(client.frames_before_ping_ack(*b"in turns").await);
+    let ends = |id: u32| {
+        let end = |f: &&Frame| f.id == id && f.kind == DATA && f.flags & END_STREAM != 0;
+        frames.iter().any(|f| end(&f))
+    };
+    assert!(
+        ends(3) && !ends(1),
+        "the small response did not end within the window while the large one went on"
+    );
+    let small: Vec<u8> = frames
+        .iter()
+        .filter(|f| f.id == 3 && f.kind == DATA)
+        .flat_map(|f| f.payload.clone())
+        .collect();
+    assert_eq!(small, b"small");
+
+    // The rest of the large body, whole.
+    for frame in frames.iter().filter(|f| f.id == 1 && f.kind == DATA) {
+        large.body.extend_from_slice(&frame.payload);
+    }
+    let rest = MAX_WINDOW - 65_535 - OPENED as u32;
+    client
+        .send(&frame(WINDOW_UPDATE, 0, 0, &rest.to_be_bytes()))
+        .await;
+    assert!(client.read_into(1, &mut large, usize::MAX).await);
+    assert!(large.body == pattern(LEN), "the large body arrived changed");
+}
+
+#[tokio::test]
+async fn a_client_resetting_every_stream_gets_enhance_your_calm() {
+    let upstream = silent_upstream().await;
+    let proxy = support::proxy_to("app", upstream, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // Each stream reset before its answer (the rapid-reset attack).
+    let get = request("GET", "/never", &[]);
+    let flood: Vec<u8> = (0..1000u32)
+        .flat_map(|i| {
+            let id = 2 * i + 1;
+            let reset = frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+            [frame(HEADERS, HEAD_ONLY, id, &get), reset].concat()
+        })
+        .collect();
+    client.send(&flood).await;
+    let goaway = client.goaway().await;
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    // A hundred such resets are let through; the flood's end is not.
+    assert!((201..2001).contains(&goaway.last_stream()), "{goaway:?}");
+    client.assert_closed().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_malformed_requests_ends_the_connection() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let upper = request("GET", "/upper", &[("X-Upper", "1")]);
+    let heads = |n: u32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| frame(HEADERS, HEAD_ONLY, 2 * i + 1, &upper))
+            .collect()
+    };
+
+    // Ten: each is reset, and the connection goes on.
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    client.send(&heads(10)).await;
+    let frames = client.frames_before_ping_ack(*b"ten only").await;
+    let resets: Vec<(u32, u32)> = frames
+        .iter()
+        .filter(|f| f.kind == RST_STREAM)
+        .map(|f| (f.id, f.error_code()))
+        .collect();
+    let expected: Vec<(u32, u32)> = (0..10).map(|i| (2 * i + 1, PROTOCOL_ERROR)).collect();
+    assert_eq!(resets, expected);
+    assert!(frames.iter().all(|f| f.kind != GOAWAY), "{frames:?}");
+
+    // 1 100: the connection ends.
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    client.send(&heads(1100)).await;
+    let goaway = client.goaway().await;
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    client.assert_closed().await;
+    assert!(upstream.requests().is_empty(), "something was forwarded");
+}
+
+#[tokio::test]
+async fn a_stream_that_depends_on_itself_is_reset_unforwarded() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnext",
+        support::After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // The PRIORITY flag's fields: stream 1 depends on stream 1, weight 16.
+    let mut payload = vec![0, 0, 0, 1, 15];
+    payload.extend(request("GET", "/self", &[]));
+    client
+        .send(&frame(HEADERS, HEAD_ONLY | PRIORITY_FLAG, 1, &payload))
+        .await;
+    let frames = client.frames_before_ping_ack(*b"priority").await;
+    let on_1: Vec<(u8, Vec<u8>)> = frames
+        .iter()
+        .filter(|f| f.id == 1)
+        .map(|f| (f.kind, f.payload.clone()))
+        .collect();
+    let reset = (RST_STREAM, PROTOCOL_ERROR.to_be_bytes().to_vec());
+    assert_eq!(on_1, [reset], "stream 1's frames");
+
+    // The connection still serves. Had stream 1 been forwarded, its
+    // upstream connection would have been accepted before this one.
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 3, &request("GET", "/next", &[])))
+        .await;
+    let response = client.response(3).await;
+    assert_eq!(response.field(":status"), Some("200"));
+    assert_eq!(response.body, b"next");
+    assert_eq!(
+        upstream.accepted.load(Ordering::SeqCst),
+        1,
+        "stream 1 was forwarded"
+    );
+    let heads: Vec<String> = upstream.requests().into_iter().map(|r| r.head).collect();
+    assert!(
+        matches!(&heads[..], [only] if only.starts_with("GET /next HTTP/1.1\r\n")),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_path_hyper_takes_is_proxied_and_one_without_a_slash_is_reset() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        support::After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // `|`, `[` and `]`: bytes the raw path does not send as they are, but
+    // http's PathAndQuery takes (in the path and in the query).
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            1,
+            &request("GET", "/a|b?q=[1]", &[]),
+        ))
+        .await;
+    let response = client.response(1).await;
+    assert_eq!(response.field(":status"), Some("200"), "{response:?}");
+    assert_eq!(response.body, b"ok");
+
+    // Neither origin form nor `*` (RFC 9113 §8.3.1): malformed.
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 3, &request("GET", "foo", &[])))
+        .await;
+    let frames = client.frames_before_ping_ack(*b"no slash").await;
+    let answer = frames.iter().find(|f| f.id == 3).expect("stream 3 reset");
+    assert_eq!(answer.kind, RST_STREAM, "{answer:?}");
+    assert_eq!(answer.error_code(), PROTOCOL_ERROR);
+
+    let heads: Vec<String> = upstream.requests().into_iter().map(|r| r.head).collect();
+    assert!(
+        matches!(&heads[..], [only] if only.starts_with("GET /a|b?q=[1] HTTP/1.1\r\n")),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_first_frame_other_than_settings_is_a_protocol_error() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut client = RawClient::new(stream);
+
+    // The preface, then a PING where its SETTINGS belongs (RFC 9113 §3.4).
+    client
+        .send(&[PREFACE, &frame(PING, 0, 0, b"settings")].concat())
+        .await;
+    let mut before = Vec::new();
+    let goaway = loop {
+        let frame = client.next().await.expect("a GOAWAY before the close");
+        if frame.kind == GOAWAY {
+            break frame;
+        }
+        before.push(frame);
+    };
+    assert_eq!(goaway.error_code(), PROTOCOL_ERROR, "{goaway:?}");
+    assert!(before.iter().all(|f| f.kind != PING), "{before:?}");
+    client.assert_closed().await;
+}
+
+#[tokio::test]
+async fn empty_continuation_frames_end_the_connection() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    let get = request("GET", "/", &[]);
+    let mut flood = frame(HEADERS, END_STREAM, 1, &get);
+    for _ in 0..20 {
+        flood.extend(frame(CONTINUATION, 0, 1, &[]));
+    }
+    client.send(&flood).await;
+    let goaway = client.goaway().await;
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_eq!(goaway.last_stream(), 0, "no stream was opened");
+    client.assert_closed().await;
+    assert!(upstream.requests().is_empty(), "something was forwarded");
+}
+
+#[tokio::test]
+async fn a_header_block_left_unfinished_is_timed_out() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to(
+        "app",
+        upstream.addr,
+        json!({"timeouts": {"connect": "2s", "response_header": "5s", "request_header": "300ms"}}),
+    );
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // Half a block, then nothing.
+    let get = request("GET", "/", &[]);
+    client
+        .send(&frame(HEADERS, END_STREAM, 1, &get[..get.len() / 2]))
+        .await;
+    let goaway = client.goaway().await;
+    assert_eq!(goaway.error_code(), PROTOCOL_ERROR, "{goaway:?}");
+    assert_eq!(goaway.last_stream(), 0, "no stream was opened");
+    client.assert_closed().await;
+    assert!(upstream.requests().is_empty(), "something was forwarded");
+}
+
+#[tokio::test]
+async fn trailers_without_end_stream_reset_only_their_stream() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    let post = [
+        frame(HEADERS, END_HEADERS, 1, &request("POST", "/echo", &[])),
+        frame(DATA, 0, 1, b"body"),
+        // A trailer section that does not end the stream: malformed.
+        frame(HEADERS, END_HEADERS, 1, &block(&[("x-trailer", "1")])),
+    ];
+    client.send(&post.concat()).await;
+    let frames = client.frames_before_ping_ack(*b"trailers").await;
+    let answer = frames.iter().find(|f| f.id == 1).expect("stream 1 reset");
+    assert_eq!(answer.kind, RST_STREAM, "{answer:?}");
+    assert_eq!(answer.error_code(), PROTOCOL_ERROR);
+    assert!(frames.iter().all(|f| f.kind != GOAWAY), "{frames:?}");
+
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            3,
+            &request("GET", "/after", &[]),
+        ))
+        .await;
+    let response = client.response(3).await;
+    assert_eq!(response.field(":status"), Some("200"));
+    assert_eq!(response.body, b"app");
+}
+
+#[tokio::test]
+async fn a_local_answer_has_a_date_and_a_content_length() {
+    let upstream = support::upstream("app").await;
+    let routes = json!([{
+        "name": "other",
+        "match": {"host": "other.test"},
+        "split": {"baseline": "app", "weights": {"app": 10000}},
+    }]);
+    let proxy = support::proxy_to("app", upstream.addr, json!({"routes": routes}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // `app.test` has no route: the proxy answers 404 itself.
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/", &[])))
+        .await;
+    let response = client.response(1).await;
+    assert_eq!(response.field(":status"), Some("404"), "{response:?}");
+    let date = response.field("date").expect("a date");
+    // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+    assert!(date.len() == 29 && date.ends_with(" GMT"), "{date:?}");
+    let length = response.body.len().to_string();
+    assert!(!response.body.is_empty());
+    assert_eq!(response.field("content-length"), Some(length.as_str()));
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_reset_streams_unread_body_is_granted_back_at_once() {
+    let unread = unread_upstream().await;
+    let reader = support::upstream("app").await;
+    let pool = |addr: SocketAddr| json!({"endpoints": [addr.to_string()]});
+    let route = |name: &str, rule: serde_json::Value| {
+        let split = json!({"baseline": name, "weights": {name: 10000}});
+        json!({"name": name, "match": rule, "split": split})
+    };
+    let proxy = support::proxy(&json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"stuck": pool(unread), "app": pool(reader.addr)},
+        "routes": [route("stuck", json!({"path_prefix": "/stuck"})), route("app", json!({}))],
+        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
+    }));
+    // Response windows shut: stream 1's answer ("ok") cannot be sent, so
+    // the stream stays open while its request body comes.
+    let mut client = RawClient::connect(proxy.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let mut first = Uploader::new(1, 65_535, &client);
+
+    // Stream 1's body goes to the upstream that reads none of it, after
+    // the upstream has answered (so the proxy's reader is hyper's upstream
+    // connection, whose exchange is over), until the sockets between are
+    // full and that reader takes no more: a window shuts and two PINGs
+    // bring no WINDOW_UPDATE. As the proxy grants a window back once half
+    // of it is taken, over half a window (512 KiB) is then in the stream's
+    // unread data, and all the connection could grant without those bytes
+    // is under half a window.
+    client
+        .send(&frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &request("POST", "/stuck", &[]),
+        ))
+        .await;
+    let piece = [b'u'; 16 * 1024];
+    loop {
+        let n = first.room(piece.len());
+        if n > 0 {
+            first.sent(n);
+            client.send(&frame(DATA, 0, 1, &piece[..n])).await;
+            continue;
+        }
+        let mut opened = false;
+        for ping in [*b"shut? 1 ", *b"shut? 2 "] {
+            for frame in client.frames_before_ping_ack(ping).await {
+                opened |= first.see(&frame);
+            }
+            if opened {
+                break;
+            }
+        }
+        if !opened && first.answered {
+            break;
+        }
+        if !opened {
+            let frame = client.next().await.expect("stream 1's answer");
+            first.see(&frame);
+        }
+        assert!(
+            first.total < 256 * 1024 * 1024,
+            "the upstream's sockets never filled"
+        );
+    }
+
+    // The reset gives its unread bytes back at once, not when (or if) the
+    // reader gets to them: a second upload, to an upstream that reads it,
+    // goes through. Without them it would stall under half a window.
+    client
+        .send(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
+        .await;
+    let mut second = Uploader::new(3, first.conn_window, &client);
+    let body = pattern(900 * 1024);
+    let length = body.len().to_string();
+    let head = request("POST", "/upload", &[("content-length", &length)]);
+    let room_for_answer = frame(WINDOW_UPDATE, 0, 3, &1000u32.to_be_bytes());
+    client
+        .send(&[frame(HEADERS, END_HEADERS, 3, &head), room_for_answer].concat())
+        .await;
+    while second.total < body.len() {
+        let n = second.room(piece.len().min(body.len() - second.total));
+        if n > 0 {
+            let at = second.total;
+            let flags = if at + n == body.len() { END_STREAM } else { 0 };
+            second.sent(n);
+            client.send(&frame(DATA, flags, 3, &body[at..at + n])).await;
+            continue;
+        }
+        let frame = client
+            .next_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|_| {
+                let sent = second.total;
+                panic!("the upload stalled after {sent} bytes: no window within 5 s")
+            })
+            .expect("the upload's windows before the close");
+        second.see(&frame);
+    }
+    let response = client.response(3).await;
+    assert_eq!(response.field(":status"), Some("200"), "{response:?}");
+    let seen = reader.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].body == body, "the upload arrived changed");
 }
