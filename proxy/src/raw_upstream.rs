@@ -1,11 +1,12 @@
 //! HTTP/2 requests sent upstream on the fast path's raw HTTP/1.1
-//! connections. hyper serves the client's side of HTTP/2; the upstream
-//! side is the fast path's: the request head (and a body read whole) is
-//! written in one buffer on a pooled connection of the worker's `RawPool`,
-//! driven by the stream's own task, and the response head is parsed and
-//! rewritten by the same code as the fast path's. A body that came whole
-//! with the head is answered at once and its connection pooled again;
-//! a longer one streams through [`RawBody`].
+//! connections. The HTTP/2 server (`h2`) serves the client's side; the
+//! upstream side is the fast path's: the request head (and a body read
+//! whole) is written in one buffer ([`write_request`]) on a pooled
+//! connection of the worker's `RawPool`, driven by the stream's own
+//! future, and the response head is parsed and rewritten by the same code
+//! as the fast path's ([`send`]). A body that came whole with the head is
+//! answered at once and its connection pooled again; a longer one streams
+//! through [`RawBody`].
 //!
 //! Requests this does not take stay on hyper's client (`upstream`): a body
 //! over the read-ahead size or with trailers, `TE: trailers` (the upstream
