@@ -145,8 +145,14 @@ impl Upstreams {
                     }
                 },
             };
-            if sender.ready().await.is_err() {
+            // A pooled connection whose last request body is still being
+            // written (the upstream answered early and stopped reading)
+            // never becomes ready: after the connect timeout it is dropped
+            // and a new one taken, instead of waiting without end.
+            let ready = tokio::time::timeout(timeouts.connect, sender.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
                 if reused {
+                    fresh |= ready.is_err();
                     continue;
                 }
                 return Err(Failed {
