@@ -506,7 +506,7 @@ mod tests {
         let s: String = s.split_whitespace().collect();
         (0..s.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
             .collect()
     }
 
@@ -534,7 +534,7 @@ mod tests {
         ] {
             let mut decoder = Decoder::default();
             assert_eq!(
-                decode_all(&mut decoder, &hex(blocks[0])).unwrap(),
+                decode_all(&mut decoder, &hex(blocks[0])).expect("decodes"),
                 pairs(&[
                     (":method", "GET"),
                     (":scheme", "http"),
@@ -544,7 +544,7 @@ mod tests {
             );
             assert_eq!(decoder.size, 57);
             assert_eq!(
-                decode_all(&mut decoder, &hex(blocks[1])).unwrap(),
+                decode_all(&mut decoder, &hex(blocks[1])).expect("decodes"),
                 pairs(&[
                     (":method", "GET"),
                     (":scheme", "http"),
@@ -555,7 +555,7 @@ mod tests {
             );
             assert_eq!(decoder.size, 110);
             assert_eq!(
-                decode_all(&mut decoder, &hex(blocks[2])).unwrap(),
+                decode_all(&mut decoder, &hex(blocks[2])).expect("decodes"),
                 pairs(&[
                     (":method", "GET"),
                     (":scheme", "https"),
@@ -577,13 +577,13 @@ mod tests {
         block.extend(hex(
             "400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
         ));
-        decode_all(&mut decoder, &block).unwrap();
+        decode_all(&mut decoder, &block).expect("decodes");
         assert_eq!(decoder.table.len(), 1);
         // A second entry evicts the first: index 62 is the new one.
-        decode_all(&mut decoder, &hex("4003 6162 6303 7879 7a")).unwrap();
+        decode_all(&mut decoder, &hex("4003 6162 6303 7879 7a")).expect("decodes");
         assert_eq!(decoder.table.len(), 1);
         assert_eq!(
-            decode_all(&mut decoder, &[0x80 | 62]).unwrap(),
+            decode_all(&mut decoder, &[0x80 | 62]).expect("decodes"),
             pairs(&[("abc", "xyz")])
         );
         assert!(decode_all(&mut decoder, &[0x80 | 63]).is_err());
@@ -606,7 +606,7 @@ mod tests {
                 seen.push(known);
                 name == b"good"
             })
-            .unwrap();
+            .expect("decodes");
         assert_eq!(seen, [false, false]);
         seen.clear();
         // Index 62 is "bad" (the newest), 63 "good", 2 is `:method GET`.
@@ -615,7 +615,7 @@ mod tests {
                 seen.push(known);
                 true
             })
-            .unwrap();
+            .expect("decodes");
         assert_eq!(seen, [false, true, true]);
     }
 
@@ -654,7 +654,7 @@ mod tests {
             encoded.push(((bits << (8 - nbits)) | ((1 << (8 - nbits)) - 1)) as u8);
         }
         let mut out = Vec::new();
-        huffman_decode(&encoded, &mut out).unwrap();
+        huffman_decode(&encoded, &mut out).expect("decodes");
         assert_eq!(out, (0..=255u8).collect::<Vec<_>>());
     }
 
@@ -667,7 +667,7 @@ mod tests {
         put_field(&mut block, b"Content-Length", b"3");
         put_field(&mut block, b"X-Mixed-Case", b"v");
         let mut decoder = Decoder::default();
-        let fields = decode_all(&mut decoder, &block).unwrap();
+        let fields = decode_all(&mut decoder, &block).expect("decodes");
         assert_eq!(fields[0], (":status".into(), "200".into()));
         assert_eq!(fields[1], ("content-type".into(), "text/plain".into()));
         assert_eq!(fields[2].1.len(), 300);
@@ -676,7 +676,7 @@ mod tests {
         let mut block = Vec::new();
         put_status(&mut block, 418);
         assert_eq!(
-            decode_all(&mut decoder, &block).unwrap(),
+            decode_all(&mut decoder, &block).expect("decodes"),
             pairs(&[(":status", "418")])
         );
         assert_eq!(decoder.max_size, 0);
