@@ -324,64 +324,119 @@ fn integer(block: &[u8], at: &mut usize, prefix: u32) -> Result<usize, HpackErro
 
 /// The Huffman code as a binary tree: node `n`'s children are
 /// `TREE[n][bit]`, a leaf is `LEAF | symbol`, a missing branch 0 (the root
-/// is no one's child).
+/// is no one's child). Its 256 inner nodes are the decoder's states.
 const LEAF: u16 = 0x8000;
 
-fn tree() -> &'static [[u16; 2]] {
-    static TREE: OnceLock<Vec<[u16; 2]>> = OnceLock::new();
-    TREE.get_or_init(|| {
-        let mut nodes = vec![[0u16; 2]];
-        for symbol in 0..257usize {
-            let (code, len) = (CODES[symbol], u32::from(LENGTHS[symbol]));
-            let mut node = 0usize;
-            for i in (0..len).rev() {
-                let bit = ((code >> i) & 1) as usize;
-                if i == 0 {
-                    nodes[node][bit] = LEAF | symbol as u16;
-                } else {
-                    if nodes[node][bit] == 0 {
-                        nodes.push([0; 2]);
-                        nodes[node][bit] = (nodes.len() - 1) as u16;
-                    }
-                    node = usize::from(nodes[node][bit]);
+fn tree() -> Vec<[u16; 2]> {
+    let mut nodes = vec![[0u16; 2]];
+    for symbol in 0..257usize {
+        let (code, len) = (CODES[symbol], u32::from(LENGTHS[symbol]));
+        let mut node = 0usize;
+        for i in (0..len).rev() {
+            let bit = ((code >> i) & 1) as usize;
+            if i == 0 {
+                nodes[node][bit] = LEAF | symbol as u16;
+            } else {
+                if nodes[node][bit] == 0 {
+                    nodes.push([0; 2]);
+                    nodes[node][bit] = (nodes.len() - 1) as u16;
                 }
+                node = usize::from(nodes[node][bit]);
             }
         }
-        nodes
+    }
+    nodes
+}
+
+/// One step of the decoder: a state and the next four bits lead to
+/// `next`, having decoded `symbol` on the way when `flags` has [`EMIT`].
+#[derive(Clone, Copy, Default)]
+struct Step {
+    next: u8,
+    symbol: u8,
+    flags: u8,
+}
+
+/// A symbol was decoded on the step.
+const EMIT: u8 = 1;
+/// The bits are no code, or EOS: the string is malformed.
+const FAIL: u8 = 2;
+/// The string may end in this state: what follows the last symbol is a
+/// prefix of EOS (all ones) shorter than 8 bits.
+const ACCEPT: u8 = 4;
+
+/// The decoder's table, four bits at a time (as nghttp2's): for each of the
+/// tree's inner nodes and each nibble, where the nibble leads. No code is
+/// shorter than 5 bits, so a nibble decodes one symbol at most.
+fn steps() -> &'static [[Step; 16]] {
+    static STEPS: OnceLock<Vec<[Step; 16]>> = OnceLock::new();
+    STEPS.get_or_init(|| {
+        let tree = tree();
+        // States from which the string may end: the root, and the nodes
+        // 1 to 7 one-bits below it.
+        let mut accepting = vec![false; tree.len()];
+        let mut node = 0usize;
+        accepting[0] = true;
+        for _ in 0..7 {
+            node = usize::from(tree[node][1]);
+            accepting[node] = true;
+        }
+        (0..tree.len())
+            .map(|state| {
+                let mut steps = [Step::default(); 16];
+                for (nibble, step) in steps.iter_mut().enumerate() {
+                    let mut node = state;
+                    for i in (0..4).rev() {
+                        let next = tree[node][(nibble >> i) & 1];
+                        if next & LEAF != 0 {
+                            let symbol = next & !LEAF;
+                            if symbol == 256 {
+                                step.flags = FAIL;
+                                break;
+                            }
+                            step.symbol = symbol as u8;
+                            step.flags |= EMIT;
+                            node = 0;
+                        } else if next == 0 {
+                            step.flags = FAIL;
+                            break;
+                        } else {
+                            node = usize::from(next);
+                        }
+                    }
+                    if step.flags & FAIL == 0 {
+                        step.next = node as u8;
+                        if accepting[node] {
+                            step.flags |= ACCEPT;
+                        }
+                    }
+                }
+                steps
+            })
+            .collect()
     })
 }
 
 /// Decodes a Huffman-coded string (RFC 7541 §5.2) onto `out`: EOS inside
 /// the string, or padding longer than 7 bits or not all ones, is an error.
 pub(crate) fn huffman_decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
-    let tree = tree();
-    let mut node = 0usize;
-    // Bits since the last symbol, and whether all of them were ones.
-    let mut pending = 0u32;
-    let mut ones = true;
+    let steps = steps();
+    let mut state = 0usize;
+    let mut accept = true;
     for &byte in input {
-        for i in (0..8).rev() {
-            let bit = (byte >> i) & 1;
-            let next = tree[node][usize::from(bit)];
-            pending += 1;
-            ones &= bit == 1;
-            if next & LEAF != 0 {
-                let symbol = next & !LEAF;
-                if symbol == 256 {
-                    return Err(HpackError("EOS in a Huffman string"));
-                }
-                out.push(symbol as u8);
-                node = 0;
-                pending = 0;
-                ones = true;
-            } else if next == 0 {
+        for nibble in [byte >> 4, byte & 0x0f] {
+            let step = steps[state][usize::from(nibble)];
+            if step.flags & FAIL != 0 {
                 return Err(HpackError("invalid Huffman code"));
-            } else {
-                node = usize::from(next);
             }
+            if step.flags & EMIT != 0 {
+                out.push(step.symbol);
+            }
+            state = usize::from(step.next);
+            accept = step.flags & ACCEPT != 0;
         }
     }
-    if pending > 7 || !ones {
+    if !accept {
         return Err(HpackError("invalid Huffman padding"));
     }
     Ok(())
@@ -656,6 +711,25 @@ mod tests {
         let mut out = Vec::new();
         huffman_decode(&encoded, &mut out).expect("decodes");
         assert_eq!(out, (0..=255u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn huffman_padding_is_up_to_seven_one_bits() {
+        // 'a' is 00011: three one-bits of padding fill the byte.
+        let mut out = Vec::new();
+        huffman_decode(&[0x1f], &mut out).expect("'a' with padding 111");
+        assert_eq!(out, b"a");
+        for bad in [
+            &[0x1e][..],   // padding 110: not all ones
+            &[0x1f, 0xff], // eleven one-bits of padding
+        ] {
+            assert!(huffman_decode(bad, &mut Vec::new()).is_err(), "{bad:x?}");
+        }
+        // Two symbols split across nibbles and bytes: "ab" is 00011 100011.
+        let mut out = Vec::new();
+        huffman_decode(&[0x1c, 0x7f], &mut out).expect("'ab'");
+        assert_eq!(out, b"ab");
+        assert_eq!(tree().len(), 256, "one decoder state per inner node");
     }
 
     #[test]
