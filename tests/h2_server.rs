@@ -1139,6 +1139,15 @@ async fn shutdown_sends_goaway_and_lets_the_open_stream_finish() {
 
     // What SIGTERM does in the binary; it returns once the drain is done.
     let stopped = tokio::task::spawn_blocking(move || server.shutdown());
+    // First a GOAWAY that refuses no stream yet, and a PING (RFC 9113
+    // §6.8): streams opened before the client reads them are still served.
+    let first = client.goaway().await;
+    assert_eq!(first.error_code(), NO_ERROR, "{first:?}");
+    assert_eq!(first.last_stream(), 0x7fff_ffff, "{first:?}");
+    let ping = client.next().await.expect("the shutdown's PING");
+    assert_eq!((ping.kind, ping.flags & ACK), (PING, 0), "{ping:?}");
+    // Its answer brings the final GOAWAY, with the last stream served.
+    client.send(&frame(PING, ACK, 0, &ping.payload)).await;
     let goaway = client.goaway().await;
     assert_eq!(goaway.error_code(), NO_ERROR, "{goaway:?}");
     assert_eq!(goaway.last_stream(), 1, "{goaway:?}");

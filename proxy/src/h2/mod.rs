@@ -54,8 +54,13 @@ const MAX_FRAME: usize = 16_384;
 const INPUT_SIZE: usize = 32 * 1024;
 /// Responses are not polled while this much waits to be written.
 const OUT_HIGH_WATER: usize = 64 * 1024;
-/// How long a connection we end is read and drained before it is closed.
+/// How long a connection we end is read and drained before it is closed,
+/// and how long a graceful shutdown waits for its PING's answer.
 const LINGER: Duration = Duration::from_secs(1);
+/// The last stream of a GOAWAY that refuses none (2^31-1).
+const MAX_STREAM_ID: u32 = 0x7fff_ffff;
+/// The payload of the graceful shutdown's PING.
+const DRAIN_PING: &[u8] = b"draining";
 
 const MAX_STREAMS: u32 = 256;
 /// What a client may send on one stream before its reader takes some
@@ -395,6 +400,8 @@ struct State {
     last_id: u32,
     /// Our GOAWAY's last stream: later streams are ignored.
     goaway: Option<u32>,
+    /// The first of a graceful shutdown's two GOAWAYs was sent.
+    draining: bool,
     /// The client sent GOAWAY, or closed its side.
     peer_done: bool,
     /// A connection error was sent; the connection ends once it is written.
@@ -443,6 +450,7 @@ where
         tasks: FuturesUnordered::new(),
         last_id: 0,
         goaway: None,
+        draining: false,
         peer_done: false,
         closing: false,
         send_window: DEFAULT_WINDOW,
@@ -530,6 +538,9 @@ enum Phase {
     Head,
     /// No stream open: the idle timeout, then GOAWAY.
     Idle,
+    /// A graceful shutdown's first GOAWAY and PING are out: their answer,
+    /// or [`LINGER`], brings the final GOAWAY.
+    Draining,
     /// The connection is ending and its last bytes are on their way: a
     /// client that does not read them is closed on after [`LINGER`].
     Closing,
@@ -593,6 +604,8 @@ impl Conn {
             Phase::Preface
         } else if state.closing || (state.goaway.is_some() && state.streams.is_empty()) {
             Phase::Closing
+        } else if state.draining && state.goaway.is_none() {
+            Phase::Draining
         } else if state.continuation.is_some() {
             Phase::Head
         } else if state.streams.is_empty() {
@@ -605,7 +618,7 @@ impl Conn {
                 Phase::Preface | Phase::Busy => {}
                 Phase::Head => self.deadline.set(self.head_timeout),
                 Phase::Idle => self.deadline.set(self.idle_timeout),
-                Phase::Closing => self.deadline.set(LINGER),
+                Phase::Closing | Phase::Draining => self.deadline.set(LINGER),
             }
             self.phase = phase;
             self.armed_for = state.last_id;
@@ -617,7 +630,8 @@ impl Conn {
                     PROTOCOL_ERROR,
                     "header block not finished in time",
                 )),
-                Phase::Idle => state.go_away(),
+                // Idle, no stream can be lost: one GOAWAY.
+                Phase::Idle | Phase::Draining => state.go_away_now(),
             }
             // Round again, to write what that added.
             cx.waker().wake_by_ref();
@@ -757,16 +771,34 @@ impl State {
     }
 
     fn put_goaway(&mut self, code: u32, reason: &str) {
-        put_frame_head(&mut self.out, 8 + reason.len(), GOAWAY, 0, 0);
         // A second GOAWAY may not raise the first's last stream.
         let last = self.goaway.unwrap_or(self.last_id);
+        self.put_goaway_at(last, code, reason);
+    }
+
+    fn put_goaway_at(&mut self, last: u32, code: u32, reason: &str) {
+        put_frame_head(&mut self.out, 8 + reason.len(), GOAWAY, 0, 0);
         self.out.extend_from_slice(&last.to_be_bytes());
         self.out.extend_from_slice(&code.to_be_bytes());
         self.out.extend_from_slice(reason.as_bytes());
     }
 
-    /// Graceful end: no new streams; the open ones finish.
+    /// Graceful end in two steps (RFC 9113 §6.8): a GOAWAY that refuses no
+    /// stream yet and a PING; streams the client opens before it reads them
+    /// are still served. The PING's answer, or [`LINGER`] without one,
+    /// brings the final GOAWAY ([`go_away_now`](Self::go_away_now)).
     fn go_away(&mut self) {
+        if self.goaway.is_some() || self.closing || self.draining {
+            return;
+        }
+        self.put_goaway_at(MAX_STREAM_ID, NO_ERROR, "");
+        put_frame_head(&mut self.out, 8, PING, 0, 0);
+        self.out.extend_from_slice(DRAIN_PING);
+        self.draining = true;
+    }
+
+    /// No new streams from now on; the open ones finish.
+    fn go_away_now(&mut self) {
         if self.goaway.is_none() && !self.closing {
             self.put_goaway(NO_ERROR, "");
             self.goaway = Some(self.last_id);
@@ -922,6 +954,10 @@ impl State {
                 if flags & ACK == 0 {
                     put_frame_head(&mut self.out, 8, PING, ACK, 0);
                     self.out.extend_from_slice(payload);
+                } else if self.draining && payload == DRAIN_PING {
+                    // The client has read the first GOAWAY: what it opened
+                    // before it did has arrived.
+                    self.go_away_now();
                 }
                 Ok(())
             }
