@@ -123,6 +123,19 @@ pub fn field_bits(headers: &HeaderMap) -> FieldBits {
         .fold(0, |present, name| present | field_bit(name))
 }
 
+/// Whether `name` (in any case) is a connection-specific field, which
+/// HTTP/2 does not carry (RFC 9113 §8.2.2).
+pub(crate) fn is_connection_specific(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 5] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    NAMES.iter().any(|known| known.eq_ignore_ascii_case(name))
+}
+
 /// A set of [`field_bits`] flags.
 pub type FieldBits = u16;
 

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncReadExt;
@@ -32,7 +32,7 @@ use crate::fast::{
     ResponseContext, MALFORMED,
 };
 use crate::forward::count_failure;
-use crate::headers::{put_forwarding, ClientInfo};
+use crate::headers::{is_connection_specific, put_forwarding, ClientInfo};
 use crate::route::{EndpointEntry, RouteEntry, RouteTable};
 use crate::stats::ErrorKind;
 use crate::upstream::{idle_key, is_idempotent, IdleKey, RawConn};
@@ -250,31 +250,51 @@ pub(crate) fn copy_body<R>(_: &mut R, data: &[u8]) -> ProxyBody {
     ProxyBody::Local(Some(Bytes::copy_from_slice(data)))
 }
 
-/// The response for hyper from the head `fast::parse_response` wrote for
-/// an HTTP/1.1 client: its fields but the framing ones, which HTTP/2 does
-/// not have. That head is well-formed by construction (a status line, then
-/// `name: value` lines, each ending in CRLF, then an empty line), so it is
-/// split, not parsed again; names and values are still checked as they
-/// become a `HeaderMap`. The values share one copy of the head.
-pub(crate) fn to_response(status: u16, head: &[u8]) -> Option<Response<()>> {
-    let head = Bytes::copy_from_slice(head);
-    let mut headers = HeaderMap::with_capacity(16);
-    let first = memchr::memchr(b'\n', &head)? + 1;
+/// Calls `field` with each name and value of the head `fast::parse_response`
+/// wrote for an HTTP/1.1 client, but the connection-specific ones, which
+/// HTTP/2 does not have; `field` answers whether to go on. That head is
+/// well-formed by construction (a status line, then `name: value` lines,
+/// each ending in CRLF, then an empty line), so it is split, not parsed
+/// again. None when a line is not `name: value`, or `field` stopped.
+pub(crate) fn for_each_field(
+    head: &[u8],
+    mut field: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Option<()> {
+    let first = memchr::memchr(b'\n', head)? + 1;
     let mut start = first;
     for end in memchr::memchr_iter(b'\n', &head[first..]).map(|at| first + at) {
-        let line = start..end.checked_sub(1)?;
+        let line = &head[start..end.checked_sub(1)?];
         start = end + 1;
         if line.is_empty() {
             break;
         }
-        let colon = line.start + memchr::memchr(b':', &head[line.clone()])?;
-        let name = HeaderName::from_bytes(&head[line.start..colon]).ok()?;
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
-            continue;
+        let colon = memchr::memchr(b':', line)?;
+        let name = &line[..colon];
+        if !is_connection_specific(name) && !field(name, line.get(colon + 2..)?) {
+            return None;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(colon + 2..line.end)).ok()?;
-        headers.append(name, value);
     }
+    Some(())
+}
+
+/// The response for hyper from the head `fast::parse_response` wrote for
+/// an HTTP/1.1 client ([`for_each_field`]); names and values are still
+/// checked as they become a `HeaderMap`. The values share one copy of the
+/// head.
+pub(crate) fn to_response(status: u16, head: &[u8]) -> Option<Response<()>> {
+    let head = Bytes::copy_from_slice(head);
+    let mut headers = HeaderMap::with_capacity(16);
+    for_each_field(&head, |name, value| {
+        let name = HeaderName::from_bytes(name);
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(value));
+        match (name, value) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+                true
+            }
+            _ => false,
+        }
+    })?;
     let mut response = Response::new(());
     *response.status_mut() = StatusCode::from_u16(status).ok()?;
     *response.headers_mut() = headers;

@@ -41,7 +41,7 @@ use self::request::{Answer, RawHead};
 use crate::body::{BoxError, ClientBody, ProxyBody};
 use crate::fast::{with_date, Deadline, Waiting};
 use crate::forward::Proxy;
-use crate::headers::ClientInfo;
+use crate::headers::{is_connection_specific, ClientInfo};
 
 /// What a client sends first (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -1344,15 +1344,24 @@ impl State {
     /// Answers a request without forwarding it.
     fn answer_locally(&mut self, id: u32, end_stream: bool, status: StatusCode) {
         self.block.clear();
-        if self.first_block {
-            self.block.push(hpack::TABLE_SIZE_ZERO);
-            self.first_block = false;
-        }
         hpack::put_status(&mut self.block, status.as_u16());
+        self.prefix_first_block();
         self.put_block(id, self.block.len(), true);
         if !end_stream {
             self.put_rst(id, NO_ERROR);
         }
+    }
+
+    /// Starts the connection's first header block by setting our table to
+    /// size 0 (see `hpack`); returns the bytes added at the front of
+    /// `self.block`.
+    fn prefix_first_block(&mut self) -> usize {
+        if !self.first_block {
+            return 0;
+        }
+        self.first_block = false;
+        self.block.insert(0, hpack::TABLE_SIZE_ZERO);
+        1
     }
 
     /// Frames the first `len` bytes of `self.block` as HEADERS (and
@@ -1379,14 +1388,10 @@ impl State {
 
     fn put_fields(&mut self, headers: &HeaderMap) {
         for (name, value) in headers {
-            // Connection-specific fields have no place in HTTP/2 (RFC 9113
-            // §8.2.2); the proxy strips them, and this makes sure.
-            let name = name.as_str();
-            if !matches!(
-                name,
-                "connection" | "transfer-encoding" | "upgrade" | "keep-alive" | "proxy-connection"
-            ) {
-                hpack::put_field(&mut self.block, name.as_bytes(), value.as_bytes());
+            // The proxy strips them; this makes sure.
+            let name = name.as_str().as_bytes();
+            if !is_connection_specific(name) {
+                hpack::put_field(&mut self.block, name, value.as_bytes());
             }
         }
     }
@@ -1432,12 +1437,7 @@ impl State {
                 body
             }
         };
-        let mut head_len = head_len.unwrap_or(self.block.len());
-        if self.first_block {
-            self.block.insert(0, hpack::TABLE_SIZE_ZERO);
-            self.first_block = false;
-            head_len += 1;
-        }
+        let head_len = head_len.unwrap_or(self.block.len()) + self.prefix_first_block();
         let inline = self.block.len() - head_len;
         let end_stream = head_request || (inline == 0 && body.is_end_stream());
         self.put_block(id, head_len, end_stream);

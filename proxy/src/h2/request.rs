@@ -23,7 +23,7 @@ use super::hpack;
 use crate::body::{ClientBody, InFlight, ProxyBody};
 use crate::fast::RawPool;
 use crate::forward::{healthy_endpoint, host_for_matching, Proxy};
-use crate::headers::{byte_set, ClientInfo};
+use crate::headers::{byte_set, is_connection_specific, ClientInfo};
 use crate::route::{Fields, RouteTable};
 
 /// Bytes of a field name: lower-case `tchar`s (RFC 9110 §5.6.2).
@@ -169,9 +169,10 @@ impl RawHead {
         if !good && (name.is_empty() || !name.iter().all(|&b| NAME_BYTES[usize::from(b)])) {
             return self.refuse("invalid field name (upper case, or not a token)");
         }
+        if is_connection_specific(name) {
+            return self.refuse("connection-specific field");
+        }
         match name {
-            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
-            | b"upgrade" => return self.refuse("connection-specific field"),
             b"te" if value != b"trailers" => return self.refuse("TE other than trailers"),
             b"te" | b"expect" => self.needs_hyper = true,
             _ => {}
@@ -518,29 +519,10 @@ fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option
 fn encode_head(raw: &RawPool, status: u16, head: &[u8]) -> Option<Encoded> {
     let mut block = raw.head_buffers.take();
     hpack::put_status(&mut block, status);
-    let first = memchr::memchr(b'\n', head)? + 1;
-    let mut start = first;
-    for end in memchr::memchr_iter(b'\n', &head[first..]).map(|at| first + at) {
-        let line = &head[start..end.checked_sub(1)?];
-        start = end + 1;
-        if line.is_empty() {
-            break;
-        }
-        let colon = memchr::memchr(b':', line)?;
-        let name = &line[..colon];
-        let connection_specific = [
-            &b"connection"[..],
-            b"transfer-encoding",
-            b"keep-alive",
-            b"proxy-connection",
-            b"upgrade",
-        ]
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(name));
-        if !connection_specific {
-            hpack::put_field(&mut block, name, line.get(colon + 2..)?);
-        }
-    }
+    crate::raw_upstream::for_each_field(head, |name, value| {
+        hpack::put_field(&mut block, name, value);
+        true
+    })?;
     let head = block.len();
     Some(Encoded { bytes: block, head })
 }
