@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
@@ -558,6 +558,72 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() {
         support::header_values(head, "sec-websocket-key"),
         ["dGhlIHNhbXBsZSBub25jZQ=="]
     );
+}
+
+/// A WebSocket is a tunnel, not HTTP: a client message that waits longer
+/// than the head timeout for its answer is not cut off with a 408, and
+/// the tunnel ends once quiet for the idle timeout both ways.
+#[tokio::test]
+async fn a_websocket_quiet_past_the_head_timeout_stays_open_until_idle() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        support::read_head(&mut stream).await;
+        let reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\n\r\n";
+        stream.write_all(reply).await.expect("write 101");
+        // A server that takes three head timeouts to answer a message.
+        let mut message = [0u8; 5];
+        stream.read_exact(&mut message).await.expect("read message");
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        stream.write_all(&message).await.expect("echo");
+        // Then quiet until the proxy closes the tunnel.
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let timeouts = json!({"request_header": "300ms", "idle": "2s"});
+    let proxy = support::proxy(&support::pool_config(
+        "ws",
+        addr,
+        json!({"timeouts": timeouts}),
+    ));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write handshake");
+    let mut buf = Vec::new();
+    let response = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(response.status, 101, "{:?}", response.head);
+    stream
+        .write_all(b"\x81\x03hi!")
+        .await
+        .expect("write message");
+    let mut echoed = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("echo within 5 s")
+        .expect("echo, not a closed connection");
+    assert_eq!(&echoed, b"\x81\x03hi!");
+    // Looks like a head with two lengths; is tunnel bytes.
+    stream
+        .write_all(b"content-length: 1\r\ncontent-length: 2\r\n\r\n")
+        .await
+        .expect("write field-like bytes");
+    // Quiet both ways from here: closed after the idle timeout, with
+    // nothing written into the tunnel.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed within 10 s")
+        .expect("read to end");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
 
 // ---------------------------------------------------------------------------

@@ -10,10 +10,12 @@
 //!   hyper would silently keep one of them (RFC 9112 §6.3 allows that), but
 //!   such a request is how smuggling starts, so it is never forwarded.
 //!
-//! The head scan covers every head that starts a read at a message
-//! boundary, which is every request except the second of a pipelined pair
-//! sent in one packet; for those hyper's own rule still holds (it keeps
-//! `Transfer-Encoding` and closes the connection after the answer).
+//!   Every head is checked, pipelined ones too: the scan follows the
+//!   requests' framing as hyper does, until a CONNECT or an `Upgrade`
+//!   (after which hyper's own rule holds: it keeps `Transfer-Encoding` and
+//!   closes the connection after the answer).
+//! - An upgraded connection (a WebSocket) is a tunnel: no head checks or
+//!   head timeout, and it ends after `idle` with no bytes either way.
 
 use std::future::Future;
 use std::io;
@@ -48,6 +50,9 @@ enum Phase {
     Request,
     /// HTTP/2: hyper manages streams and pings itself.
     Http2,
+    /// Upgraded (`101 Switching Protocols`): bytes both ways are the
+    /// tunnel's, not HTTP; it ends after `idle` without any.
+    Tunnel,
 }
 
 impl ConnPhase {
@@ -58,13 +63,19 @@ impl ConnPhase {
         }
     }
 
+    /// Called by the service when it answers `101 Switching Protocols`.
+    pub fn tunnel_started(&self) {
+        self.set(Phase::Tunnel);
+    }
+
     fn get(&self) -> Phase {
         match self.0.load(Ordering::Relaxed) {
             0 => Phase::Fresh,
             1 => Phase::Idle,
             2 => Phase::Head,
             3 => Phase::Request,
-            _ => Phase::Http2,
+            4 => Phase::Http2,
+            _ => Phase::Tunnel,
         }
     }
 
@@ -88,7 +99,7 @@ pub struct ClientIo<S = TcpStream> {
     armed: bool,
     request_header: Duration,
     idle: Duration,
-    scan: HeadScan,
+    scan: MessageScan,
     /// A local answer being written before the connection ends.
     answer: Option<(&'static [u8], usize)>,
     /// Once ended, every read is end-of-file: hyper-util's protocol sniff
@@ -115,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             armed: true,
             request_header,
             idle,
-            scan: HeadScan::default(),
+            scan: MessageScan::default(),
             answer: None,
             ended: false,
             preface_seen: 0,
@@ -180,7 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         self.ended = true;
         self.armed = false;
         self.phase.set(Phase::Request);
-        self.scan.finished = true;
+        self.scan.stop();
         match self.poll_answer(cx) {
             Poll::Ready(()) => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
@@ -202,19 +213,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
                 return Verdict::Fine;
             }
         }
-        if phase == Phase::Http2 {
-            return Verdict::Fine;
+        match phase {
+            Phase::Http2 => return Verdict::Fine,
+            Phase::Tunnel => {
+                self.arm(self.idle);
+                return Verdict::Fine;
+            }
+            Phase::Fresh | Phase::Idle => {
+                phase = Phase::Head;
+                self.phase.set(phase);
+                self.arm(self.request_header);
+            }
+            Phase::Head | Phase::Request => {}
         }
-        if phase == Phase::Fresh || phase == Phase::Idle {
-            phase = Phase::Head;
-            self.phase.set(phase);
-            self.arm(self.request_header);
-            self.scan = HeadScan::default();
-        }
-        if phase == Phase::Head && !self.scan.finished {
-            return self.scan.feed(bytes);
-        }
-        Verdict::Fine
+        self.scan.feed(bytes)
     }
 }
 
@@ -265,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                     }
                     return match this.phase.get() {
                         Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),
-                        Phase::Fresh | Phase::Idle => this.end_with(None, cx),
+                        Phase::Fresh | Phase::Idle | Phase::Tunnel => this.end_with(None, cx),
                         Phase::Request | Phase::Http2 => {
                             this.armed = false;
                             Poll::Pending
@@ -320,9 +332,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         // response) until the next head begins; a response that makes no
         // progress for `idle` also ends it, as nginx's send_timeout does.
         if let Poll::Ready(Ok(n)) = result {
-            if *n > 0 && matches!(self.phase.get(), Phase::Request | Phase::Idle) {
-                self.phase.set(Phase::Idle);
-                self.arm(self.idle);
+            match self.phase.get() {
+                _ if *n == 0 => {}
+                Phase::Request | Phase::Idle => {
+                    self.phase.set(Phase::Idle);
+                    self.arm(self.idle);
+                }
+                Phase::Tunnel => self.arm(self.idle),
+                _ => {}
             }
         }
     }
@@ -333,32 +350,90 @@ enum Verdict {
     Smuggle,
 }
 
-/// Finds `Content-Length` and `Transfer-Encoding` field lines in a head
-/// that may arrive over several reads.
+/// How much of each head line [`MessageScan`] keeps: enough for a
+/// `Content-Length` with a value of up to 16 digits, or the start of any
+/// other field.
+const LINE_KEPT: usize = 32;
+
+/// Follows the requests on an HTTP/1.1 connection as hyper frames them —
+/// a head, then a `Content-Length` or chunked body, then the next head —
+/// to find `Content-Length` and `Transfer-Encoding` field lines in every
+/// head, pipelined ones included, before hyper reads it. Heads and bodies
+/// may arrive over any number of reads.
 #[derive(Default)]
-struct HeadScan {
-    /// The start of the current line, lower-cased, up to its first 18 bytes.
-    line: [u8; 18],
+struct MessageScan {
+    part: Part,
+    /// The start of the current head line, lower-cased.
+    line: [u8; LINE_KEPT],
     line_len: usize,
     /// Bytes in the current line so far (not capped).
     line_bytes: usize,
     content_lengths: u8,
+    length: Option<u64>,
     transfer_encodings: u8,
-    /// Lines seen; the first is the request line.
+    /// A CONNECT or an `Upgrade` field: what follows may be a tunnel.
+    tunnel: bool,
+    /// Lines of the current head seen; the first is the request line.
     lines: usize,
-    finished: bool,
 }
 
-impl HeadScan {
-    /// Looks at each line's start only: the bytes between are skipped with
-    /// `memchr`, so a long head costs little more than a short one.
+#[derive(Default)]
+enum Part {
+    #[default]
+    Head,
+    /// Body bytes left.
+    Length(u64),
+    Chunked(crate::fast::ChunkScan),
+    /// Not followed further: a tunnel may start, the framing is broken
+    /// (hyper refuses it and closes), or the connection is ending.
+    Stopped,
+}
+
+impl MessageScan {
+    fn stop(&mut self) {
+        self.part = Part::Stopped;
+    }
+
     fn feed(&mut self, mut bytes: &[u8]) -> Verdict {
+        while !bytes.is_empty() {
+            match &mut self.part {
+                Part::Stopped => break,
+                Part::Length(left) => {
+                    let take = (*left).min(bytes.len() as u64);
+                    *left -= take;
+                    bytes = &bytes[take as usize..];
+                    if *left == 0 {
+                        self.part = Part::Head;
+                    }
+                }
+                Part::Chunked(scan) => match scan.feed(bytes) {
+                    Some(used) => {
+                        bytes = &bytes[used..];
+                        if scan.done() {
+                            self.part = Part::Head;
+                        }
+                    }
+                    None => self.stop(),
+                },
+                Part::Head => match self.feed_head(bytes) {
+                    Ok(rest) => bytes = rest,
+                    Err(verdict) => return verdict,
+                },
+            }
+        }
+        Verdict::Fine
+    }
+
+    /// Scans head lines, looking at each line's start only: the bytes
+    /// between are skipped with `memchr`, so a long head costs little more
+    /// than a short one. Returns what follows the head once it ends.
+    fn feed_head<'b>(&mut self, mut bytes: &'b [u8]) -> Result<&'b [u8], Verdict> {
         while !bytes.is_empty() {
             let (part, rest, ended) = match memchr::memchr(b'\n', bytes) {
                 Some(at) => (&bytes[..at], &bytes[at + 1..], true),
                 None => (bytes, &[][..], false),
             };
-            let take = (self.line.len() - self.line_len).min(part.len());
+            let take = (LINE_KEPT - self.line_len).min(part.len());
             for (slot, &b) in self.line[self.line_len..self.line_len + take]
                 .iter_mut()
                 .zip(part)
@@ -371,29 +446,67 @@ impl HeadScan {
             if !ended {
                 break;
             }
-            // A line of just "\r" (or nothing) ends the head.
+            // A line of just "\r" (or nothing).
             let empty = self.line_bytes == 0 || (self.line_bytes == 1 && self.line[0] == b'\r');
-            if self.lines > 0 && empty {
-                self.finished = true;
-                return Verdict::Fine;
-            }
-            if self.lines > 0 {
-                let line = &self.line[..self.line_len];
+            let line = &self.line[..self.line_len];
+            if self.lines == 0 {
+                // Empty lines before a request line are ignored (RFC 9112
+                // §2.2), as hyper does.
+                if !empty {
+                    self.tunnel = line.starts_with(b"connect ");
+                    self.lines = 1;
+                }
+            } else if empty {
+                self.end_head();
+                return Ok(bytes);
+            } else {
                 if line.starts_with(b"content-length:") {
                     self.content_lengths += 1;
+                    // A value hyper would refuse is left to hyper; one too
+                    // long to keep is refused here.
+                    if self.line_bytes > LINE_KEPT {
+                        return Err(Verdict::Smuggle);
+                    }
+                    self.length = std::str::from_utf8(&line[15..])
+                        .ok()
+                        .and_then(|v| v.trim_ascii().parse().ok());
                 } else if line.starts_with(b"transfer-encoding:") {
                     self.transfer_encodings += 1;
+                } else if line.starts_with(b"upgrade:") {
+                    self.tunnel = true;
                 }
                 let both = self.content_lengths > 0 && self.transfer_encodings > 0;
                 if both || self.content_lengths > 1 {
-                    return Verdict::Smuggle;
+                    return Err(Verdict::Smuggle);
                 }
+                self.lines += 1;
             }
-            self.lines += 1;
             self.line_len = 0;
             self.line_bytes = 0;
         }
-        Verdict::Fine
+        Ok(bytes)
+    }
+
+    /// The head ended: its body comes next, framed as hyper frames it.
+    fn end_head(&mut self) {
+        let next = if self.tunnel {
+            Part::Stopped
+        } else if self.transfer_encodings > 0 {
+            // Chunked, or hyper refuses the request and closes.
+            Part::Chunked(crate::fast::ChunkScan::default())
+        } else if self.content_lengths > 0 {
+            match self.length {
+                Some(0) => Part::Head,
+                Some(n) => Part::Length(n),
+                None => Part::Stopped,
+            }
+        } else {
+            Part::Head
+        };
+        *self = MessageScan {
+            part: next,
+            ..MessageScan::default()
+        };
     }
 }
 
@@ -402,7 +515,7 @@ mod tests {
     use super::*;
 
     fn scan(chunks: &[&[u8]]) -> bool {
-        let mut scan = HeadScan::default();
+        let mut scan = MessageScan::default();
         chunks
             .iter()
             .any(|chunk| matches!(scan.feed(chunk), Verdict::Smuggle))
@@ -448,6 +561,47 @@ mod tests {
         assert!(!scan(&[
             b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n",
             b"transfer-encoding: chunked\r\n"
+        ]));
+    }
+
+    #[test]
+    fn pipelined_heads_are_found_past_each_body() {
+        let bad = b"POST /b HTTP/1.1\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // After a head without a body, a length, a chunked body (with an
+        // extension and a trailer), and empty lines: in one read or split
+        // at every byte.
+        let firsts: [&[u8]; 4] = [
+            b"GET /a HTTP/1.1\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nContent-Length: 30\r\n\r\ncontent-length: 1\r\nconten",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\n\r\n\r\n",
+        ];
+        for first in firsts {
+            let stream = [first, &bad[..]].concat();
+            assert!(scan(&[&stream]), "{}", String::from_utf8_lossy(first));
+            for at in 1..stream.len() {
+                assert!(scan(&[&stream[..at], &stream[at..]]), "split at {at}");
+            }
+            // The same requests, well-formed: nothing found, body bytes
+            // that look like fields included.
+            let good = [first, &b"GET /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n"[..]].concat();
+            assert!(!scan(&[&good]), "{}", String::from_utf8_lossy(first));
+        }
+    }
+
+    #[test]
+    fn a_tunnel_or_broken_framing_ends_the_scan() {
+        let bad = &b"GET /b HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n"[..];
+        for first in [
+            &b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            assert!(!scan(&[first, bad]), "{}", String::from_utf8_lossy(first));
+        }
+        // A length too long to keep is refused rather than not followed.
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length:                    5\r\n\r\n"
         ]));
     }
 }

@@ -96,6 +96,8 @@ pub struct RawPool {
     /// Head buffers (requests going upstream, answers going back) between
     /// requests.
     pub(crate) head_buffers: Spares<Vec<u8>, OUT_BUFFER>,
+    /// Timers between requests (see [`DeadlineSpares`]).
+    pub(crate) deadlines: DeadlineSpares,
     /// What a client connection waiting for its next request reads into;
     /// borrowed only for one `poll_read`.
     scratch: RefCell<Vec<u8>>,
@@ -237,6 +239,34 @@ impl<B: SpareBuffer, const SIZE: usize> Spares<B, SIZE> {
         let mut spare = self.0.borrow_mut();
         if spare.len() < SPARE_BUFFERS && buffer.room() <= 4 * SIZE {
             spare.push(buffer);
+        }
+    }
+}
+
+/// Timers a worker keeps between requests (at most [`SPARE_BUFFERS`]).
+/// A new [`Deadline`] costs an allocation and a timer-wheel entry; one
+/// taken from here is usually still armed, for a time a little before the
+/// new request's, so setting it changes one field: it fires early once
+/// and is moved then (see [`Deadline::set`]), not once per request.
+#[derive(Default)]
+pub(crate) struct DeadlineSpares(RefCell<Vec<Deadline>>);
+
+impl DeadlineSpares {
+    /// A deadline `after` from now.
+    pub(crate) fn take(&self, after: Duration) -> Deadline {
+        match self.0.borrow_mut().pop() {
+            Some(mut deadline) => {
+                deadline.set(after);
+                deadline
+            }
+            None => Deadline::new(after),
+        }
+    }
+
+    pub(crate) fn give(&self, deadline: Deadline) {
+        let mut spare = self.0.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(deadline);
         }
     }
 }
@@ -680,8 +710,13 @@ pub(crate) fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
-pub(crate) fn put_number(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn put_number(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(number(n, &mut digits));
+}
+
+/// `n` in decimal, written at the end of `digits`.
+fn number(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -691,7 +726,7 @@ pub(crate) fn put_number(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    &digits[at..]
 }
 
 /// The proxy's own answer to a request, as bytes.
@@ -749,6 +784,76 @@ pub(crate) struct ResponseContext<'a> {
     pub(crate) head_request: bool,
     pub(crate) set_cookie: Option<&'a HeaderValue>,
     pub(crate) close: bool,
+    /// The head is for an HTTP/2 client: written as an HPACK block (see
+    /// [`HeadOut`]).
+    pub(crate) hpack: bool,
+}
+
+/// Where [`parse_response`] writes the rewritten head: HTTP/1.1 lines, or,
+/// for an HTTP/2 client, an HPACK block (`:status`, no reason, nothing
+/// connection-specific), so the head is not written twice.
+struct HeadOut<'o> {
+    out: &'o mut Vec<u8>,
+    hpack: bool,
+}
+
+impl HeadOut<'_> {
+    fn status(&mut self, status: u16, reason: Option<&str>) {
+        if self.hpack {
+            crate::h2::put_status(self.out, status);
+            return;
+        }
+        let out = &mut *self.out;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        put_number(out, u64::from(status));
+        out.push(b' ');
+        match reason {
+            Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
+            _ => out.extend_from_slice(
+                StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("")
+                    .as_bytes(),
+            ),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        match self.hpack {
+            true => crate::h2::put_field(self.out, name, value),
+            false => put_field(self.out, name, value),
+        }
+    }
+
+    fn length(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        self.field(b"content-length", number(n, &mut digits));
+    }
+
+    /// The body is re-framed as chunked: HTTP/2 frames it itself.
+    fn chunked(&mut self) {
+        if !self.hpack {
+            self.out
+                .extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+
+    fn date(&mut self) {
+        with_date(|date| self.field(b"date", date));
+    }
+
+    /// `Connection: close` (HTTP/2 ends a connection with GOAWAY instead),
+    /// and the head's end.
+    fn end(&mut self, close: bool) {
+        if !self.hpack {
+            if close {
+                self.out.extend_from_slice(b"connection: close\r\n");
+            }
+            self.out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 pub(crate) const MALFORMED: &str = "sent a malformed response";
@@ -791,11 +896,9 @@ fn parse_response(
     let mut keep_alive = version == 1;
     let mut connection: Option<&[u8]> = None;
     let mut length: Option<u64> = None;
-    let mut first_length: Option<&[u8]> = None;
-    // Whether any Transfer-Encoding came, and whether its last coding is
-    // chunked (the codings of every field, in order).
+    // Whether a Transfer-Encoding came: `chunked` alone, as any other
+    // coding is refused (see `headers::is_chunked_or_unencoded`).
     let mut transfer_encoded = false;
-    let mut transfer_chunked = false;
     let mut close_asked = false;
     let mut date = false;
     let mut connections = 0;
@@ -822,13 +925,12 @@ fn parse_response(
                     return Err(MALFORMED);
                 }
                 length = Some(n);
-                first_length.get_or_insert(field.value);
             }
             Field::TransferEncoding => {
-                transfer_encoded = true;
-                if let Some(last) = tokens(field.value).last() {
-                    transfer_chunked = last.eq_ignore_ascii_case(b"chunked");
+                if transfer_encoded || !field.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(MALFORMED);
                 }
+                transfer_encoded = true;
             }
             Field::Date => date = true,
             _ => {}
@@ -844,10 +946,7 @@ fn parse_response(
     let framing = if context.head_request || status == 204 || status == 304 {
         Framing::Empty
     } else if transfer_encoded {
-        match transfer_chunked {
-            true => Framing::Chunked(ChunkScan::default()),
-            false => Framing::Close,
-        }
+        Framing::Chunked(ChunkScan::default())
     } else {
         match length {
             Some(n) => Framing::Length(n),
@@ -860,20 +959,11 @@ fn parse_response(
     let many_connections = connections > 1;
 
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    put_number(out, u64::from(status));
-    out.push(b' ');
-    match response.reason {
-        Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
-        _ => out.extend_from_slice(
-            StatusCode::from_u16(status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("")
-                .as_bytes(),
-        ),
-    }
-    out.extend_from_slice(b"\r\n");
+    let mut head = HeadOut {
+        out,
+        hpack: context.hpack,
+    };
+    head.status(status, response.reason);
     for (field, kind) in response.headers.iter().zip(kinds) {
         match kind {
             Field::Connection | Field::Hop | Field::TransferEncoding | Field::ContentLength => {}
@@ -889,36 +979,28 @@ fn parse_response(
                     None => false,
                 };
                 if !named {
-                    put_field(out, field.name.as_bytes(), field.value);
+                    head.field(field.name.as_bytes(), field.value);
                 }
             }
         }
     }
     match &framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            put_number(out, *n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked(_) | Framing::Close => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
+        Framing::Length(n) => head.length(*n),
+        Framing::Chunked(_) | Framing::Close => head.chunked(),
         Framing::Empty => {
-            if let (Some(value), false) = (first_length, status == 204) {
-                put_field(out, b"content-length", value);
+            // A list of equal lengths goes on as one (RFC 9110 §8.6).
+            if let (Some(n), false) = (length, status == 204) {
+                head.length(n);
             }
         }
     }
     if !date {
-        put_date(out);
+        head.date();
     }
     if let Some(cookie) = context.set_cookie {
-        put_field(out, b"set-cookie", cookie.as_bytes());
+        head.field(b"set-cookie", cookie.as_bytes());
     }
-    if context.close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    head.end(context.close);
     Ok(Parsed::Final(ResponseHead {
         len,
         status,
@@ -970,7 +1052,7 @@ fn field_byte(b: u8) -> bool {
 impl ChunkScan {
     /// Scans `bytes`; returns how many belong to the body (all of them,
     /// unless its end is among them), or None if the framing is broken.
-    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
         self.decode(bytes, |_| {})
     }
 
@@ -1046,7 +1128,27 @@ impl ChunkScan {
 
 /// Serves a client connection on the fast path until it ends or a request
 /// needs hyper.
-pub async fn serve<S>(mut stream: S, client: &ClientInfo, proxy: &Proxy) -> Outcome<S>
+pub async fn serve<S>(stream: S, client: &ClientInfo, proxy: &Proxy) -> Outcome<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let timeouts = proxy.routes.timeouts();
+    let mut deadline = proxy.raw.deadlines.take(timeouts.request_header);
+    let mut upstream_deadline = proxy.raw.deadlines.take(timeouts.response_header);
+    let outcome = serve_with(stream, client, proxy, &mut deadline, &mut upstream_deadline).await;
+    proxy.raw.deadlines.give(deadline);
+    proxy.raw.deadlines.give(upstream_deadline);
+    outcome
+}
+
+/// [`serve`], with the connection's two timers.
+async fn serve_with<S>(
+    mut stream: S,
+    client: &ClientInfo,
+    proxy: &Proxy,
+    deadline: &mut Deadline,
+    upstream_deadline: &mut Deadline,
+) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -1055,9 +1157,6 @@ where
     let mut out: Vec<u8> = Vec::new();
     let mut served = false;
     let mut waiting = Waiting::default();
-    let timeouts = proxy.routes.timeouts();
-    let mut deadline = Deadline::new(timeouts.request_header);
-    let mut upstream_deadline = Deadline::new(timeouts.response_header);
     loop {
         if proxy.stopping.stopped.get() {
             return Outcome::Closed;
@@ -1104,17 +1203,10 @@ where
                     } => {
                         let close = close || error.closes_connection();
                         put_error(&mut out, &error, close, head_request);
-                        let read = read_to(
-                            &mut stream,
-                            &mut input,
-                            consumed,
-                            &mut deadline,
-                            timeouts.idle,
-                        )
-                        .await;
-                        if !read
-                            || !write_out(&mut stream, &out, &mut deadline, timeouts.idle).await
-                        {
+                        let read =
+                            read_to(&mut stream, &mut input, consumed, deadline, timeouts.idle)
+                                .await;
+                        if !read || !write_out(&mut stream, &out, deadline, timeouts.idle).await {
                             return Outcome::Closed;
                         }
                         input.advance(consumed);
@@ -1194,7 +1286,7 @@ where
 
         // The body, read whole (it is at most READ_AHEAD_BYTES).
         let end = plan.head_len + plan.body_len;
-        if !read_to(&mut stream, &mut input, end, &mut deadline, timeouts.idle).await {
+        if !read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
             return Outcome::Closed;
         }
         out.extend_from_slice(&input[plan.head_len..end]);
@@ -1213,6 +1305,7 @@ where
             head_request: plan.head_request,
             set_cookie: plan.set_cookie.as_ref(),
             close,
+            hpack: false,
         };
         // From the worker's spares: an idle client holds no upstream buffer.
         let mut upstream_buffer = proxy.raw.upstream_buffers.take();
@@ -1223,7 +1316,7 @@ where
             context: &context,
             idempotent: plan.idempotent,
             table: &table,
-            deadline: &mut upstream_deadline,
+            deadline: upstream_deadline,
         };
         let (endpoint, sent) =
             exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms).await;
@@ -1233,9 +1326,9 @@ where
                 let error = failed.error;
                 count_failure(pool, stats, endpoint, &error, started, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
-                put_error(&mut out, &error, plan.close, plan.head_request);
+                put_error(&mut out, &error, close, plan.head_request);
                 proxy.raw.upstream_buffers.give(upstream_buffer);
-                if !write_out(&mut stream, &out, &mut deadline, timeouts.idle).await || plan.close {
+                if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
                     let _ = stream.shutdown().await;
                     return Outcome::Closed;
                 }
@@ -1251,8 +1344,8 @@ where
             &mut upstream_buffer,
             &mut out,
             head,
-            &mut deadline,
-            &mut upstream_deadline,
+            deadline,
+            upstream_deadline,
             timeouts.idle,
         )
         .await;
@@ -1473,12 +1566,16 @@ async fn read_head(
     context: &ResponseContext<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, HeadError> {
+    // An interim answer (1xx) came: the upstream has the request, so a
+    // close after it is never "unanswered" (and never sent again).
+    let mut interim = false;
     loop {
         if !buffer.is_empty() {
             match parse_response(buffer, context, out).map_err(HeadError::Broken)? {
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
                     buffer.advance(len);
+                    interim = true;
                     continue;
                 }
                 Parsed::Partial => {}
@@ -1488,7 +1585,7 @@ async fn read_head(
             }
         }
         make_room(buffer);
-        let empty = buffer.is_empty();
+        let empty = buffer.is_empty() && !interim;
         match upstream.read_buf(buffer).await {
             Ok(n) if n > 0 => {}
             Ok(_) if empty => return Err(HeadError::Unanswered("reset before the response")),

@@ -18,8 +18,9 @@ use crate::body::{ClientBody, InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
 use crate::fast::{RawPool, Stopping};
 use crate::headers::{
-    byte_set, field_bits, is_websocket_upgrade, set_forwarded, strip_hop_headers, strip_present,
-    ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_FIELDS, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    byte_set, field_bits, is_chunked_or_unencoded, is_websocket_upgrade, set_forwarded,
+    strip_hop_headers, strip_present, ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_FIELDS,
+    HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::route::{EndpointEntry, PoolEntry, RouteEntry, RouteTable, Routes};
 use crate::stats::{ErrorKind, PoolStats};
@@ -111,22 +112,10 @@ impl Proxy {
         // coding is not chunked, and other codings before it are refused
         // here, as nginx does, since nothing downstream would decode them.
         let fields = field_bits(&parts.headers);
-        if let Some(te) = (fields & HOP_TRANSFER_ENCODING != 0)
-            .then(|| parts.headers.get(header::TRANSFER_ENCODING))
-            .flatten()
-        {
-            if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
-                || parts
-                    .headers
-                    .get_all(header::TRANSFER_ENCODING)
-                    .iter()
-                    .count()
-                    > 1
-            {
-                return Err(ForwardError::BadRequest {
-                    reason: "transfer-encoding other than chunked",
-                });
-            }
+        if fields & HOP_TRANSFER_ENCODING != 0 && !is_chunked_or_unencoded(&parts.headers) {
+            return Err(ForwardError::BadRequest {
+                reason: "transfer-encoding other than chunked",
+            });
         }
         if body.size_hint().lower() > limits.max_body_bytes {
             return Err(ForwardError::BodyTooLarge {
@@ -197,6 +186,7 @@ impl Proxy {
                 set_cookie: choice.set_cookie.as_ref(),
                 started,
                 now_ms,
+                hpack: false,
             };
             let in_flight = pool
                 .counts_in_flight()
@@ -207,7 +197,7 @@ impl Proxy {
                 request,
                 out,
                 in_flight,
-                crate::raw_upstream::to_response,
+                |status, head| crate::raw_upstream::to_response(status, head),
                 crate::raw_upstream::copy_body,
             )
             .await?;

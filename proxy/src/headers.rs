@@ -104,6 +104,22 @@ pub fn has_token(list: &[u8], token: &[u8]) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Whether `headers` frame a body in a way the proxy passes on: no
+/// `Transfer-Encoding`, or one that is `chunked` alone. Any other coding
+/// (`gzip, chunked`, `gzip`) is refused, as nginx does: the proxy
+/// re-frames bodies, and the other codings would be lost with the field.
+pub fn is_chunked_or_unencoded(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(value), None) => value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// Removes hop-by-hop fields: `Connection` and every field it names,
 /// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding` (hyper re-frames the
 /// body), `TE` (except a `trailers` request, which survives as `TE: trailers`)

@@ -644,7 +644,18 @@ where
             );
             let service = service_fn(move |request| {
                 phase.request_started();
-                Rc::clone(&proxy).handle(Rc::clone(&client), request.map(ClientBody::Hyper))
+                let phase = Arc::clone(&phase);
+                let answer =
+                    Rc::clone(&proxy).handle(Rc::clone(&client), request.map(ClientBody::Hyper));
+                async move {
+                    let response = answer.await;
+                    if let Ok(response) = &response {
+                        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                            phase.tunnel_started();
+                        }
+                    }
+                    response
+                }
             });
             let streams = ConnStreams::default();
             let mut builder = auto::Builder::new(streams.clone());

@@ -48,20 +48,24 @@ pub(crate) struct Request<'a> {
     pub(crate) set_cookie: Option<&'a HeaderValue>,
     pub(crate) started: Instant,
     pub(crate) now_ms: u64,
+    /// The response head is for an HTTP/2 client: an HPACK block.
+    pub(crate) hpack: bool,
 }
 
 /// Sends `request`, whose head is in `out` (a buffer from the worker's
 /// head spares, given back here), and returns the response: its head as
-/// `convert` makes it from the status and the head rewritten for an
-/// HTTP/1.1 client, and its body; a body that came whole with the head
-/// goes to `whole`, which may keep it in the response or return it.
+/// `convert` makes it from the status and the head rewritten for the
+/// client (HTTP/1.1 lines, or an HPACK block if `request.hpack`; `convert`
+/// may take the buffer, leaving one from the spares), and its body; a body
+/// that came whole with the head goes to `whole`, which may keep it in the
+/// response or return it.
 pub(crate) async fn send<R>(
     raw: &Rc<RawPool>,
     table: &RouteTable,
     request: Request<'_>,
     mut out: Vec<u8>,
     in_flight: Option<InFlight>,
-    convert: impl FnOnce(u16, &[u8]) -> Option<R>,
+    convert: impl FnOnce(u16, &mut Vec<u8>) -> Option<R>,
     whole: impl FnOnce(&mut R, &[u8]) -> ProxyBody,
 ) -> Result<(R, ProxyBody), ForwardError> {
     let Request {
@@ -72,6 +76,7 @@ pub(crate) async fn send<R>(
         set_cookie,
         started,
         now_ms,
+        hpack,
     } = request;
     let pool = table.pool(pool_index);
     let stats = route.stats(pool_index);
@@ -79,10 +84,11 @@ pub(crate) async fn send<R>(
         head_request: *method == Method::HEAD,
         set_cookie,
         close: false,
+        hpack,
     };
     let timeouts = &table.timeouts;
     let mut buffer = raw.upstream_buffers.take();
-    let mut deadline = Deadline::new(timeouts.response_header);
+    let mut deadline = raw.deadlines.take(timeouts.response_header);
     let mut ex = Exchange {
         raw,
         out: &mut out,
@@ -96,12 +102,13 @@ pub(crate) async fn send<R>(
     let converted = sent
         .map_err(|failed| failed.error)
         .and_then(|(conn, head)| {
-            // `out` holds the head rewritten for an HTTP/1.1 client.
-            let response = convert(head.status, &out).ok_or_else(|| ForwardError::Exchange {
-                what: MALFORMED,
-                backend: endpoint.label.to_string(),
-                kind: ErrorKind::Malformed,
-            })?;
+            // `out` holds the head rewritten for the client.
+            let response =
+                convert(head.status, &mut out).ok_or_else(|| ForwardError::Exchange {
+                    what: MALFORMED,
+                    backend: endpoint.label.to_string(),
+                    kind: ErrorKind::Malformed,
+                })?;
             Ok((conn, head, response))
         });
     raw.head_buffers.give(out);
@@ -110,6 +117,7 @@ pub(crate) async fn send<R>(
         Err(error) => {
             count_failure(pool, stats, endpoint, &error, started, now_ms);
             raw.upstream_buffers.give(buffer);
+            raw.deadlines.give(deadline);
             return Err(error);
         }
     };
@@ -136,6 +144,7 @@ pub(crate) async fn send<R>(
                 _ => whole(&mut response, &buffer[..len]),
             };
             raw.upstream_buffers.give(buffer);
+            raw.deadlines.give(deadline);
             body
         }
         None => {
@@ -148,7 +157,7 @@ pub(crate) async fn send<R>(
                 pool: Rc::clone(raw),
                 key,
                 idle: timeouts.idle,
-                deadline,
+                deadline: Some(deadline),
                 in_flight,
                 origin: Origin::new(route.index, pool_index),
             }))
@@ -316,7 +325,8 @@ pub struct RawBody {
     pool: Rc<RawPool>,
     key: IdleKey,
     idle: Duration,
-    deadline: Deadline,
+    /// Given back to the pool's spares when the body is dropped.
+    deadline: Option<Deadline>,
     /// Kept until the body is done.
     in_flight: Option<InFlight>,
     origin: Origin,
@@ -390,12 +400,17 @@ impl RawBody {
                 Poll::Ready(Ok(0)) => {
                     return self.fail(ErrorKind::Reset, "upstream closed mid-body");
                 }
-                Poll::Ready(Ok(_)) => self.deadline.set(self.idle),
+                Poll::Ready(Ok(_)) => {
+                    if let Some(deadline) = self.deadline.as_mut() {
+                        deadline.set(self.idle);
+                    }
+                }
                 Poll::Ready(Err(_)) => {
                     return self.fail(ErrorKind::Reset, "upstream reset mid-body");
                 }
                 Poll::Pending => {
-                    if self.deadline.poll_passed(cx) {
+                    let passed = self.deadline.as_mut().is_some_and(|d| d.poll_passed(cx));
+                    if passed {
                         return self.fail(ErrorKind::Timeout, "upstream went quiet mid-body");
                     }
                     return Poll::Pending;
@@ -454,5 +469,8 @@ impl Drop for RawBody {
         self.pool
             .upstream_buffers
             .give(std::mem::take(&mut self.buffer));
+        if let Some(deadline) = self.deadline.take() {
+            self.pool.deadlines.give(deadline);
+        }
     }
 }

@@ -175,6 +175,16 @@ impl Upstreams {
                     .into())
                 }
                 Ok(Ok(response)) => {
+                    // Codings other than chunked would be lost as the body
+                    // is re-framed (the fast path refuses them too).
+                    if !crate::headers::is_chunked_or_unencoded(response.headers()) {
+                        return Err(ForwardError::Exchange {
+                            what: crate::fast::MALFORMED,
+                            backend: endpoint.label.to_string(),
+                            kind: crate::stats::ErrorKind::Malformed,
+                        }
+                        .into());
+                    }
                     let release = Release {
                         sender,
                         addr: idle_key(endpoint),

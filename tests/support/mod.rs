@@ -311,6 +311,9 @@ pub enum After {
     Reset,
     /// Keeps the connection open until the proxy closes it.
     Hang,
+    /// Reads the next request on the connection and answers it the same
+    /// way, until the proxy closes the connection.
+    Again,
 }
 
 /// A request as a raw upstream read it off the wire.
@@ -362,8 +365,11 @@ pub async fn scripted_upstream(reply: &'static [u8], after: After) -> Scripted {
             state.accepted.fetch_add(1, Ordering::SeqCst);
             let state = state.clone();
             tokio::spawn(async move {
-                let head = read_head(&mut stream).await;
-                if !head.is_empty() {
+                loop {
+                    let head = read_head(&mut stream).await;
+                    if head.is_empty() {
+                        break;
+                    }
                     let head = String::from_utf8_lossy(&head).into_owned();
                     let body = read_framed_body(&mut stream, &head).await;
                     state
@@ -372,6 +378,9 @@ pub async fn scripted_upstream(reply: &'static [u8], after: After) -> Scripted {
                         .expect("not poisoned")
                         .push(RawRequest { head, body });
                     let _ = stream.write_all(reply).await;
+                    if !matches!(after, After::Again) {
+                        break;
+                    }
                 }
                 match after {
                     After::Close => {
@@ -380,6 +389,7 @@ pub async fn scripted_upstream(reply: &'static [u8], after: After) -> Scripted {
                     After::Reset => {
                         let _ = stream.set_zero_linger();
                     }
+                    After::Again => {}
                     After::Hang => {
                         let mut sink = [0u8; 1024];
                         while let Ok(n) = stream.read(&mut sink).await {

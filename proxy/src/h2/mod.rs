@@ -21,6 +21,8 @@ mod hpack;
 mod huffman_table;
 mod request;
 
+pub(crate) use hpack::{put_field, put_status};
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;

@@ -19,9 +19,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use tracing::debug;
 
-use super::hpack;
 use crate::body::{ClientBody, InFlight, ProxyBody};
-use crate::fast::RawPool;
 use crate::forward::{healthy_endpoint, host_for_matching, Proxy};
 use crate::headers::{byte_set, is_connection_specific, ClientInfo};
 use crate::route::{Fields, RouteTable};
@@ -406,8 +404,17 @@ pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Pre
         set_cookie: set_cookie.as_ref(),
         started,
         now_ms,
+        hpack: true,
     };
-    let encode = |status, head: &[u8]| encode_head(&proxy.raw, status, head);
+    // The head came as an HPACK block: taken as it is, a spare buffer in
+    // its place.
+    let encode = |_, block: &mut Vec<u8>| {
+        let bytes = std::mem::replace(block, proxy.raw.head_buffers.take());
+        Some(Encoded {
+            head: bytes.len(),
+            bytes,
+        })
+    };
     // A short body that came whole rides in the block's buffer, after the
     // head: no allocation of its own.
     let keep = |block: &mut Encoded, data: &[u8]| {
@@ -508,21 +515,4 @@ fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option
         endpoint,
         set_cookie: choice.set_cookie,
     })
-}
-
-/// The HPACK block for the head `fast::parse_response` wrote for an
-/// HTTP/1.1 client: its fields but the connection-specific ones, which
-/// HTTP/2 does not have. That head is well-formed by construction (a
-/// status line, then `name: value` lines, each ending in CRLF, then an
-/// empty line), so it is split, not parsed again. The block is a buffer
-/// from the worker's head spares, given back when it is sent.
-fn encode_head(raw: &RawPool, status: u16, head: &[u8]) -> Option<Encoded> {
-    let mut block = raw.head_buffers.take();
-    hpack::put_status(&mut block, status);
-    crate::raw_upstream::for_each_field(head, |name, value| {
-        hpack::put_field(&mut block, name, value);
-        true
-    })?;
-    let head = block.len();
-    Some(Encoded { bytes: block, head })
 }
