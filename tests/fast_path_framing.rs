@@ -371,3 +371,43 @@ async fn a_request_answered_with_an_interim_response_is_never_sent_again() {
     assert_eq!(second.status, 502, "{:?}", second.head);
     assert_eq!(seen.load(Ordering::SeqCst), 2, "the request was sent again");
 }
+
+#[tokio::test]
+async fn a_closing_answer_is_not_cut_by_unread_pipelined_bytes() {
+    // A `Connection: close` request followed by more bytes than the proxy
+    // reads at once: closing with them unread would make the kernel reset
+    // the connection and drop the answer's tail still queued. The proxy
+    // closes its side after the answer and reads on (a lingering close),
+    // so the whole body arrives, then the end of the stream. (Without it
+    // this failed in two runs of three: the reset came while part of the
+    // body was still queued.)
+    const TOTAL: u64 = 8 * 1024 * 1024;
+    let (addr, _) = support::streaming_upstream(TOTAL).await;
+    let proxy = support::proxy_to("stable", addr, json!({}));
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let mut sent = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+    sent.resize(sent.len() + 256 * 1024, b'z');
+    // The writer may never finish: the proxy stops reading at some point.
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&sent).await;
+        write
+    });
+    let mut received = Vec::new();
+    let read_all = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut received);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the answer within 20 s");
+    writer.abort();
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+        .expect("a response head");
+    let body = received.len() - head_end;
+    assert!(
+        outcome.is_ok() && body as u64 == TOTAL,
+        "{outcome:?}: {body} of {TOTAL} body bytes; head {:?}",
+        String::from_utf8_lossy(&received[..head_end])
+    );
+}

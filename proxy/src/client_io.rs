@@ -11,16 +11,18 @@
 //!   such a request is how smuggling starts, so it is never forwarded.
 //!
 //!   Every head is checked, pipelined ones too: the scan follows the
-//!   requests' framing as hyper does, until a CONNECT or an `Upgrade`
-//!   (after which hyper's own rule holds: it keeps `Transfer-Encoding` and
-//!   closes the connection after the answer).
+//!   requests' framing as hyper does. A chunked body it cannot follow is
+//!   refused too, since where the next head starts is then unknown.
 //! - An upgraded connection (a WebSocket) is a tunnel: no head checks or
-//!   head timeout, and it ends after `idle` with no bytes either way.
+//!   head timeout; it ends after `idle` with no bytes either way
+//!   (`forward::tunnel`).
+//! - Bytes that continue a request being answered (its body after a
+//!   `100 Continue`) are not a new head: no head timeout for them.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,7 +36,7 @@ use tokio::time::{Instant, Sleep};
 /// Both run on one worker thread; the atomic is only there because hyper
 /// wants an upgradeable connection's socket to be `Send`.
 #[derive(Default)]
-pub struct ConnPhase(AtomicU8);
+pub struct ConnPhase(AtomicU8, AtomicBool);
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[repr(u8)]
@@ -51,7 +53,7 @@ enum Phase {
     /// HTTP/2: hyper manages streams and pings itself.
     Http2,
     /// Upgraded (`101 Switching Protocols`): bytes both ways are the
-    /// tunnel's, not HTTP; it ends after `idle` without any.
+    /// tunnel's, not HTTP, and its idle timeout is `forward::tunnel`'s.
     Tunnel,
 }
 
@@ -60,7 +62,14 @@ impl ConnPhase {
     pub fn request_started(&self) {
         if self.get() != Phase::Http2 {
             self.set(Phase::Request);
+            self.1.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether an answer is being made or sent: from the request's start
+    /// until its body is done with ([`Answering`]).
+    fn is_answering(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Called by the service when it answers `101 Switching Protocols`.
@@ -86,6 +95,8 @@ impl ConnPhase {
 
 pub(crate) const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
 const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 73\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two of either\n";
+const BAD_CHUNKED_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\nconnection: close\r\n\r\nbad request: malformed chunked body\n";
+const LONG_LENGTH_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\nconnection: close\r\n\r\nbad request: Content-Length line too long\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client stream with head timeouts and the framing check: a TCP
@@ -102,6 +113,10 @@ pub struct ClientIo<S = TcpStream> {
     scan: MessageScan,
     /// A local answer being written before the connection ends.
     answer: Option<(&'static [u8], usize)>,
+    /// A refusal found while an answer was under way: written once that
+    /// answer is out, so answers keep the requests' order (RFC 9112
+    /// §9.3.2). Nothing read after it reaches hyper.
+    refusal: Option<&'static [u8]>,
     /// Once ended, every read is end-of-file: hyper-util's protocol sniff
     /// and hyper's parser may each read again.
     ended: bool,
@@ -128,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             idle,
             scan: MessageScan::default(),
             answer: None,
+            refusal: None,
             ended: false,
             preface_seen: 0,
             prefix: bytes::BytesMut::new(),
@@ -198,8 +214,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
+    /// With a refusal waiting: reads and drops what the client sends, so
+    /// the task is woken when more comes; Ready (end of file) once the
+    /// client closes.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.prefix.clear();
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut sink = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut sink) {
+                Poll::Ready(Ok(())) if !sink.filled().is_empty() => {}
+                Poll::Ready(result) => return Poll::Ready(result),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     fn note_read(&mut self, bytes: &[u8]) -> Verdict {
-        let mut phase = self.phase.get();
+        let phase = self.phase.get();
         if phase == Phase::Fresh {
             // hyper-util reads the first bytes to tell HTTP/2's preface from
             // HTTP/1.1; HTTP/2 connections get no head checks.
@@ -215,16 +247,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
         match phase {
             Phase::Http2 => return Verdict::Fine,
+            // The tunnel's idle timeout is `forward::tunnel`'s.
             Phase::Tunnel => {
-                self.arm(self.idle);
+                self.armed = false;
                 return Verdict::Fine;
             }
-            Phase::Fresh | Phase::Idle => {
-                phase = Phase::Head;
-                self.phase.set(phase);
+            // A new head starts: it must be whole within the head timeout.
+            Phase::Fresh | Phase::Idle if self.scan.at_message_start() => {
+                self.phase.set(Phase::Head);
                 self.arm(self.request_header);
             }
-            Phase::Head | Phase::Request => {}
+            // The body of a request being answered (after a `100
+            // Continue`, or early): no head timeout.
+            Phase::Idle => self.phase.set(Phase::Request),
+            Phase::Fresh | Phase::Head | Phase::Request => {}
         }
         self.scan.feed(bytes)
     }
@@ -243,6 +279,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                 Poll::Pending => Poll::Pending,
             };
         }
+        if this.refusal.is_some() {
+            return this.poll_discard(cx);
+        }
         let before = buf.filled().len();
         let read = if this.prefix.is_empty() {
             Pin::new(&mut this.stream).poll_read(cx, buf)
@@ -258,10 +297,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                 }
                 match this.note_read(&buf.filled()[before..]) {
                     Verdict::Fine => Poll::Ready(Ok(())),
-                    Verdict::Smuggle => {
+                    Verdict::Refuse(answer) => {
                         // hyper never sees these bytes.
                         buf.set_filled(before);
-                        this.end_with(Some(SMUGGLE_RESPONSE), cx)
+                        if this.phase.is_answering() {
+                            this.refusal = Some(answer);
+                            this.scan.stop();
+                            return this.poll_discard(cx);
+                        }
+                        this.end_with(Some(answer), cx)
                     }
                 }
             }
@@ -277,8 +321,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                     }
                     return match this.phase.get() {
                         Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),
-                        Phase::Fresh | Phase::Idle | Phase::Tunnel => this.end_with(None, cx),
-                        Phase::Request | Phase::Http2 => {
+                        Phase::Fresh | Phase::Idle => {
+                            let refusal = this.refusal.take();
+                            this.end_with(refusal, cx)
+                        }
+                        Phase::Request | Phase::Http2 | Phase::Tunnel => {
                             this.armed = false;
                             Poll::Pending
                         }
@@ -318,7 +365,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        // hyper flushes once an answer's last bytes are written, after it
+        // is done with the answer's body: a refusal behind it goes now.
+        if this.refusal.is_some() && !this.phase.is_answering() {
+            let refusal = this.refusal.take();
+            if this.end_with(refusal, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        if this.answer.is_some() && this.poll_answer(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -338,29 +397,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
                     self.phase.set(Phase::Idle);
                     self.arm(self.idle);
                 }
-                Phase::Tunnel => self.arm(self.idle),
                 _ => {}
             }
         }
     }
 }
 
+/// A response body that tells its connection's [`ConnPhase`] when it is
+/// done with (dropped): a refusal waiting behind the answer may go then.
+pub struct Answering<B> {
+    body: B,
+    phase: Arc<ConnPhase>,
+}
+
+impl<B> Answering<B> {
+    pub fn new(body: B, phase: Arc<ConnPhase>) -> Self {
+        Answering { body, phase }
+    }
+}
+
+impl<B> Drop for Answering<B> {
+    fn drop(&mut self) {
+        self.phase.1.store(false, Ordering::Relaxed);
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Answering<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 enum Verdict {
     Fine,
-    Smuggle,
+    /// Refused with this answer, and the connection closed.
+    Refuse(&'static [u8]),
 }
 
 /// How much of each head line [`MessageScan`] keeps: enough for a
-/// `Content-Length` with a value of up to 16 digits, or the start of any
-/// other field.
-const LINE_KEPT: usize = 32;
+/// `Content-Length` with its value (up to 20 digits, and some spaces), or
+/// the start of any other field.
+const LINE_KEPT: usize = 48;
 
 /// Follows the requests on an HTTP/1.1 connection as hyper frames them —
 /// a head, then a `Content-Length` or chunked body, then the next head —
 /// to find `Content-Length` and `Transfer-Encoding` field lines in every
 /// head, pipelined ones included, before hyper reads it. Heads and bodies
-/// may arrive over any number of reads.
-#[derive(Default)]
+/// may arrive over any number of reads. A request that asks for an
+/// upgrade is followed on: until a `101` makes the connection a tunnel
+/// ([`Phase::Tunnel`], no longer scanned), it is HTTP/1.1.
 struct MessageScan {
     part: Part,
     /// The start of the current head line, lower-cased.
@@ -368,13 +467,29 @@ struct MessageScan {
     line_len: usize,
     /// Bytes in the current line so far (not capped).
     line_bytes: usize,
+    /// The current line's last byte so far.
+    last: u8,
     content_lengths: u8,
     length: Option<u64>,
     transfer_encodings: u8,
-    /// A CONNECT or an `Upgrade` field: what follows may be a tunnel.
-    tunnel: bool,
     /// Lines of the current head seen; the first is the request line.
     lines: usize,
+}
+
+impl Default for MessageScan {
+    fn default() -> Self {
+        MessageScan {
+            part: Part::Head,
+            line: [0; LINE_KEPT],
+            line_len: 0,
+            line_bytes: 0,
+            last: 0,
+            content_lengths: 0,
+            length: None,
+            transfer_encodings: 0,
+            lines: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -384,14 +499,19 @@ enum Part {
     /// Body bytes left.
     Length(u64),
     Chunked(crate::fast::ChunkScan),
-    /// Not followed further: a tunnel may start, the framing is broken
-    /// (hyper refuses it and closes), or the connection is ending.
+    /// Not followed further: the connection is ending.
     Stopped,
 }
 
 impl MessageScan {
     fn stop(&mut self) {
         self.part = Part::Stopped;
+    }
+
+    /// Whether the next byte starts a request (or an empty line before
+    /// one), not a body or the rest of a head.
+    fn at_message_start(&self) -> bool {
+        matches!(self.part, Part::Head) && self.lines == 0 && self.line_bytes == 0
     }
 
     fn feed(&mut self, mut bytes: &[u8]) -> Verdict {
@@ -413,7 +533,9 @@ impl MessageScan {
                             self.part = Part::Head;
                         }
                     }
-                    None => self.stop(),
+                    // Where this body ends is uncertain, so where the next
+                    // head starts is too: refused rather than not followed.
+                    None => return Verdict::Refuse(BAD_CHUNKED_RESPONSE),
                 },
                 Part::Head => match self.feed_head(bytes) {
                     Ok(rest) => bytes = rest,
@@ -442,6 +564,9 @@ impl MessageScan {
             }
             self.line_len += take;
             self.line_bytes += part.len();
+            if let Some(&last) = part.last() {
+                self.last = last;
+            }
             bytes = rest;
             if !ended {
                 break;
@@ -453,7 +578,6 @@ impl MessageScan {
                 // Empty lines before a request line are ignored (RFC 9112
                 // §2.2), as hyper does.
                 if !empty {
-                    self.tunnel = line.starts_with(b"connect ");
                     self.lines = 1;
                 }
             } else if empty {
@@ -461,43 +585,41 @@ impl MessageScan {
                 return Ok(bytes);
             } else {
                 if line.starts_with(b"content-length:") {
-                    self.content_lengths += 1;
+                    self.content_lengths = self.content_lengths.saturating_add(1);
                     // A value hyper would refuse is left to hyper; one too
-                    // long to keep is refused here.
-                    if self.line_bytes > LINE_KEPT {
-                        return Err(Verdict::Smuggle);
+                    // long to keep (its CR aside) is refused here.
+                    if self.line_bytes - usize::from(self.last == b'\r') > LINE_KEPT {
+                        return Err(Verdict::Refuse(LONG_LENGTH_RESPONSE));
                     }
                     self.length = std::str::from_utf8(&line[15..])
                         .ok()
                         .and_then(|v| v.trim_ascii().parse().ok());
                 } else if line.starts_with(b"transfer-encoding:") {
-                    self.transfer_encodings += 1;
-                } else if line.starts_with(b"upgrade:") {
-                    self.tunnel = true;
+                    self.transfer_encodings = self.transfer_encodings.saturating_add(1);
                 }
                 let both = self.content_lengths > 0 && self.transfer_encodings > 0;
                 if both || self.content_lengths > 1 {
-                    return Err(Verdict::Smuggle);
+                    return Err(Verdict::Refuse(SMUGGLE_RESPONSE));
                 }
                 self.lines += 1;
             }
             self.line_len = 0;
             self.line_bytes = 0;
+            self.last = 0;
         }
         Ok(bytes)
     }
 
     /// The head ended: its body comes next, framed as hyper frames it.
     fn end_head(&mut self) {
-        let next = if self.tunnel {
-            Part::Stopped
-        } else if self.transfer_encodings > 0 {
+        let next = if self.transfer_encodings > 0 {
             // Chunked, or hyper refuses the request and closes.
             Part::Chunked(crate::fast::ChunkScan::default())
         } else if self.content_lengths > 0 {
             match self.length {
                 Some(0) => Part::Head,
                 Some(n) => Part::Length(n),
+                // hyper refuses it and closes.
                 None => Part::Stopped,
             }
         } else {
@@ -518,7 +640,7 @@ mod tests {
         let mut scan = MessageScan::default();
         chunks
             .iter()
-            .any(|chunk| matches!(scan.feed(chunk), Verdict::Smuggle))
+            .any(|chunk| matches!(scan.feed(chunk), Verdict::Refuse(_)))
     }
 
     #[test]
@@ -590,18 +712,34 @@ mod tests {
     }
 
     #[test]
-    fn a_tunnel_or_broken_framing_ends_the_scan() {
+    fn upgrades_are_followed_and_broken_framing_refused() {
         let bad = &b"GET /b HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n"[..];
+        // Until a 101 (which ends the scan), an upgrade is HTTP/1.1; a
+        // lower-case `connect` is an ordinary method.
         for first in [
             &b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
-            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+            b"connect a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
         ] {
-            assert!(!scan(&[first, bad]), "{}", String::from_utf8_lossy(first));
+            assert!(scan(&[first, bad]), "{}", String::from_utf8_lossy(first));
+            assert!(!scan(&[first]), "{}", String::from_utf8_lossy(first));
         }
-        // A length too long to keep is refused rather than not followed.
+        // Chunk sizes with leading zeros are sizes; a broken chunked body
+        // is refused (where the next head starts is unknown).
+        let zeros = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            0000000000000000005\r\nhello\r\n0\r\n\r\n";
+        assert!(!scan(&[zeros]));
+        assert!(scan(&[zeros, bad]));
         assert!(scan(&[
-            b"POST / HTTP/1.1\r\nContent-Length:                    5\r\n\r\n"
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        ]));
+        // A length line too long to keep is refused rather than not
+        // followed; one that fits, with its CR, is not.
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length:                                   5\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 00000000000000000000000000000005\r\n\r\n"
         ]));
     }
 }

@@ -1081,10 +1081,12 @@ impl ChunkScan {
             at += 1;
             self.state = match (self.state, b) {
                 (ChunkState::Size, b) if b.is_ascii_hexdigit() => {
-                    if self.digits == 15 {
+                    // Leading zeros are allowed, any number of them; a size
+                    // of 2^60 or more is not taken.
+                    if self.size >> 56 != 0 {
                         return None;
                     }
-                    self.digits += 1;
+                    self.digits = self.digits.saturating_add(1);
                     self.size = self.size * 16 + u64::from((b as char).to_digit(16)?);
                     ChunkState::Size
                 }
@@ -1212,7 +1214,7 @@ where
                         input.advance(consumed);
                         served = true;
                         if close {
-                            let _ = stream.shutdown().await;
+                            close_client(&mut stream, !input.is_empty(), deadline).await;
                             return Outcome::Closed;
                         }
                         break (None, started);
@@ -1356,9 +1358,39 @@ where
             proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);
         }
         proxy.raw.upstream_buffers.give(upstream_buffer);
-        if !relayed.client_ok || close {
-            let _ = stream.shutdown().await;
+        if !relayed.client_ok {
             return Outcome::Closed;
+        }
+        if close {
+            close_client(&mut stream, !input.is_empty(), deadline).await;
+            return Outcome::Closed;
+        }
+    }
+}
+
+/// How long a closing client connection is read on (see [`close_client`]).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Ends a client connection after its last answer, with a FIN behind the
+/// answer. When bytes of further requests were read (`pipelined`), more
+/// may be on the way: closing with them unread would make the kernel
+/// reset the connection and drop the tail of the answer still queued. So
+/// what comes is read and dropped until the client closes or [`LINGER`]
+/// passes (nginx's lingering close).
+async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    pipelined: bool,
+    deadline: &mut Deadline,
+) {
+    let _ = stream.shutdown().await;
+    if !pipelined {
+        return;
+    }
+    deadline.set(LINGER);
+    let mut sink = [0u8; 4096];
+    while let Some(Ok(n)) = deadline.run(stream.read(&mut sink)).await {
+        if n == 0 {
+            break;
         }
     }
 }

@@ -333,8 +333,9 @@ impl Proxy {
                 let mut upstream_response = Response::from_parts(parts.clone(), ());
                 let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
                 let backend = endpoint.label.clone();
+                let idle = timeouts.idle;
                 tokio::task::spawn_local(async move {
-                    tunnel(client_upgrade, upstream_upgrade, &backend).await;
+                    tunnel(client_upgrade, upstream_upgrade, &backend, idle).await;
                 });
                 // The upstream connection is now the tunnel's: not pooled.
                 drop(release);
@@ -547,11 +548,15 @@ fn join(first: Option<Bytes>, buffer: BytesMut) -> Bytes {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and upstream.
+/// Copies bytes both ways between an upgraded client and upstream, until
+/// either side closes or no byte moves either way for `idle` (as nginx's
+/// `proxy_read_timeout` ends a quiet WebSocket): both connections are
+/// closed then, whichever side is stuck.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     backend: &str,
+    idle: std::time::Duration,
 ) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(client), Ok(upstream)) => (client, upstream),
@@ -560,10 +565,90 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        debug!(backend = %backend, error = %err, "tunnel ended");
+    let moved = std::cell::Cell::new(tokio::time::Instant::now());
+    let mut client = Watched {
+        io: hyper_util::rt::TokioIo::new(client),
+        moved: &moved,
+    };
+    let mut upstream = Watched {
+        io: hyper_util::rt::TokioIo::new(upstream),
+        moved: &moved,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let mut copy = std::pin::pin!(copy);
+    let quiet = tokio::time::sleep(idle);
+    let mut quiet = std::pin::pin!(quiet);
+    loop {
+        tokio::select! {
+            copied = &mut copy => {
+                if let Err(err) = copied {
+                    debug!(backend = %backend, error = %err, "tunnel ended");
+                }
+                return;
+            }
+            () = &mut quiet => {
+                let until = moved.get() + idle;
+                if tokio::time::Instant::now() >= until {
+                    debug!(backend = %backend, "tunnel idle; closed");
+                    return;
+                }
+                quiet.as_mut().reset(until);
+            }
+        }
+    }
+}
+
+/// A tunnel's side, noting when bytes last moved through it.
+struct Watched<'m, T> {
+    io: T,
+    moved: &'m std::cell::Cell<tokio::time::Instant>,
+}
+
+impl<T> Watched<'_, T> {
+    fn note<R>(&self, progress: bool, result: R) -> R {
+        if progress {
+            self.moved.set(tokio::time::Instant::now());
+        }
+        result
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let progress = buf.filled().len() > before;
+        self.note(progress, polled)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        let progress = matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0);
+        self.note(progress, polled)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::body::ClientBody;
-use crate::client_io::{ClientIo, ConnPhase};
+use crate::client_io::{Answering, ClientIo, ConnPhase};
 use crate::error::ForwardError;
 use crate::fast;
 use crate::forward::Proxy;
@@ -654,7 +654,7 @@ where
                             phase.tunnel_started();
                         }
                     }
-                    response
+                    response.map(|response| response.map(|body| Answering::new(body, phase)))
                 }
             });
             let streams = ConnStreams::default();
