@@ -4,8 +4,11 @@
 //! 101, a lower-case `connect`), a long but valid `Content-Length` is
 //! taken, a refusal found while an answer is under way comes after that
 //! answer, a body after `100 Continue` gets no head timeout, and a tunnel
-//! ends after the idle timeout however its sides are stuck. Each test
-//! failed on 299060c (a review's findings).
+//! ends after the idle timeout however its sides are stuck; a refused
+//! head behind a body leaves the body to hyper, a broken chunk in the
+//! body being read is answered, and a head finished after an answer is
+//! still timed. Each test failed on 299060c or f0693dd (two reviews'
+//! findings).
 
 mod support;
 
@@ -362,4 +365,127 @@ async fn a_lower_case_connect_method_does_not_end_the_scan() {
     // extension method, not CONNECT, and hyper and the proxy serve it as
     // any other. (`TE: trailers` sends the request to hyper.)
     refused_after(b"connect /first HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n").await;
+}
+
+/// Reads one response within `within`, or None if none came by then.
+async fn response_within(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    within: Duration,
+) -> Option<support::RawResponse> {
+    tokio::time::timeout(within, support::read_response(stream, buf, false))
+        .await
+        .ok()
+}
+
+/// Sends `head` (with `Expect: 100-continue`, so hyper serves it and the
+/// `100 Continue` says the proxy has taken the request and is reading
+/// its body), and reads the 100.
+async fn start_expecting(proxy: std::net::SocketAddr, head: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream.write_all(head).await.expect("write head");
+    let mut buf = Vec::new();
+    let interim = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(interim.status, 100, "{:?}", interim.head);
+    (stream, buf)
+}
+
+#[tokio::test]
+async fn a_refused_head_behind_a_body_does_not_swallow_the_body() {
+    // The body of a request being served and a bad pipelined head come in
+    // one read. `is_answering` holds (the request started), so the refusal
+    // is held and `buf.set_filled(before)` drops the whole read, the
+    // body's 5 bytes with it. `read_ahead` waits for them for good, no
+    // answer comes, so the refusal is never written either, and nothing
+    // times the connection out (`Phase::Request`, the timer is off while
+    // `refusal` is set). Expected: the echo, then the 400.
+    let upstream = support::upstream("web").await;
+    let proxy = support::proxy(&support::pool_config("web", upstream.addr, json!({})));
+    let (mut stream, mut buf) = start_expecting(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await;
+    stream
+        .write_all(&[&b"hello"[..], AMBIGUOUS].concat())
+        .await
+        .expect("write body and the next head");
+    // Three seconds for an echo on loopback: a hang, not a slow answer.
+    let first = response_within(&mut stream, &mut buf, Duration::from_secs(3)).await;
+    let first = first.unwrap_or_else(|| {
+        panic!(
+            "no answer to the first request within 3 s (the upstream saw {} requests)",
+            upstream.requests().len()
+        )
+    });
+    assert_eq!((first.status, &first.body[..]), (200, &b"hello"[..]));
+    let second = response_within(&mut stream, &mut buf, Duration::from_secs(3)).await;
+    assert_eq!(second.map(|r| r.status), Some(400));
+    assert!(upstream.requests().iter().all(|r| r.uri != "/smuggled"));
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_in_the_body_being_read_is_answered() {
+    // A malformed chunk in the body of the request being served (not a
+    // pipelined one) is found while `is_answering` holds: the refusal is
+    // held "until the answer is out", and the bytes are dropped. But the
+    // answer is waiting for that very body, so neither ever comes. On
+    // 299060c hyper got the bytes and the body error made a 400.
+    let upstream = support::upstream("web").await;
+    let proxy = support::proxy(&support::pool_config("web", upstream.addr, json!({})));
+    let (mut stream, _) = start_expecting(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    stream
+        .write_all(b"zz\r\n")
+        .await
+        .expect("write a bad chunk");
+    let (out, closed) = support::read_until_close(&mut stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        closed && text.starts_with("HTTP/1.1 400"),
+        "after 5 s: closed {closed}, read {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pipelined_head_finished_after_the_answer_still_times_out() {
+    // The first read holds a whole request and the start of the next
+    // head. Once the first is answered the phase is Idle, and the rest of
+    // the second head is "not at a message start" (the scan is mid-head),
+    // so it is taken for a body after `100 Continue`: `Phase::Request`, no
+    // head timeout. In Request the idle timer, when it fires, disarms
+    // itself, and nothing rearms it: a client that never ends the head
+    // holds the connection for good (a slowloris past the head timeout).
+    let upstream = support::upstream("web").await;
+    let timeouts = json!({"request_header": "300ms", "idle": "500ms"});
+    let proxy = support::proxy(&support::pool_config(
+        "web",
+        upstream.addr,
+        json!({"timeouts": timeouts}),
+    ));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    // `TE: trailers` sends the connection to hyper.
+    stream
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\nGET /b HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let first = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(first.status, 200, "{:?}", first.head);
+    stream
+        .write_all(b"Host: x\r\n")
+        .await
+        .expect("write more head");
+    // The scenario: ten head timeouts with the head unfinished.
+    let (out, closed) = support::read_until_close(&mut stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        closed,
+        "a head left unfinished for 5 s (head timeout 300 ms, idle 500 ms) is still open: {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
 }

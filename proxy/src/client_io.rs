@@ -11,8 +11,9 @@
 //!   such a request is how smuggling starts, so it is never forwarded.
 //!
 //!   Every head is checked, pipelined ones too: the scan follows the
-//!   requests' framing as hyper does. A chunked body it cannot follow is
-//!   refused too, since where the next head starts is then unknown.
+//!   requests' framing as hyper does (a chunked body it cannot follow,
+//!   hyper refuses too). A refused head's answer comes after the answers
+//!   to the requests before it, in order.
 //! - An upgraded connection (a WebSocket) is a tunnel: no head checks or
 //!   head timeout; it ends after `idle` with no bytes either way
 //!   (`forward::tunnel`).
@@ -22,7 +23,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,7 +37,7 @@ use tokio::time::{Instant, Sleep};
 /// Both run on one worker thread; the atomic is only there because hyper
 /// wants an upgradeable connection's socket to be `Send`.
 #[derive(Default)]
-pub struct ConnPhase(AtomicU8, AtomicBool);
+pub struct ConnPhase(AtomicU8, AtomicBool, AtomicU64);
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[repr(u8)]
@@ -72,6 +73,11 @@ impl ConnPhase {
         self.1.load(Ordering::Relaxed)
     }
 
+    /// Answers done with ([`Answering`] dropped).
+    fn answered(&self) -> u64 {
+        self.2.load(Ordering::Relaxed)
+    }
+
     /// Called by the service when it answers `101 Switching Protocols`.
     pub fn tunnel_started(&self) {
         self.set(Phase::Tunnel);
@@ -95,7 +101,6 @@ impl ConnPhase {
 
 pub(crate) const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
 const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 73\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two of either\n";
-const BAD_CHUNKED_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\nconnection: close\r\n\r\nbad request: malformed chunked body\n";
 const LONG_LENGTH_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\nconnection: close\r\n\r\nbad request: Content-Length line too long\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -117,6 +122,9 @@ pub struct ClientIo<S = TcpStream> {
     /// answer is out, so answers keep the requests' order (RFC 9112
     /// §9.3.2). Nothing read after it reaches hyper.
     refusal: Option<&'static [u8]>,
+    /// hyper's last write did not go through: it holds bytes of an answer
+    /// that a refusal must not overtake.
+    write_blocked: bool,
     /// Once ended, every read is end-of-file: hyper-util's protocol sniff
     /// and hyper's parser may each read again.
     ended: bool,
@@ -144,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             scan: MessageScan::default(),
             answer: None,
             refusal: None,
+            write_blocked: false,
             ended: false,
             preface_seen: 0,
             prefix: bytes::BytesMut::new(),
@@ -214,9 +223,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
-    /// With a refusal waiting: reads and drops what the client sends, so
-    /// the task is woken when more comes; Ready (end of file) once the
-    /// client closes.
+    /// With a refusal waiting: what the client sends is dropped; the
+    /// refusal goes at hyper's flush after the answers before it (see
+    /// `poll_flush`), or once nothing moved for `idle`.
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Poll::Ready(result) = self.poll_discard(cx) {
+            return Poll::Ready(result);
+        }
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.due {
+                let refusal = self.refusal.take();
+                return self.end_with(refusal, cx);
+            }
+            let due = self.due;
+            self.deadline.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+
+    /// Reads and drops what the client sends, so the task is woken when
+    /// more comes; Ready (end of file) once the client closes.
     fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.prefix.clear();
         let mut scratch = [0u8; 1024];
@@ -252,15 +278,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
                 self.armed = false;
                 return Verdict::Fine;
             }
-            // A new head starts: it must be whole within the head timeout.
-            Phase::Fresh | Phase::Idle if self.scan.at_message_start() => {
+            // The body of a request being answered (after a `100
+            // Continue`, or early): no head timeout.
+            Phase::Idle if self.scan.in_body() => self.phase.set(Phase::Request),
+            // A head starts or goes on: it must be whole within the head
+            // timeout.
+            Phase::Fresh | Phase::Idle => {
                 self.phase.set(Phase::Head);
                 self.arm(self.request_header);
             }
-            // The body of a request being answered (after a `100
-            // Continue`, or early): no head timeout.
-            Phase::Idle => self.phase.set(Phase::Request),
-            Phase::Fresh | Phase::Head | Phase::Request => {}
+            Phase::Head | Phase::Request => {}
         }
         self.scan.feed(bytes)
     }
@@ -280,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             };
         }
         if this.refusal.is_some() {
-            return this.poll_discard(cx);
+            return this.poll_held(cx);
         }
         let before = buf.filled().len();
         let read = if this.prefix.is_empty() {
@@ -297,15 +324,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                 }
                 match this.note_read(&buf.filled()[before..]) {
                     Verdict::Fine => Poll::Ready(Ok(())),
-                    Verdict::Refuse(answer) => {
-                        // hyper never sees these bytes.
-                        buf.set_filled(before);
-                        if this.phase.is_answering() {
-                            this.refusal = Some(answer);
-                            this.scan.stop();
-                            return this.poll_discard(cx);
+                    Verdict::Refuse { answer, from } => {
+                        // hyper never sees the refused head or what follows.
+                        buf.set_filled(before + from);
+                        let busy = from > 0 || this.phase.is_answering() || this.write_blocked;
+                        if !busy {
+                            return this.end_with(Some(answer), cx);
                         }
-                        this.end_with(Some(answer), cx)
+                        // Requests before it are answered first.
+                        this.refusal = Some(answer);
+                        this.scan.stop();
+                        this.arm(this.idle);
+                        match from {
+                            0 => this.poll_held(cx),
+                            _ => Poll::Ready(Ok(())),
+                        }
                     }
                 }
             }
@@ -321,10 +354,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                     }
                     return match this.phase.get() {
                         Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),
-                        Phase::Fresh | Phase::Idle => {
-                            let refusal = this.refusal.take();
-                            this.end_with(refusal, cx)
-                        }
+                        Phase::Fresh | Phase::Idle => this.end_with(None, cx),
                         Phase::Request | Phase::Http2 | Phase::Tunnel => {
                             this.armed = false;
                             Poll::Pending
@@ -366,10 +396,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // hyper flushes once its own buffer is written.
+        this.write_blocked = false;
         // hyper flushes once an answer's last bytes are written, after it
         // is done with the answer's body: a refusal behind it goes now.
-        if this.refusal.is_some() && !this.phase.is_answering() {
+        let all_answered = this.phase.answered() >= this.scan.heads;
+        if this.refusal.is_some() && !this.phase.is_answering() && all_answered {
             let refusal = this.refusal.take();
+            // hyper is to read again, and find the end of the stream.
+            cx.waker().wake_by_ref();
             if this.end_with(refusal, cx).is_pending() {
                 return Poll::Pending;
             }
@@ -387,6 +422,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     fn note_write(&mut self, result: &Poll<io::Result<usize>>) {
+        self.write_blocked = result.is_pending();
         // Answer bytes going out: the connection is idle (or streaming a
         // response) until the next head begins; a response that makes no
         // progress for `idle` also ends it, as nginx's send_timeout does.
@@ -419,6 +455,7 @@ impl<B> Answering<B> {
 impl<B> Drop for Answering<B> {
     fn drop(&mut self) {
         self.phase.1.store(false, Ordering::Relaxed);
+        self.phase.2.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -444,8 +481,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for Answering<B> {
 
 enum Verdict {
     Fine,
-    /// Refused with this answer, and the connection closed.
-    Refuse(&'static [u8]),
+    /// Refused with `answer`, and the connection closed; the refused head
+    /// starts `from` bytes into the read (0 if it began in an earlier one):
+    /// what comes before it is hyper's.
+    Refuse {
+        answer: &'static [u8],
+        from: usize,
+    },
 }
 
 /// How much of each head line [`MessageScan`] keeps: enough for a
@@ -474,6 +516,8 @@ struct MessageScan {
     transfer_encodings: u8,
     /// Lines of the current head seen; the first is the request line.
     lines: usize,
+    /// Heads seen whole (and passed to hyper).
+    heads: u64,
 }
 
 impl Default for MessageScan {
@@ -488,6 +532,7 @@ impl Default for MessageScan {
             length: None,
             transfer_encodings: 0,
             lines: 0,
+            heads: 0,
         }
     }
 }
@@ -508,6 +553,11 @@ impl MessageScan {
         self.part = Part::Stopped;
     }
 
+    /// Whether the next byte belongs to a request's body.
+    fn in_body(&self) -> bool {
+        matches!(self.part, Part::Length(_) | Part::Chunked(_))
+    }
+
     /// Whether the next byte starts a request (or an empty line before
     /// one), not a body or the rest of a head.
     fn at_message_start(&self) -> bool {
@@ -515,6 +565,9 @@ impl MessageScan {
     }
 
     fn feed(&mut self, mut bytes: &[u8]) -> Verdict {
+        let total = bytes.len();
+        // Where the head being scanned started in `bytes`.
+        let mut head_start = 0;
         while !bytes.is_empty() {
             match &mut self.part {
                 Part::Stopped => break,
@@ -533,14 +586,24 @@ impl MessageScan {
                             self.part = Part::Head;
                         }
                     }
-                    // Where this body ends is uncertain, so where the next
-                    // head starts is too: refused rather than not followed.
-                    None => return Verdict::Refuse(BAD_CHUNKED_RESPONSE),
+                    // hyper's decoder refuses it too (the scan takes what
+                    // hyper takes), answers 400 and closes.
+                    None => self.stop(),
                 },
-                Part::Head => match self.feed_head(bytes) {
-                    Ok(rest) => bytes = rest,
-                    Err(verdict) => return verdict,
-                },
+                Part::Head => {
+                    if self.at_message_start() {
+                        head_start = total - bytes.len();
+                    }
+                    match self.feed_head(bytes) {
+                        Ok(rest) => bytes = rest,
+                        Err(answer) => {
+                            return Verdict::Refuse {
+                                answer,
+                                from: head_start,
+                            }
+                        }
+                    }
+                }
             }
         }
         Verdict::Fine
@@ -549,7 +612,7 @@ impl MessageScan {
     /// Scans head lines, looking at each line's start only: the bytes
     /// between are skipped with `memchr`, so a long head costs little more
     /// than a short one. Returns what follows the head once it ends.
-    fn feed_head<'b>(&mut self, mut bytes: &'b [u8]) -> Result<&'b [u8], Verdict> {
+    fn feed_head<'b>(&mut self, mut bytes: &'b [u8]) -> Result<&'b [u8], &'static [u8]> {
         while !bytes.is_empty() {
             let (part, rest, ended) = match memchr::memchr(b'\n', bytes) {
                 Some(at) => (&bytes[..at], &bytes[at + 1..], true),
@@ -589,7 +652,7 @@ impl MessageScan {
                     // A value hyper would refuse is left to hyper; one too
                     // long to keep (its CR aside) is refused here.
                     if self.line_bytes - usize::from(self.last == b'\r') > LINE_KEPT {
-                        return Err(Verdict::Refuse(LONG_LENGTH_RESPONSE));
+                        return Err(LONG_LENGTH_RESPONSE);
                     }
                     self.length = std::str::from_utf8(&line[15..])
                         .ok()
@@ -599,7 +662,7 @@ impl MessageScan {
                 }
                 let both = self.content_lengths > 0 && self.transfer_encodings > 0;
                 if both || self.content_lengths > 1 {
-                    return Err(Verdict::Refuse(SMUGGLE_RESPONSE));
+                    return Err(SMUGGLE_RESPONSE);
                 }
                 self.lines += 1;
             }
@@ -614,7 +677,7 @@ impl MessageScan {
     fn end_head(&mut self) {
         let next = if self.transfer_encodings > 0 {
             // Chunked, or hyper refuses the request and closes.
-            Part::Chunked(crate::fast::ChunkScan::default())
+            Part::Chunked(crate::fast::ChunkScan::lenient())
         } else if self.content_lengths > 0 {
             match self.length {
                 Some(0) => Part::Head,
@@ -627,6 +690,7 @@ impl MessageScan {
         };
         *self = MessageScan {
             part: next,
+            heads: self.heads + 1,
             ..MessageScan::default()
         };
     }
@@ -640,7 +704,7 @@ mod tests {
         let mut scan = MessageScan::default();
         chunks
             .iter()
-            .any(|chunk| matches!(scan.feed(chunk), Verdict::Refuse(_)))
+            .any(|chunk| matches!(scan.feed(chunk), Verdict::Refuse { .. }))
     }
 
     #[test]
@@ -712,7 +776,7 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_are_followed_and_broken_framing_refused() {
+    fn upgrades_and_odd_chunks_are_followed() {
         let bad = &b"GET /b HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n"[..];
         // Until a 101 (which ends the scan), an upgrade is HTTP/1.1; a
         // lower-case `connect` is an ordinary method.
@@ -724,15 +788,15 @@ mod tests {
             assert!(scan(&[first, bad]), "{}", String::from_utf8_lossy(first));
             assert!(!scan(&[first]), "{}", String::from_utf8_lossy(first));
         }
-        // Chunk sizes with leading zeros are sizes; a broken chunked body
-        // is refused (where the next head starts is unknown).
+        // Chunk sizes with leading zeros are sizes, and extensions hold
+        // what hyper takes; a broken chunked body is left to hyper, which
+        // refuses it and closes.
         let zeros = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
-            0000000000000000005\r\nhello\r\n0\r\n\r\n";
+            0000000000000000005;a=\x01\r\nhello\r\n0\r\n\r\n";
         assert!(!scan(&[zeros]));
         assert!(scan(&[zeros, bad]));
-        assert!(scan(&[
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
-        ]));
+        let broken = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert!(!scan(&[broken, bad]));
         // A length line too long to keep is refused rather than not
         // followed; one that fits, with its CR, is not.
         assert!(scan(&[

@@ -1024,6 +1024,9 @@ pub(crate) struct ChunkScan {
     state: ChunkState,
     size: u64,
     digits: u8,
+    /// Extensions may hold any byte but CR and LF, as hyper's decoder
+    /// takes them (for following a request body as hyper reads it).
+    lenient: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -1050,6 +1053,14 @@ fn field_byte(b: u8) -> bool {
 }
 
 impl ChunkScan {
+    /// A scan that takes the chunk extensions hyper takes.
+    pub(crate) fn lenient() -> ChunkScan {
+        ChunkScan {
+            lenient: true,
+            ..ChunkScan::default()
+        }
+    }
+
     /// Scans `bytes`; returns how many belong to the body (all of them,
     /// unless its end is among them), or None if the framing is broken.
     pub(crate) fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
@@ -1099,7 +1110,9 @@ impl ChunkScan {
                     ChunkState::SizeLf
                 }
                 (ChunkState::Extension, b'\r') => ChunkState::SizeLf,
-                (ChunkState::Extension, b) if field_byte(b) => ChunkState::Extension,
+                (ChunkState::Extension, b) if field_byte(b) || (self.lenient && b != b'\n') => {
+                    ChunkState::Extension
+                }
                 (ChunkState::SizeLf, b'\n') => {
                     self.digits = 0;
                     if self.size == 0 {
