@@ -7,15 +7,17 @@
 //! ends after the idle timeout however its sides are stuck; a refused
 //! head behind a body leaves the body to hyper, a broken chunk in the
 //! body being read is answered, and a head finished after an answer is
-//! still timed. Each test failed on 299060c or f0693dd (two reviews'
-//! findings).
+//! still timed; a held refusal never replaces or splits an answer, nor
+//! follows one that closes, and an answer nobody reads ends after the
+//! idle timeout. Each test failed on 299060c, f0693dd or 9628135 (three
+//! reviews' findings).
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The request targets a test upstream received, in order.
@@ -488,4 +490,217 @@ async fn a_pipelined_head_finished_after_the_answer_still_times_out() {
         "a head left unfinished for 5 s (head timeout 300 ms, idle 500 ms) is still open: {text:?}"
     );
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+}
+
+/// A raw upstream that answers every request with a 200 whose body
+/// (`Content-Length`, 1 GiB of `x`) it writes until a write fails, then
+/// reports on `ended`: the proxy has given the connection up.
+async fn flooding_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (ended, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                support::read_head(&mut stream).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n";
+                let chunk = vec![b'x'; 64 * 1024];
+                if stream.write_all(head).await.is_ok() {
+                    while stream.write_all(&chunk).await.is_ok() {}
+                }
+                let _ = ended.send(());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_held_refusal_does_not_take_the_place_of_a_slow_answer() {
+    // The first request (sent to hyper by `TE: trailers`) waits on an
+    // upstream slower than `idle`, which on its own is fine: in
+    // `Phase::Request` the idle timer disarms itself and the answer comes
+    // when the upstream's does (`response_header` is 10 s). An ambiguous
+    // head pipelined behind it is held (`refusal`), and `poll_held` arms
+    // `idle` for it; when that fires, `end_with` writes the 400 at once,
+    // while the first answer is still being made, and the end-of-file
+    // hyper reads then kills that answer. The client takes the 400 for the
+    // answer to its first request. Expected: the 200, then the 400.
+    let mut upstream = held_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst").await;
+    let timeouts = json!({"request_header": "300ms", "idle": "500ms", "response_header": "10s"});
+    let proxy = support::proxy_to("slow", upstream.addr, json!({"timeouts": timeouts}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
+        .await
+        .expect("write first");
+    let head = upstream
+        .arrived
+        .recv()
+        .await
+        .expect("the first request upstream");
+    assert!(head.starts_with("GET /first "), "{head:?}");
+    stream.write_all(AMBIGUOUS).await.expect("write second");
+    // The scenario: the upstream takes six idle timeouts to answer.
+    let mut buf = Vec::new();
+    let early = tokio::time::timeout(
+        Duration::from_secs(3),
+        support::read_response(&mut stream, &mut buf, false),
+    )
+    .await;
+    if let Ok(early) = early {
+        panic!(
+            "answered {} before the upstream answered the first request",
+            early.status
+        );
+    }
+    upstream.release.send(()).expect("upstream still there");
+    let first = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!((first.status, &first.body[..]), (200, &b"first"[..]));
+    let second = support::read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(second.status, 400, "{:?}", second.head);
+}
+
+#[tokio::test]
+async fn a_held_refusal_is_not_spliced_into_a_response_body() {
+    // The client stops reading a large answer and pipelines an ambiguous
+    // head; hyper reads it while the body streams (`is_answering`), so
+    // the refusal is held. After `idle` with no progress the connection
+    // may well end (nginx's send_timeout), but `poll_held` writes the 400
+    // then, straight to the socket, ahead of the body bytes hyper still
+    // holds: once the client reads again it finds `HTTP/1.1 400` in the
+    // middle of the 200's body. Expected: body bytes only, then the close.
+    let (addr, _ended) = flooding_upstream().await;
+    let timeouts = json!({"request_header": "300ms", "idle": "500ms"});
+    let proxy = support::proxy_to("big", addr, json!({"timeouts": timeouts}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
+        .await
+        .expect("write first");
+    // The answer has started: its head and some body.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.expect("read head");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..20]);
+    stream.write_all(AMBIGUOUS).await.expect("write second");
+    // The scenario: the client reads nothing for four idle timeouts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rest, closed) = support::read_until_close(&mut stream, Duration::from_secs(10)).await;
+    got.extend_from_slice(&rest);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let body = &got[head_end..];
+    let foreign = body.iter().position(|&b| b != b'x');
+    assert!(
+        closed,
+        "still open after the client read {} bytes",
+        got.len()
+    );
+    if let Some(at) = foreign {
+        let end = (at + 40).min(body.len());
+        panic!(
+            "after {at} body bytes of the 200: {:?}",
+            String::from_utf8_lossy(&body[at..end])
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_the_scan_cannot_follow_is_refused_and_nothing_after_it_read() {
+    // hyper's chunked decoder takes any byte in a trailer section but CR,
+    // and httparse ends a field line at a bare LF, so `0\r\nX: a\n\r\n\r\n`
+    // is a valid end to hyper; the scan does not take it, so it cannot
+    // tell where the next head starts. It fails closed: hyper reads
+    // nothing past that point, answers the request 400 (its body did not
+    // end), and the ambiguous request behind it never goes upstream.
+    let upstream = support::upstream("web").await;
+    let proxy = support::proxy(&support::pool_config("web", upstream.addr, json!({})));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut sent = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\nX: a\n\r\n\r\n"
+        .to_vec();
+    sent.extend_from_slice(AMBIGUOUS);
+    stream.write_all(&sent).await.expect("write");
+    let (out, closed) = support::read_until_close(&mut stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&out);
+    let responses = support::parse_responses(&out, &[]);
+    assert_eq!(responses.len(), 1, "{text:?}");
+    assert_eq!(responses[0].status, 400, "{text:?}");
+    assert!(closed, "{text:?}");
+    assert!(
+        upstream.requests().is_empty(),
+        "forwarded: {:?}",
+        upstream.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_not_appended_to_a_close_delimited_answer() {
+    // An HTTP/1.0 request and an ambiguous one behind it, in one write.
+    // The upstream answers chunked, so hyper answers the HTTP/1.0 client
+    // with a body delimited by the close. The refusal is held (`from >
+    // 0`); at hyper's flush after that body, `answered() >= heads` holds
+    // and the 400 is written, as more bytes of that body: the client's
+    // body ends in `HTTP/1.1 400 Bad Request ...`. hyper was closing the
+    // connection anyway (HTTP/1.0 without keep-alive: nothing after the
+    // first answer is served). Expected: the body is the upstream's.
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n",
+        support::After::Again,
+    )
+    .await;
+    let proxy = support::proxy_to("chunked", upstream.addr, json!({}));
+    let (out, closed) = support::raw_exchange_until_close(
+        proxy.addr,
+        &[&b"GET /first HTTP/1.0\r\nHost: x\r\n\r\n"[..], AMBIGUOUS].concat(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed, "{text:?}");
+    assert!(text.starts_with("HTTP/1.0 200"), "{text:?}");
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(
+        !head.contains("content-length") && !head.contains("transfer-encoding"),
+        "not the close-delimited answer this test is about: {text:?}"
+    );
+    assert!(text.ends_with("\r\n\r\nfirst"), "{text:?}");
+}
+
+#[tokio::test]
+async fn a_stalled_answer_ends_after_idle_even_with_a_pipelined_head_buffered() {
+    // "A response that makes no progress for `idle` also ends it, as
+    // nginx's send_timeout does": the timer is only looked at in
+    // `ClientIo::poll_read`, and hyper reads while it answers only to
+    // detect an end of file, and only with nothing buffered
+    // (`mid_message_detect_eof`). A client that pipelines the start of a
+    // second head behind its request and then stops reading leaves bytes
+    // in hyper's buffer: hyper never reads again, the timer is never
+    // looked at, and the connection, the upstream's and the upstream's
+    // writes stay stuck for good. Expected: the upstream's writes fail
+    // once the proxy gives up after `idle`, as they do without the
+    // pipelined bytes.
+    let (addr, mut ended) = flooding_upstream().await;
+    let timeouts = json!({"request_header": "300ms", "idle": "500ms"});
+    let proxy = support::proxy_to("big", addr, json!({"timeouts": timeouts}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\nGET /next HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let closed = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await;
+    assert!(
+        matches!(closed, Ok(Some(()))),
+        "a stalled answer is still being sent after 10 idle timeouts"
+    );
 }

@@ -11,9 +11,12 @@
 //!   such a request is how smuggling starts, so it is never forwarded.
 //!
 //!   Every head is checked, pipelined ones too: the scan follows the
-//!   requests' framing as hyper does (a chunked body it cannot follow,
-//!   hyper refuses too). A refused head's answer comes after the answers
-//!   to the requests before it, in order.
+//!   requests' framing as hyper does; hyper reads nothing past a chunked
+//!   body the scan cannot follow (it might read on), and answers it 400. A refusal comes after the
+//!   answers to the requests before it, in order, or not at all after one
+//!   that closes the connection.
+//! - An answer the client does not read for `idle` ends the connection
+//!   (nginx's `send_timeout`).
 //! - An upgraded connection (a WebSocket) is a tunnel: no head checks or
 //!   head timeout; it ends after `idle` with no bytes either way
 //!   (`forward::tunnel`).
@@ -23,7 +26,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 /// Both run on one worker thread; the atomic is only there because hyper
 /// wants an upgradeable connection's socket to be `Send`.
 #[derive(Default)]
-pub struct ConnPhase(AtomicU8, AtomicBool, AtomicU64);
+pub struct ConnPhase(AtomicU8, AtomicU64);
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[repr(u8)]
@@ -63,19 +66,12 @@ impl ConnPhase {
     pub fn request_started(&self) {
         if self.get() != Phase::Http2 {
             self.set(Phase::Request);
-            self.1.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// Whether an answer is being made or sent: from the request's start
-    /// until its body is done with ([`Answering`]).
-    fn is_answering(&self) -> bool {
-        self.1.load(Ordering::Relaxed)
     }
 
     /// Answers done with ([`Answering`] dropped).
     fn answered(&self) -> u64 {
-        self.2.load(Ordering::Relaxed)
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Called by the service when it answers `101 Switching Protocols`.
@@ -118,10 +114,10 @@ pub struct ClientIo<S = TcpStream> {
     scan: MessageScan,
     /// A local answer being written before the connection ends.
     answer: Option<(&'static [u8], usize)>,
-    /// A refusal found while an answer was under way: written once that
-    /// answer is out, so answers keep the requests' order (RFC 9112
-    /// §9.3.2). Nothing read after it reaches hyper.
-    refusal: Option<&'static [u8]>,
+    /// A refusal found while answers were under way: written once they are
+    /// out, so answers keep the requests' order (RFC 9112 §9.3.2). Nothing
+    /// read after it reaches hyper.
+    refusal: Option<Held>,
     /// hyper's last write did not go through: it holds bytes of an answer
     /// that a refusal must not overtake.
     write_blocked: bool,
@@ -232,13 +228,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
         while self.deadline.as_mut().poll(cx).is_ready() {
             if Instant::now() >= self.due {
-                let refusal = self.refusal.take();
-                return self.end_with(refusal, cx);
+                if self.may_end() {
+                    let held = self.refusal.take().and_then(|held| held.answer);
+                    return self.end_with(held, cx);
+                }
+                if self.write_blocked {
+                    // The client stopped reading for `idle`: no room for a
+                    // word, the connection just ends.
+                    self.refusal = None;
+                    return self.end_with(None, cx);
+                }
+                // An answer still being made (a slow upstream): its own
+                // timeouts end it.
+                self.arm(self.idle);
+                continue;
             }
             let due = self.due;
             self.deadline.as_mut().reset(due);
         }
         Poll::Pending
+    }
+
+    /// Whether a held refusal may go now: the answers before it are done
+    /// with, and hyper has written all it had.
+    fn may_end(&self) -> bool {
+        self.refusal
+            .is_some_and(|held| self.phase.answered() >= held.after && !self.write_blocked)
+    }
+
+    /// Whether the answer being written made no progress for the timeout
+    /// (nginx's `send_timeout`); if not, `cx` is woken when it may have.
+    fn write_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed || matches!(self.phase.get(), Phase::Http2 | Phase::Tunnel) {
+            return false;
+        }
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.due {
+                return true;
+            }
+            let due = self.due;
+            self.deadline.as_mut().reset(due);
+        }
+        false
     }
 
     /// Reads and drops what the client sends, so the task is woken when
@@ -324,16 +355,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                 }
                 match this.note_read(&buf.filled()[before..]) {
                     Verdict::Fine => Poll::Ready(Ok(())),
-                    Verdict::Refuse { answer, from } => {
-                        // hyper never sees the refused head or what follows.
+                    Verdict::Refuse { answer, from, body } => {
+                        // hyper never sees the refused bytes or what follows.
                         buf.set_filled(before + from);
-                        let busy = from > 0 || this.phase.is_answering() || this.write_blocked;
-                        if !busy {
-                            return this.end_with(Some(answer), cx);
-                        }
-                        // Requests before it are answered first.
-                        this.refusal = Some(answer);
                         this.scan.stop();
+                        if body {
+                            // The body being read is broken: hyper finds
+                            // its end here and answers the request (400).
+                            this.ended = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                        // The requests before it are answered first.
+                        this.refusal = Some(Held {
+                            answer: (!this.scan.closing).then_some(answer),
+                            after: this.scan.heads,
+                        });
+                        if from == 0 && this.may_end() {
+                            let held = this.refusal.take().and_then(|held| held.answer);
+                            return this.end_with(held, cx);
+                        }
                         this.arm(this.idle);
                         match from {
                             0 => this.poll_held(cx),
@@ -376,6 +416,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.note_write(&result);
+        if result.is_pending() && this.write_timed_out(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
         result
     }
 
@@ -387,6 +430,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         this.note_write(&result);
+        if result.is_pending() && this.write_timed_out(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
         result
     }
 
@@ -400,12 +446,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         this.write_blocked = false;
         // hyper flushes once an answer's last bytes are written, after it
         // is done with the answer's body: a refusal behind it goes now.
-        let all_answered = this.phase.answered() >= this.scan.heads;
-        if this.refusal.is_some() && !this.phase.is_answering() && all_answered {
-            let refusal = this.refusal.take();
+        if this.may_end() {
+            let held = this.refusal.take().and_then(|held| held.answer);
             // hyper is to read again, and find the end of the stream.
             cx.waker().wake_by_ref();
-            if this.end_with(refusal, cx).is_pending() {
+            if this.end_with(held, cx).is_pending() {
                 return Poll::Pending;
             }
         }
@@ -439,6 +484,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     }
 }
 
+/// A refusal waiting for the answers before it.
+#[derive(Clone, Copy)]
+struct Held {
+    /// None: the connection just ends (a request before it asked to
+    /// close, so nothing may follow its answer).
+    answer: Option<&'static [u8]>,
+    /// How many answers must be done with first.
+    after: u64,
+}
+
 /// A response body that tells its connection's [`ConnPhase`] when it is
 /// done with (dropped): a refusal waiting behind the answer may go then.
 pub struct Answering<B> {
@@ -454,8 +509,7 @@ impl<B> Answering<B> {
 
 impl<B> Drop for Answering<B> {
     fn drop(&mut self) {
-        self.phase.1.store(false, Ordering::Relaxed);
-        self.phase.2.fetch_add(1, Ordering::Relaxed);
+        self.phase.1.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -483,10 +537,13 @@ enum Verdict {
     Fine,
     /// Refused with `answer`, and the connection closed; the refused head
     /// starts `from` bytes into the read (0 if it began in an earlier one):
-    /// what comes before it is hyper's.
+    /// what comes before it is hyper's. With `body`, the body being read
+    /// broke there instead: hyper answers for it.
     Refuse {
         answer: &'static [u8],
         from: usize,
+        /// The body being read broke, not a head.
+        body: bool,
     },
 }
 
@@ -518,6 +575,15 @@ struct MessageScan {
     lines: usize,
     /// Heads seen whole (and passed to hyper).
     heads: u64,
+    /// One of them asked to close the connection after its answer.
+    closing: bool,
+    /// The current head is HTTP/1.0, has `Connection: close`, has
+    /// `Connection: keep-alive`.
+    http10: bool,
+    asks_close: bool,
+    keeps_alive: bool,
+    /// The current line's last bytes so far, the last in the low byte.
+    tail: u128,
 }
 
 impl Default for MessageScan {
@@ -533,6 +599,11 @@ impl Default for MessageScan {
             transfer_encodings: 0,
             lines: 0,
             heads: 0,
+            closing: false,
+            http10: false,
+            asks_close: false,
+            keeps_alive: false,
+            tail: 0,
         }
     }
 }
@@ -586,9 +657,16 @@ impl MessageScan {
                             self.part = Part::Head;
                         }
                     }
-                    // hyper's decoder refuses it too (the scan takes what
-                    // hyper takes), answers 400 and closes.
-                    None => self.stop(),
+                    // Where the body ends, and the next head starts, is
+                    // unknown: hyper reads no further (it may take what
+                    // the scan does not).
+                    None => {
+                        return Verdict::Refuse {
+                            answer: b"",
+                            from: total - bytes.len(),
+                            body: true,
+                        }
+                    }
                 },
                 Part::Head => {
                     if self.at_message_start() {
@@ -600,6 +678,7 @@ impl MessageScan {
                             return Verdict::Refuse {
                                 answer,
                                 from: head_start,
+                                body: false,
                             }
                         }
                     }
@@ -630,6 +709,9 @@ impl MessageScan {
             if let Some(&last) = part.last() {
                 self.last = last;
             }
+            for &b in &part[part.len().saturating_sub(9)..] {
+                self.tail = (self.tail << 8) | u128::from(b);
+            }
             bytes = rest;
             if !ended {
                 break;
@@ -642,6 +724,8 @@ impl MessageScan {
                 // §2.2), as hyper does.
                 if !empty {
                     self.lines = 1;
+                    self.http10 =
+                        ends_with(self.tail, b"HTTP/1.0\r") || ends_with(self.tail, b"HTTP/1.0");
                 }
             } else if empty {
                 self.end_head();
@@ -659,6 +743,10 @@ impl MessageScan {
                         .and_then(|v| v.trim_ascii().parse().ok());
                 } else if line.starts_with(b"transfer-encoding:") {
                     self.transfer_encodings = self.transfer_encodings.saturating_add(1);
+                } else if line.starts_with(b"connection:") {
+                    let has = |token: &[u8]| line.windows(token.len()).any(|w| w == token);
+                    self.asks_close |= has(b"close");
+                    self.keeps_alive |= has(b"keep-alive");
                 }
                 let both = self.content_lengths > 0 && self.transfer_encodings > 0;
                 if both || self.content_lengths > 1 {
@@ -669,6 +757,7 @@ impl MessageScan {
             self.line_len = 0;
             self.line_bytes = 0;
             self.last = 0;
+            self.tail = 0;
         }
         Ok(bytes)
     }
@@ -688,12 +777,22 @@ impl MessageScan {
         } else {
             Part::Head
         };
+        let closes = self.asks_close || (self.http10 && !self.keeps_alive);
         *self = MessageScan {
             part: next,
             heads: self.heads + 1,
+            closing: self.closing || closes,
             ..MessageScan::default()
         };
     }
+}
+
+/// Whether `tail` (a line's last bytes, see [`MessageScan`]) ends with
+/// `suffix` (at most 16 bytes).
+fn ends_with(tail: u128, suffix: &[u8]) -> bool {
+    let value = suffix.iter().fold(0u128, |v, &b| (v << 8) | u128::from(b));
+    let mask = u128::MAX >> (128 - 8 * suffix.len());
+    tail & mask == value
 }
 
 #[cfg(test)]
@@ -776,7 +875,7 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_and_odd_chunks_are_followed() {
+    fn upgrades_and_odd_chunks_are_followed_and_broken_ones_refused() {
         let bad = &b"GET /b HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n"[..];
         // Until a 101 (which ends the scan), an upgrade is HTTP/1.1; a
         // lower-case `connect` is an ordinary method.
@@ -789,14 +888,14 @@ mod tests {
             assert!(!scan(&[first]), "{}", String::from_utf8_lossy(first));
         }
         // Chunk sizes with leading zeros are sizes, and extensions hold
-        // what hyper takes; a broken chunked body is left to hyper, which
-        // refuses it and closes.
+        // what hyper takes; a chunked body the scan cannot follow is
+        // refused, since hyper might read on past it.
         let zeros = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
             0000000000000000005;a=\x01\r\nhello\r\n0\r\n\r\n";
         assert!(!scan(&[zeros]));
         assert!(scan(&[zeros, bad]));
         let broken = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert!(!scan(&[broken, bad]));
+        assert!(scan(&[broken]));
         // A length line too long to keep is refused rather than not
         // followed; one that fits, with its CR, is not.
         assert!(scan(&[
