@@ -226,27 +226,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         if let Poll::Ready(result) = self.poll_discard(cx) {
             return Poll::Ready(result);
         }
+        while self.deadline_passed(cx) {
+            if self.may_end() {
+                let held = self.refusal.take().and_then(|held| held.answer);
+                return self.end_with(held, cx);
+            }
+            if self.write_blocked {
+                // The client stopped reading for `idle`: no room for a
+                // word, the connection just ends.
+                self.refusal = None;
+                return self.end_with(None, cx);
+            }
+            // An answer still being made (a slow upstream): its own
+            // timeouts end it.
+            self.arm(self.idle);
+        }
+        Poll::Pending
+    }
+
+    /// Whether the current phase's deadline has passed; if not, `cx` is
+    /// woken when it may have (a timer that fired for an earlier phase's
+    /// deadline is moved on).
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
         while self.deadline.as_mut().poll(cx).is_ready() {
             if Instant::now() >= self.due {
-                if self.may_end() {
-                    let held = self.refusal.take().and_then(|held| held.answer);
-                    return self.end_with(held, cx);
-                }
-                if self.write_blocked {
-                    // The client stopped reading for `idle`: no room for a
-                    // word, the connection just ends.
-                    self.refusal = None;
-                    return self.end_with(None, cx);
-                }
-                // An answer still being made (a slow upstream): its own
-                // timeouts end it.
-                self.arm(self.idle);
-                continue;
+                return true;
             }
             let due = self.due;
             self.deadline.as_mut().reset(due);
         }
-        Poll::Pending
+        false
     }
 
     /// Whether a held refusal may go now: the answers before it are done
@@ -259,17 +268,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// Whether the answer being written made no progress for the timeout
     /// (nginx's `send_timeout`); if not, `cx` is woken when it may have.
     fn write_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.armed || matches!(self.phase.get(), Phase::Http2 | Phase::Tunnel) {
-            return false;
-        }
-        while self.deadline.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= self.due {
-                return true;
-            }
-            let due = self.due;
-            self.deadline.as_mut().reset(due);
-        }
-        false
+        self.armed
+            && !matches!(self.phase.get(), Phase::Http2 | Phase::Tunnel)
+            && self.deadline_passed(cx)
     }
 
     /// Reads and drops what the client sends, so the task is woken when
@@ -384,14 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
-                if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
-                    if Instant::now() < this.due {
-                        // Fired for an earlier phase's deadline: wait on.
-                        let due = this.due;
-                        this.deadline.as_mut().reset(due);
-                        let _ = this.deadline.as_mut().poll(cx);
-                        return Poll::Pending;
-                    }
+                if this.armed && this.deadline_passed(cx) {
                     return match this.phase.get() {
                         Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),
                         Phase::Fresh | Phase::Idle => this.end_with(None, cx),
