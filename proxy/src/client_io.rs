@@ -466,13 +466,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         // response) until the next head begins; a response that makes no
         // progress for `idle` also ends it, as nginx's send_timeout does.
         if let Poll::Ready(Ok(n)) = result {
-            match self.phase.get() {
-                _ if *n == 0 => {}
-                Phase::Request | Phase::Idle => {
-                    self.phase.set(Phase::Idle);
-                    self.arm(self.idle);
-                }
-                _ => {}
+            if *n > 0 && matches!(self.phase.get(), Phase::Request | Phase::Idle) {
+                self.phase.set(Phase::Idle);
+                self.arm(self.idle);
             }
         }
     }
