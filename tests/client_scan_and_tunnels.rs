@@ -220,61 +220,6 @@ async fn a_tunnel_whose_client_stops_reading_ends_after_idle() {
     );
 }
 
-#[tokio::test]
-async fn an_ambiguous_request_pipelined_during_a_slow_answer_does_not_take_its_place() {
-    // The scan also runs while a request is served, as hyper reads then
-    // (it looks for the client's EOF). A refusal found there must wait
-    // for the answer under way: answers keep the requests' order (RFC
-    // 9112 §9.3.2), the first request's 200, then the 400.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            return;
-        };
-        let head = support::read_head(&mut stream).await;
-        let _ = arrived_tx.send(String::from_utf8_lossy(&head).into_owned());
-        let _ = released.await;
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
-            .await;
-        let mut rest = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await;
-    });
-    let proxy = support::proxy_to("slow", addr, json!({}));
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    // `TE: trailers` sends it to hyper.
-    stream
-        .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
-        .await
-        .expect("write first");
-    let head = arrived.await.expect("the first request upstream");
-    assert!(head.starts_with("GET /first "), "{head:?}");
-    stream.write_all(AMBIGUOUS).await.expect("write second");
-    let mut buf = Vec::new();
-    // Nothing may come before the upstream answers the first request.
-    let early = tokio::time::timeout(
-        Duration::from_secs(2),
-        support::read_response(&mut stream, &mut buf, false),
-    )
-    .await;
-    if let Ok(early) = early {
-        panic!(
-            "answered before the upstream answered the first request: {:?}",
-            early.head
-        );
-    }
-    let _ = release.send(());
-    let first = support::read_response(&mut stream, &mut buf, false).await;
-    assert_eq!((first.status, &first.body[..]), (200, &b"first"[..]));
-    let second = support::read_response(&mut stream, &mut buf, false).await;
-    assert_eq!(second.status, 400, "{:?}", second.head);
-}
-
 /// A raw upstream for one connection: reports each request head, then
 /// answers it with `reply` once released.
 struct HeldUpstream {
