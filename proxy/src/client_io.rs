@@ -356,16 +356,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                 }
                 match this.note_read(&buf.filled()[before..]) {
                     Verdict::Fine => Poll::Ready(Ok(())),
-                    Verdict::Refuse { answer, from, body } => {
-                        // hyper never sees the refused bytes or what follows.
+                    Verdict::BodyBroken { from } => {
+                        // hyper finds the body's end here and answers the
+                        // request (400); it reads nothing after.
                         buf.set_filled(before + from);
                         this.scan.stop();
-                        if body {
-                            // The body being read is broken: hyper finds
-                            // its end here and answers the request (400).
-                            this.ended = true;
-                            return Poll::Ready(Ok(()));
-                        }
+                        this.ended = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Verdict::Refuse { answer, from } => {
+                        // hyper never sees the refused head or what follows.
+                        buf.set_filled(before + from);
+                        this.scan.stop();
                         // The requests before it are answered first.
                         this.refusal = Some(Held {
                             answer: (!this.scan.closing).then_some(answer),
@@ -527,13 +529,15 @@ enum Verdict {
     Fine,
     /// Refused with `answer`, and the connection closed; the refused head
     /// starts `from` bytes into the read (0 if it began in an earlier one):
-    /// what comes before it is hyper's. With `body`, the body being read
-    /// broke there instead: hyper answers for it.
+    /// what comes before it is hyper's.
     Refuse {
         answer: &'static [u8],
         from: usize,
-        /// The body being read broke, not a head.
-        body: bool,
+    },
+    /// The chunked body being read cannot be followed past `from` bytes
+    /// into the read: hyper gets what comes before, and then its end.
+    BodyBroken {
+        from: usize,
     },
 }
 
@@ -651,10 +655,8 @@ impl MessageScan {
                     // unknown: hyper reads no further (it may take what
                     // the scan does not).
                     None => {
-                        return Verdict::Refuse {
-                            answer: b"",
+                        return Verdict::BodyBroken {
                             from: total - bytes.len(),
-                            body: true,
                         }
                     }
                 },
@@ -668,7 +670,6 @@ impl MessageScan {
                             return Verdict::Refuse {
                                 answer,
                                 from: head_start,
-                                body: false,
                             }
                         }
                     }
@@ -793,7 +794,7 @@ mod tests {
         let mut scan = MessageScan::default();
         chunks
             .iter()
-            .any(|chunk| matches!(scan.feed(chunk), Verdict::Refuse { .. }))
+            .any(|chunk| !matches!(scan.feed(chunk), Verdict::Fine))
     }
 
     #[test]
