@@ -467,3 +467,73 @@ async fn an_idempotent_request_on_a_connection_the_upstream_is_closing_goes_agai
     assert_eq!(send("POST").await, 502);
     assert_eq!(unanswered.load(Ordering::SeqCst), 2);
 }
+
+/// An upstream that takes one request head, says so, and then never
+/// answers: it reports when the proxy closes the connection.
+async fn unanswering_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = events.send("closed");
+                            return;
+                        }
+                        Ok(n) => {
+                            let had_head = seen.windows(4).any(|w| w == b"\r\n\r\n");
+                            seen.extend_from_slice(&buf[..n]);
+                            if !had_head && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                                let _ = events.send("request");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, receiver)
+}
+
+/// A client that leaves while its request waits for the upstream's answer
+/// ends the exchange: the upstream connection is closed at once (nginx's
+/// 499), not held until the response-header timeout (60 s here), on the
+/// fast path (a GET) and on hyper's (a chunked POST).
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_closes_the_upstream_connection() {
+    let (addr, mut events) = unanswering_upstream().await;
+    let proxy = support::proxy_to(
+        "slow",
+        addr,
+        json!({"timeouts": {"response_header": "60s", "connect": "2s", "drain": "1s"}}),
+    );
+    let requests: [&[u8]; 2] = [
+        b"GET /wait HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /wait HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    ];
+    for request in requests {
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        client.write_all(request).await.expect("send");
+        let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        assert_eq!(first.ok().flatten(), Some("request"));
+        drop(client);
+        // Bounded well below the 60 s the proxy would otherwise wait.
+        let next = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        assert_eq!(
+            next.ok().flatten(),
+            Some("closed"),
+            "the upstream connection outlived its client ({})",
+            String::from_utf8_lossy(&request[..4])
+        );
+    }
+}

@@ -1333,8 +1333,17 @@ where
             table: &table,
             deadline: upstream_deadline,
         };
-        let (endpoint, sent) =
-            exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms).await;
+        let exchanged = unless_client_leaves(
+            &mut stream,
+            &mut input,
+            exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms),
+        )
+        .await;
+        let Some((endpoint, sent)) = exchanged else {
+            tracing::debug!(client = %client.peer, "client closed the connection before its answer");
+            proxy.raw.upstream_buffers.give(upstream_buffer);
+            return Outcome::Closed;
+        };
         let (mut upstream, head) = match sent {
             Ok(exchanged) => exchanged,
             Err(failed) => {
@@ -1379,6 +1388,42 @@ where
             return Outcome::Closed;
         }
     }
+}
+
+/// `work`'s output, or None if the client closed its connection (or it
+/// broke) first. The exchange is then dropped, which closes its upstream
+/// connection: the answer has nowhere to go (nginx's 499; hyper's side,
+/// with half-closes off, does the same). Bytes the client sends meanwhile,
+/// a pipelined request, are kept in `input` and end the watch.
+///
+/// On a TCP stream the watch costs no system call: tokio cleared the read
+/// readiness when the request's read came up short.
+async fn unless_client_leaves<S: AsyncRead + Unpin, F: Future>(
+    client: &mut S,
+    input: &mut BytesMut,
+    work: F,
+) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    let mut watching = input.is_empty();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if watching {
+            let mut bytes = [MaybeUninit::<u8>::uninit(); 1024];
+            let mut read = tokio::io::ReadBuf::uninit(&mut bytes);
+            match Pin::new(&mut *client).poll_read(cx, &mut read) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    input.extend_from_slice(read.filled());
+                    watching = false;
+                }
+                Poll::Ready(_) => return Poll::Ready(None),
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// How long a closing client connection is read on (see [`close_client`]).
