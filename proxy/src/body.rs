@@ -10,9 +10,10 @@
 //!   upstream body ends, its connection goes back to the worker's pool.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -93,8 +94,81 @@ pub enum RequestBody {
         seen: u64,
         /// The body limit.
         limit: u64,
+        /// How it moves, for the exchange's timeout.
+        sending: Arc<Sending>,
     },
 }
+
+impl RequestBody {
+    /// A body over the read-ahead size: `prefix`, then the rest of `rest`.
+    pub fn stream(prefix: Bytes, rest: ClientBody, limit: u64) -> RequestBody {
+        RequestBody::Stream {
+            seen: prefix.len() as u64,
+            prefix: Some(prefix),
+            rest,
+            limit,
+            sending: Arc::new(Sending::new()),
+        }
+    }
+
+    /// A streamed body's progress; None for a body sent whole.
+    pub fn sending(&self) -> Option<Arc<Sending>> {
+        match self {
+            RequestBody::Stream { sending, .. } => Some(Arc::clone(sending)),
+            _ => None,
+        }
+    }
+}
+
+/// A streamed request body's progress, shared with the exchange that sends
+/// it. The upstream's time for an answer runs from the body's end (nginx's
+/// `proxy_read_timeout` starts once the request is sent), and while the
+/// body streams, from the upstream's last take of it (`proxy_send_timeout`):
+/// a long upload is not cut off. Time the body waits for the client is the
+/// client's (`client_io` times it out), not the upstream's.
+#[derive(Debug)]
+pub struct Sending {
+    base: std::time::Instant,
+    /// Milliseconds from `base` to the upstream's last take of the body.
+    last_ms: AtomicU64,
+    /// The body waits for the client's bytes.
+    waiting_for_client: AtomicBool,
+}
+
+impl Sending {
+    fn new() -> Sending {
+        Sending {
+            base: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting_for_client: AtomicBool::new(false),
+        }
+    }
+
+    /// The upstream took (asked for) more of the body.
+    fn taken(&self, waiting_for_client: bool) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+        self.waiting_for_client
+            .store(waiting_for_client, Ordering::Relaxed);
+    }
+
+    /// When the upstream has had `after` since its last take of the body;
+    /// None while the body waits for the client.
+    pub fn due(&self, after: Duration) -> Option<std::time::Instant> {
+        if self.waiting_for_client.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.base + last + after)
+    }
+}
+
+/// A streamed request body broke on the client's side: it closed, reset
+/// its stream, sent a malformed chunk or stopped sending. The upstream is
+/// not to blame for the failed exchange.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body broke off")]
+pub struct ClientBodyFailed(#[source] pub BoxError);
 
 /// Error for a streamed body that grows over its limit.
 #[derive(Debug, thiserror::Error)]
@@ -125,11 +199,15 @@ impl Body for RequestBody {
                 rest,
                 seen,
                 limit,
+                sending,
             } => {
                 if let Some(prefix) = prefix.take() {
+                    sending.taken(false);
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
-                match Pin::new(rest).poll_frame(cx) {
+                let frame = Pin::new(rest).poll_frame(cx);
+                sending.taken(frame.is_pending());
+                match frame {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             *seen += data.len() as u64;
@@ -141,7 +219,9 @@ impl Body for RequestBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+                    Poll::Ready(Some(Err(err))) => {
+                        Poll::Ready(Some(Err(Box::new(ClientBodyFailed(err)))))
+                    }
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }

@@ -22,6 +22,9 @@
 //!   (`forward::tunnel`).
 //! - Bytes that continue a request being answered (its body after a
 //!   `100 Continue`) are not a new head: no head timeout for them.
+//! - A request body the client stops sending fails after `idle` without a
+//!   byte (nginx's `client_body_timeout`): the request is answered `408`,
+//!   and the upstream, if the body was streaming to it, is not blamed.
 
 use std::future::Future;
 use std::io;
@@ -127,6 +130,8 @@ pub struct ClientIo<S = TcpStream> {
     preface_seen: usize,
     /// Bytes read before hyper took over (by the fast path), read first.
     prefix: bytes::BytesMut,
+    /// hyper waits for body bytes: the body timeout runs.
+    body_waiting: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
@@ -152,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             ended: false,
             preface_seen: 0,
             prefix: bytes::BytesMut::new(),
+            body_waiting: false,
         }
     }
 
@@ -240,6 +246,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             // An answer still being made (a slow upstream): its own
             // timeouts end it.
             self.arm(self.idle);
+        }
+        Poll::Pending
+    }
+
+    /// hyper waits for body bytes that have not come: the request fails
+    /// once none came for `idle`. The wait is timed from its start, as
+    /// hyper stops reading while the upstream is slow to take the body.
+    fn poll_body_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.body_waiting {
+            self.body_waiting = true;
+            self.arm(self.idle);
+        }
+        if self.deadline_passed(cx) {
+            self.armed = false;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request body bytes within the idle timeout",
+            )));
         }
         Poll::Pending
     }
@@ -349,6 +373,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             buf.put_slice(&this.prefix.split_to(n));
             Poll::Ready(Ok(()))
         };
+        if read.is_ready() {
+            this.body_waiting = false;
+        }
         match read {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() == before {
@@ -387,6 +414,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
+                // A body under way (also after a `100 Continue`, or past
+                // an early answer).
+                if matches!(this.phase.get(), Phase::Request | Phase::Idle) && this.scan.in_body() {
+                    return this.poll_body_wait(cx);
+                }
                 if this.armed && this.deadline_passed(cx) {
                     return match this.phase.get() {
                         Phase::Head => this.end_with(Some(TIMEOUT_RESPONSE), cx),

@@ -187,6 +187,8 @@ impl ForwardError {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // A body the client stopped sending (client_io's timeout).
+            Self::ClientBody { source } if is_timeout(&**source) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -257,4 +259,23 @@ impl ForwardError {
         }
         response
     }
+}
+
+/// Whether an I/O timeout is among `error`'s causes.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    cause::<std::io::Error>(error).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The first error of type `T` in `error`'s chain of causes.
+pub(crate) fn cause<'e, T: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }

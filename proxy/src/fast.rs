@@ -142,9 +142,9 @@ impl RawPool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
-        while let Some((stream, since)) = list.pop() {
+        while let Some((mut stream, since)) = list.pop() {
             let idle_for = now.duration_since(since);
-            if idle_for < max_idle && still_open(&stream) {
+            if idle_for < max_idle && still_open(&mut stream) {
                 return Some((stream, idle_for));
             }
         }
@@ -326,19 +326,25 @@ impl Drop for Waiting<'_> {
 /// (an idle connection that is readable was closed, or sent garbage).
 /// tokio clears read readiness after a short read, so the common case
 /// costs no system call.
-fn still_open(conn: &RawConn) -> bool {
-    let stream = conn.tcp();
+fn still_open(conn: &mut RawConn) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            // Peeked, not read: under TLS the bytes belong to the session
-            // (an alert, most likely), which then is not reused either.
-            let mut probe = [0u8; 1];
-            let mut probe = tokio::io::ReadBuf::new(&mut probe);
-            matches!(stream.poll_peek(&mut cx, &mut probe), Poll::Pending)
-        }
+    let mut probe = [0u8; 1];
+    let mut probe = tokio::io::ReadBuf::new(&mut probe);
+    match conn {
+        RawConn::Plain(stream) => match stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(stream.poll_peek(&mut cx, &mut probe), Poll::Pending),
+        },
+        // Under TLS, bytes may wait inside the session, read off the
+        // socket along with the last answer's: a stray answer there would
+        // go to the next request. Only a read that would block says there
+        // are none; whatever it takes (stray bytes, an alert, the end)
+        // leaves the connection unused.
+        RawConn::Tls(stream) => matches!(
+            Pin::new(stream.as_mut()).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        ),
     }
 }
 
@@ -1221,7 +1227,9 @@ where
                         let read =
                             read_to(&mut stream, &mut input, consumed, deadline, timeouts.idle)
                                 .await;
-                        if !read || !write_out(&mut stream, &out, deadline, timeouts.idle).await {
+                        if read != Rest::Read
+                            || !write_out(&mut stream, &out, deadline, timeouts.idle).await
+                        {
                             return Outcome::Closed;
                         }
                         input.advance(consumed);
@@ -1301,8 +1309,16 @@ where
 
         // The body, read whole (it is at most READ_AHEAD_BYTES).
         let end = plan.head_len + plan.body_len;
-        if !read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
-            return Outcome::Closed;
+        match read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
+            Rest::Read => {}
+            Rest::Gone => return Outcome::Closed,
+            // nginx's client_body_timeout.
+            Rest::Stalled => {
+                let _ =
+                    write_out(&mut stream, BODY_TIMEOUT_RESPONSE, deadline, timeouts.idle).await;
+                let _ = stream.shutdown().await;
+                return Outcome::Closed;
+            }
         }
         out.extend_from_slice(&input[plan.head_len..end]);
         input.advance(end);
@@ -1453,24 +1469,37 @@ async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Reads until `input` holds `end` bytes; false if the client went away
-/// or stalled for `idle`.
+/// How reading the rest of a request ended.
+#[derive(PartialEq, Eq)]
+enum Rest {
+    Read,
+    /// The client closed (or broke) its connection.
+    Gone,
+    /// Nothing came for the idle timeout.
+    Stalled,
+}
+
+/// The answer to a request whose body stopped coming.
+const BODY_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest body not received within timeout\n";
+
+/// Reads until `input` holds `end` bytes.
 async fn read_to<S: AsyncRead + Unpin>(
     stream: &mut S,
     input: &mut BytesMut,
     end: usize,
     deadline: &mut Deadline,
     idle: Duration,
-) -> bool {
+) -> Rest {
     while input.len() < end {
         input.reserve(end - input.len());
         deadline.set(idle);
         match deadline.run(stream.read_buf(input)).await {
             Some(Ok(n)) if n > 0 => {}
-            _ => return false,
+            Some(_) => return Rest::Gone,
+            None => return Rest::Stalled,
         }
     }
-    true
+    Rest::Read
 }
 
 /// Writes `bytes` to the client; false if it went away or did not read

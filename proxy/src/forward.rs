@@ -507,12 +507,7 @@ async fn read_ahead(mut body: ClientBody, limit: u64) -> Result<RequestBody, For
         }
         if len > READ_AHEAD_BYTES {
             let prefix = join(first, buffer);
-            return Ok(RequestBody::Stream {
-                seen: prefix.len() as u64,
-                prefix: Some(prefix),
-                rest: body,
-                limit,
-            });
+            return Ok(RequestBody::stream(prefix, body, limit));
         }
         match body.frame().await {
             None => break,

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{BodyOverLimit, ClientBodyFailed, RequestBody, Sending};
 use crate::error::ForwardError;
 use crate::route::EndpointEntry;
 
@@ -165,19 +165,25 @@ impl Upstreams {
                     unsent: Some(request),
                 });
             }
+            // Only the upgrades the client asked for keep these fields.
+            let upgrade = request.headers().contains_key(http::header::UPGRADE);
+            let sending = request.body().sending();
             let exchange = sender.try_send_request(request);
-            match tokio::time::timeout(timeouts.response_header, exchange).await {
-                Err(_) => {
+            match answer_within(exchange, timeouts.response_header, sending.as_deref()).await {
+                None => {
                     return Err(ForwardError::Timeout {
                         backend: endpoint.label.to_string(),
                         after: timeouts.response_header,
                     }
                     .into())
                 }
-                Ok(Ok(response)) => {
+                Some(Ok(response)) => {
                     // Codings other than chunked would be lost as the body
-                    // is re-framed (the fast path refuses them too).
-                    if !crate::headers::is_chunked_or_unencoded(response.headers()) {
+                    // is re-framed (the fast path refuses them too); a
+                    // protocol switch nobody asked for is as wrong.
+                    if !crate::headers::is_chunked_or_unencoded(response.headers())
+                        || (response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade)
+                    {
                         return Err(ForwardError::Exchange {
                             what: crate::fast::MALFORMED,
                             backend: endpoint.label.to_string(),
@@ -192,7 +198,7 @@ impl Upstreams {
                     };
                     return Ok((response, release));
                 }
-                Ok(Err(mut err)) => {
+                Some(Err(mut err)) => {
                     // A pooled connection that the upstream closed before
                     // the request was written: nothing was sent, so the
                     // request is whole and goes out on a fresh connection.
@@ -260,16 +266,6 @@ pub enum RawConn {
     Plain(TcpStream),
     /// TLS to a pool that speaks it.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl RawConn {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            RawConn::Plain(stream) => stream,
-            RawConn::Tls(stream) => stream.get_ref().0,
-        }
-    }
 }
 
 impl tokio::io::AsyncRead for RawConn {
@@ -397,6 +393,34 @@ where
     Ok(sender)
 }
 
+/// `exchange`'s outcome, or None once the upstream has had `after` to
+/// answer: from now, or for a streamed body, from the upstream's last take
+/// of it (see [`Sending`]).
+async fn answer_within<F: std::future::Future>(
+    exchange: F,
+    after: Duration,
+    sending: Option<&Sending>,
+) -> Option<F::Output> {
+    let mut exchange = std::pin::pin!(exchange);
+    let start = Instant::now();
+    loop {
+        let due = match sending {
+            None => start + after,
+            // While the body waits for the client, look again later.
+            Some(sending) => sending
+                .due(after)
+                .map_or_else(|| Instant::now() + after, Into::into),
+        };
+        if let Ok(outcome) = tokio::time::timeout_at(due, exchange.as_mut()).await {
+            return Some(outcome);
+        }
+        let now = std::time::Instant::now();
+        if sending.is_none_or(|sending| sending.due(after).is_some_and(|due| due <= now)) {
+            return None;
+        }
+    }
+}
+
 /// A pooled connection idle this long may be one the upstream is closing
 /// just now (its keep-alive timeout: 2 s for gunicorn, 5 s for Node.js and
 /// Apache). Requests sent on one are copied first, so that an idempotent
@@ -457,6 +481,18 @@ pub fn copy_if_retryable(request: &Request<RequestBody>) -> Option<Request<Reque
 
 /// Names what went wrong with an exchange, for the error body and metrics.
 fn classify(endpoint: &EndpointEntry, source: hyper::Error) -> ForwardError {
+    // The request body failed on the client's side, or grew over the limit:
+    // the client's fault, not the upstream's.
+    if source.is_user() {
+        if let Some(over) = crate::error::cause::<BodyOverLimit>(&source) {
+            return ForwardError::BodyTooLarge { limit: over.limit };
+        }
+        if crate::error::cause::<ClientBodyFailed>(&source).is_some() {
+            return ForwardError::ClientBody {
+                source: Box::new(source),
+            };
+        }
+    }
     let what = if source.is_parse() || source.is_parse_status() {
         "sent a malformed response"
     } else if source.is_incomplete_message() {

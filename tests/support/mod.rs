@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use switchyard_proxy::{RouteTable, Routes, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What a test upstream received.
@@ -621,7 +621,7 @@ pub fn parse_responses(mut bytes: &[u8], heads: &[bool]) -> Vec<RawResponse> {
 /// Reads one response from `stream`, keeping extra bytes in `buf` for the
 /// next call. Panics if the connection closes first or 5 s pass.
 pub async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     is_head: bool,
 ) -> RawResponse {
