@@ -1918,3 +1918,44 @@ async fn a_reset_streams_unread_body_is_granted_back_at_once() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].body == body, "the upload arrived changed");
 }
+
+/// A request body the client stops sending fails after the idle timeout:
+/// the stream is answered 408 (nginx's `client_body_timeout`), whether
+/// the body was being read ahead (short) or streamed upstream (over
+/// 64 KiB), and the connection's other streams go on.
+#[tokio::test]
+async fn a_body_that_stops_coming_is_answered_408() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to(
+        "app",
+        upstream.addr,
+        json!({"timeouts": {"connect": "2s", "response_header": "30s", "idle": "500ms"}}),
+    );
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let cases: [(u32, usize); 2] = [(1, 10), (3, 70_000)];
+    for (id, sent) in cases {
+        let head = request("POST", "/echo", &[("content-length", "200000")]);
+        client.send(&frame(HEADERS, END_HEADERS, id, &head)).await;
+        // Within the server's windows (1 MiB), in frames of the default
+        // 16 KiB size; the rest never comes.
+        for part in pattern(sent).chunks(16_384) {
+            client.send(&frame(DATA, 0, id, part)).await;
+        }
+        let response = timeout(Duration::from_secs(10), client.response(id))
+            .await
+            .expect("an answer within 10 s");
+        let status = response.fields.iter().find(|(name, _)| name == ":status");
+        assert_eq!(
+            status.map(|(_, value)| value.as_str()),
+            Some("408"),
+            "stream {id}: {:?} {:?}",
+            response.fields,
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    // The connection serves on.
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 5, &request("GET", "/", &[])))
+        .await;
+    assert_eq!(client.response(5).await.body, b"app");
+}

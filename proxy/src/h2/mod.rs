@@ -229,15 +229,45 @@ impl StreamShared {
 #[error("the client reset the HTTP/2 stream")]
 struct StreamReset;
 
-/// An HTTP/2 request body, read from its stream.
-pub struct RecvBody(Rc<StreamShared>);
+/// An HTTP/2 request body, read from its stream. A body the client stops
+/// sending fails after `idle` without a byte (nginx's
+/// `client_body_timeout`; HTTP/1.1's is `client_io`'s).
+pub struct RecvBody {
+    shared: Rc<StreamShared>,
+    idle: Duration,
+    /// Runs while the body waits for the client.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
 impl RecvBody {
     pub(crate) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let shared = &self.0;
+        let frame = self.poll_stream(cx);
+        if frame.is_ready() {
+            self.waiting = None;
+            return frame;
+        }
+        let idle = self.idle;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if waiting.as_mut().poll(cx).is_ready() {
+            self.waiting = None;
+            return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request body bytes within the idle timeout",
+            )))));
+        }
+        Poll::Pending
+    }
+
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let shared = &self.shared;
         let mut recv = shared.recv.borrow_mut();
         if let Some(chunk) = recv.pop() {
             recv.taken += chunk.len() as u64;
@@ -259,13 +289,15 @@ impl RecvBody {
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        let recv = self.0.recv.borrow();
+        let recv = self.shared.recv.borrow();
         recv.ended && !recv.reset && recv.is_empty() && recv.trailers.is_none()
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
-        match self.0.length {
-            Some(length) => SizeHint::with_exact(length.saturating_sub(self.0.recv.borrow().taken)),
+        match self.shared.length {
+            Some(length) => {
+                SizeHint::with_exact(length.saturating_sub(self.shared.recv.borrow().taken))
+            }
             None => SizeHint::default(),
         }
     }
@@ -273,12 +305,12 @@ impl RecvBody {
 
 impl Drop for RecvBody {
     fn drop(&mut self) {
-        let mut recv = self.0.recv.borrow_mut();
+        let mut recv = self.shared.recv.borrow_mut();
         recv.dropped = true;
         let unread = recv.clear();
         drop(recv);
         if unread > 0 {
-            give_credit(&self.0, unread);
+            give_credit(&self.shared, unread);
         }
     }
 }
@@ -1102,7 +1134,11 @@ impl State {
             None => {
                 let body = match end_stream {
                     true => ClientBody::Empty,
-                    false => ClientBody::H2(RecvBody(Rc::clone(&shared))),
+                    false => ClientBody::H2(RecvBody {
+                        shared: Rc::clone(&shared),
+                        idle: proxy.routes.timeouts().idle,
+                        waiting: None,
+                    }),
                 };
                 match head.request(body) {
                     Ok(request) => Box::pin(request::handle(proxy, client, request)),
