@@ -43,7 +43,12 @@ use tokio::time::{Instant, Sleep};
 /// Both run on one worker thread; the atomic is only there because hyper
 /// wants an upgradeable connection's socket to be `Send`.
 #[derive(Default)]
-pub struct ConnPhase(AtomicU8, AtomicU64);
+pub struct ConnPhase {
+    /// A [`Phase`].
+    phase: AtomicU8,
+    /// Answers done with ([`Answering`] dropped).
+    answered: AtomicU64,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[repr(u8)]
@@ -74,7 +79,7 @@ impl ConnPhase {
 
     /// Answers done with ([`Answering`] dropped).
     fn answered(&self) -> u64 {
-        self.1.load(Ordering::Relaxed)
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Called by the service when it answers `101 Switching Protocols`.
@@ -83,7 +88,7 @@ impl ConnPhase {
     }
 
     fn get(&self) -> Phase {
-        match self.0.load(Ordering::Relaxed) {
+        match self.phase.load(Ordering::Relaxed) {
             0 => Phase::Fresh,
             1 => Phase::Idle,
             2 => Phase::Head,
@@ -94,12 +99,12 @@ impl ConnPhase {
     }
 
     fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
     }
 }
 
 pub(crate) const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
-const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 73\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two of either\n";
+const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 79\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two Content-Lengths\n";
 const LONG_LENGTH_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\nconnection: close\r\n\r\nbad request: Content-Length line too long\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -533,7 +538,7 @@ impl<B> Answering<B> {
 
 impl<B> Drop for Answering<B> {
     fn drop(&mut self) {
-        self.phase.1.fetch_add(1, Ordering::Relaxed);
+        self.phase.answered.fetch_add(1, Ordering::Relaxed);
     }
 }
 
