@@ -1959,3 +1959,65 @@ async fn a_body_that_stops_coming_is_answered_408() {
         .await;
     assert_eq!(client.response(5).await.body, b"app");
 }
+
+/// A body our own flow control holds back is not the client's delay:
+/// stream 1's upload to a pool whose connect hangs (3 s) lies unread and
+/// fills the connection's window (1 MiB), so stream 3's 10-byte body can
+/// go only once stream 1 fails and its bytes are granted back. With an
+/// idle timeout of 1 s, stream 3 is still served.
+#[tokio::test]
+async fn a_body_held_back_by_the_connection_window_is_not_timed_out() {
+    let (_held, _filler, held_addr) = support::full_listener().await;
+    let fine = support::upstream("fine").await;
+    let route = |name: &str, m: serde_json::Value, to: &str| json!({"name": name, "match": m, "split": {"baseline": to, "weights": {to: 10000}}});
+    let proxy = support::proxy(&json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"held": {"endpoints": [held_addr.to_string()]},
+                  "fine": {"endpoints": [fine.addr.to_string()]}},
+        "routes": [
+            route("held", json!({"path_prefix": "/held"}), "held"),
+            route("fine", json!({"path_prefix": "/"}), "fine"),
+        ],
+        "timeouts": {"drain": "1s", "connect": "3s", "response_header": "5s", "idle": "1s"},
+    }));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    // The protocol's initial connection window, and the server's
+    // WINDOW_UPDATEs as they come.
+    let mut window: i64 = 65_535;
+    let head = request("POST", "/held", &[("content-length", "2097152")]);
+    client.send(&frame(HEADERS, END_HEADERS, 1, &head)).await;
+    let piece = vec![b'a'; 16_384];
+    for _ in 0..64 {
+        client.send(&frame(DATA, 0, 1, &piece)).await;
+    }
+    window -= 64 * 16_384;
+    let head = request("POST", "/echo", &[("content-length", "10")]);
+    client.send(&frame(HEADERS, END_HEADERS, 3, &head)).await;
+    let mut sent = false;
+    let status = loop {
+        let got = timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("stream 3 answered within 10 s")
+            .expect("the connection stays open");
+        match (got.kind, got.id) {
+            (WINDOW_UPDATE, 0) => {
+                let bytes: [u8; 4] = got.payload[..4].try_into().expect("4 bytes");
+                window += i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff);
+            }
+            (HEADERS, 3) => break decode(&got.payload),
+            (GOAWAY, _) => panic!("GOAWAY: {got:?}"),
+            _ => {}
+        }
+        if !sent && window >= 10 {
+            client
+                .send(&frame(DATA, END_STREAM, 3, b"0123456789"))
+                .await;
+            sent = true;
+        }
+    };
+    assert!(sent, "stream 3 was answered before its body could go");
+    assert!(
+        status.contains(&(":status".to_string(), "200".to_string())),
+        "stream 3's client sent its body as soon as the window let it: {status:?}"
+    );
+}

@@ -7,12 +7,20 @@
 
 mod support;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// A one-pool config sending everything to `addr` as pool `web`, under a
 /// route named `route` (metrics are process-wide: each test has its own
@@ -448,6 +456,108 @@ async fn a_body_that_stops_coming_is_408_after_the_idle_timeout() {
             upstream_errors(route, kind),
             0.0,
             "a stalled client body was counted as an upstream {kind}"
+        );
+    }
+}
+
+/// Serves HTTP/1.1 on `listener`: every request is answered 200 with
+/// `got N` (N the body's length), once the body is read whole.
+async fn serve_counting(listener: TcpListener) {
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = request.into_body().collect().await;
+                let len = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("got {len}")))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The response-header timeout of a streamed upload runs from when the
+/// request goes out: time spent connecting (about 1 s here, against a
+/// 700 ms timeout) is not the upstream's to answer in.
+#[tokio::test]
+async fn a_streamed_upload_to_an_upstream_slow_to_connect_is_not_a_504() {
+    let timeouts = json!({"timeouts": {"drain": "1s", "connect": "5s", "response_header": "700ms", "idle": "10s"}});
+    for (path, len) in [("fast path", 1_000usize), ("streamed", 200_000)] {
+        let (listener, filler, addr) = support::full_listener().await;
+        let proxy = support::proxy_to("web", addr, timeouts.clone());
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        let head = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+        let (mut read, mut write) = client.split();
+        let body = vec![b'u'; len];
+        let upstream = tokio::spawn(async move {
+            // The scenario: the upstream's accept queue is full when the
+            // proxy connects; it makes room 300 ms later, and the proxy's
+            // SYN, sent again after 1 s, gets through. The upstream then
+            // answers at once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (first, _) = listener.accept().await.expect("accept");
+            drop((first, filler));
+            serve_counting(listener).await;
+        });
+        let send = async {
+            write.write_all(head.as_bytes()).await.expect("head");
+            write.write_all(&body).await.expect("body");
+        };
+        let mut buf = Vec::new();
+        let (_, response) = tokio::join!(send, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some((response, _)) = support::parse_response(&buf, false) {
+                    return Some(response);
+                }
+                match tokio::time::timeout(Duration::from_secs(10), read.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return None,
+                }
+            }
+        });
+        let response = response.expect("an answer");
+        assert_eq!(
+            (
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned()
+            ),
+            (200, format!("got {len}")),
+            "{path}: the upstream, reached after ~1 s of connecting, answered at once"
+        );
+        upstream.abort();
+    }
+}
+
+/// A request answered locally (no route: 404) whose body stops coming
+/// still gets its answer, and the connection ends, on the fast path as on
+/// hyper's.
+#[tokio::test]
+async fn fast_path_a_locally_answered_request_whose_body_stalls_gets_an_answer() {
+    let upstream = support::upstream("web").await;
+    let mut config = support::pool_config(
+        "web",
+        upstream.addr,
+        json!({"timeouts": {"drain": "1s", "connect": "2s", "response_header": "5s", "idle": "500ms"}}),
+    );
+    config["routes"][0]["match"] = json!({"host": "known.test"});
+    let proxy = support::proxy(&config);
+    for (path, request) in [
+        // hyper's path (a chunked body), for contrast: 404 at once.
+        ("hyper", &b"POST / HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nonly\r\n"[..]),
+        // The fast path (a Content-Length body).
+        ("fast", &b"POST / HTTP/1.1\r\nHost: other.test\r\nContent-Length: 100\r\n\r\nonly"[..]),
+    ] {
+        // The client sends part of its body and then nothing (the scenario:
+        // a stalled upload), keeping its connection open.
+        let (bytes, closed) =
+            support::raw_exchange_until_close(proxy.addr, request, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.starts_with("HTTP/1.1 404") || text.starts_with("HTTP/1.1 408"),
+            "{path}: the connection {} with no answer: {text:?}",
+            if closed { "was closed" } else { "stayed open" }
         );
     }
 }

@@ -144,6 +144,12 @@ impl Sending {
         }
     }
 
+    /// The request goes out now: the upstream's time runs from here, not
+    /// from the end of the read-ahead (connecting takes time too).
+    pub fn start(&self) {
+        self.taken(false);
+    }
+
     /// The upstream took (asked for) more of the body.
     fn taken(&self, waiting_for_client: bool) {
         let ms = self.base.elapsed().as_millis() as u64;

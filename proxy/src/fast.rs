@@ -1222,22 +1222,27 @@ where
                         close,
                         head_request,
                     } => {
-                        let close = close || error.closes_connection();
-                        put_error(&mut out, &error, close, head_request);
+                        // The body is read (and dropped) so that the
+                        // connection can serve on; one that stops coming
+                        // gets the answer anyway, and the connection ends.
                         let read =
                             read_to(&mut stream, &mut input, consumed, deadline, timeouts.idle)
                                 .await;
-                        if read != Rest::Read
-                            || !write_out(&mut stream, &out, deadline, timeouts.idle).await
-                        {
+                        if read == Rest::Gone {
+                            return Outcome::Closed;
+                        }
+                        let close = close || error.closes_connection() || read == Rest::Stalled;
+                        put_error(&mut out, &error, close, head_request);
+                        if !write_out(&mut stream, &out, deadline, timeouts.idle).await {
+                            return Outcome::Closed;
+                        }
+                        served = true;
+                        if close {
+                            let pipelined = read == Rest::Read && input.len() > consumed;
+                            close_client(&mut stream, pipelined, deadline).await;
                             return Outcome::Closed;
                         }
                         input.advance(consumed);
-                        served = true;
-                        if close {
-                            close_client(&mut stream, !input.is_empty(), deadline).await;
-                            return Outcome::Closed;
-                        }
                         break (None, started);
                     }
                     Step::Forward(plan) => break (Some(plan), started),

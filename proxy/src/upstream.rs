@@ -403,6 +403,9 @@ async fn answer_within<F: std::future::Future>(
 ) -> Option<F::Output> {
     let mut exchange = std::pin::pin!(exchange);
     let start = Instant::now();
+    if let Some(sending) = sending {
+        sending.start();
+    }
     loop {
         let due = match sending {
             None => start + after,

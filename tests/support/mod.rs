@@ -821,3 +821,19 @@ pub fn kubernetes_write(dir: &std::path::Path, generation: usize, files: &[(&str
         }
     }
 }
+
+/// A listener whose accept queue is full (backlog 0, one connection
+/// queued): the kernel drops a connecting SYN until the queue has room,
+/// and the connecting side sends it again 1 s later. A connect to it
+/// hangs until the listener accepts. Returns the listener, the queued
+/// connection and the address.
+pub async fn full_listener() -> (TcpListener, TcpStream, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let filler = TcpStream::connect(addr).await.expect("filler connects");
+    (listener, filler, addr)
+}

@@ -142,6 +142,9 @@ struct ConnShared {
     /// Set while the connection task runs: a reader polled by it needs
     /// no wake-up.
     running: Cell<bool>,
+    /// Whether the connection's window lets the client send (readers time
+    /// out a body only then).
+    client_may_send: Cell<bool>,
 }
 
 /// One stream's request body as the connection received it.
@@ -172,6 +175,8 @@ struct StreamShared {
     cancelled: Cell<bool>,
     /// The handler's task, woken to notice a cancel.
     handler: RefCell<Option<Waker>>,
+    /// Whether the stream's window lets the client send.
+    client_may_send: Cell<bool>,
     conn: Rc<ConnShared>,
 }
 
@@ -231,12 +236,17 @@ struct StreamReset;
 
 /// An HTTP/2 request body, read from its stream. A body the client stops
 /// sending fails after `idle` without a byte (nginx's
-/// `client_body_timeout`; HTTP/1.1's is `client_io`'s).
+/// `client_body_timeout`; HTTP/1.1's is `client_io`'s), but not while our
+/// own flow control holds the client back (another stream's unread body
+/// can fill the connection's window): the client then has `idle` again
+/// once it may send.
 pub struct RecvBody {
     shared: Rc<StreamShared>,
     idle: Duration,
     /// Runs while the body waits for the client.
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The windows were shut when the timer last fired.
+    held_back: bool,
 }
 
 impl RecvBody {
@@ -247,18 +257,26 @@ impl RecvBody {
         let frame = self.poll_stream(cx);
         if frame.is_ready() {
             self.waiting = None;
+            self.held_back = false;
             return frame;
         }
         let idle = self.idle;
         let waiting = self
             .waiting
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        if waiting.as_mut().poll(cx).is_ready() {
-            self.waiting = None;
-            return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no request body bytes within the idle timeout",
-            )))));
+        while waiting.as_mut().poll(cx).is_ready() {
+            let may_send =
+                self.shared.client_may_send.get() && self.shared.conn.client_may_send.get();
+            if may_send && !self.held_back {
+                self.waiting = None;
+                return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request body bytes within the idle timeout",
+                )))));
+            }
+            self.held_back = !may_send;
+            let next = tokio::time::Instant::now() + idle;
+            waiting.as_mut().reset(next);
         }
         Poll::Pending
     }
@@ -473,7 +491,10 @@ where
     let mut state = State {
         proxy,
         client,
-        shared: Rc::new(ConnShared::default()),
+        shared: Rc::new(ConnShared {
+            client_may_send: Cell::new(true),
+            ..ConnShared::default()
+        }),
         out: Vec::with_capacity(1024),
         written: 0,
         unflushed: false,
@@ -1120,6 +1141,7 @@ impl State {
             }),
             cancelled: Cell::new(false),
             handler: RefCell::new(None),
+            client_may_send: Cell::new(true),
             conn: Rc::clone(&self.shared),
         });
         let head = &self.head;
@@ -1138,6 +1160,7 @@ impl State {
                         shared: Rc::clone(&shared),
                         idle: proxy.routes.timeouts().idle,
                         waiting: None,
+                        held_back: false,
                     }),
                 };
                 match head.request(body) {
@@ -1219,6 +1242,7 @@ impl State {
             ));
         }
         self.recv_window -= len;
+        self.shared.client_may_send.set(self.recv_window > 0);
         let data = Self::unpad(flags, payload)?;
         let Some(stream) = self.streams.get_mut(&id) else {
             if id > self.last_id {
@@ -1239,6 +1263,7 @@ impl State {
             return Ok(());
         }
         stream.recv_window -= len;
+        stream.shared.client_may_send.set(stream.recv_window > 0);
         stream.received += data.len() as u64;
         let end = flags & END_STREAM != 0;
         let length = stream.shared.length;
@@ -1634,6 +1659,7 @@ impl State {
                 let increment = stream.recv_credit;
                 stream.recv_window += increment;
                 stream.recv_credit = 0;
+                stream.shared.client_may_send.set(true);
                 self.put_window_update(id, increment as u32);
             }
         }
@@ -1647,6 +1673,7 @@ impl State {
             self.put_window_update(0, self.recv_credit as u32);
             self.recv_window += self.recv_credit;
             self.recv_credit = 0;
+            self.shared.client_may_send.set(self.recv_window > 0);
         }
     }
 
