@@ -1194,20 +1194,15 @@ where
             _ => timeouts.request_header,
         });
         let mut head_started = !input.is_empty();
-        let (plan, started) = loop {
-            let started = std::time::Instant::now();
+        let (plan, started, now_ms) = loop {
             if !input.is_empty() {
+                let started = std::time::Instant::now();
+                let now_ms = crate::stats::ms_of(started);
                 table = proxy.routes.snapshot();
                 if out.capacity() == 0 {
                     out = proxy.raw.head_buffers.take();
                 }
-                match plan(
-                    &input,
-                    &table,
-                    client,
-                    &mut out,
-                    crate::stats::ms_of(started),
-                ) {
+                match plan(&input, &table, client, &mut out, now_ms) {
                     Step::Partial => {}
                     Step::Fallback => {
                         return Outcome::Fallback {
@@ -1243,9 +1238,9 @@ where
                             return Outcome::Closed;
                         }
                         input.advance(consumed);
-                        break (None, started);
+                        break (None, started, now_ms);
                     }
-                    Step::Forward(plan) => break (Some(plan), started),
+                    Step::Forward(plan) => break (Some(plan), started, now_ms),
                 }
                 if input.len() > table.limits.max_header_bytes {
                     // hyper answers 431.
@@ -1331,7 +1326,6 @@ where
 
         let pool = table.pool(plan.pool);
         let stats = plan.route.stats(plan.pool);
-        let now_ms = crate::stats::ms_of(started);
         let _in_flight = pool
             .counts_in_flight()
             .then(|| InFlight::start(&plan.endpoint.in_flight));
