@@ -1348,12 +1348,10 @@ where
             table: &table,
             deadline: upstream_deadline,
         };
-        let exchanged = unless_client_leaves(
-            &mut stream,
-            &mut input,
-            exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms),
-        )
-        .await;
+        let exchanged = {
+            let exchange = exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms);
+            unless_client_leaves(&mut stream, &mut input, std::pin::pin!(exchange)).await
+        };
         let Some((endpoint, sent)) = exchanged else {
             tracing::debug!(client = %client.peer, "client closed the connection before its answer");
             proxy.raw.upstream_buffers.give(upstream_buffer);
@@ -1413,14 +1411,13 @@ where
 ///
 /// On a TCP stream the watch costs no system call: tokio cleared the read
 /// readiness when the request's read came up short.
-async fn unless_client_leaves<S: AsyncRead + Unpin, F: Future>(
-    client: &mut S,
-    input: &mut BytesMut,
-    work: F,
-) -> Option<F::Output> {
-    let mut work = std::pin::pin!(work);
+fn unless_client_leaves<'a, S: AsyncRead + Unpin, F: Future>(
+    client: &'a mut S,
+    input: &'a mut BytesMut,
+    mut work: Pin<&'a mut F>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
     let mut watching = input.is_empty();
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
@@ -1438,7 +1435,6 @@ async fn unless_client_leaves<S: AsyncRead + Unpin, F: Future>(
         }
         Poll::Pending
     })
-    .await
 }
 
 /// How long a closing client connection is read on (see [`close_client`]).
