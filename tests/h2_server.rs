@@ -248,6 +248,8 @@ fn static_name(index: usize) -> &'static str {
 struct RawResponse {
     fields: Vec<(String, String)>,
     body: Vec<u8>,
+    /// A trailing HEADERS block's fields.
+    trailers: Vec<(String, String)>,
 }
 
 impl RawResponse {
@@ -393,8 +395,15 @@ impl RawClient {
             match frame.kind {
                 HEADERS => {
                     assert_ne!(frame.flags & END_HEADERS, 0, "a head in pieces");
-                    assert!(response.fields.is_empty(), "a second head: {frame:?}");
-                    response.fields = decode(&frame.payload);
+                    let interim = response
+                        .field(":status")
+                        .is_some_and(|status| status.starts_with('1'));
+                    if response.fields.is_empty() || interim {
+                        response.fields = decode(&frame.payload);
+                    } else {
+                        assert_ne!(frame.flags & END_STREAM, 0, "a second head: {frame:?}");
+                        response.trailers = decode(&frame.payload);
+                    }
                 }
                 DATA => response.body.extend_from_slice(&frame.payload),
                 _ => panic!("stream {id} got {frame:?}"),
@@ -2020,4 +2029,102 @@ async fn a_body_held_back_by_the_connection_window_is_not_timed_out() {
         status.contains(&(":status".to_string(), "200".to_string())),
         "stream 3's client sent its body as soon as the window let it: {status:?}"
     );
+}
+
+/// A 204 or 304 carries no invented `content-length` (RFC 9110 §8.6),
+/// whichever way its request went: with a body (the raw path, answered as
+/// a `Response`) or with `te: trailers` (hyper's client).
+#[tokio::test]
+async fn a_204_or_304_gets_no_invented_content_length() {
+    type Fields<'a> = &'a [(&'a str, &'a str)];
+    let te: Fields = &[("te", "trailers")];
+    let cases: [(&str, Fields, &[u8]); 3] = [
+        ("POST", &[], b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", te, b"HTTP/1.1 204 No Content\r\n\r\n"),
+        (
+            "GET",
+            te,
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n",
+        ),
+    ];
+    for (method, extra, reply) in cases {
+        let upstream = support::scripted_upstream(reply, support::After::Close).await;
+        let proxy = support::proxy_to("app", upstream.addr, json!({}));
+        let mut client = RawClient::connect(proxy.addr, &[]).await;
+        let with_body = method == "POST";
+        let flags = if with_body { END_HEADERS } else { HEAD_ONLY };
+        client
+            .send(&frame(HEADERS, flags, 1, &request(method, "/r", extra)))
+            .await;
+        if with_body {
+            client.send(&frame(DATA, END_STREAM, 1, b"hello")).await;
+        }
+        let response = client.response(1).await;
+        assert!(
+            matches!(response.field(":status"), Some("204" | "304")),
+            "{response:?}"
+        );
+        assert_eq!(
+            response.field("content-length"),
+            None,
+            "{method} {extra:?}: {response:?}"
+        );
+    }
+}
+
+/// `TE` is a request's field: an upstream's, in its head or its
+/// trailers, never reaches an HTTP/2 client (RFC 9113 §8.2.2: the client
+/// would take the response as malformed); nor do framing fields in
+/// trailers (RFC 9110 §6.5.1). The other trailers do.
+#[tokio::test]
+async fn te_and_framing_fields_from_the_upstream_never_reach_an_http2_client() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n\
+        2\r\nok\r\n0\r\nX-Checksum: 1\r\nTE: gzip\r\nContent-Length: 9\r\n\r\n",
+        support::After::Close,
+    )
+    .await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let head = request("GET", "/t", &[("te", "trailers")]);
+    client.send(&frame(HEADERS, HEAD_ONLY, 1, &head)).await;
+    let response = client.response(1).await;
+    assert_eq!(response.body, b"ok");
+    assert_eq!(response.field("te"), None, "{response:?}");
+    let names: Vec<&str> = response.trailers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["x-checksum"], "{response:?}");
+}
+
+/// A request with `expect: 100-continue` is asked for its body with a
+/// `100` once the body is wanted (RFC 9110 §10.1.1), as on HTTP/1.1; the
+/// client then sends it and gets the answer.
+#[tokio::test]
+async fn expect_100_continue_gets_a_100_over_http2() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let head = request(
+        "POST",
+        "/echo",
+        &[("expect", "100-continue"), ("content-length", "5")],
+    );
+    client.send(&frame(HEADERS, END_HEADERS, 1, &head)).await;
+    let interim = loop {
+        let got = client.next().await.expect("the connection open");
+        if got.id == 1 && got.kind != WINDOW_UPDATE {
+            break got;
+        }
+    };
+    assert_eq!(
+        (interim.kind, interim.flags & END_STREAM),
+        (HEADERS, 0),
+        "{interim:?}"
+    );
+    assert_eq!(
+        decode(&interim.payload),
+        [(":status".to_string(), "100".to_string())]
+    );
+    client.send(&frame(DATA, END_STREAM, 1, b"hello")).await;
+    let response = client.response(1).await;
+    assert_eq!(response.field(":status"), Some("200"), "{response:?}");
 }

@@ -401,6 +401,13 @@ impl Body for ProxyBody {
                         }
                         in_flight.take();
                     }
+                    let frame = match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            crate::headers::strip_trailers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    };
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {

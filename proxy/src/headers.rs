@@ -120,13 +120,37 @@ pub fn is_chunked_or_unencoded(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Removes hop-by-hop fields: `Connection` and every field it names,
-/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding` (hyper re-frames the
-/// body), `TE` (except a `trailers` request, which survives as `TE: trailers`)
-/// and `Upgrade` unless `keep_upgrade` (a WebSocket handshake being passed on).
+/// Removes a response's hop-by-hop fields: `Connection` and every field it
+/// names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding` (hyper
+/// re-frames the body), `TE` (a request's field: HTTP/2 clients refuse a
+/// response that has it, RFC 9113 §8.2.2) and `Upgrade` unless
+/// `keep_upgrade` (a WebSocket handshake being passed on).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
     let present = field_bits(headers);
     strip_present(headers, keep_upgrade, present);
+    if present & HOP_TE != 0 {
+        headers.remove(header::TE);
+    }
+}
+
+/// Removes from relayed trailers the fields no trailer may carry (RFC 9110
+/// §6.5.1): the hop-by-hop ones, and those that frame or route a message
+/// (`Content-Length`, `Host`, `Trailer`). A field `Connection` names in
+/// trailers names nothing the proxy knows of, so only the list goes.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    for name in [
+        &header::CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::TE,
+        &header::UPGRADE,
+        &header::CONTENT_LENGTH,
+        &header::HOST,
+        &header::TRAILER,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ] {
+        trailers.remove(name);
+    }
 }
 
 /// Which of the fields the proxy acts on a request has ([`FieldBits`]),
@@ -375,13 +399,19 @@ mod tests {
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_headers(&mut headers, false);
+        let mut response = headers.clone();
+        let present = field_bits(&headers);
+        strip_present(&mut headers, false, present);
         assert!(headers.get("x-secret").is_none());
         assert!(headers.get("connection").is_none());
         assert!(headers.get("keep-alive").is_none());
         assert!(headers.get("upgrade").is_none());
         assert_eq!(headers["te"], "trailers");
         assert_eq!(headers["x-kept"], "yes");
+        // A response keeps no `TE` at all.
+        strip_hop_headers(&mut response, false);
+        assert!(response.get("te").is_none());
+        assert_eq!(response["x-kept"], "yes");
     }
 
     #[test]

@@ -145,6 +145,9 @@ struct ConnShared {
     /// Whether the connection's window lets the client send (readers time
     /// out a body only then).
     client_may_send: Cell<bool>,
+    /// Streams whose reader wants the body a client holds back for a
+    /// `100 Continue`.
+    continues: RefCell<Vec<u32>>,
 }
 
 /// One stream's request body as the connection received it.
@@ -177,6 +180,9 @@ struct StreamShared {
     handler: RefCell<Option<Waker>>,
     /// Whether the stream's window lets the client send.
     client_may_send: Cell<bool>,
+    /// The client waits for a `100 Continue` before its body, and none
+    /// went yet.
+    expects_continue: Cell<bool>,
     conn: Rc<ConnShared>,
 }
 
@@ -290,6 +296,7 @@ impl RecvBody {
         if let Some(chunk) = recv.pop() {
             recv.taken += chunk.len() as u64;
             drop(recv);
+            shared.expects_continue.set(false);
             give_credit(shared, chunk.len());
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
@@ -303,6 +310,13 @@ impl RecvBody {
             return Poll::Ready(None);
         }
         recv.waker = Some(cx.waker().clone());
+        drop(recv);
+        // The body is wanted and the client waits to be asked for it (RFC
+        // 9110 §10.1.1): the connection sends the `100`.
+        if shared.expects_continue.replace(false) {
+            shared.conn.continues.borrow_mut().push(shared.id);
+            wake_conn(&shared.conn);
+        }
         Poll::Pending
     }
 
@@ -337,6 +351,11 @@ impl Drop for RecvBody {
 fn give_credit(stream: &StreamShared, len: usize) {
     let conn = &stream.conn;
     conn.credits.borrow_mut().push((stream.id, len as u32));
+    wake_conn(conn);
+}
+
+/// Wakes the connection task, unless it is the one running.
+fn wake_conn(conn: &ConnShared) {
     if !conn.running.get() {
         if let Some(waker) = conn.waker.borrow().as_ref() {
             waker.wake_by_ref();
@@ -634,6 +653,7 @@ impl Conn {
                 progress = true;
             }
             progress |= state.pump_bodies(cx);
+            state.send_continues();
             state.take_credits();
             match state.flush(io, cx) {
                 // A backlog written out lets reading and bodies go on.
@@ -1142,6 +1162,7 @@ impl State {
             cancelled: Cell::new(false),
             handler: RefCell::new(None),
             client_may_send: Cell::new(true),
+            expects_continue: Cell::new(head.expects_continue && !end_stream),
             conn: Rc::clone(&self.shared),
         });
         let head = &self.head;
@@ -1451,9 +1472,10 @@ impl State {
 
     fn put_fields(&mut self, headers: &HeaderMap) {
         for (name, value) in headers {
-            // The proxy strips them; this makes sure.
+            // The proxy strips them; this makes sure. `te` is a request's
+            // field only (RFC 9113 §8.2.2).
             let name = name.as_str().as_bytes();
-            if !is_connection_specific(name) {
+            if !is_connection_specific(name) && name != b"te" {
                 hpack::put_field(&mut self.block, name, value.as_bytes());
             }
         }
@@ -1478,8 +1500,12 @@ impl State {
                 if !parts.headers.contains_key(http::header::DATE) {
                     with_date(|date| hpack::put_field(&mut self.block, b"date", date));
                 }
+                // Never on an answer that has no content: a 1xx, 204 or 304
+                // (RFC 9110 §8.6).
+                let status = parts.status.as_u16();
+                let bodiless = status < 200 || status == 204 || status == 304;
                 if let (false, false, Some(len)) = (
-                    head_request,
+                    head_request || bodiless,
                     parts.headers.contains_key(http::header::CONTENT_LENGTH),
                     body.size_hint().exact(),
                 ) {
@@ -1646,6 +1672,26 @@ impl State {
     }
 
     /// Grants back what readers took, once half a window is taken.
+    /// A `100 Continue` to each stream whose reader asked for one, unless
+    /// its answer went first.
+    fn send_continues(&mut self) {
+        if self.shared.continues.borrow().is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut *self.shared.continues.borrow_mut());
+        for &id in &ids {
+            let waiting = self.streams.get(&id).is_some_and(|stream| {
+                stream.recv_open && matches!(stream.sending, Sending::Waiting)
+            });
+            if waiting {
+                self.block.clear();
+                hpack::put_status(&mut self.block, 100);
+                let len = self.block.len() + self.prefix_first_block();
+                self.put_block(id, len, false);
+            }
+        }
+    }
+
     fn take_credits(&mut self) {
         let mut credits = self.shared.credits.take();
         for (id, len) in credits.drain(..) {

@@ -67,6 +67,8 @@ pub(super) struct RawHead {
     regular_seen: bool,
     /// `TE: trailers` or `Expect`: for hyper's path.
     needs_hyper: bool,
+    /// `Expect: 100-continue`: the client waits for a `100` before its body.
+    pub(super) expects_continue: bool,
 }
 
 impl RawHead {
@@ -172,7 +174,11 @@ impl RawHead {
         }
         match name {
             b"te" if value != b"trailers" => return self.refuse("TE other than trailers"),
-            b"te" | b"expect" => self.needs_hyper = true,
+            b"te" => self.needs_hyper = true,
+            b"expect" => {
+                self.needs_hyper = true;
+                self.expects_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            }
             _ => {}
         }
         // As `HeaderValue` takes them: no control bytes but HTAB (so no
