@@ -199,6 +199,9 @@ fn load(file: &Path) -> anyhow::Result<Config> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything listens: a SIGTERM that comes as soon as the proxy
+    // serves must drain it, not kill it.
+    let signals = Signals::install()?;
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -295,7 +298,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("Admin API on {admin_scheme}://{admin}/v1/routes");
     println!("Ctrl-C or SIGTERM stops it after in-flight requests finish.");
 
-    wait_for_signal(|| async {
+    signals.wait(|| async {
         match &args.config {
             Some(file) => {
                 let _ = plane.reload(file, "sighup").await;
@@ -465,28 +468,58 @@ fn admin_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; on SIGHUP runs `on_hup` and keeps waiting.
-fn wait_for_signal<F, Fut>(on_hup: F) -> anyhow::Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal runtime")?;
-    runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok(()),
-                result = tokio::signal::ctrl_c() => return result.context("waiting for SIGINT"),
-                _ = hup.recv() => on_hup().await,
+/// SIGTERM, SIGINT and SIGHUP, caught from when they are installed (until
+/// then, each would end the process at once).
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the signal runtime")?;
+        let entered = runtime.enter();
+        let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        drop(entered);
+        Ok(Signals {
+            runtime,
+            term,
+            int,
+            hup,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP runs `on_hup` and keeps
+    /// waiting.
+    fn wait<F, Fut>(self, on_hup: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let Signals {
+            runtime,
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        runtime.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return Ok(()),
+                    _ = int.recv() => return Ok(()),
+                    _ = hup.recv() => on_hup().await,
+                }
             }
-        }
-    })
+        })
+    }
 }
 
 /// The one-route command line: `--stable`, `--canary`, `--canary-weight`.
@@ -596,15 +629,15 @@ pub(crate) fn percent_to_basis_points(text: &str) -> anyhow::Result<u32> {
             "--canary-weight {text:?} must be a percentage from 0 to 100 with at most two decimals"
         );
     }
-    let whole: u32 = whole.parse().context("--canary-weight")?;
-    let fraction: u32 = format!("{fraction:0<2}")
-        .parse()
-        .context("--canary-weight")?;
-    let bp = whole * 100 + fraction;
+    // Digits only: a parse fails only when the number is too large.
+    let over = || anyhow::anyhow!("--canary-weight {text:?} is over 100%");
+    let whole: u64 = whole.parse().map_err(|_| over())?;
+    let fraction: u64 = format!("{fraction:0<2}").parse().map_err(|_| over())?;
+    let bp = whole.saturating_mul(100).saturating_add(fraction);
     if bp > 10_000 {
-        bail!("--canary-weight {text:?} is over 100%");
+        return Err(over());
     }
-    Ok(bp)
+    Ok(bp as u32)
 }
 
 #[cfg(test)]

@@ -857,6 +857,20 @@ impl Validator<'_> {
             self.header_name(&header_path, name)?;
             let value = match value.as_deref() {
                 None | Some("*") => None,
+                // What a request can carry (RFC 9110 §5.5: no control
+                // bytes but HTAB, no white space at either end): a value
+                // no request has would match none, or, taken as absent,
+                // all of them.
+                Some(value)
+                    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                        || value.starts_with([' ', '\t'])
+                        || value.ends_with([' ', '\t']) =>
+                {
+                    return self.fail(
+                        &header_path,
+                        format!("{value:?} is not a header value a request can carry"),
+                    );
+                }
                 Some(value) => Some(value.to_string()),
             };
             headers.push((name.to_ascii_lowercase(), value));
@@ -961,7 +975,9 @@ impl Validator<'_> {
             Some(duration) if !duration.is_zero() => Ok(duration),
             _ => self.fail(
                 path,
-                format!("{text:?} is not a positive duration such as \"2s\" or \"500ms\""),
+                format!(
+                    "{text:?} is not a positive duration up to 365 days, such as \"2s\" or \"500ms\""
+                ),
             ),
         }
     }
@@ -1036,8 +1052,15 @@ impl Validator<'_> {
 
 /// Parses `2s`, `500ms`, `1m`, `1h 30m` (humantime's forms).
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    humantime::parse_duration(text.trim()).ok()
+    humantime::parse_duration(text.trim())
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
 }
+
+/// The longest duration taken: timers add durations to the clock, and a
+/// longer one (`10000000000000000000s`) overflowed it and took the proxy
+/// down at the first request.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
