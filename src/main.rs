@@ -156,7 +156,27 @@ fn main() -> ExitCode {
 
 fn check(file: &Path) -> anyhow::Result<()> {
     let config = load(file)?;
-    RouteTable::build(&config, 1).with_context(|| format!("{}", file.display()))?;
+    if let Err(err) = RouteTable::build(&config, 1) {
+        // An endpoint that does not resolve: placed at its line.
+        if let switchyard_proxy::ForwardError::Resolve {
+            pool,
+            address,
+            source,
+        } = &err
+        {
+            let index = config
+                .pools
+                .iter()
+                .find(|p| &p.name == pool)
+                .and_then(|p| p.endpoints.iter().position(|e| &e.address == address));
+            if let (Some(index), Ok(text)) = (index, std::fs::read_to_string(file)) {
+                let reason = format!("{address} does not resolve: {source}");
+                let err = switchyard_config::endpoint_error(&text, pool, index, reason);
+                bail!("{}:{err}", file.display());
+            }
+        }
+        return Err(anyhow::Error::new(err).context(format!("{}", file.display())));
+    }
     let terminators = tls_terminators(&config).with_context(|| format!("{}", file.display()))?;
     let admin = match &config.admin.tls {
         Some(tls) => Some(admin_terminator(tls).with_context(|| format!("{}", file.display()))?),
@@ -549,8 +569,22 @@ fn one_route(args: &RunArgs) -> anyhow::Result<Config> {
             }],
         });
     }
-    raw.into_config()
-        .map_err(|err| anyhow::anyhow!("invalid command line: {err}"))
+    raw.into_config().map_err(|err| {
+        // The config was made from the flags: the error names the flag.
+        let path = err.path().unwrap_or_default();
+        let flag = [
+            ("timeouts.response_header", "--upstream-timeout"),
+            ("pools.stable", "--stable"),
+            ("pools.canary", "--canary"),
+            ("routes", "--canary-weight"),
+            ("listeners[0].tls", "--tls-cert/--tls-key"),
+            ("listeners", "--listen"),
+        ]
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map_or("the flags", |(_, flag)| flag);
+        anyhow::anyhow!("invalid command line: {flag}: {}", err.reason())
+    })
 }
 
 /// A one-route config: baseline pool, optional second pool, its weight.

@@ -19,19 +19,6 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-fn check(path: &Path) -> (bool, String, String) {
-    let output = std::process::Command::new(BIN)
-        .arg("check")
-        .arg(path)
-        .output()
-        .expect("run switchyard check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_passes_on_every_example() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -39,7 +26,7 @@ fn check_passes_on_every_example() {
     for entry in std::fs::read_dir(examples).expect("examples dir") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "json") {
-            let (ok, stdout, stderr) = check(&path);
+            let (ok, stdout, stderr) = support::check_file(&path);
             assert!(ok, "{}: {stderr}", path.display());
             assert!(stdout.contains("routes (first match wins):"), "{stdout}");
             checked += 1;
@@ -84,7 +71,7 @@ fn check_names_file_line_and_reason_of_each_error() {
     ];
     for (name, contents, line, reason) in cases {
         let path = temp_file(name, contents);
-        let (ok, _, stderr) = check(&path);
+        let (ok, _, stderr) = support::check_file(&path);
         assert!(!ok, "{name} passed");
         let expected_prefix = format!("{}{line}", path.display());
         assert!(stderr.contains(&expected_prefix), "{name}: {stderr}");

@@ -50,6 +50,16 @@ impl ConfigError {
         }
     }
 
+    /// What is wrong, without where.
+    pub fn reason(&self) -> String {
+        match self {
+            ConfigError::Read { source, .. } => source.to_string(),
+            ConfigError::Parse { reason, .. } | ConfigError::Invalid { reason, .. } => {
+                reason.clone()
+            }
+        }
+    }
+
     /// The JSON path of the bad field, when it came from the text.
     pub fn path(&self) -> Option<&str> {
         match self {

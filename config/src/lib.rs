@@ -23,15 +23,45 @@ use std::path::Path;
 /// Reads and validates one config file. Relative TLS file names are taken
 /// relative to the file's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
+    })?;
+    let source = String::from_utf8(bytes).map_err(|err| {
+        // Where the first bad byte is, as for any other error.
+        let good = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        ConfigError::Parse {
+            line: good.iter().filter(|&&b| b == b'\n').count() + 1,
+            column: good.len() - line_start + 1,
+            path: ".".to_string(),
+            reason: "the file is not UTF-8 text".to_string(),
+        }
     })?;
     let mut config = parse(&source)?;
     if let Some(dir) = path.parent() {
         config.rebase_files(dir);
     }
     Ok(config)
+}
+
+/// An error about a pool's endpoint found after validation (its name does
+/// not resolve), placed at the endpoint in `source` as any other error is.
+pub fn endpoint_error(source: &str, pool: &str, index: usize, reason: String) -> ConfigError {
+    use locate::Segment;
+    let path = [
+        Segment::Key("pools".to_string()),
+        Segment::Key(pool.to_string()),
+        Segment::Key("endpoints".to_string()),
+        Segment::Index(index),
+    ];
+    let (line, column) = locate::locate(source, &path);
+    ConfigError::Invalid {
+        line,
+        column,
+        path: locate::render(&path),
+        reason,
+    }
 }
 
 impl RawConfig {

@@ -4,7 +4,11 @@
 //! into a [`crate::Config`].
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// The whole config file, as parsed and before any checks.
@@ -14,6 +18,7 @@ pub struct RawConfig {
     /// Addresses the data plane accepts clients on.
     pub listeners: Vec<RawListener>,
     /// Upstream pools by name.
+    #[serde(deserialize_with = "unique_keys")]
     pub pools: BTreeMap<String, RawPool>,
     /// Routes, tried in order; the first that matches serves the request.
     pub routes: Vec<RawRoute>,
@@ -158,7 +163,7 @@ pub struct RawHealthCheck {
 }
 
 /// A status code or a class such as `"2xx"`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum RawStatus {
     /// One code.
@@ -187,7 +192,7 @@ pub struct RawOutlierDetection {
 }
 
 /// An endpoint, either a bare address or an address with a weight.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum RawEndpoint {
     /// `"host:port"`, weight 1.
@@ -335,7 +340,7 @@ pub struct RawMatch {
     #[serde(default)]
     pub methods: Vec<String>,
     /// Header name to required value; `null` or `"*"` means present with any value.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub headers: BTreeMap<String, Option<String>>,
 }
 
@@ -346,6 +351,7 @@ pub struct RawSplit {
     /// The pool that receives the traffic in a fallback: stable, or blue.
     pub baseline: String,
     /// Pool name to basis points.
+    #[serde(deserialize_with = "unique_keys")]
     pub weights: BTreeMap<String, i64>,
 }
 
@@ -365,7 +371,7 @@ pub struct RawSticky {
 }
 
 /// The override: `true`/`false`, or where the pool name comes from.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum RawOverride {
     /// `true` keeps the default header, `false` disables the override.
@@ -414,4 +420,100 @@ pub struct RawLimits {
     pub max_uri_bytes: Option<i64>,
     /// Bytes in a request body.
     pub max_body_bytes: Option<i64>,
+}
+
+/// A map whose keys must differ: serde keeps the last of two equal keys,
+/// and a pool, weight or header rule given twice would silently replace
+/// the first.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(de::Error::custom(format_args!("{key:?} is given twice")));
+                }
+                out.insert(key, map.next_value()?);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Unique(PhantomData))
+}
+
+// One-of types, told apart by the JSON type of their value (not
+// `#[serde(untagged)]`, whose error names neither the field at fault nor
+// its line).
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEndpoint;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"an endpoint: "host:port" or {"address": "host:port", "weight": N}"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
+                Ok(RawEndpoint::Address(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEndpoint, A::Error> {
+                RawWeightedEndpoint::deserialize(MapAccessDeserializer::new(map))
+                    .map(RawEndpoint::Weighted)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawStatus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a status code (503) or class ("5xx")"#)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawStatus, E> {
+                i64::try_from(v)
+                    .map(RawStatus::Code)
+                    .map_err(|_| E::custom(format_args!("{v} is not a status code")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStatus, E> {
+                Ok(RawStatus::Class(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawOverride {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOverride;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"true, false or {"header": …, "cookie": …}"#)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawOverride, E> {
+                Ok(RawOverride::Enabled(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawOverride, A::Error> {
+                RawOverrideSource::deserialize(MapAccessDeserializer::new(map))
+                    .map(RawOverride::Custom)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }

@@ -30,18 +30,23 @@ pub fn parse(source: &str) -> Result<Config, ConfigError> {
 pub fn parse_raw(source: &str) -> Result<RawConfig, ConfigError> {
     let mut deserializer = serde_json::Deserializer::from_str(source);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
+        let path = match err.path().to_string() {
+            // Nothing named yet (the text ended before a field did).
+            unknown if unknown == "?" => ".".to_string(),
+            path => path,
+        };
         let inner = err.into_inner();
         ConfigError::Parse {
             line: inner.line(),
-            column: inner.column(),
+            // serde_json counts 0 at the start of a line (an early end).
+            column: inner.column().max(1),
             path,
             reason: strip_position(&inner.to_string()),
         }
     })?;
     deserializer.end().map_err(|err| ConfigError::Parse {
         line: err.line(),
-        column: err.column(),
+        column: err.column().max(1),
         path: ".".to_string(),
         reason: strip_position(&err.to_string()),
     })?;

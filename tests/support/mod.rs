@@ -837,3 +837,18 @@ pub async fn full_listener() -> (TcpListener, TcpStream, SocketAddr) {
     let filler = TcpStream::connect(addr).await.expect("filler connects");
     (listener, filler, addr)
 }
+
+/// `switchyard check FILE`: whether it passed, its stdout and stderr.
+pub fn check_file(path: &std::path::Path) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("check")
+        .arg(path)
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .expect("run switchyard check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
