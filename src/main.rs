@@ -221,7 +221,7 @@ fn load(file: &Path) -> anyhow::Result<Config> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before anything listens: a SIGTERM that comes as soon as the proxy
     // serves must drain it, not kill it.
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -326,7 +326,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => tracing::info!("SIGHUP: no config file to reload"),
         }
     })?;
-    tracing::info!("shutting down: draining in-flight requests");
+    tracing::info!("shutting down: draining in-flight requests (a second signal stops at once)");
+    signals.force_on_next();
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
@@ -519,16 +520,16 @@ impl Signals {
 
     /// Waits for SIGTERM or SIGINT; on SIGHUP runs `on_hup` and keeps
     /// waiting.
-    fn wait<F, Fut>(self, on_hup: F) -> anyhow::Result<()>
+    fn wait<F, Fut>(&mut self, on_hup: F) -> anyhow::Result<()>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         let Signals {
             runtime,
-            mut term,
-            mut int,
-            mut hup,
+            term,
+            int,
+            hup,
         } = self;
         runtime.block_on(async {
             loop {
@@ -539,6 +540,28 @@ impl Signals {
                 }
             }
         })
+    }
+
+    /// While the drain runs: a second SIGTERM or SIGINT (an impatient
+    /// Ctrl-C) ends the process at once, with status 1, as Caddy does.
+    fn force_on_next(self) {
+        let Signals {
+            runtime,
+            mut term,
+            mut int,
+            hup,
+        } = self;
+        drop(hup);
+        std::thread::spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            });
+            eprintln!("a second signal: stopping without waiting for in-flight requests");
+            std::process::exit(1);
+        });
     }
 }
 

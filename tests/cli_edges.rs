@@ -392,3 +392,55 @@ async fn a_bad_flag_value_is_reported_by_its_flag() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("--upstream-timeout"), "{stderr}");
 }
+
+/// A second SIGTERM during the drain stops the process at once, with a
+/// failing status (an impatient Ctrl-C twice, or an orchestrator that will
+/// not wait): the first one still drains, as tests/cli.rs shows.
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_stops_at_once() {
+    let upstream = support::scripted_upstream(b"", support::After::Hang).await;
+    let upstream_addr = upstream.addr.to_string();
+    let (mut child, addr) = start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--stable",
+        &upstream_addr,
+        "--upstream-timeout",
+        "60s",
+    ])
+    .await
+    .expect("started");
+    // A request the upstream never answers keeps the drain going.
+    let _in_flight = tokio::spawn(async move {
+        let client = support::client();
+        support::get(&client, addr, "/hang", &[]).await
+    });
+    let forwarded =
+        support::eventually(Duration::from_secs(5), || !upstream.requests().is_empty()).await;
+    assert!(forwarded, "the request reached the upstream");
+    let pid = child.id().expect("pid").to_string();
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+    };
+    assert!(term().success());
+    let draining = support::eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert!(draining, "still accepting after the first SIGTERM");
+    assert!(term().success());
+    // Far sooner than the 30 s drain (or the 60 s upstream timeout).
+    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("stopped within 5 s of the second SIGTERM")
+        .expect("exit status");
+    assert!(!exit.success(), "a forced stop says so: {exit:?}");
+}

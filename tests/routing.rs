@@ -203,6 +203,8 @@ async fn routes_match_host_path_method_and_headers_in_order() {
         "GET is not POST"
     );
     assert_eq!(ask("API.Example.com:8080", "/v1", None).await.2, "api");
+    // A fully qualified name's trailing dot names the same host.
+    assert_eq!(ask("api.example.com.", "/v1", None).await.2, "api");
     assert_eq!(ask("shop.example.com", "/", None).await.2, "wild");
     assert_eq!(ask("other.org", "/only", None).await.2, "fallback");
     assert_eq!(ask("other.org", "/", Some(("x-beta", "1"))).await.2, "beta");

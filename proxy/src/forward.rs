@@ -444,7 +444,8 @@ fn request_host(
 const REG_NAME_BYTES: [bool; 256] = byte_set(b"-._~%!$&'()*+,;=");
 
 /// The host part of a `Host` value (RFC 3986 `host [ ":" port ]`), lower
-/// case for matching; borrowed unless it had upper-case letters.
+/// case for matching and without a trailing dot (`example.com.` is the same
+/// name, as nginx takes it); borrowed unless it had upper-case letters.
 pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardError> {
     let invalid = ForwardError::BadRequest {
         reason: "invalid Host field",
@@ -482,6 +483,10 @@ pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardErr
             reason: "invalid Host field",
         });
     }
+    let host = match host {
+        [name @ .., b'.'] if !name.is_empty() => name,
+        host => host,
+    };
     let host = std::str::from_utf8(host).map_err(|_| ForwardError::BadRequest {
         reason: "invalid Host field",
     })?;
@@ -658,6 +663,8 @@ mod tests {
         assert_eq!(host("example.com").as_deref(), Some("example.com"));
         assert_eq!(host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(host("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("Example.com.:443").as_deref(), Some("example.com"));
+        assert_eq!(host("example.com.").as_deref(), Some("example.com"));
         assert_eq!(host("a b"), None);
         assert_eq!(host("example.com:80x"), None);
         assert_eq!(host("[::1"), None);
