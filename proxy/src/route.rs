@@ -3,6 +3,7 @@
 //! lock. Route lookup, pool choice (weights, sticky buckets, override) and
 //! endpoint choice all read only this table.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -433,7 +434,8 @@ impl RouteTable {
         &self.pools
     }
 
-    /// The first route that matches. `host` is lower case without a port.
+    /// The first route that matches. `host` is lower case without a port;
+    /// `path` is matched as [`path_for_matching`] has it.
     pub fn find_route(
         &self,
         method: &Method,
@@ -441,6 +443,7 @@ impl RouteTable {
         path: &str,
         headers: &(impl Fields + ?Sized),
     ) -> Option<&RouteEntry> {
+        let path = &*path_for_matching(path);
         // The exact host, else its longest wildcard suffix, else no host
         // rule: every candidate list already satisfies the host rule.
         // Tables with no host rules (or no wildcards) skip the lookups.
@@ -750,6 +753,66 @@ fn header_name(name: &str) -> HeaderName {
     HeaderName::from_bytes(name.as_bytes()).expect("validated: header name is a token")
 }
 
+/// A path as routes match it (RFC 3986 §6.2.2): percent-encoded
+/// unreserved bytes decoded (`/%61pi` is `/api`) and dot segments removed
+/// (`/api/../admin` is `/admin`, §5.2.4), as nginx matches its locations;
+/// without it, `..` would reach one route's upstream path through another
+/// route's rules. The request goes upstream as the client sent it.
+/// Borrowed unless it changes: the common path has neither.
+pub fn path_for_matching(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let odd = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' || (b == b'.' && i > 0 && bytes[i - 1] == b'/'));
+    if !odd || !path.starts_with('/') {
+        return Cow::Borrowed(path);
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let byte = (high * 16 + low) as u8;
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    decoded.push(byte as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        // Bytes of a `&str`: a multi-byte character is copied whole.
+        let len = path[i..].chars().next().map_or(1, char::len_utf8);
+        decoded.push_str(&path[i..i + len]);
+        i += len;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    let mut parts = decoded[1..].split('/').peekable();
+    while let Some(segment) = parts.next() {
+        let last = parts.peek().is_none();
+        match segment {
+            "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => {
+                segments.push(other);
+                continue;
+            }
+        }
+        // `/a/.` and `/a/b/..` name a directory: the slash stays.
+        if last {
+            segments.push("");
+        }
+    }
+    let normal = format!("/{}", segments.join("/"));
+    match normal == path {
+        true => Cow::Borrowed(path),
+        false => Cow::Owned(normal),
+    }
+}
+
 fn resolve(address: &str) -> std::io::Result<SocketAddr> {
     address.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address")
@@ -783,6 +846,25 @@ pub fn find_cookie<'a>(headers: &'a (impl Fields + ?Sized), name: &str) -> Optio
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn paths_are_matched_as_rfc_3986_normalizes_them() {
+        use super::path_for_matching as norm;
+        assert_eq!(norm("/api/x"), "/api/x");
+        assert_eq!(norm("/v1.2/index.html"), "/v1.2/index.html");
+        assert_eq!(norm("/%61pi/x"), "/api/x");
+        assert_eq!(norm("/api%2Fx"), "/api%2Fx");
+        assert_eq!(norm("/api/../admin/x"), "/admin/x");
+        assert_eq!(norm("/api/%2e%2E/admin"), "/admin");
+        assert_eq!(norm("/a/./b/."), "/a/b/");
+        assert_eq!(norm("/a/b/.."), "/a/");
+        assert_eq!(norm("/../.."), "/");
+        assert_eq!(norm("/.well-known/x"), "/.well-known/x");
+        assert_eq!(norm("/%"), "/%");
+        assert_eq!(norm("/caf%C3%A9/é"), "/caf%C3%A9/é");
+        assert_eq!(norm("*"), "*");
+    }
+
     use super::*;
 
     #[test]

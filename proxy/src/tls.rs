@@ -550,10 +550,20 @@ impl UpstreamTlsClient {
             name: host.clone(),
             source: err,
         })?;
+        // The files' contents, not only their names: a CA or client
+        // certificate replaced at the same path (a reload) must not find
+        // connections made under the old one.
         let pool_key = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             (&host, &tls.ca_file, &tls.client_cert).hash(&mut hasher);
+            let files = tls
+                .ca_file
+                .iter()
+                .chain(tls.client_cert.iter().flat_map(|(cert, key)| [cert, key]));
+            for file in files {
+                std::fs::read(file).ok().hash(&mut hasher);
+            }
             hasher.finish() | 1
         };
         Ok(UpstreamTlsClient {

@@ -69,6 +69,8 @@ pub(super) struct RawHead {
     needs_hyper: bool,
     /// `Expect: 100-continue`: the client waits for a `100` before its body.
     pub(super) expects_continue: bool,
+    /// A `host` field that is not empty.
+    has_host: bool,
 }
 
 impl RawHead {
@@ -175,6 +177,7 @@ impl RawHead {
         match name {
             b"te" if value != b"trailers" => return self.refuse("TE other than trailers"),
             b"te" => self.needs_hyper = true,
+            b"host" if !trailers => self.has_host |= !value.is_empty(),
             b"expect" => {
                 self.needs_hyper = true;
                 self.expects_continue |= value.eq_ignore_ascii_case(b"100-continue");
@@ -224,6 +227,9 @@ impl RawHead {
             }
         } else if self.scheme.is_none() || self.path.is_none() {
             return Err("no :scheme or no :path");
+        } else if !self.has_host && self.value(&self.authority).is_none_or(<[u8]>::is_empty) {
+            // RFC 9113 §8.3.1: http and https have a mandatory authority.
+            return Err("no :authority or host, or an empty one");
         }
         if end_stream && self.length.is_some_and(|n| n != 0) {
             return Err("content-length with no body");
@@ -295,7 +301,19 @@ impl RawHead {
             uri.path_and_query = Some(PathAndQuery::try_from(path).map_err(|_| "invalid :path")?);
         }
         let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
-        let headers = self.header_map()?;
+        let mut headers = self.header_map()?;
+        // Cookie crumbs go upstream as one field (RFC 9113 §8.2.3), as the
+        // raw path writes them.
+        let mut cookies = headers.get_all(http::header::COOKIE).iter();
+        if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+            let mut joined = first.as_bytes().to_vec();
+            for crumb in headers.get_all(http::header::COOKIE).iter().skip(1) {
+                joined.extend_from_slice(b"; ");
+                joined.extend_from_slice(crumb.as_bytes());
+            }
+            let joined = HeaderValue::from_bytes(&joined).map_err(|_| "invalid cookie")?;
+            headers.insert(http::header::COOKIE, joined);
+        }
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone().ok_or("no :method")?;
         *request.uri_mut() = uri;
