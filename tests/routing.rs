@@ -110,6 +110,16 @@ async fn sticky_cookie_is_set_once_and_then_honoured() {
             assert!(headers.get("set-cookie").is_none(), "cookie set again");
         }
     }
+    // An empty id is no id: a new one is set (every such client would
+    // otherwise share one bucket).
+    let (_, headers, _) = support::get(&client, proxy.addr, "/", &[("cookie", "sy_id=")]).await;
+    let set_cookie = headers
+        .get("set-cookie")
+        .map(|v| v.to_str().expect("ascii"));
+    assert!(
+        set_cookie.is_some_and(|c| c.starts_with("sy_id=") && !c.starts_with("sy_id=;")),
+        "{set_cookie:?}"
+    );
 }
 
 #[tokio::test]

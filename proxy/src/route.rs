@@ -502,7 +502,9 @@ impl RouteTable {
         }
         match &route.sticky {
             Some(StickyKey::Header(name)) => {
-                if let Some(value) = headers.values(name).next() {
+                // An empty key is no key: every such client would share
+                // one bucket.
+                if let Some(value) = headers.values(name).next().filter(|v| !v.is_empty()) {
                     return PoolChoice {
                         pool: route.pool_for_bucket(sticky_bucket(value)),
                         set_cookie: None,
@@ -511,7 +513,7 @@ impl RouteTable {
                 }
             }
             Some(StickyKey::Cookie { name, set }) => {
-                if let Some(value) = find_cookie(headers, name) {
+                if let Some(value) = find_cookie(headers, name).filter(|v| !v.is_empty()) {
                     return PoolChoice {
                         pool: route.pool_for_bucket(sticky_bucket(value)),
                         set_cookie: None,
