@@ -249,8 +249,11 @@ struct StreamReset;
 pub struct RecvBody {
     shared: Rc<StreamShared>,
     idle: Duration,
-    /// Runs while the body waits for the client.
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer, made at the first wait and moved on for each later one
+    /// (an upload waits between most of its frames).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The body waits for the client: the timer runs.
+    waiting: bool,
     /// The windows were shut when the timer last fired.
     held_back: bool,
 }
@@ -262,19 +265,22 @@ impl RecvBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = self.poll_stream(cx);
         if frame.is_ready() {
-            self.waiting = None;
+            self.waiting = false;
             self.held_back = false;
             return frame;
         }
         let idle = self.idle;
-        let waiting = self
-            .waiting
+        let timer = self
+            .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        while waiting.as_mut().poll(cx).is_ready() {
+        if !std::mem::replace(&mut self.waiting, true) {
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
             let may_send =
                 self.shared.client_may_send.get() && self.shared.conn.client_may_send.get();
             if may_send && !self.held_back {
-                self.waiting = None;
+                self.waiting = false;
                 return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "no request body bytes within the idle timeout",
@@ -282,7 +288,7 @@ impl RecvBody {
             }
             self.held_back = !may_send;
             let next = tokio::time::Instant::now() + idle;
-            waiting.as_mut().reset(next);
+            timer.as_mut().reset(next);
         }
         Poll::Pending
     }
@@ -1180,7 +1186,8 @@ impl State {
                     false => ClientBody::H2(RecvBody {
                         shared: Rc::clone(&shared),
                         idle: proxy.routes.timeouts().idle,
-                        waiting: None,
+                        timer: None,
+                        waiting: false,
                         held_back: false,
                     }),
                 };
