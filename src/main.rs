@@ -87,8 +87,8 @@ struct RunArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Worker threads (default: the number of cores).
-    #[arg(long)]
-    workers: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Admin API address (default: the config's `admin.address`, else
     /// 127.0.0.1:9901). On a non-loopback address a token is required.
     #[arg(long)]
@@ -218,11 +218,24 @@ fn load(file: &Path) -> anyhow::Result<Config> {
     })
 }
 
+/// `config` with the addresses its listeners are bound to (a port 0 is
+/// shown as the port it got), for the banner.
+fn with_bound_ports(config: &Config, bound: &[SocketAddr]) -> Config {
+    let mut shown = config.clone();
+    for (given, actual) in shown.listeners.iter_mut().zip(bound) {
+        for tls in shown.tls.iter_mut().filter(|tls| tls.address == *given) {
+            tls.address = *actual;
+        }
+        *given = *actual;
+    }
+    shown
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before anything listens: a SIGTERM that comes as soon as the proxy
     // serves must drain it, not kill it.
     let mut signals = Signals::install()?;
-    let workers = args.workers.unwrap_or_else(|| {
+    let workers = args.workers.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -313,7 +326,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("  a config file:      switchyard run --config examples/canary.json");
     } else {
         println!("Switchyard is listening on {scheme}://{addr}");
-        print!("{config}");
+        print!("{}", with_bound_ports(&config, &server.local_addrs()));
     }
     println!("Admin API on {admin_scheme}://{admin}/v1/routes");
     println!("Ctrl-C or SIGTERM stops it after in-flight requests finish.");

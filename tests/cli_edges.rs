@@ -33,6 +33,22 @@ fn write(dir: &std::path::Path, name: &str, contents: &[u8]) -> PathBuf {
     path
 }
 
+/// `run` with one route to `stable`, the proxy and the admin API on
+/// ephemeral loopback ports, and `extra` flags.
+fn one_route<'a>(stable: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--stable",
+        stable,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs the binary to its end, or kills it after `limit` (then `None`).
 async fn run_to_end(args: &[&str], limit: Duration) -> Option<(std::process::ExitStatus, String)> {
     let child = tokio::process::Command::new(BIN)
@@ -59,6 +75,18 @@ async fn run_to_end(args: &[&str], limit: Duration) -> Option<(std::process::Exi
 async fn start(
     args: &[&str],
 ) -> Result<(tokio::process::Child, std::net::SocketAddr), (std::process::ExitStatus, String)> {
+    start_with_banner(args)
+        .await
+        .map(|(child, proxy, _)| (child, proxy))
+}
+
+/// [`start`], and the lines printed before "Admin API on …".
+async fn start_with_banner(
+    args: &[&str],
+) -> Result<
+    (tokio::process::Child, std::net::SocketAddr, Vec<String>),
+    (std::process::ExitStatus, String),
+> {
     let mut child = tokio::process::Command::new(BIN)
         .args(args)
         .env("SWITCHYARD_LOG", "warn")
@@ -70,6 +98,7 @@ async fn start(
     let mut stderr = child.stderr.take().expect("stderr");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut proxy = None;
+    let mut banner = Vec::new();
     loop {
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
             .await
@@ -84,6 +113,7 @@ async fn start(
         if line.starts_with("Admin API on ") {
             break;
         }
+        banner.push(line.clone());
         if proxy.is_none() {
             if let Some(at) = line.find("http://") {
                 let rest = &line[at + 7..];
@@ -96,7 +126,11 @@ async fn start(
         let mut sink = Vec::new();
         let _ = stderr.read_to_end(&mut sink).await;
     });
-    Ok((child, proxy.expect("the proxy's address was printed")))
+    Ok((
+        child,
+        proxy.expect("the proxy's address was printed"),
+        banner,
+    ))
 }
 
 /// One GET over a fresh connection; the raw answer (empty if the proxy
@@ -117,19 +151,10 @@ async fn raw_get(addr: std::net::SocketAddr, host: &str, extra: &str) -> String 
 #[tokio::test]
 async fn canary_weight_that_overflows_is_refused_not_a_panic() {
     let (status, stderr) = run_to_end(
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--stable",
+        &one_route(
             "127.0.0.1:1",
-            "--canary",
-            "127.0.0.1:2",
-            "--canary-weight",
-            "42949673",
-        ],
+            &["--canary", "127.0.0.1:2", "--canary-weight", "42949673"],
+        ),
         Duration::from_secs(20),
     )
     .await
@@ -149,19 +174,15 @@ async fn canary_weight_that_overflows_is_refused_not_a_panic() {
 async fn huge_upstream_timeout_is_refused_or_served() {
     let upstream = support::upstream("stable").await;
     let upstream_addr = upstream.addr.to_string();
-    let started = start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--stable",
+    let started = start(&one_route(
         &upstream_addr,
-        "--upstream-timeout",
-        "10000000000000000000s",
-    ])
+        &[
+            "--workers",
+            "1",
+            "--upstream-timeout",
+            "10000000000000000000s",
+        ],
+    ))
     .await;
     match started {
         Err((status, stderr)) => {
@@ -190,17 +211,7 @@ async fn huge_upstream_timeout_is_refused_or_served() {
 async fn sigterm_right_after_the_ready_message_exits_zero() {
     for attempt in 0..200 {
         let mut child = tokio::process::Command::new(BIN)
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--workers",
-                "1",
-                "--stable",
-                "127.0.0.1:9",
-            ])
+            .args(one_route("127.0.0.1:9", &["--workers", "1"]))
             .env("SWITCHYARD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -374,17 +385,7 @@ async fn a_header_value_that_cannot_be_sent_does_not_become_a_wildcard() {
 #[tokio::test]
 async fn a_bad_flag_value_is_reported_by_its_flag() {
     let (status, stderr) = run_to_end(
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--stable",
-            "127.0.0.1:1",
-            "--upstream-timeout",
-            "5",
-        ],
+        &one_route("127.0.0.1:1", &["--upstream-timeout", "5"]),
         Duration::from_secs(20),
     )
     .await
@@ -400,19 +401,10 @@ async fn a_bad_flag_value_is_reported_by_its_flag() {
 async fn a_second_sigterm_during_the_drain_stops_at_once() {
     let upstream = support::scripted_upstream(b"", support::After::Hang).await;
     let upstream_addr = upstream.addr.to_string();
-    let (mut child, addr) = start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--stable",
+    let (mut child, addr) = start(&one_route(
         &upstream_addr,
-        "--upstream-timeout",
-        "60s",
-    ])
+        &["--workers", "1", "--upstream-timeout", "60s"],
+    ))
     .await
     .expect("started");
     // A request the upstream never answers keeps the drain going.
@@ -443,4 +435,35 @@ async fn a_second_sigterm_during_the_drain_stops_at_once() {
         .expect("stopped within 5 s of the second SIGTERM")
         .expect("exit status");
     assert!(!exit.success(), "a forced stop says so: {exit:?}");
+}
+
+/// `--workers 0` (and a count no machine runs) is refused by its flag,
+/// rather than silently run with one worker.
+#[tokio::test]
+async fn a_worker_count_of_zero_is_refused() {
+    for count in ["0", "100000"] {
+        let (status, stderr) = run_to_end(
+            &one_route("127.0.0.1:1", &["--workers", count]),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("refused at once");
+        assert!(!status.success(), "--workers {count}: {stderr}");
+        assert!(stderr.contains("--workers"), "{stderr}");
+    }
+}
+
+/// The routing table printed at start names the port a `:0` listener got,
+/// not port 0.
+#[tokio::test]
+async fn the_banner_shows_the_bound_port() {
+    let (mut child, proxy, banner) = start_with_banner(&one_route("127.0.0.1:1", &[]))
+        .await
+        .expect("started");
+    let listeners = banner
+        .iter()
+        .find(|line| line.starts_with("listeners: "))
+        .expect("a listeners line");
+    assert_eq!(*listeners, format!("listeners: {proxy}"), "{banner:?}");
+    child.kill().await.expect("kill");
 }

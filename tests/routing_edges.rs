@@ -259,6 +259,32 @@ async fn an_http2_request_without_authority_or_host_is_not_forwarded() {
     proxy.server.shutdown();
 }
 
+/// RFC 9113 §8.3.1: a `host` that names another entity than `:authority`
+/// makes the request malformed. Routing by one while the upstream goes by
+/// the other is how a request slips past a host's rules.
+#[tokio::test]
+async fn an_http2_request_whose_host_differs_from_its_authority_is_not_forwarded() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy(&support::split_config(&[(&upstream, 10_000)], json!({})));
+    for (path, host) in [("/differs", "admin.internal"), ("/same", "APP.example")] {
+        let fields = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "app.example"),
+            (":path", path),
+            ("host", host),
+        ];
+        raw_h2(proxy.addr, &fields).await;
+    }
+    let forwarded: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|seen| seen.uri.clone())
+        .collect();
+    assert_eq!(forwarded, ["/same"], "{forwarded:?}");
+    proxy.server.shutdown();
+}
+
 /// RFC 9113 §8.2.3: HTTP/2 cookie crumbs MUST be joined with "; " before
 /// going on over HTTP/1.1. The raw HTTP/2 path joins them; a request that
 /// goes through hyper's path (here because of `TE: trailers`; also a body

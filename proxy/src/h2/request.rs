@@ -230,6 +230,18 @@ impl RawHead {
         } else if !self.has_host && self.value(&self.authority).is_none_or(<[u8]>::is_empty) {
             // RFC 9113 §8.3.1: http and https have a mandatory authority.
             return Err("no :authority or host, or an empty one");
+        } else if self.has_host {
+            // RFC 9113 §8.3.1: a host that names another entity than the
+            // :authority makes the request malformed. Routing goes by one,
+            // the upstream may go by the other.
+            if let Some(authority) = self.value(&self.authority).filter(|a| !a.is_empty()) {
+                if self
+                    .values(&http::header::HOST)
+                    .any(|host| !host.eq_ignore_ascii_case(authority))
+                {
+                    return Err(":authority and host differ");
+                }
+            }
         }
         if end_stream && self.length.is_some_and(|n| n != 0) {
             return Err("content-length with no body");
