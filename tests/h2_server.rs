@@ -2128,3 +2128,98 @@ async fn expect_100_continue_gets_a_100_over_http2() {
     let response = client.response(1).await;
     assert_eq!(response.field(":status"), Some("200"), "{response:?}");
 }
+
+/// An upstream that counts the body bytes of its one request (after a
+/// head with `content-length: len`), answers 200 once it has them all, and
+/// reads on until the proxy closes.
+async fn counting_upstream(len: usize) -> (SocketAddr, watch::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (count, counted) = watch::channel(0usize);
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        support::read_head(&mut stream).await;
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            let before = total;
+            total += n;
+            count.send_replace(total);
+            if before < len && total >= len {
+                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                let _ = stream.write_all(reply).await;
+            }
+        }
+    });
+    (addr, counted)
+}
+
+/// Sends stream 1, a POST of `len` bytes with their `content-length`, in
+/// 16 KiB DATA frames and without END_STREAM, to a proxy in front of a
+/// [`counting_upstream`].
+async fn upload_without_end(len: usize) -> (support::TestProxy, RawClient, watch::Receiver<usize>) {
+    let (addr, counted) = counting_upstream(len).await;
+    let proxy = support::proxy_to("app", addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let length = len.to_string();
+    let head = request("POST", "/upload", &[("content-length", &length)]);
+    client.send(&frame(HEADERS, END_HEADERS, 1, &head)).await;
+    for piece in pattern(len).chunks(16_384) {
+        client.send(&frame(DATA, 0, 1, piece)).await;
+    }
+    (proxy, client, counted)
+}
+
+/// RFC 9113 §8.1.1: a request whose DATA adds up to more than its
+/// `content-length` is malformed, and the client may say so by sending
+/// more only after the declared bytes. The bytes that complete the length
+/// therefore wait for END_STREAM: the upstream never holds a whole request
+/// that the client then made malformed (it answered such a request before,
+/// while the client's stream was still open). Both sides of 64 KiB: a
+/// body read whole before it goes, and one that streams.
+#[tokio::test]
+async fn the_bytes_that_complete_a_content_length_wait_for_end_stream() {
+    for (len, last) in [(100_000, 100_000 % 16_384), (1_000, 1_000)] {
+        let (proxy, mut client, mut counted) = upload_without_end(len).await;
+        // What comes before the last frame goes on at once; the last frame
+        // waits for the stream's end.
+        if len > last {
+            timeout(
+                Duration::from_secs(10),
+                counted.wait_for(|n| *n >= len - last),
+            )
+            .await
+            .expect("the first frames forwarded within 10 s")
+            .expect("upstream running");
+        }
+        // One byte more, with END_STREAM: the request is malformed.
+        client.send(&frame(DATA, END_STREAM, 1, b"!")).await;
+        let answer = loop {
+            let frame = client.next().await.expect("an answer to stream 1");
+            if frame.id == 1 && matches!(frame.kind, HEADERS | RST_STREAM) {
+                break frame;
+            }
+        };
+        assert_eq!(answer.kind, RST_STREAM, "{len}: answered {answer:?}");
+        let seen = *counted.borrow();
+        assert!(
+            seen < len,
+            "{len}: the upstream got a whole request ({seen} bytes)"
+        );
+        proxy.server.shutdown();
+    }
+}
+
+/// The other side: the stream's end (an empty DATA frame, after the body)
+/// lets the held bytes go, and the request is answered.
+#[tokio::test]
+async fn a_body_ended_by_an_empty_data_frame_is_forwarded_whole() {
+    for len in [100_000, 1_000] {
+        let (proxy, mut client, mut counted) = upload_without_end(len).await;
+        client.send(&frame(DATA, END_STREAM, 1, &[])).await;
+        let response = client.response(1).await;
+        assert_eq!(response.field(":status"), Some("200"), "{len}");
+        assert_eq!(*counted.borrow_and_update(), len);
+        proxy.server.shutdown();
+    }
+}

@@ -300,11 +300,21 @@ impl RecvBody {
         let shared = &self.shared;
         let mut recv = shared.recv.borrow_mut();
         if let Some(chunk) = recv.pop() {
-            recv.taken += chunk.len() as u64;
-            drop(recv);
-            shared.expects_continue.set(false);
-            give_credit(shared, chunk.len());
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            let taken = recv.taken + chunk.len() as u64;
+            // The bytes that complete the content-length wait for the
+            // stream's end: more DATA after them makes the request
+            // malformed (RFC 9113 §8.1.1), and the upstream must not hold
+            // it whole by then. A client's last frame carries END_STREAM,
+            // so this costs nothing but to a client that sends it apart.
+            if shared.length == Some(taken) && !recv.ended && !recv.reset {
+                recv.chunks.push_front(chunk);
+            } else {
+                recv.taken = taken;
+                drop(recv);
+                shared.expects_continue.set(false);
+                give_credit(shared, chunk.len());
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
         }
         if recv.reset {
             return Poll::Ready(Some(Err(Box::new(StreamReset))));
