@@ -158,22 +158,9 @@ fn check(file: &Path) -> anyhow::Result<()> {
     let config = load(file)?;
     if let Err(err) = RouteTable::build(&config, 1) {
         // An endpoint that does not resolve: placed at its line.
-        if let switchyard_proxy::ForwardError::Resolve {
-            pool,
-            address,
-            source,
-        } = &err
-        {
-            let index = config
-                .pools
-                .iter()
-                .find(|p| &p.name == pool)
-                .and_then(|p| p.endpoints.iter().position(|e| &e.address == address));
-            if let (Some(index), Ok(text)) = (index, std::fs::read_to_string(file)) {
-                let reason = format!("{address} does not resolve: {source}");
-                let err = switchyard_config::endpoint_error(&text, pool, index, reason);
-                bail!("{}:{err}", file.display());
-            }
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(placed) = switchyard_admin::build_error_at(&config, &text, &err) {
+            bail!("{}:{placed}", file.display());
         }
         return Err(anyhow::Error::new(err).context(format!("{}", file.display())));
     }

@@ -226,6 +226,54 @@ async fn abort_returns_all_traffic_to_the_baseline_at_once() {
     assert_eq!(status, 200);
 }
 
+/// Blue-green as it is run: a release flips to the idle copy, the next
+/// release goes to the copy that is now idle and flips back. A rollout
+/// done with all traffic on its target makes the target the baseline (as
+/// Argo Rollouts makes it stable), so the next rollout's default target is
+/// the old pool, and an abort returns to the pool that was serving.
+#[tokio::test]
+async fn blue_green_flips_alternate_and_the_baseline_follows() {
+    let setup = setup().await;
+    let baseline = |admin| async move {
+        let (_, route) = call(admin, Method::GET, "/v1/routes/web", None).await;
+        route["baseline"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(baseline(setup.admin).await, "stable");
+    for (to, from) in [("canary", "stable"), ("stable", "canary")] {
+        let spec = json!({"strategy": "blue_green", "bake": "100ms"});
+        let (status, started) = start_rollout(setup.admin, &spec).await;
+        assert_eq!(status, 200, "flip to {to}: {started}");
+        assert_eq!(started["rollout"]["target"], to, "{started}");
+        wait_for(setup.admin, Duration::from_secs(10), |r| {
+            r["state"] == "completed"
+        })
+        .await;
+        assert_eq!(pools_seen(setup.proxy, 40).await.get(to), Some(&40));
+        assert_eq!(
+            baseline(setup.admin).await,
+            to,
+            "after the flip from {from}"
+        );
+    }
+    // A third release, aborted during its bake: back to the serving pool.
+    let spec = json!({"strategy": "blue_green", "bake": "10m"});
+    let (status, started) = start_rollout(setup.admin, &spec).await;
+    assert_eq!(
+        (status, &started["rollout"]["target"]),
+        (StatusCode::OK, &json!("canary"))
+    );
+    assert_eq!(pools_seen(setup.proxy, 40).await.get("canary"), Some(&40));
+    let (status, _) = call(
+        setup.admin,
+        Method::POST,
+        "/v1/routes/web/rollout/abort",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(pools_seen(setup.proxy, 40).await.get("stable"), Some(&40));
+}
+
 #[tokio::test]
 async fn manual_gate_waits_for_resume_and_weights_are_locked_meanwhile() {
     let setup = setup().await;

@@ -46,6 +46,7 @@ struct AbortBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WeightsBody {
+    #[serde(deserialize_with = "switchyard_config::raw::unique_keys")]
     weights: BTreeMap<String, Value>,
 }
 
@@ -75,9 +76,11 @@ impl AdminApi {
         let path = request.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
-        let not_allowed = || AdminError::MethodNotAllowed {
+        // RFC 9110 §15.5.6: a 405 says which methods the path takes.
+        let not_allowed = |allow: &'static str| AdminError::MethodNotAllowed {
             method: method.to_string(),
             path: path.clone(),
+            allow,
         };
         match segments.as_slice() {
             ["healthz"] if method == Method::GET => {
@@ -94,14 +97,14 @@ impl AdminApi {
                     None,
                 ))
             }
-            ["healthz"] | ["readyz"] => return Err(not_allowed()),
+            ["healthz"] | ["readyz"] => return Err(not_allowed("GET")),
             _ => {}
         }
         self.authenticate(&request)?;
         match segments.as_slice() {
             ["metrics"] => {
                 if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET"));
                 }
                 let mut response = Response::new(Either::Left(Full::new(Bytes::from(
                     crate::metrics::render(),
@@ -114,27 +117,24 @@ impl AdminApi {
             }
             ["v1", "routes"] => {
                 if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET"));
                 }
                 let (version, body) = self.plane.describe(None).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
             ["v1", "routes", route] => {
                 if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET"));
                 }
                 let (version, body) = self.plane.describe(Some(route)).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
             ["v1", "routes", route, "weights"] => {
                 if method != Method::PUT {
-                    return Err(not_allowed());
+                    return Err(not_allowed("PUT"));
                 }
                 let route = route.to_string();
-                let if_match = request
-                    .headers()
-                    .get(header::IF_MATCH)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let if_match = if_match(&request);
                 let body: WeightsBody = read_json(request).await?;
                 let weights = weights_to_basis_points(&body.weights)?;
                 let version = self
@@ -146,7 +146,7 @@ impl AdminApi {
             }
             ["v1", "routes", route, "health"] => {
                 if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET"));
                 }
                 let (version, described) = self.plane.describe(Some(route)).await?;
                 let mut body = self.board.describe(route);
@@ -158,19 +158,23 @@ impl AdminApi {
             ["v1", "routes", route, "rollout"] => {
                 let route = route.to_string();
                 if method == Method::POST {
+                    let if_match = if_match(&request);
                     let spec: RolloutSpec = read_json(request).await?;
-                    self.plane.start_rollout(&route, &spec, "admin-api").await?;
+                    self.plane
+                        .start_rollout(&route, &spec, if_match.as_deref(), "admin-api")
+                        .await?;
                 } else if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET, POST"));
                 }
                 self.rollout_status(&route).await
             }
             ["v1", "routes", route, "rollout", action @ ("pause" | "resume" | "promote" | "abort")] =>
             {
                 if method != Method::POST {
-                    return Err(not_allowed());
+                    return Err(not_allowed("POST"));
                 }
                 let route = route.to_string();
+                let if_match = if_match(&request);
                 let action = match *action {
                     "pause" => RolloutAction::Pause,
                     "resume" => RolloutAction::Resume,
@@ -179,8 +183,12 @@ impl AdminApi {
                         let reason = if request.headers().contains_key(header::CONTENT_TYPE) {
                             let body: AbortBody = read_json(request).await?;
                             body.reason
-                        } else {
+                        } else if read_any(request).await?.is_empty() {
                             None
+                        } else {
+                            // A reason sent without its type is refused,
+                            // not dropped.
+                            return Err(AdminError::UnsupportedMediaType);
                         };
                         RolloutAction::Abort(
                             reason.unwrap_or_else(|| "aborted by an operator".into()),
@@ -194,18 +202,15 @@ impl AdminApi {
                     }
                 };
                 self.plane
-                    .control_rollout(&route, action, "admin-api")
+                    .control_rollout(&route, action, if_match.as_deref(), "admin-api")
                     .await?;
                 self.rollout_status(&route).await
             }
             ["v1", "config"] => {
                 if method != Method::PUT {
-                    return Err(not_allowed());
+                    return Err(not_allowed("PUT"));
                 }
-                let if_match = request
-                    .headers()
-                    .get(header::IF_MATCH)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let if_match = if_match(&request);
                 let text = read_body(request, MAX_CONFIG_BYTES).await?;
                 let text = String::from_utf8(text.to_vec()).map_err(|_| AdminError::BadJson {
                     reason: "the config is not UTF-8".into(),
@@ -220,14 +225,14 @@ impl AdminApi {
             }
             ["v1", "events", "stream"] => {
                 if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET"));
                 }
                 let since = since_param(request.uri().query())?;
                 Ok(self.event_stream(since))
             }
             ["v1", "events"] => {
                 if method != Method::GET {
-                    return Err(not_allowed());
+                    return Err(not_allowed("GET"));
                 }
                 let since = since_param(request.uri().query())?;
                 let events = self.plane.events().since(since);
@@ -350,6 +355,28 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The `If-Match` value, if given.
+fn if_match(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// A body of any type, of at most [`MAX_BODY_BYTES`].
+async fn read_any(request: Request<Incoming>) -> Result<Bytes, AdminError> {
+    read_limited(request, MAX_BODY_BYTES).await
+}
+
+/// The body, of at most `limit` bytes.
+async fn read_limited(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
+    Ok(Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| AdminError::TooLarge { limit })?
+        .to_bytes())
+}
+
 /// A JSON body of at most `limit` bytes.
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
     let is_json = request
@@ -364,11 +391,7 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ad
     if !is_json {
         return Err(AdminError::UnsupportedMediaType);
     }
-    Ok(Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|_| AdminError::TooLarge { limit })?
-        .to_bytes())
+    read_limited(request, limit).await
 }
 
 /// Integers are basis points; numbers with a decimal point are percentages

@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::error::AdminError;
 use crate::events::{EventLog, NewEvent};
 use crate::metrics::AdminMetrics;
-use crate::rollout::{weights_with, Rollout, RolloutSpec};
+use crate::rollout::{weights_with, Rollout, RolloutSpec, RolloutState};
 use crate::state::{write_atomically, RouteState, RuntimeState, StateStore};
 
 /// The control plane, shared by the admin API and (later) rollouts and reloads.
@@ -121,6 +121,13 @@ impl ControlPlane {
         let table =
             RouteTable::build_in(&effective, state.version, &scope).map_err(AdminError::Build)?;
         store.persist(&state)?;
+        // A rollout that was running when the process stopped is reported
+        // as it is, before any step of it moves.
+        for (route, runtime) in &state.routes {
+            if let Some(rollout) = &runtime.rollout {
+                AdminMetrics::global().set_rollout(route, Some(rollout));
+            }
+        }
         for (route, reason) in dropped {
             events.record(NewEvent {
                 who: "startup".into(),
@@ -208,6 +215,7 @@ impl ControlPlane {
         &self,
         route: &str,
         spec: &RolloutSpec,
+        if_match: Option<&str>,
         who: &str,
     ) -> Result<u64, AdminError> {
         let (strategy, steps) = spec.steps().map_err(|err| AdminError::Invalid {
@@ -253,7 +261,7 @@ impl ControlPlane {
             apply_rollout(route, baseline, state, rollout)?;
             Ok(("rollout_started", format!("{strategy} rollout started")))
         };
-        let version = self.change(route, None, who, change).await?;
+        let version = self.change(route, if_match, who, change).await?;
         self.wake.notify_one();
         Ok(version)
     }
@@ -263,6 +271,7 @@ impl ControlPlane {
         &self,
         route: &str,
         action: RolloutAction,
+        if_match: Option<&str>,
         who: &str,
     ) -> Result<u64, AdminError> {
         let change = |config: &switchyard_config::Route, state: &mut RouteState| {
@@ -272,6 +281,25 @@ impl ControlPlane {
                 });
             };
             let now = now_ms();
+            // A pause or resume that would change nothing is refused, not
+            // recorded as a change.
+            let nothing_to_do = match action {
+                RolloutAction::Pause if rollout.state != RolloutState::Running => {
+                    Some("only a running step's clock can be paused")
+                }
+                RolloutAction::Resume if rollout.state == RolloutState::Running => {
+                    Some("its clock is running: there is nothing to resume")
+                }
+                _ => None,
+            };
+            if let Some(why) = nothing_to_do {
+                return Err(AdminError::Conflict {
+                    message: format!(
+                        "route {route:?}'s rollout is {}: {why}",
+                        rollout.state.name()
+                    ),
+                });
+            }
             let (kind, reason) = match action {
                 RolloutAction::Pause => {
                     rollout.pause(now);
@@ -293,7 +321,7 @@ impl ControlPlane {
             apply_rollout(route, &config.split.baseline, state, rollout)?;
             Ok((kind, reason))
         };
-        let version = self.change(route, None, who, change).await?;
+        let version = self.change(route, if_match, who, change).await?;
         self.wake.notify_one();
         Ok(version)
     }
@@ -378,7 +406,7 @@ impl ControlPlane {
                 GateVerdict::Abort(reason) => {
                     self.set_hold(&route, None);
                     if let Err(err) = self
-                        .control_rollout(&route, RolloutAction::Abort(reason), "gate")
+                        .control_rollout(&route, RolloutAction::Abort(reason), None, "gate")
                         .await
                     {
                         tracing::warn!(route = %route, error = %err, "gate abort failed");
@@ -442,9 +470,13 @@ impl ControlPlane {
         let plane = Arc::clone(self);
         tokio::spawn(async move {
             loop {
+                let started = now_ms();
                 let next = plane.tick().await;
                 let wait = match next {
-                    // A failed step retries after a second rather than spinning.
+                    // Due before the tick and still due: the step failed
+                    // (its state could not be stored). It retries after a
+                    // second rather than spinning.
+                    Some(due) if due <= started => Duration::from_secs(1),
                     Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(1)),
                     None => Duration::from_secs(3600),
                 };
@@ -511,6 +543,7 @@ impl ControlPlane {
                 .unwrap_or_else(|| RouteState {
                     weights: old_weights.clone(),
                     rollout: None,
+                    baseline: None,
                 });
         let (kind, reason) = change(current, &mut route_state)?;
         let new_weights = route_state.weights.clone();
@@ -633,6 +666,40 @@ impl ControlPlane {
         applied
     }
 
+    /// A config whose table cannot be built (an endpoint that does not
+    /// resolve): refused and recorded, placed at its line in `text` (the
+    /// body of `PUT /v1/config`; else the config file) when it can be.
+    fn refuse_build(
+        &self,
+        who: &str,
+        err: switchyard_proxy::ForwardError,
+        base: &Config,
+        text: Option<&str>,
+        version: u64,
+    ) -> AdminError {
+        let (text, prefix) = match (text, &self.config_path) {
+            (Some(text), _) => (Some(text.to_string()), String::new()),
+            (None, Some(path)) => (
+                std::fs::read_to_string(path).ok(),
+                format!("{}:", path.display()),
+            ),
+            (None, None) => (None, String::new()),
+        };
+        let placed = text.and_then(|text| build_error_at(base, &text, &err));
+        let Some(placed) = placed else {
+            let err = AdminError::Build(err);
+            self.record_rejection(who, &err.to_response_message(), version);
+            return err;
+        };
+        let message = format!("{prefix}{placed}");
+        self.record_rejection(who, &message, version);
+        AdminError::Invalid {
+            code: "invalid_config",
+            message,
+            field: placed.path().unwrap_or("config").to_string(),
+        }
+    }
+
     /// Logs and records a refused config; the running one stays.
     fn record_rejection(&self, who: &str, reason: &str, version: u64) {
         tracing::warn!(reason = %reason, "config reload refused; the running config stays");
@@ -669,11 +736,16 @@ impl ControlPlane {
                 message: "started without --config: there is no config file to replace".into(),
             });
         };
-        let base = switchyard_config::parse(text).map_err(|err| AdminError::Invalid {
+        let mut base = switchyard_config::parse(text).map_err(|err| AdminError::Invalid {
             code: "invalid_config",
             message: err.to_string(),
             field: err.path().unwrap_or("config").to_string(),
         })?;
+        // Relative certificate files are relative to the config file, as
+        // when the file is loaded.
+        if let Some(dir) = path.parent() {
+            base.rebase_files(dir);
+        }
         let mut inner = self.inner.lock().await;
         check_version(if_match, inner.state.version)?;
         let reason = "config replaced through the admin API".to_string();
@@ -700,8 +772,13 @@ impl ControlPlane {
         let dropped = prune_state(&base, &mut state);
         state.version += 1;
         let effective = effective_config(&base, &state);
-        let table = RouteTable::build_in(&effective, state.version, &self.scope)
-            .map_err(AdminError::Build)?;
+        let table = match RouteTable::build_in(&effective, state.version, &self.scope) {
+            Ok(table) => table,
+            Err(err) => {
+                let text = write_file.map(|(_, text)| text);
+                return Err(self.refuse_build(who, err, &base, text, inner.state.version));
+            }
+        };
         let mut reason = reason;
         let listening = (base.listeners.clone(), base.tls.clone());
         let rebound = listening != inner.listening;
@@ -737,13 +814,30 @@ impl ControlPlane {
                 "config reload: an admin listener change takes effect only after a restart"
             );
         }
-        let persisted = match write_file {
-            Some((path, text)) => write_atomically(path, text.as_bytes()),
-            None => Ok(()),
+        // The file, then the state; a state that cannot be stored puts
+        // the file back, so that a refused call changes nothing, after a
+        // restart either.
+        let previous = match write_file {
+            Some((path, text)) => {
+                let previous = std::fs::read(path).map_err(|source| AdminError::Storage {
+                    what: "reading",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                write_atomically(path, text.as_bytes())?;
+                Some((path, previous))
+            }
+            None => None,
+        };
+        if let Err(err) = self.store.persist(&state) {
+            if let Some((path, previous)) = previous {
+                if let Err(undo) = write_atomically(path, &previous) {
+                    tracing::error!(error = %undo, "cannot put the config file back after a failed change");
+                }
+            }
+            // Not persisted: `commit` is dropped, closing what it bound.
+            return Err(err);
         }
-        .and_then(|()| self.store.persist(&state));
-        // Not persisted: `commit` is dropped, closing what it bound.
-        persisted?;
         if let Some(commit) = commit {
             commit();
             reason.push_str("; listeners now ");
@@ -886,6 +980,15 @@ fn apply_rollout(
         ),
         field: "steps".into(),
     })?;
+    // A rollout done with all traffic on its target makes the target the
+    // stable pool, as Argo Rollouts does: the pool a fallback returns to,
+    // and the one the next rollout moves away from (so blue-green flips
+    // alternate).
+    if rollout.state == RolloutState::Completed
+        && state.weights.get(&rollout.target) == Some(&10_000)
+    {
+        state.baseline = Some(rollout.target.clone());
+    }
     state.rollout = Some(rollout);
     Ok(())
 }
@@ -945,7 +1048,11 @@ fn effective_config(base: &Config, state: &RuntimeState) -> Config {
     let mut config = base.clone();
     for route in &mut config.routes {
         if let Some(route_state) = state.routes.get(&route.name) {
-            route.split = Split::from_weights(&route.split.baseline, &route_state.weights);
+            let baseline = route_state
+                .baseline
+                .as_deref()
+                .unwrap_or(&route.split.baseline);
+            route.split = Split::from_weights(baseline, &route_state.weights);
         }
     }
     config
@@ -983,4 +1090,31 @@ fn describe_match(m: &switchyard_config::Match) -> Value {
         out.insert("headers".into(), Value::Object(headers));
     }
     Value::Object(out)
+}
+
+/// A table build error placed at its line in `text`, the source of
+/// `config`, as `switchyard check` reports it: an endpoint that does not
+/// resolve. `None` for errors that have no place in the file.
+pub fn build_error_at(
+    config: &Config,
+    text: &str,
+    err: &switchyard_proxy::ForwardError,
+) -> Option<switchyard_config::ConfigError> {
+    let switchyard_proxy::ForwardError::Resolve {
+        pool,
+        address,
+        source,
+    } = err
+    else {
+        return None;
+    };
+    let index = config
+        .pools
+        .iter()
+        .find(|p| &p.name == pool)?
+        .endpoints
+        .iter()
+        .position(|e| &e.address == address)?;
+    let reason = format!("{address} does not resolve: {source}");
+    Some(switchyard_config::endpoint_error(text, pool, index, reason))
 }

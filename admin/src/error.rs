@@ -48,6 +48,8 @@ pub enum AdminError {
         method: String,
         /// The path.
         path: String,
+        /// The methods the path takes, for `Allow`.
+        allow: &'static str,
     },
     /// The call does not fit the route's current state (a rollout is or is
     /// not in progress).
@@ -146,13 +148,19 @@ impl AdminError {
         }
     }
 
-    /// `{"error":{"code":…,"message":…,"field":…}}` with the status.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    /// What went wrong, with its cause: the answer's `message`.
+    pub fn to_response_message(&self) -> String {
         let mut message = self.to_string();
         if let Some(source) = std::error::Error::source(self) {
             message.push_str(": ");
             message.push_str(&source.to_string());
         }
+        message
+    }
+
+    /// `{"error":{"code":…,"message":…,"field":…}}` with the status.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let message = self.to_response_message();
         let mut error = serde_json::json!({"code": self.code(), "message": message});
         if let Some(field) = self.field() {
             error["field"] = serde_json::Value::from(field);
@@ -165,6 +173,11 @@ impl AdminError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if matches!(self, Self::Unauthorized(_)) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -86,29 +86,42 @@ impl EventLog {
         let mut file = None;
         if let Some(dir) = dir {
             let path = dir.join(EVENTS_FILE);
-            if let Ok(existing) = File::open(&path) {
-                for line in BufReader::new(existing).lines().map_while(Result::ok) {
-                    // A line cut short by a crash is skipped, not fatal:
-                    // the state file, not this log, is the source of truth.
-                    if let Ok(event) = serde_json::from_str::<Event>(&line) {
-                        if recent.len() == KEPT {
-                            recent.pop_front();
-                        }
-                        recent.push_back(event);
+            let mut text = Vec::new();
+            if let Ok(mut existing) = File::open(&path) {
+                let _ = existing.read_to_end(&mut text);
+            }
+            // Whole lines only: a last line cut short by a crash is dropped
+            // (its event was never acknowledged), not appended to. The
+            // state file, not this log, is the source of truth.
+            let whole = text
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |at| at + 1);
+            for line in text[..whole].split(|&b| b == b'\n') {
+                if let Ok(event) = serde_json::from_slice::<Event>(line) {
+                    if recent.len() == KEPT {
+                        recent.pop_front();
                     }
+                    recent.push_back(event);
                 }
             }
-            file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|source| AdminError::Storage {
-                        what: "opening",
-                        path,
-                        source,
-                    })?,
-            );
+            let storage = |what, source| AdminError::Storage {
+                what,
+                path: path.clone(),
+                source,
+            };
+            let opened = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| storage("opening", source))?;
+            if whole < text.len() {
+                opened
+                    .set_len(whole as u64)
+                    .and_then(|()| opened.sync_data())
+                    .map_err(|source| storage("cutting the torn last line of", source))?;
+            }
+            file = Some(opened);
         }
         let next_id = recent.back().map_or(1, |e: &Event| e.id + 1);
         Ok(EventLog {

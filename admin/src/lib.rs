@@ -29,7 +29,8 @@ pub mod watch;
 
 pub use api::AdminApi;
 pub use control::{
-    ControlPlane, GateVerdict, ListenerCommit, ListenerHook, RolloutAction, StepGate,
+    build_error_at, ControlPlane, GateVerdict, ListenerCommit, ListenerHook, RolloutAction,
+    StepGate,
 };
 pub use error::AdminError;
 pub use events::{Event, EventLog};

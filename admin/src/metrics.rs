@@ -20,14 +20,6 @@ pub struct AdminMetrics {
     pub rollout_held: IntGaugeVec,
 }
 
-const STATES: [(&str, RolloutState); 5] = [
-    ("running", RolloutState::Running),
-    ("paused", RolloutState::Paused),
-    ("waiting", RolloutState::Waiting),
-    ("completed", RolloutState::Completed),
-    ("aborted", RolloutState::Aborted),
-];
-
 impl AdminMetrics {
     /// The process-wide control-plane metrics, registered on first use.
     pub fn global() -> &'static AdminMetrics {
@@ -91,10 +83,10 @@ impl AdminMetrics {
 
     /// Sets a route's rollout-state gauges.
     pub fn set_rollout(&self, route: &str, rollout: Option<&Rollout>) {
-        for (name, state) in STATES {
+        for state in RolloutState::ALL {
             let value = i64::from(rollout.is_some_and(|r| r.state == state));
             self.rollout_state
-                .with_label_values(&[route, name])
+                .with_label_values(&[route, state.name()])
                 .set(value);
         }
     }

@@ -26,6 +26,28 @@ pub enum RolloutState {
     Aborted,
 }
 
+impl RolloutState {
+    /// Every state, in the order of the metrics' series.
+    pub const ALL: [RolloutState; 5] = [
+        RolloutState::Running,
+        RolloutState::Paused,
+        RolloutState::Waiting,
+        RolloutState::Completed,
+        RolloutState::Aborted,
+    ];
+
+    /// The state as the API and the metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Waiting => "waiting",
+            RolloutState::Completed => "completed",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+}
+
 /// One step: the target's weight, held for `pause_ms` (none: a manual gate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,13 +362,17 @@ impl Rollout {
             .map(|pause| self.step_started_ms + pause)
     }
 
-    /// Moves to the next step (the clock restarts at `now_ms`).
+    /// Moves to the next step (the clock restarts at `now_ms`); past the
+    /// last step's pause, the rollout is complete.
     pub fn advance(&mut self, now_ms: u64) {
         if self.step + 1 < self.steps.len() {
             self.step += 1;
             self.step_started_ms = now_ms;
             self.remaining_ms = None;
             self.settle();
+        } else {
+            self.state = RolloutState::Completed;
+            self.reason = Some("all traffic is on the target".into());
         }
     }
 

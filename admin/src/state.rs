@@ -36,6 +36,10 @@ pub struct RouteState {
     /// The route's rollout, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The baseline since a rollout completed on its target (which then
+    /// became the stable pool); else the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 /// Where the state lives; without a directory it lives only in memory.
@@ -167,6 +171,7 @@ mod tests {
             RouteState {
                 weights: [("a".to_string(), 10_000)].into(),
                 rollout: None,
+                baseline: Some("a".into()),
             },
         );
         store.persist(&state).expect("persist");

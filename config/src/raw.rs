@@ -424,8 +424,9 @@ pub struct RawLimits {
 
 /// A map whose keys must differ: serde keeps the last of two equal keys,
 /// and a pool, weight or header rule given twice would silently replace
-/// the first.
-fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+/// the first. For `#[serde(deserialize_with)]`; the admin API's bodies use
+/// it too.
+pub fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
 where
     D: Deserializer<'de>,
     V: Deserialize<'de>,

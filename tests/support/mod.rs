@@ -852,3 +852,31 @@ pub fn check_file(path: &std::path::Path) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// One admin API call with `headers` and a text `body`: the status, the
+/// headers and the body as text.
+pub async fn admin_call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (http::StatusCode, HeaderMap, String) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = client().request(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
