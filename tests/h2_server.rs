@@ -2223,3 +2223,38 @@ async fn a_body_ended_by_an_empty_data_frame_is_forwarded_whole() {
         proxy.server.shutdown();
     }
 }
+
+/// A connection that began with HTTP/1.1 requests stays HTTP/1.1: an
+/// HTTP/2 preface after them is a malformed request, answered with 400
+/// and never forwarded (hyper's `http1_only` does not hold on a
+/// connection that serves upgrades, so it was served as HTTP/2).
+#[tokio::test]
+async fn a_preface_after_http1_requests_gets_400() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await
+        .expect("write");
+    let first = support::read_response(&mut stream, &mut Vec::new(), false).await;
+    assert_eq!(first.status, 200, "{}", first.head);
+    stream
+        .write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+        .await
+        .expect("write");
+    stream
+        .write_all(&header_frames(1, true, &request("GET", "/second", &[])))
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let paths: Vec<String> = upstream.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(paths, ["/first"]);
+    proxy.server.shutdown();
+}

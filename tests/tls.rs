@@ -421,6 +421,29 @@ async fn h2_and_http1_over_tls_route_and_say_https() {
     let (status, body) = get_h1(stream, "api.example.com", "/over-h1", &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
 
+    // ALPN http/1.1, then HTTP/2 anyway: the connection is HTTP/1.1, as
+    // agreed (RFC 7301), so the preface is a malformed HTTP/1.1 request,
+    // refused with a 4xx and never forwarded.
+    let stream = handshake(
+        addr,
+        "api.example.com",
+        client_config(ca.roots(), &["http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake (the client side)");
+    tokio::spawn(connection);
+    let request = Request::get("https://api.example.com/h2-after-http1-alpn")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer or an error within 10 s");
+    assert!(answer.is_err(), "served as HTTP/2: {answer:?}");
+
     let seen = upstream.requests();
     assert_eq!(seen.len(), 2);
     for request in &seen {

@@ -626,8 +626,10 @@ impl ControlPlane {
         path: &std::path::Path,
         who: &str,
     ) -> Result<Option<u64>, AdminError> {
-        let loaded = switchyard_config::load(path);
+        // Read under the lock: a reload that read the file before a
+        // `PUT /v1/config` wrote it would apply the older text after it.
         let mut inner = self.inner.lock().await;
+        let loaded = switchyard_config::load(path);
         let base = match loaded {
             Ok(base) => base,
             Err(err) => {

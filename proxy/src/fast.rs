@@ -1464,6 +1464,25 @@ async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Answers an HTTP/2 preface on a connection that agreed on HTTP/1.1
+/// (by TLS's ALPN, or by the requests before it) with a 400, and closes.
+pub(crate) async fn refuse_preface<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    proxy: &Proxy,
+) {
+    let idle = proxy.routes.timeouts().idle;
+    let mut deadline = proxy.raw.deadlines.take(idle);
+    let error = ForwardError::BadRequest {
+        reason: "an HTTP/2 preface on a connection that speaks HTTP/1.1",
+    };
+    let mut out = Vec::new();
+    put_error(&mut out, &error, true, false);
+    if write_out(&mut stream, &out, &mut deadline, idle).await {
+        close_client(&mut stream, true, &mut deadline).await;
+    }
+    proxy.raw.deadlines.give(deadline);
+}
+
 /// How reading the rest of a request ended.
 #[derive(PartialEq, Eq)]
 enum Rest {

@@ -554,7 +554,7 @@ async fn accept_loop(
         let table = routes.snapshot();
         match &tls {
             None => {
-                let connection = serve(stream, peer, "http", &table, proxy, &graceful);
+                let connection = serve(stream, peer, "http", false, &table, proxy, &graceful);
                 tokio::task::spawn_local(async move {
                     connection.await;
                     connections.dec();
@@ -574,8 +574,12 @@ async fn accept_loop(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             if let Some(graceful) = graceful.upgrade() {
+                                // RFC 7301: the protocol agreed is the one
+                                // spoken; an HTTP/2 preface on `http/1.1`
+                                // is a malformed HTTP/1.1 request.
+                                let http1 = stream.get_ref().1.alpn_protocol() == Some(b"http/1.1");
                                 let connection =
-                                    serve(stream, peer, "https", &table, proxy, &graceful);
+                                    serve(stream, peer, "https", http1, &table, proxy, &graceful);
                                 drop(graceful);
                                 connection.await;
                             }
@@ -600,6 +604,7 @@ fn serve<S>(
     stream: S,
     peer: SocketAddr,
     proto: &'static str,
+    http1_only: bool,
     table: &RouteTable,
     proxy: Rc<Proxy>,
     graceful: &GracefulShutdown,
@@ -620,9 +625,15 @@ where
                 served,
             } => (stream, buffered, served),
         };
-        let h2 = !served
-            && buffered.len() >= 3
+        let h2 = buffered.len() >= 3
             && h2::PREFACE.starts_with(&buffered[..buffered.len().min(h2::PREFACE.len())]);
+        if h2 && (served || http1_only) {
+            // HTTP/1.1 was agreed (by TLS, or by the requests so far): the
+            // preface is a malformed HTTP/1.1 request. Refused here, as
+            // hyper's `http1_only` does not hold with upgrades.
+            fast::refuse_preface(stream, &proxy).await;
+            return;
+        }
         if h2 && native_h2() {
             let _watcher = watcher;
             Box::pin(h2::serve(stream, &buffered, client, proxy)).await;
@@ -659,10 +670,6 @@ where
             });
             let streams = ConnStreams::default();
             let mut builder = auto::Builder::new(streams.clone());
-            if served {
-                // HTTP/1.1 requests came first: no HTTP/2 preface can follow.
-                builder = builder.http1_only();
-            }
             builder
                 .http1()
                 // Head and idle timeouts are ClientIo's: hyper's own header
