@@ -133,6 +133,8 @@ pub struct Sending {
     last_ms: AtomicU64,
     /// The body waits for the client's bytes.
     waiting_for_client: AtomicBool,
+    /// The upstream has taken the whole body.
+    ended: AtomicBool,
 }
 
 impl Sending {
@@ -141,7 +143,13 @@ impl Sending {
             base: std::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             waiting_for_client: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the upstream has taken the whole body.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// The request goes out now: the upstream's time runs from here, not
@@ -209,9 +217,12 @@ impl Body for RequestBody {
             } => {
                 if let Some(prefix) = prefix.take() {
                     sending.taken(false);
+                    if rest.is_end_stream() {
+                        sending.ended.store(true, Ordering::Relaxed);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
-                let frame = Pin::new(rest).poll_frame(cx);
+                let frame = Pin::new(&mut *rest).poll_frame(cx);
                 sending.taken(frame.is_pending());
                 match frame {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -223,12 +234,19 @@ impl Body for RequestBody {
                                 }))));
                             }
                         }
+                        // The last frame: hyper's client may not ask again.
+                        if frame.is_trailers() || rest.is_end_stream() {
+                            sending.ended.store(true, Ordering::Relaxed);
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(err))) => {
                         Poll::Ready(Some(Err(Box::new(ClientBodyFailed(err)))))
                     }
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        sending.ended.store(true, Ordering::Relaxed);
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

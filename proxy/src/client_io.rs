@@ -31,7 +31,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -137,6 +137,9 @@ pub struct ClientIo<S = TcpStream> {
     prefix: bytes::BytesMut,
     /// hyper waits for body bytes: the body timeout runs.
     body_waiting: bool,
+    /// Closing: `Some` once the write side is shut, `Some(true)` once
+    /// unread bytes were found (the lingering close runs).
+    lingering: Option<bool>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
@@ -163,6 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             preface_seen: 0,
             prefix: bytes::BytesMut::new(),
             body_waiting: false,
+            lingering: None,
         }
     }
 
@@ -493,8 +497,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         Pin::new(&mut this.stream).poll_flush(cx)
     }
 
+    /// Shuts the write side, then closes as the fast path's `close_client`
+    /// does: bytes the client sent that are never read would make the
+    /// kernel reset the connection and drop the tail of the last answer
+    /// still queued. So when unread bytes are found (pipelined requests
+    /// behind a closing answer), what comes is read and dropped until the
+    /// client closes or `LINGER` passes (nginx's lingering close).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.lingering = Some(false);
+            if !this.prefix.is_empty() {
+                this.linger();
+            }
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => this.linger(),
+                // The client closed, or the connection broke.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending if this.lingering == Some(false) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    return match this.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S> ClientIo<S> {
+    /// Starts the lingering close's clock, once.
+    fn linger(&mut self) {
+        if self.lingering == Some(false) {
+            self.lingering = Some(true);
+            let due = Instant::now() + crate::fast::LINGER;
+            self.deadline.as_mut().reset(due);
+        }
     }
 }
 

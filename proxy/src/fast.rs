@@ -612,7 +612,7 @@ fn plan<'t>(
     }
     let choice = table.choose_pool(route, &fields);
     let (pool, endpoint) = if choice.pinned {
-        (choice.pool, table.pool(choice.pool).pick())
+        (choice.pool, table.pool(choice.pool).pick_pinned(now_ms))
     } else {
         match healthy_endpoint(table, route, choice.pool, now_ms) {
             Ok(found) => found,
@@ -1326,7 +1326,7 @@ where
 
         let pool = table.pool(plan.pool);
         let stats = plan.route.stats(plan.pool);
-        let _in_flight = pool
+        let mut in_flight = pool
             .counts_in_flight()
             .then(|| InFlight::start(&plan.endpoint.in_flight));
         // A shutdown under way: this is the connection's last answer.
@@ -1349,7 +1349,8 @@ where
             deadline: upstream_deadline,
         };
         let exchanged = {
-            let exchange = exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms);
+            let exchange =
+                exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms, &mut in_flight);
             unless_client_leaves(&mut stream, &mut input, std::pin::pin!(exchange)).await
         };
         let Some((endpoint, sent)) = exchanged else {
@@ -1438,7 +1439,7 @@ fn unless_client_leaves<'a, S: AsyncRead + Unpin, F: Future>(
 }
 
 /// How long a closing client connection is read on (see [`close_client`]).
-const LINGER: Duration = Duration::from_secs(1);
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// Ends a client connection after its last answer, with a FIN behind the
 /// answer. When bytes of further requests were read (`pipelined`), more
@@ -1565,6 +1566,7 @@ pub(crate) async fn exchange_moving_on<'t>(
     stats: &PoolStats,
     mut endpoint: &'t EndpointEntry,
     now_ms: u64,
+    in_flight: &mut Option<InFlight>,
 ) -> (&'t EndpointEntry, Result<(RawConn, ResponseHead), Failed>) {
     let mut moved = false;
     loop {
@@ -1574,6 +1576,10 @@ pub(crate) async fn exchange_moving_on<'t>(
                 if let Some(other) = move_on(pool, stats, endpoint, kind, now_ms) {
                     endpoint = other;
                     moved = true;
+                    // The request is in flight where it went.
+                    if in_flight.is_some() {
+                        *in_flight = Some(InFlight::start(&other.in_flight));
+                    }
                     continue;
                 }
             }

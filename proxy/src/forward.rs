@@ -7,8 +7,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Uri;
+use http::HeaderMap;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -19,8 +20,8 @@ use crate::error::ForwardError;
 use crate::fast::{RawPool, Stopping};
 use crate::headers::{
     byte_set, field_bits, is_chunked_or_unencoded, is_websocket_upgrade, set_forwarded,
-    strip_hop_headers, strip_present, ClientInfo, FIELD_EXPECT, HOP_CONNECTION, HOP_FIELDS,
-    HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    strip_hop_headers, strip_present, strip_trailers, ClientInfo, FIELD_EXPECT, HOP_CONNECTION,
+    HOP_FIELDS, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::route::{EndpointEntry, PoolEntry, RouteEntry, RouteTable, Routes};
 use crate::stats::{ErrorKind, PoolStats};
@@ -136,7 +137,7 @@ impl Proxy {
         let choice = table.choose_pool(route, &parts.headers);
         let now_ms = crate::stats::ms_of(started);
         let (pool_index, endpoint) = if choice.pinned {
-            (choice.pool, table.pool(choice.pool).pick())
+            (choice.pool, table.pool(choice.pool).pick_pinned(now_ms))
         } else {
             healthy_endpoint(table, route, choice.pool, now_ms)?
         };
@@ -234,15 +235,41 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
 
-        if let RequestBody::Full { data, .. } = &body {
-            // The body was re-framed: its length is now known exactly.
-            let len = data.as_ref().map_or(0, |d| d.len());
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let mut body = body;
+        match &mut body {
+            RequestBody::Full {
+                data,
+                trailers: None,
+            } => {
+                // The body was re-framed: its length is now known exactly.
+                let len = data.as_ref().map_or(0, |d| d.len());
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            RequestBody::Full {
+                trailers: Some(trailers),
+                ..
+            } => {
+                // Trailers go on a chunked body only, and hyper sends those
+                // that `Trailer` names.
+                strip_trailers(trailers);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(header::TRANSFER_ENCODING, CHUNKED);
+                let names: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
+                if let Ok(names) = HeaderValue::from_str(&names.join(", ")) {
+                    parts.headers.insert(header::TRAILER, names);
+                }
+            }
+            // A streamed body of unknown length goes chunked: left unframed,
+            // hyper's client sends a GET's or a DELETE's body as none at all.
+            RequestBody::Stream { .. } if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+                parts.headers.insert(header::TRANSFER_ENCODING, CHUNKED);
+            }
+            _ => {}
         }
 
-        let in_flight = pool
+        let mut in_flight = pool
             .counts_in_flight()
             .then(|| InFlight::start(&endpoint.in_flight));
         let timeouts = ExchangeTimeouts {
@@ -271,6 +298,9 @@ impl Proxy {
                         let request = failed.unsent.take().expect("checked above");
                         debug!(route = %route.name, from = %endpoint.label, to = %other.label, "retrying on another endpoint");
                         endpoint = other;
+                        if in_flight.is_some() {
+                            in_flight = Some(InFlight::start(&endpoint.in_flight));
+                        }
                         sent = self.upstreams.send(endpoint, request, timeouts).await;
                     }
                 }
@@ -283,6 +313,7 @@ impl Proxy {
                     Ok((response, _)) => retries.on(response.status().as_u16()),
                     Err(failed) => {
                         failed.unsent.is_none()
+                            && !failed.answered
                             && match failed.error.upstream_kind() {
                                 Some(ErrorKind::Reset) => retries.on_reset,
                                 Some(ErrorKind::Timeout) => retries.on_timeout,
@@ -318,11 +349,18 @@ impl Proxy {
             request = copy;
             if let Some(other) = pool.pick_other(endpoint, now_ms) {
                 endpoint = other;
+                if in_flight.is_some() {
+                    in_flight = Some(InFlight::start(&endpoint.in_flight));
+                }
             }
             debug!(route = %route.name, backend = %endpoint.label, "retrying a sent request");
         };
 
         let (mut parts, body) = response.into_parts();
+        // RFC 9112 §2.3: a proxy sends its own version; hyper's server
+        // frames an HTTP/1.0 answer by closing the client's connection.
+        parts.version = Version::HTTP_11;
+        single_content_length(&mut parts.headers);
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_headers(&mut parts.headers, switching && upgrade);
         if let Some(cookie) = choice.set_cookie {
@@ -495,6 +533,31 @@ pub(crate) fn host_for_matching(value: &[u8]) -> Result<Cow<'_, str>, ForwardErr
     } else {
         Cow::Borrowed(host)
     })
+}
+
+/// `Transfer-Encoding: chunked`.
+const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
+
+/// A response's `Content-Length` as one value: hyper's client takes a list
+/// of equal values (`5, 5`, or two fields), which some clients refuse.
+fn single_content_length(headers: &mut HeaderMap) {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return;
+    };
+    if lengths.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    // hyper checked that the values agree.
+    let one = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .map(<[u8]>::trim_ascii)
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    if let Some(one) = one {
+        headers.insert(header::CONTENT_LENGTH, one);
+    }
 }
 
 /// Reads up to [`READ_AHEAD_BYTES`] of the body before forwarding.

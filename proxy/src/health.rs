@@ -68,12 +68,23 @@ impl EndpointHealth {
         outlier: &OutlierDetection,
         may_eject: impl FnOnce() -> bool,
     ) -> bool {
-        if outlier.consecutive_failures == 0 {
+        // Failures of requests sent before the ejection, that end while it
+        // lasts, start no run: back from it, the endpoint needs a new run.
+        if outlier.consecutive_failures == 0 || self.is_ejected(now_ms) {
             return false;
         }
         let run = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if run < outlier.consecutive_failures || self.is_ejected(now_ms) || !may_eject() {
+        if run < outlier.consecutive_failures || !may_eject() {
             return false;
+        }
+        // An endpoint that stayed in for `max_ejection` since its last
+        // ejection ended starts again from `base_ejection` (Envoy lowers
+        // its multiplier while an endpoint stays healthy): an ejection
+        // weeks ago does not make today's the longest.
+        let last_end = self.ejected_until_ms.load(Ordering::Relaxed);
+        let max = outlier.max_ejection.as_millis() as u64;
+        if last_end != 0 && now_ms >= last_end.saturating_add(max) {
+            self.ejections.store(0, Ordering::Relaxed);
         }
         let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let base = outlier.base_ejection.as_millis() as u64;
@@ -146,6 +157,31 @@ mod tests {
             health.is_ejected(3 * base - 1),
             "the second ejection is twice as long"
         );
+    }
+
+    #[test]
+    fn an_ejection_long_past_counts_no_more() {
+        let o = outlier();
+        let (base, max) = (
+            o.base_ejection.as_millis() as u64,
+            o.max_ejection.as_millis() as u64,
+        );
+        let health = EndpointHealth::default();
+        let mut now = 0;
+        // Ejected again at once, three times: each ejection is longer.
+        for _ in 0..3 {
+            for _ in 0..o.consecutive_failures {
+                health.failed(now, &o, || true);
+            }
+            now = health.ejected_until_ms.load(Ordering::Relaxed);
+        }
+        assert_eq!(now, 7 * base, "1 + 2 + 4 base ejections");
+        // In for `max_ejection` since: the next is `base_ejection` again.
+        now += max;
+        for _ in 0..o.consecutive_failures {
+            health.failed(now, &o, || true);
+        }
+        assert_eq!(health.ejected_until_ms.load(Ordering::Relaxed), now + base);
     }
 
     #[test]

@@ -66,8 +66,9 @@ impl Drop for HealthChecker {
 }
 
 async fn run(routes: Routes, mut stopped: watch::Receiver<bool>) {
-    // When each endpoint's next check is due, by pool and address.
-    let mut due: HashMap<(Arc<str>, SocketAddr), Instant> = HashMap::new();
+    // When each endpoint's next check is due, by pool and address, and
+    // the interval it was set by.
+    let mut due: HashMap<(Arc<str>, SocketAddr), (Instant, Duration)> = HashMap::new();
     loop {
         let table = routes.snapshot();
         let now = Instant::now();
@@ -83,7 +84,13 @@ async fn run(routes: Routes, mut stopped: watch::Receiver<bool>) {
             };
             for endpoint in pool.endpoints.iter() {
                 let key = (Arc::clone(&pool.name), endpoint.addr);
-                let next = due.entry(key.clone()).or_insert(now);
+                let (next, interval) = due.entry(key.clone()).or_insert((now, check.interval));
+                // A reload that changed the interval takes effect now, not
+                // after the old interval.
+                if *interval != check.interval {
+                    *next = (*next).min(now);
+                    *interval = check.interval;
+                }
                 if *next <= now {
                     // The timeout is at most the interval (validated), so
                     // a probe is over before the next one starts.
@@ -186,7 +193,12 @@ where
         .map_err(|err| format!("send: {err}"))?;
     let mut buffer = [0u8; MAX_STATUS_LINE];
     let mut len = 0;
+    // Inside an interim (1xx) head: skipping to its blank line.
+    let mut interim = false;
     loop {
+        if len == buffer.len() {
+            return Err("status line too long".into());
+        }
         let read = stream
             .read(&mut buffer[len..])
             .await
@@ -195,11 +207,36 @@ where
             return Err("closed before a status line".into());
         }
         len += read;
-        if let Some(end) = buffer[..len].windows(2).position(|w| w == b"\r\n") {
-            return status_of(&buffer[..end]).ok_or_else(|| "malformed status line".into());
-        }
-        if len == buffer.len() {
-            return Err("status line too long".into());
+        loop {
+            if interim {
+                // Keep the last three bytes: a blank line may straddle reads.
+                match memchr::memmem::find(&buffer[..len], b"\r\n\r\n") {
+                    Some(at) => {
+                        buffer.copy_within(at + 4..len, 0);
+                        len -= at + 4;
+                        interim = false;
+                    }
+                    None => {
+                        let keep = len.min(3);
+                        buffer.copy_within(len - keep..len, 0);
+                        len = keep;
+                        break;
+                    }
+                }
+            }
+            let Some(end) = memchr::memmem::find(&buffer[..len], b"\r\n") else {
+                break;
+            };
+            let status = status_of(&buffer[..end]).ok_or("malformed status line")?;
+            // An interim answer (103 Early Hints, 100) comes before the
+            // final one, which decides (RFC 9110 §15.2).
+            if (100..200).contains(&status) && status != 101 {
+                buffer.copy_within(end..len, 0);
+                len -= end;
+                interim = true;
+                continue;
+            }
+            return Ok(status);
         }
     }
 }

@@ -64,7 +64,7 @@ pub(crate) async fn send<R>(
     table: &RouteTable,
     request: Request<'_>,
     mut out: Vec<u8>,
-    in_flight: Option<InFlight>,
+    mut in_flight: Option<InFlight>,
     convert: impl FnOnce(u16, &mut Vec<u8>) -> Option<R>,
     whole: impl FnOnce(&mut R, &[u8]) -> ProxyBody,
 ) -> Result<(R, ProxyBody), ForwardError> {
@@ -98,7 +98,8 @@ pub(crate) async fn send<R>(
         table,
         deadline: &mut deadline,
     };
-    let (endpoint, sent) = exchange_moving_on(&mut ex, pool, stats, endpoint, now_ms).await;
+    let (endpoint, sent) =
+        exchange_moving_on(&mut ex, pool, stats, endpoint, now_ms, &mut in_flight).await;
     let converted = sent
         .map_err(|failed| failed.error)
         .and_then(|(conn, head)| {

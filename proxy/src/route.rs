@@ -188,7 +188,8 @@ pub struct PoolEntry {
     /// Smooth weighted round robin order, precomputed: picking is one
     /// atomic increment and an index, with no lock shared by workers.
     sequence: Box<[u16]>,
-    next: AtomicUsize,
+    /// The place in `sequence`, shared with the tables before and after.
+    next: Arc<AtomicUsize>,
     outlier: OutlierDetection,
     /// Active health checks of the endpoints, if configured.
     pub health_check: Option<Arc<HealthCheck>>,
@@ -232,6 +233,7 @@ impl RouteTable {
         version: u64,
         scope: &StatsScope,
     ) -> Result<RouteTable, ForwardError> {
+        scope.forget_unused();
         let mut pools = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
             let mut endpoints = Vec::with_capacity(pool.endpoints.len());
@@ -249,21 +251,24 @@ impl RouteTable {
                     )?)),
                     None => None,
                 };
+                let (health, in_flight) = scope.endpoint_state(&pool.name, addr);
                 endpoints.push(EndpointEntry {
                     addr,
                     label: format!("{}/{}", pool.name, endpoint.address).into(),
-                    in_flight: Arc::new(AtomicU32::new(0)),
-                    health: scope.endpoint_health(&pool.name, addr),
+                    in_flight,
+                    health,
                     tls,
                 });
             }
             let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
+            let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+            let next = scope.cursor(&pool.name, &addrs);
             pools.push(PoolEntry {
                 name: pool.name.as_str().into(),
                 endpoints: endpoints.into(),
                 policy: pool.policy,
                 sequence: smooth_sequence(&weights).into(),
-                next: AtomicUsize::new(0),
+                next,
                 outlier: pool.outlier,
                 health_check: pool.health_check.clone().map(Arc::new),
             });
@@ -662,6 +667,12 @@ impl PoolEntry {
             .map(|_| self.pick())
             .find(|e| !e.health.is_down(now_ms))
             .or_else(|| self.endpoints.iter().find(|e| !e.health.is_down(now_ms)))
+    }
+
+    /// An endpoint for a request pinned to this pool (by the override):
+    /// one that is up, else any, as the pin holds even when all are down.
+    pub fn pick_pinned(&self, now_ms: u64) -> &EndpointEntry {
+        self.pick_healthy(now_ms).unwrap_or_else(|| self.pick())
     }
 
     /// Whether every endpoint of the pool is down now.

@@ -8,8 +8,9 @@
 //! go back to zero when weights change.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::health::EndpointHealth;
@@ -57,14 +58,73 @@ pub struct Metrics {
 #[derive(Default)]
 pub struct StatsScope {
     pools: Mutex<HashMap<(String, String), Arc<PoolStats>>>,
-    endpoints: Mutex<HashMap<(String, std::net::SocketAddr), Arc<EndpointHealth>>>,
+    /// What an endpoint's tables share, held weakly: while a table (or a
+    /// request on one) has the endpoint, the next table gets the same; once
+    /// none has, it is forgotten, and an endpoint added back starts anew.
+    endpoints: Mutex<HashMap<(String, SocketAddr), EndpointState>>,
+    /// Each pool's place in its round robin, by name and endpoints,
+    /// shared the same way.
+    cursors: Mutex<HashMap<CursorKey, Weak<AtomicUsize>>>,
+}
+
+/// A pool's name and endpoints.
+type CursorKey = (String, Vec<SocketAddr>);
+
+struct EndpointState {
+    health: Weak<EndpointHealth>,
+    in_flight: Weak<AtomicU32>,
 }
 
 impl StatsScope {
-    /// An endpoint's failure record, kept across table swaps.
-    pub fn endpoint_health(&self, pool: &str, addr: std::net::SocketAddr) -> Arc<EndpointHealth> {
+    /// An endpoint's failure record and its count of requests in flight,
+    /// kept across table swaps while a table has the endpoint.
+    pub fn endpoint_state(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+    ) -> (Arc<EndpointHealth>, Arc<AtomicU32>) {
         let mut endpoints = self.endpoints.lock().expect("stats lock is never poisoned");
-        Arc::clone(endpoints.entry((pool.to_string(), addr)).or_default())
+        let key = (pool.to_string(), addr);
+        if let Some(state) = endpoints.get(&key) {
+            if let (Some(health), Some(in_flight)) =
+                (state.health.upgrade(), state.in_flight.upgrade())
+            {
+                return (health, in_flight);
+            }
+        }
+        let (health, in_flight) = (Arc::default(), Arc::default());
+        endpoints.insert(
+            key,
+            EndpointState {
+                health: Arc::downgrade(&health),
+                in_flight: Arc::downgrade(&in_flight),
+            },
+        );
+        (health, in_flight)
+    }
+
+    /// Forgets the endpoints and pools no table has any longer; called
+    /// once per table build.
+    pub fn forget_unused(&self) {
+        let mut endpoints = self.endpoints.lock().expect("stats lock is never poisoned");
+        endpoints.retain(|_, state| state.health.strong_count() > 0);
+        drop(endpoints);
+        let mut cursors = self.cursors.lock().expect("stats lock is never poisoned");
+        cursors.retain(|_, cursor| cursor.strong_count() > 0);
+    }
+
+    /// A pool's round robin place, kept across table swaps: else every
+    /// swap (a weight change, a rollout step) would start each pool's
+    /// order again at its first endpoint.
+    pub fn cursor(&self, pool: &str, endpoints: &[SocketAddr]) -> Arc<AtomicUsize> {
+        let mut cursors = self.cursors.lock().expect("stats lock is never poisoned");
+        let key = (pool.to_string(), endpoints.to_vec());
+        if let Some(cursor) = cursors.get(&key).and_then(Weak::upgrade) {
+            return cursor;
+        }
+        let cursor = Arc::default();
+        cursors.insert(key, Arc::downgrade(&cursor));
+        cursor
     }
 
     /// The scope of tables built without one of their own.

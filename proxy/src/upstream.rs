@@ -9,6 +9,8 @@ use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -28,7 +30,12 @@ use crate::route::EndpointEntry;
 /// 50 connections needs about that many.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
-type Sender = SendRequest<RequestBody>;
+/// A connection's request side, and its task (to end it when the
+/// connection cannot carry another request).
+struct Sender {
+    send: SendRequest<RequestBody>,
+    task: tokio::task::AbortHandle,
+}
 
 struct Idle {
     sender: Sender,
@@ -57,14 +64,25 @@ pub struct Release {
     sender: Sender,
     addr: IdleKey,
     upstreams: Rc<Upstreams>,
+    /// The streamed request body, if the request has one.
+    sending: Option<Arc<Sending>>,
 }
 
 impl Release {
-    /// The exchange is complete: the connection can carry another request.
+    /// The answer is complete: the connection can carry another request,
+    /// unless the upstream answered before it took the whole request body
+    /// (a 413 to an upload, say). Then the connection ends: it cannot carry
+    /// another request, and the client's body it holds goes with it, so
+    /// the client's connection closes rather than wait on an upload that
+    /// nobody reads.
     pub fn finish(self) {
+        if self.sending.as_ref().is_some_and(|s| !s.ended()) {
+            self.sender.task.abort();
+            return;
+        }
         let mut idle = self.upstreams.idle.borrow_mut();
         let list = idle.entry(self.addr).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT && !self.sender.is_closed() {
+        if list.len() < MAX_IDLE_PER_ENDPOINT && !self.sender.send.is_closed() {
             list.push(Idle {
                 sender: self.sender,
                 since: Instant::now(),
@@ -79,6 +97,9 @@ pub struct Failed {
     pub error: ForwardError,
     /// The request, whole, when no connection carried any of it.
     pub unsent: Option<Request<RequestBody>>,
+    /// The upstream answered with an interim (1xx) response before it
+    /// failed: it had the request, which is then never sent again.
+    pub answered: bool,
 }
 
 impl From<ForwardError> for Failed {
@@ -86,6 +107,7 @@ impl From<ForwardError> for Failed {
         Failed {
             error,
             unsent: None,
+            answered: false,
         }
     }
 }
@@ -141,6 +163,7 @@ impl Upstreams {
                         return Err(Failed {
                             error,
                             unsent: Some(request),
+                            answered: false,
                         })
                     }
                 },
@@ -149,7 +172,7 @@ impl Upstreams {
             // written (the upstream answered early and stopped reading)
             // never becomes ready: after the connect timeout it is dropped
             // and a new one taken, instead of waiting without end.
-            let ready = tokio::time::timeout(timeouts.connect, sender.ready()).await;
+            let ready = tokio::time::timeout(timeouts.connect, sender.send.ready()).await;
             if !matches!(ready, Ok(Ok(()))) {
                 if reused {
                     fresh |= ready.is_err();
@@ -163,12 +186,24 @@ impl Upstreams {
                         source: std::io::Error::from(ErrorKind::ConnectionAborted),
                     },
                     unsent: Some(request),
+                    answered: false,
                 });
             }
             // Only the upgrades the client asked for keep these fields.
             let upgrade = request.headers().contains_key(http::header::UPGRADE);
             let sending = request.body().sending();
-            let exchange = sender.try_send_request(request);
+            // hyper's client takes 1xx answers itself; whether one came
+            // decides whether a request that then fails may go again
+            // (only an idempotent one ever may).
+            let interim = is_idempotent(request.method()).then(|| {
+                let interim = Arc::new(AtomicBool::new(false));
+                let seen = Arc::clone(&interim);
+                hyper::ext::on_informational(&mut request, move |_| {
+                    seen.store(true, Ordering::Relaxed);
+                });
+                interim
+            });
+            let exchange = sender.send.try_send_request(request);
             match answer_within(exchange, timeouts.response_header, sending.as_deref()).await {
                 None => {
                     return Err(ForwardError::Timeout {
@@ -179,9 +214,14 @@ impl Upstreams {
                 }
                 Some(Ok(response)) => {
                     // Codings other than chunked would be lost as the body
-                    // is re-framed (the fast path refuses them too); a
-                    // protocol switch nobody asked for is as wrong.
-                    if !crate::headers::is_chunked_or_unencoded(response.headers())
+                    // is re-framed (the fast path refuses them too), and a
+                    // length beside a coding is ambiguous (RFC 9112 §6.3:
+                    // relayed, it would cut the body short); a protocol
+                    // switch nobody asked for is as wrong.
+                    let headers = response.headers();
+                    if !crate::headers::is_chunked_or_unencoded(headers)
+                        || (headers.contains_key(http::header::TRANSFER_ENCODING)
+                            && headers.contains_key(http::header::CONTENT_LENGTH))
                         || (response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade)
                     {
                         return Err(ForwardError::Exchange {
@@ -195,6 +235,7 @@ impl Upstreams {
                         sender,
                         addr: idle_key(endpoint),
                         upstreams: Rc::clone(self),
+                        sending,
                     };
                     return Ok((response, release));
                 }
@@ -209,11 +250,12 @@ impl Upstreams {
                         }
                     }
                     let error = err.into_error();
+                    let answered = interim.is_some_and(|i| i.load(Ordering::Relaxed));
                     // The request went out on a connection that had been
                     // idle, and the upstream closed it without a word: the
                     // keep-alive race. An idempotent request goes again on
                     // a new connection, as Go's and nginx's clients do.
-                    if reused && is_closed_unanswered(&error) {
+                    if reused && !answered && is_closed_unanswered(&error) {
                         if let Some(copy) = spare.take() {
                             tracing::debug!(backend = %endpoint.label, "stale pooled connection; sending again on a new one");
                             request = copy;
@@ -221,7 +263,11 @@ impl Upstreams {
                             continue;
                         }
                     }
-                    return Err(classify(endpoint, error).into());
+                    return Err(Failed {
+                        error: classify(endpoint, error),
+                        unsent: None,
+                        answered,
+                    });
                 }
             }
         }
@@ -244,7 +290,7 @@ impl Upstreams {
         let now = Instant::now();
         while let Some(entry) = list.pop() {
             let idle_for = now.duration_since(entry.since);
-            if !entry.sender.is_closed() && idle_for < max_idle {
+            if !entry.sender.send.is_closed() && idle_for < max_idle {
                 return Some((entry.sender, idle_for));
             }
         }
@@ -385,12 +431,15 @@ where
             source,
         })?;
     let backend = endpoint.label.clone();
-    tokio::task::spawn_local(async move {
+    let task = tokio::task::spawn_local(async move {
         if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(backend = %backend, error = %err, "upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok(Sender {
+        send: sender,
+        task: task.abort_handle(),
+    })
 }
 
 /// `exchange`'s outcome, or None once the upstream has had `after` to

@@ -880,3 +880,20 @@ pub async fn admin_call(
         String::from_utf8_lossy(&body).into_owned(),
     )
 }
+
+/// A raw upstream on an ephemeral loopback port: each connection it
+/// accepts is served by `serve` in a task of its own.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}

@@ -538,7 +538,7 @@ fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option
     }
     let choice = table.choose_pool(route, head);
     let (pool, endpoint) = if choice.pinned {
-        (choice.pool, table.pool(choice.pool).pick())
+        (choice.pool, table.pool(choice.pool).pick_pinned(now_ms))
     } else {
         healthy_endpoint(table, route, choice.pool, now_ms).ok()?
     };
