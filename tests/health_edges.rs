@@ -596,3 +596,32 @@ async fn an_endpoint_added_back_by_a_reload_starts_up() {
          (still ejected from before it was removed: {still_ejected})"
     );
 }
+
+/// A client connection that stays open on hyper's path does not hold the
+/// table it started under: after a swap, the old table (and the endpoint
+/// state only it has) goes once its requests are done, so an endpoint a
+/// reload removed starts anew when it is added back.
+#[tokio::test]
+async fn an_open_connection_does_not_hold_an_old_table() {
+    let upstream = support::upstream("app").await;
+    let config = support::pool_config("app", upstream.addr, json!({}));
+    let proxy = support::proxy(&config);
+    let old = Arc::downgrade(&proxy.routes.snapshot());
+    // `TE: trailers` takes hyper's path; the connection stays open.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = support::read_response(&mut stream, &mut Vec::new(), false).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    proxy.routes.replace(support::table(&config, 2));
+    let released = support::poll_for(
+        Duration::from_secs(5),
+        || async { old.strong_count() },
+        |count| *count == 0,
+    )
+    .await;
+    assert_eq!(released, 0, "the old table is still held");
+    drop(stream);
+}

@@ -580,7 +580,7 @@ async fn accept_loop(
                                 let http1 = stream.get_ref().1.alpn_protocol() == Some(b"http/1.1");
                                 let connection =
                                     serve(stream, peer, "https", http1, &table, proxy, &graceful);
-                                drop(graceful);
+                                drop((graceful, table));
                                 connection.await;
                             }
                         }
@@ -689,6 +689,9 @@ where
                 .timer(TokioTimer::new())
                 .max_header_list_size(table.limits.max_header_bytes as u32)
                 .max_concurrent_streams(256);
+            // Not held for the connection's life: an old table (and what
+            // its endpoints hold) goes once its requests are done.
+            drop(table);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
