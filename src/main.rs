@@ -268,8 +268,36 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("--no-request-metrics: requests are not counted; canary health is off");
         switchyard_proxy::stats::set_counting(false);
     }
-    let plane = ControlPlane::start(config.clone(), args.config.clone(), store, state)
-        .context("building the routing table")?;
+    let plane = match ControlPlane::start(config.clone(), args.config.clone(), store, state) {
+        Ok(plane) => plane,
+        // An endpoint that does not resolve: placed at its line, as
+        // `check` places it.
+        Err(switchyard_admin::AdminError::Build(err)) => {
+            let placed = args.config.as_ref().and_then(|file| {
+                let text = std::fs::read_to_string(file).ok()?;
+                let placed = switchyard_admin::build_error_at(&config, &text, &err)?;
+                Some(format!("{}:{placed}", file.display()))
+            });
+            match (placed, &err) {
+                (Some(placed), _) => bail!("{placed}"),
+                // One route from flags: its pools are named after them.
+                (
+                    None,
+                    switchyard_proxy::ForwardError::Resolve {
+                        pool,
+                        address,
+                        source,
+                    },
+                ) if args.config.is_none() && !args.stable.is_empty() => {
+                    bail!("--{pool}: {address} does not resolve: {source}")
+                }
+                (None, _) => {
+                    return Err(anyhow::Error::new(err).context("building the routing table"))
+                }
+            }
+        }
+        Err(err) => return Err(anyhow::Error::new(err)),
+    };
     let terminators = tls_terminators(&config)?;
     let listen: Vec<Listen> = config
         .listeners

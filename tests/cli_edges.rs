@@ -467,3 +467,34 @@ async fn the_banner_shows_the_bound_port() {
     assert_eq!(*listeners, format!("listeners: {proxy}"), "{banner:?}");
     child.kill().await.expect("kill");
 }
+
+/// `run` refuses an endpoint that does not resolve as `check` does: placed
+/// at its line in the file, or named by its flag, and said once.
+#[tokio::test]
+async fn run_places_an_endpoint_that_does_not_resolve() {
+    let dir = temp_dir("run-dns");
+    let pools = r#"{"a": {"endpoints": ["no-such-host.invalid:80"]}}"#;
+    let file = write(&dir, "dns.json", &with_pools(pools));
+    let file = file.to_str().expect("utf-8 path");
+    let by_file = ["run", "--config", file, "--admin", "127.0.0.1:0"];
+    let by_flag = one_route("127.0.0.1:1", &["--canary", "no-such-host.invalid:80"]);
+    for (args, at) in [
+        (&by_file[..], format!("{file}:3:")),
+        (&by_flag, "--canary: ".into()),
+    ] {
+        let (status, stderr) = run_to_end(args, Duration::from_secs(20))
+            .await
+            .expect("refused at once");
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(&at), "{at} in {stderr}");
+        assert!(
+            stderr.contains("no-such-host.invalid:80 does not resolve"),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("building the routing table").count(),
+            0,
+            "{stderr}"
+        );
+    }
+}
