@@ -2250,3 +2250,56 @@ async fn a_preface_after_http1_requests_gets_400() {
     assert_eq!(paths, ["/first"]);
     proxy.server.shutdown();
 }
+
+/// Request trailers from an HTTP/2 client reach the upstream: the body
+/// goes chunked, with a `Trailer` field naming them (they were dropped).
+#[tokio::test]
+async fn request_trailers_reach_the_upstream() {
+    let (got, seen) = watch::channel(Vec::<u8>::new());
+    let got = Arc::new(got);
+    let addr = support::raw_upstream(move |mut stream| {
+        let got = Arc::clone(&got);
+        async move {
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The request ends with the last chunk and its trailer section.
+            while !bytes.windows(5).any(|w| w == b"\r\n0\r\n") || !bytes.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(n @ 1..) => bytes.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            got.send_replace(bytes);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let proxy = support::proxy_to("app", addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let head = request("POST", "/upload", &[]);
+    let trailers = block(&[("x-checksum", "abc123")]);
+    client
+        .send(
+            &[
+                frame(HEADERS, END_HEADERS, 1, &head),
+                frame(DATA, 0, 1, b"hello"),
+                frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers),
+            ]
+            .concat(),
+        )
+        .await;
+    let response = client.response(1).await;
+    assert_eq!(response.field(":status"), Some("200"), "{response:?}");
+    let upstream = String::from_utf8_lossy(&seen.borrow()).to_lowercase();
+    assert!(
+        upstream.contains("transfer-encoding: chunked"),
+        "{upstream}"
+    );
+    assert!(
+        upstream.contains("\r\n0\r\nx-checksum: abc123\r\n"),
+        "{upstream}"
+    );
+    proxy.server.shutdown();
+}
