@@ -312,6 +312,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect();
     let server = Server::start_with_tls(plane.routes(), &listen, workers).context("starting")?;
     plane.set_listener_hook(listener_hook(&server, &plane, &config, &terminators)?);
+    let scheme = if listen[0].1.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // The listeners and the hook hold the terminators from here: one a
+    // reload replaces goes (and its expiry series with it).
+    drop((listen, terminators));
     if let Some(file) = &args.config {
         switchyard_admin::watch::watch_config(Arc::clone(&plane), file)
             .context("watching the config file")?;
@@ -327,11 +335,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .context("starting the admin API")?;
     let addr = server.local_addrs()[0];
-    let scheme = if listen[0].1.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     if demo {
         println!("Switchyard is running the embedded demo on http://{addr}");
         println!("  two demo upstreams, blue (90%) and green (10%), answer with their name:");

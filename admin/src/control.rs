@@ -553,8 +553,11 @@ impl ControlPlane {
         state.version += 1;
         state.routes.insert(route.to_string(), route_state);
         let effective = effective_config(&inner.base, &state);
-        let table = RouteTable::build_in(&effective, state.version, &self.scope)
+        // Only weights or a rollout changed: the pools are the live ones.
+        let live = self.routes.snapshot();
+        let table = RouteTable::build_with_pools_of(&effective, state.version, &self.scope, &live)
             .map_err(AdminError::Build)?;
+        drop(live);
         self.store.persist(&state)?;
         self.routes.replace(table);
         let version = state.version;

@@ -81,7 +81,10 @@ pub struct AdminTls {
 }
 
 /// A certificate chain and key on disk, and where the config names them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Two are equal when they name the same files the same way: where the
+/// config names them (`origin`) is for messages, so that an edit that only
+/// moves lines changes no listener (a new one would lose its sessions).
+#[derive(Debug, Clone)]
 pub struct CertificateFiles {
     /// PEM certificate chain, leaf first.
     pub cert_file: PathBuf,
@@ -96,8 +99,20 @@ pub struct CertificateFiles {
     pub origin: String,
 }
 
-/// TLS to a pool's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl PartialEq for CertificateFiles {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && self.names == other.names
+            && self.is_default == other.is_default
+    }
+}
+
+impl Eq for CertificateFiles {}
+
+/// TLS to a pool's endpoints. Equal when the settings are (`origin`, as
+/// for [`CertificateFiles`], is for messages).
+#[derive(Debug, Clone)]
 pub struct UpstreamTls {
     /// SNI and verified name; `None`: each endpoint's host.
     pub server_name: Option<String>,
@@ -108,6 +123,16 @@ pub struct UpstreamTls {
     /// `pools.api.tls (line 9)`, for errors about the files.
     pub origin: String,
 }
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.server_name == other.server_name
+            && self.ca_file == other.ca_file
+            && self.client_cert == other.client_cert
+    }
+}
+
+impl Eq for UpstreamTls {}
 
 impl Config {
     /// Makes the relative file names of TLS settings relative to `dir`

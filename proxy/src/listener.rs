@@ -554,14 +554,14 @@ async fn accept_loop(
         let table = routes.snapshot();
         match &tls {
             None => {
-                let connection = serve(stream, peer, "http", false, &table, proxy, &graceful);
+                let connection = serve(stream, peer, "http", Alpn::None, &table, proxy, &graceful);
                 tokio::task::spawn_local(async move {
                     connection.await;
                     connections.dec();
                 });
             }
             Some(tls) => {
-                let acceptor = tls.acceptor().clone();
+                let acceptor = tls.acceptor();
                 // Weak: the drain at shutdown takes the worker's only
                 // strong reference; a handshake that ends after that has
                 // its connection closed rather than served.
@@ -577,9 +577,13 @@ async fn accept_loop(
                                 // RFC 7301: the protocol agreed is the one
                                 // spoken; an HTTP/2 preface on `http/1.1`
                                 // is a malformed HTTP/1.1 request.
-                                let http1 = stream.get_ref().1.alpn_protocol() == Some(b"http/1.1");
+                                let alpn = match stream.get_ref().1.alpn_protocol() {
+                                    Some(b"h2") => Alpn::H2,
+                                    Some(b"http/1.1" | b"http/1.0") => Alpn::Http1,
+                                    _ => Alpn::None,
+                                };
                                 let connection =
-                                    serve(stream, peer, "https", http1, &table, proxy, &graceful);
+                                    serve(stream, peer, "https", alpn, &table, proxy, &graceful);
                                 drop((graceful, table));
                                 connection.await;
                             }
@@ -596,6 +600,17 @@ async fn accept_loop(
     }
 }
 
+/// The protocol TLS agreed on (RFC 7301), which the connection must speak.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    /// None (plain TCP, or a client that offered no ALPN): either.
+    None,
+    /// `http/1.1` or `http/1.0`.
+    Http1,
+    /// `h2`.
+    H2,
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or the
 /// plaintext side of TLS): the fast path first, then hyper if a request
 /// needs it; the future ends with the connection. It is watched by
@@ -604,7 +619,7 @@ fn serve<S>(
     stream: S,
     peer: SocketAddr,
     proto: &'static str,
-    http1_only: bool,
+    alpn: Alpn,
     table: &RouteTable,
     proxy: Rc<Proxy>,
     graceful: &GracefulShutdown,
@@ -617,24 +632,31 @@ where
     let watcher = graceful.watcher();
     let (request_header, idle) = (table.timeouts.request_header, table.timeouts.idle);
     async move {
-        let (stream, buffered, served) = match fast::serve(stream, &client, &proxy).await {
-            fast::Outcome::Closed => return,
-            fast::Outcome::Fallback {
-                stream,
-                buffered,
-                served,
-            } => (stream, buffered, served),
+        let (stream, buffered, served) = if alpn == Alpn::H2 && native_h2() {
+            // Agreed on `h2`: no HTTP/1.1 request is taken (below).
+            (stream, bytes::BytesMut::new(), false)
+        } else {
+            match fast::serve(stream, &client, &proxy).await {
+                fast::Outcome::Closed => return,
+                fast::Outcome::Fallback {
+                    stream,
+                    buffered,
+                    served,
+                } => (stream, buffered, served),
+            }
         };
         let h2 = buffered.len() >= 3
             && h2::PREFACE.starts_with(&buffered[..buffered.len().min(h2::PREFACE.len())]);
-        if h2 && (served || http1_only) {
+        if h2 && (served || alpn == Alpn::Http1) {
             // HTTP/1.1 was agreed (by TLS, or by the requests so far): the
             // preface is a malformed HTTP/1.1 request. Refused here, as
             // hyper's `http1_only` does not hold with upgrades.
             fast::refuse_preface(stream, &proxy).await;
             return;
         }
-        if h2 && native_h2() {
+        // RFC 7301: on a connection that agreed on `h2`, anything but its
+        // preface is a protocol error, which the HTTP/2 server answers.
+        if (h2 || alpn == Alpn::H2) && native_h2() {
             let _watcher = watcher;
             Box::pin(h2::serve(stream, &buffered, client, proxy)).await;
             return;

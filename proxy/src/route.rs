@@ -233,6 +233,29 @@ impl RouteTable {
         version: u64,
         scope: &StatsScope,
     ) -> Result<RouteTable, ForwardError> {
+        Self::build_from(config, version, scope, None)
+    }
+
+    /// Builds a table from a config whose pools are those of `live`'s
+    /// (only weights or rollouts changed): the TLS clients of its pools
+    /// are taken as they are, not read from their files again, so that a
+    /// weight change, a rollout step or a fallback never fails on a CA
+    /// file being rotated.
+    pub fn build_with_pools_of(
+        config: &Config,
+        version: u64,
+        scope: &StatsScope,
+        live: &RouteTable,
+    ) -> Result<RouteTable, ForwardError> {
+        Self::build_from(config, version, scope, Some(live))
+    }
+
+    fn build_from(
+        config: &Config,
+        version: u64,
+        scope: &StatsScope,
+        live: Option<&RouteTable>,
+    ) -> Result<RouteTable, ForwardError> {
         scope.forget_unused();
         let mut pools = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
@@ -243,13 +266,19 @@ impl RouteTable {
                     address: endpoint.address.clone(),
                     source,
                 })?;
-                let tls = match &pool.tls {
-                    Some(tls) => Some(Arc::new(UpstreamTlsClient::build(
+                let reused = live.and_then(|live| {
+                    let pool = live.pools.iter().find(|p| *p.name == *pool.name)?;
+                    let entry = pool.endpoints.iter().find(|e| e.addr == addr)?;
+                    entry.tls.clone()
+                });
+                let tls = match (&pool.tls, reused) {
+                    (Some(_), Some(reused)) => Some(reused),
+                    (Some(tls), None) => Some(Arc::new(UpstreamTlsClient::build(
                         &pool.name,
                         tls,
                         &endpoint.address,
                     )?)),
-                    None => None,
+                    (None, _) => None,
                 };
                 let (health, in_flight) = scope.endpoint_state(&pool.name, addr);
                 endpoints.push(EndpointEntry {

@@ -316,8 +316,17 @@ pub struct TlsTerminator {
     label: String,
     files: Vec<CertificateFiles>,
     resolver: Arc<CertResolver>,
-    acceptor: TlsAcceptor,
+    /// The server config; a reload of the client CA file makes a new one
+    /// (same certificates, sessions and ticket keys).
+    config: ArcSwap<ServerConfig>,
+    /// Where the client CA setting was given, and its file, with the
+    /// roots as last loaded.
+    client_ca: Option<(String, PathBuf, std::sync::Mutex<RootCertStore>)>,
     summaries: ArcSwap<Vec<CertificateSummary>>,
+    /// The loaded certificates and keys, in the order of `files`.
+    keys: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    /// The certificate files whose expiry series this terminator set.
+    published: std::sync::Mutex<Vec<String>>,
 }
 
 impl TlsTerminator {
@@ -328,7 +337,9 @@ impl TlsTerminator {
         Self::new(
             &listener.address.to_string(),
             &listener.certificates,
-            &["h2", "http/1.1"],
+            // `http/1.0` for clients that offer only it (`curl --http1.0`),
+            // as nginx lists it.
+            &["h2", "http/1.1", "http/1.0"],
             None,
         )
     }
@@ -354,45 +365,40 @@ impl TlsTerminator {
             listener: label.to_string(),
             source,
         };
-        let builder = ServerConfig::builder_with_provider(Arc::clone(provider()))
-            .with_protocol_versions(VERSIONS)
-            .map_err(config_error)?;
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some((origin, file)) => {
-                let roots = read_roots(origin, file)?;
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    Arc::clone(provider()),
-                )
-                .build()
-                .map_err(|err| file_error(origin, "using the client CA", file, err))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+        let roots = match client_ca {
+            Some((origin, file)) => Some(read_roots(origin, file)?),
+            None => None,
         };
-        let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
+        let mut config = server_config(label, &resolver, client_ca.zip(roots.clone()))?;
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         // The server's suite order (AEADs with forward secrecy, strongest
         // first) wins over the client's, as nginx's ssl_prefer_server_ciphers.
         config.ignore_client_order = true;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_error)?;
+        let client_ca = client_ca
+            .zip(roots)
+            .map(|((origin, file), roots)| (origin.to_string(), file.to_path_buf(), roots.into()));
+        let keys: Vec<Arc<CertifiedKey>> = loaded.iter().map(|l| Arc::clone(&l.key)).collect();
         let summaries: Vec<CertificateSummary> =
             loaded.into_iter().map(|loaded| loaded.summary).collect();
         let terminator = TlsTerminator {
             label: label.to_string(),
             files: files.to_vec(),
             resolver,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: ArcSwap::from_pointee(config),
+            client_ca,
             summaries: ArcSwap::from_pointee(summaries),
+            keys: ArcSwap::from_pointee(keys),
+            published: std::sync::Mutex::default(),
         };
         terminator.publish();
         Ok(terminator)
     }
 
     /// The acceptor that runs handshakes with the current certificates.
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.load_full())
     }
 
     /// The listener this terminates TLS for.
@@ -400,11 +406,13 @@ impl TlsTerminator {
         &self.label
     }
 
-    /// The certificate and key files, for a watcher.
+    /// The certificate and key files, and the client CA file, for a
+    /// watcher.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.files
             .iter()
             .flat_map(|f| [f.cert_file.as_path(), f.key_file.as_path()])
+            .chain(self.client_ca.as_ref().map(|(_, file, _)| file.as_path()))
     }
 
     /// The certificates in use.
@@ -421,26 +429,30 @@ impl TlsTerminator {
             .iter()
             .map(load_certificate)
             .collect::<Result<Vec<_>, _>>()?;
-        let current = self.resolver.set.load();
-        let unchanged = loaded.len() == self.files.len()
+        let ca_changed = self.reload_client_ca()?;
+        // Each certificate against the one loaded from the same files
+        // (two listed for one name would otherwise be compared with the
+        // first, and every write beside them would count as a change).
+        let keys = self.keys.load();
+        let unchanged = loaded.len() == keys.len()
             && loaded
                 .iter()
                 .zip(self.summaries().iter())
-                .all(|(new, old)| {
+                .zip(keys.iter())
+                .all(|((new, old), key)| {
                     new.summary == *old
-                        && current
-                            .find(new.summary.names.first().map(String::as_str))
-                            .is_some_and(|key| {
-                                key.cert == new.key.cert
-                                    && key.key.public_key() == new.key.key.public_key()
-                            })
+                        && key.cert == new.key.cert
+                        && key.key.public_key() == new.key.key.public_key()
                 });
         if unchanged {
-            return Ok(false);
+            return Ok(ca_changed);
         }
         self.resolver
             .set
             .store(Arc::new(CertificateSet::build(&loaded)));
+        self.keys.store(Arc::new(
+            loaded.iter().map(|l| Arc::clone(&l.key)).collect(),
+        ));
         self.summaries.store(Arc::new(
             loaded.into_iter().map(|loaded| loaded.summary).collect(),
         ));
@@ -448,8 +460,51 @@ impl TlsTerminator {
         Ok(true)
     }
 
-    /// Logs each certificate's expiry and sets its gauge.
+    /// Reads the client CA file again; when its CAs changed, new
+    /// handshakes verify clients against them. Whether they changed.
+    fn reload_client_ca(&self) -> Result<bool, ForwardError> {
+        let Some((origin, file, current)) = &self.client_ca else {
+            return Ok(false);
+        };
+        let roots = read_roots(origin, file)?;
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if roots.roots == current.roots {
+            return Ok(false);
+        }
+        let old = self.config.load();
+        let mut config = server_config(
+            &self.label,
+            &self.resolver,
+            Some(((origin.as_str(), file.as_path()), roots.clone())),
+        )?;
+        config.alpn_protocols = old.alpn_protocols.clone();
+        config.ignore_client_order = old.ignore_client_order;
+        config.session_storage = Arc::clone(&old.session_storage);
+        config.ticketer = Arc::clone(&old.ticketer);
+        self.config.store(Arc::new(config));
+        *current = roots;
+        tracing::info!(listener = %self.label, file = %file.display(), "client CA reloaded");
+        Ok(true)
+    }
+
+    /// Logs each certificate's expiry and sets its gauge; the series of
+    /// certificates it no longer has go (unless another terminator of the
+    /// same listener still serves them).
     fn publish(&self) {
+        let files: Vec<String> = self
+            .summaries()
+            .iter()
+            .map(|s| s.cert_file.to_string_lossy().into_owned())
+            .collect();
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        for file in files.iter().filter(|f| !published.contains(f)) {
+            expiry_series(&self.label, file, 1);
+        }
+        for file in published.iter().filter(|f| !files.contains(f)) {
+            expiry_series(&self.label, file, -1);
+        }
+        *published = files;
+        drop(published);
         for summary in self.summaries().iter() {
             tracing::info!(
                 listener = %self.label,
@@ -463,6 +518,61 @@ impl TlsTerminator {
                 .with_label_values(&[self.label.as_str(), &summary.cert_file.to_string_lossy()])
                 .set(summary.not_after);
         }
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let published = self.published.get_mut().unwrap_or_else(|e| e.into_inner());
+        for file in published.iter() {
+            expiry_series(&self.label, file, -1);
+        }
+    }
+}
+
+/// A server config for `resolver`'s certificates, TLS 1.2 and 1.3, that
+/// verifies clients against `client_ca`'s roots when given.
+fn server_config(
+    label: &str,
+    resolver: &Arc<CertResolver>,
+    client_ca: Option<((&str, &Path), RootCertStore)>,
+) -> Result<ServerConfig, ForwardError> {
+    let builder = ServerConfig::builder_with_provider(Arc::clone(provider()))
+        .with_protocol_versions(VERSIONS)
+        .map_err(|source| ForwardError::TlsConfig {
+            listener: label.to_string(),
+            source,
+        })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(((origin, file), roots)) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::clone(provider()),
+            )
+            .build()
+            .map_err(|err| file_error(origin, "using the client CA", file, err))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(builder.with_cert_resolver(Arc::clone(resolver) as _))
+}
+
+/// Counts the terminators that publish an expiry series (a reload may make
+/// a new one for a listener before the old one goes); the series goes with
+/// the last.
+fn expiry_series(listener: &str, file: &str, change: i32) {
+    static USERS: OnceLock<std::sync::Mutex<HashMap<(String, String), i32>>> = OnceLock::new();
+    let mut users = USERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let key = (listener.to_string(), file.to_string());
+    let count = users.entry(key.clone()).or_insert(0);
+    *count += change;
+    if *count <= 0 {
+        users.remove(&key);
+        let _ = expiry_gauge().remove_label_values(&[listener, file]);
     }
 }
 

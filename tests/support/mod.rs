@@ -2,6 +2,8 @@
 //! config, and clients. Plain functions, no macros.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
