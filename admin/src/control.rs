@@ -61,6 +61,10 @@ pub type ListenerCommit = Box<dyn FnOnce() + Send>;
 pub trait StepGate: Send + Sync {
     /// Whether `route`'s rollout may move on from its live step.
     fn check(&self, route: &str, rollout: &Rollout) -> GateVerdict;
+
+    /// `route`'s rollout began a step (its first, or the next): what the
+    /// canary serves counts for it from now.
+    fn step_started(&self, _route: &str) {}
 }
 
 /// A gate's answer.
@@ -545,8 +549,17 @@ impl ControlPlane {
                     rollout: None,
                     baseline: None,
                 });
+        let step_of = |state: &RouteState| {
+            state
+                .rollout
+                .as_ref()
+                .filter(|r| r.is_active())
+                .map(|r| (r.step, r.step_started_ms))
+        };
+        let step_before = step_of(&route_state);
         let (kind, reason) = change(current, &mut route_state)?;
         let new_weights = route_state.weights.clone();
+        let step_began = step_of(&route_state).is_some_and(|s| Some(s) != step_before);
 
         let rollout_now = route_state.rollout.clone();
         let mut state = inner.state.clone();
@@ -564,6 +577,16 @@ impl ControlPlane {
         inner.state = state;
         inner.effective = effective;
         AdminMetrics::global().set_rollout(route, rollout_now.as_ref());
+        if step_began {
+            let gate = self
+                .gate
+                .read()
+                .expect("gate lock is never poisoned")
+                .clone();
+            if let Some(gate) = gate {
+                gate.step_started(route);
+            }
+        }
         if !rollout_now
             .as_ref()
             .is_some_and(|r| r.state == crate::rollout::RolloutState::Running)
@@ -597,6 +620,17 @@ impl ControlPlane {
     ) -> Result<u64, AdminError> {
         let change = |config: &switchyard_config::Route, state: &mut RouteState| {
             let baseline = &config.split.baseline;
+            // Two canaries judged bad in one tick: the first fallback moved
+            // all traffic; the second changes nothing and is not counted.
+            let on_baseline = state
+                .weights
+                .iter()
+                .all(|(pool, weight)| pool == baseline || *weight == 0);
+            if on_baseline && !state.rollout.as_ref().is_some_and(|r| r.is_active()) {
+                return Err(AdminError::Conflict {
+                    message: format!("route {route:?} already sends everything to {baseline}"),
+                });
+            }
             for (pool, weight) in state.weights.iter_mut() {
                 *weight = if pool == baseline {
                     switchyard_config::TOTAL_WEIGHT

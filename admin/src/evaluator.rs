@@ -59,6 +59,12 @@ struct RouteHealth {
     /// Per canary pool: requests served since the route's weights last
     /// changed, i.e. at the current rollout step.
     served: BTreeMap<String, u64>,
+    /// Per canary pool: requests served while watched, all told.
+    total: BTreeMap<String, u64>,
+    /// `total` when the rollout's live step began: the gate counts what
+    /// the canary served since (a step at the same weight as the one
+    /// before, or one that began since the last tick, starts at zero).
+    step_mark: Option<BTreeMap<String, u64>>,
     /// Every pool of the split: its live error rate, p99 and endpoints.
     pools: BTreeMap<String, Value>,
 }
@@ -80,11 +86,18 @@ impl StepGate for HealthBoard {
         }
         let served = {
             let routes = self.routes.lock().expect("health lock is never poisoned");
-            routes
-                .get(route)
-                .and_then(|h| h.served.get(&rollout.target))
-                .copied()
-                .unwrap_or(0)
+            routes.get(route).map_or(0, |h| {
+                let target = &rollout.target;
+                match &h.step_mark {
+                    Some(mark) => {
+                        let total = h.total.get(target).copied().unwrap_or(0);
+                        total.saturating_sub(mark.get(target).copied().unwrap_or(0))
+                    }
+                    // A step that began before this process: since the
+                    // weights last changed.
+                    None => h.served.get(target).copied().unwrap_or(0),
+                }
+            })
         };
         if served >= min {
             GateVerdict::Proceed
@@ -95,6 +108,12 @@ impl StepGate for HealthBoard {
                 "holding: the canary has served {served} of the {min} requests a step needs to be judged"
             ))
         }
+    }
+
+    fn step_started(&self, route: &str) {
+        let mut routes = self.routes.lock().expect("health lock is never poisoned");
+        let health = routes.entry(route.to_string()).or_default();
+        health.step_mark = Some(health.total.clone());
     }
 }
 
@@ -296,8 +315,12 @@ async fn evaluate(
             let key = (route.name.to_string(), table.pool(pool).name.to_string());
             alive.push(key.clone());
             let settings = route.canary_health;
-            if watches.get(&key).is_some_and(|w| w.settings != settings) {
-                // The route's settings changed (a reload): start over.
+            if watches.get(&key).is_some_and(|w| {
+                w.settings != settings || !Arc::ptr_eq(&w.baseline, baseline_stats)
+            }) {
+                // The route's settings changed (a reload), or its baseline
+                // did (a reload, a completed rollout): start over, judged
+                // against the new one.
                 watches.remove(&key);
             }
             let slo_us = settings
@@ -306,6 +329,7 @@ async fn evaluate(
             stats_of(route, pool)
                 .slo_after_us
                 .store(slo_us, Ordering::Relaxed);
+            let fresh = !watches.contains_key(&key);
             let watch = watches.entry(key.clone()).or_insert_with(|| Watch {
                 detector: detector_for(settings),
                 settings,
@@ -316,6 +340,23 @@ async fn evaluate(
                 served: 0,
                 baseline_slow: VecDeque::new(),
             });
+            if fresh {
+                // p0 is the baseline's last 60 s from the first tick on
+                // (a rollout's first step, a canary turned on again), not
+                // only what it served since: the ticks before this one,
+                // with no canary answers.
+                let key = (
+                    route.name.to_string(),
+                    table.pool(route.baseline).name.to_string(),
+                );
+                if let Some(history) = live.get(&key) {
+                    let before = history.ticks.len().saturating_sub(1);
+                    for &(requests, errors) in history.ticks.iter().take(before) {
+                        let baseline = PoolCounts { requests, errors };
+                        watch.detector.observe(baseline, CanaryCounts::default());
+                    }
+                }
+            }
             if watch.weights != weights {
                 // A weight change starts the test over (the spec's reset).
                 watch.detector.reset();
@@ -363,6 +404,7 @@ async fn evaluate(
                 let health = routes.entry(key.0.clone()).or_default();
                 health.status.insert(key.1.clone(), status);
                 health.served.insert(key.1.clone(), watch.served);
+                *health.total.entry(key.1.clone()).or_default() += canary.requests;
             }
             if let Some(verdict) = verdict {
                 verdicts.push((key, verdict));
@@ -405,6 +447,10 @@ fn detector_for(settings: CanaryHealth) -> Detector {
     set(&mut c.long_window_ticks, settings.long_window_ticks);
     set(&mut c.short_window_ticks, settings.short_window_ticks);
     set(&mut c.burst_window_ticks, settings.burst_window_ticks);
+    // A long window shorter than the short windows' defaults (given ones
+    // are validated against it) bounds them: they are at most as long.
+    c.short_window_ticks = c.short_window_ticks.min(c.long_window_ticks);
+    c.burst_window_ticks = c.burst_window_ticks.min(c.long_window_ticks);
     set(&mut c.canary_delay_ticks, settings.judge_delay_ticks);
     set(
         &mut c.short_window_min_requests,
@@ -574,6 +620,9 @@ async fn fall_back(
         Ok(_) => {
             let mut routes = board.routes.lock().expect("health lock is never poisoned");
             routes.entry(route.to_string()).or_default().last_verdict = Some(evidence);
+        }
+        Err(crate::AdminError::Conflict { message }) => {
+            tracing::debug!(route, %message, "no fallback needed")
         }
         Err(err) => tracing::error!(route, error = %err, "fallback failed"),
     }

@@ -342,7 +342,7 @@ impl Origin {
     pub(crate) fn count(&mut self, kind: ErrorKind) {
         if let Some(table) = self.table.take() {
             if let Some(route) = table.routes().get(usize::from(self.route)) {
-                route.stats(self.pool).record_late_error(kind);
+                route.stats(self.pool).record_broken(kind);
             }
         }
     }

@@ -1388,7 +1388,7 @@ where
         )
         .await;
         if let Some(kind) = relayed.late_error {
-            stats.record_late_error(kind);
+            stats.record_broken(kind);
         }
         if relayed.reusable {
             proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);

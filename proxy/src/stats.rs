@@ -361,12 +361,25 @@ impl PoolStats {
         n < 256 && self.error_statuses[n / 64].load(Ordering::Relaxed) & (1 << (n % 64)) != 0
     }
 
-    /// Counts an upstream failure found after the head (a reset mid-body).
+    /// Counts an upstream failure the client did not see (a connection
+    /// that failed before the request went to another endpoint).
     pub fn record_late_error(&self, kind: ErrorKind) {
         if !COUNTING.load(Ordering::Relaxed) {
             return;
         }
         self.errors[kind as usize].inc();
+    }
+
+    /// Counts an answer that broke after its head (a reset mid-body, a
+    /// body cut short): an error for the canary detector too, in the tick
+    /// it broke in (its request was counted when its head came).
+    pub fn record_broken(&self, kind: ErrorKind) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
+        self.errors[kind as usize].inc();
+        let slot = &self.ticks[(tick_of(Instant::now()) as usize) % RING];
+        slot.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes a finished tick's counts, and clears a tick ahead of the
