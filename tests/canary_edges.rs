@@ -709,3 +709,44 @@ async fn a_new_canary_is_judged_without_the_baselines_last_60_s() {
         canary_status["p0"]
     );
 }
+
+/// A held step records one `rollout_held` event when the hold begins, not
+/// one per recheck while traffic trickles in (the reason, with its count,
+/// changed at each, and each change was an event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_is_recorded_once_while_traffic_trickles_in() {
+    let route = "rv_gate_trickle";
+    let stable = knob_upstream("stable").await;
+    let canary = knob_upstream("canary").await;
+    let setup = support::admin_setup(
+        &two_pool_rollout_config(route, stable.addr, canary.addr),
+        None,
+    );
+    setup.api.board().set_min_step_requests(1_000_000);
+    let spec = json!({"strategy": "canary", "steps": [{"weight": 5000, "pause": "100ms"}]});
+    let (status, body) = admin_request(
+        setup.admin,
+        Method::POST,
+        &format!("/v1/routes/{route}/rollout"),
+        Some(spec),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let client = support::client();
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let held = wait_rollout(setup.admin, route, Duration::from_secs(10), |r| {
+            r["held"]
+                .as_str()
+                .is_some_and(|h| !reasons.contains(&h.to_string()))
+        })
+        .await;
+        reasons.push(held["held"].as_str().expect("held").to_string());
+        for _ in 0..20 {
+            support::get(&client, setup.proxy, "/", &[]).await;
+        }
+    }
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    let held = events_of(setup.admin, "rollout_held").await;
+    assert_eq!(held.len(), 1, "{held:?}");
+}

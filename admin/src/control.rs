@@ -394,7 +394,9 @@ impl ControlPlane {
                         &route,
                         Some((now + HOLD_RECHECK.as_millis() as u64, reason.clone())),
                     );
-                    if previous.is_none_or(|(_, old)| old != reason) {
+                    // Once, when the hold begins: the reason's count moves
+                    // at each recheck while traffic trickles in.
+                    if previous.is_none() {
                         self.events.record(NewEvent {
                             who: "gate".into(),
                             kind: "rollout_held",

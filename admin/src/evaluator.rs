@@ -81,7 +81,9 @@ pub struct HealthBoard {
 impl StepGate for HealthBoard {
     fn check(&self, route: &str, rollout: &Rollout) -> GateVerdict {
         let min = self.min_step_requests.load(Ordering::Relaxed);
-        if min == 0 {
+        // A step at 0% sends the canary nothing to judge: it would hold
+        // for good.
+        if min == 0 || rollout.target_weight() == 0 {
             return GateVerdict::Proceed;
         }
         let served = {
