@@ -750,3 +750,55 @@ async fn a_hold_is_recorded_once_while_traffic_trickles_in() {
     let held = events_of(setup.admin, "rollout_held").await;
     assert_eq!(held.len(), 1, "{held:?}");
 }
+
+/// A blue-green bake sends the baseline nothing. Its error windows used to
+/// empty out with time, leaving p0 at its smoothed 50%, so a new version
+/// that failed half its requests after the first long window was never
+/// judged bad. The baseline's windows now keep what it served last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_bake_is_judged_after_the_baseline_went_quiet() {
+    let route = "rv_bake";
+    let blue = knob_upstream("blue").await;
+    let green = knob_upstream("green").await;
+    let windows = json!({"long_window": "2s", "short_window": "1s", "burst_window": "500ms"});
+    let config = route_config(
+        route,
+        &[("blue", blue.addr, 10_000), ("green", green.addr, 0)],
+        windows,
+    );
+    let setup = support::admin_setup(&config, None);
+    setup.api.board().set_min_step_requests(0);
+    let _load = open_loop(setup.proxy, 200);
+    // The baseline serves alone until it has a long window of history.
+    let start = Instant::now();
+    while blue.served.load(Ordering::Relaxed) < 400 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spec = json!({"strategy": "blue_green", "bake": "1h"});
+    let (status, body) = admin_request(
+        setup.admin,
+        Method::POST,
+        &format!("/v1/routes/{route}/rollout"),
+        Some(spec),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Green takes everything; after two long windows the baseline's own
+    // windows hold nothing it served during the bake.
+    let flipped = green.served.load(Ordering::Relaxed);
+    while green.served.load(Ordering::Relaxed) < flipped + 800 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "green got no load"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    green.error_permille.store(500, Ordering::Relaxed);
+    let event = wait_for_fallback(setup.admin, Duration::from_secs(10)).await;
+    let state = health(setup.admin, route).await;
+    let event = event.unwrap_or_else(|| {
+        panic!("a green failing half its requests in the bake was never judged bad: {state}")
+    });
+    assert_eq!(event["route"], route, "{event}");
+}

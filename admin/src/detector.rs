@@ -719,6 +719,19 @@ impl Detector {
             requests: baseline.requests,
             errors: baseline.errors.min(baseline.requests),
         });
+        self.judge(canary)
+    }
+
+    /// As [`observe`](Self::observe) for a tick in which the baseline
+    /// takes no traffic by design (all of it on the canary: a blue-green
+    /// bake, a rollout's 100% step): its windows keep what it served
+    /// last, rather than empty out and leave p0 at its smoothed 50%, which
+    /// no canary could fail against.
+    pub fn observe_without_baseline(&mut self, canary: CanaryCounts) -> Option<Verdict> {
+        self.judge(canary)
+    }
+
+    fn judge(&mut self, canary: CanaryCounts) -> Option<Verdict> {
         self.pending.push_back(canary.clamped());
         if self.pending.len() <= self.config.canary_delay_ticks {
             return None;

@@ -310,6 +310,10 @@ async fn evaluate(
         }
         let baseline_counts = counts[&route.baseline];
         let baseline_stats = stats_of(route, route.baseline);
+        let baseline_weight = route
+            .weights()
+            .find(|&(pool, _)| pool == route.baseline)
+            .map_or(0, |(_, weight)| weight);
         for (pool, weight) in route.weights() {
             if pool == route.baseline || weight == 0 {
                 continue;
@@ -357,6 +361,8 @@ async fn evaluate(
                         let baseline = PoolCounts { requests, errors };
                         watch.detector.observe(baseline, CanaryCounts::default());
                     }
+                    // And its latency over the same time, for the bar.
+                    watch.snapshots = history.snapshots.clone();
                 }
             }
             if watch.weights != weights {
@@ -366,7 +372,7 @@ async fn evaluate(
                 watch.served = 0;
             }
             if tick.is_multiple_of(SNAPSHOT_TICKS) {
-                publish_latency_threshold(watch);
+                publish_latency_threshold(watch, baseline_weight == 0);
             }
             let canary = counts[&pool];
             watch.served += canary.requests;
@@ -388,18 +394,23 @@ async fn evaluate(
             let baseline_slow = requests >= SHARED_SLOW_MIN_REQUESTS
                 && slow as f64 > SHARED_SLOW_RATE * requests as f64;
             let canary_slow = if baseline_slow { 0 } else { canary.slow };
-            let verdict = watch.detector.observe(
-                PoolCounts {
+            let canary_counts = CanaryCounts {
+                requests: canary.requests,
+                errors: canary.errors,
+                slow: canary_slow,
+                over_slo_latency: canary.over_slo,
+            };
+            let verdict = if baseline_weight == 0 {
+                // All traffic on the canary: judged against what the
+                // baseline served before.
+                watch.detector.observe_without_baseline(canary_counts)
+            } else {
+                let baseline = PoolCounts {
                     requests: baseline_counts.requests,
                     errors: baseline_counts.errors,
-                },
-                CanaryCounts {
-                    requests: canary.requests,
-                    errors: canary.errors,
-                    slow: canary_slow,
-                    over_slo_latency: canary.over_slo,
-                },
-            );
+                };
+                watch.detector.observe(baseline, canary_counts)
+            };
             let status = serde_json::to_value(watch.detector.status()).unwrap_or(Value::Null);
             {
                 let mut routes = board.routes.lock().expect("health lock is never poisoned");
@@ -494,13 +505,20 @@ fn stats_of(route: &switchyard_proxy::route::RouteEntry, pool: u16) -> &Arc<Pool
 
 /// Takes a latency snapshot and sets the canary's slow threshold from the
 /// baseline's last 60 s.
-fn publish_latency_threshold(watch: &mut Watch) {
-    let now = watch.baseline.latency_snapshot();
-    watch.snapshots.push_back(now.clone());
-    if watch.snapshots.len() > SNAPSHOTS {
-        watch.snapshots.pop_front();
+fn publish_latency_threshold(watch: &mut Watch, frozen: bool) {
+    // A baseline that takes no traffic by design keeps the bar of what it
+    // served last (its window would empty, and the test go blind).
+    if !frozen || watch.snapshots.is_empty() {
+        let now = watch.baseline.latency_snapshot();
+        watch.snapshots.push_back(now);
+        if watch.snapshots.len() > SNAPSHOTS {
+            watch.snapshots.pop_front();
+        }
     }
-    let window = window_of(&now, &watch.snapshots[0]);
+    let (Some(oldest), Some(newest)) = (watch.snapshots.front(), watch.snapshots.back()) else {
+        return;
+    };
+    let window = window_of(newest, oldest);
     let threshold = watch.detector.config().latency_threshold_ms(&window);
     let micros = threshold.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
     watch.canary.slow_after_us.store(micros, Ordering::Relaxed);
