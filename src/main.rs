@@ -359,6 +359,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!("shutting down: draining in-flight requests (a second signal stops at once)");
     signals.force_on_next();
+    plane.set_draining();
     server.shutdown();
     tracing::info!("stopped");
     Ok(())

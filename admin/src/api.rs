@@ -91,11 +91,20 @@ impl AdminApi {
                 ))
             }
             ["readyz"] if method == Method::GET => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &json!({"status": "ready", "version": self.plane.version()}),
-                    None,
-                ))
+                let version = self.plane.version();
+                return Ok(if self.plane.is_draining() {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "draining", "version": version}),
+                        None,
+                    )
+                } else {
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"status": "ready", "version": version}),
+                        None,
+                    )
+                });
             }
             ["healthz"] | ["readyz"] => return Err(not_allowed("GET")),
             _ => {}

@@ -38,6 +38,8 @@ pub struct ControlPlane {
     /// Routes whose due step a gate holds: until when, and why. Not
     /// persisted: after a restart the gate is simply asked again.
     holds: std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>,
+    /// The process is draining (a SIGTERM came): `/readyz` says so.
+    draining: std::sync::atomic::AtomicBool,
     /// The admin API's listener as bound at start: a reload does not
     /// rebind it, so a change to it is reported, not applied.
     bound_admin: switchyard_config::AdminListener,
@@ -161,6 +163,7 @@ impl ControlPlane {
             scope,
             gate: std::sync::RwLock::new(None),
             holds: std::sync::Mutex::new(std::collections::HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -172,6 +175,18 @@ impl ControlPlane {
     /// The event log.
     pub fn events(&self) -> &EventLog {
         &self.events
+    }
+
+    /// The process stops: from now on `/readyz` answers 503, so a load
+    /// balancer (or Kubernetes) takes it out while it drains.
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the process is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The live table's version.

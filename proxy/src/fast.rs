@@ -138,13 +138,13 @@ impl RawPool {
 
     /// A pooled connection to `addr` that is still open, and how long it
     /// was idle.
-    fn take(&self, addr: IdleKey, max_idle: Duration) -> Option<(RawConn, Duration)> {
+    fn take(&self, addr: IdleKey, max_idle: Duration, probe: bool) -> Option<(RawConn, Duration)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some((mut stream, since)) = list.pop() {
             let idle_for = now.duration_since(since);
-            if idle_for < max_idle && still_open(&mut stream) {
+            if idle_for < max_idle && still_open(&mut stream, probe) {
                 return Some((stream, idle_for));
             }
         }
@@ -326,7 +326,21 @@ impl Drop for Waiting<'_> {
 /// (an idle connection that is readable was closed, or sent garbage).
 /// tokio clears read readiness after a short read, so the common case
 /// costs no system call.
-fn still_open(conn: &mut RawConn) -> bool {
+fn still_open(conn: &mut RawConn, syscall: bool) -> bool {
+    // tokio's readiness may not yet know what came after the last answer
+    // (see `Exchange::probe`): the kernel is asked.
+    if syscall {
+        let tcp = match conn {
+            RawConn::Plain(stream) => &*stream,
+            RawConn::Tls(stream) => stream.get_ref().0,
+        };
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut byte) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            // The end, stray bytes, or an error.
+            _ => return false,
+        }
+    }
     let mut cx = Context::from_waker(Waker::noop());
     let mut probe = [0u8; 1];
     let mut probe = tokio::io::ReadBuf::new(&mut probe);
@@ -906,7 +920,6 @@ fn parse_response(
     // coding is refused (see `headers::is_chunked_or_unencoded`).
     let mut transfer_encoded = false;
     let mut close_asked = false;
-    let mut date = false;
     let mut connections = 0;
     let mut kinds = [Field::Other; MAX_FIELDS];
     for (field, kind) in response.headers.iter().zip(kinds.iter_mut()) {
@@ -938,7 +951,6 @@ fn parse_response(
                 }
                 transfer_encoded = true;
             }
-            Field::Date => date = true,
             _ => {}
         }
     }
@@ -970,6 +982,9 @@ fn parse_response(
         hpack: context.hpack,
     };
     head.status(status, response.reason);
+    // A `Date` named in `Connection` is dropped like any field named there,
+    // and one of the proxy's own goes in its place (RFC 9110 §6.6.1).
+    let mut date_written = false;
     for (field, kind) in response.headers.iter().zip(kinds) {
         match kind {
             Field::Connection | Field::Hop | Field::TransferEncoding | Field::ContentLength => {}
@@ -986,6 +1001,7 @@ fn parse_response(
                 };
                 if !named {
                     head.field(field.name.as_bytes(), field.value);
+                    date_written |= matches!(kind, Field::Date);
                 }
             }
         }
@@ -1000,7 +1016,7 @@ fn parse_response(
             }
         }
     }
-    if !date {
+    if !date_written {
         head.date();
     }
     if let Some(cookie) = context.set_cookie {
@@ -1033,6 +1049,8 @@ pub(crate) struct ChunkScan {
     /// Extensions may hold any byte but CR and LF, as hyper's decoder
     /// takes them (for following a request body as hyper reads it).
     lenient: bool,
+    /// Where the trailer section began in the bytes last fed, if it did.
+    trailers_at: Option<usize>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -1047,10 +1065,17 @@ enum ChunkState {
     DataCr,
     DataLf,
     TrailerStart,
+    /// A trailer field's name, up to its colon.
+    TrailerName,
     Trailer,
     TrailerLf,
     EndLf,
     Done,
+}
+
+/// A byte of a field name (`tchar`, RFC 9110 §5.6.2).
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A byte a field value (an extension or a trailer line) may hold.
@@ -1122,6 +1147,7 @@ impl ChunkScan {
                 (ChunkState::SizeLf, b'\n') => {
                     self.digits = 0;
                     if self.size == 0 {
+                        self.trailers_at = Some(at);
                         ChunkState::TrailerStart
                     } else {
                         ChunkState::Data
@@ -1132,9 +1158,12 @@ impl ChunkScan {
                 (ChunkState::TrailerStart, b'\r') => ChunkState::EndLf,
                 (ChunkState::Trailer, b'\r') => ChunkState::TrailerLf,
                 (ChunkState::TrailerLf, b'\n') => ChunkState::TrailerStart,
-                (ChunkState::TrailerStart | ChunkState::Trailer, b) if field_byte(b) => {
-                    ChunkState::Trailer
+                // A trailer line is `name: value` (RFC 9112 §7.1.2).
+                (ChunkState::TrailerStart | ChunkState::TrailerName, b) if name_byte(b) => {
+                    ChunkState::TrailerName
                 }
+                (ChunkState::TrailerName, b':') => ChunkState::Trailer,
+                (ChunkState::Trailer, b) if field_byte(b) => ChunkState::Trailer,
                 (ChunkState::EndLf, b'\n') => ChunkState::Done,
                 _ => return None,
             };
@@ -1144,6 +1173,31 @@ impl ChunkScan {
 
     pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// As `feed`, for a response relayed to a client that did not ask for
+    /// trailers (one that does takes hyper's path): how many of `bytes`
+    /// belong to the body, and how many of those to relay. The trailer
+    /// section is left out (hyper's server drops trailers too, and they
+    /// may carry fields no trailer may, such as `Content-Length`); the
+    /// relay ends the body with the bare CRLF of an empty one.
+    fn feed_without_trailers(&mut self, bytes: &[u8]) -> Option<(usize, usize)> {
+        let in_trailers = matches!(
+            self.state,
+            ChunkState::TrailerStart
+                | ChunkState::TrailerName
+                | ChunkState::Trailer
+                | ChunkState::TrailerLf
+                | ChunkState::EndLf
+        );
+        self.trailers_at = None;
+        let take = self.feed(bytes)?;
+        let relay = match (in_trailers, self.trailers_at) {
+            (true, _) => 0,
+            (false, Some(at)) => at,
+            (false, None) => take,
+        };
+        Some((take, relay))
     }
 }
 
@@ -1179,7 +1233,12 @@ where
     let mut served = false;
     let mut waiting = Waiting::default();
     loop {
-        if proxy.stopping.stopped.get() {
+        // Shutting down: a request already read is answered (with
+        // `Connection: close`); else the connection is closed, lingering
+        // if it served (a request sent meanwhile, unread, would make the
+        // kernel reset it and cut the tail of the answer just written).
+        if proxy.stopping.stopped.get() && input.is_empty() {
+            close_client(&mut stream, served, deadline).await;
             return Outcome::Closed;
         }
         // The table is taken once the head is whole: a request that
@@ -1194,6 +1253,9 @@ where
             _ => timeouts.request_header,
         });
         let mut head_started = !input.is_empty();
+        // Bytes of this request were read with the one before: served in
+        // the same poll, with no turn of the reactor between.
+        let pipelined = head_started;
         let (plan, started, now_ms) = loop {
             if !input.is_empty() {
                 let started = std::time::Instant::now();
@@ -1347,6 +1409,7 @@ where
             idempotent: plan.idempotent,
             table: &table,
             deadline: upstream_deadline,
+            probe: pipelined,
         };
         let exchanged = {
             let exchange =
@@ -1398,7 +1461,8 @@ where
             return Outcome::Closed;
         }
         if close {
-            close_client(&mut stream, !input.is_empty(), deadline).await;
+            let linger = !input.is_empty() || proxy.stopping.stopped.get();
+            close_client(&mut stream, linger, deadline).await;
             return Outcome::Closed;
         }
     }
@@ -1555,6 +1619,11 @@ pub(crate) struct Exchange<'a> {
     pub(crate) idempotent: bool,
     pub(crate) table: &'a RouteTable,
     pub(crate) deadline: &'a mut Deadline,
+    /// Whether a pooled connection is checked with a system call rather
+    /// than tokio's cached readiness: for a pipelined request, the
+    /// connection may have been put back in this same poll, before tokio
+    /// saw the upstream's close or stray bytes that came after its answer.
+    pub(crate) probe: bool,
 }
 
 /// `exchange`, and after a connect failure (nothing sent) once more with
@@ -1603,22 +1672,24 @@ async fn exchange(
         idempotent,
         table,
         deadline,
+        probe,
     } = ex;
     let timeouts = &table.timeouts;
     let mut fresh = false;
     loop {
         let pooled = match fresh {
             true => None,
-            false => raw.take(idle_key(endpoint), timeouts.idle),
+            false => raw.take(idle_key(endpoint), timeouts.idle, *probe),
         };
         let reused = pooled.is_some();
         // An idempotent request on a connection idle long enough that the
         // upstream may be closing it just now may go again on a new one
-        // (the keep-alive race; see STALE_AFTER).
+        // (the keep-alive race; see STALE_AFTER), as may a pipelined one
+        // (its connection was put back just now).
         let may_resend = *idempotent
             && pooled
                 .as_ref()
-                .is_some_and(|(_, idle)| *idle >= STALE_AFTER);
+                .is_some_and(|(_, idle)| *idle >= STALE_AFTER || *probe);
         let mut upstream = match pooled {
             Some((stream, _)) => stream,
             None => match connect_raw(endpoint, timeouts.connect).await {
@@ -1797,10 +1868,11 @@ async fn relay<S: AsyncWrite + Unpin>(
             .await
         }
     };
-    let Some(take) = body.feed(buffer) else {
+    let Some((take, relay)) = body.feed(buffer) else {
         return Relayed::broken(ErrorKind::Malformed);
     };
-    out.extend_from_slice(&buffer[..take]);
+    out.extend_from_slice(&buffer[..relay]);
+    out.extend_from_slice(body.end());
     // Bytes after the body: the upstream is not speaking HTTP/1.1 as it
     // should, and its connection is not used again.
     let mut clean = buffer.len() == take;
@@ -1813,12 +1885,26 @@ async fn relay<S: AsyncWrite + Unpin>(
             Ok(_) => return Relayed::broken(ErrorKind::Reset),
             Err(kind) => return Relayed::broken(kind),
         }
-        let Some(take) = body.feed(buffer) else {
+        let Some((take, relay)) = body.feed(buffer) else {
             return Relayed::broken(ErrorKind::Malformed);
         };
         clean = buffer.len() == take;
-        if !write_out(client, &buffer[..take], deadline, idle).await {
-            return Relayed::GONE;
+        let end = body.end();
+        if end.is_empty() || relay == 0 {
+            if relay > 0 && !write_out(client, &buffer[..relay], deadline, idle).await {
+                return Relayed::GONE;
+            }
+            if !end.is_empty() && !write_out(client, end, deadline, idle).await {
+                return Relayed::GONE;
+            }
+        } else {
+            // The body's last bytes and its end, in one write.
+            out.clear();
+            out.extend_from_slice(&buffer[..relay]);
+            out.extend_from_slice(end);
+            if !write_out(client, out, deadline, idle).await {
+                return Relayed::GONE;
+            }
         }
     }
     Relayed {
@@ -1836,15 +1922,26 @@ enum Delimited {
 }
 
 impl Delimited {
-    /// How many of `bytes` belong to the body; None if its framing broke.
-    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+    /// How many of `bytes` belong to the body, and how many of those to
+    /// relay (all but a chunked body's trailers); None if its framing
+    /// broke.
+    fn feed(&mut self, bytes: &[u8]) -> Option<(usize, usize)> {
         match self {
             Delimited::Length(left) => {
                 let take = (bytes.len() as u64).min(*left);
                 *left -= take;
-                Some(take as usize)
+                Some((take as usize, take as usize))
             }
-            Delimited::Chunked(scan) => scan.feed(bytes),
+            Delimited::Chunked(scan) => scan.feed_without_trailers(bytes),
+        }
+    }
+
+    /// What ends the relayed body after what `feed` said to relay: the
+    /// empty trailer section that stands for the one left out.
+    fn end(&self) -> &'static [u8] {
+        match self {
+            Delimited::Chunked(scan) if scan.done() => b"\r\n",
+            _ => b"",
         }
     }
 

@@ -42,6 +42,44 @@ pub struct Proxy {
     pub(crate) raw: Rc<RawPool>,
     /// Ends the fast path's waits between requests at shutdown.
     pub(crate) stopping: Stopping,
+    /// The worker's open tunnels (WebSocket), which the drain waits for:
+    /// hyper's connection, and its watch, end at the upgrade.
+    pub(crate) tunnels: Rc<Tunnels>,
+}
+
+/// A count of open tunnels, and a wake-up when the last one closes.
+#[derive(Default)]
+pub(crate) struct Tunnels {
+    open: std::cell::Cell<usize>,
+    closed: tokio::sync::Notify,
+}
+
+impl Tunnels {
+    /// Counts a tunnel open until the guard drops.
+    fn open(self: &Rc<Self>) -> TunnelGuard {
+        self.open.set(self.open.get() + 1);
+        TunnelGuard(Rc::clone(self))
+    }
+
+    /// Once no tunnel is open.
+    pub(crate) async fn all_closed(&self) {
+        while self.open.get() > 0 {
+            self.closed.notified().await;
+        }
+    }
+}
+
+/// One open tunnel.
+struct TunnelGuard(Rc<Tunnels>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        let open = self.0.open.get() - 1;
+        self.0.open.set(open);
+        if open == 0 {
+            self.0.closed.notify_waiters();
+        }
+    }
 }
 
 impl Proxy {
@@ -52,6 +90,7 @@ impl Proxy {
             upstreams: Upstreams::new(),
             raw: Rc::default(),
             stopping: Stopping::default(),
+            tunnels: Rc::default(),
         })
     }
 
@@ -372,8 +411,10 @@ impl Proxy {
                 let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
                 let backend = endpoint.label.clone();
                 let idle = timeouts.idle;
+                let open = self.tunnels.open();
                 tokio::task::spawn_local(async move {
                     tunnel(client_upgrade, upstream_upgrade, &backend, idle).await;
+                    drop(open);
                 });
                 // The upstream connection is now the tunnel's: not pooled.
                 drop(release);

@@ -123,6 +123,8 @@ struct ListenerSet {
     current: Vec<Bound>,
     /// One per worker.
     workers: Vec<mpsc::UnboundedSender<Change>>,
+    /// The server is shutting down: no listener is bound any more.
+    stopping: bool,
 }
 
 /// A listener as configured and as bound.
@@ -153,7 +155,16 @@ enum Change {
     },
     /// Stop accepting on `addr`.
     Remove(SocketAddr),
+    /// Accept on `addr`'s socket as it is, with these TLS settings: the
+    /// socket is kept, so no connection the kernel queued on it is lost.
+    Retls {
+        addr: SocketAddr,
+        tls: Option<Arc<TlsTerminator>>,
+    },
 }
+
+/// An accept loop's TLS settings, which a reload may change in place.
+type SharedTls = Rc<std::cell::RefCell<Option<Arc<TlsTerminator>>>>;
 
 impl Listeners {
     /// The bound addresses, in the order last applied.
@@ -175,8 +186,25 @@ impl Listeners {
     /// cannot be bound (the address is taken, or not this host's, or listed
     /// twice), nothing is, and the error says which. Dropping the result
     /// instead of committing it closes what it bound.
+    /// Binds no listener from now on (the server is shutting down).
+    fn stop(&self) {
+        let mut set = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        set.stopping = true;
+    }
+
     pub fn prepare(&self, listen: &[Listen]) -> Result<PreparedListeners, ForwardError> {
         let set = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Shutting down: the workers accept no more, so a listener bound
+        // now would take connections nobody serves.
+        if set.stopping {
+            let addr = listen
+                .first()
+                .map_or(([0, 0, 0, 0], 0).into(), |(addr, _)| *addr);
+            return Err(ForwardError::Bind {
+                addr,
+                source: std::io::Error::other("the server is shutting down"),
+            });
+        }
         let workers = set.workers.len();
         let mut next: Vec<Bound> = Vec::with_capacity(listen.len());
         // Per worker, the sockets to add.
@@ -200,17 +228,26 @@ impl Listeners {
                 });
                 continue;
             }
-            let sockets = match set.current.iter().find(|b| b.configured == *addr) {
-                // Ours, with other TLS: bound again on the port it has.
-                Some(old) => bind_all(old.bound, workers, false)?,
-                // A port one of ours holds (0.0.0.0:80 becoming
-                // 127.0.0.1:80, say) would fail the probe: bound beside it.
-                None => {
-                    let ours = addr.port() != 0
-                        && set.current.iter().any(|b| b.bound.port() == addr.port());
-                    bind_all(*addr, workers, !ours)?
+            // Ours, with other TLS: its sockets take the new settings.
+            if let Some(old) = set.current.iter().find(|b| b.configured == *addr) {
+                for worker in added.iter_mut() {
+                    worker.push(Change::Retls {
+                        addr: *addr,
+                        tls: tls.clone(),
+                    });
                 }
-            };
+                next.push(Bound {
+                    configured: *addr,
+                    bound: old.bound,
+                    tls: tls.clone(),
+                });
+                continue;
+            }
+            // A port one of ours holds (0.0.0.0:80 becoming 127.0.0.1:80,
+            // say) would fail the probe: bound beside it.
+            let ours =
+                addr.port() != 0 && set.current.iter().any(|b| b.bound.port() == addr.port());
+            let sockets = bind_all(*addr, workers, !ours)?;
             let (bound, sockets) = sockets;
             for (worker, socket) in added.iter_mut().zip(sockets) {
                 worker.push(Change::Add {
@@ -344,6 +381,7 @@ impl Server {
             inner: Arc::new(Mutex::new(ListenerSet {
                 current: Vec::new(),
                 workers: senders,
+                stopping: false,
             })),
         };
         let server = Server {
@@ -374,6 +412,7 @@ impl Server {
     /// Stops accepting, lets in-flight requests finish (up to the table's
     /// drain timeout), and returns once every worker has stopped.
     pub fn shutdown(mut self) {
+        self.listeners.stop();
         let _ = self.shutdown.send(true);
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
@@ -386,6 +425,7 @@ impl Server {
 impl Drop for Server {
     /// Dropped without `shutdown`: the workers stop and drain on their own.
     fn drop(&mut self) {
+        self.listeners.stop();
         let _ = self.shutdown.send(true);
     }
 }
@@ -451,8 +491,10 @@ fn run_worker(
         // Accept loops by address, and what stops each: a stopped loop
         // takes what the kernel has queued, then drops its socket; the
         // connections it accepted run on as tasks of their own.
-        let mut accepting: HashMap<SocketAddr, (tokio::task::JoinHandle<()>, StopAccepting)> =
-            HashMap::new();
+        let mut accepting: HashMap<
+            SocketAddr,
+            (tokio::task::JoinHandle<()>, StopAccepting, SharedTls),
+        > = HashMap::new();
         let mut open = true;
         loop {
             let change = tokio::select! {
@@ -469,25 +511,30 @@ fn run_worker(
                         }
                     };
                     let (stop, stopped) = tokio::sync::oneshot::channel();
+                    let tls: SharedTls = Rc::new(std::cell::RefCell::new(tls));
                     let task = tokio::task::spawn_local(accept_loop(
                         listener,
-                        tls,
+                        Rc::clone(&tls),
                         Rc::clone(&proxy),
                         routes.clone(),
                         Rc::clone(&graceful),
                         stopped,
                     ));
-                    // The old loop (TLS changed) stops when its sender drops.
-                    accepting.insert(addr, (task, stop));
+                    accepting.insert(addr, (task, stop, tls));
                 }
                 Some(Change::Remove(addr)) => {
                     accepting.remove(&addr);
+                }
+                Some(Change::Retls { addr, tls }) => {
+                    if let Some((_, _, shared)) = accepting.get(&addr) {
+                        *shared.borrow_mut() = tls;
+                    }
                 }
                 None => open = false,
             }
         }
         // Shutting down: no more accepting at all.
-        for (_, (task, _)) in accepting.drain() {
+        for (_, (task, _, _)) in accepting.drain() {
             task.abort();
             let _ = task.await;
         }
@@ -497,10 +544,12 @@ fn run_worker(
         proxy.stopping.stop();
         let drain = routes.snapshot().timeouts.drain;
         let graceful = Rc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        // Connections, then the tunnels hyper's connections handed off.
+        let drained = async {
+            graceful.shutdown().await;
+            proxy.tunnels.all_closed().await;
+        };
+        if tokio::time::timeout(drain, drained).await.is_err() {
             warn!(after = ?drain, "drain timed out; closing the remaining connections");
         }
     });
@@ -511,7 +560,7 @@ type StopAccepting = tokio::sync::oneshot::Sender<()>;
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<Arc<TlsTerminator>>,
+    tls: SharedTls,
     proxy: Rc<Proxy>,
     routes: Routes,
     graceful: Rc<GracefulShutdown>,
@@ -552,6 +601,7 @@ async fn accept_loop(
         let connections = &crate::stats::Metrics::global().connections;
         connections.inc();
         let table = routes.snapshot();
+        let tls = tls.borrow().clone();
         match &tls {
             None => {
                 let connection = serve(stream, peer, "http", Alpn::None, &table, proxy, &graceful);

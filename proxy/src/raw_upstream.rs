@@ -97,6 +97,7 @@ pub(crate) async fn send<R>(
         idempotent: is_idempotent(method),
         table,
         deadline: &mut deadline,
+        probe: false,
     };
     let (endpoint, sent) =
         exchange_moving_on(&mut ex, pool, stats, endpoint, now_ms, &mut in_flight).await;
