@@ -67,6 +67,22 @@ fn utf8(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
+/// `switchyard run` on `config` with an admin API on a free port and its
+/// state in `state`, then `extra`.
+fn run_args<'a>(config: &'a Path, state: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--config",
+        utf8(config),
+        "--admin",
+        "127.0.0.1:0",
+        "--state-dir",
+        utf8(state),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 // ---------------------------------------------------------------------
 // 1. A canary whose last step is 100% with a pause never completes: the
 //    driver "advances" past the last step forever, persisting a new
@@ -195,15 +211,7 @@ async fn duplicate_keys_in_a_weights_body_are_refused_and_change_nothing() {
 async fn an_event_recorded_after_a_torn_audit_line_survives_the_next_restart() {
     let (_stable, _canary, dir) = upstreams_and_config("torn-events").await;
     let (config, state) = (dir.join("config.json"), dir.join("state"));
-    let args = [
-        "run",
-        "--config",
-        utf8(&config),
-        "--admin",
-        "127.0.0.1:0",
-        "--state-dir",
-        utf8(&state),
-    ];
+    let args = run_args(&config, &state, &[]);
     let put = |admin: SocketAddr, canary_bp: i64| async move {
         let body = json!({"weights": {"stable": 10_000 - canary_bp, "canary": canary_bp}});
         let (status, _, answer) = call(
@@ -326,17 +334,7 @@ async fn metric_line(admin: SocketAddr, prefix: &str) -> Option<String> {
 async fn a_running_rollout_is_reported_by_the_metrics_after_a_restart() {
     let (_stable, _canary, dir) = upstreams_and_config("rollout-metrics").await;
     let (config, state) = (dir.join("config.json"), dir.join("state"));
-    let args = [
-        "run",
-        "--config",
-        utf8(&config),
-        "--admin",
-        "127.0.0.1:0",
-        "--state-dir",
-        utf8(&state),
-        "--min-step-requests",
-        "0",
-    ];
+    let args = run_args(&config, &state, &["--min-step-requests", "0"]);
     let running = r#"switchyard_rollout_state{route="web",state="running"}"#;
     let (mut child, _, admin) = support::start_binary(&args).await;
     let spec = json!({"strategy": "canary", "steps": [{"weight": 2500, "pause": "1h"}]});
@@ -467,15 +465,7 @@ async fn a_refused_put_config_leaves_the_config_file_untouched() {
     let original = config(0).to_string();
     std::fs::write(&file, &original).expect("config");
     let state = dir.join("state");
-    let args = [
-        "run",
-        "--config",
-        utf8(&file),
-        "--admin",
-        "127.0.0.1:0",
-        "--state-dir",
-        utf8(&state),
-    ];
+    let args = run_args(&file, &state, &[]);
     let (mut child, _, admin) = support::start_binary(&args).await;
 
     // The state can no longer be written (as with a full or read-only

@@ -89,49 +89,6 @@ async fn chaos_upstream(name: &str, seed: u64, epoch: Instant) -> Chaos {
     chaos
 }
 
-/// Sends `rate` requests a second to `proxy` until dropped, whatever the
-/// answers take (open loop). Counts transport failures.
-struct Load {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    sent: Arc<AtomicUsize>,
-}
-
-fn open_loop(proxy: SocketAddr, rate: u32) -> Load {
-    let load = Load {
-        stop: Arc::new(false.into()),
-        failed: Arc::new(AtomicUsize::new(0)),
-        sent: Arc::new(AtomicUsize::new(0)),
-    };
-    let (stop, failed, sent) = (load.stop.clone(), load.failed.clone(), load.sent.clone());
-    tokio::spawn(async move {
-        let client = support::client();
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        while !stop.load(Ordering::Relaxed) {
-            interval.tick().await;
-            let client = client.clone();
-            let failed = failed.clone();
-            sent.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let request = Request::get(format!("http://{proxy}/"))
-                    .body(Full::new(Bytes::new()))
-                    .expect("request");
-                if client.request(request).await.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    load
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 struct Scenario {
     route: String,
     setup: support::AdminSetup,
@@ -216,7 +173,7 @@ async fn assert_no_fallback_for(s: &Scenario, duration: Duration) {
 async fn t2_canary_fails_completely_fallback_within_a_second() {
     let _serial = SERIAL.lock().await;
     let s = scenario("t2", 500, 2).await;
-    let load = open_loop(s.setup.proxy, 1000);
+    let load = support::open_loop(s.setup.proxy, 1000);
     // Warm up: both pools healthy for 3 s, so the baseline has a history.
     assert_no_fallback_for(&s, Duration::from_secs(3)).await;
     let broke = Instant::now();
@@ -274,7 +231,7 @@ async fn t3_both_pools_at_one_percent_never_fall_back() {
     let s = scenario("t3", 500, 3).await;
     s.stable.error_ppm.store(10_000, Ordering::Relaxed);
     s.canary.error_ppm.store(10_000, Ordering::Relaxed);
-    let load = open_loop(s.setup.proxy, 1000);
+    let load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(20)).await;
     assert!(
         load.sent.load(Ordering::Relaxed) > 15_000,
@@ -286,7 +243,7 @@ async fn t3_both_pools_at_one_percent_never_fall_back() {
 async fn t8_shared_outage_is_not_blamed_on_the_canary() {
     let _serial = SERIAL.lock().await;
     let s = scenario("t8", 500, 8).await;
-    let _load = open_loop(s.setup.proxy, 1000);
+    let _load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(3)).await;
     s.stable.error_ppm.store(400_000, Ordering::Relaxed);
     s.canary.error_ppm.store(400_000, Ordering::Relaxed);
@@ -306,7 +263,7 @@ async fn t8_shared_outage_is_not_blamed_on_the_canary() {
 async fn t1_canary_fails_half_its_requests_fallback_within_1_5_s() {
     let _serial = SERIAL.lock().await;
     let s = scenario("t1", 500, 1).await;
-    let _load = open_loop(s.setup.proxy, 1000);
+    let _load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(3)).await;
     let broke = Instant::now();
     s.canary.error_ppm.store(500_000, Ordering::Relaxed);
@@ -323,7 +280,7 @@ async fn t1_canary_fails_half_its_requests_fallback_within_1_5_s() {
 async fn t5_low_traffic_canary_failure_is_caught_within_10_s() {
     let _serial = SERIAL.lock().await;
     let s = scenario("t5", 1000, 5).await;
-    let _load = open_loop(s.setup.proxy, 20);
+    let _load = support::open_loop(s.setup.proxy, 20);
     assert_no_fallback_for(&s, Duration::from_secs(3)).await;
     let broke = Instant::now();
     s.canary.error_ppm.store(1_000_000, Ordering::Relaxed);
@@ -343,7 +300,7 @@ async fn t9_a_slow_canary_falls_back_on_latency_within_5_s() {
     // cannot lift the bar up to the slowed canary's 3 × latency.
     s.stable.delay_ms.store(20, Ordering::Relaxed);
     s.canary.delay_ms.store(20, Ordering::Relaxed);
-    let _load = open_loop(s.setup.proxy, 500);
+    let _load = support::open_loop(s.setup.proxy, 500);
     assert_no_fallback_for(&s, Duration::from_secs(4)).await;
     let broke = Instant::now();
     s.canary.delay_ms.store(60, Ordering::Relaxed);
@@ -361,7 +318,7 @@ async fn t9b_a_slowdown_both_pools_share_is_not_blamed_on_the_canary() {
     let s = scenario("t9b", 1000, 19).await;
     s.stable.delay_ms.store(10, Ordering::Relaxed);
     s.canary.delay_ms.store(10, Ordering::Relaxed);
-    let _load = open_loop(s.setup.proxy, 500);
+    let _load = support::open_loop(s.setup.proxy, 500);
     assert_no_fallback_for(&s, Duration::from_secs(4)).await;
     s.stable.delay_ms.store(30, Ordering::Relaxed);
     s.canary.delay_ms.store(30, Ordering::Relaxed);
@@ -374,7 +331,7 @@ async fn t4_both_pools_at_three_percent_never_fall_back() {
     let s = scenario("t4", 1000, 4).await;
     s.stable.error_ppm.store(30_000, Ordering::Relaxed);
     s.canary.error_ppm.store(30_000, Ordering::Relaxed);
-    let load = open_loop(s.setup.proxy, 1000);
+    let load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(60)).await;
     assert!(
         load.sent.load(Ordering::Relaxed) > 45_000,
@@ -388,7 +345,7 @@ async fn t6_low_traffic_with_one_percent_errors_never_falls_back() {
     let s = scenario("t6", 1000, 6).await;
     s.stable.error_ppm.store(10_000, Ordering::Relaxed);
     s.canary.error_ppm.store(10_000, Ordering::Relaxed);
-    let _load = open_loop(s.setup.proxy, 20);
+    let _load = support::open_loop(s.setup.proxy, 20);
     assert_no_fallback_for(&s, Duration::from_secs(60)).await;
 }
 
@@ -398,7 +355,7 @@ async fn t7_a_small_regression_is_caught_within_30_s() {
     let s = scenario("t7", 1000, 7).await;
     s.stable.error_ppm.store(10_000, Ordering::Relaxed);
     s.canary.error_ppm.store(10_000, Ordering::Relaxed);
-    let _load = open_loop(s.setup.proxy, 1000);
+    let _load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(5)).await;
     let broke = Instant::now();
     s.canary.error_ppm.store(50_000, Ordering::Relaxed);
@@ -412,7 +369,7 @@ async fn t7_a_small_regression_is_caught_within_30_s() {
 async fn t8b_shared_error_bursts_never_fall_back() {
     let _serial = SERIAL.lock().await;
     let s = scenario("t8b", 1000, 18).await;
-    let _load = open_loop(s.setup.proxy, 1000);
+    let _load = support::open_loop(s.setup.proxy, 1000);
     let start = Instant::now();
     // 2-s bursts of 20% errors in both pools together, every 10 s.
     while start.elapsed() < Duration::from_secs(60) {
@@ -432,7 +389,7 @@ async fn t10_a_weight_change_under_shared_noise_does_not_fall_back() {
     let s = scenario("t10", 500, 10).await;
     s.stable.error_ppm.store(10_000, Ordering::Relaxed);
     s.canary.error_ppm.store(10_000, Ordering::Relaxed);
-    let _load = open_loop(s.setup.proxy, 1000);
+    let _load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(30)).await;
     let request = Request::put(format!("http://{}/v1/routes/t10/weights", s.setup.admin))
         .header("content-type", "application/json")
@@ -449,7 +406,7 @@ async fn t10_a_weight_change_under_shared_noise_does_not_fall_back() {
 async fn an_absolute_error_slo_falls_back_even_when_the_baseline_fails_as_much() {
     let _serial = SERIAL.lock().await;
     let s = scenario_with("slo", 1000, 11, json!({"max_error_rate": 0.02})).await;
-    let _load = open_loop(s.setup.proxy, 1000);
+    let _load = support::open_loop(s.setup.proxy, 1000);
     assert_no_fallback_for(&s, Duration::from_secs(3)).await;
     // A shared 20% outage: relative to the baseline the canary is fine,
     // but the route's SLO says 2%.

@@ -6,8 +6,9 @@
 mod support;
 
 use support::pki::{
-    admin_serves, client_config, client_config_with_cert, handshake, handshake_shared, presented,
-    replace_file, start_tls_proxy, temp_dir, tls_config, write_leaf, Ca, Leaf,
+    admin_serves, client_config, client_config_with_cert, get_h1, handshake, handshake_shared,
+    presented, replace_file, send, start_tls_proxy, temp_dir, text, tls_config, write_leaf, Ca,
+    Leaf,
 };
 
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,44 +33,6 @@ use switchyard_proxy::tls::{provider, TlsTerminator};
 use switchyard_proxy::{Listen, RouteTable, Routes, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
-
-/// One HTTP/1.1 GET on a TLS stream; returns status and body.
-async fn get_h1(
-    stream: TlsStream<TcpStream>,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, String) {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("http1 handshake");
-    tokio::spawn(connection);
-    send(&mut sender, host, path, headers).await
-}
-
-async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, String) {
-    let mut request = Request::get(path).header("host", host);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("response");
-    (response.status(), text(response).await)
-}
-
-/// A response's body as text.
-async fn text(response: Response<Incoming>) -> String {
-    let body = response.into_body().collect().await;
-    String::from_utf8_lossy(&body.expect("body").to_bytes()).into_owned()
-}
 
 #[tokio::test]
 async fn sni_picks_exact_wildcard_and_default_certificates() {

@@ -11,8 +11,8 @@
 mod support;
 
 use support::pki::{
-    admin_serves, client_config, client_config_with_cert, handshake, handshake_shared, presented,
-    replace_file, start_tls_proxy, temp_dir, tls_config, write_leaf, Ca, Leaf,
+    admin_serves, client_config, client_config_with_cert, get_h1, handshake, handshake_shared,
+    presented, replace_file, start_tls_proxy, temp_dir, tls_config, write_leaf, Ca, Leaf,
 };
 
 use std::net::SocketAddr;
@@ -20,10 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::ClientConfig;
@@ -31,29 +28,7 @@ use serde_json::{json, Value};
 use switchyard_proxy::tls::{provider, TlsTerminator};
 use switchyard_proxy::{Listen, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
-
-/// One HTTP/1.1 GET on a TLS stream; returns status and body.
-async fn get_h1(stream: TlsStream<TcpStream>, host: &str, path: &str) -> (StatusCode, String) {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("http1 handshake");
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
+use tokio::net::TcpListener;
 
 fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
@@ -236,7 +211,7 @@ async fn a_config_edit_elsewhere_keeps_tls_sessions_resumable() {
             .await
             .expect("handshake");
         let kind = stream.get_ref().1.handshake_kind();
-        let (status, body) = get_h1(stream, "localhost", "/").await;
+        let (status, body) = get_h1(stream, "localhost", "/", &[]).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
         kind
     };

@@ -7,7 +7,7 @@ pub mod pki;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -898,4 +898,53 @@ where
         }
     });
     addr
+}
+
+/// Requests sent to a proxy at a fixed rate, whatever the answers take
+/// (open loop), until dropped. `failed` counts answers that failed at the
+/// client: a transport error or a body cut short.
+pub struct Load {
+    pub sent: Arc<AtomicUsize>,
+    pub failed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts sending `rate` GET / a second to `proxy`.
+pub fn open_loop(proxy: SocketAddr, rate: u32) -> Load {
+    let load = Load {
+        sent: Arc::new(AtomicUsize::new(0)),
+        failed: Arc::new(AtomicUsize::new(0)),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let (stop, sent, failed) = (load.stop.clone(), load.sent.clone(), load.failed.clone());
+    tokio::spawn(async move {
+        let client = client();
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while !stop.load(Ordering::Relaxed) {
+            interval.tick().await;
+            sent.fetch_add(1, Ordering::Relaxed);
+            let client = client.clone();
+            let failed = failed.clone();
+            tokio::spawn(async move {
+                let request = Request::get(format!("http://{proxy}/"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let ok = match client.request(request).await {
+                    Ok(response) => response.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    load
 }

@@ -183,3 +183,47 @@ pub async fn admin_serves(admin: SocketAddr, config: ClientConfig) -> bool {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).contains("200 OK")
 }
+
+/// One HTTP/1.1 GET on a TLS stream; returns status and body.
+pub async fn get_h1(
+    stream: TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, String) {
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("http1 handshake");
+    tokio::spawn(connection);
+    send(&mut sender, host, path, headers).await
+}
+
+/// One GET on an HTTP/1.1 connection; returns status and body.
+pub async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, String) {
+    let mut request = http::Request::get(path).header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(
+            request
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    (response.status(), text(response).await)
+}
+
+/// A response's body as text.
+pub async fn text(response: http::Response<hyper::body::Incoming>) -> String {
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await;
+    String::from_utf8_lossy(&body.expect("body").to_bytes()).into_owned()
+}
