@@ -6,8 +6,9 @@
 //! (huge trailers, an HPACK bomb), a download once the socket fills,
 //! responses in turn, rapid-reset and malformed-request floods, a
 //! self-dependent stream, `:path` bytes, the first frame, empty and
-//! unfinished CONTINUATIONs, local answers' fields, and a reset stream's
-//! window given back. Frame-level tests speak HTTP/2 through the small raw
+//! unfinished CONTINUATIONs, local answers' fields, a reset stream's
+//! window given back, an upload its client never ended, late frames on
+//! closed streams, and PRIORITY's rules. Frame-level tests speak HTTP/2 through the small raw
 //! client below; the others use hyper's client.
 
 mod support;
@@ -35,6 +36,7 @@ use tokio::time::{timeout, Instant};
 // Frame types, flags, error codes and settings (RFC 9113 §6, §7).
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
@@ -47,6 +49,7 @@ const END_HEADERS: u8 = 0x4;
 const PRIORITY_FLAG: u8 = 0x20;
 const NO_ERROR: u32 = 0x0;
 const PROTOCOL_ERROR: u32 = 0x1;
+const STREAM_CLOSED: u32 = 0x5;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
@@ -2121,27 +2124,40 @@ async fn expect_100_continue_gets_a_100_over_http2() {
     assert_eq!(response.field(":status"), Some("200"), "{response:?}");
 }
 
+/// What a [`counting_upstream`] made of its one request: the body bytes
+/// it read after the head, and whether the proxy has closed the
+/// connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counted {
+    body: usize,
+    closed: bool,
+}
+
 /// An upstream that counts the body bytes of its one request (after a
 /// head with `content-length: len`), answers 200 once it has them all, and
 /// reads on until the proxy closes.
-async fn counting_upstream(len: usize) -> (SocketAddr, watch::Receiver<usize>) {
+async fn counting_upstream(len: usize) -> (SocketAddr, watch::Receiver<Counted>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (count, counted) = watch::channel(0usize);
+    let (count, counted) = watch::channel(Counted::default());
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.expect("accept");
         support::read_head(&mut stream).await;
         let mut buf = [0u8; 16 * 1024];
-        let mut total = 0;
+        let mut body = 0;
         while let Ok(n @ 1..) = stream.read(&mut buf).await {
-            let before = total;
-            total += n;
-            count.send_replace(total);
-            if before < len && total >= len {
+            let before = body;
+            body += n;
+            count.send_replace(Counted {
+                body,
+                closed: false,
+            });
+            if before < len && body >= len {
                 let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
                 let _ = stream.write_all(reply).await;
             }
         }
+        count.send_replace(Counted { body, closed: true });
     });
     (addr, counted)
 }
@@ -2149,7 +2165,9 @@ async fn counting_upstream(len: usize) -> (SocketAddr, watch::Receiver<usize>) {
 /// Sends stream 1, a POST of `len` bytes with their `content-length`, in
 /// 16 KiB DATA frames and without END_STREAM, to a proxy in front of a
 /// [`counting_upstream`].
-async fn upload_without_end(len: usize) -> (support::TestProxy, RawClient, watch::Receiver<usize>) {
+async fn upload_without_end(
+    len: usize,
+) -> (support::TestProxy, RawClient, watch::Receiver<Counted>) {
     let (addr, counted) = counting_upstream(len).await;
     let proxy = support::proxy_to("app", addr, json!({}));
     let mut client = RawClient::connect(proxy.addr, &[]).await;
@@ -2178,7 +2196,7 @@ async fn the_bytes_that_complete_a_content_length_wait_for_end_stream() {
         if len > last {
             timeout(
                 Duration::from_secs(10),
-                counted.wait_for(|n| *n >= len - last),
+                counted.wait_for(|c| c.body >= len - last),
             )
             .await
             .expect("the first frames forwarded within 10 s")
@@ -2193,7 +2211,7 @@ async fn the_bytes_that_complete_a_content_length_wait_for_end_stream() {
             }
         };
         assert_eq!(answer.kind, RST_STREAM, "{len}: answered {answer:?}");
-        let seen = *counted.borrow();
+        let seen = counted.borrow().body;
         assert!(
             seen < len,
             "{len}: the upstream got a whole request ({seen} bytes)"
@@ -2211,7 +2229,7 @@ async fn a_body_ended_by_an_empty_data_frame_is_forwarded_whole() {
         client.send(&frame(DATA, END_STREAM, 1, &[])).await;
         let response = client.response(1).await;
         assert_eq!(response.field(":status"), Some("200"), "{len}");
-        assert_eq!(*counted.borrow_and_update(), len);
+        assert_eq!(counted.borrow_and_update().body, len);
         proxy.server.shutdown();
     }
 }
@@ -2302,4 +2320,226 @@ async fn request_trailers_reach_the_upstream() {
         "{upstream}"
     );
     proxy.server.shutdown();
+}
+
+// ---------------------------------------------------------------------
+// From a review of the request path and flow control: a client gone
+// before END_STREAM, late frames on closed streams (RFC 9113 §5.1), PRIORITY
+// (§5.3.1, §6.3), and a window made negative by SETTINGS (§6.9.2).
+// ---------------------------------------------------------------------
+
+/// RFC 9113 §8.1: a request is complete only with END_STREAM; the server
+/// holds back the bytes that complete a `content-length` until then, so
+/// that the upstream never holds a whole request the client did not
+/// finish (see `the_bytes_that_complete_a_content_length_wait_for_end_stream`
+/// above). A client that goes away instead — its socket closed after the
+/// last DATA frame, with no END_STREAM — must not have its upload
+/// completed for it: the held-back chunk of a stream marked reset went to
+/// the upstream.
+#[tokio::test]
+async fn a_client_gone_before_end_stream_never_completes_the_upload() {
+    const LEN: usize = 100_000;
+    const LAST: usize = LEN % 16_384;
+    let (_proxy, mut client, mut counted) = upload_without_end(LEN).await;
+    // Over 64 KiB, so the body streams: all but the last frame go on.
+    timeout(
+        Duration::from_secs(10),
+        counted.wait_for(|c| c.body >= LEN - LAST),
+    )
+    .await
+    .expect("the first frames forwarded within 10 s")
+    .expect("upstream running");
+
+    // The client goes away (a crash closes its socket the same way).
+    client.stream.shutdown().await.expect("shutdown");
+    let last = timeout(Duration::from_secs(10), counted.wait_for(|c| c.closed))
+        .await
+        .expect("the proxy ended the upstream exchange within 10 s")
+        .expect("upstream running")
+        .body;
+    assert!(
+        last < LEN,
+        "the upstream got a whole request ({last} of {LEN} bytes) that the client never ended"
+    );
+}
+
+/// Sends a PING and returns the frames before its ACK, or before the
+/// close: a GOAWAY may end the connection first.
+async fn frames_until_ack_or_close(client: &mut RawClient, data: [u8; 8]) -> Vec<Frame> {
+    client.send(&frame(PING, 0, 0, &data)).await;
+    let mut before = Vec::new();
+    while let Some(frame) = client.next().await {
+        if frame.kind == PING && frame.flags & ACK != 0 && frame.payload == data {
+            break;
+        }
+        let goaway = frame.kind == GOAWAY;
+        before.push(frame);
+        if goaway {
+            break;
+        }
+    }
+    before
+}
+
+/// Reads frames until one on stream `id` or a GOAWAY, skipping the
+/// connection's housekeeping (SETTINGS, WINDOW_UPDATE, PING).
+async fn answer_on(client: &mut RawClient, id: u32) -> Option<Frame> {
+    loop {
+        let frame = client.next().await?;
+        if frame.kind == GOAWAY || (frame.id == id && frame.kind != WINDOW_UPDATE) {
+            return Some(frame);
+        }
+    }
+}
+
+/// The error code of stream 1's RST_STREAM or the connection's GOAWAY,
+/// whichever comes first before the answer to a PING (`data`).
+async fn error_on_stream_1(client: &mut RawClient, data: [u8; 8]) -> Option<u32> {
+    let frames = frames_until_ack_or_close(client, data).await;
+    frames
+        .iter()
+        .find(|f| (f.id == 1 && f.kind == RST_STREAM) || f.kind == GOAWAY)
+        .map(Frame::error_code)
+}
+
+/// RFC 9113 §5.1.1: "The identifier of a newly established stream MUST be
+/// numerically greater than all streams that the initiating endpoint has
+/// opened ... An endpoint that receives an unexpected stream identifier
+/// MUST respond with a connection error of type PROTOCOL_ERROR" (h2spec
+/// 5.1.1 #2; nginx: "client sent HEADERS frame with incorrect
+/// identifier"). Stream 3 was never opened, so a HEADERS on it after
+/// stream 5 is no trailer section of a stream the server closed (it was
+/// answered with RST_STREAM(STREAM_CLOSED), and the connection went on).
+#[tokio::test]
+async fn a_new_stream_id_lower_than_the_last_is_a_connection_error() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 5, &request("GET", "/five", &[])))
+        .await;
+    assert_eq!(client.response(5).await.body, b"app");
+    client
+        .send(&frame(
+            HEADERS,
+            HEAD_ONLY,
+            3,
+            &request("GET", "/three", &[]),
+        ))
+        .await;
+    let answer = answer_on(&mut client, 3).await.expect("an answer");
+    assert_eq!(answer.kind, GOAWAY, "stream 3 got {answer:?}");
+    assert_eq!(answer.error_code(), PROTOCOL_ERROR, "{answer:?}");
+    assert_eq!(answer.last_stream(), 5, "{answer:?}");
+    let uris: Vec<String> = upstream.requests().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/five"]);
+}
+
+/// RFC 9113 §5.1 (closed): "An endpoint that receives any frame other than
+/// PRIORITY after receiving a RST_STREAM MUST treat that as a stream error
+/// of type STREAM_CLOSED" (h2spec 5.1 #8). Here the client itself reset
+/// stream 1, so it cannot have DATA in flight that it did not know was
+/// unwanted (it was dropped without a word: the server could not tell a
+/// stream the client reset from one it reset itself).
+#[tokio::test]
+async fn data_after_the_clients_own_reset_is_stream_closed() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    let head = request("POST", "/echo", &[]);
+    client
+        .send(
+            &[
+                frame(HEADERS, END_HEADERS, 1, &head),
+                frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()),
+                frame(DATA, END_STREAM, 1, b"after the reset"),
+            ]
+            .concat(),
+        )
+        .await;
+    let code = error_on_stream_1(&mut client, *b"closed?!").await;
+    assert_eq!(code, Some(STREAM_CLOSED), "DATA on a reset stream ignored");
+}
+
+/// RFC 9113 §5.3.1: "A stream cannot depend on itself. An endpoint MUST
+/// treat this as a stream error of type PROTOCOL_ERROR" (h2spec 5.3.1 #2).
+/// It was checked for HEADERS only, not for PRIORITY frames.
+#[tokio::test]
+async fn a_priority_frame_making_a_stream_depend_on_itself_resets_it() {
+    let upstream = support::scripted_upstream(b"", support::After::Hang).await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    // Stream 1 is open: its request waits on an upstream that never answers.
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/open", &[])))
+        .await;
+    // Stream 1 depends on stream 1, weight 16.
+    client.send(&frame(PRIORITY, 0, 1, &[0, 0, 0, 1, 15])).await;
+    let code = error_on_stream_1(&mut client, *b"priority").await;
+    assert_eq!(code, Some(PROTOCOL_ERROR), "self-dependency ignored");
+}
+
+/// RFC 9113 §6.3: "A PRIORITY frame with a length other than 5 octets MUST
+/// be treated as a stream error of type FRAME_SIZE_ERROR" (h2spec 6.3 #2).
+/// On an idle stream a RST_STREAM may not be sent (§6.4), so the error is
+/// the connection's (§5.4.1 lets any stream error be one; nginx sends
+/// GOAWAY(FRAME_SIZE_ERROR)). Such a frame was ignored.
+#[tokio::test]
+async fn a_priority_frame_of_the_wrong_length_is_a_frame_size_error() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+
+    client.send(&frame(PRIORITY, 0, 1, &[0, 0, 0, 0])).await;
+    let code = error_on_stream_1(&mut client, *b"length 4").await;
+    assert_eq!(code, Some(FRAME_SIZE_ERROR), "a 4-byte PRIORITY ignored");
+}
+
+/// Regression (passes): RFC 9113 §6.9.2: a smaller
+/// SETTINGS_INITIAL_WINDOW_SIZE can make an open stream's send window
+/// negative, and the server then sends nothing until WINDOW_UPDATEs bring
+/// it above zero: here -100, then +150 lets exactly 50 bytes go.
+#[tokio::test]
+async fn a_window_made_negative_by_settings_holds_the_response_back() {
+    let body: Vec<u8> = (0..2000).map(|i| (i % 251) as u8).collect();
+    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec();
+    reply.extend_from_slice(&body);
+    let upstream = support::scripted_upstream(reply.leak(), support::After::Close).await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 100)]).await;
+
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &request("GET", "/", &[])))
+        .await;
+    let mut response = RawResponse::default();
+    assert!(!client.read_into(1, &mut response, 100).await);
+    assert_eq!(response.body.len(), 100);
+
+    let zero = [
+        &SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes()[..],
+        &0u32.to_be_bytes(),
+    ]
+    .concat();
+    client.send(&frame(SETTINGS, 0, 0, &zero)).await;
+    client
+        .send(&frame(WINDOW_UPDATE, 0, 1, &150u32.to_be_bytes()))
+        .await;
+    // DATA the WINDOW_UPDATE lets go follows the PING's ACK of the same
+    // read, so it is read first, then a PING shows nothing more comes.
+    assert!(!client.read_into(1, &mut response, 150).await);
+    assert_eq!(response.body.len(), 150, "-100 + 150 lets 50 bytes go");
+    let frames = client.frames_before_ping_ack(*b"negative").await;
+    assert!(
+        frames.iter().all(|f| f.kind != DATA),
+        "past the window: {frames:?}"
+    );
+
+    client
+        .send(&frame(WINDOW_UPDATE, 0, 1, &2000u32.to_be_bytes()))
+        .await;
+    assert!(client.read_into(1, &mut response, usize::MAX).await);
+    assert!(response.body == body, "the body arrived changed");
 }

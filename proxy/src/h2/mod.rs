@@ -79,6 +79,9 @@ const PREMATURE_RESETS_FREE: u32 = 100;
 /// Streams the connection may reset for malformed requests before it ends
 /// (as the h2 crate's `max_local_error_reset_streams`).
 const MAX_LOCAL_RESETS: u32 = 1024;
+/// How many closed streams a connection remembers, and how each closed,
+/// to answer a late frame on one (RFC 9113 §5.1).
+const CLOSED_KEPT: usize = 64;
 /// The protocol's initial windows, before SETTINGS (RFC 9113 §6.9.2).
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
@@ -299,6 +302,11 @@ impl RecvBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let shared = &self.shared;
         let mut recv = shared.recv.borrow_mut();
+        // A stream reset, or a client gone, before END_STREAM: the body
+        // never ends, and what is buffered must not complete it upstream.
+        if recv.reset {
+            return Poll::Ready(Some(Err(Box::new(StreamReset))));
+        }
         if let Some(chunk) = recv.pop() {
             let taken = recv.taken + chunk.len() as u64;
             // The bytes that complete the content-length wait for the
@@ -306,7 +314,7 @@ impl RecvBody {
             // malformed (RFC 9113 §8.1.1), and the upstream must not hold
             // it whole by then. A client's last frame carries END_STREAM,
             // so this costs nothing but to a client that sends it apart.
-            if shared.length == Some(taken) && !recv.ended && !recv.reset {
+            if shared.length == Some(taken) && !recv.ended {
                 recv.chunks.push_front(chunk);
             } else {
                 recv.taken = taken;
@@ -315,9 +323,6 @@ impl RecvBody {
                 give_credit(shared, chunk.len());
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
-        }
-        if recv.reset {
-            return Poll::Ready(Some(Err(Box::new(StreamReset))));
         }
         if let Some(trailers) = recv.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -456,6 +461,19 @@ struct Stream {
     head_request: bool,
 }
 
+/// How a stream closed, which decides what a frame after it means
+/// (RFC 9113 §5.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Closed {
+    /// We reset it, or ignored it (after our GOAWAY): the client may not
+    /// know yet, and its frames are ignored.
+    WeReset,
+    /// The client reset it: a frame after is a stream error.
+    TheyReset,
+    /// Both sides ended it: a frame after is a connection error.
+    Ended,
+}
+
 /// A header block waiting for its CONTINUATION frames.
 struct Continuation {
     id: u32,
@@ -485,6 +503,11 @@ struct State {
     tasks: FuturesUnordered<StreamTask>,
     /// The highest stream the client opened.
     last_id: u32,
+    /// Streams closed lately and how, newest last.
+    closed: VecDeque<(u32, Closed)>,
+    /// Every stream above this id that closed is in `closed`: one below
+    /// `last_id` that is not, and not open, was never opened.
+    forgotten_below: u32,
     /// Our GOAWAY's last stream: later streams are ignored.
     goaway: Option<u32>,
     /// The first of a graceful shutdown's two GOAWAYs was sent.
@@ -539,6 +562,8 @@ where
         sending: Vec::new(),
         tasks: FuturesUnordered::new(),
         last_id: 0,
+        closed: VecDeque::new(),
+        forgotten_below: 0,
         goaway: None,
         draining: false,
         peer_done: false,
@@ -859,6 +884,28 @@ impl State {
     fn put_rst(&mut self, id: u32, code: u32) {
         put_frame_head(&mut self.out, 4, RST_STREAM, 0, id);
         self.out.extend_from_slice(&code.to_be_bytes());
+        self.remember(id, Closed::WeReset);
+    }
+
+    /// Notes how stream `id` closed, forgetting the oldest such note.
+    fn remember(&mut self, id: u32, how: Closed) {
+        if self.closed.len() == CLOSED_KEPT {
+            if let Some((old, _)) = self.closed.pop_front() {
+                self.forgotten_below = self.forgotten_below.max(old);
+            }
+        }
+        self.closed.push_back((id, how));
+    }
+
+    /// How a stream that is neither open nor idle closed: `None` for one
+    /// never opened (an id the client skipped), `Some(None)` for one
+    /// closed too long ago to know.
+    fn closed_how(&self, id: u32) -> Option<Option<Closed>> {
+        match self.closed.iter().rev().find(|(closed, _)| *closed == id) {
+            Some(&(_, how)) => Some(Some(how)),
+            None if id <= self.forgotten_below => Some(None),
+            None => None,
+        }
     }
 
     fn put_goaway(&mut self, code: u32, reason: &str) {
@@ -995,12 +1042,25 @@ impl State {
                 if id == 0 {
                     return Err(conn_error(PROTOCOL_ERROR, "PRIORITY on stream 0"));
                 }
-                // A stream error, but an idle stream cannot be reset
-                // (RFC 9113 §6.4): that frame is only ignored.
-                if payload.len() != 5 && id <= self.last_id {
-                    self.reset(id, FRAME_SIZE_ERROR);
+                // Stream errors (RFC 9113 §6.3, §5.3.1); an idle stream
+                // cannot be reset (§6.4), so there they are the
+                // connection's (§5.4.1), as nginx has them.
+                let error = match payload {
+                    [a, b, c, d, _] => {
+                        let depends = u32::from_be_bytes([*a, *b, *c, *d]) & 0x7fff_ffff;
+                        (depends == id)
+                            .then_some((PROTOCOL_ERROR, "a stream that depends on itself"))
+                    }
+                    _ => Some((FRAME_SIZE_ERROR, "PRIORITY of the wrong size")),
+                };
+                match error {
+                    Some((code, reason)) if id > self.last_id => Err(conn_error(code, reason)),
+                    Some((code, _)) => {
+                        self.reset(id, code);
+                        Ok(())
+                    }
+                    None => Ok(()),
                 }
-                Ok(())
             }
             RST_STREAM => {
                 if id == 0 {
@@ -1016,6 +1076,9 @@ impl State {
                     .streams
                     .get(&id)
                     .is_some_and(|s| matches!(s.sending, Sending::Waiting));
+                if self.streams.contains_key(&id) {
+                    self.remember(id, Closed::TheyReset);
+                }
                 self.forget(id);
                 self.sending.retain(|s| *s != id);
                 if unanswered {
@@ -1142,14 +1205,28 @@ impl State {
             return Err(conn_error(PROTOCOL_ERROR, "even stream id from a client"));
         }
         if id <= self.last_id {
-            // A closed stream (RFC 9113 §5.1): its block was decoded above,
-            // so the table stays right.
-            self.put_rst(id, STREAM_CLOSED);
-            return Ok(());
+            // Not a new stream (RFC 9113 §5.1, §5.1.1); its block was
+            // decoded above, so the table stays right.
+            return match self.closed_how(id) {
+                Some(Some(Closed::WeReset)) => Ok(()),
+                Some(Some(Closed::Ended)) => Err(conn_error(
+                    STREAM_CLOSED,
+                    "HEADERS on a stream both sides ended",
+                )),
+                Some(Some(Closed::TheyReset) | None) => {
+                    self.put_rst(id, STREAM_CLOSED);
+                    Ok(())
+                }
+                None => Err(conn_error(
+                    PROTOCOL_ERROR,
+                    "a new stream's id is not above the last one's",
+                )),
+            };
         }
         self.last_id = id;
         if self.goaway.is_some() {
             // After our GOAWAY: not served, and the client knows it.
+            self.remember(id, Closed::WeReset);
             return Ok(());
         }
         if self.streams.len() >= MAX_STREAMS as usize {
@@ -1286,10 +1363,22 @@ impl State {
             if id > self.last_id {
                 return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            // A stream we reset or finished: the client may not know yet
-            // (RFC 9113 §5.1), so the frame is ignored.
             self.credit(id, len);
-            return Ok(());
+            // A closed stream (RFC 9113 §5.1).
+            return match self.closed_how(id) {
+                // We reset it, or it closed too long ago to know: the
+                // client may not know yet, and the frame is ignored.
+                Some(Some(Closed::WeReset) | None) => Ok(()),
+                Some(Some(Closed::TheyReset)) => {
+                    self.put_rst(id, STREAM_CLOSED);
+                    Ok(())
+                }
+                Some(Some(Closed::Ended)) => Err(conn_error(
+                    STREAM_CLOSED,
+                    "DATA on a stream both sides ended",
+                )),
+                None => Err(conn_error(PROTOCOL_ERROR, "DATA on a stream never opened")),
+            };
         };
         if !stream.recv_open || len > stream.recv_window {
             let code = match stream.recv_open {
@@ -1448,8 +1537,9 @@ impl State {
         hpack::put_status(&mut self.block, status.as_u16());
         self.prefix_first_block();
         self.put_block(id, self.block.len(), true);
-        if !end_stream {
-            self.put_rst(id, NO_ERROR);
+        match end_stream {
+            true => self.remember(id, Closed::Ended),
+            false => self.put_rst(id, NO_ERROR),
         }
     }
 
@@ -1579,6 +1669,8 @@ impl State {
         let open = self.streams.get(&id).is_some_and(|s| s.recv_open);
         if open {
             self.put_rst(id, NO_ERROR);
+        } else {
+            self.remember(id, Closed::Ended);
         }
         self.forget(id);
     }
