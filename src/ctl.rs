@@ -132,8 +132,14 @@ impl Admin {
         let response = self.send(method, path, body).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+        let parsed = serde_json::from_slice::<Value>(&bytes).ok();
+        if status.is_success() && parsed.as_ref().is_none_or(|v| !v.is_object()) {
+            bail!(
+                "{} did not answer like Switchyard's admin API ({status}, a body that is not a JSON object): is it the admin address?",
+                self.base
+            );
+        }
+        let value = parsed.unwrap_or_else(|| json!({"raw": String::from_utf8_lossy(&bytes)}));
         if !status.is_success() {
             let message = value["error"]["message"]
                 .as_str()
@@ -151,7 +157,11 @@ pub fn run(base: &str, json_output: bool, command: CtlCommand) -> anyhow::Result
         .build()?;
     let admin = Admin {
         base: base.trim_end_matches('/').to_string(),
-        token: std::env::var("SWITCHYARD_ADMIN_TOKEN").ok(),
+        // Trimmed as the server trims its own (a token file's newline).
+        token: std::env::var("SWITCHYARD_ADMIN_TOKEN")
+            .ok()
+            .map(|token| token.trim().to_string())
+            .filter(|token| !token.is_empty()),
         client: Client::builder(TokioExecutor::new()).build_http(),
     };
     runtime.block_on(execute(&admin, json_output, command))
@@ -208,7 +218,8 @@ async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyho
             } else if let Some(strategy) = strategy {
                 spec.insert("strategy".into(), json!(strategy));
                 if let Some(step) = step {
-                    spec.insert("step".into(), json!(percent_to_basis_points(&step)?));
+                    let bp = percent_to_basis_points(&step).context("--step")?;
+                    spec.insert("step".into(), json!(bp));
                 }
                 if let Some(interval) = interval {
                     spec.insert("interval".into(), json!(interval));
@@ -339,12 +350,17 @@ fn parse_weights(route: &Value, pools: &[String]) -> anyhow::Result<BTreeMap<Str
         let bp = match value.strip_prefix("bp:") {
             Some(bp) => bp
                 .parse::<u32>()
-                .with_context(|| format!("{value:?} is not basis points"))?,
-            None => percent_to_basis_points(value)?,
+                .ok()
+                .filter(|bp| *bp <= 10_000)
+                .with_context(|| format!("{pair}: {value:?} is not basis points (0 to 10000)"))?,
+            None => percent_to_basis_points(value).with_context(|| pair.to_string())?,
         };
         weights.insert(pool.to_string(), bp);
     }
-    let baseline = route["baseline"].as_str().unwrap_or_default().to_string();
+    let baseline = route["baseline"]
+        .as_str()
+        .context("the admin API's answer names no baseline for the route")?
+        .to_string();
     if !weights.contains_key(&baseline) {
         let given: u32 = weights.values().sum();
         if given > 10_000 {
@@ -363,7 +379,9 @@ fn parse_steps(text: &str) -> anyhow::Result<Value> {
             Some((weight, pause)) => (weight, Some(pause)),
             None => (part, None),
         };
-        let mut step = json!({"weight": percent_to_basis_points(weight)?});
+        let mut step = json!({
+            "weight": percent_to_basis_points(weight).with_context(|| format!("step {part:?}"))?
+        });
         if let Some(pause) = pause {
             step["pause"] = json!(pause);
         }

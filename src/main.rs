@@ -602,7 +602,7 @@ fn one_route(args: &RunArgs) -> anyhow::Result<Config> {
     let canary_bp = match (&args.canary_weight, args.canary.is_empty()) {
         (_, true) => 0,
         (None, false) => 1000,
-        (Some(pct), false) => percent_to_basis_points(pct)?,
+        (Some(pct), false) => percent_to_basis_points(pct).context("--canary-weight")?,
     };
     let canary = (!args.canary.is_empty()).then(|| args.canary.clone());
     let mut raw = split_config(
@@ -714,12 +714,10 @@ pub(crate) fn percent_to_basis_points(text: &str) -> anyhow::Result<u32> {
         || fraction.len() > 2
         || !(whole.bytes().chain(fraction.bytes())).all(|b| b.is_ascii_digit())
     {
-        bail!(
-            "--canary-weight {text:?} must be a percentage from 0 to 100 with at most two decimals"
-        );
+        bail!("{text:?} must be a percentage from 0 to 100 with at most two decimals");
     }
     // Digits only: a parse fails only when the number is too large.
-    let over = || anyhow::anyhow!("--canary-weight {text:?} is over 100%");
+    let over = || anyhow::anyhow!("{text:?} is over 100%");
     let whole: u64 = whole.parse().map_err(|_| over())?;
     let fraction: u64 = format!("{fraction:0<2}").parse().map_err(|_| over())?;
     let bp = whole.saturating_mul(100).saturating_add(fraction);

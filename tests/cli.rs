@@ -81,16 +81,7 @@ fn check_names_file_line_and_reason_of_each_error() {
 
 #[tokio::test]
 async fn embedded_default_serves_blue_and_green() {
-    let (_child, addr, _) = support::start_binary(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ])
-    .await;
+    let (_child, addr, _) = support::start_demo(&[]).await;
     let client = support::client();
     let (status, headers, body) = support::get(&client, addr, "/hi", &[]).await;
     assert_eq!(status, 200);

@@ -1,6 +1,7 @@
 //! `switchyard ctl` against the real binary: tables, `--json`, the server's
 //! message and a non-zero exit on a refused call, and `events --follow`
-//! over the Server-Sent Events stream.
+//! over the Server-Sent Events stream; bad arguments, an answer that is
+//! not the admin API's, and a token file's newline.
 
 mod support;
 
@@ -34,16 +35,7 @@ fn stdout(output: &Output) -> String {
 }
 
 async fn start() -> (tokio::process::Child, SocketAddr, SocketAddr) {
-    support::start_binary(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ])
-    .await
+    support::start_demo(&[]).await
 }
 
 #[tokio::test]
@@ -182,4 +174,85 @@ async fn events_follow_streams_changes_as_they_happen() {
             if i == 0 { 2000 } else { 3000 }
         );
     }
+}
+
+/// A bad percentage given to `ctl weights` or `ctl rollout --steps` is
+/// refused, and the message names what was refused (it blamed
+/// `--canary-weight`, a flag of `switchyard run` the operator never typed).
+#[tokio::test]
+async fn ctl_names_the_argument_it_refuses() {
+    let (_child, _proxy, admin) = start().await;
+    for args in [
+        &["weights", "default", "green=abc"][..],
+        &["weights", "default", "green=12.345%"][..],
+        &["rollout", "default", "--steps", "5%:5m,abc"][..],
+    ] {
+        let output = ctl(admin, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} accepted");
+        assert!(
+            !stderr.contains("--canary-weight"),
+            "ctl {args:?} blames a flag it does not have: {stderr}"
+        );
+    }
+}
+
+/// `--admin` pointed at something that is not the admin API (the proxy's
+/// own listener, one port off) answers 200 with a page that is not JSON.
+/// ctl took that as success: `ctl weights` "set" the weights, printed an
+/// empty table and exited 0, and nothing changed.
+#[tokio::test]
+async fn ctl_refuses_an_answer_that_is_not_the_admin_api() {
+    let (_child, proxy, admin) = start().await;
+    let output = ctl(proxy, &["weights", "default", "green=25%"]);
+    let (_, _, route) = support::get(&support::client(), admin, "/v1/routes/default", &[]).await;
+    let route: Value = serde_json::from_str(&route).expect("json");
+    assert_eq!(route["weights"]["green"], 1000, "the weights did change");
+    assert!(
+        !output.status.success(),
+        "ctl exited 0 though no weight was set; stdout:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// The server trims the token it is given (`--admin-token-file`, or
+/// `SWITCHYARD_ADMIN_TOKEN`), so a token file or a Kubernetes Secret
+/// with a final newline works for it; ctl sent the same variable as it
+/// was, and a newline made every call fail before it was sent.
+#[tokio::test]
+async fn ctl_takes_the_token_as_the_server_does() {
+    let dir = support::pki::temp_dir("ctl-token");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").expect("token");
+    let (_child, _proxy, admin) =
+        support::start_demo(&["--admin-token-file", token_file.to_str().expect("utf-8")]).await;
+    let output = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &format!("http://{admin}"), "routes"])
+        .env("SWITCHYARD_ADMIN_TOKEN", "s3cret\n")
+        .output()
+        .expect("run ctl");
+    assert!(
+        output.status.success(),
+        "the token the server accepts, from the same file, fails in ctl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Basis points over 10,000 are refused: two large values given to `ctl
+/// weights` without the baseline overflowed their sum, and (in a debug
+/// build, as tests run it) ctl panicked with exit code 101.
+#[tokio::test]
+async fn ctl_refuses_huge_basis_points_without_panicking() {
+    let (_child, _proxy, admin) = start().await;
+    let output = ctl(
+        admin,
+        &["weights", "default", "green=bp:4294967295", "blue2=bp:1"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        !stderr.contains("panicked"),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
 }

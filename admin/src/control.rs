@@ -917,6 +917,12 @@ impl ControlPlane {
             version,
         });
         for (route, reason) in dropped {
+            // Its rollout, if any, went with its state.
+            AdminMetrics::global().forget_rollout(&route);
+            self.holds
+                .lock()
+                .expect("holds lock is never poisoned")
+                .remove(&route);
             self.events.record(NewEvent {
                 who: who.to_string(),
                 kind: "state_dropped",

@@ -90,6 +90,17 @@ impl AdminMetrics {
                 .set(value);
         }
     }
+
+    /// Drops a route's rollout series (its state and hold): a reload took
+    /// its rollout away, with the route or its pools.
+    pub fn forget_rollout(&self, route: &str) {
+        for state in RolloutState::ALL {
+            let _ = self
+                .rollout_state
+                .remove_label_values(&[route, state.name()]);
+        }
+        let _ = self.rollout_held.remove_label_values(&[route]);
+    }
 }
 
 /// Everything in the registry, in Prometheus' text format.

@@ -54,6 +54,42 @@ fn parent(file: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Whether an event can mean new contents. Opening or reading a file is
+/// not a change; notify reports opens, and the reload's own read of the
+/// file would otherwise set off the next reload, for ever.
+fn is_change(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::EventKind;
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Where a change to the config file `named` can show: the directories to
+/// watch and the names in them that matter. The file's own directory and
+/// the one its symlinks lead to, and, for each directory on the way that
+/// is a symlink, the directory holding that symlink (a release switch
+/// swaps `current -> releases/2` there, Capistrano-style).
+fn config_watch_points(named: &Path, target: &Path) -> (Vec<PathBuf>, Vec<std::ffi::OsString>) {
+    let mut dirs = vec![parent(named), parent(target)];
+    let mut names: Vec<std::ffi::OsString> = [named, target]
+        .iter()
+        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+        .collect();
+    for ancestor in named.ancestors().skip(1) {
+        let is_link = std::fs::symlink_metadata(ancestor).is_ok_and(|m| m.is_symlink());
+        if let (true, Some(name)) = (is_link, ancestor.file_name()) {
+            dirs.push(parent(ancestor));
+            names.push(name.to_owned());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    (dirs, names)
+}
+
 /// Watches `path` and reloads it into `plane` on every change, on a thread
 /// of its own. Returns an error if the watch cannot be set up.
 pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()> {
@@ -62,17 +98,11 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
     // symlinks lead to are watched, as for certificates (a Kubernetes
     // ConfigMap swaps a `..data` symlink and deletes the old target).
     let [named, target] = named_and_target(path);
-    let names: Vec<std::ffi::OsString> = [&named, &target]
-        .iter()
-        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
-        .collect();
-    let path = named.clone();
+    let (mut dirs, mut names) = config_watch_points(&named, &target);
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let _ = tx.send(event);
     })?;
-    let mut dirs: Vec<PathBuf> = [named, target].iter().map(|p| parent(p)).collect();
-    dirs.dedup();
     for dir in &dirs {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
@@ -82,18 +112,19 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
     std::thread::Builder::new()
         .name("switchyard-watch".into())
         .spawn(move || {
-            // The watcher lives as long as this thread.
-            let _watcher = watcher;
             while let Ok(event) = rx.recv() {
                 let touches = match &event {
-                    Ok(event) => event
-                        .paths
-                        .iter()
-                        .filter_map(|p| p.file_name())
-                        .any(|name| {
-                            names.iter().any(|n| n == name)
-                                || name.to_string_lossy().starts_with("..")
-                        }),
+                    Ok(event) => {
+                        is_change(event)
+                            && event
+                                .paths
+                                .iter()
+                                .filter_map(|p| p.file_name())
+                                .any(|name| {
+                                    names.iter().any(|n| n == name)
+                                        || name.to_string_lossy().starts_with("..")
+                                })
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "config watch error");
                         false
@@ -104,7 +135,22 @@ pub fn watch_config(plane: Arc<ControlPlane>, path: &Path) -> notify::Result<()>
                 }
                 // Let the writer finish, and fold the burst into one reload.
                 settle(&rx, |_| {});
-                match runtime.block_on(plane.reload(&path, "config-reload")) {
+                // A swapped symlink leads somewhere new: watch there from
+                // now on (a watch follows the directory it was set on, not
+                // the name). Set again before the reload reads the file,
+                // so a change in between is read by it.
+                let [_, target] = named_and_target(&named);
+                let (now_dirs, now_names) = config_watch_points(&named, &target);
+                for dir in &dirs {
+                    let _ = watcher.unwatch(dir);
+                }
+                for dir in &now_dirs {
+                    if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %dir.display(), error = %err, "config watch lost a directory");
+                    }
+                }
+                (dirs, names) = (now_dirs, now_names);
+                match runtime.block_on(plane.reload(&named, "config-reload")) {
                     Ok(Some(version)) => tracing::info!(version, "config reloaded"),
                     Ok(None) => {}
                     Err(_) => {} // recorded as an event by reload()
@@ -163,6 +209,7 @@ pub fn watch_certificates(
             let mut changed: Vec<PathBuf> = Vec::new();
             let note =
                 |changed: &mut Vec<PathBuf>, event: notify::Result<notify::Event>| match event {
+                    Ok(event) if !is_change(&event) => {}
                     Ok(event) => {
                         let dirs = event.paths.iter().filter_map(|p| p.parent());
                         for dir in dirs.map(Path::to_path_buf) {

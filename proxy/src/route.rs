@@ -52,7 +52,9 @@ impl Routes {
     /// Swaps in a table that is already validated and built; returns the old one.
     pub fn replace(&self, next: RouteTable) -> Arc<RouteTable> {
         next.publish_gauges();
-        self.0.swap(Arc::new(next))
+        let old = self.0.swap(Arc::new(next));
+        old.retract_gauges(&self.0.load());
+        old
     }
 }
 
@@ -427,6 +429,30 @@ impl RouteTable {
             limits: config.limits,
             listeners: config.listeners.clone(),
         })
+    }
+
+    /// Removes the weight series of the routes and pools that `next` no
+    /// longer has: a reload that renamed a pool or removed a route must
+    /// not leave its last weights exported.
+    fn retract_gauges(&self, next: &RouteTable) {
+        let live: std::collections::HashSet<(&str, &str)> = next
+            .routes
+            .iter()
+            .flat_map(|route| {
+                route
+                    .weights()
+                    .map(move |(pool, _)| (&*route.name, &*next.pool(pool).name))
+            })
+            .collect();
+        let weights = &Metrics::global().weights;
+        for route in self.routes.iter() {
+            for (pool, _) in route.weights() {
+                let pair = (&*route.name, &*self.pool(pool).name);
+                if !live.contains(&pair) {
+                    let _ = weights.remove_label_values(&[pair.0, pair.1]);
+                }
+            }
+        }
     }
 
     /// Sets the weight and version gauges to this table's, and each

@@ -682,6 +682,23 @@ pub fn decode_chunked(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// `switchyard run` on the embedded default (the demo's blue and green
+/// upstreams) with an admin API, both on free ports, one worker, then
+/// `extra`; returns the child, the proxy's and the admin's addresses.
+pub async fn start_demo(extra: &[&str]) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    start_binary(&args).await
+}
+
 /// Starts the `switchyard` binary and waits until it has printed its
 /// data-plane and admin addresses (`http://ADDR` or `https://ADDR` on
 /// stdout, in that order).
