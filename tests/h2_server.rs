@@ -46,6 +46,7 @@ const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
 const PRIORITY_FLAG: u8 = 0x20;
 const NO_ERROR: u32 = 0x0;
 const PROTOCOL_ERROR: u32 = 0x1;
@@ -2542,4 +2543,92 @@ async fn a_window_made_negative_by_settings_holds_the_response_back() {
         .await;
     assert!(client.read_into(1, &mut response, usize::MAX).await);
     assert!(response.body == body, "the body arrived changed");
+}
+
+/// RFC 9113 §6.8: a GOAWAY shorter than its 8 fixed octets is a
+/// connection error FRAME_SIZE_ERROR (it was taken as the client's end).
+#[tokio::test]
+async fn a_goaway_too_short_is_a_frame_size_error() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    client.send(&frame(GOAWAY, 0, 0, &[0, 0, 0, 0])).await;
+    let code = error_on_stream_1(&mut client, *b"goaway-4").await;
+    assert_eq!(code, Some(FRAME_SIZE_ERROR), "a 4-byte GOAWAY accepted");
+}
+
+/// RFC 9113 §5.1.1: even stream ids are the server's, and it opens none,
+/// so a WINDOW_UPDATE or RST_STREAM on one is a frame on an idle stream:
+/// a connection error PROTOCOL_ERROR (§6.9, §6.4), below the client's
+/// last stream too (it was ignored there).
+#[tokio::test]
+async fn frames_on_an_even_stream_are_a_protocol_error() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    for (kind, payload) in [
+        (WINDOW_UPDATE, 100u32.to_be_bytes()),
+        (RST_STREAM, CANCEL.to_be_bytes()),
+    ] {
+        let mut client = RawClient::connect(proxy.addr, &[]).await;
+        client
+            .send(&frame(HEADERS, HEAD_ONLY, 3, &request("GET", "/", &[])))
+            .await;
+        assert_eq!(client.response(3).await.body, b"app");
+        client.send(&frame(kind, 0, 2, &payload)).await;
+        let code = error_on_stream_1(&mut client, *b"even-id!").await;
+        assert_eq!(code, Some(PROTOCOL_ERROR), "frame {kind} on stream 2");
+    }
+}
+
+/// RFC 9113 §6.2: padding that leaves less than the priority fields of a
+/// HEADERS frame is a PROTOCOL_ERROR (the frame itself is long enough; it
+/// was answered FRAME_SIZE_ERROR).
+#[tokio::test]
+async fn padding_over_a_headers_priority_is_a_protocol_error() {
+    let upstream = support::upstream("app").await;
+    let proxy = support::proxy_to("app", upstream.addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    // Pad length 6 of 7 octets after it: the 5 priority octets are eaten.
+    let payload = [6, 0, 0, 0, 0, 16, 0, 0];
+    let flags = HEAD_ONLY | PADDED | PRIORITY_FLAG;
+    client.send(&frame(HEADERS, flags, 1, &payload)).await;
+    let code = error_on_stream_1(&mut client, *b"pad-prio").await;
+    assert_eq!(code, Some(PROTOCOL_ERROR));
+}
+
+/// RFC 9113 §5.1: frames that arrive after our own RST_STREAM are ignored,
+/// as the client may have sent them before it saw the reset: here the
+/// trailers of an upload the answer cut short (they got a RST_STREAM of
+/// STREAM_CLOSED). The connection goes on.
+#[tokio::test]
+async fn trailers_after_our_reset_are_ignored() {
+    let addr = support::raw_upstream(|mut stream| async move {
+        support::read_head(&mut stream).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        let mut sink = [0u8; 1024];
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
+    let proxy = support::proxy_to("app", addr, json!({}));
+    let mut client = RawClient::connect(proxy.addr, &[]).await;
+    let head = request("POST", "/upload", &[]);
+    client.send(&frame(HEADERS, END_HEADERS, 1, &head)).await;
+    // Over 64 KiB, so the body streams and the upstream's early answer
+    // comes back while the stream is still open.
+    for _ in 0..5 {
+        client.send(&frame(DATA, 0, 1, &[b'x'; 16_384])).await;
+    }
+    assert_eq!(client.response(1).await.body, b"ok");
+    client
+        .send(&frame(HEADERS, HEAD_ONLY, 1, &block(&[("x-done", "1")])))
+        .await;
+    let frames = client.frames_before_ping_ack(*b"trailers").await;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.kind == GOAWAY || (f.kind == RST_STREAM && f.error_code() != NO_ERROR)),
+        "trailers after our reset were answered: {frames:?}"
+    );
 }

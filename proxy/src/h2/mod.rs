@@ -887,6 +887,12 @@ impl State {
         self.remember(id, Closed::WeReset);
     }
 
+    /// Whether the client cannot have opened stream `id`: above the last
+    /// it opened, or even (ours, and we open none).
+    fn is_idle(&self, id: u32) -> bool {
+        id > self.last_id || id.is_multiple_of(2)
+    }
+
     /// Notes how stream `id` closed, forgetting the oldest such note.
     fn remember(&mut self, id: u32, how: Closed) {
         if self.closed.len() == CLOSED_KEPT {
@@ -1069,7 +1075,7 @@ impl State {
                 if payload.len() != 4 {
                     return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size"));
                 }
-                if id > self.last_id {
+                if self.is_idle(id) {
                     return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
                 let unanswered = self
@@ -1119,6 +1125,9 @@ impl State {
                 if id != 0 {
                     return Err(conn_error(PROTOCOL_ERROR, "GOAWAY on a stream"));
                 }
+                if payload.len() < 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "GOAWAY too short"));
+                }
                 self.peer_done = true;
                 Ok(())
             }
@@ -1152,10 +1161,18 @@ impl State {
         let mut block = Self::unpad(flags, payload)?;
         let mut self_dependent = false;
         if flags & PRIORITY_FLAG != 0 {
-            if block.len() < 5 {
+            let pad_length = usize::from(flags & PADDED != 0);
+            if payload.len() < pad_length + 5 {
                 return Err(conn_error(
                     FRAME_SIZE_ERROR,
                     "HEADERS too short for its priority",
+                ));
+            }
+            if block.len() < 5 {
+                // RFC 9113 §6.2: padding longer than what follows it.
+                return Err(conn_error(
+                    PROTOCOL_ERROR,
+                    "padding over the HEADERS' priority",
                 ));
             }
             let depends =
@@ -1509,7 +1526,7 @@ impl State {
             }
             return Ok(());
         }
-        if id > self.last_id {
+        if self.is_idle(id) {
             return Err(conn_error(
                 PROTOCOL_ERROR,
                 "WINDOW_UPDATE on an idle stream",
