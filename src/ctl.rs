@@ -3,16 +3,17 @@
 //! exits non-zero with the server's message.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use switchyard_config::UpstreamTls;
+use switchyard_proxy::tls::UpstreamTlsClient;
 
 use crate::percent_to_basis_points;
 
@@ -96,10 +97,119 @@ pub enum CtlCommand {
     },
 }
 
+/// `switchyard ctl`'s arguments.
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The admin API's URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
+    admin: String,
+    /// Print the server's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: AdminTls,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+/// How `ctl` reaches an admin API served over HTTPS (`--admin https://…`).
+#[derive(Args)]
+pub struct AdminTls {
+    /// CA certificates (PEM) to verify the admin API's certificate with
+    /// (default: the webpki roots).
+    #[arg(long, env = "SWITCHYARD_ADMIN_CA")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for an admin API that requires one.
+    #[arg(long, env = "SWITCHYARD_ADMIN_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SWITCHYARD_ADMIN_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
 struct Admin {
+    /// `scheme://host:port`, as given without a trailing `/`.
     base: String,
+    /// `host:port` to connect to.
+    authority: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Set for `https`.
+    tls: Option<UpstreamTlsClient>,
+}
+
+impl Admin {
+    fn new(base: &str, tls: AdminTls) -> anyhow::Result<Admin> {
+        let base = base.trim_end_matches('/').to_string();
+        let uri: http::Uri = base
+            .parse()
+            .with_context(|| format!("--admin {base:?} is not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => bail!("--admin {base:?}: the scheme must be http or https"),
+        };
+        let authority = uri
+            .authority()
+            .with_context(|| format!("--admin {base:?} names no host"))?;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = format!("{}:{port}", authority.host());
+        if !https && (tls.cacert.is_some() || tls.cert.is_some()) {
+            bail!("--cacert, --cert and --key are for an https:// admin URL");
+        }
+        let tls = https
+            .then(|| {
+                let config = UpstreamTls {
+                    server_name: None,
+                    ca_file: tls.cacert,
+                    client_cert: tls.cert.zip(tls.key),
+                    origin: "ctl".into(),
+                };
+                UpstreamTlsClient::build("admin", &config, &authority)
+            })
+            .transpose()?;
+        Ok(Admin {
+            base,
+            authority,
+            // Trimmed as the server trims its own (a token file's newline).
+            token: std::env::var("SWITCHYARD_ADMIN_TOKEN")
+                .ok()
+                .map(|token| token.trim().to_string())
+                .filter(|token| !token.is_empty()),
+            tls,
+        })
+    }
+
+    /// Sends `request` on a new connection (one call, one connection).
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let stream = tokio::net::TcpStream::connect(&self.authority).await?;
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            None => send_on(TokioIo::new(stream), request).await,
+            Some(tls) => {
+                let stream = tls.connect(stream).await.context("TLS handshake")?;
+                send_on(TokioIo::new(stream), request).await
+            }
+        }
+    }
+}
+
+async fn send_on<T>(
+    io: T,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }
 
 impl Admin {
@@ -111,7 +221,8 @@ impl Admin {
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base));
+            .uri(path)
+            .header(http::header::HOST, &self.authority);
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -122,8 +233,7 @@ impl Admin {
             }
             None => Bytes::new(),
         };
-        self.client
-            .request(request.body(Full::new(bytes))?)
+        self.exchange(request.body(Full::new(bytes))?)
             .await
             .with_context(|| format!("calling the admin API at {}", self.base))
     }
@@ -150,20 +260,18 @@ impl Admin {
     }
 }
 
-/// Runs one `ctl` command against the admin API at `base`.
-pub fn run(base: &str, json_output: bool, command: CtlCommand) -> anyhow::Result<()> {
+/// Runs one `ctl` command against the admin API.
+pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let CtlArgs {
+        admin,
+        json: json_output,
+        tls,
+        command,
+    } = args;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let admin = Admin {
-        base: base.trim_end_matches('/').to_string(),
-        // Trimmed as the server trims its own (a token file's newline).
-        token: std::env::var("SWITCHYARD_ADMIN_TOKEN")
-            .ok()
-            .map(|token| token.trim().to_string())
-            .filter(|token| !token.is_empty()),
-        client: Client::builder(TokioExecutor::new()).build_http(),
-    };
+    let admin = Admin::new(&admin, tls)?;
     runtime.block_on(execute(&admin, json_output, command))
 }
 
@@ -340,7 +448,8 @@ async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyho
     Ok(())
 }
 
-/// `canary=25%` (the baseline takes the rest) or every pool given.
+/// `canary=25%` (pools not named keep their weights, the baseline takes
+/// the rest) or every pool given.
 fn parse_weights(route: &Value, pools: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
     let mut weights = BTreeMap::new();
     for pair in pools {
@@ -362,9 +471,17 @@ fn parse_weights(route: &Value, pools: &[String]) -> anyhow::Result<BTreeMap<Str
         .context("the admin API's answer names no baseline for the route")?
         .to_string();
     if !weights.contains_key(&baseline) {
+        // Pools not named keep their weights; the baseline takes the rest.
+        let current = route["weights"].as_object().into_iter().flatten();
+        for (pool, weight) in current {
+            if *pool != baseline && !weights.contains_key(pool) {
+                let weight = weight.as_u64().and_then(|w| u32::try_from(w).ok());
+                weights.insert(pool.clone(), weight.unwrap_or(0));
+            }
+        }
         let given: u32 = weights.values().sum();
         if given > 10_000 {
-            bail!("the weights given add up to more than 100%");
+            bail!("the weights of the pools other than the baseline add up to more than 100%");
         }
         weights.insert(baseline, 10_000 - given);
     }

@@ -44,20 +44,7 @@ enum Command {
         file: PathBuf,
     },
     /// Talk to a running Switchyard's admin API (token from SWITCHYARD_ADMIN_TOKEN).
-    Ctl {
-        /// The admin API's URL.
-        #[arg(
-            long,
-            env = "SWITCHYARD_ADMIN",
-            default_value = "http://127.0.0.1:9901"
-        )]
-        admin: String,
-        /// Print the server's JSON instead of tables.
-        #[arg(long)]
-        json: bool,
-        #[command(subcommand)]
-        command: ctl::CtlCommand,
-    },
+    Ctl(Box<ctl::CtlArgs>),
 }
 
 #[derive(clap::Args)]
@@ -139,11 +126,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => check(&file),
         Command::Run(args) => run(*args),
-        Command::Ctl {
-            admin,
-            json,
-            command,
-        } => ctl::run(&admin, json, command),
+        Command::Ctl(args) => ctl::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -270,6 +270,24 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "unauthorized",
         ),
         (
+            Method::PUT,
+            weights,
+            vec![JSON, ("authorization", "Basic czNjcmV0")],
+            r#"{"weights": {"stable": 5000, "canary": 5000}}"#.into(),
+            401,
+            "unauthorized",
+        ),
+        // The scheme is case-insensitive (RFC 9110 §11.1): this call gets
+        // as far as the method check.
+        (
+            Method::POST,
+            weights,
+            vec![JSON, ("authorization", "bearer s3cret")],
+            r#"{"weights": {"stable": 5000, "canary": 5000}}"#.into(),
+            405,
+            "method_not_allowed",
+        ),
+        (
             Method::POST,
             weights,
             vec![JSON, auth],

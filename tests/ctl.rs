@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -254,5 +254,89 @@ async fn ctl_refuses_huge_basis_points_without_panicking() {
         !stderr.contains("panicked"),
         "exit {:?}: {stderr}",
         output.status.code()
+    );
+}
+
+/// An admin API over mutual TLS (`--admin-tls-cert`, `--admin-client-ca`)
+/// is reached with `--admin https://…`, `--cacert`, `--cert` and `--key`,
+/// as curl does (ctl spoke plain HTTP only). Without the client
+/// certificate, or trusting another CA, the call fails with a non-zero
+/// exit.
+#[tokio::test]
+async fn ctl_reaches_an_admin_api_over_mutual_tls() {
+    use support::pki::{temp_dir, write_leaf, Ca};
+    let dir = temp_dir("ctl-mtls");
+    let ca = Ca::new("admin CA");
+    let clients = Ca::new("operators CA");
+    let (cert, key) = write_leaf(&dir, "admin", &ca.leaf(&["localhost"]));
+    let (my_cert, my_key) = write_leaf(&dir, "me", &clients.leaf(&["operator"]));
+    let (ca_file, clients_file) = (dir.join("ca.pem"), dir.join("clients.pem"));
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    std::fs::write(&clients_file, clients.pem()).expect("write");
+    let other_ca = dir.join("other.pem");
+    std::fs::write(&other_ca, Ca::new("other").pem()).expect("write");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+    let (_child, _proxy, admin) = support::start_demo(&[
+        "--admin-tls-cert",
+        &path(&cert),
+        "--admin-tls-key",
+        &path(&key),
+        "--admin-client-ca",
+        &path(&clients_file),
+    ])
+    .await;
+    let url = format!("https://localhost:{}", admin.port());
+    let ctl_tls = |extra: &[String]| {
+        std::process::Command::new(BIN)
+            .args(["ctl", "--admin", &url])
+            .args(extra)
+            .args(["weights", "default", "green=20%"])
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .output()
+            .expect("run ctl")
+    };
+    let flags = |ca: &std::path::Path, with_cert: bool| {
+        let mut flags = vec!["--cacert".to_string(), path(ca)];
+        if with_cert {
+            flags.extend([
+                "--cert".into(),
+                path(&my_cert),
+                "--key".into(),
+                path(&my_key),
+            ]);
+        }
+        flags
+    };
+    for (what, extra) in [
+        ("no client certificate", flags(&ca_file, false)),
+        ("another CA trusted", flags(&other_ca, true)),
+    ] {
+        let output = ctl_tls(&extra);
+        assert!(!output.status.success(), "{what}: ctl succeeded");
+    }
+    let output = ctl_tls(&flags(&ca_file, true));
+    let out = stdout(&output);
+    assert!(out.contains("green=20.00%"), "{out}");
+}
+
+/// `ctl weights ROUTE pool=N%` on a route of three pools changes the named
+/// pool and the baseline only: a pool not named keeps its weight (it went
+/// to 0 without a word, its share to the baseline).
+#[tokio::test]
+async fn ctl_weights_keeps_the_pools_not_named() {
+    let blue = support::upstream("blue").await;
+    let green = support::upstream("green").await;
+    let red = support::upstream("red").await;
+    let dir = support::pki::temp_dir("ctl-three-pools");
+    let file = dir.join("config.json");
+    let config = support::split_config(&[(&blue, 7000), (&green, 2000), (&red, 1000)], json!({}));
+    std::fs::write(&file, config.to_string()).expect("config");
+    let (_child, _proxy, admin) = support::start_on_config(&file).await;
+    let out = stdout(&ctl(admin, &["weights", "web", "green=25%"]));
+    assert!(out.contains("blue=65.00% green=25.00% red=10.00%"), "{out}");
+    let output = ctl(admin, &["weights", "web", "green=95%"]);
+    assert!(
+        !output.status.success(),
+        "over 100% with red's 10% accepted"
     );
 }

@@ -330,12 +330,18 @@ impl AdminApi {
                 .ok_or(AdminError::Unauthorized(
                     "an Authorization: Bearer token is required",
                 ))?;
-        let given = given
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .ok_or(AdminError::Unauthorized(
-                "the Authorization scheme must be Bearer",
-            ))?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let given = given.as_bytes();
+        let given = match given.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+                token.trim_ascii_start()
+            }
+            _ => {
+                return Err(AdminError::Unauthorized(
+                    "the Authorization scheme must be Bearer",
+                ))
+            }
+        };
         if constant_time_eq(given, token) {
             Ok(())
         } else {
