@@ -23,9 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -434,17 +433,6 @@ impl RawClient {
     }
 }
 
-/// Connects hyper's HTTP/2 client with prior knowledge.
-async fn h2_client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(connection);
-    sender
-}
-
 /// A raw upstream for one request: it reports the request head once it is
 /// in, writes `reply` when released, and reports when the proxy closes the
 /// connection.
@@ -508,7 +496,7 @@ fn pattern_at(start: usize, len: usize) -> Vec<u8> {
 async fn a_request_body_larger_than_both_windows_arrives_whole() {
     let upstream = support::upstream("app").await;
     let proxy = support::proxy_to("app", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     // 3 MiB: three stream windows (1 MiB) and three connection windows
     // (1 MiB), so it passes only if what the upstream takes is granted
@@ -566,7 +554,7 @@ async fn a_hundred_streams_on_one_connection_are_served_at_once() {
     // if the server runs them side by side.
     let upstream = barrier_upstream(100).await;
     let proxy = support::proxy_to("app", upstream, json!({}));
-    let sender = h2_client(proxy.addr).await;
+    let sender = support::h2c_client(proxy.addr).await;
 
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -1017,7 +1005,7 @@ async fn response_trailers_reach_the_client() {
     )
     .await;
     let proxy = support::proxy_to("app", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     // `TE: trailers` says the client takes them.
     let request = http::Request::get("http://app.test/t")

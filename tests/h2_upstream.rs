@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -119,16 +118,6 @@ fn target(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
 }
 
-async fn h2_client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(connection);
-    sender
-}
-
 fn request(method: &str, path: &str, body: &'static [u8]) -> http::Request<Full<Bytes>> {
     http::Request::builder()
         .method(method)
@@ -168,7 +157,7 @@ fn answer(head: &str) -> (Vec<u8>, Then) {
 async fn h2_requests_share_pooled_upstream_connections() {
     let upstream = keep_alive_upstream(answer).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     for i in 0..20 {
         let path = format!("/one/{i}");
@@ -219,7 +208,7 @@ async fn h2_requests_share_pooled_upstream_connections() {
 async fn a_body_split_cookies_and_forwarding_fields_go_upstream_as_http1() {
     let upstream = keep_alive_upstream(answer).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     let mut post = request("POST", "/form", b"name=value&more=1");
     // HTTP/2 lets a client send a cookie in pieces (RFC 9113 §8.2.3).
@@ -302,7 +291,7 @@ fn framed(head: &str) -> (Vec<u8>, Then) {
 async fn each_response_framing_becomes_http2_data() {
     let upstream = keep_alive_upstream(framed).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     // Chunked: decoded; the connection is reused after the last chunk.
     let (status, headers, body) = send(&mut sender, request("GET", "/chunked", b"")).await;
@@ -357,7 +346,7 @@ async fn a_large_body_streams_byte_for_byte() {
     }
     let upstream = keep_alive_upstream(large).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
     for _ in 0..2 {
         let (status, headers, body) = send(&mut sender, request("GET", "/big", b"")).await;
         assert_eq!(status, 200);
@@ -385,7 +374,7 @@ async fn a_body_cut_short_resets_the_stream() {
         upstream.addr,
         json!({"timeouts": {"connect": "2s", "response_header": "5s", "idle": "1s"}}),
     );
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     // The upstream closes after 10 of 100 bytes: the client is told, by a
     // reset of its stream — before the head even, when the close came
@@ -419,7 +408,7 @@ async fn upstream_failures_before_the_head_are_answered() {
     }
     let upstream = keep_alive_upstream(broken).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
     for path in ["/garbage", "/two-lengths", "/nothing"] {
         let (status, _, body) = send(&mut sender, request("GET", path, b"")).await;
         let body = body.expect("an error answer has a body");
@@ -435,7 +424,7 @@ async fn upstream_failures_before_the_head_are_answered() {
     let addr = closed.local_addr().expect("addr");
     drop(closed);
     let proxy = support::proxy_to("stable", addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
     let (status, _, body) = tokio::time::timeout(
         Duration::from_secs(10),
         send(&mut sender, request("GET", "/", b"")),
@@ -455,7 +444,7 @@ async fn upstream_failures_before_the_head_are_answered() {
 async fn a_target_without_a_path_goes_upstream_with_one() {
     let upstream = keep_alive_upstream(answer).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
     // `:path` "?a=1": a path-less target, routed as "/".
     let uri = http::Uri::builder()
         .scheme("http")
@@ -500,7 +489,7 @@ async fn a_connection_with_bytes_past_the_body_is_not_reused_and_long_chunks_str
     }
     let upstream = keep_alive_upstream(reply).await;
     let proxy = support::proxy_to("stable", upstream.addr, json!({}));
-    let mut sender = h2_client(proxy.addr).await;
+    let mut sender = support::h2c_client(proxy.addr).await;
 
     let (status, _, body) = send(&mut sender, request("GET", "/extra", b"")).await;
     assert_eq!((status, body.expect("body")), (200, Bytes::from("ok")));

@@ -438,3 +438,52 @@ async fn a_reloaded_ca_file_is_not_bypassed_by_pooled_connections() {
     );
     proxy.server.shutdown();
 }
+
+/// An empty `:authority` beside `host: app.test` was routed as a request
+/// without a host (to the catch-all route, with an empty `Host` upstream)
+/// on HTTP/2's raw path, and refused on its other path.
+#[tokio::test]
+async fn an_empty_authority_beside_a_host_is_refused_not_routed_as_no_host() {
+    // RFC 9113 §8.3.1: for http and https, `:authority` and `host` "MUST
+    // NOT be empty" when present; such a request is malformed (§8.1.1) and
+    // an intermediary must not forward it.
+    let app = support::upstream("app").await;
+    let other = support::upstream("other").await;
+    let pool = |u: &support::Upstream| json!({"endpoints": [u.addr.to_string()]});
+    let config = json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"app": pool(&app), "other": pool(&other)},
+        "routes": [
+            {"name": "app", "match": {"host": "app.test"},
+             "split": {"baseline": "app", "weights": {"app": 10000}}},
+            {"name": "other", "split": {"baseline": "other", "weights": {"other": 10000}}},
+        ],
+        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
+    });
+    let proxy = support::proxy(&config);
+    let answer = raw_h2(
+        proxy.addr,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", ""),
+            (":path", "/p"),
+            ("host", "app.test"),
+        ],
+    )
+    .await;
+    let forwarded: Vec<String> = app
+        .requests()
+        .iter()
+        .chain(other.requests().iter())
+        .map(|seen| format!("{:?}", seen.headers))
+        .collect();
+    assert!(
+        forwarded.is_empty(),
+        "a malformed request (empty :authority) was forwarded: app got {}, other got {}: {forwarded:?}",
+        app.requests().len(),
+        other.requests().len(),
+    );
+    // RST_STREAM, as for every other malformed head.
+    assert_eq!(answer, 3, "answered with frame type {answer}");
+}

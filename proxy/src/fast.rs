@@ -56,9 +56,9 @@ const OUT_BUFFER: usize = 1024;
 const UPSTREAM_BUFFER: usize = 16 * 1024;
 /// Spare upstream buffers a worker keeps.
 const SPARE_BUFFERS: usize = 256;
-/// A response head over this size is refused (502), as hyper's client does
-/// with its read buffer limit.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// A response head over this size is refused (502), here and by hyper's
+/// client (its read buffer limit).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Idle connections kept per endpoint and worker (as `upstream`'s pool).
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
@@ -1782,6 +1782,10 @@ async fn read_head(
     loop {
         if !buffer.is_empty() {
             match parse_response(buffer, context, out).map_err(HeadError::Broken)? {
+                // However it came in: whole in one read or in pieces.
+                Parsed::Final(head) if head.len > MAX_RESPONSE_HEAD => {
+                    return Err(HeadError::Broken("sent a response head over 64 KiB"))
+                }
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
                     buffer.advance(len);
@@ -1798,7 +1802,11 @@ async fn read_head(
         let empty = buffer.is_empty() && !interim;
         match upstream.read_buf(buffer).await {
             Ok(n) if n > 0 => {}
-            Ok(_) if empty => return Err(HeadError::Unanswered("reset before the response")),
+            Ok(_) if empty => {
+                return Err(HeadError::Unanswered(
+                    "closed the connection before a complete response",
+                ))
+            }
             Err(_) if empty => return Err(HeadError::Unanswered("reset before the response")),
             _ => {
                 return Err(HeadError::Broken(

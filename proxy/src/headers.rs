@@ -127,7 +127,7 @@ pub fn is_chunked_or_unencoded(headers: &HeaderMap) -> bool {
 /// `keep_upgrade` (a WebSocket handshake being passed on).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
     let present = field_bits(headers);
-    strip_present(headers, keep_upgrade, present);
+    strip_present(headers, keep_upgrade, present & !HOP_TE);
     if present & HOP_TE != 0 {
         headers.remove(header::TE);
     }
@@ -190,9 +190,12 @@ pub fn strip_present(headers: &mut HeaderMap, keep_upgrade: bool, present: Field
         for value in first.iter().chain(more.iter()) {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
+                // TE is named in Connection where it is sent (RFC 9110
+                // §10.1.4), and is dealt with below.
                 let skip = token.is_empty()
                     || token.eq_ignore_ascii_case(b"close")
                     || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"te")
                     || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"));
                 if let (false, Ok(name)) = (skip, std::str::from_utf8(token)) {
                     // A `&str` name is looked up without allocating.
@@ -210,18 +213,26 @@ pub fn strip_present(headers: &mut HeaderMap, keep_upgrade: bool, present: Field
     if present & HOP_TRANSFER_ENCODING != 0 {
         headers.remove(header::TRANSFER_ENCODING);
     }
+    let mut keep_te = false;
     if present & HOP_TE != 0 {
         if let Some(te) = headers.remove(header::TE) {
             if has_token(te.as_bytes(), b"trailers") {
                 headers.insert(header::TE, HeaderValue::from_static("trailers"));
+                keep_te = true;
             }
         }
     }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if present & HOP_UPGRADE != 0 {
+    if !keep_upgrade && present & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
+    // A TE sent on names itself in Connection (RFC 9110 §10.1.4).
+    let connection = match (keep_upgrade, keep_te) {
+        (true, true) => "upgrade, te",
+        (true, false) => "upgrade",
+        (false, true) => "te",
+        (false, false) => return,
+    };
+    headers.insert(header::CONNECTION, HeaderValue::from_static(connection));
 }
 
 /// `Connection`.
@@ -403,7 +414,7 @@ mod tests {
         let present = field_bits(&headers);
         strip_present(&mut headers, false, present);
         assert!(headers.get("x-secret").is_none());
-        assert!(headers.get("connection").is_none());
+        assert_eq!(headers["connection"], "te");
         assert!(headers.get("keep-alive").is_none());
         assert!(headers.get("upgrade").is_none());
         assert_eq!(headers["te"], "trailers");

@@ -141,6 +141,18 @@ impl Upstreams {
         mut request: Request<RequestBody>,
         timeouts: ExchangeTimeouts,
     ) -> Result<(Response<Incoming>, Release), Failed> {
+        if !request.headers().contains_key(http::header::HOST) {
+            // An HTTP/1.0 request may come without a Host; HTTP/1.1 must
+            // send one (RFC 9112 §3.2): the endpoint's address, as
+            // nginx's `$proxy_host`.
+            let address = endpoint
+                .label
+                .split_once('/')
+                .map_or(&*endpoint.label, |(_, a)| a);
+            if let Ok(value) = http::HeaderValue::from_str(address) {
+                request.headers_mut().insert(http::header::HOST, value);
+            }
+        }
         // A copy of the request for the keep-alive race (see STALE_AFTER),
         // and whether the next try must take a new connection.
         let mut spare: Option<Request<RequestBody>> = None;
@@ -226,6 +238,21 @@ impl Upstreams {
                     {
                         return Err(ForwardError::Exchange {
                             what: crate::fast::MALFORMED,
+                            backend: endpoint.label.to_string(),
+                            kind: crate::stats::ErrorKind::Malformed,
+                        }
+                        .into());
+                    }
+                    // hyper's read buffer limit holds a head in pieces
+                    // only: one that came in a few large reads is measured
+                    // here, as the fast path measures it.
+                    let head: usize = headers
+                        .iter()
+                        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                        .sum();
+                    if head > crate::fast::MAX_RESPONSE_HEAD {
+                        return Err(ForwardError::Exchange {
+                            what: "sent a response head over 64 KiB",
                             backend: endpoint.label.to_string(),
                             kind: crate::stats::ErrorKind::Malformed,
                         }
@@ -422,7 +449,11 @@ async fn handshake<S>(endpoint: &EndpointEntry, stream: S) -> Result<Sender, For
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // A response head over the fast path's limit is refused here too
+    // (hyper's default read buffer is ~400 KiB): as nginx's "upstream sent
+    // too big header", and alike on every path.
     let (sender, connection) = http1::Builder::new()
+        .max_buf_size(crate::fast::MAX_RESPONSE_HEAD)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ForwardError::Upstream {

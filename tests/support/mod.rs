@@ -682,6 +682,17 @@ pub fn decode_chunked(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// An HTTP/2 (prior knowledge) client connection to `addr`.
+pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 /// `switchyard run` on the embedded default (the demo's blue and green
 /// upstreams) with an admin API, both on free ports, one worker, then
 /// `extra`; returns the child, the proxy's and the admin's addresses.

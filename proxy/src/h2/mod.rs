@@ -1594,12 +1594,15 @@ impl State {
         self.block = block;
     }
 
-    fn put_fields(&mut self, headers: &HeaderMap) {
+    /// A response's fields; `no_length` drops a `content-length`, which a
+    /// 1xx or 204 must not have (RFC 9110 §8.6).
+    fn put_fields(&mut self, headers: &HeaderMap, no_length: bool) {
         for (name, value) in headers {
             // The proxy strips them; this makes sure. `te` is a request's
             // field only (RFC 9113 §8.2.2).
             let name = name.as_str().as_bytes();
-            if !is_connection_specific(name) && name != b"te" {
+            let dropped = no_length && name == b"content-length";
+            if !is_connection_specific(name) && name != b"te" && !dropped {
                 hpack::put_field(&mut self.block, name, value.as_bytes());
             }
         }
@@ -1617,8 +1620,9 @@ impl State {
             Answer::Response(response) => {
                 let (parts, body) = response.into_parts();
                 self.block.clear();
-                hpack::put_status(&mut self.block, parts.status.as_u16());
-                self.put_fields(&parts.headers);
+                let status = parts.status.as_u16();
+                hpack::put_status(&mut self.block, status);
+                self.put_fields(&parts.headers, status < 200 || status == 204);
                 // As hyper's server did: a `date`, and the length of a
                 // body whose length is known.
                 if !parts.headers.contains_key(http::header::DATE) {
@@ -1626,7 +1630,6 @@ impl State {
                 }
                 // Never on an answer that has no content: a 1xx, 204 or 304
                 // (RFC 9110 §8.6).
-                let status = parts.status.as_u16();
                 let bodiless = status < 200 || status == 204 || status == 304;
                 if let (false, false, Some(len)) = (
                     head_request || bodiless,
@@ -1718,7 +1721,7 @@ impl State {
                             Some(End::Sent) => self.finish(id),
                             Some(End::Trailers(trailers)) => {
                                 self.block.clear();
-                                self.put_fields(&trailers);
+                                self.put_fields(&trailers, false);
                                 self.put_block(id, self.block.len(), true);
                                 self.finish(id);
                             }

@@ -177,7 +177,9 @@ impl RawHead {
         match name {
             b"te" if value != b"trailers" => return self.refuse("TE other than trailers"),
             b"te" => self.needs_hyper = true,
-            b"host" if !trailers => self.has_host |= !value.is_empty(),
+            // RFC 9113 §8.3.1: present, it must not be empty.
+            b"host" if !trailers && value.is_empty() => return self.refuse("an empty host"),
+            b"host" if !trailers => self.has_host = true,
             b"expect" => {
                 self.needs_hyper = true;
                 self.expects_continue |= value.eq_ignore_ascii_case(b"100-continue");
@@ -227,9 +229,12 @@ impl RawHead {
             }
         } else if self.scheme.is_none() || self.path.is_none() {
             return Err("no :scheme or no :path");
-        } else if !self.has_host && self.value(&self.authority).is_none_or(<[u8]>::is_empty) {
+        } else if self.value(&self.authority).is_some_and(<[u8]>::is_empty) {
+            // RFC 9113 §8.3.1: present, it must not be empty.
+            return Err("an empty :authority");
+        } else if !self.has_host && self.authority.is_none() {
             // RFC 9113 §8.3.1: http and https have a mandatory authority.
-            return Err("no :authority or host, or an empty one");
+            return Err("no :authority or host");
         } else if self.has_host {
             // RFC 9113 §8.3.1: a host that names another entity than the
             // :authority makes the request malformed. Routing goes by one,
