@@ -384,10 +384,17 @@ async fn read_any(request: Request<Incoming>) -> Result<Bytes, AdminError> {
 }
 
 /// The body, of at most `limit` bytes.
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The body, of at most `limit` bytes, within [`BODY_TIMEOUT`].
 async fn read_limited(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
-    Ok(Limited::new(request.into_body(), limit)
-        .collect()
+    let collect = Limited::new(request.into_body(), limit).collect();
+    Ok(tokio::time::timeout(BODY_TIMEOUT, collect)
         .await
+        .map_err(|_| AdminError::BodyTimeout {
+            seconds: BODY_TIMEOUT.as_secs(),
+        })?
         .map_err(|_| AdminError::TooLarge { limit })?
         .to_bytes())
 }

@@ -78,6 +78,12 @@ pub enum AdminError {
     /// The body is not `application/json`.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// The body did not arrive in time.
+    #[error("request body not received within {seconds} s")]
+    BodyTimeout {
+        /// The limit.
+        seconds: u64,
+    },
     /// Reading or writing the state directory failed.
     #[error("{what} {path}")]
     Storage {
@@ -114,6 +120,7 @@ impl AdminError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Build(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Storage { .. } | Self::CorruptState { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +139,7 @@ impl AdminError {
             Self::Unauthorized(_) => "unauthorized",
             Self::TooLarge { .. } => "body_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::Storage { .. } => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
             Self::Build(_) => "build_failed",

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use switchyard_proxy::tls::TlsTerminator;
@@ -13,8 +13,12 @@ use switchyard_proxy::tls::TlsTerminator;
 use crate::api::AdminApi;
 use crate::error::AdminError;
 
-/// A client that connects and does not finish its handshake is closed.
+/// A client that connects and does not finish its handshake, or a request
+/// head, within this is closed.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The pause after a failed accept (out of file descriptors).
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Binds `addr` and serves `api` on a new thread; returns the bound address.
 pub fn start(addr: SocketAddr, api: Arc<AdminApi>) -> Result<SocketAddr, AdminError> {
@@ -57,14 +61,27 @@ pub fn start_with_tls(
                     }
                 };
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(err) => {
+                            // Out of file descriptors, most likely: the
+                            // error repeats until one is closed, so wait
+                            // rather than spin.
+                            tracing::warn!(error = %err, "admin accept failed");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            continue;
+                        }
                     };
                     let api = Arc::clone(&api);
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |request| Arc::clone(&api).handle(request));
-                        let http = hyper::server::conn::http1::Builder::new();
+                        // A head (the first, or the next on a kept-alive
+                        // connection) must come within the handshake's
+                        // time too: a slow or idle client is closed.
+                        let mut http = hyper::server::conn::http1::Builder::new();
+                        http.timer(TokioTimer::new())
+                            .header_read_timeout(HANDSHAKE_TIMEOUT);
                         let Some(tls) = tls else {
                             let _ = http.serve_connection(TokioIo::new(stream), service).await;
                             return;

@@ -312,12 +312,23 @@ pub enum ProxyBody {
         /// Where a failure mid-body is counted: the request's table (handed
         /// over by the request, not cloned), route and pool.
         origin: Origin,
+        /// The body ends with an error when the upstream sends nothing for
+        /// the table's `timeouts.idle`, as a raw body does (boxed: the
+        /// variant stays small, and bodies that never wait need none).
+        quiet: Option<Box<Quiet>>,
     },
     /// A body read straight from a raw upstream connection (HTTP/2
     /// clients; see `raw_upstream`).
     Raw(Box<RawBody>),
     /// A short answer made by the proxy, or a whole upstream body.
     Local(Option<Bytes>),
+}
+
+/// An upstream body's wait for its next frame.
+pub struct Quiet {
+    timer: crate::fast::Deadline,
+    /// The timer counts a wait under way (set at its start).
+    waiting: bool,
 }
 
 /// The route and pool that served a response, for counting a failure
@@ -377,20 +388,20 @@ impl ProxyBody {
         in_flight: Option<InFlight>,
         origin: Origin,
     ) -> ProxyBody {
-        if inner.is_end_stream() {
-            release.finish();
-            return ProxyBody::Upstream {
-                inner,
-                release: None,
-                in_flight: None,
-                origin,
-            };
-        }
+        let ended = inner.is_end_stream();
+        let release = match ended {
+            true => {
+                release.finish();
+                None
+            }
+            false => Some(release),
+        };
         ProxyBody::Upstream {
             inner,
-            release: Some(release),
-            in_flight,
+            release,
+            in_flight: in_flight.filter(|_| !ended),
             origin,
+            quiet: None,
         }
     }
 }
@@ -411,8 +422,12 @@ impl Body for ProxyBody {
                 release,
                 in_flight,
                 origin,
+                quiet,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(quiet) = quiet.as_mut() {
+                        quiet.waiting = false;
+                    }
                     if inner.is_end_stream() {
                         if let Some(release) = release.take() {
                             release.finish();
@@ -443,7 +458,37 @@ impl Body for ProxyBody {
                     origin.count(ErrorKind::Reset);
                     Poll::Ready(Some(Err(Box::new(err))))
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    // Only a body still coming is timed (its release is
+                    // taken at the end).
+                    let (Some(_), Some(table)) = (release.as_ref(), &origin.table) else {
+                        return Poll::Pending;
+                    };
+                    let idle = table.timeouts.idle;
+                    let quiet = quiet.get_or_insert_with(|| {
+                        Box::new(Quiet {
+                            timer: crate::fast::Deadline::new(idle),
+                            waiting: true,
+                        })
+                    });
+                    // The wait starts now, not at the last frame: a body
+                    // the client was slow to ask for did not go quiet.
+                    if !quiet.waiting {
+                        quiet.timer.set(idle);
+                        quiet.waiting = true;
+                    }
+                    if !quiet.timer.poll_passed(cx) {
+                        return Poll::Pending;
+                    }
+                    release.take();
+                    in_flight.take();
+                    origin.count(ErrorKind::Timeout);
+                    let quiet = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "upstream went quiet mid-body",
+                    );
+                    Poll::Ready(Some(Err(Box::new(quiet))))
+                }
             },
         }
     }

@@ -365,7 +365,7 @@ fn still_open(conn: &mut RawConn, syscall: bool) -> bool {
 /// A timer for one connection's reads and writes, moved only when it must
 /// fire sooner: a later deadline (a phase per request) lets it fire early
 /// and be pushed back, which saves a timer-wheel update per request.
-pub(crate) struct Deadline {
+pub struct Deadline {
     sleep: Pin<Box<Sleep>>,
     due: Instant,
 }

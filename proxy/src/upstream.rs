@@ -394,11 +394,13 @@ pub async fn connect_raw(
     endpoint: &EndpointEntry,
     timeout: Duration,
 ) -> Result<RawConn, ForwardError> {
+    let deadline = Instant::now() + timeout;
     let stream = connect_tcp(endpoint, timeout).await?;
     let Some(tls) = &endpoint.tls else {
         return Ok(RawConn::Plain(stream));
     };
-    match tokio::time::timeout(timeout, tls.connect(stream)).await {
+    // What the TCP connect left of the timeout.
+    match tokio::time::timeout_at(deadline, tls.connect(stream)).await {
         Err(_) => Err(ForwardError::ConnectTimeout {
             backend: endpoint.label.to_string(),
             after: timeout,

@@ -2,6 +2,7 @@
 //! config, and clients. Plain functions, no macros.
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod pki;
 
 use std::collections::HashMap;

@@ -527,6 +527,13 @@ struct State {
     /// The header block being decoded; its buffers are kept.
     head: RawHead,
     max_header_list: usize,
+    /// The most regular fields a head or trailer section may have.
+    max_fields: usize,
+    /// Response DATA bytes put out so far: a stalled connection is one
+    /// where this stops moving while something waits to go.
+    data_out: u64,
+    /// A response body has bytes the flow-control windows hold back.
+    window_shut: bool,
     /// Streams served, streams the client reset before their answer, and
     /// streams reset for malformed requests: what a flood shows in.
     opened: u32,
@@ -543,6 +550,7 @@ where
     let table = proxy.routes.snapshot();
     let (head_timeout, idle_timeout) = (table.timeouts.request_header, table.timeouts.idle);
     let max_header_list = table.limits.max_header_bytes;
+    let max_fields = table.limits.max_headers;
     drop(table);
     let mut input = vec![0u8; INPUT_SIZE.max(buffered.len())];
     input[..buffered.len()].copy_from_slice(buffered);
@@ -577,6 +585,9 @@ where
         first_block: true,
         head: RawHead::default(),
         max_header_list,
+        max_fields,
+        data_out: 0,
+        window_shut: false,
         opened: 0,
         premature_resets: 0,
         local_resets: 0,
@@ -592,6 +603,7 @@ where
         deadline: Deadline::new(head_timeout),
         phase: Phase::Preface,
         armed_for: 0,
+        stall_mark: 0,
         head_timeout,
         idle_timeout,
     };
@@ -638,6 +650,8 @@ struct Conn {
     /// The last stream when the idle timer was set: a stream opened and
     /// answered within one turn sets it again.
     armed_for: u32,
+    /// `State::data_out` when the stall timer was last set.
+    stall_mark: u64,
     head_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -649,6 +663,11 @@ enum Phase {
     Preface,
     /// Streams are open: no timer (each request has its own).
     Busy,
+    /// Streams are open and answers wait on the client, which takes
+    /// nothing (its windows shut, or its socket full): the idle timeout
+    /// without any DATA going out, then the connection is closed, as
+    /// nginx's `send_timeout` does.
+    Stalled,
     /// A header block's CONTINUATION frames, within the head timeout.
     Head,
     /// No stream open: the idle timeout, then GOAWAY.
@@ -726,12 +745,22 @@ impl Conn {
             Phase::Head
         } else if state.streams.is_empty() {
             Phase::Idle
+        } else if state.window_shut || state.written < state.out.len() {
+            Phase::Stalled
         } else {
             Phase::Busy
         };
-        if phase != self.phase || (phase == Phase::Idle && state.last_id != self.armed_for) {
+        let stall_moved = phase == Phase::Stalled && state.data_out != self.stall_mark;
+        if phase != self.phase
+            || (phase == Phase::Idle && state.last_id != self.armed_for)
+            || stall_moved
+        {
             match phase {
                 Phase::Preface | Phase::Busy => {}
+                Phase::Stalled => {
+                    self.deadline.set(self.idle_timeout);
+                    self.stall_mark = state.data_out;
+                }
                 Phase::Head => self.deadline.set(self.head_timeout),
                 Phase::Idle => self.deadline.set(self.idle_timeout),
                 Phase::Closing | Phase::Draining => self.deadline.set(LINGER),
@@ -742,6 +771,10 @@ impl Conn {
         if phase != Phase::Busy && self.deadline.poll_passed(cx) {
             match phase {
                 Phase::Preface | Phase::Closing | Phase::Busy => return Poll::Ready(()),
+                Phase::Stalled => {
+                    debug!(client = %state.client.peer, "HTTP/2 client took no data within the idle timeout; closing");
+                    return Poll::Ready(());
+                }
                 Phase::Head => state.fail(conn_error(
                     PROTOCOL_ERROR,
                     "header block not finished in time",
@@ -1204,7 +1237,7 @@ impl State {
     ) -> Result<(), ConnError> {
         let trailers = self.streams.contains_key(&id);
         let head = &mut self.head;
-        head.clear(self.max_header_list);
+        head.clear(self.max_header_list, self.max_fields);
         self.decoder
             .decode(block, |name, value, good| {
                 head.field(name, value, trailers, good)
@@ -1700,6 +1733,7 @@ impl State {
     /// back; whether anything was sent.
     fn pump_bodies(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
+        self.window_shut = false;
         loop {
             let mut moved = false;
             let mut i = 0;
@@ -1777,8 +1811,10 @@ impl State {
             .min(self.send_window.max(0) as usize)
             .min(self.peer_max_frame);
         if n == 0 {
+            self.window_shut = true;
             return Pumped::Nothing;
         }
+        self.data_out += n as u64;
         let last = n == chunk.len() && body.is_end_stream();
         put_frame_head(
             &mut self.out,

@@ -64,6 +64,10 @@ pub(super) struct RawHead {
     /// (a block of small references to a large table entry would
     /// otherwise decode to hundreds of megabytes).
     limit: usize,
+    /// Regular fields taken, and the most there may be (the configured
+    /// `max_headers`, as HTTP/1.1 has it).
+    count: usize,
+    max_count: usize,
     regular_seen: bool,
     /// `TE: trailers` or `Expect`: for hyper's path.
     needs_hyper: bool,
@@ -75,8 +79,9 @@ pub(super) struct RawHead {
 
 impl RawHead {
     /// Empties the head for the next block, whose fields may take
-    /// `limit` bytes (RFC 9113 §6.5.2's count); its buffers are kept.
-    pub(super) fn clear(&mut self, limit: usize) {
+    /// `limit` bytes (RFC 9113 §6.5.2's count) and be `max_count` at most;
+    /// its buffers are kept.
+    pub(super) fn clear(&mut self, limit: usize, max_count: usize) {
         let (mut bytes, mut fields) = (
             std::mem::take(&mut self.bytes),
             std::mem::take(&mut self.fields),
@@ -87,13 +92,14 @@ impl RawHead {
             bytes,
             fields,
             limit,
+            max_count,
             ..RawHead::default()
         };
     }
 
-    /// Whether the fields took more than the limit.
+    /// Whether the fields took more than the limits.
     pub(super) fn is_over_limit(&self) -> bool {
-        self.list_size > self.limit
+        self.list_size > self.limit || self.count > self.max_count
     }
 
     fn fail(&mut self, reason: &'static str) {
@@ -118,6 +124,7 @@ impl RawHead {
     /// not looked at).
     pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool, good: bool) -> bool {
         self.list_size = self.list_size.saturating_add(name.len() + value.len() + 32);
+        self.count += usize::from(!name.starts_with(b":"));
         if self.malformed.is_some() || self.is_over_limit() {
             return false;
         }
