@@ -121,6 +121,12 @@ impl ControlPlane {
     ) -> Result<Arc<ControlPlane>, AdminError> {
         let events = EventLog::open(store.dir())?;
         let dropped = prune_state(&base, &mut state);
+        let now = now_ms();
+        for route in state.routes.values_mut() {
+            if let Some(rollout) = route.rollout.as_mut() {
+                rollout.clamp_start(now);
+            }
+        }
         state.version += 1;
         let effective = effective_config(&base, &state);
         let scope = StatsScope::default();
@@ -276,6 +282,21 @@ impl ControlPlane {
                     })
                 }
             };
+            // Every step must fit beside the other pools, not only the
+            // first: a later one that cannot would hold the rollout for ever.
+            for (i, step) in steps.iter().enumerate() {
+                if weights_with(&state.weights, baseline, &target, step.weight).is_none() {
+                    return Err(AdminError::Invalid {
+                        code: "invalid_rollout",
+                        message: format!(
+                            "route {route:?}: step {} ({} basis points to {target}) does not fit beside the other pools' weights",
+                            i + 1,
+                            step.weight
+                        ),
+                        field: "steps".into(),
+                    });
+                }
+            }
             let rollout = Rollout::start(strategy.clone(), target, steps.clone(), now_ms());
             apply_rollout(route, baseline, state, rollout)?;
             Ok(("rollout_started", format!("{strategy} rollout started")))
@@ -377,7 +398,12 @@ impl ControlPlane {
     pub async fn tick(&self) -> Option<u64> {
         let now = now_ms();
         let due: Vec<(String, Rollout)> = {
-            let inner = self.inner.lock().await;
+            let mut inner = self.inner.lock().await;
+            for state in inner.state.routes.values_mut() {
+                if let Some(rollout) = state.rollout.as_mut() {
+                    rollout.clamp_start(now);
+                }
+            }
             let holds = self.holds.lock().expect("holds lock is never poisoned");
             inner
                 .state
@@ -1097,6 +1123,21 @@ fn prune_state(base: &Config, state: &mut RuntimeState) -> Vec<(String, String)>
             dropped.push((
                 name.clone(),
                 "the route's pools changed in the config; its configured weights apply".to_string(),
+            ));
+            return false;
+        }
+        let baseline = route_state
+            .baseline
+            .as_deref()
+            .unwrap_or(&route.split.baseline);
+        let active = route_state.rollout.as_ref().filter(|r| r.is_active());
+        if active.is_some_and(|r| r.target == baseline) {
+            // It could move no traffic: its steps and its abort would both
+            // set the same pool.
+            dropped.push((
+                name.clone(),
+                "the rollout's target is now the route's baseline; its configured weights apply"
+                    .to_string(),
             ));
             return false;
         }

@@ -99,7 +99,7 @@ pub struct RolloutSpec {
     pub target: Option<String>,
     /// `linear`: basis points added per step.
     #[serde(default)]
-    pub step: Option<u32>,
+    pub step: Option<i64>,
     /// `linear`: time between steps (`1m`).
     #[serde(default)]
     pub interval: Option<String>,
@@ -174,6 +174,7 @@ impl RolloutSpec {
     /// The strategy's name and its steps.
     pub fn steps(&self) -> Result<(String, Vec<Step>), SpecError> {
         const MINUTE: u64 = 60_000;
+        self.check_fields()?;
         if let Some(preset) = &self.preset {
             if self.strategy.is_some() {
                 return Err(spec_error(
@@ -223,12 +224,13 @@ impl RolloutSpec {
                 let step = self
                     .step
                     .ok_or_else(|| spec_error("step", "linear needs a step in basis points"))?;
-                if !(1..=TOTAL_WEIGHT).contains(&step) {
+                if !(1..=i64::from(TOTAL_WEIGHT)).contains(&step) {
                     return Err(spec_error(
                         "step",
                         format!("step {step} is outside 1..=10000"),
                     ));
                 }
+                let step = step as u32;
                 let interval = self
                     .interval
                     .as_deref()
@@ -295,13 +297,37 @@ impl RolloutSpec {
                 ))
             }
         };
-        if self.preset.is_none()
-            && strategy != "linear"
-            && (self.step.is_some() || self.interval.is_some())
-        {
-            return Err(spec_error("step", "step and interval belong to linear"));
-        }
         Ok((strategy.to_string(), steps))
+    }
+
+    /// Refuses a field the strategy or preset does not take (it would be
+    /// ignored without a word: `interval` beside a preset, `bake` beside
+    /// `canary`).
+    fn check_fields(&self) -> Result<(), SpecError> {
+        let kind = match (&self.preset, self.strategy.as_deref()) {
+            (Some(_), _) => "a preset",
+            (None, Some("linear")) => "linear",
+            (None, Some("canary")) => "canary",
+            (None, Some("blue_green")) => "blue_green",
+            (None, Some("all_at_once")) => "all_at_once",
+            // Unknown or missing: refused for that below.
+            (None, _) => return Ok(()),
+        };
+        let given = [
+            ("step", self.step.is_some(), "linear"),
+            ("interval", self.interval.is_some(), "linear"),
+            ("steps", self.steps.is_some(), "canary"),
+            ("bake", self.bake.is_some(), "blue_green"),
+        ];
+        for (field, present, owner) in given {
+            if present && kind != owner {
+                return Err(spec_error(
+                    field,
+                    format!("{field} belongs to {owner}, not to {kind}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -334,6 +360,33 @@ impl Rollout {
             }
             None => RolloutState::Waiting,
         };
+    }
+
+    /// Why a rollout read back from the state file cannot be driven, if it
+    /// cannot: its live step out of range, a weight over 100%, or a last
+    /// step that does not put all traffic on the target.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(last) = self.steps.last() else {
+            return Err("no steps".into());
+        };
+        if self.step >= self.steps.len() {
+            return Err(format!(
+                "step {} of {} steps",
+                self.step + 1,
+                self.steps.len()
+            ));
+        }
+        if self.steps.iter().any(|s| s.weight > TOTAL_WEIGHT) || last.weight != TOTAL_WEIGHT {
+            return Err("weights must be at most 10000, the last one 10000".into());
+        }
+        Ok(())
+    }
+
+    /// A live step's clock that starts in the future (the wall clock was
+    /// ahead when it started, and was put back) starts now: a step never
+    /// has more left than its pause.
+    pub fn clamp_start(&mut self, now_ms: u64) {
+        self.step_started_ms = self.step_started_ms.min(now_ms);
     }
 
     /// Whether it still moves traffic (running, paused or waiting).
@@ -419,23 +472,36 @@ impl Rollout {
     pub fn remaining(&self, now_ms: u64) -> Option<Duration> {
         match self.state {
             RolloutState::Paused => self.remaining_ms.map(Duration::from_millis),
-            RolloutState::Running => self
-                .due_ms()
-                .map(|due| Duration::from_millis(due.saturating_sub(now_ms))),
+            RolloutState::Running => {
+                let pause = self.steps[self.step].pause_ms?;
+                self.due_ms()
+                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms).min(pause)))
+            }
             _ => None,
         }
     }
 }
 
 /// The split's weights with `target` at `weight`: other non-baseline pools
-/// keep theirs, the baseline takes the rest. `None` if that would leave
-/// the baseline below zero.
+/// keep theirs, the baseline takes the rest; at 100%, every other pool
+/// goes to 0. `None` if that would leave the baseline below zero, or if
+/// the target is the baseline.
 pub fn weights_with(
     current: &BTreeMap<String, u32>,
     baseline: &str,
     target: &str,
     weight: u32,
 ) -> Option<BTreeMap<String, u32>> {
+    if baseline == target {
+        return None;
+    }
+    if weight == TOTAL_WEIGHT {
+        // All traffic on the target: every other pool goes to 0.
+        let mut next: BTreeMap<String, u32> = current.keys().map(|p| (p.clone(), 0)).collect();
+        next.insert(target.to_string(), TOTAL_WEIGHT);
+        next.insert(baseline.to_string(), 0);
+        return Some(next);
+    }
     let others: u32 = current
         .iter()
         .filter(|(pool, _)| pool.as_str() != baseline && pool.as_str() != target)

@@ -47,6 +47,21 @@ pub struct StateStore {
     dir: Option<PathBuf>,
 }
 
+impl RuntimeState {
+    /// What a state that parses may still get wrong: a rollout whose live
+    /// step is not one of its steps, or whose steps do not make sense.
+    fn check(&self) -> Result<(), String> {
+        for (route, state) in &self.routes {
+            if let Some(rollout) = &state.rollout {
+                rollout
+                    .check()
+                    .map_err(|reason| format!("route {route:?}: rollout: {reason}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl StateStore {
     /// Opens the state directory (creating it), and loads the state. A
     /// corrupt file stops here unless `reset`, which starts from nothing.
@@ -73,7 +88,14 @@ impl StateStore {
                 })
             }
             Ok(bytes) => match serde_json::from_slice::<RuntimeState>(&bytes) {
-                Ok(state) if state.format == FORMAT => state,
+                Ok(state) if state.format == FORMAT => match state.check() {
+                    Ok(()) => state,
+                    Err(reason) if !reset => return Err(AdminError::CorruptState { path, reason }),
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "discarding the state file (--reset-state)");
+                        RuntimeState::default()
+                    }
+                },
                 Ok(state) if !reset => {
                     return Err(AdminError::CorruptState {
                         path,

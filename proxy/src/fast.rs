@@ -56,6 +56,10 @@ const OUT_BUFFER: usize = 1024;
 const UPSTREAM_BUFFER: usize = 16 * 1024;
 /// Spare upstream buffers a worker keeps.
 const SPARE_BUFFERS: usize = 256;
+/// What an upstream did whose response head is over [`MAX_RESPONSE_HEAD`]
+/// or has more than [`MAX_FIELDS`] fields (one message on every path:
+/// hyper's client does not say which).
+pub(crate) const HEAD_TOO_LARGE: &str = "sent a response head over the limits (64 KiB, 100 fields)";
 /// A response head over this size is refused (502), here and by hyper's
 /// client (its read buffer limit).
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -897,7 +901,7 @@ fn parse_response(
     let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err("sent too many header fields"),
+        Err(httparse::Error::TooManyHeaders) => return Err(HEAD_TOO_LARGE),
         Err(_) => return Err(MALFORMED),
     };
     let (Some(status), Some(version)) = (response.code, response.version) else {
@@ -1745,9 +1749,7 @@ async fn exchange(
             }
             Some(Err(HeadError::Unanswered(what) | HeadError::Broken(what))) => {
                 let kind = match what {
-                    MALFORMED
-                    | "sent too many header fields"
-                    | "sent a response head over 64 KiB" => ErrorKind::Malformed,
+                    MALFORMED | HEAD_TOO_LARGE => ErrorKind::Malformed,
                     _ => ErrorKind::Reset,
                 };
                 return Err(Failed {
@@ -1784,7 +1786,7 @@ async fn read_head(
             match parse_response(buffer, context, out).map_err(HeadError::Broken)? {
                 // However it came in: whole in one read or in pieces.
                 Parsed::Final(head) if head.len > MAX_RESPONSE_HEAD => {
-                    return Err(HeadError::Broken("sent a response head over 64 KiB"))
+                    return Err(HeadError::Broken(HEAD_TOO_LARGE))
                 }
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
@@ -1795,7 +1797,7 @@ async fn read_head(
                 Parsed::Partial => {}
             }
             if buffer.len() > MAX_RESPONSE_HEAD {
-                return Err(HeadError::Broken("sent a response head over 64 KiB"));
+                return Err(HeadError::Broken(HEAD_TOO_LARGE));
             }
         }
         make_room(buffer);

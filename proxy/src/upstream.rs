@@ -252,7 +252,7 @@ impl Upstreams {
                         .sum();
                     if head > crate::fast::MAX_RESPONSE_HEAD {
                         return Err(ForwardError::Exchange {
-                            what: "sent a response head over 64 KiB",
+                            what: crate::fast::HEAD_TOO_LARGE,
                             backend: endpoint.label.to_string(),
                             kind: crate::stats::ErrorKind::Malformed,
                         }
@@ -578,7 +578,9 @@ fn classify(endpoint: &EndpointEntry, source: hyper::Error) -> ForwardError {
             };
         }
     }
-    let what = if source.is_parse() || source.is_parse_status() {
+    let what = if source.is_parse_too_large() {
+        crate::fast::HEAD_TOO_LARGE
+    } else if source.is_parse() || source.is_parse_status() {
         "sent a malformed response"
     } else if source.is_incomplete_message() {
         "closed the connection before a complete response"

@@ -99,7 +99,10 @@ impl RawHead {
 
     /// Whether the fields took more than the limits.
     pub(super) fn is_over_limit(&self) -> bool {
-        self.list_size > self.limit || self.count > self.max_count
+        // `:authority` goes upstream as the Host, and counts as one where
+        // no `host` field does (RFC 9113 §8.3.1), as HTTP/1.1's Host does.
+        let host = usize::from(self.authority.is_some() && !self.has_host);
+        self.list_size > self.limit || self.count + host > self.max_count
     }
 
     fn fail(&mut self, reason: &'static str) {
