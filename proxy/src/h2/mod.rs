@@ -79,8 +79,8 @@ const PREMATURE_RESETS_FREE: u32 = 100;
 /// Streams the connection may reset for malformed requests before it ends
 /// (as the h2 crate's `max_local_error_reset_streams`).
 const MAX_LOCAL_RESETS: u32 = 1024;
-/// How many closed streams a connection remembers, and how each closed,
-/// to answer a late frame on one (RFC 9113 §5.1).
+/// How many reset streams (and runs of skipped ids) a connection
+/// remembers, to answer a late frame on one (RFC 9113 §5.1).
 const CLOSED_KEPT: usize = 64;
 /// The protocol's initial windows, before SETTINGS (RFC 9113 §6.9.2).
 const DEFAULT_WINDOW: i64 = 65_535;
@@ -503,10 +503,14 @@ struct State {
     tasks: FuturesUnordered<StreamTask>,
     /// The highest stream the client opened.
     last_id: u32,
-    /// Streams closed lately and how, newest last.
+    /// Streams reset lately, and by whom, newest last. A stream below
+    /// `last_id` that is neither open, nor here, nor in `skipped`, ended
+    /// normally on both sides (the common case, so it costs nothing).
     closed: VecDeque<(u32, Closed)>,
-    /// Every stream above this id that closed is in `closed`: one below
-    /// `last_id` that is not, and not open, was never opened.
+    /// Stream ids the client passed over, never opened: `(first, last)`.
+    skipped: VecDeque<(u32, u32)>,
+    /// Notes of `closed` and `skipped` at or below this id were dropped
+    /// to bound them: how such a stream closed is not known.
     forgotten_below: u32,
     /// Our GOAWAY's last stream: later streams are ignored.
     goaway: Option<u32>,
@@ -571,6 +575,7 @@ where
         tasks: FuturesUnordered::new(),
         last_id: 0,
         closed: VecDeque::new(),
+        skipped: VecDeque::new(),
         forgotten_below: 0,
         goaway: None,
         draining: false,
@@ -926,7 +931,7 @@ impl State {
         id > self.last_id || id.is_multiple_of(2)
     }
 
-    /// Notes how stream `id` closed, forgetting the oldest such note.
+    /// Notes that stream `id` was reset, forgetting the oldest such note.
     fn remember(&mut self, id: u32, how: Closed) {
         if self.closed.len() == CLOSED_KEPT {
             if let Some((old, _)) = self.closed.pop_front() {
@@ -936,14 +941,32 @@ impl State {
         self.closed.push_back((id, how));
     }
 
+    /// Notes the ids a new stream `id` passed over, if it did.
+    fn note_skipped(&mut self, id: u32) {
+        let first = self.last_id + if self.last_id == 0 { 1 } else { 2 };
+        if id > first {
+            if self.skipped.len() == CLOSED_KEPT {
+                if let Some((_, last)) = self.skipped.pop_front() {
+                    self.forgotten_below = self.forgotten_below.max(last);
+                }
+            }
+            self.skipped.push_back((first, id - 2));
+        }
+    }
+
     /// How a stream that is neither open nor idle closed: `None` for one
     /// never opened (an id the client skipped), `Some(None)` for one
     /// closed too long ago to know.
     fn closed_how(&self, id: u32) -> Option<Option<Closed>> {
-        match self.closed.iter().rev().find(|(closed, _)| *closed == id) {
-            Some(&(_, how)) => Some(Some(how)),
-            None if id <= self.forgotten_below => Some(None),
-            None => None,
+        if let Some(&(_, how)) = self.closed.iter().rev().find(|(closed, _)| *closed == id) {
+            return Some(Some(how));
+        }
+        if self.skipped.iter().any(|&(first, last)| (first..=last).contains(&id)) {
+            return None;
+        }
+        match id <= self.forgotten_below {
+            true => Some(None),
+            false => Some(Some(Closed::Ended)),
         }
     }
 
@@ -1243,7 +1266,6 @@ impl State {
                 head.field(name, value, trailers, good)
             })
             .map_err(|err| conn_error(COMPRESSION_ERROR, err.0))?;
-        let head = &mut self.head;
         if trailers {
             if self_dependent {
                 self.reset(id, PROTOCOL_ERROR);
@@ -1273,6 +1295,7 @@ impl State {
                 )),
             };
         }
+        self.note_skipped(id);
         self.last_id = id;
         if self.goaway.is_some() {
             // After our GOAWAY: not served, and the client knows it.
@@ -1283,6 +1306,7 @@ impl State {
             self.put_rst(id, REFUSED_STREAM);
             return Ok(());
         }
+        let head = &mut self.head;
         if head.is_over_limit() {
             self.answer_locally(id, end_stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             return Ok(());
@@ -1587,9 +1611,8 @@ impl State {
         hpack::put_status(&mut self.block, status.as_u16());
         self.prefix_first_block();
         self.put_block(id, self.block.len(), true);
-        match end_stream {
-            true => self.remember(id, Closed::Ended),
-            false => self.put_rst(id, NO_ERROR),
+        if !end_stream {
+            self.put_rst(id, NO_ERROR);
         }
     }
 
@@ -1722,8 +1745,6 @@ impl State {
         let open = self.streams.get(&id).is_some_and(|s| s.recv_open);
         if open {
             self.put_rst(id, NO_ERROR);
-        } else {
-            self.remember(id, Closed::Ended);
         }
         self.forget(id);
     }

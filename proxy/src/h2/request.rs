@@ -115,6 +115,7 @@ impl RawHead {
         false
     }
 
+    #[inline(always)]
     fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
@@ -128,7 +129,7 @@ impl RawHead {
     pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool, good: bool) -> bool {
         self.list_size = self.list_size.saturating_add(name.len() + value.len() + 32);
         self.count += usize::from(!name.starts_with(b":"));
-        if self.malformed.is_some() || self.is_over_limit() {
+        if self.malformed.is_some() || self.list_size > self.limit || self.count > self.max_count {
             return false;
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
