@@ -201,10 +201,19 @@ fn with_bound_ports(config: &Config, bound: &[SocketAddr]) -> Config {
     shown
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(mut args: RunArgs) -> anyhow::Result<()> {
     // Before anything listens: a SIGTERM that comes as soon as the proxy
     // serves must drain it, not kill it.
     let mut signals = Signals::install()?;
+    // One name for the config file from here on, whoever reads it (the
+    // start, SIGHUP, the watch, `PUT /v1/config`): the paths it names are
+    // taken from its directory, and a relative one read two ways made the
+    // same file look changed.
+    if let Some(file) = args.config.as_mut().filter(|f| f.is_relative()) {
+        if let Ok(cwd) = std::env::current_dir() {
+            *file = cwd.join(&*file);
+        }
+    }
     let workers = args.workers.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

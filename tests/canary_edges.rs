@@ -8,76 +8,18 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// An upstream whose added latency and error share (per mille) can be
-/// changed while it runs; answers with its name.
-#[derive(Clone)]
-struct Knob {
-    addr: SocketAddr,
-    delay_ms: Arc<AtomicU32>,
-    error_permille: Arc<AtomicU32>,
-    served: Arc<AtomicUsize>,
-}
-
-async fn knob_upstream(name: &str) -> Knob {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let knob = Knob {
-        addr: listener.local_addr().expect("addr"),
-        delay_ms: Arc::new(AtomicU32::new(0)),
-        error_permille: Arc::new(AtomicU32::new(0)),
-        served: Arc::new(AtomicUsize::new(0)),
-    };
-    let state = knob.clone();
-    let name = name.to_string();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let state = state.clone();
-            let name = name.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_request: Request<Incoming>| {
-                    let state = state.clone();
-                    let name = name.clone();
-                    async move {
-                        let delay = state.delay_ms.load(Ordering::Relaxed);
-                        if delay > 0 {
-                            // Simulated service time, not synchronisation.
-                            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
-                        }
-                        let n = state.served.fetch_add(1, Ordering::Relaxed) as u32;
-                        let mut response = Response::new(Full::new(Bytes::from(name)));
-                        if n % 1000 < state.error_permille.load(Ordering::Relaxed) {
-                            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    knob
-}
 
 async fn get_json(admin: SocketAddr, path: &str) -> Value {
     let (_, _, body) = support::get(&support::client(), admin, path, &[]).await;
@@ -184,8 +126,8 @@ async fn wait_rollout(
 /// threshold and its absolute error SLO with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_long_window_silently_drops_the_routes_threshold_and_slo() {
-    let stable = knob_upstream("stable").await;
-    let canary = knob_upstream("canary").await;
+    let stable = support::knob_upstream("stable").await;
+    let canary = support::knob_upstream("canary").await;
     let config = route_config(
         "rv_longwin",
         &[("stable", stable.addr, 9000), ("canary", canary.addr, 1000)],
@@ -227,7 +169,7 @@ async fn a_short_long_window_silently_drops_the_routes_threshold_and_slo() {
 /// Prometheus counter. No fallback ever happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_resets_mid_body_every_time_is_never_judged_bad() {
-    let stable = knob_upstream("stable").await;
+    let stable = support::knob_upstream("stable").await;
     let canary_served = Arc::new(AtomicUsize::new(0));
     let counter = canary_served.clone();
     let canary = support::raw_upstream(move |mut stream| {
@@ -321,9 +263,9 @@ fn admin_setup_on_file(config: &Value, file: &std::path::Path) -> support::Admin
 /// against the old, fast baseline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reload_changes_the_baseline_the_canary_is_judged_against_the_old_one() {
-    let fast = knob_upstream("fast").await;
-    let slow = knob_upstream("slow").await;
-    let canary = knob_upstream("canary").await;
+    let fast = support::knob_upstream("fast").await;
+    let slow = support::knob_upstream("slow").await;
+    let canary = support::knob_upstream("canary").await;
     slow.delay_ms.store(40, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("switchyard-review-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -410,8 +352,8 @@ fn two_pool_rollout_config(route: &str, stable: SocketAddr, canary: SocketAddr) 
 /// 200 requests (about half to the canary) while step 1 holds for lack of
 /// traffic, and checks that step 2, which has served nothing, holds.
 async fn assert_step_2_holds_without_requests(route: &str, steps: Value) {
-    let stable = knob_upstream("stable").await;
-    let canary = knob_upstream("canary").await;
+    let stable = support::knob_upstream("stable").await;
+    let canary = support::knob_upstream("canary").await;
     let setup = support::admin_setup(
         &two_pool_rollout_config(route, stable.addr, canary.addr),
         None,
@@ -500,9 +442,9 @@ async fn a_short_step_is_judged_on_the_previous_steps_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_canaries_going_bad_together_fall_back_once() {
     let route = "rv_two_canaries";
-    let stable = knob_upstream("stable").await;
-    let c1 = knob_upstream("c1").await;
-    let c2 = knob_upstream("c2").await;
+    let stable = support::knob_upstream("stable").await;
+    let c1 = support::knob_upstream("c1").await;
+    let c2 = support::knob_upstream("c2").await;
     let config = route_config(
         route,
         &[
@@ -581,8 +523,8 @@ async fn two_canaries_going_bad_together_fall_back_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_canary_is_judged_without_the_baselines_last_60_s() {
     let route = "rv_fresh";
-    let stable = knob_upstream("stable").await;
-    let canary = knob_upstream("canary").await;
+    let stable = support::knob_upstream("stable").await;
+    let canary = support::knob_upstream("canary").await;
     let config = route_config(
         route,
         &[("stable", stable.addr, 10_000), ("canary", canary.addr, 0)],
@@ -633,8 +575,8 @@ async fn a_new_canary_is_judged_without_the_baselines_last_60_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_is_recorded_once_while_traffic_trickles_in() {
     let route = "rv_gate_trickle";
-    let stable = knob_upstream("stable").await;
-    let canary = knob_upstream("canary").await;
+    let stable = support::knob_upstream("stable").await;
+    let canary = support::knob_upstream("canary").await;
     let setup = support::admin_setup(
         &two_pool_rollout_config(route, stable.addr, canary.addr),
         None,
@@ -675,8 +617,8 @@ async fn a_hold_is_recorded_once_while_traffic_trickles_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blue_green_bake_is_judged_after_the_baseline_went_quiet() {
     let route = "rv_bake";
-    let blue = knob_upstream("blue").await;
-    let green = knob_upstream("green").await;
+    let blue = support::knob_upstream("blue").await;
+    let green = support::knob_upstream("green").await;
     let windows = json!({"long_window": "2s", "short_window": "1s", "burst_window": "500ms"});
     let config = route_config(
         route,

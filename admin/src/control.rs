@@ -314,12 +314,45 @@ impl ControlPlane {
         if_match: Option<&str>,
         who: &str,
     ) -> Result<u64, AdminError> {
+        self.control_judged(route, action, if_match, who, None)
+            .await
+    }
+
+    /// [`ControlPlane::control_rollout`] for a verdict on `judged`: if the
+    /// route's rollout is no longer that one (at that step), nothing
+    /// changes.
+    async fn control_judged(
+        &self,
+        route: &str,
+        action: RolloutAction,
+        if_match: Option<&str>,
+        who: &str,
+        judged: Option<&Rollout>,
+    ) -> Result<u64, AdminError> {
         let change = |config: &switchyard_config::Route, state: &mut RouteState| {
             let Some(mut rollout) = state.rollout.clone().filter(|r| r.is_active()) else {
                 return Err(AdminError::Conflict {
                     message: format!("route {route:?} has no rollout in progress"),
                 });
             };
+            let moved_on = judged.is_some_and(|judged| {
+                (
+                    &judged.strategy,
+                    &judged.target,
+                    judged.step,
+                    judged.step_started_ms,
+                ) != (
+                    &rollout.strategy,
+                    &rollout.target,
+                    rollout.step,
+                    rollout.step_started_ms,
+                )
+            });
+            if moved_on {
+                return Err(AdminError::Conflict {
+                    message: format!("route {route:?}'s rollout moved on since it was judged"),
+                });
+            }
             let now = now_ms();
             // A pause or resume that would change nothing is refused, not
             // recorded as a change.
@@ -452,8 +485,9 @@ impl ControlPlane {
                 }
                 GateVerdict::Abort(reason) => {
                     self.set_hold(&route, None);
+                    let abort = RolloutAction::Abort(reason);
                     if let Err(err) = self
-                        .control_rollout(&route, RolloutAction::Abort(reason), None, "gate")
+                        .control_judged(&route, abort, None, "gate", Some(&rollout))
                         .await
                     {
                         tracing::warn!(route = %route, error = %err, "gate abort failed");
@@ -660,8 +694,18 @@ impl ControlPlane {
         reason: String,
         arm: &str,
         evidence: Value,
+        judged: Option<&BTreeMap<String, u32>>,
     ) -> Result<u64, AdminError> {
         let change = |config: &switchyard_config::Route, state: &mut RouteState| {
+            // A verdict on weights that have changed since (an operator's
+            // change, a rollout step, a reload that swapped the pool)
+            // judged a split that is no longer served: the evaluator
+            // judges the new one from its next tick.
+            if judged.is_some_and(|judged| *judged != state.weights) {
+                return Err(AdminError::Conflict {
+                    message: format!("route {route:?} changed since it was judged"),
+                });
+            }
             let baseline = &config.split.baseline;
             // Two canaries judged bad in one tick: the first fallback moved
             // all traffic; the second changes nothing and is not counted.

@@ -420,7 +420,7 @@ async fn evaluate(
                 *health.total.entry(key.1.clone()).or_default() += canary.requests;
             }
             if let Some(verdict) = verdict {
-                verdicts.push((key, verdict));
+                verdicts.push((key, verdict, weights.clone()));
             }
         }
     }
@@ -428,7 +428,14 @@ async fn evaluate(
     live.retain(|key, _| present.contains(key));
     {
         let mut routes = board.routes.lock().expect("health lock is never poisoned");
+        // A route a reload removed goes, and with it what it counted.
+        routes.retain(|route, _| present.iter().any(|(r, _)| r == route));
         for (route, health) in routes.iter_mut() {
+            let here = |pool: &String| present.contains(&(route.clone(), pool.clone()));
+            health.total.retain(|pool, _| here(pool));
+            if let Some(mark) = health.step_mark.as_mut() {
+                mark.retain(|pool, _| here(pool));
+            }
             health
                 .pools
                 .retain(|pool, _| present.contains(&(route.clone(), pool.clone())));
@@ -440,8 +447,8 @@ async fn evaluate(
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
         }
     }
-    for ((route, pool), verdict) in verdicts {
-        fall_back(plane, board, &route, &pool, &verdict).await;
+    for ((route, pool), verdict, judged) in verdicts {
+        fall_back(plane, board, &route, &pool, &verdict, &judged).await;
         watches.remove(&(route, pool));
     }
 }
@@ -598,6 +605,7 @@ async fn fall_back(
     route: &str,
     pool: &str,
     verdict: &Verdict,
+    judged: &BTreeMap<String, u32>,
 ) {
     let evidence = json!({
         "pool": pool,
@@ -634,7 +642,13 @@ async fn fall_back(
         "canary judged bad; falling back to the baseline"
     );
     match plane
-        .fall_back(route, reason, verdict.arm.as_str(), evidence.clone())
+        .fall_back(
+            route,
+            reason,
+            verdict.arm.as_str(),
+            evidence.clone(),
+            Some(judged),
+        )
         .await
     {
         Ok(_) => {

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub weights: IntGaugeVec,
     /// The live table's version.
     pub table_version: IntGauge,
+    /// How many [`PoolStats`] use each route and pool's series: the last
+    /// one dropped (no table has the pair any longer) removes them.
+    users: Mutex<HashMap<(String, String), usize>>,
 }
 
 /// The per route and pool stats of one line of tables (one control
@@ -57,7 +60,9 @@ pub struct Metrics {
 /// its predecessor's rings.
 #[derive(Default)]
 pub struct StatsScope {
-    pools: Mutex<HashMap<(String, String), Arc<PoolStats>>>,
+    /// Held weakly, as endpoints: the stats (and series) of a pool no
+    /// table has any longer go.
+    pools: Mutex<HashMap<(String, String), Weak<PoolStats>>>,
     /// What an endpoint's tables share, held weakly: while a table (or a
     /// request on one) has the endpoint, the next table gets the same; once
     /// none has, it is forgotten, and an endpoint added back starts anew.
@@ -111,6 +116,9 @@ impl StatsScope {
         drop(endpoints);
         let mut cursors = self.cursors.lock().expect("stats lock is never poisoned");
         cursors.retain(|_, cursor| cursor.strong_count() > 0);
+        drop(cursors);
+        let mut pools = self.pools.lock().expect("stats lock is never poisoned");
+        pools.retain(|_, stats| stats.strong_count() > 0);
     }
 
     /// A pool's round robin place, kept across table swaps: else every
@@ -136,27 +144,24 @@ impl StatsScope {
     /// The stats of one route's pool, created on first use; called when a
     /// table is built, never per request.
     pub fn pool_stats(&self, route: &str, pool: &str) -> Arc<PoolStats> {
-        let metrics = Metrics::global();
         let mut pools = self.pools.lock().expect("stats lock is never poisoned");
-        let stats = pools
-            .entry((route.to_string(), pool.to_string()))
-            .or_insert_with(|| {
-                Arc::new(PoolStats {
-                    classes: CLASSES
-                        .map(|class| metrics.requests.with_label_values(&[route, pool, class])),
-                    errors: ErrorKind::ALL.map(|kind| {
-                        metrics
-                            .upstream_errors
-                            .with_label_values(&[route, pool, kind.label()])
-                    }),
-                    duration: metrics.duration.with_label_values(&[route, pool]),
-                    ticks: std::array::from_fn(|_| TickSlot::default()),
-                    slow_after_us: AtomicU64::new(u64::MAX),
-                    slo_after_us: AtomicU64::new(u64::MAX),
-                    error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
-                })
-            });
-        Arc::clone(stats)
+        let key = (route.to_string(), pool.to_string());
+        if let Some(stats) = pools.get(&key).and_then(Weak::upgrade) {
+            return stats;
+        }
+        let series = Metrics::global().pool_series(route, pool);
+        let stats = Arc::new(PoolStats {
+            classes: series.classes,
+            errors: series.errors,
+            duration: series.duration,
+            ticks: std::array::from_fn(|_| TickSlot::default()),
+            slow_after_us: AtomicU64::new(u64::MAX),
+            slo_after_us: AtomicU64::new(u64::MAX),
+            error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
+            labels: (route.into(), pool.into()),
+        });
+        pools.insert(key, Arc::downgrade(&stats));
+        stats
     }
 }
 
@@ -266,8 +271,55 @@ impl Metrics {
             connections,
             weights,
             table_version,
+            users: Mutex::default(),
         }
     }
+
+    /// The series of a route's pool, for one more user.
+    fn pool_series(&self, route: &str, pool: &str) -> PoolSeries {
+        let mut users = self.users.lock().expect("metrics lock is never poisoned");
+        *users
+            .entry((route.to_string(), pool.to_string()))
+            .or_default() += 1;
+        PoolSeries {
+            classes: CLASSES.map(|class| self.requests.with_label_values(&[route, pool, class])),
+            errors: ErrorKind::ALL.map(|kind| {
+                self.upstream_errors
+                    .with_label_values(&[route, pool, kind.label()])
+            }),
+            duration: self.duration.with_label_values(&[route, pool]),
+        }
+    }
+
+    /// One user of a route's pool series fewer; the last removes them.
+    fn release_series(&self, route: &str, pool: &str) {
+        let mut users = self.users.lock().expect("metrics lock is never poisoned");
+        let key = (route.to_string(), pool.to_string());
+        let Some(count) = users.get_mut(&key) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        users.remove(&key);
+        for class in CLASSES {
+            let _ = self.requests.remove_label_values(&[route, pool, class]);
+        }
+        for kind in ErrorKind::ALL {
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[route, pool, kind.label()]);
+        }
+        let _ = self.duration.remove_label_values(&[route, pool]);
+    }
+}
+
+/// A route's pool's series.
+struct PoolSeries {
+    classes: [IntCounter; 5],
+    errors: [IntCounter; 4],
+    duration: Histogram,
 }
 
 /// One route's pool: its series and its tick ring.
@@ -282,6 +334,14 @@ pub struct PoolStats {
     pub slo_after_us: AtomicU64,
     /// The statuses that count as errors, as [`ErrorStatuses`] words.
     error_statuses: [AtomicU64; 4],
+    /// Its route and pool, whose series go with the last of their stats.
+    labels: (Box<str>, Box<str>),
+}
+
+impl Drop for PoolStats {
+    fn drop(&mut self) {
+        Metrics::global().release_series(&self.labels.0, &self.labels.1);
+    }
 }
 
 /// Counts of one tick.

@@ -8,7 +8,7 @@ pub mod pki;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -976,4 +976,55 @@ pub fn open_loop(proxy: SocketAddr, rate: u32) -> Load {
         }
     });
     load
+}
+
+/// An upstream whose added latency and error share (per mille) can be
+/// changed while it runs; answers with its name.
+#[derive(Clone)]
+pub struct Knob {
+    pub addr: SocketAddr,
+    pub delay_ms: Arc<AtomicU32>,
+    pub error_permille: Arc<AtomicU32>,
+    pub served: Arc<AtomicUsize>,
+}
+
+pub async fn knob_upstream(name: &str) -> Knob {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let knob = Knob {
+        addr: listener.local_addr().expect("addr"),
+        delay_ms: Arc::new(AtomicU32::new(0)),
+        error_permille: Arc::new(AtomicU32::new(0)),
+        served: Arc::new(AtomicUsize::new(0)),
+    };
+    let state = knob.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let state = state.clone();
+                    let name = name.clone();
+                    async move {
+                        let delay = state.delay_ms.load(Ordering::Relaxed);
+                        if delay > 0 {
+                            // Simulated service time, not synchronisation.
+                            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                        }
+                        let n = state.served.fetch_add(1, Ordering::Relaxed) as u32;
+                        let mut response = Response::new(Full::new(Bytes::from(name)));
+                        if n % 1000 < state.error_permille.load(Ordering::Relaxed) {
+                            *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    knob
 }

@@ -961,7 +961,11 @@ impl State {
         if let Some(&(_, how)) = self.closed.iter().rev().find(|(closed, _)| *closed == id) {
             return Some(Some(how));
         }
-        if self.skipped.iter().any(|&(first, last)| (first..=last).contains(&id)) {
+        if self
+            .skipped
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&id))
+        {
             return None;
         }
         match id <= self.forgotten_below {
