@@ -219,10 +219,24 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        self.send_if(method, path, body, None).await
+    }
+
+    /// [`Admin::send`] with an `If-Match` version, if given.
+    async fn send_if(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        version: Option<u64>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, &self.authority);
+        if let Some(version) = version {
+            request = request.header(http::header::IF_MATCH, format!("\"{version}\""));
+        }
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -239,7 +253,18 @@ impl Admin {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let response = self.send(method, path, body).await?;
+        self.call_if(method, path, body, None).await
+    }
+
+    /// [`Admin::call`] with an `If-Match` version, if given.
+    async fn call_if(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        version: Option<u64>,
+    ) -> anyhow::Result<Value> {
+        let response = self.send_if(method, path, body, version).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         let parsed = serde_json::from_slice::<Value>(&bytes).ok();
@@ -296,11 +321,14 @@ async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyho
                 .call(Method::GET, &format!("/v1/routes/{route}"), None)
                 .await?;
             let weights = parse_weights(&current, &pools)?;
+            // The weights were worked out from what was read: a change made
+            // in between is not overwritten blindly (412 instead).
             let after = admin
-                .call(
+                .call_if(
                     Method::PUT,
                     &format!("/v1/routes/{route}/weights"),
                     Some(json!({"weights": weights})),
+                    current["version"].as_u64(),
                 )
                 .await?;
             show(&after, &|v| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::channel::Channel;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,11 +74,27 @@ impl AdminApi {
 
     async fn route(&self, request: Request<Incoming>) -> Result<Response<AdminBody>, AdminError> {
         let path = request.uri().path().to_string();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let method = request.method().clone();
+        let not_found = || AdminError::NotFound {
+            method: request.method().to_string(),
+            path: path.clone(),
+        };
+        // Percent-encoded bytes name the same thing (RFC 3986 §6.2.2.2).
+        let decoded: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(percent_decoded)
+            .collect::<Option<_>>()
+            .ok_or_else(not_found)?;
+        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        // HEAD is GET without the body (RFC 9110 §9.3.2): hyper drops it.
+        let head = request.method() == Method::HEAD;
+        let method = match head {
+            true => Method::GET,
+            false => request.method().clone(),
+        };
         // RFC 9110 §15.5.6: a 405 says which methods the path takes.
         let not_allowed = |allow: &'static str| AdminError::MethodNotAllowed {
-            method: method.to_string(),
+            method: request.method().to_string(),
             path: path.clone(),
             allow,
         };
@@ -106,14 +122,14 @@ impl AdminApi {
                     )
                 });
             }
-            ["healthz"] | ["readyz"] => return Err(not_allowed("GET")),
+            ["healthz"] | ["readyz"] => return Err(not_allowed("GET, HEAD")),
             _ => {}
         }
         self.authenticate(&request)?;
         match segments.as_slice() {
             ["metrics"] => {
                 if method != Method::GET {
-                    return Err(not_allowed("GET"));
+                    return Err(not_allowed("GET, HEAD"));
                 }
                 let mut response = Response::new(Either::Left(Full::new(Bytes::from(
                     crate::metrics::render(),
@@ -126,14 +142,14 @@ impl AdminApi {
             }
             ["v1", "routes"] => {
                 if method != Method::GET {
-                    return Err(not_allowed("GET"));
+                    return Err(not_allowed("GET, HEAD"));
                 }
                 let (version, body) = self.plane.describe(None).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
             ["v1", "routes", route] => {
                 if method != Method::GET {
-                    return Err(not_allowed("GET"));
+                    return Err(not_allowed("GET, HEAD"));
                 }
                 let (version, body) = self.plane.describe(Some(route)).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
@@ -155,7 +171,7 @@ impl AdminApi {
             }
             ["v1", "routes", route, "health"] => {
                 if method != Method::GET {
-                    return Err(not_allowed("GET"));
+                    return Err(not_allowed("GET, HEAD"));
                 }
                 let (version, described) = self.plane.describe(Some(route)).await?;
                 let mut body = self.board.describe(route);
@@ -173,7 +189,7 @@ impl AdminApi {
                         .start_rollout(&route, &spec, if_match.as_deref(), "admin-api")
                         .await?;
                 } else if method != Method::GET {
-                    return Err(not_allowed("GET, POST"));
+                    return Err(not_allowed("GET, HEAD, POST"));
                 }
                 self.rollout_status(&route).await
             }
@@ -189,15 +205,19 @@ impl AdminApi {
                     "resume" => RolloutAction::Resume,
                     "promote" => RolloutAction::Promote,
                     "abort" => {
-                        let reason = if request.headers().contains_key(header::CONTENT_TYPE) {
-                            let body: AbortBody = read_json(request).await?;
-                            body.reason
-                        } else if read_any(request).await?.is_empty() {
+                        // The body is optional: none at all (whatever the
+                        // type says), or a JSON reason; a reason sent
+                        // without its type is refused, not dropped.
+                        let typed = request.headers().contains_key(header::CONTENT_TYPE);
+                        let json = is_json(&request);
+                        let bytes = read_any(request).await?;
+                        let reason = if bytes.is_empty() {
                             None
-                        } else {
-                            // A reason sent without its type is refused,
-                            // not dropped.
+                        } else if !typed || !json {
                             return Err(AdminError::UnsupportedMediaType);
+                        } else {
+                            let body: AbortBody = parse_json(&bytes)?;
+                            body.reason
                         };
                         RolloutAction::Abort(
                             reason.unwrap_or_else(|| "aborted by an operator".into()),
@@ -234,14 +254,24 @@ impl AdminApi {
             }
             ["v1", "events", "stream"] => {
                 if method != Method::GET {
-                    return Err(not_allowed("GET"));
+                    return Err(not_allowed("GET, HEAD"));
                 }
-                let since = since_param(request.uri().query())?;
+                // An EventSource that reconnects says where it was with
+                // `Last-Event-ID`; `?since=` wins when both are given.
+                let since = match query_param(request.uri().query(), "since") {
+                    Some(_) => since_param(request.uri().query())?,
+                    None => last_event_id(&request)?,
+                };
+                if head {
+                    return Ok(event_stream_head(Response::new(Either::Left(Full::new(
+                        Bytes::new(),
+                    )))));
+                }
                 Ok(self.event_stream(since))
             }
             ["v1", "events"] => {
                 if method != Method::GET {
-                    return Err(not_allowed("GET"));
+                    return Err(not_allowed("GET, HEAD"));
                 }
                 let since = since_param(request.uri().query())?;
                 let events = self.plane.events().since(since);
@@ -251,10 +281,7 @@ impl AdminApi {
                     None,
                 ))
             }
-            _ => Err(AdminError::NotFound {
-                method: method.to_string(),
-                path,
-            }),
+            _ => Err(not_found()),
         }
     }
 
@@ -299,14 +326,7 @@ impl AdminApi {
                 }
             }
         });
-        let mut response = Response::new(Either::Right(body));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        response
+        event_stream_head(Response::new(Either::Right(body)))
     }
 
     /// The canary health board the evaluator writes.
@@ -364,10 +384,64 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, AdminError> {
     let body = read_body(request, MAX_BODY_BYTES).await?;
-    serde_json::from_slice(&body).map_err(|err| AdminError::BadJson {
+    parse_json(&body)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    serde_json::from_slice(body).map_err(|err| AdminError::BadJson {
         reason: err.to_string(),
         field: None,
     })
+}
+
+/// The fields of an event stream's answer.
+fn event_stream_head(mut response: Response<AdminBody>) -> Response<AdminBody> {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Where a reconnecting EventSource was: its `Last-Event-ID` (0: none).
+fn last_event_id(request: &Request<Incoming>) -> Result<u64, AdminError> {
+    let Some(value) = request.headers().get("last-event-id") else {
+        return Ok(0);
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    text.trim().parse::<u64>().map_err(|_| AdminError::Invalid {
+        code: "invalid_query",
+        message: format!("Last-Event-ID {text:?} is not an event id"),
+        field: "Last-Event-ID".into(),
+    })
+}
+
+/// A path segment with its `%XX` escapes decoded; None if one is broken,
+/// decodes to a `/`, or the result is not UTF-8.
+fn percent_decoded(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return Some(segment.to_string());
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let byte = u8::from_str_radix(hex, 16).ok()?;
+            if byte == b'/' {
+                return None;
+            }
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The `If-Match` value, if given.
@@ -395,13 +469,19 @@ async fn read_limited(request: Request<Incoming>, limit: usize) -> Result<Bytes,
         .map_err(|_| AdminError::BodyTimeout {
             seconds: BODY_TIMEOUT.as_secs(),
         })?
-        .map_err(|_| AdminError::TooLarge { limit })?
+        .map_err(|err| match err.downcast_ref::<LengthLimitError>() {
+            Some(_) => AdminError::TooLarge { limit },
+            None => AdminError::BadJson {
+                reason: format!("the body could not be read: {err}"),
+                field: None,
+            },
+        })?
         .to_bytes())
 }
 
-/// A JSON body of at most `limit` bytes.
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
-    let is_json = request
+/// Whether the request says its body is JSON.
+fn is_json(request: &Request<Incoming>) -> bool {
+    request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -409,8 +489,12 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ad
             v.split(';')
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
+        })
+}
+
+/// A JSON body of at most `limit` bytes.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminError> {
+    if !is_json(&request) {
         return Err(AdminError::UnsupportedMediaType);
     }
     read_limited(request, limit).await

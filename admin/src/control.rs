@@ -605,7 +605,8 @@ impl ControlPlane {
         ) -> Result<(&'static str, String), AdminError>,
     {
         let mut inner = self.inner.lock().await;
-        check_version(if_match, inner.state.version)?;
+        // An unknown route is a 404 whatever the precondition says (RFC
+        // 9110 §13.2.1: it is checked only where the request would succeed).
         let current = inner
             .effective
             .routes
@@ -614,6 +615,7 @@ impl ControlPlane {
             .ok_or_else(|| AdminError::UnknownRoute {
                 route: route.to_string(),
             })?;
+        check_version(if_match, inner.state.version)?;
         let old_weights = current.split.weight_map();
         let mut route_state =
             inner
@@ -1141,9 +1143,15 @@ fn check_version(if_match: Option<&str>, current: u64) -> Result<(), AdminError>
     if given == "*" {
         return Ok(());
     }
-    // ETags are `"N"`; a weak `W/"N"` compares the same here.
-    let bare = given.trim_start_matches("W/").trim_matches('"');
-    if bare.parse::<u64>().ok() == Some(current) {
+    // A list of entity-tags, compared strongly (RFC 9110 §13.1.1): a weak
+    // `W/"N"` never matches, nor does anything but a quoted version.
+    let matches = given.split(',').any(|tag| {
+        tag.trim()
+            .strip_prefix('"')
+            .and_then(|tag| tag.strip_suffix('"'))
+            .is_some_and(|n| n.parse::<u64>().ok() == Some(current))
+    });
+    if matches {
         Ok(())
     } else {
         Err(AdminError::Stale {
