@@ -505,6 +505,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     /// client closes or `LINGER` passes (nginx's lingering close).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // A tunnel whose upstream side ended: only this direction ends (a
+        // TCP half-close); the other still carries the client's bytes, and
+        // reading them here would drop them.
+        if this.phase.get() == Phase::Tunnel {
+            return Pin::new(&mut this.stream).poll_shutdown(cx);
+        }
         if this.lingering.is_none() {
             ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
             this.lingering = Some(false);

@@ -245,8 +245,10 @@ impl Proxy {
             return Ok(Response::from_parts(parts, body));
         }
 
+        // HTTP/1.1 only: an HTTP/1.0 request's Upgrade is ignored, and no
+        // 1xx may go to its client (RFC 9110 §7.8, §15.2).
         let upgrade = fields & (HOP_UPGRADE | HOP_CONNECTION) == (HOP_UPGRADE | HOP_CONNECTION)
-            && is_h1(&parts)
+            && parts.version == Version::HTTP_11
             && is_websocket_upgrade(&parts.headers);
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -272,6 +274,7 @@ impl Proxy {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             parts.uri = Uri::from(path);
         }
+        let http10 = parts.version == Version::HTTP_10;
         parts.version = Version::HTTP_11;
 
         let mut body = body;
@@ -398,7 +401,13 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         // RFC 9112 §2.3: a proxy sends its own version; hyper's server
         // frames an HTTP/1.0 answer by closing the client's connection.
-        parts.version = Version::HTTP_11;
+        // To an HTTP/1.0 client, an answer of no known length can only end
+        // with the connection: left at 1.0, hyper says so rather than
+        // keep-alive (RFC 9112 §9.3, as nginx).
+        parts.version = match http10 && body.size_hint().exact().is_none() {
+            true => Version::HTTP_10,
+            false => Version::HTTP_11,
+        };
         single_content_length(&mut parts.headers);
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_headers(&mut parts.headers, switching && upgrade);
@@ -412,8 +421,13 @@ impl Proxy {
                 let backend = endpoint.label.clone();
                 let idle = timeouts.idle;
                 let open = self.tunnels.open();
+                // A tunnel is outstanding for its whole life (least
+                // outstanding balances open WebSockets, as nginx's
+                // least_conn does).
+                let in_flight = in_flight.take();
                 tokio::task::spawn_local(async move {
                     tunnel(client_upgrade, upstream_upgrade, &backend, idle).await;
+                    drop(in_flight);
                     drop(open);
                 });
                 // The upstream connection is now the tunnel's: not pooled.
@@ -486,10 +500,6 @@ pub(crate) fn healthy_endpoint<'t>(
     Err(ForwardError::NoHealthyEndpoint {
         route: route.name.to_string(),
     })
-}
-
-fn is_h1(parts: &http::request::Parts) -> bool {
-    parts.version == Version::HTTP_11 || parts.version == Version::HTTP_10
 }
 
 /// The request's `Host` value: the absolute-form target's authority,
