@@ -211,7 +211,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     // same file look changed.
     if let Some(file) = args.config.as_mut().filter(|f| f.is_relative()) {
         if let Ok(cwd) = std::env::current_dir() {
-            *file = cwd.join(&*file);
+            // The directory as the shell names it (`$PWD`, symlinks kept,
+            // as `pwd -L`) when it is the same one: a release switch of a
+            // symlinked working directory is then watched.
+            let logical = std::env::var_os("PWD")
+                .map(std::path::PathBuf::from)
+                .filter(|pwd| pwd.is_absolute())
+                .filter(|pwd| std::fs::canonicalize(pwd).ok() == std::fs::canonicalize(&cwd).ok());
+            *file = logical.unwrap_or(cwd).join(&*file);
         }
     }
     let workers = args.workers.map(usize::from).unwrap_or_else(|| {

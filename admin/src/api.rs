@@ -263,9 +263,10 @@ impl AdminApi {
                     None => last_event_id(&request)?,
                 };
                 if head {
-                    return Ok(event_stream_head(Response::new(Either::Left(Full::new(
-                        Bytes::new(),
-                    )))));
+                    // A body of no known length, as GET's: the same fields,
+                    // and no stream behind it.
+                    let (_, body) = Channel::new(1);
+                    return Ok(event_stream_head(Response::new(Either::Right(body))));
                 }
                 Ok(self.event_stream(since))
             }
@@ -429,8 +430,11 @@ fn percent_decoded(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            let byte = u8::from_str_radix(hex, 16).ok()?;
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
             if byte == b'/' {
                 return None;
             }
@@ -457,7 +461,6 @@ async fn read_any(request: Request<Incoming>) -> Result<Bytes, AdminError> {
     read_limited(request, MAX_BODY_BYTES).await
 }
 
-/// The body, of at most `limit` bytes.
 /// How long a request body may take to arrive.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

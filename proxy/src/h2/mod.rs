@@ -750,16 +750,12 @@ impl Conn {
             Phase::Head
         } else if state.streams.is_empty() {
             Phase::Idle
-        } else if state.window_shut || state.written < state.out.len() {
+        } else if state.written < state.out.len() || (state.window_shut && state.all_shut()) {
             Phase::Stalled
         } else {
             Phase::Busy
         };
-        let stall_moved = phase == Phase::Stalled && state.data_out != self.stall_mark;
-        if phase != self.phase
-            || (phase == Phase::Idle && state.last_id != self.armed_for)
-            || stall_moved
-        {
+        if phase != self.phase || (phase == Phase::Idle && state.last_id != self.armed_for) {
             match phase {
                 Phase::Preface | Phase::Busy => {}
                 Phase::Stalled => {
@@ -776,6 +772,14 @@ impl Conn {
         if phase != Phase::Busy && self.deadline.poll_passed(cx) {
             match phase {
                 Phase::Preface | Phase::Closing | Phase::Busy => return Poll::Ready(()),
+                // DATA went out since the timer was set: not stalled for
+                // that long; the clock starts again (read only then).
+                Phase::Stalled if state.data_out != self.stall_mark => {
+                    self.stall_mark = state.data_out;
+                    self.deadline.set(self.idle_timeout);
+                    let _ = self.deadline.poll_passed(cx);
+                    return Poll::Pending;
+                }
                 Phase::Stalled => {
                     debug!(client = %state.client.peer, "HTTP/2 client took no data within the idle timeout; closing");
                     return Poll::Ready(());
@@ -923,6 +927,21 @@ impl State {
         put_frame_head(&mut self.out, 4, RST_STREAM, 0, id);
         self.out.extend_from_slice(&code.to_be_bytes());
         self.remember(id, Closed::WeReset);
+    }
+
+    /// Whether every open stream waits on the client's windows (none on
+    /// its upstream, or on its own request): only then is a connection
+    /// whose windows stay shut stalled as a whole.
+    fn all_shut(&self) -> bool {
+        self.streams.values().all(|stream| {
+            matches!(
+                stream.sending,
+                Sending::Body {
+                    pending: Some(_),
+                    ..
+                }
+            )
+        })
     }
 
     /// Whether the client cannot have opened stream `id`: above the last
@@ -1121,11 +1140,13 @@ impl State {
                 };
                 match error {
                     Some((code, reason)) if id > self.last_id => Err(conn_error(code, reason)),
-                    Some((code, _)) => {
+                    // An open stream is reset; a closed one (or an id
+                    // never opened) has nothing left to reset.
+                    Some((code, _)) if self.streams.contains_key(&id) => {
                         self.reset(id, code);
                         Ok(())
                     }
-                    None => Ok(()),
+                    _ => Ok(()),
                 }
             }
             RST_STREAM => {

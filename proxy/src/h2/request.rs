@@ -68,6 +68,8 @@ pub(super) struct RawHead {
     /// `max_headers`, as HTTP/1.1 has it).
     count: usize,
     max_count: usize,
+    /// A `cookie` field was counted.
+    cookie_seen: bool,
     regular_seen: bool,
     /// `TE: trailers` or `Expect`: for hyper's path.
     needs_hyper: bool,
@@ -128,7 +130,9 @@ impl RawHead {
     /// not looked at).
     pub(super) fn field(&mut self, name: &[u8], value: &[u8], trailers: bool, good: bool) -> bool {
         self.list_size = self.list_size.saturating_add(name.len() + value.len() + 32);
-        self.count += usize::from(!name.starts_with(b":"));
+        // Cookie crumbs (RFC 9113 §8.2.3) go upstream as one field.
+        let crumb = name == b"cookie" && std::mem::replace(&mut self.cookie_seen, true);
+        self.count += usize::from(!name.starts_with(b":") && !crumb);
         if self.malformed.is_some() || self.list_size > self.limit || self.count > self.max_count {
             return false;
         }
