@@ -321,3 +321,60 @@ async fn a_broken_config_file_is_refused_once() {
         "one broken edit, {later} config_rejected events while nobody touched the file"
     );
 }
+
+/// `switchyard_fallbacks_total{route,reason}` of a route a reload removed
+/// goes with the route (a counter of a route that no longer exists stayed
+/// for ever). Route `old`'s canary fails every request and falls back;
+/// then a reload leaves only `web`.
+#[tokio::test]
+async fn the_fallback_count_of_a_removed_route_goes() {
+    let stable = support::upstream("stable").await;
+    let failing = support::knob_upstream("canary").await;
+    failing
+        .error_permille
+        .store(1000, std::sync::atomic::Ordering::Relaxed);
+    let route = |name: &str| {
+        json!({"name": name, "match": {"host": name},
+               "split": {"baseline": "stable", "weights": {"stable": 5000, "canary": 5000}}})
+    };
+    let config = |routes: Vec<Value>| {
+        json!({
+            "listeners": [{"address": "127.0.0.1:0"}],
+            "pools": {"stable": {"endpoints": [stable.addr.to_string()]},
+                      "canary": {"endpoints": [failing.addr.to_string()],
+                                 "outlier_detection": {"consecutive_failures": 0}}},
+            "routes": routes,
+        })
+        .to_string()
+    };
+    let dir = support::pki::temp_dir("fallback-series");
+    let file = dir.join("config.json");
+    std::fs::write(&file, config(vec![route("web"), route("old")])).expect("config");
+    let (_child, proxy, admin) = support::start_on_config(&file).await;
+    // Traffic for `old` until its canary has fallen back.
+    let client = support::client();
+    let fell_back = support::poll_for(
+        Duration::from_secs(10),
+        || async {
+            for _ in 0..20 {
+                support::get(&client, proxy, "/", &[("host", "old")]).await;
+            }
+            scrape(admin).await
+        },
+        |(text, _)| text.contains("switchyard_fallbacks_total{") && text.contains("route=\"old\""),
+    )
+    .await;
+    assert!(
+        fell_back.0.contains("route=\"old\""),
+        "old never fell back:\n{}",
+        fell_back.0
+    );
+    let (status, body) = support::put_config(admin, config(vec![route("web")])).await;
+    assert_eq!(status, 200, "{body}");
+    let (text, _) = scrape(admin).await;
+    let stale: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_fallbacks_total{") && l.contains("route=\"old\""))
+        .collect();
+    assert!(stale.is_empty(), "route old was removed: {stale:?}");
+}

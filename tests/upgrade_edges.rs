@@ -251,3 +251,20 @@ async fn an_http_1_0_keep_alive_answer_delimited_by_close_does_not_say_keep_aliv
         "a close-delimited answer (closed: {closed}) tells the HTTP/1.0 client keep-alive: {text:?}"
     );
 }
+
+/// RFC 9110 §7.8: a server switches only to a protocol the client listed.
+/// An upstream that answers a WebSocket request with `101` and
+/// `Upgrade: h2c` gets no tunnel: the client gets a 502 (it was tunnelled).
+#[tokio::test]
+async fn a_switch_to_a_protocol_not_asked_for_is_a_502() {
+    let upstream = support::scripted_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+        support::After::Hang,
+    )
+    .await;
+    let proxy = support::proxy_to("ws", upstream.addr, json!({}));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(HANDSHAKE).await.expect("write");
+    let head = head_of(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head:?}");
+}

@@ -120,6 +120,10 @@ impl ControlPlane {
         mut state: RuntimeState,
     ) -> Result<Arc<ControlPlane>, AdminError> {
         let events = EventLog::open(store.dir())?;
+        // Versions never go back, a reset state included: an ETag handed
+        // out before must not name another table later.
+        let recorded = events.since(0).iter().map(|e| e.version).max().unwrap_or(0);
+        state.version = state.version.max(recorded);
         let dropped = prune_state(&base, &mut state);
         let now = now_ms();
         for route in state.routes.values_mut() {
@@ -975,6 +979,15 @@ impl ControlPlane {
         }
         self.routes.replace(table);
         let version = state.version;
+        // A route the config no longer has takes its series with it.
+        for gone in inner
+            .base
+            .routes
+            .iter()
+            .filter(|old| !base.routes.iter().any(|r| r.name == old.name))
+        {
+            AdminMetrics::global().forget_route(&gone.name);
+        }
         inner.base = base;
         inner.state = state;
         inner.effective = effective;

@@ -91,6 +91,15 @@ impl AdminMetrics {
         }
     }
 
+    /// Drops every series of a route a reload removed: its rollout's and
+    /// its fallbacks' (which a counter would otherwise keep for ever).
+    pub fn forget_route(&self, route: &str) {
+        self.forget_rollout(route);
+        for arm in crate::detector::Arm::ALL {
+            let _ = self.fallbacks.remove_label_values(&[route, arm.as_str()]);
+        }
+    }
+
     /// Drops a route's rollout series (its state and hold): a reload took
     /// its rollout away, with the route or its pools.
     pub fn forget_rollout(&self, route: &str) {

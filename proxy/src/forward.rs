@@ -415,6 +415,18 @@ impl Proxy {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
         if switching {
+            // Only to the protocol the client asked for (RFC 9110 §7.8).
+            let asked = parts
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| crate::headers::has_token(v.as_bytes(), b"websocket"));
+            if !asked {
+                return Err(ForwardError::Exchange {
+                    what: "switched to a protocol the client did not ask for",
+                    backend: endpoint.label.to_string(),
+                    kind: crate::stats::ErrorKind::Malformed,
+                });
+            }
             if let Some(client_upgrade) = client_upgrade {
                 let mut upstream_response = Response::from_parts(parts.clone(), ());
                 let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
