@@ -67,6 +67,21 @@ fn utf8(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
+/// Sets route `web` to `canary_bp` on the canary, the rest on stable;
+/// the call must succeed.
+async fn put_weights(admin: SocketAddr, canary_bp: i64) {
+    let body = json!({"weights": {"stable": 10_000 - canary_bp, "canary": canary_bp}});
+    let (status, _, answer) = call(
+        admin,
+        Method::PUT,
+        "/v1/routes/web/weights",
+        &[JSON],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// `switchyard run` on `config` with an admin API on a free port and its
 /// state in `state`, then `extra`.
 fn run_args<'a>(config: &'a Path, state: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
@@ -212,22 +227,9 @@ async fn an_event_recorded_after_a_torn_audit_line_survives_the_next_restart() {
     let (_stable, _canary, dir) = upstreams_and_config("torn-events").await;
     let (config, state) = (dir.join("config.json"), dir.join("state"));
     let args = run_args(&config, &state, &[]);
-    let put = |admin: SocketAddr, canary_bp: i64| async move {
-        let body = json!({"weights": {"stable": 10_000 - canary_bp, "canary": canary_bp}});
-        let (status, _, answer) = call(
-            admin,
-            Method::PUT,
-            "/v1/routes/web/weights",
-            &[JSON],
-            &body.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
-    };
-
     let (mut child, _, admin) = support::start_binary(&args).await;
-    put(admin, 1000).await;
-    put(admin, 2000).await;
+    put_weights(admin, 1000).await;
+    put_weights(admin, 2000).await;
     child.start_kill().expect("kill -9");
     child.wait().await.expect("reaped");
 
@@ -239,7 +241,7 @@ async fn an_event_recorded_after_a_torn_audit_line_survives_the_next_restart() {
     std::fs::write(&log, &bytes[..bytes.len() - 20]).expect("tear the last line");
 
     let (mut child, _, admin) = support::start_binary(&args).await;
-    put(admin, 3000).await; // acknowledged, and its event synced
+    put_weights(admin, 3000).await; // acknowledged, and its event synced
     let acknowledged: Vec<Value> = get_json(admin, "/v1/events").await["events"]
         .as_array()
         .expect("events")
@@ -618,16 +620,7 @@ async fn versions_do_not_go_back_after_a_reset_state() {
     let args = run_args(&config, &state, &[]);
     let (mut child, _, admin) = support::start_binary(&args).await;
     for canary_bp in [1000, 2000, 3000] {
-        let body = json!({"weights": {"stable": 10_000 - canary_bp, "canary": canary_bp}});
-        let (status, _, answer) = call(
-            admin,
-            Method::PUT,
-            "/v1/routes/web/weights",
-            &[JSON],
-            &body.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
+        put_weights(admin, canary_bp).await;
     }
     let before = get_json(admin, "/v1/routes").await["version"]
         .as_u64()

@@ -472,6 +472,10 @@ enum Closed {
     TheyReset,
     /// Both sides ended it: a frame after is a connection error.
     Ended,
+    /// An id the client passed over: it was never opened.
+    NeverOpened,
+    /// Closed too long ago for its note to be kept: how is not known.
+    Forgotten,
 }
 
 /// A header block waiting for its CONTINUATION frames.
@@ -973,23 +977,21 @@ impl State {
         }
     }
 
-    /// How a stream that is neither open nor idle closed: `None` for one
-    /// never opened (an id the client skipped), `Some(None)` for one
-    /// closed too long ago to know.
-    fn closed_how(&self, id: u32) -> Option<Option<Closed>> {
+    /// How a stream that is neither open nor idle closed.
+    fn closed_how(&self, id: u32) -> Closed {
         if let Some(&(_, how)) = self.closed.iter().rev().find(|(closed, _)| *closed == id) {
-            return Some(Some(how));
+            return how;
         }
         if self
             .skipped
             .iter()
             .any(|&(first, last)| (first..=last).contains(&id))
         {
-            return None;
+            return Closed::NeverOpened;
         }
         match id <= self.forgotten_below {
-            true => Some(None),
-            false => Some(Some(Closed::Ended)),
+            true => Closed::Forgotten,
+            false => Closed::Ended,
         }
     }
 
@@ -1305,16 +1307,16 @@ impl State {
             // Not a new stream (RFC 9113 §5.1, §5.1.1); its block was
             // decoded above, so the table stays right.
             return match self.closed_how(id) {
-                Some(Some(Closed::WeReset)) => Ok(()),
-                Some(Some(Closed::Ended)) => Err(conn_error(
+                Closed::WeReset => Ok(()),
+                Closed::Ended => Err(conn_error(
                     STREAM_CLOSED,
                     "HEADERS on a stream both sides ended",
                 )),
-                Some(Some(Closed::TheyReset) | None) => {
+                Closed::TheyReset | Closed::Forgotten => {
                     self.put_rst(id, STREAM_CLOSED);
                     Ok(())
                 }
-                None => Err(conn_error(
+                Closed::NeverOpened => Err(conn_error(
                     PROTOCOL_ERROR,
                     "a new stream's id is not above the last one's",
                 )),
@@ -1467,16 +1469,18 @@ impl State {
             return match self.closed_how(id) {
                 // We reset it, or it closed too long ago to know: the
                 // client may not know yet, and the frame is ignored.
-                Some(Some(Closed::WeReset) | None) => Ok(()),
-                Some(Some(Closed::TheyReset)) => {
+                Closed::WeReset | Closed::Forgotten => Ok(()),
+                Closed::TheyReset => {
                     self.put_rst(id, STREAM_CLOSED);
                     Ok(())
                 }
-                Some(Some(Closed::Ended)) => Err(conn_error(
+                Closed::Ended => Err(conn_error(
                     STREAM_CLOSED,
                     "DATA on a stream both sides ended",
                 )),
-                None => Err(conn_error(PROTOCOL_ERROR, "DATA on a stream never opened")),
+                Closed::NeverOpened => {
+                    Err(conn_error(PROTOCOL_ERROR, "DATA on a stream never opened"))
+                }
             };
         };
         if !stream.recv_open || len > stream.recv_window {
