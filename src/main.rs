@@ -100,6 +100,11 @@ struct RunArgs {
     /// Start from a clean state when the state file is corrupt.
     #[arg(long)]
     reset_state: bool,
+    /// Bytes past which the audit log (STATE_DIR/events.jsonl) is rotated
+    /// to events.jsonl.1, replacing the one before.
+    #[arg(long, default_value_t = switchyard_admin::events::DEFAULT_AUDIT_LIMIT,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    audit_log_max_bytes: u64,
     /// Requests the canary must serve at a rollout step before the step
     /// may move on (0: none); with less traffic the rollout holds.
     #[arg(long, default_value_t = 100)]
@@ -258,6 +263,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     let (store, state) = StateStore::open(args.state_dir.as_deref(), args.reset_state)
         .context("loading the runtime state")?;
+    let store = store.with_audit_limit(args.audit_log_max_bytes);
     if args.state_dir.is_none() {
         tracing::warn!(
             "no --state-dir: weights set through the admin API will not survive a restart"

@@ -640,3 +640,83 @@ async fn versions_do_not_go_back_after_a_reset_state() {
         "version {after} after a reset, {before} before"
     );
 }
+
+/// The events of an audit file, in order.
+fn audit_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("an audit line is JSON"))
+        .collect()
+}
+
+/// The audit log is rotated at `--audit-log-max-bytes` (to
+/// `events.jsonl.1`, as logrotate names it), ids carry on across the
+/// rotation and a restart, and a file moved away by logrotate is followed:
+/// the next event goes to a new `events.jsonl`. (It grew for ever, and
+/// after an outside rename every event went on into the renamed file.)
+#[tokio::test]
+async fn the_audit_log_is_rotated_and_followed_after_an_outside_rename() {
+    let (_stable, _canary, dir) = upstreams_and_config("audit-rotation").await;
+    let (config, state) = (dir.join("config.json"), dir.join("state"));
+    let args = run_args(&config, &state, &["--audit-log-max-bytes", "4096"]);
+    let (mut child, _, admin) = support::start_binary(&args).await;
+    let (log, rotated) = (state.join("events.jsonl"), state.join("events.jsonl.1"));
+    let mut changes = 0;
+    while !rotated.exists() {
+        changes += 1;
+        assert!(changes < 100, "no rotation after {changes} changes");
+        put_weights(admin, 100 + changes).await;
+    }
+    put_weights(admin, 5000).await;
+    for file in [&log, &rotated] {
+        let size = std::fs::metadata(file).expect("audit file").len();
+        assert!(size <= 4096, "{} holds {size} bytes", file.display());
+    }
+    let mut both = audit_lines(&rotated);
+    both.extend(audit_lines(&log));
+    let ids: Vec<u64> = both.iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids across the rotation: {ids:?}"
+    );
+    let last = *ids.last().expect("events");
+    child.start_kill().expect("kill -9");
+    child.wait().await.expect("reaped");
+
+    // A restart reads both files back: the API still lists the rotated
+    // events and ids carry on.
+    let (_child, _, admin) = support::start_binary(&args).await;
+    let listed = get_json(admin, "/v1/events").await["events"]
+        .as_array()
+        .expect("events")
+        .clone();
+    assert!(
+        listed.iter().any(|e| e["id"] == ids[0]),
+        "the rotated file's first event {} is not listed: {listed:?}",
+        ids[0]
+    );
+    let moved = state.join("events.jsonl.old");
+    std::fs::rename(&log, &moved).expect("logrotate's rename");
+    let before = audit_lines(&moved).len();
+    put_weights(admin, 6000).await;
+    let fresh = audit_lines(&log);
+    let ids_now: Vec<u64> = fresh
+        .iter()
+        .map(|e| e["id"].as_u64().expect("id"))
+        .collect();
+    assert!(
+        fresh
+            .last()
+            .is_some_and(|e| e["new_weights"]["canary"] == 6000),
+        "the change after the rename is not in a new events.jsonl: {fresh:?}"
+    );
+    assert!(
+        ids_now.iter().all(|&id| id > last),
+        "ids went back after the restart: {ids_now:?} after {last}"
+    );
+    assert_eq!(
+        audit_lines(&moved).len(),
+        before,
+        "the renamed file was written to"
+    );
+}

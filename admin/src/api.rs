@@ -162,11 +162,12 @@ impl AdminApi {
                 let if_match = if_match(&request);
                 let body: WeightsBody = read_json(request).await?;
                 let weights = weights_to_basis_points(&body.weights)?;
-                let version = self
-                    .plane
+                self.plane
                     .set_weights(&route, &weights, if_match.as_deref(), "admin-api")
                     .await?;
-                let (_, body) = self.plane.describe(Some(&route)).await?;
+                // The ETag is the described table's (a reload may have
+                // come between), so it always names the body's version.
+                let (version, body) = self.plane.describe(Some(&route)).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
             ["v1", "routes", route, "health"] => {
@@ -245,11 +246,10 @@ impl AdminApi {
                     reason: "the config is not UTF-8".into(),
                     field: None,
                 })?;
-                let version = self
-                    .plane
+                self.plane
                     .replace_config(&text, if_match.as_deref(), "admin-api")
                     .await?;
-                let (_, body) = self.plane.describe(None).await?;
+                let (version, body) = self.plane.describe(None).await?;
                 Ok(json_response(StatusCode::OK, &body, Some(version)))
             }
             ["v1", "events", "stream"] => {

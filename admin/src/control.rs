@@ -119,11 +119,10 @@ impl ControlPlane {
         store: StateStore,
         mut state: RuntimeState,
     ) -> Result<Arc<ControlPlane>, AdminError> {
-        let events = EventLog::open(store.dir())?;
+        let events = EventLog::open(store.dir(), store.audit_limit())?;
         // Versions never go back, a reset state included: an ETag handed
         // out before must not name another table later.
-        let recorded = events.since(0).iter().map(|e| e.version).max().unwrap_or(0);
-        state.version = state.version.max(recorded);
+        state.version = state.version.max(events.version());
         let dropped = prune_state(&base, &mut state);
         let now = now_ms();
         for route in state.routes.values_mut() {

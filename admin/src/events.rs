@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -43,7 +43,8 @@ pub struct Event {
     /// For a fallback: the detector's evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<serde_json::Value>,
-    /// The table version after the change.
+    /// The table version after the change (for an event that changed no
+    /// table, the one live then); never below an earlier event's.
     pub version: u64,
 }
 
@@ -70,7 +71,87 @@ pub struct NewEvent {
 struct Log {
     recent: VecDeque<Event>,
     next_id: u64,
-    file: Option<File>,
+    /// The highest version recorded: an event recorded late (its version
+    /// read before a change that another event recorded first) reports
+    /// this instead, so versions in the log never go back.
+    version: u64,
+    file: Option<AuditFile>,
+}
+
+/// `events.jsonl` as appended to: rotated to `events.jsonl.1` when it
+/// would pass its size limit, and reopened when something else (logrotate)
+/// moved or removed it.
+struct AuditFile {
+    path: PathBuf,
+    file: File,
+    /// Bytes in `file`.
+    size: u64,
+    /// The size past which it is rotated.
+    limit: u64,
+}
+
+/// The default size limit of the audit file; the rotated file is kept, so
+/// the log takes at most twice this.
+pub const DEFAULT_AUDIT_LIMIT: u64 = 16 << 20;
+
+impl AuditFile {
+    fn open(path: &Path, limit: u64) -> std::io::Result<AuditFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(AuditFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            limit,
+        })
+    }
+
+    /// Appends and syncs one line.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if !self.is_in_place() {
+            *self = AuditFile::open(&self.path, self.limit)?;
+        }
+        if self.size > 0 && self.size + line.len() as u64 > self.limit {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.file.sync_data()?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the path still names the file this appends to.
+    fn is_in_place(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(named), Ok(open)) => named.dev() == open.dev() && named.ino() == open.ino(),
+            _ => false,
+        }
+    }
+
+    /// Renames the file to `events.jsonl.1` (replacing the one before) and
+    /// starts a new one; both renames are durable before the next line.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.path, rotated(&self.path))?;
+        *self = AuditFile::open(&self.path, self.limit)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a rotated audit file goes.
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// The whole lines of `text` that parse as events, in order.
+fn parse_lines(text: &[u8]) -> impl Iterator<Item = Event> + '_ {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Event>(line).ok())
 }
 
 /// The event log.
@@ -80,12 +161,25 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Opens the log, reading back the recent events of the audit file.
-    pub fn open(dir: Option<&Path>) -> Result<EventLog, AdminError> {
+    /// Opens the log, reading back the recent events of the audit file
+    /// (and of the rotated one before it); `limit` is the size past which
+    /// the file is rotated.
+    pub fn open(dir: Option<&Path>, limit: u64) -> Result<EventLog, AdminError> {
         let mut recent = VecDeque::new();
+        let mut version = 0;
+        let mut keep = |event: Event| {
+            version = version.max(event.version);
+            if recent.len() == KEPT {
+                recent.pop_front();
+            }
+            recent.push_back(event);
+        };
         let mut file = None;
         if let Some(dir) = dir {
             let path = dir.join(EVENTS_FILE);
+            if let Ok(text) = std::fs::read(rotated(&path)) {
+                parse_lines(&text).for_each(&mut keep);
+            }
             let mut text = Vec::new();
             if let Ok(mut existing) = File::open(&path) {
                 let _ = existing.read_to_end(&mut text);
@@ -97,30 +191,24 @@ impl EventLog {
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |at| at + 1);
-            for line in text[..whole].split(|&b| b == b'\n') {
-                if let Ok(event) = serde_json::from_slice::<Event>(line) {
-                    if recent.len() == KEPT {
-                        recent.pop_front();
-                    }
-                    recent.push_back(event);
-                }
-            }
+            parse_lines(&text[..whole]).for_each(&mut keep);
             let storage = |what, source| AdminError::Storage {
                 what,
                 path: path.clone(),
                 source,
             };
-            let opened = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|source| storage("opening", source))?;
             if whole < text.len() {
-                opened
-                    .set_len(whole as u64)
-                    .and_then(|()| opened.sync_data())
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|torn| {
+                        torn.set_len(whole as u64)?;
+                        torn.sync_data()
+                    })
                     .map_err(|source| storage("cutting the torn last line of", source))?;
             }
+            let opened =
+                AuditFile::open(&path, limit).map_err(|source| storage("opening", source))?;
             file = Some(opened);
         }
         let next_id = recent.back().map_or(1, |e: &Event| e.id + 1);
@@ -128,6 +216,7 @@ impl EventLog {
             log: Mutex::new(Log {
                 recent,
                 next_id,
+                version,
                 file,
             }),
             // A follower more than this many events behind is told it
@@ -136,9 +225,18 @@ impl EventLog {
         })
     }
 
+    /// The highest table version any event recorded.
+    pub fn version(&self) -> u64 {
+        self.log
+            .lock()
+            .expect("event log lock is never poisoned")
+            .version
+    }
+
     /// Records an event: appended and synced to the audit file, then kept.
     pub fn record(&self, new: NewEvent) -> Event {
         let mut log = self.log.lock().expect("event log lock is never poisoned");
+        log.version = log.version.max(new.version);
         let event = Event {
             id: log.next_id,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -149,14 +247,14 @@ impl EventLog {
             new_weights: new.new_weights,
             reason: new.reason,
             evidence: new.evidence,
-            version: new.version,
+            version: log.version,
         };
         log.next_id += 1;
         if let Some(file) = &mut log.file {
             let mut line = serde_json::to_vec(&event).expect("event serializes");
             line.push(b'\n');
-            if let Err(err) = file.write_all(&line).and_then(|()| file.sync_data()) {
-                tracing::warn!(error = %err, "cannot append to the audit log");
+            if let Err(err) = file.append(&line) {
+                tracing::warn!(error = %err, path = %file.path.display(), "cannot append to the audit log");
             }
         }
         if log.recent.len() == KEPT {
@@ -182,5 +280,33 @@ impl EventLog {
             .filter(|e| e.id > since)
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(version: u64) -> NewEvent {
+        NewEvent {
+            who: "test".into(),
+            kind: "weights",
+            route: None,
+            old_weights: None,
+            new_weights: None,
+            reason: String::new(),
+            evidence: None,
+            version,
+        }
+    }
+
+    #[test]
+    fn an_event_recorded_late_does_not_take_the_version_back() {
+        let log = EventLog::open(None, DEFAULT_AUDIT_LIMIT).expect("open");
+        assert_eq!(log.record(event(5)).version, 5);
+        // Its version read before the change that recorded 5.
+        assert_eq!(log.record(event(3)).version, 5);
+        assert_eq!(log.record(event(6)).version, 6);
+        assert_eq!(log.version(), 6);
     }
 }

@@ -20,7 +20,7 @@ mod control;
 pub mod detector;
 mod error;
 pub mod evaluator;
-mod events;
+pub mod events;
 pub mod metrics;
 pub mod rollout;
 pub mod server;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AdminError;
+use crate::events::DEFAULT_AUDIT_LIMIT;
 use crate::rollout::Rollout;
 
 const STATE_FILE: &str = "state.json";
@@ -45,6 +46,8 @@ pub struct RouteState {
 /// Where the state lives; without a directory it lives only in memory.
 pub struct StateStore {
     dir: Option<PathBuf>,
+    /// The size past which the audit log is rotated.
+    audit_limit: u64,
 }
 
 impl RuntimeState {
@@ -67,7 +70,13 @@ impl StateStore {
     /// corrupt file stops here unless `reset`, which starts from nothing.
     pub fn open(dir: Option<&Path>, reset: bool) -> Result<(StateStore, RuntimeState), AdminError> {
         let Some(dir) = dir else {
-            return Ok((StateStore { dir: None }, RuntimeState::default()));
+            return Ok((
+                StateStore {
+                    dir: None,
+                    audit_limit: DEFAULT_AUDIT_LIMIT,
+                },
+                RuntimeState::default(),
+            ));
         };
         fs::create_dir_all(dir).map_err(|source| AdminError::Storage {
             what: "creating the state directory",
@@ -76,6 +85,7 @@ impl StateStore {
         })?;
         let store = StateStore {
             dir: Some(dir.to_path_buf()),
+            audit_limit: DEFAULT_AUDIT_LIMIT,
         };
         let path = dir.join(STATE_FILE);
         let state = match fs::read(&path) {
@@ -120,6 +130,17 @@ impl StateStore {
     /// The state directory, if any.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+
+    /// Rotates the audit log (`events.jsonl`) once it would pass `bytes`.
+    pub fn with_audit_limit(mut self, bytes: u64) -> StateStore {
+        self.audit_limit = bytes;
+        self
+    }
+
+    /// The size past which the audit log is rotated.
+    pub fn audit_limit(&self) -> u64 {
+        self.audit_limit
     }
 
     /// Writes `state` so that a crash at any point leaves either the old

@@ -562,6 +562,18 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     /// Bytes in a request body; over it, 413.
     pub max_body_bytes: u64,
+    /// Requests served on one client connection: the last one's answer
+    /// closes it (HTTP/1.1 `Connection: close`, HTTP/2 `GOAWAY`), as
+    /// nginx's `keepalive_requests` and Envoy's
+    /// `max_requests_per_connection`. 0: no limit.
+    pub max_requests_per_connection: u64,
+}
+
+impl Limits {
+    /// Whether the `served`th request on a connection is its last.
+    pub fn is_last_request(&self, served: u64) -> bool {
+        self.max_requests_per_connection != 0 && served >= self.max_requests_per_connection
+    }
 }
 
 impl Default for Limits {
@@ -571,6 +583,7 @@ impl Default for Limits {
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024 * 1024,
+            max_requests_per_connection: 0,
         }
     }
 }

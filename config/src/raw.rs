@@ -420,6 +420,9 @@ pub struct RawLimits {
     pub max_uri_bytes: Option<i64>,
     /// Bytes in a request body.
     pub max_body_bytes: Option<i64>,
+    /// Requests served on one client connection before it is closed
+    /// (nginx's `keepalive_requests`); 0: no limit.
+    pub max_requests_per_connection: Option<i64>,
 }
 
 /// A map whose keys must differ: serde keeps the last of two equal keys,

@@ -1051,6 +1051,12 @@ impl Validator<'_> {
                 0..=i64::MAX,
                 d.max_body_bytes,
             )?,
+            max_requests_per_connection: self.limit(
+                &with(path, key("max_requests_per_connection")),
+                raw.max_requests_per_connection,
+                0..=i64::MAX,
+                d.max_requests_per_connection,
+            )?,
         })
     }
 }

@@ -82,8 +82,8 @@ pub enum Outcome<S> {
         stream: S,
         /// What was read and not yet served: the next request's head first.
         buffered: BytesMut,
-        /// Whether requests were served before (the next wait is idle).
-        served: bool,
+        /// Requests answered before (if any, the next wait is idle).
+        served: u64,
     },
 }
 
@@ -1234,7 +1234,8 @@ where
     // Taken from the worker's spares while a request is under way.
     let mut input = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
-    let mut served = false;
+    // Requests answered, for the idle wait and the per-connection limit.
+    let mut served = 0u64;
     let mut waiting = Waiting::default();
     loop {
         // Shutting down: a request already read is answered (with
@@ -1242,7 +1243,7 @@ where
         // if it served (a request sent meanwhile, unread, would make the
         // kernel reset it and cut the tail of the answer just written).
         if proxy.stopping.stopped.get() && input.is_empty() {
-            close_client(&mut stream, served, deadline).await;
+            close_client(&mut stream, served > 0, deadline).await;
             return Outcome::Closed;
         }
         // The table is taken once the head is whole: a request that
@@ -1252,7 +1253,7 @@ where
         // Nothing yet: the first request must start within the head
         // timeout, later ones within the idle timeout; then the head must
         // be whole within the head timeout.
-        deadline.set(match (input.is_empty(), served) {
+        deadline.set(match (input.is_empty(), served > 0) {
             (true, true) => timeouts.idle,
             _ => timeouts.request_header,
         });
@@ -1292,12 +1293,15 @@ where
                         if read == Rest::Gone {
                             return Outcome::Closed;
                         }
-                        let close = close || error.closes_connection() || read == Rest::Stalled;
+                        served += 1;
+                        let close = close
+                            || error.closes_connection()
+                            || read == Rest::Stalled
+                            || table.limits.is_last_request(served);
                         put_error(&mut out, &error, close, head_request);
                         if !write_out(&mut stream, &out, deadline, timeouts.idle).await {
                             return Outcome::Closed;
                         }
-                        served = true;
                         if close {
                             let pipelined = read == Rest::Read && input.len() > consumed;
                             close_client(&mut stream, pipelined, deadline).await;
@@ -1388,15 +1392,17 @@ where
         }
         out.extend_from_slice(&input[plan.head_len..end]);
         input.advance(end);
-        served = true;
+        served += 1;
 
         let pool = table.pool(plan.pool);
         let stats = plan.route.stats(plan.pool);
         let mut in_flight = pool
             .counts_in_flight()
             .then(|| InFlight::start(&plan.endpoint.in_flight));
-        // A shutdown under way: this is the connection's last answer.
-        let close = plan.close || proxy.stopping.stopped.get();
+        // A shutdown under way, or the connection's request limit: this is
+        // its last answer.
+        let close =
+            plan.close || proxy.stopping.stopped.get() || table.limits.is_last_request(served);
         let context = ResponseContext {
             head_request: plan.head_request,
             set_cookie: plan.set_cookie.as_ref(),

@@ -684,7 +684,7 @@ where
     async move {
         let (stream, buffered, served) = if alpn == Alpn::H2 && native_h2() {
             // Agreed on `h2`: no HTTP/1.1 request is taken (below).
-            (stream, bytes::BytesMut::new(), false)
+            (stream, bytes::BytesMut::new(), 0)
         } else {
             match fast::serve(stream, &client, &proxy).await {
                 fast::Outcome::Closed => return,
@@ -697,7 +697,7 @@ where
         };
         let h2 = buffered.len() >= 3
             && h2::PREFACE.starts_with(&buffered[..buffered.len().min(h2::PREFACE.len())]);
-        if h2 && (served || alpn == Alpn::Http1) {
+        if h2 && (served > 0 || alpn == Alpn::Http1) {
             // HTTP/1.1 was agreed (by TLS, or by the requests so far): the
             // preface is a malformed HTTP/1.1 request. Refused here, as
             // hyper's `http1_only` does not hold with upgrades.
@@ -723,18 +723,30 @@ where
                 request_header,
                 idle,
                 buffered,
-                served,
+                served > 0,
             );
+            // Requests on the connection, the fast path's included.
+            let requests = std::cell::Cell::new(served);
             let service = service_fn(move |request| {
                 phase.request_started();
                 let phase = Arc::clone(&phase);
+                requests.set(requests.get() + 1);
+                // The connection's request limit: hyper closes after an
+                // answer that says `Connection: close` (HTTP/1 only).
+                let last = request.version() <= http::Version::HTTP_11
+                    && proxy.routes.limits().is_last_request(requests.get());
                 let answer =
                     Rc::clone(&proxy).handle(Rc::clone(&client), request.map(ClientBody::Hyper));
                 async move {
-                    let response = answer.await;
-                    if let Ok(response) = &response {
+                    let mut response = answer.await;
+                    if let Ok(response) = &mut response {
                         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                             phase.tunnel_started();
+                        } else if last {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
                         }
                     }
                     response.map(|response| response.map(|body| Answering::new(body, phase)))

@@ -49,6 +49,11 @@ impl Routes {
         self.0.load().timeouts
     }
 
+    /// The live table's limits, read without taking a reference to it.
+    pub fn limits(&self) -> switchyard_config::Limits {
+        self.0.load().limits
+    }
+
     /// Swaps in a table that is already validated and built; returns the old one.
     pub fn replace(&self, next: RouteTable) -> Arc<RouteTable> {
         next.publish_gauges();

@@ -547,6 +547,8 @@ struct State {
     opened: u32,
     premature_resets: u32,
     local_resets: u32,
+    /// The limits as the connection began: its request limit.
+    limits: switchyard_config::Limits,
 }
 
 /// Serves an HTTP/2 connection whose first bytes (`buffered`, at least the
@@ -559,6 +561,7 @@ where
     let (head_timeout, idle_timeout) = (table.timeouts.request_header, table.timeouts.idle);
     let max_header_list = table.limits.max_header_bytes;
     let max_fields = table.limits.max_headers;
+    let limits = table.limits;
     drop(table);
     let mut input = vec![0u8; INPUT_SIZE.max(buffered.len())];
     input[..buffered.len()].copy_from_slice(buffered);
@@ -598,6 +601,7 @@ where
         data_out: 0,
         window_shut: false,
         opened: 0,
+        limits,
         premature_resets: 0,
         local_resets: 0,
     };
@@ -1402,6 +1406,11 @@ impl State {
                 head_request,
             },
         );
+        if self.limits.is_last_request(u64::from(self.opened)) {
+            // nginx's `keepalive_requests` on HTTP/2: this stream is the
+            // last served, and the GOAWAY says so at once.
+            self.go_away_now();
+        }
         Ok(())
     }
 
@@ -1461,7 +1470,7 @@ impl State {
         self.shared.client_may_send.set(self.recv_window > 0);
         let data = Self::unpad(flags, payload)?;
         let Some(stream) = self.streams.get_mut(&id) else {
-            if id > self.last_id {
+            if self.is_idle(id) {
                 return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
             self.credit(id, len);

@@ -164,10 +164,10 @@ impl RawHead {
                 || match pseudo {
                     b"scheme" => !value.is_empty() && value.iter().all(u8::is_ascii_alphanumeric),
                     b"authority" => value.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)]),
-                    // Origin form (a query alone is taken as "/" and it), or
-                    // `*`; no control byte, space or fragment (§8.3.1).
+                    // Origin form, or `*` (for OPTIONS, checked with the
+                    // method); no control byte, space or fragment (§8.3.1).
                     _ => {
-                        (matches!(value.first(), Some(b'/' | b'?')) || value == b"*")
+                        (value.first() == Some(&b'/') || value == b"*")
                             && value.iter().all(|&b| b > b' ' && b != 0x7f && b != b'#')
                     }
                 };
@@ -244,6 +244,9 @@ impl RawHead {
             }
         } else if self.scheme.is_none() || self.path.is_none() {
             return Err("no :scheme or no :path");
+        } else if *method != Method::OPTIONS && self.value(&self.path) == Some(b"*") {
+            // RFC 9113 §8.3.1: `*` is OPTIONS's alone.
+            return Err(":path * with a method other than OPTIONS");
         } else if self.value(&self.authority).is_some_and(<[u8]>::is_empty) {
             // RFC 9113 §8.3.1: present, it must not be empty.
             return Err("an empty :authority");
