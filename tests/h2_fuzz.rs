@@ -655,9 +655,9 @@ fn random_settings(rng: &mut Rng) -> Vec<(u16, u32)> {
     settings
 }
 
-/// The binary on a config sending everything to `upstream`, its stderr
-/// collected.
-async fn start_binary_capturing(
+/// The binary (one worker, short timeouts) on a config sending
+/// everything to `upstream`, its stderr collected.
+async fn start_fuzzed_binary(
     dir: &std::path::Path,
     upstream: SocketAddr,
 ) -> (
@@ -665,62 +665,12 @@ async fn start_binary_capturing(
     SocketAddr,
     std::sync::Arc<std::sync::Mutex<String>>,
 ) {
-    use tokio::io::AsyncBufReadExt;
     let mut config = support::pool_config("app", upstream, json!({}));
     config["timeouts"] = json!({"drain": "1s", "connect": "2s", "response_header": "5s", "request_header": "1s", "idle": "1s"});
     let file = dir.join("config.json");
     std::fs::write(&file, config.to_string()).expect("write config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "run",
-            "--config",
-            file.to_str().expect("utf8"),
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .env("SWITCHYARD_LOG", "warn")
-        .env("RUST_BACKTRACE", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn switchyard");
-    let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = stderr_text.clone();
-    let mut errs = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = errs.next_line().await {
-            let mut s = sink.lock().expect("lock");
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("addresses in time")
-            .expect("stdout")
-            .expect("switchyard exited early");
-        if let Some(at) = line.find("http://") {
-            let rest = &line[at + 7..];
-            let addr = rest.split(['/', ' ']).next().expect("addr");
-            break addr.parse::<SocketAddr>().expect("socket address");
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr, stderr_text)
-}
-
-fn child_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("procfs");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    let (child, addr, _, stderr) = support::start_on_config_capturing(&file).await;
+    (child, addr, stderr)
 }
 
 /// Frames until the answer to our PING, a GOAWAY and the close, or the
@@ -759,11 +709,6 @@ async fn until_ping_or_close(
     }
 }
 
-/// Reads a raw connection whose read side never sees a partial frame.
-async fn raw_connect(addr: SocketAddr, settings: &[(u16, u32)]) -> RawClient {
-    RawClient::connect(addr, settings).await
-}
-
 const SEED: u64 = 0x5157_1c4a_2026_1126;
 const ITERATIONS: u64 = 210;
 
@@ -783,7 +728,7 @@ async fn campaign_against_the_binary() {
     let upstream = support::upstream("app").await;
     let dir = std::env::temp_dir().join(format!("fuzz-h2-review-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let (mut child, addr, stderr) = start_binary_capturing(&dir, upstream.addr).await;
+    let (mut child, addr, stderr) = start_fuzzed_binary(&dir, upstream.addr).await;
     let pid = child.id().expect("pid");
     let started = std::time::Instant::now();
     let mut failures: Vec<String> = Vec::new();
@@ -795,7 +740,7 @@ async fn campaign_against_the_binary() {
             continue;
         }
         if iter == 30 {
-            rss_after_warmup = child_rss_kib(pid);
+            rss_after_warmup = support::child_rss_kib(pid);
         }
         let mut rng = Rng(seed ^ iter.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let settings = if rng.chance(40) {
@@ -807,7 +752,7 @@ async fn campaign_against_the_binary() {
         let mode = rng.below(10);
         let (mut bytes, planned) = scenario(&mut rng, &tag, mode < 6);
         let iter_started = std::time::Instant::now();
-        let mut client = raw_connect(addr, &settings).await;
+        let mut client = RawClient::connect(addr, &settings).await;
         let ctx = |what: String, bytes: &[u8]| {
             format!(
                 "seed {seed:#x} iter {iter} settings {settings:?}: {what}\n  input {:02x?}",
@@ -940,7 +885,7 @@ async fn campaign_against_the_binary() {
         .await;
     let response = client.response(1).await;
     assert_eq!(response.field(":status"), Some("200"));
-    let rss_end = child_rss_kib(pid);
+    let rss_end = support::child_rss_kib(pid);
     println!("campaign: {ITERATIONS} iterations in {elapsed:?}; RSS {rss_after_warmup} KiB after warm-up, {rss_end} KiB at the end");
     let text = stderr.lock().expect("not poisoned").clone();
     assert!(!text.contains("panicked"), "the binary panicked:\n{text}");

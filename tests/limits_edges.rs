@@ -470,3 +470,29 @@ async fn a_tls_upstream_slow_to_connect_and_handshake_fails_within_one_connect_t
         "the 504 took {took:?} with a connect timeout of 1.5 s: {answer:?}"
     );
 }
+
+/// `max_uri_bytes` holds for the target as sent: an absolute-form
+/// target's scheme and authority count (only its path and query did, so
+/// a long authority passed), as nginx counts the request line.
+#[tokio::test]
+async fn an_absolute_form_target_counts_whole_against_max_uri_bytes() {
+    let upstream = support::upstream("app").await;
+    let mut config = support::pool_config("app", upstream.addr, json!({}));
+    config["limits"] = json!({"max_uri_bytes": 64});
+    let proxy = support::proxy(&config);
+    let host = format!("{}.example", "h".repeat(50));
+    let long = format!("GET http://{host}/abc HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let (answer, _) =
+        support::raw_exchange_until_close(proxy.addr, long.as_bytes(), Duration::from_secs(5))
+            .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    // The same authority in Host alone, with a short target, is served.
+    let short =
+        b"GET http://a.example/abc HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+    let (answer, _) =
+        support::raw_exchange_until_close(proxy.addr, short, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.requests().len(), 1);
+}

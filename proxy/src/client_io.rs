@@ -106,6 +106,7 @@ impl ConnPhase {
 pub(crate) const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest head not received within timeout\n";
 const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 79\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two Content-Lengths\n";
 const LONG_LENGTH_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\nconnection: close\r\n\r\nbad request: Content-Length line too long\n";
+const HEAD_OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 28\r\nconnection: close\r\n\r\nrequest head over the limit\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client stream with head timeouts and the framing check: a TCP
@@ -149,6 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         phase: Arc<ConnPhase>,
         request_header: Duration,
         idle: Duration,
+        max_head: usize,
     ) -> ClientIo<S> {
         ClientIo {
             stream,
@@ -158,7 +160,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             armed: true,
             request_header,
             idle,
-            scan: MessageScan::default(),
+            scan: MessageScan {
+                max_head,
+                ..MessageScan::default()
+            },
             answer: None,
             refusal: None,
             write_blocked: false,
@@ -172,12 +177,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
 
     /// Wraps a stream the fast path has served: `prefix` holds what it
     /// read and did not serve, and `served` says whether requests came
-    /// before (so HTTP/2's preface can no longer start).
+    /// before (so HTTP/2's preface can no longer start). A head over
+    /// `max_head` bytes is refused with 431 (hyper checks its limit only
+    /// on a head it has not read whole, not on one in `prefix`).
     pub fn resume(
         stream: S,
         phase: Arc<ConnPhase>,
-        request_header: Duration,
-        idle: Duration,
+        (request_header, idle): (Duration, Duration),
+        max_head: usize,
         prefix: bytes::BytesMut,
         served: bool,
     ) -> ClientIo<S> {
@@ -186,7 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
         ClientIo {
             prefix,
-            ..ClientIo::new(stream, phase, request_header, idle)
+            ..ClientIo::new(stream, phase, request_header, idle, max_head)
         }
     }
 
@@ -654,6 +661,9 @@ struct MessageScan {
     transfer_encodings: u8,
     /// Lines of the current head seen; the first is the request line.
     lines: usize,
+    /// Bytes of the current head so far, and the most it may have.
+    head_bytes: usize,
+    max_head: usize,
     /// Heads seen whole (and passed to hyper).
     heads: u64,
     /// One of them asked to close the connection after its answer.
@@ -679,6 +689,8 @@ impl Default for MessageScan {
             length: None,
             transfer_encodings: 0,
             lines: 0,
+            head_bytes: 0,
+            max_head: usize::MAX,
             heads: 0,
             closing: false,
             http10: false,
@@ -784,6 +796,10 @@ impl MessageScan {
             }
             self.line_len += take;
             self.line_bytes += part.len();
+            self.head_bytes += part.len() + usize::from(ended);
+            if self.head_bytes > self.max_head {
+                return Err(HEAD_OVER_LIMIT_RESPONSE);
+            }
             if let Some(&last) = part.last() {
                 self.last = last;
             }
@@ -821,8 +837,11 @@ impl MessageScan {
                         .and_then(|v| v.trim_ascii().parse().ok());
                 } else if line.starts_with(b"transfer-encoding:") {
                     self.transfer_encodings = self.transfer_encodings.saturating_add(1);
-                } else if line.starts_with(b"connection:") {
-                    let has = |token: &[u8]| line.windows(token.len()).any(|w| w == token);
+                } else if let Some(value) = line.strip_prefix(b"connection:") {
+                    // Whole tokens (`x-close` is not `close`), as hyper
+                    // reads them.
+                    let has =
+                        |token: &[u8]| value.split(|&b| b == b',').any(|t| t.trim_ascii() == token);
                     self.asks_close |= has(b"close");
                     self.keeps_alive |= has(b"keep-alive");
                 }
@@ -860,6 +879,7 @@ impl MessageScan {
             part: next,
             heads: self.heads + 1,
             closing: self.closing || closes,
+            max_head: self.max_head,
             ..MessageScan::default()
         };
     }

@@ -581,7 +581,9 @@ fn plan<'t>(
             Field::ContentLength => {
                 lengths += 1;
                 length = parse_length(field.value);
-                if length.is_none() {
+                // A list (`5, 5`) is hyper's to refuse, so that both paths
+                // answer it alike (400); an upstream's is taken as one.
+                if length.is_none() || field.value.contains(&b',') {
                     return Step::Fallback;
                 }
             }

@@ -140,7 +140,19 @@ impl Proxy {
                 reason: "CONNECT is not supported",
             });
         }
-        let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        // RFC 9112 §3.2.4: the asterisk form is OPTIONS's alone.
+        if parts.method != Method::OPTIONS && parts.uri.path() == "*" {
+            return Err(ForwardError::BadRequest {
+                reason: "an asterisk-form target outside OPTIONS",
+            });
+        }
+        // The target as sent: an absolute form's scheme and authority count
+        // too (nginx counts the request line).
+        let uri = &parts.uri;
+        let uri_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+            + uri.authority().map_or(0, |a| {
+                a.as_str().len() + uri.scheme_str().map_or(0, |s| s.len() + 3)
+            });
         if uri_len > limits.max_uri_bytes {
             return Err(ForwardError::UriTooLong {
                 len: uri_len,
@@ -529,6 +541,17 @@ fn request_host(
         });
     }
     if let Some(authority) = parts.uri.authority() {
+        // RFC 9112 §3.2.3: the authority form is CONNECT's alone.
+        if parts.uri.scheme().is_none() {
+            return Err(ForwardError::BadRequest {
+                reason: "an authority-form target outside CONNECT",
+            });
+        }
+        // RFC 9112 §3.2: the target's authority wins, but a Host field
+        // that is not valid still makes the request bad.
+        if let Some(value) = host {
+            host_for_matching(value.as_bytes())?;
+        }
         return Ok(Some(client.header_value(&[authority.as_str().as_bytes()])));
     }
     match host {

@@ -720,8 +720,8 @@ where
             let io = ClientIo::resume(
                 stream,
                 Arc::clone(&phase),
-                request_header,
-                idle,
+                (request_header, idle),
+                table.limits.max_header_bytes,
                 buffered,
                 served > 0,
             );

@@ -514,7 +514,16 @@ pub async fn streaming_upstream(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
 
 /// This process's resident set size in KiB, from `/proc/self/status`.
 pub fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    rss_kib_of("self")
+}
+
+/// The resident set of process `pid` (a child), in KiB.
+pub fn child_rss_kib(pid: u32) -> u64 {
+    rss_kib_of(&pid.to_string())
+}
+
+fn rss_kib_of(process: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).expect("procfs");
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -715,8 +724,7 @@ pub async fn start_demo(extra: &[&str]) -> (tokio::process::Child, SocketAddr, S
 /// data-plane and admin addresses (`http://ADDR` or `https://ADDR` on
 /// stdout, in that order).
 pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .env("SWITCHYARD_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -724,6 +732,59 @@ pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
         .kill_on_drop(true)
         .spawn()
         .expect("spawn switchyard");
+    addresses_of(child).await
+}
+
+/// As [`start_on_config`] with one worker, and the child's stderr
+/// collected (for a test that asserts it never panicked) rather than
+/// passed through.
+pub async fn start_on_config_capturing(
+    file: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    SocketAddr,
+    Arc<Mutex<String>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let file = file.to_str().expect("a UTF-8 path");
+    let args = [
+        "run",
+        "--config",
+        file,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ];
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard");
+    let stderr = child.stderr.take().expect("stderr");
+    let captured = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&captured);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut text = sink.lock().expect("not poisoned");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    let (child, proxy, admin) = addresses_of(child).await;
+    (child, proxy, admin, captured)
+}
+
+/// Waits until `child` has printed its data-plane and admin addresses.
+async fn addresses_of(
+    mut child: tokio::process::Child,
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let parse = |line: &str| -> SocketAddr {
