@@ -100,15 +100,16 @@ pub enum CtlCommand {
 /// `switchyard ctl`'s arguments.
 #[derive(Args)]
 pub struct CtlArgs {
-    /// The admin API's URL.
+    /// The admin API's URL. (These options go before or after the command.)
     #[arg(
         long,
+        global = true,
         env = "SWITCHYARD_ADMIN",
         default_value = "http://127.0.0.1:9901"
     )]
     admin: String,
     /// Print the server's JSON instead of tables.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
     tls: AdminTls,
@@ -121,13 +122,13 @@ pub struct CtlArgs {
 pub struct AdminTls {
     /// CA certificates (PEM) to verify the admin API's certificate with
     /// (default: the webpki roots).
-    #[arg(long, env = "SWITCHYARD_ADMIN_CA")]
+    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_CA")]
     pub cacert: Option<PathBuf>,
     /// Client certificate (PEM) for an admin API that requires one.
-    #[arg(long, env = "SWITCHYARD_ADMIN_CERT", requires = "key")]
+    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, env = "SWITCHYARD_ADMIN_KEY", requires = "cert")]
+    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
 }
 

@@ -122,22 +122,21 @@ struct LoadedCertificate {
     summary: CertificateSummary,
 }
 
-/// Loads one certificate and its key, and checks that they belong
-/// together, that the certificate is valid now, and that it covers the
-/// names listed for it.
-fn load_certificate(files: &CertificateFiles) -> Result<LoadedCertificate, ForwardError> {
-    let origin = files.origin.as_str();
-    let chain = read_chain(origin, &files.cert_file)?;
-    let key = read_key(origin, &files.key_file)?;
-    let (not_before, not_after, dns_names) = inspect(&chain[0]).map_err(|reason| {
-        file_error(origin, "reading the certificate", &files.cert_file, reason)
-    })?;
+/// Reads a certificate's dates and names, and checks that it is valid
+/// now; returns its `notAfter` and its DNS names.
+fn check_dates(
+    origin: &str,
+    cert_file: &Path,
+    cert: &CertificateDer<'_>,
+) -> Result<(i64, Vec<String>), ForwardError> {
+    let (not_before, not_after, dns_names) = inspect(cert)
+        .map_err(|reason| file_error(origin, "reading the certificate", cert_file, reason))?;
     let now = unix_now();
     if not_after < now {
         return Err(file_error(
             origin,
             "using the certificate",
-            &files.cert_file,
+            cert_file,
             format!("it expired at {}", humantime_utc(not_after)),
         ));
     }
@@ -145,10 +144,21 @@ fn load_certificate(files: &CertificateFiles) -> Result<LoadedCertificate, Forwa
         return Err(file_error(
             origin,
             "using the certificate",
-            &files.cert_file,
+            cert_file,
             format!("it is not valid before {}", humantime_utc(not_before)),
         ));
     }
+    Ok((not_after, dns_names))
+}
+
+/// Loads one certificate and its key, and checks that they belong
+/// together, that the certificate is valid now, and that it covers the
+/// names listed for it.
+fn load_certificate(files: &CertificateFiles) -> Result<LoadedCertificate, ForwardError> {
+    let origin = files.origin.as_str();
+    let chain = read_chain(origin, &files.cert_file)?;
+    let key = read_key(origin, &files.key_file)?;
+    let (not_after, dns_names) = check_dates(origin, &files.cert_file, &chain[0])?;
     let names = if files.names.is_empty() {
         dns_names
     } else {
@@ -632,8 +642,9 @@ impl UpstreamTlsClient {
             Some((cert_file, key_file)) => {
                 let chain = read_chain(origin, cert_file)?;
                 let key = read_key(origin, key_file)?;
-                // Checks the pair before use: a mismatch would only show
-                // as handshakes the endpoint refuses.
+                // Checks the dates and the pair before use: either would
+                // only show as handshakes the endpoint refuses.
+                check_dates(origin, cert_file, &chain[0])?;
                 CertifiedKey::from_der(chain.clone(), key.clone_key(), provider()).map_err(
                     |err| {
                         file_error(
