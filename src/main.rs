@@ -251,16 +251,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
 
     let token = admin_token(&args)?;
     // The flag wins over the config file, which wins over the default.
-    let admin_addr = args
-        .admin
-        .or(config.admin.address)
-        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("a valid default address"));
-    if token.is_none() && !admin_addr.ip().is_loopback() {
-        bail!(
-            "the admin API on {admin_addr} is reachable from other hosts: give it a token \
-             (--admin-token-file or SWITCHYARD_ADMIN_TOKEN) or listen on loopback"
-        );
-    }
+    let admin_addr = admin_address(args.admin, &config.admin);
+    exposed_without_token(token.is_some(), admin_addr).map_err(anyhow::Error::msg)?;
     let (store, state) = StateStore::open(args.state_dir.as_deref(), args.reset_state)
         .context("loading the runtime state")?;
     let store = store.with_audit_limit(args.audit_log_max_bytes);
@@ -317,6 +309,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .collect();
     let server = Server::start_with_tls(plane.routes(), &listen, workers).context("starting")?;
     plane.set_listener_hook(listener_hook(&server, &plane, &config, &terminators)?);
+    plane.set_admin_check(admin_check(&args, token.is_some()));
     let scheme = if listen[0].1.is_some() {
         "https"
     } else {
@@ -509,6 +502,39 @@ fn admin_terminator(tls: &AdminTls) -> anyhow::Result<TlsTerminator> {
         client_ca,
     )
     .context("setting up TLS for the admin API")
+}
+
+/// Where the admin API listens: the flag, else the config's, else the default.
+fn admin_address(flag: Option<SocketAddr>, admin: &switchyard_config::AdminListener) -> SocketAddr {
+    flag.or(admin.address)
+        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("a valid default address"))
+}
+
+/// Refuses an admin API reachable from other hosts without a token.
+fn exposed_without_token(has_token: bool, addr: SocketAddr) -> Result<(), String> {
+    if has_token || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "the admin API on {addr} is reachable from other hosts: give it a token \
+         (--admin-token-file or SWITCHYARD_ADMIN_TOKEN) or listen on loopback"
+    ))
+}
+
+/// Checks a reloaded config's admin section as the next start would take
+/// it (with these flags and token): a section the start would refuse is
+/// refused now, rather than written and found at the restart.
+fn admin_check(args: &RunArgs, has_token: bool) -> switchyard_admin::AdminCheck {
+    let (flag, tls_from_flags) = (args.admin, args.admin_tls_cert.is_some());
+    Box::new(move |admin| {
+        exposed_without_token(has_token, admin_address(flag, admin))?;
+        match (&admin.tls, tls_from_flags) {
+            (Some(tls), false) => admin_terminator(tls)
+                .map(drop)
+                .map_err(|err| format!("{err:#}")),
+            _ => Ok(()),
+        }
+    })
 }
 
 /// The admin token from `--admin-token-file` or `SWITCHYARD_ADMIN_TOKEN`.

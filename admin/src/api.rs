@@ -242,9 +242,12 @@ impl AdminApi {
                 }
                 let if_match = if_match(&request);
                 let text = read_body(request, MAX_CONFIG_BYTES).await?;
-                let text = String::from_utf8(text.to_vec()).map_err(|_| AdminError::BadJson {
-                    reason: "the config is not UTF-8".into(),
-                    field: None,
+                let text = switchyard_config::utf8_text(text.to_vec()).map_err(|err| {
+                    AdminError::Invalid {
+                        code: "invalid_config",
+                        message: err.to_string(),
+                        field: "config".into(),
+                    }
                 })?;
                 self.plane
                     .replace_config(&text, if_match.as_deref(), "admin-api")

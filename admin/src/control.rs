@@ -47,12 +47,20 @@ pub struct ControlPlane {
     /// (set by whoever runs the data plane); without it, such a change is
     /// reported, not applied.
     listener_hook: std::sync::OnceLock<ListenerHook>,
+    admin_check: std::sync::OnceLock<AdminCheck>,
 }
 
 /// Binds what the data plane needs to listen as a config says, all or
 /// nothing (the error says what could not be bound or loaded), and returns
 /// how to put it in use once the config is persisted.
 pub type ListenerHook = Box<dyn Fn(&Config) -> Result<ListenerCommit, String> + Send + Sync>;
+
+/// Checks a new config's admin section as the next start would take it
+/// (its TLS files load; an address reachable from other hosts has a
+/// token): the section takes effect only after a restart, and a config
+/// the restart would refuse is refused now.
+pub type AdminCheck =
+    Box<dyn Fn(&switchyard_config::AdminListener) -> Result<(), String> + Send + Sync>;
 
 /// Puts the listeners a [`ListenerHook`] bound in use; dropped instead, it
 /// closes them and nothing changes.
@@ -158,6 +166,7 @@ impl ControlPlane {
         Ok(Arc::new(ControlPlane {
             bound_admin: base.admin.clone(),
             listener_hook: std::sync::OnceLock::new(),
+            admin_check: std::sync::OnceLock::new(),
             routes: Routes::new(table),
             store,
             events,
@@ -852,6 +861,12 @@ impl ControlPlane {
         let _ = self.listener_hook.set(hook);
     }
 
+    /// Lets reloads check the admin section with `check` (once; later
+    /// calls are ignored).
+    pub fn set_admin_check(&self, check: AdminCheck) {
+        let _ = self.admin_check.set(check);
+    }
+
     /// Replaces the whole config (`PUT /v1/config`): validated like
     /// `switchyard check`, built, written over the config file (atomically),
     /// then swapped in. Without a config file there is nothing to persist
@@ -910,6 +925,18 @@ impl ControlPlane {
                 return Err(self.refuse_build(who, err, &base, text, inner.state.version));
             }
         };
+        if base.admin != self.bound_admin {
+            if let Some(check) = self.admin_check.get() {
+                check(&base.admin).map_err(|message| {
+                    self.record_rejection(who, &message, inner.state.version);
+                    AdminError::Invalid {
+                        code: "invalid_config",
+                        message,
+                        field: "admin".into(),
+                    }
+                })?;
+            }
+        }
         let mut reason = reason;
         let listening = (base.listeners.clone(), base.tls.clone());
         let rebound = listening != inner.listening;
@@ -1155,13 +1182,14 @@ fn check_version(if_match: Option<&str>, current: u64) -> Result<(), AdminError>
     if given == "*" {
         return Ok(());
     }
-    // A list of entity-tags, compared strongly (RFC 9110 §13.1.1): a weak
-    // `W/"N"` never matches, nor does anything but a quoted version.
+    // A list of entity-tags, compared strongly (RFC 9110 §13.1.1): the
+    // same characters (`"01"` is not `"1"`); a weak `W/"N"` never matches.
+    let current_tag = current.to_string();
     let matches = given.split(',').any(|tag| {
         tag.trim()
             .strip_prefix('"')
             .and_then(|tag| tag.strip_suffix('"'))
-            .is_some_and(|n| n.parse::<u64>().ok() == Some(current))
+            .is_some_and(|n| n == current_tag)
     });
     if matches {
         Ok(())

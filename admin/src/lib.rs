@@ -29,8 +29,8 @@ pub mod watch;
 
 pub use api::AdminApi;
 pub use control::{
-    build_error_at, ControlPlane, GateVerdict, ListenerCommit, ListenerHook, RolloutAction,
-    StepGate,
+    build_error_at, AdminCheck, ControlPlane, GateVerdict, ListenerCommit, ListenerHook,
+    RolloutAction, StepGate,
 };
 pub use error::AdminError;
 pub use events::{Event, EventLog};

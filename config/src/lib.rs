@@ -27,8 +27,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let source = String::from_utf8(bytes).map_err(|err| {
-        // Where the first bad byte is, as for any other error.
+    let source = utf8_text(bytes)?;
+    let mut config = parse(&source)?;
+    if let Some(dir) = path.parent() {
+        config.rebase_files(dir);
+    }
+    Ok(config)
+}
+
+/// A config's bytes as text; not UTF-8, an error placed at the first bad
+/// byte, as for any other error.
+pub fn utf8_text(bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|err| {
         let good = &err.as_bytes()[..err.utf8_error().valid_up_to()];
         let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         ConfigError::Parse {
@@ -37,12 +47,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             path: ".".to_string(),
             reason: "the file is not UTF-8 text".to_string(),
         }
-    })?;
-    let mut config = parse(&source)?;
-    if let Some(dir) = path.parent() {
-        config.rebase_files(dir);
-    }
-    Ok(config)
+    })
 }
 
 /// An error about a pool's endpoint found after validation (its name does

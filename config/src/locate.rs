@@ -19,6 +19,19 @@ pub fn render(path: &[Segment]) -> String {
     let mut out = String::new();
     for segment in path {
         match segment {
+            // A key that would not read back as one (a control byte, a
+            // separator): quoted and escaped as JSON, so an error stays one
+            // line.
+            Segment::Key(key)
+                if key.is_empty()
+                    || key
+                        .chars()
+                        .any(|c| c.is_control() || matches!(c, '.' | '[' | ']' | '"')) =>
+            {
+                out.push('[');
+                out.push_str(&serde_json::to_string(key).expect("a string serializes"));
+                out.push(']');
+            }
             Segment::Key(key) => {
                 if !out.is_empty() {
                     out.push('.');

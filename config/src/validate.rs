@@ -30,10 +30,23 @@ pub fn parse(source: &str) -> Result<Config, ConfigError> {
 pub fn parse_raw(source: &str) -> Result<RawConfig, ConfigError> {
     let mut deserializer = serde_json::Deserializer::from_str(source);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = match err.path().to_string() {
+        // The segments serde could name (an unknown one is left out).
+        let segments: Vec<Segment> = err
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                serde_path_to_error::Segment::Enum { variant } => {
+                    Some(Segment::Key(variant.clone()))
+                }
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let path = match segments.is_empty() {
             // Nothing named yet (the text ended before a field did).
-            unknown if unknown == "?" => ".".to_string(),
-            path => path,
+            true => ".".to_string(),
+            false => render(&segments),
         };
         let inner = err.into_inner();
         ConfigError::Parse {
@@ -878,7 +891,16 @@ impl Validator<'_> {
                 }
                 Some(value) => Some(value.to_string()),
             };
-            headers.push((name.to_ascii_lowercase(), value));
+            let name = name.to_ascii_lowercase();
+            // Names are case-insensitive: two rules for one field would
+            // match only requests that carry both values.
+            if headers.iter().any(|(given, _)| *given == name) {
+                return self.fail(
+                    &header_path,
+                    format!("header {name:?} is given twice (names are case-insensitive)"),
+                );
+            }
+            headers.push((name, value));
         }
         Ok(Match {
             host,
