@@ -1,6 +1,7 @@
-//! Reuse of pooled upstream connections on hyper's path: a connection
+//! Reuse of pooled upstream connections: on hyper's path, a connection
 //! whose response ended while its request body was still being written
-//! must not stall the next request that takes it from the pool.
+//! must not stall the next request that takes it from the pool; on both
+//! paths, a swap that removes an endpoint lets its idle connections go.
 
 mod support;
 
@@ -158,4 +159,65 @@ async fn a_pooled_connection_still_sending_an_early_answered_body_is_not_waited_
         [(1, "/early".to_string()), (2, "/second".to_string())]
     );
     writer.abort();
+}
+
+/// A swap that removes an endpoint closes the idle pooled connections to
+/// it at once, on the fast path's pool and hyper's (they stayed until the
+/// idle sweep, up to twice the idle timeout; Envoy drains a removed
+/// host's connections at once).
+#[tokio::test]
+async fn idle_connections_to_an_endpoint_a_swap_removed_are_closed_at_once() {
+    const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let old = support::scripted_upstream(REPLY, support::After::Again).await;
+    let new = support::scripted_upstream(REPLY, support::After::Again).await;
+    let config = |addr: std::net::SocketAddr| {
+        let mut config = support::pool_config("app", addr, json!({}));
+        config["timeouts"] = json!({"idle": "300s"});
+        config
+    };
+    let proxy = support::proxy(&config(old.addr));
+    // One connection pooled by the fast path (a GET), one by hyper's path
+    // (a chunked upload).
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        support::read_response(&mut client, &mut buf, false)
+            .await
+            .status,
+        200
+    );
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    assert_eq!(
+        support::read_response(&mut client, &mut buf, false)
+            .await
+            .status,
+        200
+    );
+    let accepted = old.accepted.load(Ordering::SeqCst);
+    assert!(accepted >= 1, "no connection to the old endpoint");
+    assert_eq!(
+        old.closed.load(Ordering::SeqCst),
+        0,
+        "closed before the swap"
+    );
+
+    proxy.routes.replace(support::table(&config(new.addr), 2));
+    let closed = support::eventually(Duration::from_secs(5), || {
+        old.closed.load(Ordering::SeqCst) == accepted
+    })
+    .await;
+    assert!(
+        closed,
+        "{} of {accepted} idle connections to the removed endpoint closed",
+        old.closed.load(Ordering::SeqCst)
+    );
 }

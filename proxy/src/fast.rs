@@ -155,12 +155,14 @@ impl RawPool {
         None
     }
 
-    /// Closes the connections idle for `max_idle` or more, of every
-    /// address: those of endpoints no longer in the table are never taken
-    /// or put again, so nothing else would close them.
-    pub(crate) fn sweep(&self, max_idle: Duration) {
+    /// Closes the connections idle for `max_idle` or more, and those of
+    /// endpoints not `live` (no longer in the table: never taken again).
+    pub(crate) fn sweep(&self, max_idle: Duration, live: &rustc_hash::FxHashSet<IdleKey>) {
         let now = Instant::now();
-        self.idle.borrow_mut().retain(|_, list| {
+        self.idle.borrow_mut().retain(|key, list| {
+            if !live.contains(key) {
+                return false;
+            }
             // The oldest come first.
             let expired = list
                 .iter()

@@ -95,12 +95,15 @@ impl Proxy {
     }
 
     /// Closes the worker's upstream connections idle past the table's idle
-    /// timeout; run every so often, so that connections to endpoints a
-    /// reload removed do not stay open.
+    /// timeout, and those to endpoints the table no longer has; run every
+    /// so often and at each swap, so that a removed endpoint is let go at
+    /// once (as Envoy drains a removed host's connections).
     pub fn sweep_idle(&self) {
-        let idle = self.routes.timeouts().idle;
-        self.raw.sweep(idle);
-        self.upstreams.sweep(idle);
+        let table = self.routes.snapshot();
+        let live = table.idle_keys();
+        let idle = table.timeouts.idle;
+        self.raw.sweep(idle, &live);
+        self.upstreams.sweep(idle, &live);
     }
 
     /// Serves one request; every failure becomes an answer to the client.

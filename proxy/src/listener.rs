@@ -483,7 +483,10 @@ fn run_worker(
             async move {
                 loop {
                     let every = proxy.routes.timeouts().idle.max(Duration::from_secs(1));
-                    tokio::time::sleep(every).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => {}
+                        () = proxy.routes.swapped() => {}
+                    }
                     proxy.sweep_idle();
                 }
             }

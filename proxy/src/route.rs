@@ -29,37 +29,63 @@ pub const BUCKETS: u32 = switchyard_config::TOTAL_WEIGHT;
 
 /// The live routing table, shared by every worker.
 #[derive(Clone)]
-pub struct Routes(Arc<ArcSwap<RouteTable>>);
+pub struct Routes(Arc<Live>);
+
+struct Live {
+    table: ArcSwap<RouteTable>,
+    /// Woken at each swap: workers then close their idle upstream
+    /// connections to endpoints the new table no longer has.
+    swapped: tokio::sync::Notify,
+}
 
 impl Routes {
     /// Starts serving `table`.
     pub fn new(table: RouteTable) -> Routes {
         table.publish_gauges();
-        Routes(Arc::new(ArcSwap::from_pointee(table)))
+        Routes(Arc::new(Live {
+            table: ArcSwap::from_pointee(table),
+            swapped: tokio::sync::Notify::new(),
+        }))
     }
 
     /// Taken once per request, so a request sees one table even if a swap
     /// lands while it is in flight.
     pub fn snapshot(&self) -> Arc<RouteTable> {
-        self.0.load_full()
+        self.0.table.load_full()
     }
 
     /// The live table's timeouts, read without taking a reference to it.
     pub fn timeouts(&self) -> switchyard_config::Timeouts {
-        self.0.load().timeouts
+        self.0.table.load().timeouts
     }
 
     /// The live table's limits, read without taking a reference to it.
     pub fn limits(&self) -> switchyard_config::Limits {
-        self.0.load().limits
+        self.0.table.load().limits
     }
 
     /// Swaps in a table that is already validated and built; returns the old one.
     pub fn replace(&self, next: RouteTable) -> Arc<RouteTable> {
         next.publish_gauges();
-        let old = self.0.swap(Arc::new(next));
-        old.retract_gauges(&self.0.load());
+        let old = self.0.table.swap(Arc::new(next));
+        old.retract_gauges(&self.0.table.load());
+        self.0.swapped.notify_waiters();
         old
+    }
+
+    /// Resolves at the next swap.
+    pub async fn swapped(&self) {
+        self.0.swapped.notified().await;
+    }
+}
+
+impl RouteTable {
+    /// The keys of every endpoint's pooled connections.
+    pub(crate) fn idle_keys(&self) -> rustc_hash::FxHashSet<crate::upstream::IdleKey> {
+        self.pools
+            .iter()
+            .flat_map(|pool| pool.endpoints.iter().map(crate::upstream::idle_key))
+            .collect()
     }
 }
 

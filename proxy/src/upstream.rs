@@ -300,11 +300,14 @@ impl Upstreams {
         }
     }
 
-    /// Closes the connections idle for `max_idle` or more, of every
-    /// address (see `RawPool::sweep`).
-    pub fn sweep(&self, max_idle: Duration) {
+    /// Closes the connections idle for `max_idle` or more, and those of
+    /// endpoints not `live` (see `RawPool::sweep`).
+    pub fn sweep(&self, max_idle: Duration, live: &rustc_hash::FxHashSet<IdleKey>) {
         let now = Instant::now();
-        self.idle.borrow_mut().retain(|_, list| {
+        self.idle.borrow_mut().retain(|key, list| {
+            if !live.contains(key) {
+                return false;
+            }
             list.retain(|entry| now.duration_since(entry.since) < max_idle);
             !list.is_empty()
         });
