@@ -44,17 +44,6 @@ impl Rng {
     }
 }
 
-/// The campaign's seed: `default`, or `FUZZ_SEED` (decimal or 0x hex).
-fn seed_from_env(default: u64) -> u64 {
-    std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| match s.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16).ok(),
-            None => s.parse().ok(),
-        })
-        .unwrap_or(default)
-}
-
 /// A fresh directory of this test's own.
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -750,7 +739,7 @@ async fn campaign_admin_api() {
     const BUDGET: Duration = Duration::from_secs(25);
     const MAX_CALLS: usize = 1500;
     // A fixed seed; `FUZZ_SEED` explores others.
-    let seed_value = seed_from_env(0x5EED_AD41);
+    let seed_value = support::fuzz_env("FUZZ_SEED", 0x5EED_AD41);
     let mut rng = Rng::new(seed_value);
     let dir = temp_dir("campaign-admin");
     let file = dir.join("config.json");
@@ -1154,7 +1143,7 @@ async fn campaign_config_parser() {
     const BUDGET: Duration = Duration::from_secs(25);
     const MAX_CASES: usize = 1500;
     // A fixed seed; `FUZZ_SEED` explores others.
-    let seed_value = seed_from_env(0xC0DE_F00D);
+    let seed_value = support::fuzz_env("FUZZ_SEED", 0xC0DE_F00D);
     let mut rng = Rng::new(seed_value);
     let dir = temp_dir("campaign-config");
     let examples = ["canary.json", "blue-green.json", "multi-route.json"];

@@ -1398,7 +1398,7 @@ async fn campaign(
 }
 
 /// The campaign (the one test here that passes on a correct proxy): a
-/// fixed seed (`FZ_SEED` to change it, `FZ_CASES` for the count). Each
+/// fixed seed (`FUZZ_SEED` to change it, `FUZZ_CASES` for the count). Each
 /// case goes to the fast path (a plain route) and to hyper's
 /// path (a route with retries) of in-process proxies, compared with each
 /// other (differences are printed as DIFF), then a second stream of cases
@@ -1408,14 +1408,8 @@ async fn campaign(
 /// every failing case. About 3,000 + 1,500 cases, capped at 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzz_campaign_h1_client_side_against_a_strict_oracle() {
-    let seed: u64 = std::env::var("FZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_1234_abcd);
-    let cases: u64 = std::env::var("FZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
+    let seed = support::fuzz_env("FUZZ_SEED", 0x5eed_1234_abcd);
+    let cases = support::fuzz_env("FUZZ_CASES", 3000);
     let (ua, ra) = recording_upstream().await;
     let (ub, rb) = recording_upstream().await;
     let pa = support::proxy(&fast_config(ua));

@@ -720,13 +720,10 @@ const ITERATIONS: u64 = 210;
 /// panicked, serves a fresh request, and its RSS has not run away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_against_the_binary() {
-    let seed = std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SEED);
+    let seed = support::fuzz_env("FUZZ_SEED", SEED);
     println!("campaign seed {seed:#x}");
     let upstream = support::upstream("app").await;
-    let dir = std::env::temp_dir().join(format!("fuzz-h2-review-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("switchyard-h2-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (mut child, addr, stderr) = start_fuzzed_binary(&dir, upstream.addr).await;
     let pid = child.id().expect("pid");
@@ -734,7 +731,7 @@ async fn campaign_against_the_binary() {
     let mut failures: Vec<String> = Vec::new();
     let mut malformed_tags = Vec::new();
     let mut rss_after_warmup = 0;
-    let only: Option<u64> = std::env::var("FUZZ_ONLY").ok().and_then(|s| s.parse().ok());
+    let only = std::env::var_os("FUZZ_ONLY").map(|_| support::fuzz_env("FUZZ_ONLY", 0));
     for iter in 0..ITERATIONS {
         if only.is_some_and(|o| o != iter) {
             continue;

@@ -316,6 +316,9 @@ pub enum ProxyBody {
         /// the table's `timeouts.idle`, as a raw body does (boxed: the
         /// variant stays small, and bodies that never wait need none).
         quiet: Option<Box<Quiet>>,
+        /// A first frame read before the head went out (see
+        /// [`ProxyBody::upstream_after`]), given before `inner`'s.
+        first: Option<Box<Frame<Bytes>>>,
     },
     /// A body read straight from a raw upstream connection (HTTP/2
     /// clients; see `raw_upstream`).
@@ -388,7 +391,19 @@ impl ProxyBody {
         in_flight: Option<InFlight>,
         origin: Origin,
     ) -> ProxyBody {
-        let ended = inner.is_end_stream();
+        Self::upstream_after(None, inner, release, in_flight, origin)
+    }
+
+    /// As [`upstream`](Self::upstream), the body's `first` frame already
+    /// read from `inner`.
+    pub fn upstream_after(
+        first: Option<Frame<Bytes>>,
+        inner: Incoming,
+        release: Release,
+        in_flight: Option<InFlight>,
+        origin: Origin,
+    ) -> ProxyBody {
+        let ended = first.is_none() && inner.is_end_stream();
         let release = match ended {
             true => {
                 release.finish();
@@ -402,6 +417,7 @@ impl ProxyBody {
             in_flight: in_flight.filter(|_| !ended),
             origin,
             quiet: None,
+            first: first.map(Box::new),
         }
     }
 }
@@ -423,7 +439,11 @@ impl Body for ProxyBody {
                 in_flight,
                 origin,
                 quiet,
-            } => match Pin::new(&mut *inner).poll_frame(cx) {
+                first,
+            } => match first.take().map_or_else(
+                || Pin::new(&mut *inner).poll_frame(cx),
+                |frame| Poll::Ready(Some(Ok(*frame))),
+            ) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(quiet) = quiet.as_mut() {
                         quiet.waiting = false;
@@ -497,7 +517,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Local(bytes) => bytes.is_none(),
             ProxyBody::Raw(body) => body.is_end_stream(),
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream { inner, first, .. } => first.is_none() && inner.is_end_stream(),
         }
     }
 

@@ -476,7 +476,7 @@ fn classify(name: &str) -> Field {
 }
 
 /// A `Content-Length` value: digits only, or a list of equal ones.
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let mut found = None;
     for item in value.split(|&b| b == b',') {
         let item = item.trim_ascii();
@@ -1474,6 +1474,20 @@ where
         if !relayed.client_ok {
             return Outcome::Closed;
         }
+        if relayed.unsent {
+            // Malformed from its first bytes: a 502, as for a bad head.
+            let error = ForwardError::Exchange {
+                what: MALFORMED,
+                backend: endpoint.label.to_string(),
+                kind: ErrorKind::Malformed,
+            };
+            put_error(&mut out, &error, close, plan.head_request);
+            if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
+                let _ = stream.shutdown().await;
+                return Outcome::Closed;
+            }
+            continue;
+        }
         if close {
             let linger = !input.is_empty() || proxy.stopping.stopped.get();
             close_client(&mut stream, linger, deadline).await;
@@ -1837,11 +1851,15 @@ struct Relayed {
     reusable: bool,
     /// An upstream failure after the head.
     late_error: Option<ErrorKind>,
+    /// Nothing was written: the body broke in the bytes that came with
+    /// the head, and the client can still be told (502).
+    unsent: bool,
 }
 
 impl Relayed {
     /// The client went away.
     const GONE: Relayed = Relayed {
+        unsent: false,
         client_ok: false,
         reusable: false,
         late_error: None,
@@ -1854,6 +1872,7 @@ impl Relayed {
             client_ok: false,
             reusable: false,
             late_error: Some(kind),
+            unsent: false,
         }
     }
 }
@@ -1889,7 +1908,11 @@ async fn relay<S: AsyncWrite + Unpin>(
         }
     };
     let Some((take, relay)) = body.feed(buffer) else {
-        return Relayed::broken(ErrorKind::Malformed);
+        return Relayed {
+            client_ok: true,
+            unsent: true,
+            ..Relayed::broken(ErrorKind::Malformed)
+        };
     };
     out.extend_from_slice(&buffer[..relay]);
     out.extend_from_slice(body.end());
@@ -1931,6 +1954,7 @@ async fn relay<S: AsyncWrite + Unpin>(
         client_ok: true,
         reusable: clean && head.keep_alive,
         late_error: None,
+        unsent: false,
     }
 }
 
@@ -2002,6 +2026,7 @@ async fn relay_until_close<S: AsyncWrite + Unpin>(
                     client_ok,
                     reusable: false,
                     late_error: None,
+                    unsent: false,
                 };
             }
             Ok(_) => {}

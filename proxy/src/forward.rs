@@ -413,7 +413,24 @@ impl Proxy {
             debug!(route = %route.name, backend = %endpoint.label, "retrying a sent request");
         };
 
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        // A chunked body broken in the bytes that came with its head gets
+        // a 502 while nothing is sent (hyper's server would close the
+        // connection with no answer at all); only what is there at once.
+        let first = match parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            true => match ready_frame(&mut body).await {
+                Some(Err(_)) => {
+                    return Err(ForwardError::Exchange {
+                        what: crate::fast::MALFORMED,
+                        backend: endpoint.label.to_string(),
+                        kind: ErrorKind::Malformed,
+                    })
+                }
+                Some(Ok(frame)) => Some(frame),
+                None => None,
+            },
+            false => None,
+        };
         // RFC 9112 §2.3: a proxy sends its own version; hyper's server
         // frames an HTTP/1.0 answer by closing the client's connection.
         // To an HTTP/1.0 client, an answer of no known length can only end
@@ -424,6 +441,11 @@ impl Proxy {
             false => Version::HTTP_11,
         };
         single_content_length(&mut parts.headers);
+        // RFC 9110 §8.6: never on a 204 (hyper's server drops it for a
+        // GET's, not for a HEAD's).
+        if parts.status == StatusCode::NO_CONTENT {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_headers(&mut parts.headers, switching && upgrade);
         if let Some(cookie) = choice.set_cookie {
@@ -464,7 +486,8 @@ impl Proxy {
         }
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(
+            ProxyBody::upstream_after(
+                first,
                 body,
                 release,
                 in_flight,
@@ -472,6 +495,32 @@ impl Proxy {
             ),
         ))
     }
+}
+
+/// The body's first frame if it is there at once: polled, and polled
+/// again after the connection's task has had a turn to decode what it
+/// read with the head. None if it is not there yet, or the body is empty.
+async fn ready_frame(
+    body: &mut hyper::body::Incoming,
+) -> Option<Result<http_body::Frame<Bytes>, hyper::Error>> {
+    if let Some(frame) = poll_once(body).await {
+        return frame;
+    }
+    tokio::task::yield_now().await;
+    poll_once(body).await.flatten()
+}
+
+/// One poll of `body`: what it gave, or None if it was not ready.
+async fn poll_once(
+    body: &mut hyper::body::Incoming,
+) -> Option<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *body).poll_frame(cx) {
+            std::task::Poll::Ready(frame) => Some(frame),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// After a connect failure (nothing sent): counts it against `failed` and

@@ -104,6 +104,22 @@ pub fn has_token(list: &[u8], token: &[u8]) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Whether every `Content-Length` is digits (or a list of equal ones)
+/// and they agree: hyper's client checks them only on a response with a
+/// body, and a proxy must not pass on an invalid one (RFC 9110 §8.6).
+pub fn has_valid_length(headers: &HeaderMap) -> bool {
+    let mut length = None;
+    headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .all(|value| {
+            let n = crate::fast::parse_length(value.as_bytes());
+            let agrees = n.is_some() && (length.is_none() || length == n);
+            length = n;
+            agrees
+        })
+}
+
 /// Whether `headers` frame a body in a way the proxy passes on: no
 /// `Transfer-Encoding`, or one that is `chunked` alone. Any other coding
 /// (`gzip, chunked`, `gzip`) is refused, as nginx does: the proxy

@@ -232,6 +232,7 @@ impl Upstreams {
                     // switch nobody asked for is as wrong.
                     let headers = response.headers();
                     if !crate::headers::is_chunked_or_unencoded(headers)
+                        || !crate::headers::has_valid_length(headers)
                         || (headers.contains_key(http::header::TRANSFER_ENCODING)
                             && headers.contains_key(http::header::CONTENT_LENGTH))
                         || (response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade)
@@ -245,11 +246,19 @@ impl Upstreams {
                     }
                     // hyper's read buffer limit holds a head in pieces
                     // only: one that came in a few large reads is measured
-                    // here, as the fast path measures it.
-                    let head: usize = headers
-                        .iter()
-                        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-                        .sum();
+                    // here, as the fast path measures it, status line too.
+                    let reason = response
+                        .extensions()
+                        .get::<hyper::ext::ReasonPhrase>()
+                        .map(|reason| reason.as_bytes().len())
+                        .or_else(|| response.status().canonical_reason().map(str::len))
+                        .unwrap_or(0);
+                    let head: usize = "HTTP/1.1 200 \r\n".len()
+                        + reason
+                        + headers
+                            .iter()
+                            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                            .sum::<usize>();
                     if head > crate::fast::MAX_RESPONSE_HEAD {
                         return Err(ForwardError::Exchange {
                             what: crate::fast::HEAD_TOO_LARGE,

@@ -872,6 +872,18 @@ pub async fn put_config(admin: SocketAddr, body: String) -> (u16, Value) {
     (status, serde_json::from_str::<Value>(&body).expect("JSON"))
 }
 
+/// A fuzz campaign's knob: the environment variable `name` (decimal, or
+/// hex with `0x`), else `default`. `FUZZ_SEED`, `FUZZ_CASES`, `FUZZ_ONLY`.
+pub fn fuzz_env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => s.parse().ok(),
+        })
+        .unwrap_or(default)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
