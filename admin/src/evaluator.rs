@@ -20,12 +20,18 @@ use crate::events::NewEvent;
 use crate::rollout::Rollout;
 
 /// The baseline counts as slow itself when more than this share of its
-/// answers over the last second (with at least that many answers) were
-/// over the bar: the latency test's p1 (5%), so jitter in a healthy
-/// baseline does not switch the latency test off.
-const SHARED_SLOW_RATE: f64 = 0.05;
+/// answers over the last second were over the bar: the rate at which the
+/// latency test (p0 1%, p1 5%) starts to gather evidence, ln(0.99/0.95) /
+/// ln(5 · 0.99/0.95) = 2.5%. A canary no slower than the baseline then
+/// never gathers any (at 5%, a shared slowdown of one answer in 25 was
+/// blamed on the canary).
+const SHARED_SLOW_RATE: f64 = 0.025;
 const SHARED_SLOW_TICKS: usize = 10;
-const SHARED_SLOW_MIN_REQUESTS: u64 = 50;
+/// With fewer baseline answers than this in the last second, the look
+/// goes back further, up to [`SHARED_SLOW_MAX_TICKS`]: at low traffic a
+/// shared slowdown was blamed on the canary, the guard never engaging.
+const SHARED_SLOW_MIN_REQUESTS: u64 = 20;
+const SHARED_SLOW_MAX_TICKS: usize = 50;
 
 /// A pool's live error rate is over this many ticks (60 s).
 const LIVE_TICKS: usize = 600;
@@ -384,13 +390,18 @@ async fn evaluate(
             watch
                 .baseline_slow
                 .push_back((baseline_counts.requests, baseline_counts.slow));
-            if watch.baseline_slow.len() > SHARED_SLOW_TICKS {
+            if watch.baseline_slow.len() > SHARED_SLOW_MAX_TICKS {
                 watch.baseline_slow.pop_front();
             }
-            let (requests, slow) = watch
-                .baseline_slow
-                .iter()
-                .fold((0, 0), |(n, s), (dn, ds)| (n + dn, s + ds));
+            // The last second, or further back until enough answers.
+            let (mut requests, mut slow) = (0, 0);
+            for (ticks, (n, s)) in watch.baseline_slow.iter().rev().enumerate() {
+                if ticks >= SHARED_SLOW_TICKS && requests >= SHARED_SLOW_MIN_REQUESTS {
+                    break;
+                }
+                requests += n;
+                slow += s;
+            }
             let baseline_slow = requests >= SHARED_SLOW_MIN_REQUESTS
                 && slow as f64 > SHARED_SLOW_RATE * requests as f64;
             let canary_slow = if baseline_slow { 0 } else { canary.slow };
@@ -420,7 +431,7 @@ async fn evaluate(
                 *health.total.entry(key.1.clone()).or_default() += canary.requests;
             }
             if let Some(verdict) = verdict {
-                verdicts.push((key, verdict, weights.clone()));
+                verdicts.push((key, verdict, weights.clone(), (slow, requests)));
             }
         }
     }
@@ -447,8 +458,12 @@ async fn evaluate(
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
         }
     }
-    for ((route, pool), verdict, judged) in verdicts {
-        fall_back(plane, board, &route, &pool, &verdict, &judged).await;
+    for ((route, pool), verdict, judged, baseline_slow) in verdicts {
+        let judged = Judged {
+            weights: &judged,
+            baseline_slow,
+        };
+        fall_back(plane, board, &route, &pool, &verdict, judged).await;
         watches.remove(&(route, pool));
     }
 }
@@ -599,15 +614,24 @@ impl Live {
     }
 }
 
+/// What a verdict was reached on: the weights, and the baseline's slow
+/// answers (and all its answers) over the shared-slowness look.
+struct Judged<'a> {
+    weights: &'a BTreeMap<String, u32>,
+    baseline_slow: (u64, u64),
+}
+
 async fn fall_back(
     plane: &ControlPlane,
     board: &HealthBoard,
     route: &str,
     pool: &str,
     verdict: &Verdict,
-    judged: &BTreeMap<String, u32>,
+    judged: Judged<'_>,
 ) {
-    let evidence = json!({
+    let latency = matches!(verdict.arm.as_str(), "latency" | "slo_latency");
+    let (baseline_slow, baseline_answers) = judged.baseline_slow;
+    let mut evidence = json!({
         "pool": pool,
         "arm": verdict.arm.as_str(),
         "s": verdict.s,
@@ -620,20 +644,31 @@ async fn fall_back(
         "baseline_requests_60s": verdict.baseline_requests,
         "baseline_failing": verdict.is_baseline_failing,
     });
-    let what = match verdict.arm.as_str() {
-        "latency" | "slo_latency" => "slow responses",
-        _ => "errors",
+    // The baseline's side of the comparison: its slow answers for a
+    // latency arm (the errors were quoted as if they were slow answers).
+    let baseline = match latency {
+        true => {
+            evidence["baseline_slow"] = json!(baseline_slow);
+            evidence["baseline_answers"] = json!(baseline_answers);
+            format!("baseline {baseline_slow} of {baseline_answers} slow lately")
+        }
+        false => format!(
+            "baseline {} of {} over 60 s",
+            verdict.baseline_errors, verdict.baseline_requests
+        ),
+    };
+    let what = match latency {
+        true => "slow responses",
+        false => "errors",
     };
     let reason = format!(
-        "canary {pool} {what}: {} of {} since the test was last clear (allowed rate {:.4}, tested against {:.4}; S {:.1} >= {:.0}); baseline {} of {} over 60 s",
+        "canary {pool} {what}: {} of {} since the test was last clear (allowed rate {:.4}, tested against {:.4}; S {:.1} >= {:.0}); {baseline}",
         verdict.canary_events,
         verdict.canary_requests,
         verdict.p0,
         verdict.p1,
         verdict.s,
         verdict.threshold,
-        verdict.baseline_errors,
-        verdict.baseline_requests,
     );
     tracing::warn!(
         route,
@@ -647,7 +682,7 @@ async fn fall_back(
             reason,
             verdict.arm.as_str(),
             evidence.clone(),
-            Some(judged),
+            Some(judged.weights),
         )
         .await
     {

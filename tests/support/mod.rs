@@ -746,7 +746,6 @@ pub async fn start_on_config_capturing(
     SocketAddr,
     Arc<Mutex<String>>,
 ) {
-    use tokio::io::AsyncBufReadExt;
     let file = file.to_str().expect("a UTF-8 path");
     let args = [
         "run",
@@ -757,6 +756,19 @@ pub async fn start_on_config_capturing(
         "--workers",
         "1",
     ];
+    start_binary_capturing(&args).await
+}
+
+/// As [`start_binary`], with the child's stderr collected.
+pub async fn start_binary_capturing(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    SocketAddr,
+    Arc<Mutex<String>>,
+) {
+    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .env("SWITCHYARD_LOG", "warn")
