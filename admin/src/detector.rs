@@ -14,7 +14,9 @@
 //! p0 comes from the baseline pool, so that the canary is blamed only for
 //! what the baseline does not also suffer: the baseline's 60 s error rate
 //! plus a margin of two standard errors, raised to its 5 s, 1 s or judged
-//! window's rate when those are higher (a shared outage). The canary's
+//! window's rate when those are higher (a shared outage; below 50 baseline
+//! requests a second, the 1 s window reaches back up to 5 s until it has
+//! 50, else at low traffic only the 60 s rate moved). The canary's
 //! counts are judged `canary_delay_ticks` after they arrive, so that the
 //! short windows already hold the baseline's counts for the same interval;
 //! the judged window is exactly that interval (see
@@ -23,7 +25,9 @@
 //! The arms: `errors_slow` and `errors_fast` test the canary's errors
 //! against a small and a large increase over p0; `latency` tests its share
 //! of responses slower than a threshold drawn from the baseline's p99
-//! ([`DetectorConfig::latency_threshold_ms`]); `slo_errors` and
+//! ([`DetectorConfig::latency_threshold_ms`]), requests still unanswered
+//! past that threshold counting as slow ([`CanaryCounts::overdue`]);
+//! `slo_errors` and
 //! `slo_latency` test the route's absolute SLOs, when it has them, and so
 //! fire even when the baseline fails as badly.
 //!
@@ -347,6 +351,13 @@ pub struct CanaryCounts {
     pub slow: u64,
     /// Of those, responses slower than `max_latency_ms` (ignored without it).
     pub over_slo_latency: u64,
+    /// Of those, answers to requests already counted in `overdue` in an
+    /// earlier tick: the latency arm does not count them again.
+    pub late: u64,
+    /// Requests that passed the latency threshold in this tick with no
+    /// answer yet: the latency arm counts each as a slow response now (a
+    /// canary that hangs is slow before its timeouts say so).
+    pub overdue: u64,
 }
 
 impl CanaryCounts {
@@ -356,9 +367,17 @@ impl CanaryCounts {
         Self {
             requests: self.requests,
             errors: self.errors.min(self.requests),
-            slow: self.slow.min(self.requests),
+            slow: self.slow.min(self.requests - self.late.min(self.requests)),
             over_slo_latency: self.over_slo_latency.min(self.requests),
+            late: self.late.min(self.requests),
+            overdue: self.overdue,
         }
+    }
+
+    /// The latency arm's observations: the answers not counted before,
+    /// and the requests overdue.
+    fn latency_requests(&self) -> u64 {
+        self.requests - self.late + self.overdue
     }
 }
 
@@ -463,7 +482,9 @@ pub struct DetectorStatus {
     /// The baseline's rate over the short window (5 s), when it has enough
     /// requests to count.
     pub baseline_rate_short: Option<f64>,
-    /// The baseline's rate over the burst window (1 s), likewise.
+    /// The baseline's rate over the burst window (1 s), likewise; below
+    /// its minimum, over the newest ticks that reach it, up to the short
+    /// window's length.
     pub baseline_rate_burst: Option<f64>,
     /// The baseline's rate over the judged window (the judged tick and the
     /// ticks after it), likewise; None while that window is off.
@@ -546,6 +567,22 @@ impl BaselineWindows {
         self.head = (self.head + 1) % self.ring.len();
         self.filled = (self.filled + 1).min(self.ring.len());
     }
+
+    /// The rate over the newest ticks that hold `min_requests`, looking
+    /// back at most `max_ticks`; None if they hold fewer.
+    fn recent_rate(&self, min_requests: u64, max_ticks: usize) -> Option<f64> {
+        let len = self.ring.len();
+        let mut sums = Sums::default();
+        for back in 1..=self.filled.min(max_ticks) {
+            let tick = self.ring[(self.head + len - back) % len];
+            sums.requests += tick.requests;
+            sums.errors += tick.errors;
+            if sums.requests >= min_requests {
+                return sums.rate(min_requests);
+            }
+        }
+        None
+    }
 }
 
 /// Adds `tick` to `window` and takes out the tick that leaves it, which is
@@ -591,7 +628,21 @@ impl BaselineEstimate {
             .max(config.p0_floor)
             .min(config.p_max);
         let rate_short = windows.short.sums.rate(config.short_window_min_requests);
-        let rate_burst = windows.burst.sums.rate(config.burst_window_min_requests);
+        // Below the burst window's minimum (a baseline under 50 requests a
+        // second), it reaches back, up to the short window's length, until
+        // it has that many. Else at low traffic only the 60 s window could
+        // raise p0, and an outage both pools share was blamed on the
+        // canary (T8c).
+        let rate_burst = windows
+            .burst
+            .sums
+            .rate(config.burst_window_min_requests)
+            .or_else(|| {
+                windows.recent_rate(
+                    config.burst_window_min_requests,
+                    config.short_window_ticks.max(config.burst_window_ticks),
+                )
+            });
         let rate_judged = match config.judged_window_min_requests {
             Some(min_requests) => windows.judged.sums.rate(min_requests),
             None => None,
@@ -737,7 +788,7 @@ impl Detector {
             return None;
         }
         let judged = self.pending.pop_front()?;
-        if judged.requests == 0 {
+        if judged.requests == 0 && judged.overdue == 0 {
             // Every step would be 0: nothing to learn.
             return None;
         }
@@ -746,10 +797,12 @@ impl Detector {
         let mut estimate: Option<BaselineEstimate> = None;
         let mut verdict: Option<Verdict> = None;
         for &arm in &Arm::ALL {
-            let events = match arm {
-                Arm::ErrorsSlow | Arm::ErrorsFast | Arm::SloErrors => judged.errors,
-                Arm::Latency => judged.slow,
-                Arm::SloLatency => judged.over_slo_latency,
+            let (events, requests) = match arm {
+                Arm::ErrorsSlow | Arm::ErrorsFast | Arm::SloErrors => {
+                    (judged.errors, judged.requests)
+                }
+                Arm::Latency => (judged.slow + judged.overdue, judged.latency_requests()),
+                Arm::SloLatency => (judged.over_slo_latency, judged.requests),
             };
             if events == 0 && self.arms[arm as usize].s <= 0.0 {
                 // p1 ≥ p0, so a tick without events cannot raise S from 0:
@@ -762,7 +815,7 @@ impl Detector {
                 continue;
             };
             let cusum = &mut self.arms[arm as usize];
-            cusum.update(events, judged.requests, &h);
+            cusum.update(events, requests, &h);
             if cusum.s < self.config.threshold {
                 continue;
             }
@@ -1198,6 +1251,22 @@ mod tests {
         assert_eq!(unflagged, 0, "the status missed the baseline failing");
     }
 
+    // T8c: T8 at 20 rps, canary 10%: both pools 0% → 100%, and 0% → 40%,
+    // at the same tick. The baseline's 18 requests a second fill neither
+    // the 1 s window (50) nor the 5 s one (100), so p0 rose only with the
+    // 60 s window and a review saw the fast arm fall back on a shared
+    // outage about 6 s in.
+    #[test]
+    fn t8c_shared_outage_at_low_traffic_is_not_blamed_on_the_canary() {
+        for (scenario, rate) in [(83, 1.0), (84, 0.4)] {
+            let phases = [
+                phase(10, 20, 0.10, 0.0, 0.0),
+                phase(30, 20, 0.10, rate, rate),
+            ];
+            assert_no_false_alarm("T8c", scenario, &phases);
+        }
+    }
+
     fn t8b() -> Vec<Phase> {
         (0..6)
             .flat_map(|_| {
@@ -1478,9 +1547,18 @@ mod tests {
         feed_same(&mut detector, 600, (4, 0), canary(0, 0));
         feed_same(&mut detector, 10, (4, 4), canary(0, 0));
         let status = detector.status();
-        // 40 requests in the last second, 200 in the last five.
-        assert_eq!(status.baseline_rate_burst, None);
+        // 40 requests in the last second, 200 in the last five: the burst
+        // window reaches back three ticks for its 50 (52 requests, the 40
+        // errors), the short window does not.
+        assert_eq!(status.baseline_rate_burst, Some(40.0 / 52.0));
         assert_eq!(status.baseline_rate_short, Some(0.2));
+        // With fewer than 50 in the short window's 5 s, neither has a rate.
+        let mut quiet = self::detector();
+        feed_same(&mut quiet, 650, (0, 0), canary(0, 0));
+        feed_same(&mut quiet, 10, (4, 4), canary(0, 0));
+        let status = quiet.status();
+        assert_eq!(status.baseline_rate_burst, None);
+        assert_eq!(status.baseline_rate_short, None);
     }
 
     #[test]
@@ -1592,6 +1670,44 @@ mod tests {
             plain.status().arms.len(),
             3,
             "no SLO arms unless configured"
+        );
+    }
+
+    #[test]
+    fn requests_unanswered_past_the_bar_are_slow_and_their_late_answers_not_again() {
+        // A canary that stopped answering: its 10 requests a tick pass the
+        // bar unanswered, with no answer to count them by.
+        let hung = CanaryCounts {
+            overdue: 10,
+            ..CanaryCounts::default()
+        };
+        let (tick, verdict) =
+            feed_same(&mut detector(), 100, (90, 0), hung).expect("a hung canary is slow");
+        assert_eq!(verdict.arm, Arm::Latency);
+        assert_eq!(verdict.canary_events, verdict.canary_requests);
+        // ln(5) per slow request against a threshold of 20: 13 of them,
+        // in the second tick judged after the 3-tick delay.
+        assert_eq!(tick, 4);
+
+        // Their answers, when they come, were counted already: of 20
+        // answers, the 10 late ones are not observations again, and 2
+        // requests newly overdue are.
+        let mixed = CanaryCounts {
+            requests: 20,
+            late: 10,
+            slow: 1,
+            overdue: 2,
+            ..CanaryCounts::default()
+        };
+        let mut detector = detector();
+        // One tick judged, after the 3-tick delay.
+        assert!(feed_same(&mut detector, 4, (90, 0), mixed).is_none());
+        let latency = &detector.status().arms[Arm::Latency as usize];
+        assert_eq!((latency.canary_events, latency.canary_requests), (3, 12));
+        let errors = &detector.status().arms[Arm::ErrorsSlow as usize];
+        assert_eq!(
+            errors.canary_requests, 0,
+            "no errors: the error test is at zero"
         );
     }
 

@@ -55,6 +55,9 @@ struct Watch {
     served: u64,
     /// The baseline's (requests, slow) of the last ticks.
     baseline_slow: VecDeque<(u64, u64)>,
+    /// Canary requests counted as slow while still unanswered, since the
+    /// weights last changed.
+    overdue: u64,
 }
 
 /// What the health endpoint shows for a route.
@@ -351,6 +354,7 @@ async fn evaluate(
                 snapshots: VecDeque::new(),
                 served: 0,
                 baseline_slow: VecDeque::new(),
+                overdue: 0,
             });
             if fresh {
                 // p0 is the baseline's last 60 s from the first tick on
@@ -376,6 +380,7 @@ async fn evaluate(
                 watch.detector.reset();
                 watch.weights = weights.clone();
                 watch.served = 0;
+                watch.overdue = 0;
             }
             if tick.is_multiple_of(SNAPSHOT_TICKS) {
                 publish_latency_threshold(watch, baseline_weight == 0);
@@ -387,9 +392,12 @@ async fn evaluate(
             // baseline itself is slow over the last second (a shared
             // slowdown: saturation, a slow dependency), the canary's slow
             // answers of this tick are not held against it.
-            watch
-                .baseline_slow
-                .push_back((baseline_counts.requests, baseline_counts.slow));
+            // Its requests unanswered past the bar are slow as well.
+            watch.baseline_slow.push_back((
+                (baseline_counts.requests - baseline_counts.late.min(baseline_counts.requests))
+                    + baseline_counts.overdue,
+                baseline_counts.slow + baseline_counts.overdue,
+            ));
             if watch.baseline_slow.len() > SHARED_SLOW_MAX_TICKS {
                 watch.baseline_slow.pop_front();
             }
@@ -404,12 +412,18 @@ async fn evaluate(
             }
             let baseline_slow = requests >= SHARED_SLOW_MIN_REQUESTS
                 && slow as f64 > SHARED_SLOW_RATE * requests as f64;
-            let canary_slow = if baseline_slow { 0 } else { canary.slow };
+            let (canary_slow, canary_overdue) = match baseline_slow {
+                true => (0, 0),
+                false => (canary.slow, canary.overdue),
+            };
+            watch.overdue += canary_overdue;
             let canary_counts = CanaryCounts {
                 requests: canary.requests,
                 errors: canary.errors,
                 slow: canary_slow,
                 over_slo_latency: canary.over_slo,
+                late: canary.late,
+                overdue: canary_overdue,
             };
             let verdict = if baseline_weight == 0 {
                 // All traffic on the canary: judged against what the
@@ -431,7 +445,8 @@ async fn evaluate(
                 *health.total.entry(key.1.clone()).or_default() += canary.requests;
             }
             if let Some(verdict) = verdict {
-                verdicts.push((key, verdict, weights.clone(), (slow, requests)));
+                let judged = (weights.clone(), (slow, requests), watch.overdue);
+                verdicts.push((key, verdict, judged));
             }
         }
     }
@@ -458,10 +473,11 @@ async fn evaluate(
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
         }
     }
-    for ((route, pool), verdict, judged, baseline_slow) in verdicts {
+    for ((route, pool), verdict, (weights, baseline_slow, unanswered)) in verdicts {
         let judged = Judged {
-            weights: &judged,
+            weights: &weights,
             baseline_slow,
+            unanswered,
         };
         fall_back(plane, board, &route, &pool, &verdict, judged).await;
         watches.remove(&(route, pool));
@@ -619,6 +635,8 @@ impl Live {
 struct Judged<'a> {
     weights: &'a BTreeMap<String, u32>,
     baseline_slow: (u64, u64),
+    /// Canary requests counted as slow with no answer yet, at this step.
+    unanswered: u64,
 }
 
 async fn fall_back(
@@ -631,6 +649,11 @@ async fn fall_back(
 ) {
     let latency = matches!(verdict.arm.as_str(), "latency" | "slo_latency");
     let (baseline_slow, baseline_answers) = judged.baseline_slow;
+    // Only the latency arm counts requests still unanswered.
+    let unanswered = match verdict.arm {
+        crate::detector::Arm::Latency => judged.unanswered,
+        _ => 0,
+    };
     let mut evidence = json!({
         "pool": pool,
         "arm": verdict.arm.as_str(),
@@ -648,6 +671,7 @@ async fn fall_back(
     // latency arm (the errors were quoted as if they were slow answers).
     let baseline = match latency {
         true => {
+            evidence["canary_unanswered"] = json!(unanswered);
             evidence["baseline_slow"] = json!(baseline_slow);
             evidence["baseline_answers"] = json!(baseline_answers);
             format!("baseline {baseline_slow} of {baseline_answers} slow lately")
@@ -657,9 +681,11 @@ async fn fall_back(
             verdict.baseline_errors, verdict.baseline_requests
         ),
     };
-    let what = match latency {
-        true => "slow responses",
-        false => "errors",
+    let what = match (latency, unanswered) {
+        (true, 0) => "slow responses".to_string(),
+        // A request unanswered past the bar counts as a slow response.
+        (true, n) => format!("slow responses ({n} at this step unanswered past the bar)"),
+        (false, _) => "errors".to_string(),
     };
     let reason = format!(
         "canary {pool} {what}: {} of {} since the test was last clear (allowed rate {:.4}, tested against {:.4}; S {:.1} >= {:.0}); {baseline}",

@@ -1425,6 +1425,7 @@ where
             deadline: upstream_deadline,
             probe: pipelined,
         };
+        let pending = stats.send(started, now_ms);
         let exchanged = {
             let exchange =
                 exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms, &mut in_flight);
@@ -1439,7 +1440,7 @@ where
             Ok(exchanged) => exchanged,
             Err(failed) => {
                 let error = failed.error;
-                count_failure(pool, stats, endpoint, &error, started, now_ms);
+                count_failure(pool, pending, endpoint, &error, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
                 put_error(&mut out, &error, close, plan.head_request);
                 proxy.raw.upstream_buffers.give(upstream_buffer);
@@ -1450,7 +1451,7 @@ where
                 continue;
             }
         };
-        stats.record(head.status, started, None);
+        pending.answered(head.status, None);
         endpoint.health.succeeded();
 
         let relayed = relay(

@@ -24,7 +24,7 @@ use crate::headers::{
     HOP_FIELDS, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::route::{EndpointEntry, PoolEntry, RouteEntry, RouteTable, Routes};
-use crate::stats::{ErrorKind, PoolStats};
+use crate::stats::{ErrorKind, Pending, PoolStats};
 use crate::upstream::{copy_if_retryable, ExchangeTimeouts, Upstreams};
 
 /// A request body up to this size is read whole before anything goes
@@ -344,6 +344,7 @@ impl Proxy {
             .flatten();
         let mut retries_left = retries.attempts;
         let mut endpoint = endpoint;
+        let pending = stats.send(started, now_ms);
         let (response, release) = loop {
             let mut sent = self.upstreams.send(endpoint, request, timeouts).await;
             // A connect failure sent nothing: the request goes once to another
@@ -380,22 +381,23 @@ impl Proxy {
                 };
             match sent {
                 Ok((response, release)) if !retry => {
-                    stats.record(response.status().as_u16(), started, None);
+                    pending.answered(response.status().as_u16(), None);
                     endpoint.health.succeeded();
                     break (response, release);
                 }
                 Ok((response, _)) => {
                     // Each try is an answer the detector must see: a retry
                     // must not hide a failing canary.
-                    stats.record(response.status().as_u16(), started, None);
+                    pending.answered_try(response.status().as_u16(), None);
                     endpoint.health.succeeded();
                 }
-                Err(failed) => {
+                Err(failed) if !retry => {
                     let err = failed.error;
-                    count_failure(pool, stats, endpoint, &err, started, now_ms);
-                    if !retry {
-                        return Err(err);
-                    }
+                    count_failure(pool, pending, endpoint, &err, now_ms);
+                    return Err(err);
+                }
+                Err(failed) => {
+                    count_try_failure(pool, &pending, endpoint, &failed.error, now_ms);
                 }
             }
             retries_left -= 1;
@@ -543,13 +545,28 @@ pub(crate) fn move_on<'t>(
 /// upstream failure against the endpoint (ejecting it after a run).
 pub(crate) fn count_failure(
     pool: &PoolEntry,
-    stats: &PoolStats,
+    pending: Pending<'_>,
     endpoint: &EndpointEntry,
     error: &ForwardError,
-    started: Instant,
     now_ms: u64,
 ) {
-    stats.record(error.status().as_u16(), started, error.upstream_kind());
+    pending.answered(error.status().as_u16(), error.upstream_kind());
+    note_failure(pool, endpoint, error, now_ms);
+}
+
+/// As [`count_failure`], for a try a retry follows.
+fn count_try_failure(
+    pool: &PoolEntry,
+    pending: &Pending<'_>,
+    endpoint: &EndpointEntry,
+    error: &ForwardError,
+    now_ms: u64,
+) {
+    pending.answered_try(error.status().as_u16(), error.upstream_kind());
+    note_failure(pool, endpoint, error, now_ms);
+}
+
+fn note_failure(pool: &PoolEntry, endpoint: &EndpointEntry, error: &ForwardError, now_ms: u64) {
     if error.upstream_kind().is_some() && pool.endpoint_failed(endpoint, now_ms) {
         tracing::warn!(backend = %endpoint.label, "endpoint ejected after repeated failures");
     }

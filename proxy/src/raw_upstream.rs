@@ -99,6 +99,7 @@ pub(crate) async fn send<R>(
         deadline: &mut deadline,
         probe: false,
     };
+    let pending = stats.send(started, now_ms);
     let (endpoint, sent) =
         exchange_moving_on(&mut ex, pool, stats, endpoint, now_ms, &mut in_flight).await;
     let converted = sent
@@ -117,13 +118,13 @@ pub(crate) async fn send<R>(
     let (conn, head, mut response) = match converted {
         Ok(converted) => converted,
         Err(error) => {
-            count_failure(pool, stats, endpoint, &error, started, now_ms);
+            count_failure(pool, pending, endpoint, &error, now_ms);
             raw.upstream_buffers.give(buffer);
             raw.deadlines.give(deadline);
             return Err(error);
         }
     };
-    stats.record(head.status, started, None);
+    pending.answered(head.status, None);
     endpoint.health.succeeded();
 
     buffer.advance(head.len);

@@ -36,6 +36,19 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// is over, and clears ticks ahead of the writers, so a few are enough.
 const RING: usize = 16;
 
+/// Requests in flight are kept by the tick they were sent in (a cohort),
+/// in a ring of this many ticks (25.6 s), so that the detector can count
+/// those still unanswered once the latency bar is behind them: a canary
+/// that hangs is slow from the moment its requests pass the bar, not from
+/// the response-header timeout that turns them into 504s a minute later.
+const COHORTS: usize = 256;
+/// A cohort is judged at most this many ticks after it was sent: a bar
+/// longer than 6.4 s is not watched for unanswered requests.
+const COHORT_JUDGED_BY: u64 = 64;
+/// A request this many ticks old no longer touches its cohort's slot,
+/// which the detector clears for reuse at half the ring's length.
+const COHORT_WRITES_UNTIL: u64 = 100;
+
 /// The process's metrics registry and the series the data plane writes.
 pub struct Metrics {
     /// Everything `GET /metrics` shows.
@@ -155,6 +168,8 @@ impl StatsScope {
             errors: series.errors,
             duration: series.duration,
             ticks: std::array::from_fn(|_| TickSlot::default()),
+            cohorts: (0..COHORTS).map(|_| Cohort::default()).collect(),
+            next_judged: AtomicU64::new(0),
             slow_after_us: AtomicU64::new(u64::MAX),
             slo_after_us: AtomicU64::new(u64::MAX),
             error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
@@ -328,6 +343,12 @@ pub struct PoolStats {
     errors: [IntCounter; 4],
     duration: Histogram,
     ticks: [TickSlot; RING],
+    /// Requests sent, by the tick they were sent in.
+    cohorts: Box<[Cohort]>,
+    /// The next cohort to judge for requests unanswered past the bar:
+    /// older ones take no more requests (only
+    /// [`take_tick`](Self::take_tick) writes it).
+    next_judged: AtomicU64,
     /// A response slower than this (µs) counts as slow; set by the detector.
     pub slow_after_us: AtomicU64,
     /// A response slower than this (µs) breaks the route's latency SLO.
@@ -351,6 +372,17 @@ struct TickSlot {
     errors: AtomicU64,
     slow: AtomicU64,
     over_slo: AtomicU64,
+    late: AtomicU64,
+}
+
+/// The requests sent in one tick: how many, how many of them have had
+/// their answer (or were given up), and which cohort of the ring's
+/// turns this slot was judged for (its tick + 1; 0: none).
+#[derive(Default)]
+struct Cohort {
+    sent: AtomicU32,
+    ended: AtomicU32,
+    judged: AtomicU64,
 }
 
 /// Counts of one finished tick, as the detector reads them.
@@ -364,28 +396,158 @@ pub struct TickCounts {
     pub slow: u64,
     /// Answers slower than the route's latency SLO.
     pub over_slo: u64,
+    /// Answers (of `requests`) to requests already counted in `overdue`
+    /// in an earlier tick: their slowness is not counted again.
+    pub late: u64,
+    /// Requests sent that passed the latency bar in this tick with no
+    /// answer yet: slow, before any answer says so.
+    pub overdue: u64,
 }
 
 /// Milliseconds from the first use of the stats clock to `at`.
 pub fn ms_of(at: Instant) -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    at.saturating_duration_since(start).as_millis() as u64
+    let since = since_start(at);
+    // Not `as_millis`: its 128-bit division is a call on every request.
+    since.as_secs() * 1000 + u64::from(since.subsec_millis())
 }
 
 /// The tick a moment falls in, counted from the first use of the clock.
 pub fn tick_of(at: Instant) -> u64 {
-    ms_of(at) / TICK.as_millis() as u64
+    const _: () = assert!(TICK.as_millis() == 100, "ticks are tenths of a second");
+    let since = since_start(at);
+    since.as_secs() * 10 + u64::from(since.subsec_millis() / 100)
+}
+
+fn since_start(at: Instant) -> Duration {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start)
+}
+
+/// A request on its way to a pool, from the moment it is sent until its
+/// answer's head (or until it is given up, when the guard drops): while
+/// it waits past the latency bar, the detector counts it as slow.
+#[must_use = "a request's answer is recorded through its guard"]
+pub struct Pending<'a> {
+    stats: &'a PoolStats,
+    /// When the client's request arrived: the answer's latency runs from
+    /// here (the cohort is the tick it was sent in).
+    started: Instant,
+    /// The tick it was sent in; u64::MAX when counting is off.
+    cohort: u64,
 }
 
 impl PoolStats {
-    /// Records one answer: status, time to the response head, and whether
-    /// it counts as an error for canary health.
-    pub fn record(&self, status: u16, started: Instant, error: Option<ErrorKind>) {
+    /// A request that arrived at `started` (`started_ms` by [`ms_of`]) is
+    /// sent to this pool. Its cohort is the tick it arrived in: one that
+    /// waited so long before it was sent (a slow upload) that its cohort
+    /// is closed is not watched while it waits; its answer counts as
+    /// slow as any.
+    pub fn send(&self, started: Instant, started_ms: u64) -> Pending<'_> {
+        let cohort = started_ms / TICK.as_millis() as u64;
+        if !COUNTING.load(Ordering::Relaxed) || cohort < self.next_judged.load(Ordering::Relaxed) {
+            return Pending {
+                stats: self,
+                started,
+                cohort: u64::MAX,
+            };
+        }
+        let slot = &self.cohorts[cohort as usize % COHORTS];
+        slot.sent.fetch_add(1, Ordering::Relaxed);
+        Pending {
+            stats: self,
+            started,
+            cohort,
+        }
+    }
+}
+
+impl Pending<'_> {
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The pool's stats.
+    pub fn stats(&self) -> &PoolStats {
+        self.stats
+    }
+
+    /// Records its answer and ends the wait: status, time to the response
+    /// head, and whether it counts as an error for canary health.
+    pub fn answered(mut self, status: u16, error: Option<ErrorKind>) {
+        let now = Instant::now();
+        let tick = tick_of(now);
+        let late = self.end(tick);
+        self.stats
+            .record(status, self.started, (now, tick), error, late);
+    }
+
+    /// Records the answer of one try of several (a retry follows): the
+    /// wait goes on.
+    pub fn answered_try(&self, status: u16, error: Option<ErrorKind>) {
+        let now = Instant::now();
+        let tick = tick_of(now);
+        let late = self.cohort != u64::MAX && self.judged(tick);
+        self.stats
+            .record(status, self.started, (now, tick), error, late);
+    }
+
+    /// Whether the detector has counted the request as overdue already
+    /// (a request older than the ring has been, if the bar allowed).
+    fn judged(&self, tick: u64) -> bool {
+        let age = tick.saturating_sub(self.cohort);
+        age >= COHORT_WRITES_UNTIL
+            || self.stats.cohorts[self.cohort as usize % COHORTS]
+                .judged
+                .load(Ordering::Relaxed)
+                == self.cohort + 1
+    }
+
+    /// Ends the wait, once: returns whether the request was counted as
+    /// overdue. (An answer racing the detector's read of its cohort, in
+    /// a window of nanoseconds, may be counted slow twice.)
+    fn end(&mut self, tick: u64) -> bool {
+        if self.cohort == u64::MAX {
+            return false;
+        }
+        let cohort = self.cohort;
+        let judged = self.judged(tick);
+        self.cohort = u64::MAX;
+        if !judged {
+            let slot = &self.stats.cohorts[cohort as usize % COHORTS];
+            slot.ended.fetch_add(1, Ordering::Relaxed);
+        }
+        judged
+    }
+}
+
+impl Drop for Pending<'_> {
+    /// Given up with no answer (the client left, or a failure that no
+    /// answer records): no longer in flight.
+    fn drop(&mut self) {
+        if self.cohort != u64::MAX {
+            self.end(tick_of(Instant::now()));
+        }
+    }
+}
+
+impl PoolStats {
+    /// Records one answer at `now` (and its tick): status, time to the
+    /// response head, and whether it counts as an error for canary
+    /// health; `late` when the detector counted the request as slow while
+    /// it waited.
+    fn record(
+        &self,
+        status: u16,
+        started: Instant,
+        (now, tick): (Instant, u64),
+        error: Option<ErrorKind>,
+        late: bool,
+    ) {
         if !COUNTING.load(Ordering::Relaxed) {
             return;
         }
-        let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.classes[class].inc();
@@ -393,13 +555,15 @@ impl PoolStats {
         if let Some(kind) = error {
             self.errors[kind as usize].inc();
         }
-        let slot = &self.ticks[(tick_of(now) as usize) % RING];
+        let slot = &self.ticks[(tick as usize) % RING];
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if self.is_error(status) {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
         let micros = elapsed.as_micros() as u64;
-        if micros > self.slow_after_us.load(Ordering::Relaxed) {
+        if late {
+            slot.late.fetch_add(1, Ordering::Relaxed);
+        } else if micros > self.slow_after_us.load(Ordering::Relaxed) {
             slot.slow.fetch_add(1, Ordering::Relaxed);
         }
         if micros > self.slo_after_us.load(Ordering::Relaxed) {
@@ -451,13 +615,54 @@ impl PoolStats {
             errors: slot.errors.swap(0, Ordering::Relaxed),
             slow: slot.slow.swap(0, Ordering::Relaxed),
             over_slo: slot.over_slo.swap(0, Ordering::Relaxed),
+            late: slot.late.swap(0, Ordering::Relaxed),
+            overdue: self.judge_cohorts(tick),
         };
         let ahead = &self.ticks[(tick as usize + RING / 2) % RING];
         ahead.requests.store(0, Ordering::Relaxed);
         ahead.errors.store(0, Ordering::Relaxed);
         ahead.slow.store(0, Ordering::Relaxed);
         ahead.over_slo.store(0, Ordering::Relaxed);
+        ahead.late.store(0, Ordering::Relaxed);
         counts
+    }
+
+    /// At the end of `tick`: the requests of the cohorts the latency bar
+    /// is now behind that are still unanswered; and a cohort's slot ahead
+    /// of the senders cleared for its next turn.
+    fn judge_cohorts(&self, tick: u64) -> u64 {
+        let ahead = &self.cohorts[(tick as usize + COHORTS / 2) % COHORTS];
+        ahead.sent.store(0, Ordering::Relaxed);
+        ahead.ended.store(0, Ordering::Relaxed);
+        let bar_us = self.slow_after_us.load(Ordering::Relaxed);
+        // Every request of cohort c was sent by the end of tick c, so at
+        // the end of `tick` the bar is behind it when c + bar ≤ tick.
+        let bar_ticks = bar_us.div_ceil(TICK.as_micros() as u64);
+        let first = self
+            .next_judged
+            .load(Ordering::Relaxed)
+            .max(tick.saturating_sub(COHORT_JUDGED_BY));
+        if bar_us == u64::MAX || bar_ticks > COHORT_JUDGED_BY || tick < bar_ticks {
+            // Not judged; but cohorts this old take no more requests, so
+            // that a late one never lands in a slot a later cohort uses.
+            self.next_judged.store(first, Ordering::Relaxed);
+            return 0;
+        }
+        let last = tick - bar_ticks;
+        let mut overdue = 0;
+        for cohort in first..=last {
+            let slot = &self.cohorts[cohort as usize % COHORTS];
+            // Marked first: an answer that comes after the mark does not
+            // count itself as slow again.
+            slot.judged.store(cohort + 1, Ordering::Relaxed);
+            let sent = slot.sent.swap(0, Ordering::Relaxed);
+            let ended = slot.ended.swap(0, Ordering::Relaxed);
+            overdue += u64::from(sent.saturating_sub(ended));
+        }
+        if first <= last {
+            self.next_judged.store(last + 1, Ordering::Relaxed);
+        }
+        overdue
     }
 
     /// The request-duration histogram so far: `(upper bound in ms,
@@ -473,5 +678,87 @@ impl PoolStats {
             .collect();
         out.push((f64::INFINITY, histogram.get_sample_count()));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `n` requests within one tick (again if a tick ends between
+    /// them), returning the guards and the tick they were sent in.
+    fn send_within_a_tick(stats: &PoolStats, n: usize) -> (Vec<Pending<'_>>, u64) {
+        loop {
+            let before = tick_of(Instant::now());
+            let sent: Vec<_> = (0..n)
+                .map(|_| {
+                    let now = Instant::now();
+                    stats.send(now, ms_of(now))
+                })
+                .collect();
+            if tick_of(Instant::now()) == before {
+                return (sent, before);
+            }
+            // A tick ended between them: their ends are counted (in their own cohorts) as they drop.
+        }
+    }
+
+    #[test]
+    fn a_request_unanswered_past_the_bar_is_overdue_once_and_its_late_answer_is_not_slow_again() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("cohort-route", "cohort-pool");
+        // 150 ms: a cohort's requests are all past it two ticks on.
+        stats.slow_after_us.store(150_000, Ordering::Relaxed);
+        let (mut sent, cohort) = send_within_a_tick(&stats, 3);
+        let hung = sent.remove(0);
+        let given_up = sent.remove(0);
+        let answered = sent.remove(0);
+        answered.answered(200, None);
+        // The client left before the bar: not in flight any longer.
+        drop(given_up);
+        assert_eq!(
+            stats.take_tick(cohort + 1).overdue,
+            0,
+            "the bar is not yet behind it"
+        );
+        assert_eq!(
+            stats.take_tick(cohort + 2).overdue,
+            1,
+            "the one request still unanswered"
+        );
+        assert_eq!(stats.take_tick(cohort + 3).overdue, 0, "counted once");
+        hung.answered(200, None);
+        let now = tick_of(Instant::now());
+        let (mut late, mut slow, mut requests) = (0, 0, 0);
+        for tick in cohort..=now {
+            let counts = stats.take_tick(tick);
+            (late, slow, requests) = (
+                late + counts.late,
+                slow + counts.slow,
+                requests + counts.requests,
+            );
+        }
+        assert_eq!(
+            (requests, late, slow),
+            (2, 1, 0),
+            "the late answer counts, but not as slow again"
+        );
+    }
+
+    #[test]
+    fn no_request_is_overdue_without_a_bar_or_with_one_longer_than_the_cohorts_are_judged() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("cohort-route", "cohort-pool");
+        let (sent, cohort) = send_within_a_tick(&stats, 2);
+        assert_eq!(stats.take_tick(cohort + 10).overdue, 0, "no bar");
+        stats.slow_after_us.store(10_000_000, Ordering::Relaxed);
+        assert_eq!(stats.take_tick(cohort + 11).overdue, 0, "a 10 s bar");
+        stats.slow_after_us.store(100_000, Ordering::Relaxed);
+        assert_eq!(
+            stats.take_tick(cohort + 12).overdue,
+            2,
+            "a 100 ms bar, now behind them"
+        );
+        drop(sent);
     }
 }
