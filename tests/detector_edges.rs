@@ -387,6 +387,25 @@ async fn a_canary_that_hangs_falls_back_before_its_requests_time_out() {
     );
 }
 
+/// A big-bang release (all traffic on the new pool from the start, so no
+/// baseline to compare with) that hangs falls back on its latency SLO in
+/// seconds: the SLO's test counts requests unanswered past
+/// `max_latency_ms` too, where it waited for the answers (504s after the
+/// 60 s response-header timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_bang_release_that_hangs_falls_back_on_its_latency_slo() {
+    let slo = json!({"canary_health": {"max_latency_ms": 200}});
+    let run = start("big-bang-hang", 10_000, slo).await;
+    let _load = warm_up(&run, 100, 3).await;
+    run.canary.delay_ms.store(600_000, Ordering::Relaxed);
+    let event = canary_fallback(&run, now_ms(), Duration::from_secs(20), 5000).await;
+    let e = &event["evidence"];
+    assert_eq!(e["arm"], "slo_latency", "{event}");
+    let unanswered = e["canary_unanswered"].as_u64().expect("unanswered");
+    assert!(unanswered >= 10, "{event}");
+    assert_eq!(e["canary_events"], e["canary_requests"], "{event}");
+}
+
 /// Requests that hang on both pools alike (one in ten) are not blamed on
 /// the canary: the baseline's unanswered requests count as its slow ones
 /// too, and the shared-slowness guard engages.

@@ -358,6 +358,10 @@ pub struct CanaryCounts {
     /// answer yet: the latency arm counts each as a slow response now (a
     /// canary that hangs is slow before its timeouts say so).
     pub overdue: u64,
+    /// As `late`, for the `max_latency_ms` SLO.
+    pub late_slo: u64,
+    /// As `overdue`, for the `max_latency_ms` SLO.
+    pub overdue_slo: u64,
 }
 
 impl CanaryCounts {
@@ -368,16 +372,14 @@ impl CanaryCounts {
             requests: self.requests,
             errors: self.errors.min(self.requests),
             slow: self.slow.min(self.requests - self.late.min(self.requests)),
-            over_slo_latency: self.over_slo_latency.min(self.requests),
+            over_slo_latency: self
+                .over_slo_latency
+                .min(self.requests - self.late_slo.min(self.requests)),
             late: self.late.min(self.requests),
             overdue: self.overdue,
+            late_slo: self.late_slo.min(self.requests),
+            overdue_slo: self.overdue_slo,
         }
-    }
-
-    /// The latency arm's observations: the answers not counted before,
-    /// and the requests overdue.
-    fn latency_requests(&self) -> u64 {
-        self.requests - self.late + self.overdue
     }
 }
 
@@ -788,7 +790,7 @@ impl Detector {
             return None;
         }
         let judged = self.pending.pop_front()?;
-        if judged.requests == 0 && judged.overdue == 0 {
+        if judged.requests == 0 && judged.overdue == 0 && judged.overdue_slo == 0 {
             // Every step would be 0: nothing to learn.
             return None;
         }
@@ -801,8 +803,15 @@ impl Detector {
                 Arm::ErrorsSlow | Arm::ErrorsFast | Arm::SloErrors => {
                     (judged.errors, judged.requests)
                 }
-                Arm::Latency => (judged.slow + judged.overdue, judged.latency_requests()),
-                Arm::SloLatency => (judged.over_slo_latency, judged.requests),
+                // The answers not counted before, and the requests overdue.
+                Arm::Latency => (
+                    judged.slow + judged.overdue,
+                    judged.requests - judged.late + judged.overdue,
+                ),
+                Arm::SloLatency => (
+                    judged.over_slo_latency + judged.overdue_slo,
+                    judged.requests - judged.late_slo + judged.overdue_slo,
+                ),
             };
             if events == 0 && self.arms[arm as usize].s <= 0.0 {
                 // p1 ≥ p0, so a tick without events cannot raise S from 0:

@@ -56,8 +56,8 @@ struct Watch {
     /// The baseline's (requests, slow) of the last ticks.
     baseline_slow: VecDeque<(u64, u64)>,
     /// Canary requests counted as slow while still unanswered, since the
-    /// weights last changed.
-    overdue: u64,
+    /// weights last changed: past the latency bar, past the SLO.
+    overdue: [u64; 2],
 }
 
 /// What the health endpoint shows for a route.
@@ -354,7 +354,7 @@ async fn evaluate(
                 snapshots: VecDeque::new(),
                 served: 0,
                 baseline_slow: VecDeque::new(),
-                overdue: 0,
+                overdue: [0; 2],
             });
             if fresh {
                 // p0 is the baseline's last 60 s from the first tick on
@@ -380,7 +380,7 @@ async fn evaluate(
                 watch.detector.reset();
                 watch.weights = weights.clone();
                 watch.served = 0;
-                watch.overdue = 0;
+                watch.overdue = [0; 2];
             }
             if tick.is_multiple_of(SNAPSHOT_TICKS) {
                 publish_latency_threshold(watch, baseline_weight == 0);
@@ -416,7 +416,8 @@ async fn evaluate(
                 true => (0, 0),
                 false => (canary.slow, canary.overdue),
             };
-            watch.overdue += canary_overdue;
+            watch.overdue[0] += canary_overdue;
+            watch.overdue[1] += canary.overdue_slo;
             let canary_counts = CanaryCounts {
                 requests: canary.requests,
                 errors: canary.errors,
@@ -424,6 +425,9 @@ async fn evaluate(
                 over_slo_latency: canary.over_slo,
                 late: canary.late,
                 overdue: canary_overdue,
+                // The SLO is absolute: no shared slowness excuses it.
+                late_slo: canary.late_slo,
+                overdue_slo: canary.overdue_slo,
             };
             let verdict = if baseline_weight == 0 {
                 // All traffic on the canary: judged against what the
@@ -635,8 +639,9 @@ impl Live {
 struct Judged<'a> {
     weights: &'a BTreeMap<String, u32>,
     baseline_slow: (u64, u64),
-    /// Canary requests counted as slow with no answer yet, at this step.
-    unanswered: u64,
+    /// Canary requests counted as slow with no answer yet, at this step:
+    /// past the latency bar, past the SLO.
+    unanswered: [u64; 2],
 }
 
 async fn fall_back(
@@ -649,9 +654,10 @@ async fn fall_back(
 ) {
     let latency = matches!(verdict.arm.as_str(), "latency" | "slo_latency");
     let (baseline_slow, baseline_answers) = judged.baseline_slow;
-    // Only the latency arm counts requests still unanswered.
+    // Only the latency arms count requests still unanswered.
     let unanswered = match verdict.arm {
-        crate::detector::Arm::Latency => judged.unanswered,
+        crate::detector::Arm::Latency => judged.unanswered[0],
+        crate::detector::Arm::SloLatency => judged.unanswered[1],
         _ => 0,
     };
     let mut evidence = json!({
@@ -683,7 +689,8 @@ async fn fall_back(
     };
     let what = match (latency, unanswered) {
         (true, 0) => "slow responses".to_string(),
-        // A request unanswered past the bar counts as a slow response.
+        // A request unanswered past the bar (or SLO) counts as a slow
+        // response.
         (true, n) => format!("slow responses ({n} at this step unanswered past the bar)"),
         (false, _) => "errors".to_string(),
     };

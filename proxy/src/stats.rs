@@ -36,15 +36,20 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// is over, and clears ticks ahead of the writers, so a few are enough.
 const RING: usize = 16;
 
-/// Requests in flight are kept by the tick they were sent in (a cohort),
-/// in a ring of this many ticks (25.6 s), so that the detector can count
-/// those still unanswered once the latency bar is behind them: a canary
-/// that hangs is slow from the moment its requests pass the bar, not from
-/// the response-header timeout that turns them into 504s a minute later.
+/// Requests in flight are kept by the tick they arrived in (a cohort), in
+/// a ring of this many ticks (25.6 s), so that the detector can count
+/// those still unanswered once a bar (the latency threshold, the latency
+/// SLO) is behind them: a canary that hangs is slow from the moment its
+/// requests pass the bar, not from the response-header timeout that turns
+/// them into 504s a minute later.
 const COHORTS: usize = 256;
-/// A cohort is judged at most this many ticks after it was sent: a bar
-/// longer than 6.4 s is not watched for unanswered requests.
+/// A cohort is judged at most this many ticks after it arrived, and takes
+/// no requests after that: a bar longer than 6.4 s is not watched for
+/// unanswered requests.
 const COHORT_JUDGED_BY: u64 = 64;
+/// The bars a cohort is judged against: the latency threshold, the SLO.
+const BAR: usize = 0;
+const SLO: usize = 1;
 /// A request this many ticks old no longer touches its cohort's slot,
 /// which the detector clears for reuse at half the ring's length.
 const COHORT_WRITES_UNTIL: u64 = 100;
@@ -169,7 +174,8 @@ impl StatsScope {
             duration: series.duration,
             ticks: std::array::from_fn(|_| TickSlot::default()),
             cohorts: (0..COHORTS).map(|_| Cohort::default()).collect(),
-            next_judged: AtomicU64::new(0),
+            open_from: AtomicU64::new(0),
+            next_judged: Default::default(),
             slow_after_us: AtomicU64::new(u64::MAX),
             slo_after_us: AtomicU64::new(u64::MAX),
             error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
@@ -343,12 +349,13 @@ pub struct PoolStats {
     errors: [IntCounter; 4],
     duration: Histogram,
     ticks: [TickSlot; RING],
-    /// Requests sent, by the tick they were sent in.
+    /// Requests sent, by the tick they arrived in.
     cohorts: Box<[Cohort]>,
-    /// The next cohort to judge for requests unanswered past the bar:
-    /// older ones take no more requests (only
-    /// [`take_tick`](Self::take_tick) writes it).
-    next_judged: AtomicU64,
+    /// The oldest cohort that still takes requests (only
+    /// [`take_tick`](Self::take_tick) writes it, and `next_judged`).
+    open_from: AtomicU64,
+    /// Per bar ([`BAR`], [`SLO`]), the next cohort to judge against it.
+    next_judged: [AtomicU64; 2],
     /// A response slower than this (µs) counts as slow; set by the detector.
     pub slow_after_us: AtomicU64,
     /// A response slower than this (µs) breaks the route's latency SLO.
@@ -373,16 +380,18 @@ struct TickSlot {
     slow: AtomicU64,
     over_slo: AtomicU64,
     late: AtomicU64,
+    late_slo: AtomicU64,
 }
 
-/// The requests sent in one tick: how many, how many of them have had
-/// their answer (or were given up), and which cohort of the ring's
-/// turns this slot was judged for (its tick + 1; 0: none).
+/// The requests that arrived in one tick: how many were sent, how many
+/// of them have had their answer (or were given up), and, per bar, which
+/// cohort of the ring's turns this slot was judged for (its tick + 1; 0:
+/// none).
 #[derive(Default)]
 struct Cohort {
     sent: AtomicU32,
     ended: AtomicU32,
-    judged: AtomicU64,
+    judged: [AtomicU64; 2],
 }
 
 /// Counts of one finished tick, as the detector reads them.
@@ -402,6 +411,10 @@ pub struct TickCounts {
     /// Requests sent that passed the latency bar in this tick with no
     /// answer yet: slow, before any answer says so.
     pub overdue: u64,
+    /// As `late`, for the latency SLO.
+    pub late_slo: u64,
+    /// As `overdue`, for the latency SLO.
+    pub overdue_slo: u64,
 }
 
 /// Milliseconds from the first use of the stats clock to `at`.
@@ -426,14 +439,14 @@ fn since_start(at: Instant) -> Duration {
 
 /// A request on its way to a pool, from the moment it is sent until its
 /// answer's head (or until it is given up, when the guard drops): while
-/// it waits past the latency bar, the detector counts it as slow.
+/// it waits past the latency bar (or SLO), the detector counts it as slow.
 #[must_use = "a request's answer is recorded through its guard"]
 pub struct Pending<'a> {
     stats: &'a PoolStats,
     /// When the client's request arrived: the answer's latency runs from
-    /// here (the cohort is the tick it was sent in).
+    /// here, and its cohort is this tick.
     started: Instant,
-    /// The tick it was sent in; u64::MAX when counting is off.
+    /// The tick it arrived in; u64::MAX when it is not counted.
     cohort: u64,
 }
 
@@ -441,38 +454,31 @@ impl PoolStats {
     /// A request that arrived at `started` (`started_ms` by [`ms_of`]) is
     /// sent to this pool. Its cohort is the tick it arrived in: one that
     /// waited so long before it was sent (a slow upload) that its cohort
-    /// is closed is not watched while it waits; its answer counts as
+    /// was judged is not watched while it waits; its answer counts as
     /// slow as any.
     pub fn send(&self, started: Instant, started_ms: u64) -> Pending<'_> {
         let cohort = started_ms / TICK.as_millis() as u64;
-        if !COUNTING.load(Ordering::Relaxed) || cohort < self.next_judged.load(Ordering::Relaxed) {
-            return Pending {
-                stats: self,
-                started,
-                cohort: u64::MAX,
-            };
-        }
-        let slot = &self.cohorts[cohort as usize % COHORTS];
-        slot.sent.fetch_add(1, Ordering::Relaxed);
-        Pending {
+        let mut pending = Pending {
             stats: self,
             started,
-            cohort,
+            cohort: u64::MAX,
+        };
+        if !COUNTING.load(Ordering::Relaxed) || cohort < self.open_from.load(Ordering::Relaxed) {
+            return pending;
         }
+        let slot = &self.cohorts[cohort as usize % COHORTS];
+        let judged = |bar: usize| slot.judged[bar].load(Ordering::Relaxed) == cohort + 1;
+        if judged(BAR) || judged(SLO) {
+            // Sent after its cohort was judged: its answer says it all.
+            return pending;
+        }
+        slot.sent.fetch_add(1, Ordering::Relaxed);
+        pending.cohort = cohort;
+        pending
     }
 }
 
 impl Pending<'_> {
-    /// When the request arrived.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
-    /// The pool's stats.
-    pub fn stats(&self) -> &PoolStats {
-        self.stats
-    }
-
     /// Records its answer and ends the wait: status, time to the response
     /// head, and whether it counts as an error for canary health.
     pub fn answered(mut self, status: u16, error: Option<ErrorKind>) {
@@ -488,36 +494,37 @@ impl Pending<'_> {
     pub fn answered_try(&self, status: u16, error: Option<ErrorKind>) {
         let now = Instant::now();
         let tick = tick_of(now);
-        let late = self.cohort != u64::MAX && self.judged(tick);
+        let late = self.judged(tick);
         self.stats
             .record(status, self.started, (now, tick), error, late);
     }
 
-    /// Whether the detector has counted the request as overdue already
-    /// (a request older than the ring has been, if the bar allowed).
-    fn judged(&self, tick: u64) -> bool {
-        let age = tick.saturating_sub(self.cohort);
-        age >= COHORT_WRITES_UNTIL
-            || self.stats.cohorts[self.cohort as usize % COHORTS]
-                .judged
-                .load(Ordering::Relaxed)
-                == self.cohort + 1
+    /// Per bar, whether the detector has counted the request as overdue
+    /// already (one older than a cohort is judged by was, if the bar
+    /// allowed).
+    fn judged(&self, tick: u64) -> [bool; 2] {
+        if self.cohort == u64::MAX {
+            return [false; 2];
+        }
+        if tick.saturating_sub(self.cohort) >= COHORT_WRITES_UNTIL {
+            return [true; 2];
+        }
+        let slot = &self.stats.cohorts[self.cohort as usize % COHORTS];
+        let judged = |bar: usize| slot.judged[bar].load(Ordering::Relaxed) == self.cohort + 1;
+        [judged(BAR), judged(SLO)]
     }
 
-    /// Ends the wait, once: returns whether the request was counted as
-    /// overdue. (An answer racing the detector's read of its cohort, in
-    /// a window of nanoseconds, may be counted slow twice.)
-    fn end(&mut self, tick: u64) -> bool {
-        if self.cohort == u64::MAX {
-            return false;
-        }
-        let cohort = self.cohort;
+    /// Ends the wait, once: returns, per bar, whether the request was
+    /// counted as overdue. (An answer racing the detector's read of its
+    /// cohort, in a window of nanoseconds, may be counted twice or not
+    /// at all.)
+    fn end(&mut self, tick: u64) -> [bool; 2] {
         let judged = self.judged(tick);
-        self.cohort = u64::MAX;
-        if !judged {
-            let slot = &self.stats.cohorts[cohort as usize % COHORTS];
+        if self.cohort != u64::MAX && tick.saturating_sub(self.cohort) < COHORT_WRITES_UNTIL {
+            let slot = &self.stats.cohorts[self.cohort as usize % COHORTS];
             slot.ended.fetch_add(1, Ordering::Relaxed);
         }
+        self.cohort = u64::MAX;
         judged
     }
 }
@@ -535,15 +542,15 @@ impl Drop for Pending<'_> {
 impl PoolStats {
     /// Records one answer at `now` (and its tick): status, time to the
     /// response head, and whether it counts as an error for canary
-    /// health; `late` when the detector counted the request as slow while
-    /// it waited.
+    /// health; `late`, per bar, when the detector counted the request as
+    /// slow while it waited.
     fn record(
         &self,
         status: u16,
         started: Instant,
         (now, tick): (Instant, u64),
         error: Option<ErrorKind>,
-        late: bool,
+        late: [bool; 2],
     ) {
         if !COUNTING.load(Ordering::Relaxed) {
             return;
@@ -561,12 +568,14 @@ impl PoolStats {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
         let micros = elapsed.as_micros() as u64;
-        if late {
+        if late[BAR] {
             slot.late.fetch_add(1, Ordering::Relaxed);
         } else if micros > self.slow_after_us.load(Ordering::Relaxed) {
             slot.slow.fetch_add(1, Ordering::Relaxed);
         }
-        if micros > self.slo_after_us.load(Ordering::Relaxed) {
+        if late[SLO] {
+            slot.late_slo.fetch_add(1, Ordering::Relaxed);
+        } else if micros > self.slo_after_us.load(Ordering::Relaxed) {
             slot.over_slo.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -616,36 +625,48 @@ impl PoolStats {
             slow: slot.slow.swap(0, Ordering::Relaxed),
             over_slo: slot.over_slo.swap(0, Ordering::Relaxed),
             late: slot.late.swap(0, Ordering::Relaxed),
-            overdue: self.judge_cohorts(tick),
+            late_slo: slot.late_slo.swap(0, Ordering::Relaxed),
+            ..TickCounts::default()
         };
+        let mut counts = counts;
+        [counts.overdue, counts.overdue_slo] = self.judge_cohorts(tick);
         let ahead = &self.ticks[(tick as usize + RING / 2) % RING];
         ahead.requests.store(0, Ordering::Relaxed);
         ahead.errors.store(0, Ordering::Relaxed);
         ahead.slow.store(0, Ordering::Relaxed);
         ahead.over_slo.store(0, Ordering::Relaxed);
         ahead.late.store(0, Ordering::Relaxed);
+        ahead.late_slo.store(0, Ordering::Relaxed);
         counts
     }
 
-    /// At the end of `tick`: the requests of the cohorts the latency bar
+    /// At the end of `tick`, per bar: the requests of the cohorts the bar
     /// is now behind that are still unanswered; and a cohort's slot ahead
     /// of the senders cleared for its next turn.
-    fn judge_cohorts(&self, tick: u64) -> u64 {
+    fn judge_cohorts(&self, tick: u64) -> [u64; 2] {
         let ahead = &self.cohorts[(tick as usize + COHORTS / 2) % COHORTS];
         ahead.sent.store(0, Ordering::Relaxed);
         ahead.ended.store(0, Ordering::Relaxed);
-        let bar_us = self.slow_after_us.load(Ordering::Relaxed);
-        // Every request of cohort c was sent by the end of tick c, so at
-        // the end of `tick` the bar is behind it when c + bar ≤ tick.
-        let bar_ticks = bar_us.div_ceil(TICK.as_micros() as u64);
-        let first = self
-            .next_judged
+        // Cohorts this old take no more requests, so that a late one
+        // never lands in a slot a later cohort uses.
+        let open_from = tick.saturating_sub(COHORT_JUDGED_BY);
+        self.open_from.store(open_from, Ordering::Relaxed);
+        let bars = [&self.slow_after_us, &self.slo_after_us];
+        [BAR, SLO].map(|bar| self.judge_against(bar, bars[bar].load(Ordering::Relaxed), tick))
+    }
+
+    /// The requests unanswered past a bar of `bar_us`, of the cohorts it
+    /// is now behind, each cohort judged once.
+    fn judge_against(&self, bar: usize, bar_us: u64, tick: u64) -> u64 {
+        let next = &self.next_judged[bar];
+        let first = next
             .load(Ordering::Relaxed)
             .max(tick.saturating_sub(COHORT_JUDGED_BY));
+        // Every request of cohort c arrived by the end of tick c, so at
+        // the end of `tick` the bar is behind it when c + bar ≤ tick.
+        let bar_ticks = bar_us.div_ceil(TICK.as_micros() as u64);
         if bar_us == u64::MAX || bar_ticks > COHORT_JUDGED_BY || tick < bar_ticks {
-            // Not judged; but cohorts this old take no more requests, so
-            // that a late one never lands in a slot a later cohort uses.
-            self.next_judged.store(first, Ordering::Relaxed);
+            next.store(first, Ordering::Relaxed);
             return 0;
         }
         let last = tick - bar_ticks;
@@ -654,14 +675,12 @@ impl PoolStats {
             let slot = &self.cohorts[cohort as usize % COHORTS];
             // Marked first: an answer that comes after the mark does not
             // count itself as slow again.
-            slot.judged.store(cohort + 1, Ordering::Relaxed);
-            let sent = slot.sent.swap(0, Ordering::Relaxed);
-            let ended = slot.ended.swap(0, Ordering::Relaxed);
+            slot.judged[bar].store(cohort + 1, Ordering::Relaxed);
+            let sent = slot.sent.load(Ordering::Relaxed);
+            let ended = slot.ended.load(Ordering::Relaxed);
             overdue += u64::from(sent.saturating_sub(ended));
         }
-        if first <= last {
-            self.next_judged.store(last + 1, Ordering::Relaxed);
-        }
+        next.store(first.max(last + 1), Ordering::Relaxed);
         overdue
     }
 
@@ -704,11 +723,13 @@ mod tests {
     }
 
     #[test]
-    fn a_request_unanswered_past_the_bar_is_overdue_once_and_its_late_answer_is_not_slow_again() {
+    fn a_request_unanswered_past_a_bar_is_overdue_once_and_its_late_answer_is_not_slow_again() {
         let scope = StatsScope::default();
         let stats = scope.pool_stats("cohort-route", "cohort-pool");
-        // 150 ms: a cohort's requests are all past it two ticks on.
+        // 150 ms: a cohort's requests are all past it two ticks on; the
+        // SLO's 350 ms four ticks on.
         stats.slow_after_us.store(150_000, Ordering::Relaxed);
+        stats.slo_after_us.store(350_000, Ordering::Relaxed);
         let (mut sent, cohort) = send_within_a_tick(&stats, 3);
         let hung = sent.remove(0);
         let given_up = sent.remove(0);
@@ -716,33 +737,60 @@ mod tests {
         answered.answered(200, None);
         // The client left before the bar: not in flight any longer.
         drop(given_up);
-        assert_eq!(
-            stats.take_tick(cohort + 1).overdue,
-            0,
-            "the bar is not yet behind it"
-        );
-        assert_eq!(
-            stats.take_tick(cohort + 2).overdue,
-            1,
-            "the one request still unanswered"
-        );
-        assert_eq!(stats.take_tick(cohort + 3).overdue, 0, "counted once");
+        let overdue = |tick| {
+            let counts = stats.take_tick(tick);
+            (counts.overdue, counts.overdue_slo)
+        };
+        assert_eq!(overdue(cohort + 1), (0, 0), "no bar is behind it yet");
+        assert_eq!(overdue(cohort + 2), (1, 0), "the one request unanswered");
+        assert_eq!(overdue(cohort + 3), (0, 0), "counted once");
+        assert_eq!(overdue(cohort + 4), (0, 1), "and past the SLO");
+        assert_eq!(overdue(cohort + 5), (0, 0), "counted once");
         hung.answered(200, None);
         let now = tick_of(Instant::now());
-        let (mut late, mut slow, mut requests) = (0, 0, 0);
+        let mut sums = TickCounts::default();
         for tick in cohort..=now {
             let counts = stats.take_tick(tick);
-            (late, slow, requests) = (
-                late + counts.late,
-                slow + counts.slow,
-                requests + counts.requests,
-            );
+            sums.requests += counts.requests;
+            sums.late += counts.late;
+            sums.slow += counts.slow;
+            sums.late_slo += counts.late_slo;
+            sums.over_slo += counts.over_slo;
         }
         assert_eq!(
-            (requests, late, slow),
-            (2, 1, 0),
+            (
+                sums.requests,
+                sums.late,
+                sums.slow,
+                sums.late_slo,
+                sums.over_slo
+            ),
+            (2, 1, 0, 1, 0),
             "the late answer counts, but not as slow again"
         );
+    }
+
+    #[test]
+    fn a_request_sent_after_its_cohort_was_judged_is_slow_by_its_answer() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("cohort-route", "cohort-pool");
+        stats.slow_after_us.store(100_000, Ordering::Relaxed);
+        let (early, cohort) = send_within_a_tick(&stats, 1);
+        drop(early);
+        assert_eq!(stats.take_tick(cohort + 1).overdue, 0);
+        // It arrived in the judged cohort (its body took long), and is
+        // sent only now: not watched, its slow answer counted as such.
+        let arrived = Instant::now() - Duration::from_millis(300);
+        let sent = stats.send(arrived, cohort * 100);
+        assert_eq!(stats.take_tick(cohort + 2).overdue, 0);
+        sent.answered(200, None);
+        let now = tick_of(Instant::now());
+        let (mut slow, mut late) = (0, 0);
+        for tick in cohort..=now {
+            let counts = stats.take_tick(tick);
+            (slow, late) = (slow + counts.slow, late + counts.late);
+        }
+        assert_eq!((slow, late), (1, 0));
     }
 
     #[test]
