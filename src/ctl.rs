@@ -654,14 +654,21 @@ fn print_health(value: &Value) {
     }
     match &value["last_verdict"] {
         Value::Null => println!("  last verdict: none"),
-        verdict => println!(
-            "  last verdict: fell back from {} on {} (S {:.1}, {} of {} canary requests bad)",
-            verdict["pool"].as_str().unwrap_or("?"),
-            verdict["arm"].as_str().unwrap_or("?"),
-            verdict["s"].as_f64().unwrap_or(0.0),
-            verdict["canary_events"],
-            verdict["canary_requests"],
-        ),
+        verdict => {
+            // A latency verdict may rest on requests that had no answer.
+            let unanswered = match verdict["canary_unanswered"].as_u64() {
+                Some(n) if n > 0 => format!("; {n} at that step unanswered past the bar"),
+                _ => String::new(),
+            };
+            println!(
+                "  last verdict: fell back from {} on {} (S {:.1}, {} of {} canary requests bad{unanswered})",
+                verdict["pool"].as_str().unwrap_or("?"),
+                verdict["arm"].as_str().unwrap_or("?"),
+                verdict["s"].as_f64().unwrap_or(0.0),
+                verdict["canary_events"],
+                verdict["canary_requests"],
+            )
+        }
     }
 }
 

@@ -385,6 +385,25 @@ async fn a_canary_that_hangs_falls_back_before_its_requests_time_out() {
         )),
         "{reason}"
     );
+    // `ctl status` says so too.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://{}", run.admin),
+            "status",
+            "web",
+        ])
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .expect("run ctl");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        printed.contains(&format!(
+            "{unanswered} at that step unanswered past the bar"
+        )),
+        "{printed}"
+    );
 }
 
 /// A big-bang release (all traffic on the new pool from the start, so no
