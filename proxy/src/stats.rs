@@ -500,14 +500,22 @@ impl Pending<'_> {
     }
 
     /// Per bar, whether the detector has counted the request as overdue
-    /// already (one older than a cohort is judged by was, if the bar
-    /// allowed).
+    /// already.
     fn judged(&self, tick: u64) -> [bool; 2] {
         if self.cohort == u64::MAX {
             return [false; 2];
         }
-        if tick.saturating_sub(self.cohort) >= COHORT_WRITES_UNTIL {
-            return [true; 2];
+        if tick.saturating_sub(self.cohort) >= COHORTS as u64 {
+            // Its slot has had later turns since: it was judged if the
+            // bar is one that cohorts are judged against (as it was then,
+            // most likely).
+            let watched = |bar: &AtomicU64| {
+                bar.load(Ordering::Relaxed) <= COHORT_JUDGED_BY * TICK.as_micros() as u64
+            };
+            return [
+                watched(&self.stats.slow_after_us),
+                watched(&self.stats.slo_after_us),
+            ];
         }
         let slot = &self.stats.cohorts[self.cohort as usize % COHORTS];
         let judged = |bar: usize| slot.judged[bar].load(Ordering::Relaxed) == self.cohort + 1;
@@ -768,6 +776,24 @@ mod tests {
             (2, 1, 0, 1, 0),
             "the late answer counts, but not as slow again"
         );
+    }
+
+    #[test]
+    fn an_old_answer_is_late_only_if_its_cohort_was_judged() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("cohort-route", "cohort-pool");
+        stats.slow_after_us.store(150_000, Ordering::Relaxed);
+        // 8 s: longer than cohorts are judged by, so never judged.
+        stats.slo_after_us.store(8_000_000, Ordering::Relaxed);
+        let (sent, cohort) = send_within_a_tick(&stats, 1);
+        let judged_bar = stats.take_tick(cohort + 2);
+        assert_eq!((judged_bar.overdue, judged_bar.overdue_slo), (1, 0));
+        // 15 s on, its slot still tells: late for the latency bar only.
+        // (Any answer over 10 s old was taken as counted for both, and
+        // its breach of the SLO went uncounted.)
+        assert_eq!(sent[0].judged(cohort + 150), [true, false]);
+        // Past the ring, the bars as they are now tell.
+        assert_eq!(sent[0].judged(cohort + 300), [true, false]);
     }
 
     #[test]
