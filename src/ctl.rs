@@ -657,7 +657,7 @@ fn print_health(value: &Value) {
         verdict => {
             // A latency verdict may rest on requests that had no answer.
             let unanswered = match verdict["canary_unanswered"].as_u64() {
-                Some(n) if n > 0 => format!("; {n} at that step unanswered past the bar"),
+                Some(n) if n > 0 => format!("; {n} of them unanswered"),
                 _ => String::new(),
             };
             println!(

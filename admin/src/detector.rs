@@ -445,6 +445,9 @@ pub struct Verdict {
     pub canary_events: u64,
     /// The canary's requests over the same ticks.
     pub canary_requests: u64,
+    /// Of `canary_events`, requests that had no answer yet when the bar
+    /// (or SLO) was behind them (latency arms; 0 for the others).
+    pub canary_unanswered: u64,
     /// The baseline's errors over the long window (60 s).
     pub baseline_errors: u64,
     /// The baseline's requests over the long window.
@@ -703,16 +706,19 @@ struct Cusum {
     s: f64,
     events: u64,
     requests: u64,
+    /// Of the events, requests with no answer yet (latency arms).
+    unanswered: u64,
 }
 
 impl Cusum {
     /// S ← max(0, S + e·ln(p1/p0) + (n − e)·ln((1 − p1)/(1 − p0))).
-    fn update(&mut self, events: u64, requests: u64, h: &Hypotheses) {
+    fn update(&mut self, (events, unanswered): (u64, u64), requests: u64, h: &Hypotheses) {
         let s = self.s + events as f64 * h.ln_event + (requests - events) as f64 * h.ln_other;
         if s > 0.0 {
             self.s = s;
             self.events += events;
             self.requests += requests;
+            self.unanswered += unanswered;
         } else {
             *self = Self::default();
         }
@@ -799,17 +805,19 @@ impl Detector {
         let mut estimate: Option<BaselineEstimate> = None;
         let mut verdict: Option<Verdict> = None;
         for &arm in &Arm::ALL {
-            let (events, requests) = match arm {
+            let (events, unanswered, requests) = match arm {
                 Arm::ErrorsSlow | Arm::ErrorsFast | Arm::SloErrors => {
-                    (judged.errors, judged.requests)
+                    (judged.errors, 0, judged.requests)
                 }
                 // The answers not counted before, and the requests overdue.
                 Arm::Latency => (
                     judged.slow + judged.overdue,
+                    judged.overdue,
                     judged.requests - judged.late + judged.overdue,
                 ),
                 Arm::SloLatency => (
                     judged.over_slo_latency + judged.overdue_slo,
+                    judged.overdue_slo,
                     judged.requests - judged.late_slo + judged.overdue_slo,
                 ),
             };
@@ -824,7 +832,7 @@ impl Detector {
                 continue;
             };
             let cusum = &mut self.arms[arm as usize];
-            cusum.update(events, requests, &h);
+            cusum.update((events, unanswered), requests, &h);
             if cusum.s < self.config.threshold {
                 continue;
             }
@@ -841,6 +849,7 @@ impl Detector {
                 p1: h.p1,
                 canary_events: cusum.events,
                 canary_requests: cusum.requests,
+                canary_unanswered: cusum.unanswered,
                 baseline_errors: estimate.long.errors,
                 baseline_requests: estimate.long.requests,
                 is_baseline_failing: estimate.is_failing,
@@ -1694,6 +1703,7 @@ mod tests {
             feed_same(&mut detector(), 100, (90, 0), hung).expect("a hung canary is slow");
         assert_eq!(verdict.arm, Arm::Latency);
         assert_eq!(verdict.canary_events, verdict.canary_requests);
+        assert_eq!(verdict.canary_unanswered, verdict.canary_events);
         // ln(5) per slow request against a threshold of 20: 13 of them,
         // in the second tick judged after the 3-tick delay.
         assert_eq!(tick, 4);

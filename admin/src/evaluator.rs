@@ -55,9 +55,6 @@ struct Watch {
     served: u64,
     /// The baseline's (requests, slow) of the last ticks.
     baseline_slow: VecDeque<(u64, u64)>,
-    /// Canary requests counted as slow while still unanswered, since the
-    /// weights last changed: past the latency bar, past the SLO.
-    overdue: [u64; 2],
 }
 
 /// What the health endpoint shows for a route.
@@ -354,7 +351,6 @@ async fn evaluate(
                 snapshots: VecDeque::new(),
                 served: 0,
                 baseline_slow: VecDeque::new(),
-                overdue: [0; 2],
             });
             if fresh {
                 // p0 is the baseline's last 60 s from the first tick on
@@ -380,7 +376,6 @@ async fn evaluate(
                 watch.detector.reset();
                 watch.weights = weights.clone();
                 watch.served = 0;
-                watch.overdue = [0; 2];
             }
             if tick.is_multiple_of(SNAPSHOT_TICKS) {
                 publish_latency_threshold(watch, baseline_weight == 0);
@@ -416,8 +411,6 @@ async fn evaluate(
                 true => (0, 0),
                 false => (canary.slow, canary.overdue),
             };
-            watch.overdue[0] += canary_overdue;
-            watch.overdue[1] += canary.overdue_slo;
             let canary_counts = CanaryCounts {
                 requests: canary.requests,
                 errors: canary.errors,
@@ -449,8 +442,7 @@ async fn evaluate(
                 *health.total.entry(key.1.clone()).or_default() += canary.requests;
             }
             if let Some(verdict) = verdict {
-                let judged = (weights.clone(), (slow, requests), watch.overdue);
-                verdicts.push((key, verdict, judged));
+                verdicts.push((key, verdict, weights.clone(), (slow, requests)));
             }
         }
     }
@@ -477,11 +469,10 @@ async fn evaluate(
                 .retain(|pool, _| alive.contains(&(route.clone(), pool.clone())));
         }
     }
-    for ((route, pool), verdict, (weights, baseline_slow, unanswered)) in verdicts {
+    for ((route, pool), verdict, weights, baseline_slow) in verdicts {
         let judged = Judged {
             weights: &weights,
             baseline_slow,
-            unanswered,
         };
         fall_back(plane, board, &route, &pool, &verdict, judged).await;
         watches.remove(&(route, pool));
@@ -639,9 +630,6 @@ impl Live {
 struct Judged<'a> {
     weights: &'a BTreeMap<String, u32>,
     baseline_slow: (u64, u64),
-    /// Canary requests counted as slow with no answer yet, at this step:
-    /// past the latency bar, past the SLO.
-    unanswered: [u64; 2],
 }
 
 async fn fall_back(
@@ -654,12 +642,7 @@ async fn fall_back(
 ) {
     let latency = matches!(verdict.arm.as_str(), "latency" | "slo_latency");
     let (baseline_slow, baseline_answers) = judged.baseline_slow;
-    // Only the latency arms count requests still unanswered.
-    let unanswered = match verdict.arm {
-        crate::detector::Arm::Latency => judged.unanswered[0],
-        crate::detector::Arm::SloLatency => judged.unanswered[1],
-        _ => 0,
-    };
+    let unanswered = verdict.canary_unanswered;
     let mut evidence = json!({
         "pool": pool,
         "arm": verdict.arm.as_str(),
@@ -687,11 +670,15 @@ async fn fall_back(
             verdict.baseline_errors, verdict.baseline_requests
         ),
     };
+    // A request unanswered past the bar (or SLO) counts as a slow
+    // response.
+    let past = match verdict.arm {
+        crate::detector::Arm::SloLatency => "the SLO",
+        _ => "the bar",
+    };
     let what = match (latency, unanswered) {
         (true, 0) => "slow responses".to_string(),
-        // A request unanswered past the bar (or SLO) counts as a slow
-        // response.
-        (true, n) => format!("slow responses ({n} at this step unanswered past the bar)"),
+        (true, n) => format!("slow responses ({n} of them unanswered past {past})"),
         (false, _) => "errors".to_string(),
     };
     let reason = format!(
