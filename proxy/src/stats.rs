@@ -50,6 +50,9 @@ const COHORT_JUDGED_BY: u64 = 64;
 /// The bars a cohort is judged against: the latency threshold, the SLO.
 const BAR: usize = 0;
 const SLO: usize = 1;
+/// Stats whose ticks have not been taken for this long (2 s) were out of
+/// every table: when one has them again, their rings start over.
+const STALE_TICKS: u64 = 20;
 /// A request this many ticks old no longer touches its cohort's slot,
 /// which the detector clears for reuse at half the ring's length.
 const COHORT_WRITES_UNTIL: u64 = 100;
@@ -165,6 +168,7 @@ impl StatsScope {
         let mut pools = self.pools.lock().expect("stats lock is never poisoned");
         let key = (route.to_string(), pool.to_string());
         if let Some(stats) = pools.get(&key).and_then(Weak::upgrade) {
+            stats.resume(tick_of(Instant::now()));
             return stats;
         }
         let series = Metrics::global().pool_series(route, pool);
@@ -176,6 +180,7 @@ impl StatsScope {
             cohorts: (0..COHORTS).map(|_| Cohort::default()).collect(),
             open_from: AtomicU64::new(0),
             next_judged: Default::default(),
+            last_taken: AtomicU64::new(0),
             slow_after_us: AtomicU64::new(u64::MAX),
             slo_after_us: AtomicU64::new(u64::MAX),
             error_statuses: ErrorStatuses::default().0.map(AtomicU64::new),
@@ -356,6 +361,8 @@ pub struct PoolStats {
     open_from: AtomicU64,
     /// Per bar ([`BAR`], [`SLO`]), the next cohort to judge against it.
     next_judged: [AtomicU64; 2],
+    /// The last tick taken (0: none yet).
+    last_taken: AtomicU64,
     /// A response slower than this (µs) counts as slow; set by the detector.
     pub slow_after_us: AtomicU64,
     /// A response slower than this (µs) breaks the route's latency SLO.
@@ -623,9 +630,40 @@ impl PoolStats {
         slot.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A table built at `tick` has these stats again. If no tick was taken
+    /// for a while (the pool was out of every table, its stats kept alive
+    /// by a request in flight on an old one), the rings were not cleared
+    /// ahead of their turns: they start over, else counts left from then
+    /// (requests overdue then) would be read as this tick's.
+    fn resume(&self, tick: u64) {
+        let last = self.last_taken.load(Ordering::Relaxed);
+        if last == 0 || tick <= last + STALE_TICKS {
+            return;
+        }
+        for slot in &self.ticks {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+            slot.slow.store(0, Ordering::Relaxed);
+            slot.over_slo.store(0, Ordering::Relaxed);
+            slot.late.store(0, Ordering::Relaxed);
+            slot.late_slo.store(0, Ordering::Relaxed);
+        }
+        for slot in self.cohorts.iter() {
+            slot.sent.store(0, Ordering::Relaxed);
+            slot.ended.store(0, Ordering::Relaxed);
+        }
+        // Requests sent before this are left to their answers.
+        self.open_from.store(tick, Ordering::Relaxed);
+        for next in &self.next_judged {
+            next.store(tick, Ordering::Relaxed);
+        }
+        self.last_taken.store(tick, Ordering::Relaxed);
+    }
+
     /// Takes a finished tick's counts, and clears a tick ahead of the
     /// writers so the ring is clean when they reach it.
     pub fn take_tick(&self, tick: u64) -> TickCounts {
+        self.last_taken.store(tick, Ordering::Relaxed);
         let slot = &self.ticks[(tick as usize) % RING];
         let counts = TickCounts {
             requests: slot.requests.swap(0, Ordering::Relaxed),
@@ -794,6 +832,22 @@ mod tests {
         assert_eq!(sent[0].judged(cohort + 150), [true, false]);
         // Past the ring, the bars as they are now tell.
         assert_eq!(sent[0].judged(cohort + 300), [true, false]);
+    }
+
+    #[test]
+    fn stats_back_in_a_table_after_a_while_start_their_rings_over() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("cohort-route", "cohort-pool");
+        stats.slow_after_us.store(150_000, Ordering::Relaxed);
+        let (hung, cohort) = send_within_a_tick(&stats, 1);
+        assert_eq!(stats.take_tick(cohort + 2).overdue, 1);
+        // Out of every table (kept alive by that request) until 30 s on,
+        // when the ring has come round to its slot again: it is not
+        // overdue a second time, as a cohort 25.6 s younger.
+        stats.resume(cohort + 300);
+        assert_eq!(stats.take_tick(cohort + 300).overdue, 0);
+        drop(hung);
+        assert_eq!(stats.take_tick(cohort + 301).overdue, 0);
     }
 
     #[test]
