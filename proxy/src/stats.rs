@@ -390,6 +390,21 @@ struct TickSlot {
     late_slo: AtomicU64,
 }
 
+impl TickSlot {
+    fn clear(&self) {
+        for count in [
+            &self.requests,
+            &self.errors,
+            &self.slow,
+            &self.over_slo,
+            &self.late,
+            &self.late_slo,
+        ] {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The requests that arrived in one tick: how many were sent, how many
 /// of them have had their answer (or were given up), and, per bar, which
 /// cohort of the ring's turns this slot was judged for (its tick + 1; 0:
@@ -641,12 +656,7 @@ impl PoolStats {
             return;
         }
         for slot in &self.ticks {
-            slot.requests.store(0, Ordering::Relaxed);
-            slot.errors.store(0, Ordering::Relaxed);
-            slot.slow.store(0, Ordering::Relaxed);
-            slot.over_slo.store(0, Ordering::Relaxed);
-            slot.late.store(0, Ordering::Relaxed);
-            slot.late_slo.store(0, Ordering::Relaxed);
+            slot.clear();
         }
         for slot in self.cohorts.iter() {
             slot.sent.store(0, Ordering::Relaxed);
@@ -676,13 +686,7 @@ impl PoolStats {
         };
         let mut counts = counts;
         [counts.overdue, counts.overdue_slo] = self.judge_cohorts(tick);
-        let ahead = &self.ticks[(tick as usize + RING / 2) % RING];
-        ahead.requests.store(0, Ordering::Relaxed);
-        ahead.errors.store(0, Ordering::Relaxed);
-        ahead.slow.store(0, Ordering::Relaxed);
-        ahead.over_slo.store(0, Ordering::Relaxed);
-        ahead.late.store(0, Ordering::Relaxed);
-        ahead.late_slo.store(0, Ordering::Relaxed);
+        self.ticks[(tick as usize + RING / 2) % RING].clear();
         counts
     }
 
