@@ -132,22 +132,10 @@ async fn scenario_with(route: &str, canary_bp: i64, seed: u64, health: Value) ->
     }
 }
 
-async fn fallbacks(admin: SocketAddr) -> Vec<Value> {
-    let (_, _, body) = support::get(&support::client(), admin, "/v1/events", &[]).await;
-    let events: Value = serde_json::from_str(&body).expect("events");
-    events["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["kind"] == "fallback")
-        .cloned()
-        .collect()
-}
-
 /// Waits up to `limit` for a fallback; returns how long it took.
 async fn time_to_fallback(s: &Scenario, since: Instant, limit: Duration) -> Option<Duration> {
     while since.elapsed() < limit + Duration::from_secs(2) {
-        if !fallbacks(s.setup.admin).await.is_empty() {
+        if !support::fallbacks(s.setup.admin).await.is_empty() {
             return Some(since.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -159,7 +147,7 @@ async fn time_to_fallback(s: &Scenario, since: Instant, limit: Duration) -> Opti
 async fn assert_no_fallback_for(s: &Scenario, duration: Duration) {
     let start = Instant::now();
     while start.elapsed() < duration {
-        let found = fallbacks(s.setup.admin).await;
+        let found = support::fallbacks(s.setup.admin).await;
         assert!(
             found.is_empty(),
             "fell back on noise after {:?}: {found:?}",
@@ -184,7 +172,7 @@ async fn t2_canary_fails_completely_fallback_within_a_second() {
     assert!(
         took <= Duration::from_millis(1000),
         "fallback took {took:?}: {:?}; {} requests sent",
-        fallbacks(s.setup.admin).await,
+        support::fallbacks(s.setup.admin).await,
         load.sent.load(Ordering::Relaxed)
     );
     // Cross-check: the canary stopped getting requests by then.
@@ -196,7 +184,7 @@ async fn t2_canary_fails_completely_fallback_within_a_second() {
         "canary still served {} ms after the break",
         last - broke_ms
     );
-    let event = fallbacks(s.setup.admin).await.remove(0);
+    let event = support::fallbacks(s.setup.admin).await.remove(0);
     assert_eq!(
         event["new_weights"],
         json!({"stable": 10000, "canary": 0}),
@@ -308,7 +296,7 @@ async fn t9_a_slow_canary_falls_back_on_latency_within_5_s() {
         .await
         .expect("no fallback at all");
     assert!(took <= Duration::from_secs(5), "fallback took {took:?}");
-    let event = fallbacks(s.setup.admin).await.remove(0);
+    let event = support::fallbacks(s.setup.admin).await.remove(0);
     assert_eq!(event["evidence"]["arm"], "latency", "{event}");
 }
 
@@ -417,6 +405,6 @@ async fn an_absolute_error_slo_falls_back_even_when_the_baseline_fails_as_much()
         .await
         .expect("the SLO did not fire");
     assert!(took <= Duration::from_secs(5), "took {took:?}");
-    let event = fallbacks(s.setup.admin).await.remove(0);
+    let event = support::fallbacks(s.setup.admin).await.remove(0);
     assert_eq!(event["evidence"]["arm"], "slo_errors", "{event}");
 }

@@ -172,7 +172,7 @@ async fn warm_up(run: &Run, rate: u32, seconds: u64) -> support::Load {
     let load = support::open_loop(run.proxy, rate);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     assert!(
-        fallbacks(run.admin).await.is_empty(),
+        support::fallbacks(run.admin).await.is_empty(),
         "healthy warm-up fell back"
     );
     load
@@ -183,21 +183,11 @@ async fn get_json(admin: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON from {path}: {body}"))
 }
 
-async fn fallbacks(admin: SocketAddr) -> Vec<Value> {
-    get_json(admin, "/v1/events").await["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["kind"] == "fallback")
-        .cloned()
-        .collect()
-}
-
 /// Polls the events until a fallback or `limit`.
 async fn wait_fallback(admin: SocketAddr, limit: Duration) -> Option<Value> {
     let start = tokio::time::Instant::now();
     loop {
-        if let Some(e) = fallbacks(admin).await.into_iter().next() {
+        if let Some(e) = support::fallbacks(admin).await.into_iter().next() {
             return Some(e);
         }
         if start.elapsed() > limit {
@@ -450,7 +440,7 @@ async fn requests_that_hang_on_both_pools_are_not_blamed_on_the_canary() {
         pool.slow_every.store(10, Ordering::Relaxed);
     }
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let fell = fallbacks(run.admin).await;
+    let fell = support::fallbacks(run.admin).await;
     assert!(
         fell.is_empty(),
         "a shared hang was blamed on the canary: {}",
@@ -477,7 +467,7 @@ async fn an_outage_both_pools_share_at_20_rps_is_not_blamed_on_the_canary() {
         pool.error_ppm.store(1_000_000, Ordering::Relaxed);
     }
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let fell = fallbacks(run.admin).await;
+    let fell = support::fallbacks(run.admin).await;
     assert!(
         fell.is_empty(),
         "a shared outage was blamed on the canary: {}",

@@ -388,11 +388,7 @@ async fn evaluate(
             // slowdown: saturation, a slow dependency), the canary's slow
             // answers of this tick are not held against it.
             // Its requests unanswered past the bar are slow as well.
-            watch.baseline_slow.push_back((
-                (baseline_counts.requests - baseline_counts.late.min(baseline_counts.requests))
-                    + baseline_counts.overdue,
-                baseline_counts.slow + baseline_counts.overdue,
-            ));
+            watch.baseline_slow.push_back(baseline_counts.latency());
             if watch.baseline_slow.len() > SHARED_SLOW_MAX_TICKS {
                 watch.baseline_slow.pop_front();
             }

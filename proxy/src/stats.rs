@@ -416,6 +416,19 @@ struct Cohort {
     judged: [AtomicU64; 2],
 }
 
+impl Cohort {
+    /// Whether this slot was judged against `bar` for `cohort`'s turn.
+    fn judged(&self, cohort: u64, bar: usize) -> bool {
+        self.judged[bar].load(Ordering::Relaxed) == cohort + 1
+    }
+
+    /// Empty for a new turn (the judged marks name their turn).
+    fn clear(&self) {
+        self.sent.store(0, Ordering::Relaxed);
+        self.ended.store(0, Ordering::Relaxed);
+    }
+}
+
 /// Counts of one finished tick, as the detector reads them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickCounts {
@@ -437,6 +450,15 @@ pub struct TickCounts {
     pub late_slo: u64,
     /// As `overdue`, for the latency SLO.
     pub overdue_slo: u64,
+}
+
+impl TickCounts {
+    /// What the latency test observes in the tick: the answers not
+    /// counted before and the requests overdue, and of those, the slow.
+    pub fn latency(&self) -> (u64, u64) {
+        let answers = self.requests - self.late.min(self.requests);
+        (answers + self.overdue, self.slow + self.overdue)
+    }
 }
 
 /// Milliseconds from the first use of the stats clock to `at`.
@@ -489,8 +511,7 @@ impl PoolStats {
             return pending;
         }
         let slot = &self.cohorts[cohort as usize % COHORTS];
-        let judged = |bar: usize| slot.judged[bar].load(Ordering::Relaxed) == cohort + 1;
-        if judged(BAR) || judged(SLO) {
+        if slot.judged(cohort, BAR) || slot.judged(cohort, SLO) {
             // Sent after its cohort was judged: its answer says it all.
             return pending;
         }
@@ -540,8 +561,7 @@ impl Pending<'_> {
             ];
         }
         let slot = &self.stats.cohorts[self.cohort as usize % COHORTS];
-        let judged = |bar: usize| slot.judged[bar].load(Ordering::Relaxed) == self.cohort + 1;
-        [judged(BAR), judged(SLO)]
+        [BAR, SLO].map(|bar| slot.judged(self.cohort, bar))
     }
 
     /// Ends the wait, once: returns, per bar, whether the request was
@@ -659,8 +679,7 @@ impl PoolStats {
             slot.clear();
         }
         for slot in self.cohorts.iter() {
-            slot.sent.store(0, Ordering::Relaxed);
-            slot.ended.store(0, Ordering::Relaxed);
+            slot.clear();
         }
         // Requests sent before this are left to their answers.
         self.open_from.store(tick, Ordering::Relaxed);
@@ -675,7 +694,7 @@ impl PoolStats {
     pub fn take_tick(&self, tick: u64) -> TickCounts {
         self.last_taken.store(tick, Ordering::Relaxed);
         let slot = &self.ticks[(tick as usize) % RING];
-        let counts = TickCounts {
+        let mut counts = TickCounts {
             requests: slot.requests.swap(0, Ordering::Relaxed),
             errors: slot.errors.swap(0, Ordering::Relaxed),
             slow: slot.slow.swap(0, Ordering::Relaxed),
@@ -684,7 +703,6 @@ impl PoolStats {
             late_slo: slot.late_slo.swap(0, Ordering::Relaxed),
             ..TickCounts::default()
         };
-        let mut counts = counts;
         [counts.overdue, counts.overdue_slo] = self.judge_cohorts(tick);
         self.ticks[(tick as usize + RING / 2) % RING].clear();
         counts
@@ -694,24 +712,23 @@ impl PoolStats {
     /// is now behind that are still unanswered; and a cohort's slot ahead
     /// of the senders cleared for its next turn.
     fn judge_cohorts(&self, tick: u64) -> [u64; 2] {
-        let ahead = &self.cohorts[(tick as usize + COHORTS / 2) % COHORTS];
-        ahead.sent.store(0, Ordering::Relaxed);
-        ahead.ended.store(0, Ordering::Relaxed);
+        self.cohorts[(tick as usize + COHORTS / 2) % COHORTS].clear();
         // Cohorts this old take no more requests, so that a late one
         // never lands in a slot a later cohort uses.
         let open_from = tick.saturating_sub(COHORT_JUDGED_BY);
         self.open_from.store(open_from, Ordering::Relaxed);
         let bars = [&self.slow_after_us, &self.slo_after_us];
-        [BAR, SLO].map(|bar| self.judge_against(bar, bars[bar].load(Ordering::Relaxed), tick))
+        [BAR, SLO].map(|bar| {
+            let bar_us = bars[bar].load(Ordering::Relaxed);
+            self.judge_against(bar, bar_us, (open_from, tick))
+        })
     }
 
     /// The requests unanswered past a bar of `bar_us`, of the cohorts it
-    /// is now behind, each cohort judged once.
-    fn judge_against(&self, bar: usize, bar_us: u64, tick: u64) -> u64 {
+    /// is now behind (none older than `open_from`), each judged once.
+    fn judge_against(&self, bar: usize, bar_us: u64, (open_from, tick): (u64, u64)) -> u64 {
         let next = &self.next_judged[bar];
-        let first = next
-            .load(Ordering::Relaxed)
-            .max(tick.saturating_sub(COHORT_JUDGED_BY));
+        let first = next.load(Ordering::Relaxed).max(open_from);
         // Every request of cohort c arrived by the end of tick c, so at
         // the end of `tick` the bar is behind it when c + bar ≤ tick.
         let bar_ticks = bar_us.div_ceil(TICK.as_micros() as u64);

@@ -196,6 +196,20 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// The `fallback` events the admin API at `admin` has recorded, oldest
+/// first.
+pub async fn fallbacks(admin: SocketAddr) -> Vec<Value> {
+    let (_, _, body) = get(&client(), admin, "/v1/events", &[]).await;
+    let events: Value = serde_json::from_str(&body).expect("events");
+    events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "fallback")
+        .cloned()
+        .collect()
+}
+
 /// Sends one GET with extra headers; returns status, headers and body.
 pub async fn get(
     client: &Client<HttpConnector, Full<Bytes>>,
