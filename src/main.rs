@@ -734,6 +734,7 @@ fn split_config(
         },
         limits: Default::default(),
         admin: None,
+        dns: None,
     }
 }
 

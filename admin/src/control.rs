@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use std::time::Duration;
 use switchyard_config::{Config, HostMatch, PathMatch, Split, Sticky};
+use switchyard_proxy::dns::{Addresses, Resolver};
 use switchyard_proxy::stats::StatsScope;
 use switchyard_proxy::{RouteTable, Routes};
 
@@ -111,6 +112,11 @@ struct Inner {
     state: RuntimeState,
     /// `base` with `state` applied: what the live table was built from.
     effective: Config,
+    /// What the endpoint names of `effective` resolved to last.
+    addresses: Addresses,
+    /// Counts the times a config change replaced `addresses`, so that a
+    /// refresh that asked before it does not undo it.
+    addresses_epoch: u64,
     /// The data plane's listeners and their TLS settings as bound.
     listening: (
         Vec<std::net::SocketAddr>,
@@ -141,8 +147,9 @@ impl ControlPlane {
         state.version += 1;
         let effective = effective_config(&base, &state);
         let scope = StatsScope::default();
-        let table =
-            RouteTable::build_in(&effective, state.version, &scope).map_err(AdminError::Build)?;
+        let addresses = Addresses::resolve_blocking(&effective).map_err(AdminError::Build)?;
+        let table = RouteTable::build_resolved(&effective, state.version, &scope, &addresses)
+            .map_err(AdminError::Build)?;
         store.persist(&state)?;
         // A rollout that was running when the process stopped is reported
         // as it is, before any step of it moves.
@@ -171,6 +178,8 @@ impl ControlPlane {
             store,
             events,
             inner: Mutex::new(Inner {
+                addresses,
+                addresses_epoch: 0,
                 listening: (base.listeners.clone(), base.tls.clone()),
                 base,
                 state,
@@ -581,6 +590,94 @@ impl ControlPlane {
         });
     }
 
+    /// Resolves the endpoint names again every `dns.refresh`, on the
+    /// current runtime. A changed answer builds and swaps a table with the
+    /// new addresses; the config's version stays, as nothing it says
+    /// changed. A name that does not resolve keeps its last addresses.
+    pub fn spawn_resolver(self: &Arc<Self>) {
+        let plane = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut failing = std::collections::HashSet::new();
+            loop {
+                let refresh = plane.refresh_names(&mut failing).await;
+                tokio::time::sleep(refresh).await;
+            }
+        });
+    }
+
+    /// One round of [`ControlPlane::spawn_resolver`]; when the next is due.
+    async fn refresh_names(&self, failing: &mut std::collections::HashSet<String>) -> Duration {
+        let (dns, names, epoch) = {
+            let inner = self.inner.lock().await;
+            let names: Vec<String> = inner
+                .effective
+                .endpoint_names()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            (inner.effective.dns.clone(), names, inner.addresses_epoch)
+        };
+        if names.is_empty() {
+            return dns.refresh;
+        }
+        // Asked without the lock: a slow name server does not hold up
+        // admin calls.
+        let resolver = Resolver::new(&dns);
+        let mut answers = Vec::with_capacity(names.len());
+        for name in names {
+            match resolver.lookup(&name).await {
+                Ok(addrs) => {
+                    if failing.remove(&name) {
+                        tracing::info!(name, "endpoint name resolves again");
+                    }
+                    answers.push((name, addrs));
+                }
+                Err(err) => {
+                    if failing.insert(name.clone()) {
+                        tracing::warn!(name, error = %err, "endpoint name does not resolve; its last addresses stay");
+                    }
+                }
+            }
+        }
+        let mut inner = self.inner.lock().await;
+        // A config change resolved its names since: its answers stand.
+        if inner.addresses_epoch != epoch {
+            return dns.refresh;
+        }
+        let mut addresses = inner.addresses.clone();
+        let mut changed = Vec::new();
+        for (name, addrs) in answers {
+            if addresses.get(&name) != Some(&addrs[..]) {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                changed.push(format!("{name} -> {}", list.join(", ")));
+                addresses.insert(&name, addrs);
+            }
+        }
+        if changed.is_empty() {
+            return dns.refresh;
+        }
+        let live = self.routes.snapshot();
+        let built = RouteTable::build_with_pools_of(
+            &inner.effective,
+            inner.state.version,
+            &self.scope,
+            &live,
+            &addresses,
+        );
+        drop(live);
+        match built {
+            Ok(table) => {
+                self.routes.replace(table);
+                inner.addresses = addresses;
+                tracing::info!(changed = %changed.join("; "), "endpoint names resolve to new addresses; table swapped");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, changed = %changed.join("; "), "endpoint names resolve to new addresses, but no table builds with them; the last addresses stay");
+            }
+        }
+        dns.refresh
+    }
+
     /// One change to one route: `change` edits the route's runtime state
     /// (weights, rollout) and names the event; then a new table is built,
     /// the state persisted, and the table swapped — or nothing changes.
@@ -659,8 +756,14 @@ impl ControlPlane {
         let effective = effective_config(&inner.base, &state);
         // Only weights or a rollout changed: the pools are the live ones.
         let live = self.routes.snapshot();
-        let table = RouteTable::build_with_pools_of(&effective, state.version, &self.scope, &live)
-            .map_err(AdminError::Build)?;
+        let table = RouteTable::build_with_pools_of(
+            &effective,
+            state.version,
+            &self.scope,
+            &live,
+            &inner.addresses,
+        )
+        .map_err(AdminError::Build)?;
         drop(live);
         self.store.persist(&state)?;
         self.routes.replace(table);
@@ -918,8 +1021,16 @@ impl ControlPlane {
         let dropped = prune_state(&base, &mut state);
         state.version += 1;
         let effective = effective_config(&base, &state);
-        let table = match RouteTable::build_in(&effective, state.version, &self.scope) {
-            Ok(table) => table,
+        // A new config's names are resolved again, as a restart would.
+        let built = match Addresses::resolve(&effective).await {
+            Ok(addresses) => {
+                RouteTable::build_resolved(&effective, state.version, &self.scope, &addresses)
+                    .map(|table| (table, addresses))
+            }
+            Err(err) => Err(err),
+        };
+        let (table, addresses) = match built {
+            Ok(built) => built,
             Err(err) => {
                 let text = write_file.map(|(_, text)| text);
                 return Err(self.refuse_build(who, err, &base, text, inner.state.version));
@@ -1017,6 +1128,8 @@ impl ControlPlane {
         inner.base = base;
         inner.state = state;
         inner.effective = effective;
+        inner.addresses = addresses;
+        inner.addresses_epoch += 1;
         self.events.record(NewEvent {
             who: who.to_string(),
             kind: "config_reload",

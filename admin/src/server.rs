@@ -52,6 +52,7 @@ pub fn start_with_tls(
         .spawn(move || {
             runtime.block_on(async move {
                 api.plane().spawn_driver();
+                api.plane().spawn_resolver();
                 crate::evaluator::spawn(Arc::clone(api.plane()), Arc::clone(api.board()));
                 let listener = match TcpListener::from_std(listener) {
                     Ok(listener) => listener,

@@ -27,6 +27,47 @@ pub struct Config {
     pub limits: Limits,
     /// The admin API's listener.
     pub admin: AdminListener,
+    /// How endpoints given by host name are resolved.
+    pub dns: Dns,
+}
+
+/// How endpoints given by host name are resolved. Every address a name
+/// resolves to is an endpoint of its pool (with the endpoint's weight),
+/// and names are resolved again every `refresh`: a changed answer changes
+/// the endpoints, a failed one keeps the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// The name servers to ask; none: the system's resolver (`getaddrinfo`:
+    /// `/etc/hosts`, then `/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// How often each name is resolved again.
+    pub refresh: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            servers: Vec::new(),
+            refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The endpoint addresses given by host name, not as an IP address,
+    /// each once.
+    pub fn endpoint_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .pools
+            .iter()
+            .flat_map(|pool| &pool.endpoints)
+            .map(|endpoint| endpoint.address.as_str())
+            .filter(|address| address.parse::<SocketAddr>().is_err())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 }
 
 impl Config {
@@ -625,6 +666,22 @@ impl fmt::Display for Config {
                 pool.name,
                 pool.policy.name(),
                 endpoints.join(", ")
+            )?;
+        }
+        let names = self.endpoint_names();
+        if !names.is_empty() {
+            let by = match self.dns.servers.as_slice() {
+                [] => "the system's resolver".to_string(),
+                servers => {
+                    let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+                    format!("name servers {}", servers.join(", "))
+                }
+            };
+            writeln!(
+                f,
+                "endpoint names ({}) resolved by {by}, again every {:?}",
+                names.join(", "),
+                self.dns.refresh
             )?;
         }
         writeln!(f, "routes (first match wins):")?;

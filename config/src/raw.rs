@@ -31,6 +31,21 @@ pub struct RawConfig {
     /// The admin API's listener; command-line flags win over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
+    /// How endpoints given by host name are resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<RawDns>,
+}
+
+/// How endpoints given by host name are resolved.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Name servers (`ip` or `ip:port`); none: the system's resolver.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// How often each name is resolved again (`5s`).
+    #[serde(default)]
+    pub refresh: Option<String>,
 }
 
 /// The admin API's listener.

@@ -9,15 +9,15 @@ use crate::locate::{locate, render, Segment};
 use std::path::PathBuf;
 
 use crate::model::{
-    AdminListener, AdminTls, CanaryHealth, CertificateFiles, Config, Endpoint, ErrorStatuses,
+    AdminListener, AdminTls, CanaryHealth, CertificateFiles, Config, Dns, Endpoint, ErrorStatuses,
     HealthCheck, HostMatch, Limits, ListenerTls, Match, OutlierDetection, Override, PathMatch,
     Policy, Pool, Retries, Route, Split, Sticky, Timeouts, UpstreamTls, DEFAULT_OVERRIDE_HEADER,
     TOTAL_WEIGHT,
 };
 use crate::raw::{
-    RawAdmin, RawCanaryHealth, RawConfig, RawEndpoint, RawHealthCheck, RawLimits, RawListenerTls,
-    RawMatch, RawOutlierDetection, RawOverride, RawRetries, RawRoute, RawStatus, RawSticky,
-    RawTimeouts, RawUpstreamTls,
+    RawAdmin, RawCanaryHealth, RawConfig, RawDns, RawEndpoint, RawHealthCheck, RawLimits,
+    RawListenerTls, RawMatch, RawOutlierDetection, RawOverride, RawRetries, RawRoute, RawStatus,
+    RawSticky, RawTimeouts, RawUpstreamTls,
 };
 
 /// Parses JSON text and validates it. Errors carry line, column and path.
@@ -244,7 +244,45 @@ impl Validator<'_> {
                 None => AdminListener::default(),
                 Some(admin) => self.admin(&with(&root, key("admin")), admin)?,
             },
+            dns: match &raw.dns {
+                None => Dns::default(),
+                Some(dns) => self.dns(&with(&root, key("dns")), dns)?,
+            },
         })
+    }
+
+    fn dns(&self, path: &Path, raw: &RawDns) -> Result<Dns, ConfigError> {
+        let servers_path = with(path, key("servers"));
+        let mut servers = Vec::with_capacity(raw.servers.len());
+        for (index, text) in raw.servers.iter().enumerate() {
+            let server = text.parse::<SocketAddr>().ok().or_else(|| {
+                let ip = text.parse::<std::net::IpAddr>().ok()?;
+                Some(SocketAddr::new(ip, 53))
+            });
+            match server {
+                Some(server) => servers.push(server),
+                None => {
+                    return self.fail(
+                        &with(&servers_path, Segment::Index(index)),
+                        format!(
+                            "{text:?} is not a name server address: an IP address, with a port if not 53 (10.0.0.2 or 10.0.0.2:5353)"
+                        ),
+                    )
+                }
+            }
+        }
+        let refresh_path = with(path, key("refresh"));
+        let refresh = self.duration(&refresh_path, &raw.refresh, Dns::default().refresh)?;
+        if refresh < MIN_DNS_REFRESH {
+            return self.fail(
+                &refresh_path,
+                format!(
+                    "{:?} is too often to ask the name servers: at least {MIN_DNS_REFRESH:?}",
+                    raw.refresh.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        Ok(Dns { servers, refresh })
     }
 
     fn admin(&self, path: &Path, raw: &RawAdmin) -> Result<AdminListener, ConfigError> {
@@ -1095,6 +1133,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// down at the first request.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The shortest `dns.refresh`: more often would load the name servers
+/// for nothing (Envoy's default is 5 s).
+pub const MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
+
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -1371,6 +1413,52 @@ mod tests {
                 .admin,
             AdminListener::default()
         );
+    }
+
+    #[test]
+    fn the_dns_section_is_checked_like_the_rest() {
+        let with_dns = |dns: &str| {
+            minimal(r#"{"stable": 9000, "canary": 1000}"#)
+                .replace(r#""routes""#, &format!("\"dns\": {dns},\n  \"routes\""))
+        };
+        let config = parse(&with_dns(
+            r#"{"servers": ["10.0.0.2", "[::1]:5353"], "refresh": "30s"}"#,
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.dns.servers,
+            vec![
+                "10.0.0.2:53".parse().expect("addr"),
+                "[::1]:5353".parse().expect("addr")
+            ]
+        );
+        assert_eq!(config.dns.refresh, Duration::from_secs(30));
+        // The endpoints given by name, once each; IP addresses are not.
+        assert_eq!(config.endpoint_names(), vec!["localhost:9002"]);
+        assert!(config.to_string().contains(
+            "endpoint names (localhost:9002) resolved by name servers 10.0.0.2:53, [::1]:5353, again every 30s"
+        ));
+        let err = parse(&with_dns(r#"{"servers": ["10.0.0.2", "ns1.example:53"]}"#))
+            .expect_err("a name server by name");
+        assert_eq!(err.path(), Some("dns.servers[1]"));
+        assert_eq!(err.line(), Some(7));
+        assert!(
+            err.to_string().contains("not a name server address"),
+            "{err}"
+        );
+        let err = parse(&with_dns(r#"{"refresh": "10ms"}"#)).expect_err("too often");
+        assert_eq!(err.path(), Some("dns.refresh"));
+        assert!(err.to_string().contains("at least 100ms"), "{err}");
+        let err = parse(&with_dns(r#"{"resolvers": []}"#)).expect_err("unknown field");
+        assert!(
+            err.to_string().contains("unknown field `resolvers`"),
+            "{err}"
+        );
+        let config = parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#)).expect("valid");
+        assert_eq!(config.dns, Dns::default());
+        assert!(config
+            .to_string()
+            .contains("resolved by the system's resolver, again every 5s"));
     }
 
     #[test]

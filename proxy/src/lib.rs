@@ -24,6 +24,7 @@
 
 mod body;
 mod client_io;
+pub mod dns;
 mod error;
 mod fast;
 mod forward;

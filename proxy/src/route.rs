@@ -4,7 +4,7 @@
 //! endpoint choice all read only this table.
 
 use std::borrow::Cow;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use switchyard_config::{
     Retries, Sticky, Timeouts,
 };
 
+use crate::dns::Addresses;
 use crate::error::ForwardError;
 use crate::health::EndpointHealth;
 use crate::stats::{Metrics, PoolStats, StatsScope};
@@ -266,21 +267,34 @@ impl RouteTable {
         version: u64,
         scope: &StatsScope,
     ) -> Result<RouteTable, ForwardError> {
-        Self::build_from(config, version, scope, None)
+        let addresses = Addresses::resolve_blocking(config)?;
+        Self::build_from(config, version, scope, None, &addresses)
+    }
+
+    /// Builds a table whose endpoint names resolve to `addresses` (every
+    /// name of `config` must be in it).
+    pub fn build_resolved(
+        config: &Config,
+        version: u64,
+        scope: &StatsScope,
+        addresses: &Addresses,
+    ) -> Result<RouteTable, ForwardError> {
+        Self::build_from(config, version, scope, None, addresses)
     }
 
     /// Builds a table from a config whose pools are those of `live`'s
-    /// (only weights or rollouts changed): the TLS clients of its pools
-    /// are taken as they are, not read from their files again, so that a
-    /// weight change, a rollout step or a fallback never fails on a CA
-    /// file being rotated.
+    /// (only weights, rollouts or the addresses of names changed): the TLS
+    /// clients of its endpoints are taken as they are, not read from their
+    /// files again, so that a weight change, a rollout step or a fallback
+    /// never fails on a CA file being rotated.
     pub fn build_with_pools_of(
         config: &Config,
         version: u64,
         scope: &StatsScope,
         live: &RouteTable,
+        addresses: &Addresses,
     ) -> Result<RouteTable, ForwardError> {
-        Self::build_from(config, version, scope, Some(live))
+        Self::build_from(config, version, scope, Some(live), addresses)
     }
 
     fn build_from(
@@ -288,41 +302,70 @@ impl RouteTable {
         version: u64,
         scope: &StatsScope,
         live: Option<&RouteTable>,
+        addresses: &Addresses,
     ) -> Result<RouteTable, ForwardError> {
         scope.forget_unused();
         let mut pools = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
             let mut endpoints = Vec::with_capacity(pool.endpoints.len());
+            let mut weights = Vec::with_capacity(pool.endpoints.len());
             for endpoint in &pool.endpoints {
-                let addr = resolve(&endpoint.address).map_err(|source| ForwardError::Resolve {
-                    pool: pool.name.clone(),
-                    address: endpoint.address.clone(),
-                    source,
-                })?;
-                let reused = live.and_then(|live| {
-                    let pool = live.pools.iter().find(|p| *p.name == *pool.name)?;
-                    let entry = pool.endpoints.iter().find(|e| e.addr == addr)?;
-                    entry.tls.clone()
-                });
-                let tls = match (&pool.tls, reused) {
-                    (Some(_), Some(reused)) => Some(reused),
-                    (Some(tls), None) => Some(Arc::new(UpstreamTlsClient::build(
-                        &pool.name,
+                let literal = endpoint.address.parse::<SocketAddr>().ok();
+                let addrs =
+                    match &literal {
+                        Some(addr) => std::slice::from_ref(addr),
+                        None => addresses.get(&endpoint.address).ok_or_else(|| {
+                            ForwardError::Resolve {
+                                pool: pool.name.clone(),
+                                address: endpoint.address.clone(),
+                                source: std::io::Error::new(
+                                    std::io::ErrorKind::NotFound,
+                                    "not resolved yet",
+                                ),
+                            }
+                        })?,
+                    };
+                // Every address of a name is an endpoint, with the
+                // endpoint's weight (as nginx's `server name weight=N`),
+                // and one TLS client for the name.
+                let mut built: Option<Arc<UpstreamTlsClient>> = None;
+                for &addr in addrs {
+                    let reused = live.and_then(|live| {
+                        let pool = live.pools.iter().find(|p| *p.name == *pool.name)?;
+                        let entry = pool.endpoints.iter().find(|e| e.addr == addr)?;
+                        entry.tls.clone()
+                    });
+                    let tls = match (&pool.tls, reused) {
+                        (Some(_), Some(reused)) => Some(reused),
+                        (Some(tls), None) => match &built {
+                            Some(built) => Some(Arc::clone(built)),
+                            None => {
+                                let client = Arc::new(UpstreamTlsClient::build(
+                                    &pool.name,
+                                    tls,
+                                    &endpoint.address,
+                                )?);
+                                built = Some(Arc::clone(&client));
+                                Some(client)
+                            }
+                        },
+                        (None, _) => None,
+                    };
+                    let (health, in_flight) = scope.endpoint_state(&pool.name, addr);
+                    let label = match literal {
+                        Some(_) => format!("{}/{}", pool.name, endpoint.address),
+                        None => format!("{}/{} ({addr})", pool.name, endpoint.address),
+                    };
+                    endpoints.push(EndpointEntry {
+                        addr,
+                        label: label.into(),
+                        in_flight,
+                        health,
                         tls,
-                        &endpoint.address,
-                    )?)),
-                    (None, _) => None,
-                };
-                let (health, in_flight) = scope.endpoint_state(&pool.name, addr);
-                endpoints.push(EndpointEntry {
-                    addr,
-                    label: format!("{}/{}", pool.name, endpoint.address).into(),
-                    in_flight,
-                    health,
-                    tls,
-                });
+                    });
+                    weights.push(endpoint.weight);
+                }
             }
-            let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
             let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
             let next = scope.cursor(&pool.name, &addrs);
             pools.push(PoolEntry {
@@ -910,12 +953,6 @@ pub fn path_for_matching(path: &str) -> Cow<'_, str> {
         true => Cow::Borrowed(path),
         false => Cow::Owned(normal),
     }
-}
-
-fn resolve(address: &str) -> std::io::Result<SocketAddr> {
-    address.to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address")
-    })
 }
 
 /// A request's fields as routing reads them: hyper's `HeaderMap`, or the

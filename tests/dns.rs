@@ -1,0 +1,317 @@
+//! Endpoints given by host name, resolved by a name server the test runs
+//! (UDP on loopback, answering A queries from a table the test changes):
+//! every address of a name is an endpoint, a changed answer moves the
+//! traffic within `dns.refresh`, a name server that stops answering keeps
+//! the last addresses, and a weight change never waits on it.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// What the name server answers for each name (lowercase, no final dot):
+/// A records, or NXDOMAIN for a name not in it. `SERVFAIL` while `failing`.
+#[derive(Clone, Default)]
+struct Zone {
+    names: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    queries: Arc<AtomicUsize>,
+}
+
+impl Zone {
+    fn set(&self, name: &str, addrs: &[Ipv4Addr]) {
+        self.names
+            .lock()
+            .expect("not poisoned")
+            .insert(name.to_string(), addrs.to_vec());
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+/// A name server on 127.0.0.1 (UDP) answering from `zone` with TTL 0.
+async fn name_server(zone: Zone) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Some(answer) = answer(&zone, &buf[..len]) {
+                let _ = socket.send_to(&answer, from).await;
+            }
+        }
+    });
+    addr
+}
+
+/// The answer to one query (RFC 1035 §4.1), or None if it is not one.
+fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
+    zone.queries.fetch_add(1, Ordering::SeqCst);
+    if query.len() < 12 || u16::from_be_bytes([query[4], query[5]]) != 1 {
+        return None;
+    }
+    // The question: labels, then type and class.
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*query.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_ascii_lowercase());
+        at += len;
+    }
+    let kind = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    let question = &query[12..at + 4];
+    let name = labels.join(".");
+    let found = zone.names.lock().expect("not poisoned").get(&name).cloned();
+    let (rcode, records) = match found {
+        _ if zone.failing.load(Ordering::SeqCst) => (2, Vec::new()),
+        None => (3, Vec::new()),
+        // AAAA and the rest: the name exists, with no such records.
+        Some(_) if kind != 1 => (0, Vec::new()),
+        Some(addrs) => (0, addrs),
+    };
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&query[..2]);
+    // QR, the query's RD, RA; the rcode.
+    out.push(0x80 | (query[2] & 0x01));
+    out.push(0x80 | rcode);
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    for ip in records {
+        // The name by pointer to the question's; A, IN, TTL 0, 4 bytes.
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+        out.extend_from_slice(&ip.octets());
+    }
+    Some(out)
+}
+
+/// HTTP upstreams on the same port of several loopback addresses
+/// (127.0.0.2, ...): each answers with its own IP address.
+async fn upstreams_on(ips: &[Ipv4Addr]) -> u16 {
+    'port: loop {
+        let first = TcpListener::bind((ips[0], 0)).await.expect("bind");
+        let port = first.local_addr().expect("addr").port();
+        let mut listeners = vec![first];
+        for ip in &ips[1..] {
+            match TcpListener::bind((*ip, port)).await {
+                Ok(listener) => listeners.push(listener),
+                // Taken on that address: another port for all.
+                Err(_) => continue 'port,
+            }
+        }
+        for listener in listeners {
+            let ip = listener.local_addr().expect("addr").ip().to_string();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let ip = ip.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |_: Request<Incoming>| {
+                            let body = Bytes::from(ip.clone());
+                            async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        }
+        return port;
+    }
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// One route over `pools` (name → endpoints), the first the baseline, with
+/// names resolved by `server` every 200 ms.
+fn config(server: SocketAddr, pools: &[(&str, Vec<String>, i64)]) -> Value {
+    let mut pool_map = serde_json::Map::new();
+    let mut weights = serde_json::Map::new();
+    for (name, endpoints, weight) in pools {
+        pool_map.insert(name.to_string(), json!({ "endpoints": endpoints }));
+        weights.insert(name.to_string(), json!(weight));
+    }
+    json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": pool_map,
+        "routes": [{"name": "web", "split": {"baseline": pools[0].0, "weights": weights}}],
+        "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
+        "dns": {"servers": [server.to_string()], "refresh": "200ms"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_address_of_a_name_is_an_endpoint_and_a_new_answer_moves_traffic() {
+    let port = upstreams_on(&[ip(2), ip(3), ip(4)]).await;
+    let zone = Zone::default();
+    zone.set("svc.test", &[ip(2), ip(3)]);
+    let server = name_server(zone.clone()).await;
+    let setup = support::admin_setup(
+        &config(
+            server,
+            &[("stable", vec![format!("svc.test:{port}")], 10_000)],
+        ),
+        None,
+    );
+
+    // Both addresses serve, by the pool's round robin.
+    let seen = support::send_many(setup.proxy, "/", 200).await;
+    assert_eq!(seen.get("127.0.0.2"), Some(&100), "{seen:?}");
+    assert_eq!(seen.get("127.0.0.3"), Some(&100), "{seen:?}");
+
+    // The name moves: within a few refreshes every request goes there.
+    zone.set("svc.test", &[ip(4)]);
+    let moved = Instant::now();
+    let client = support::client();
+    let mut last = String::new();
+    while moved.elapsed() < Duration::from_secs(5) {
+        let (status, _, body) = support::get(&client, setup.proxy, "/", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        last = body;
+        if last == "127.0.0.4" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, "127.0.0.4", "the new address never served");
+    let seen = support::send_many(setup.proxy, "/", 100).await;
+    assert_eq!(seen.get("127.0.0.4"), Some(&100), "{seen:?}");
+
+    // The admin API shows the endpoint as configured: the name.
+    let (status, _, body) =
+        support::admin_call(setup.admin, Method::GET, "/v1/routes", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("svc.test:{port}")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_server_that_fails_keeps_the_last_addresses_and_weights_still_change() {
+    let port = upstreams_on(&[ip(2)]).await;
+    let stable = support::upstream("stable").await;
+    let zone = Zone::default();
+    zone.set("canary.test", &[ip(2)]);
+    let server = name_server(zone.clone()).await;
+    let setup = support::admin_setup(
+        &config(
+            server,
+            &[
+                ("stable", vec![stable.addr.to_string()], 5_000),
+                ("canary", vec![format!("canary.test:{port}")], 5_000),
+            ],
+        ),
+        None,
+    );
+    let seen = support::send_many(setup.proxy, "/", 200).await;
+    assert!(seen.get("127.0.0.2").is_some_and(|n| *n > 50), "{seen:?}");
+
+    // SERVFAIL from now on; wait until the proxy has asked again, twice.
+    zone.failing.store(true, Ordering::SeqCst);
+    let asked = zone.queries();
+    assert!(
+        support::eventually(Duration::from_secs(5), || zone.queries() >= asked + 2).await,
+        "the name was not asked again"
+    );
+    let seen = support::send_many(setup.proxy, "/", 200).await;
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        200,
+        "every request answered: {seen:?}"
+    );
+    assert!(seen.get("127.0.0.2").is_some_and(|n| *n > 50), "{seen:?}");
+
+    // A weight change builds a table from the addresses known: it neither
+    // waits on the failing name server nor fails with it.
+    let started = Instant::now();
+    let body = json!({"weights": {"stable": 0, "canary": 10_000}}).to_string();
+    let (status, _, answer) = support::admin_call(
+        setup.admin,
+        Method::PUT,
+        "/v1/routes/web/weights",
+        &[("content-type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the weight change took {:?}",
+        started.elapsed()
+    );
+    let seen = support::send_many(setup.proxy, "/", 50).await;
+    assert_eq!(seen.get("127.0.0.2"), Some(&50), "{seen:?}");
+}
+
+#[tokio::test]
+async fn check_resolves_names_with_the_configured_name_servers() {
+    let zone = Zone::default();
+    zone.set("svc.test", &[ip(2)]);
+    let server = name_server(zone.clone()).await;
+    let dir = std::env::temp_dir().join(format!("switchyard-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let write = |file: &str, endpoint: &str| {
+        let text = serde_json::to_string_pretty(&config(
+            server,
+            &[("stable", vec![endpoint.into()], 10_000)],
+        ))
+        .expect("json");
+        let path = dir.join(file);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+
+    let good = write("good.json", "svc.test:8080");
+    let checked = tokio::task::spawn_blocking(move || support::check_file(&good))
+        .await
+        .expect("check");
+    assert!(checked.0, "{checked:?}");
+    assert!(
+        checked.1.contains(&format!(
+            "endpoint names (svc.test:8080) resolved by name servers {server}"
+        )),
+        "{checked:?}"
+    );
+
+    // NXDOMAIN from the configured server, though the system's resolver
+    // would not be asked at all: refused at the endpoint's line.
+    let bad = write("bad.json", "nowhere.test:8080");
+    let text = std::fs::read_to_string(&bad).expect("read");
+    let line = text
+        .lines()
+        .position(|l| l.contains("nowhere.test"))
+        .expect("the endpoint's line")
+        + 1;
+    let checked = tokio::task::spawn_blocking(move || support::check_file(&bad))
+        .await
+        .expect("check");
+    assert!(!checked.0, "{checked:?}");
+    assert!(
+        checked.2.contains(&format!("bad.json:{line}:")) && checked.2.contains("does not resolve"),
+        "{checked:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
