@@ -202,11 +202,21 @@ async fn every_address_of_a_name_is_an_endpoint_and_a_new_answer_moves_traffic()
     let seen = support::send_many(setup.proxy, "/", 100).await;
     assert_eq!(seen.get("127.0.0.4"), Some(&100), "{seen:?}");
 
-    // The admin API shows the endpoint as configured: the name.
+    // The admin API shows the endpoint as configured, and what it
+    // resolves to now.
     let (status, _, body) =
-        support::admin_call(setup.admin, Method::GET, "/v1/routes", &[], "").await;
+        support::admin_call(setup.admin, Method::GET, "/v1/routes/web", &[], "").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(&format!("svc.test:{port}")), "{body}");
+    let route: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        route["pools"]["stable"]["endpoints"],
+        json!([{
+            "address": format!("svc.test:{port}"),
+            "weight": 1,
+            "resolved": [format!("127.0.0.4:{port}")],
+        }]),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1177,7 +1177,14 @@ impl ControlPlane {
                         pool.name.clone(),
                         json!({
                             "policy": pool.policy.name(),
-                            "endpoints": pool.endpoints.iter().map(|e| json!({"address": e.address, "weight": e.weight})).collect::<Vec<_>>(),
+                            "endpoints": pool.endpoints.iter().map(|e| {
+                                let mut endpoint = json!({"address": e.address, "weight": e.weight});
+                                // A name: the addresses it stands for now.
+                                if let Some(addrs) = inner.addresses.get(&e.address) {
+                                    endpoint["resolved"] = json!(addrs.iter().map(ToString::to_string).collect::<Vec<_>>());
+                                }
+                                endpoint
+                            }).collect::<Vec<_>>(),
                         }),
                     )
                 })
