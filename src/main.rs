@@ -114,6 +114,11 @@ struct RunArgs {
     /// traffic). For measuring what counting costs, not for production.
     #[arg(long)]
     no_request_metrics: bool,
+    /// Log each request answered, one JSON object a line, to this file
+    /// (`/dev/stdout` for the console); wins over the config's
+    /// `access_log`. SIGUSR1 opens it again, after log rotation.
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<std::path::PathBuf>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -261,6 +266,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "no --state-dir: weights set through the admin API will not survive a restart"
         );
     }
+    let access_log = args
+        .access_log
+        .clone()
+        .or_else(|| config.access_log.clone());
+    if let Some(path) = &access_log {
+        switchyard_proxy::access_log::set(Some(path))
+            .with_context(|| format!("opening the access log {}", path.display()))?;
+    }
     if args.no_request_metrics {
         tracing::warn!("--no-request-metrics: requests are not counted; canary health is off");
         switchyard_proxy::stats::set_counting(false);
@@ -310,6 +323,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let server = Server::start_with_tls(plane.routes(), &listen, workers).context("starting")?;
     plane.set_listener_hook(listener_hook(&server, &plane, &config, &terminators)?);
     plane.set_admin_check(admin_check(&args, token.is_some()));
+    if let Some(path) = &args.access_log {
+        plane.pin_access_log(path.clone());
+    }
     let scheme = if listen[0].1.is_some() {
         "https"
     } else {
@@ -559,6 +575,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -572,17 +589,20 @@ impl Signals {
         let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
         drop(entered);
         Ok(Signals {
             runtime,
             term,
             int,
             hup,
+            usr1,
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; on SIGHUP runs `on_hup` and keeps
-    /// waiting.
+    /// Waits for SIGTERM or SIGINT; on SIGHUP runs `on_hup`, on SIGUSR1
+    /// opens the access log again (as nginx's `USR1`, for log rotation),
+    /// and keeps waiting.
     fn wait<F, Fut>(&mut self, on_hup: F) -> anyhow::Result<()>
     where
         F: Fn() -> Fut,
@@ -593,6 +613,7 @@ impl Signals {
             term,
             int,
             hup,
+            usr1,
         } = self;
         runtime.block_on(async {
             loop {
@@ -600,6 +621,10 @@ impl Signals {
                     _ = term.recv() => return Ok(()),
                     _ = int.recv() => return Ok(()),
                     _ = hup.recv() => on_hup().await,
+                    _ = usr1.recv() => match switchyard_proxy::access_log::reopen() {
+                        Ok(()) => tracing::info!("SIGUSR1: access log opened again"),
+                        Err(err) => tracing::warn!(error = %err, "SIGUSR1: cannot open the access log again; lines go to the old file"),
+                    },
                 }
             }
         })
@@ -613,8 +638,9 @@ impl Signals {
             mut term,
             mut int,
             hup,
+            usr1,
         } = self;
-        drop(hup);
+        drop((hup, usr1));
         std::thread::spawn(move || {
             runtime.block_on(async {
                 tokio::select! {
@@ -735,6 +761,7 @@ fn split_config(
         limits: Default::default(),
         admin: None,
         dns: None,
+        access_log: None,
     }
 }
 

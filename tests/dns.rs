@@ -281,8 +281,7 @@ async fn check_resolves_names_with_the_configured_name_servers() {
     let zone = Zone::default();
     zone.set("svc.test", &[ip(2)]);
     let server = name_server(zone.clone()).await;
-    let dir = std::env::temp_dir().join(format!("switchyard-dns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = support::scratch_dir("dns-check");
     let write = |file: &str, endpoint: &str| {
         let text = serde_json::to_string_pretty(&config(
             server,

@@ -49,6 +49,9 @@ pub struct ControlPlane {
     /// reported, not applied.
     listener_hook: std::sync::OnceLock<ListenerHook>,
     admin_check: std::sync::OnceLock<AdminCheck>,
+    /// The access log given on the command line, which a config's
+    /// `access_log` does not change.
+    access_log_flag: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// Binds what the data plane needs to listen as a config says, all or
@@ -174,6 +177,7 @@ impl ControlPlane {
             bound_admin: base.admin.clone(),
             listener_hook: std::sync::OnceLock::new(),
             admin_check: std::sync::OnceLock::new(),
+            access_log_flag: std::sync::OnceLock::new(),
             routes: Routes::new(table),
             store,
             events,
@@ -970,6 +974,12 @@ impl ControlPlane {
         let _ = self.admin_check.set(check);
     }
 
+    /// The access log was given on the command line: a config's
+    /// `access_log` no longer moves it.
+    pub fn pin_access_log(&self, path: std::path::PathBuf) {
+        let _ = self.access_log_flag.set(path);
+    }
+
     /// Replaces the whole config (`PUT /v1/config`): validated like
     /// `switchyard check`, built, written over the config file (atomically),
     /// then swapped in. Without a config file there is nothing to persist
@@ -1048,6 +1058,24 @@ impl ControlPlane {
                 })?;
             }
         }
+        // A new access log must open before anything changes.
+        let log_moves =
+            self.access_log_flag.get().is_none() && base.access_log != inner.base.access_log;
+        if let (true, Some(path)) = (log_moves, &base.access_log) {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            if let Err(err) = opened {
+                let message = format!("the access log {} cannot be opened: {err}", path.display());
+                self.record_rejection(who, &message, inner.state.version);
+                return Err(AdminError::Invalid {
+                    code: "invalid_config",
+                    message,
+                    field: "access_log.path".into(),
+                });
+            }
+        }
         let mut reason = reason;
         let listening = (base.listeners.clone(), base.tls.clone());
         let rebound = listening != inner.listening;
@@ -1113,6 +1141,20 @@ impl ControlPlane {
             let addrs: Vec<String> = base.listeners.iter().map(ToString::to_string).collect();
             reason.push_str(&addrs.join(", "));
             inner.listening = listening;
+        }
+        if log_moves {
+            match switchyard_proxy::access_log::set(base.access_log.as_deref()) {
+                Ok(()) => match &base.access_log {
+                    Some(path) => {
+                        reason.push_str("; access log now ");
+                        reason.push_str(&path.display().to_string());
+                    }
+                    None => reason.push_str("; access log off"),
+                },
+                Err(err) => {
+                    tracing::error!(error = %err, "the access log opened a moment ago cannot be opened now; it stays as it was");
+                }
+            }
         }
         self.routes.replace(table);
         let version = state.version;

@@ -29,6 +29,9 @@ pub struct Config {
     pub admin: AdminListener,
     /// How endpoints given by host name are resolved.
     pub dns: Dns,
+    /// The file each request answered is logged to, one JSON object a
+    /// line; none: no access log.
+    pub access_log: Option<PathBuf>,
 }
 
 /// How endpoints given by host name are resolved. Every address a name
@@ -184,6 +187,9 @@ impl Config {
                 *file = dir.join(&*file);
             }
         };
+        if let Some(log) = &mut self.access_log {
+            rebase(log);
+        }
         for listener in &mut self.tls {
             for certificate in &mut listener.certificates {
                 rebase(&mut certificate.cert_file);
@@ -683,6 +689,9 @@ impl fmt::Display for Config {
                 names.join(", "),
                 self.dns.refresh
             )?;
+        }
+        if let Some(path) = &self.access_log {
+            writeln!(f, "access log: {}", path.display())?;
         }
         writeln!(f, "routes (first match wins):")?;
         for (index, route) in self.routes.iter().enumerate() {

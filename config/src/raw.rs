@@ -34,6 +34,17 @@ pub struct RawConfig {
     /// How endpoints given by host name are resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<RawDns>,
+    /// Where each request answered is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// The access log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// The file lines are appended to (`/dev/stdout` for the console).
+    pub path: String,
 }
 
 /// How endpoints given by host name are resolved.

@@ -248,6 +248,16 @@ impl Validator<'_> {
                 None => Dns::default(),
                 Some(dns) => self.dns(&with(&root, key("dns")), dns)?,
             },
+            access_log: match &raw.access_log {
+                None => None,
+                Some(log) if log.path.trim().is_empty() || log.path.contains('\0') => {
+                    return self.fail(
+                        &with(&with(&root, key("access_log")), key("path")),
+                        "the access log's path must be a file name, such as /var/log/switchyard/access.log or /dev/stdout",
+                    )
+                }
+                Some(log) => Some(PathBuf::from(&log.path)),
+            },
         })
     }
 

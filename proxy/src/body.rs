@@ -20,6 +20,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access_log::Line;
 use crate::raw_upstream::RawBody;
 use crate::route::RouteTable;
 use crate::stats::ErrorKind;
@@ -340,6 +341,33 @@ pub struct Origin {
     table: Option<Arc<RouteTable>>,
     route: u16,
     pool: u16,
+    /// The request's access-log line, written when the body is over.
+    log: Option<Box<Logged>>,
+}
+
+/// A response's access-log line while its body goes out.
+struct Logged {
+    line: Line,
+    status: u16,
+    bytes: u64,
+    broke: Option<ErrorKind>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let Logged {
+                line,
+                status,
+                bytes,
+                broke,
+            } = *log;
+            match broke {
+                Some(kind) => line.finish(status, bytes, Some(&kind.broke_off())),
+                None => line.finish(status, bytes, None),
+            }
+        }
+    }
 }
 
 impl Origin {
@@ -349,11 +377,22 @@ impl Origin {
             table: None,
             route,
             pool,
+            log: None,
+        }
+    }
+
+    /// Counts what a body frame carries, for the access log.
+    fn sent(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {
+            log.bytes += data.len() as u64;
         }
     }
 
     /// Counts a failure after the head, once.
     pub(crate) fn count(&mut self, kind: ErrorKind) {
+        if let Some(log) = self.log.as_mut() {
+            log.broke.get_or_insert(kind);
+        }
         if let Some(table) = self.table.take() {
             if let Some(route) = table.routes().get(usize::from(self.route)) {
                 route.stats(self.pool).record_broken(kind);
@@ -374,6 +413,26 @@ impl ProxyBody {
             } => origin.table = Some(table),
             ProxyBody::Raw(body) => body.origin_mut().table = Some(table),
             _ => {}
+        }
+    }
+
+    /// Gives the body the access-log line of its request, answered with
+    /// `status`: written when the body is over (a local body's now).
+    pub fn attach_log(&mut self, line: Line, status: u16) {
+        let logged = |line| {
+            Some(Box::new(Logged {
+                line,
+                status,
+                bytes: 0,
+                broke: None,
+            }))
+        };
+        match self {
+            ProxyBody::Upstream { origin, .. } => origin.log = logged(line),
+            ProxyBody::Raw(body) => body.origin_mut().log = logged(line),
+            ProxyBody::Local(bytes) => {
+                line.finish(status, bytes.as_ref().map_or(0, |b| b.len() as u64), None)
+            }
         }
     }
 
@@ -432,7 +491,13 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Raw(body) => body.poll_frame(cx),
+            ProxyBody::Raw(body) => {
+                let polled = body.poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    body.origin_mut().sent(frame);
+                }
+                polled
+            }
             ProxyBody::Upstream {
                 inner,
                 release,
@@ -461,6 +526,7 @@ impl Body for ProxyBody {
                         }
                         Err(frame) => frame,
                     };
+                    origin.sent(&frame);
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {

@@ -33,6 +33,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
+use crate::access_log::{Asked, Line};
 use crate::body::InFlight;
 use crate::client_io::TIMEOUT_RESPONSE;
 use crate::error::ForwardError;
@@ -780,6 +781,41 @@ fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool, head_request:
     }
 }
 
+/// The access-log line of the request whose head starts `input`, parsed
+/// again (only when the log is on); its method and target are missing
+/// from a head too malformed to parse.
+fn log_line(input: &[u8], client: &ClientInfo, started: std::time::Instant) -> Option<Line> {
+    if !crate::access_log::enabled() {
+        return None;
+    }
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        input,
+        &mut fields,
+    );
+    let field = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
+    let whole = parsed.is_ok();
+    Line::begin(
+        &Asked {
+            protocol: "HTTP/1.1",
+            client: client.peer,
+            method: request.method.filter(|_| whole).map(str::as_bytes),
+            target: request.path.filter(|_| whole).map(str::as_bytes),
+            host: field("host").filter(|_| whole),
+            user_agent: field("user-agent").filter(|_| whole),
+        },
+        started,
+    )
+}
+
 /// How a response body is delimited (RFC 9112 §6.3).
 pub(crate) enum Framing {
     /// No body: HEAD, 204, 304.
@@ -1288,6 +1324,14 @@ where
                         close,
                         head_request,
                     } => {
+                        if let Some(line) = log_line(&input, client, started) {
+                            let bytes = if head_request {
+                                0
+                            } else {
+                                error.message().len()
+                            };
+                            line.finish(error.status().as_u16(), bytes as u64, Some(&error));
+                        }
                         // The body is read (and dropped) so that the
                         // connection can serve on; one that stops coming
                         // gets the answer anyway, and the connection ends.
@@ -1380,14 +1424,23 @@ where
             }
         };
         let Some(plan) = plan else { continue };
+        let mut line = log_line(&input, client, started);
 
         // The body, read whole (it is at most READ_AHEAD_BYTES).
         let end = plan.head_len + plan.body_len;
         match read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
             Rest::Read => {}
-            Rest::Gone => return Outcome::Closed,
+            Rest::Gone => {
+                if let Some(line) = line {
+                    line.finish(499, 0, Some(&"client closed the connection mid-body"));
+                }
+                return Outcome::Closed;
+            }
             // nginx's client_body_timeout.
             Rest::Stalled => {
+                if let Some(line) = line {
+                    line.finish(408, 0, Some(&"request body timed out"));
+                }
                 let _ =
                     write_out(&mut stream, BODY_TIMEOUT_RESPONSE, deadline, timeouts.idle).await;
                 let _ = stream.shutdown().await;
@@ -1432,6 +1485,11 @@ where
             unless_client_leaves(&mut stream, &mut input, std::pin::pin!(exchange)).await
         };
         let Some((endpoint, sent)) = exchanged else {
+            if let Some(mut line) = line {
+                line.served(&plan.route.name, &pool.name, plan.endpoint.addr);
+                // nginx's 499: the client closed before the answer.
+                line.finish(499, 0, None);
+            }
             tracing::debug!(client = %client.peer, "client closed the connection before its answer");
             proxy.raw.upstream_buffers.give(upstream_buffer);
             return Outcome::Closed;
@@ -1440,6 +1498,15 @@ where
             Ok(exchanged) => exchanged,
             Err(failed) => {
                 let error = failed.error;
+                if let Some(mut line) = line {
+                    line.served(&plan.route.name, &pool.name, endpoint.addr);
+                    let bytes = if plan.head_request {
+                        0
+                    } else {
+                        error.message().len()
+                    };
+                    line.finish(error.status().as_u16(), bytes as u64, Some(&error));
+                }
                 count_failure(pool, pending, endpoint, &error, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
                 put_error(&mut out, &error, close, plan.head_request);
@@ -1454,6 +1521,8 @@ where
         pending.answered(head.status, None);
         endpoint.health.succeeded();
 
+        let status = head.status;
+        let mut body_bytes = 0;
         let relayed = relay(
             &mut stream,
             &mut upstream,
@@ -1463,10 +1532,22 @@ where
             deadline,
             upstream_deadline,
             timeouts.idle,
+            &mut body_bytes,
         )
         .await;
         if let Some(kind) = relayed.late_error {
             stats.record_broken(kind);
+        }
+        if let Some(line) = line.as_mut() {
+            line.served(&plan.route.name, &pool.name, endpoint.addr);
+        }
+        if relayed.unsent {
+            // Logged below, as the 502 it becomes.
+        } else if let Some(line) = line.take() {
+            match relayed.late_error {
+                Some(kind) => line.finish(status, body_bytes, Some(&kind.broke_off())),
+                None => line.finish(status, body_bytes, None),
+            }
         }
         if relayed.reusable {
             proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);
@@ -1482,6 +1563,14 @@ where
                 backend: endpoint.label.to_string(),
                 kind: ErrorKind::Malformed,
             };
+            if let Some(line) = line {
+                let bytes = if plan.head_request {
+                    0
+                } else {
+                    error.message().len()
+                };
+                line.finish(error.status().as_u16(), bytes as u64, Some(&error));
+            }
             put_error(&mut out, &error, close, plan.head_request);
             if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
                 let _ = stream.shutdown().await;
@@ -1889,6 +1978,7 @@ async fn relay<S: AsyncWrite + Unpin>(
     deadline: &mut Deadline,
     upstream_deadline: &mut Deadline,
     idle: Duration,
+    sent: &mut u64,
 ) -> Relayed {
     buffer.advance(head.len);
     let mut body = match head.framing {
@@ -1904,6 +1994,7 @@ async fn relay<S: AsyncWrite + Unpin>(
                 deadline,
                 upstream_deadline,
                 idle,
+                sent,
             )
             .await
         }
@@ -1917,6 +2008,7 @@ async fn relay<S: AsyncWrite + Unpin>(
     };
     out.extend_from_slice(&buffer[..relay]);
     out.extend_from_slice(body.end());
+    *sent += relay as u64;
     // Bytes after the body: the upstream is not speaking HTTP/1.1 as it
     // should, and its connection is not used again.
     let mut clean = buffer.len() == take;
@@ -1933,6 +2025,7 @@ async fn relay<S: AsyncWrite + Unpin>(
             return Relayed::broken(ErrorKind::Malformed);
         };
         clean = buffer.len() == take;
+        *sent += relay as u64;
         let end = body.end();
         if end.is_empty() || relay == 0 {
             if relay > 0 && !write_out(client, &buffer[..relay], deadline, idle).await {
@@ -2000,6 +2093,7 @@ impl Delimited {
 
 /// Relays a body that ends when the upstream closes, re-framed as chunked
 /// so that the client connection can stay open.
+#[allow(clippy::too_many_arguments)]
 async fn relay_until_close<S: AsyncWrite + Unpin>(
     client: &mut S,
     upstream: &mut RawConn,
@@ -2008,9 +2102,11 @@ async fn relay_until_close<S: AsyncWrite + Unpin>(
     deadline: &mut Deadline,
     upstream_deadline: &mut Deadline,
     idle: Duration,
+    sent: &mut u64,
 ) -> Relayed {
     loop {
         if !buffer.is_empty() {
+            *sent += buffer.len() as u64;
             let _ = write!(out, "{:x}\r\n", buffer.len());
             out.extend_from_slice(buffer);
             out.extend_from_slice(b"\r\n");

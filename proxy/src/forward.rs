@@ -15,6 +15,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::debug;
 
+use crate::access_log::{Asked, Line};
 use crate::body::{ClientBody, InFlight, Origin, ProxyBody, RequestBody};
 use crate::error::ForwardError;
 use crate::fast::{RawPool, Stopping};
@@ -115,13 +116,28 @@ impl Proxy {
         let started = Instant::now();
         let table = self.routes.snapshot();
         let http1 = request.version() != Version::HTTP_2;
-        match self.forward(&table, &client, request, started).await {
+        let mut line = log_line(&request, &client, started);
+        match self
+            .forward(&table, &client, request, started, &mut line)
+            .await
+        {
             Ok(mut response) => {
+                if let Some(line) = line {
+                    let status = response.status().as_u16();
+                    response.body_mut().attach_log(line, status);
+                }
                 response.body_mut().attach_table(table);
                 Ok(response)
             }
             Err(err) => {
                 debug!(client = %client.peer, error = %err, status = %err.status(), "request failed");
+                if let Some(line) = line {
+                    line.finish(
+                        err.status().as_u16(),
+                        err.message().len() as u64,
+                        Some(&err),
+                    );
+                }
                 Ok(err.to_response(http1 && err.closes_connection()))
             }
         }
@@ -133,6 +149,7 @@ impl Proxy {
         client: &ClientInfo,
         request: Request<ClientBody>,
         started: Instant,
+        line: &mut Option<Line>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let (mut parts, body) = request.into_parts();
         let limits = &table.limits;
@@ -197,6 +214,9 @@ impl Proxy {
         };
         let pool = table.pool(pool_index);
         debug!(route = %route.name, backend = %endpoint.label, "forwarding");
+        if let Some(line) = line.as_mut() {
+            line.served(&route.name, &pool.name, endpoint.addr);
+        }
 
         let body = read_ahead(body, limits.max_body_bytes).await?;
         // HTTP/2's common request goes upstream on a raw connection, its
@@ -381,6 +401,9 @@ impl Proxy {
                 };
             match sent {
                 Ok((response, release)) if !retry => {
+                    if let Some(line) = line.as_mut() {
+                        line.served(&route.name, &pool.name, endpoint.addr);
+                    }
                     pending.answered(response.status().as_u16(), None);
                     endpoint.health.succeeded();
                     break (response, release);
@@ -392,6 +415,9 @@ impl Proxy {
                     endpoint.health.succeeded();
                 }
                 Err(failed) if !retry => {
+                    if let Some(line) = line.as_mut() {
+                        line.served(&route.name, &pool.name, endpoint.addr);
+                    }
                     let err = failed.error;
                     count_failure(pool, pending, endpoint, &err, now_ms);
                     return Err(err);
@@ -868,6 +894,47 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<'_, T> 
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// The access-log line of a request on hyper's path (None when the log
+/// is off).
+fn log_line(request: &Request<ClientBody>, client: &ClientInfo, started: Instant) -> Option<Line> {
+    if !crate::access_log::enabled() {
+        return None;
+    }
+    let protocol = match request.version() {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let uri = request.uri();
+    // The target as sent: origin form, or an absolute form whole.
+    let target = match uri.scheme() {
+        Some(_) => uri.to_string(),
+        None => uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()));
+    Line::begin(
+        &Asked {
+            protocol,
+            client: client.peer,
+            method: Some(request.method().as_str().as_bytes()),
+            target: Some(target.as_bytes()),
+            host,
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .map(HeaderValue::as_bytes),
+        },
+        started,
+    )
 }
 
 #[cfg(test)]

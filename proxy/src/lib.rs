@@ -22,6 +22,7 @@
 //! - `body`: request and response body types.
 //! - `error`: [`ForwardError`] and how each is answered.
 
+pub mod access_log;
 mod body;
 mod client_io;
 pub mod dns;

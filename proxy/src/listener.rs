@@ -491,6 +491,13 @@ fn run_worker(
                 }
             }
         });
+        // Lines this worker logged go out within a second, traffic or not.
+        let flusher = tokio::task::spawn_local(async {
+            loop {
+                tokio::time::sleep(crate::access_log::FLUSH_EVERY).await;
+                crate::access_log::flush(true);
+            }
+        });
         // Accept loops by address, and what stops each: a stopped loop
         // takes what the kernel has queued, then drops its socket; the
         // connections it accepted run on as tasks of their own.
@@ -555,7 +562,11 @@ fn run_worker(
         if tokio::time::timeout(drain, drained).await.is_err() {
             warn!(after = ?drain, "drain timed out; closing the remaining connections");
         }
+        flusher.abort();
     });
+    // Answers cut off by the drain timeout are logged as their tasks drop.
+    drop(local);
+    crate::access_log::flush(true);
 }
 
 /// Stops an accept loop when sent to or dropped.

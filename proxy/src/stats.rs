@@ -206,6 +206,15 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// How a body that broke off after its head is told (the access log).
+    pub fn broke_off(self) -> &'static str {
+        match self {
+            Self::Connect | Self::Reset => "upstream closed or reset mid-body",
+            Self::Timeout => "upstream body quiet for the idle timeout",
+            Self::Malformed => "upstream body framing broke",
+        }
+    }
+
     const ALL: [ErrorKind; 4] = [Self::Connect, Self::Timeout, Self::Reset, Self::Malformed];
 
     fn label(self) -> &'static str {

@@ -413,7 +413,9 @@ impl Future for StreamTask {
     }
 }
 
-/// A response on its way out.
+/// A response on its way out. (`Waiting` is the short-lived state: a
+/// boxed body would cost an allocation per response.)
+#[allow(clippy::large_enum_variant)]
 enum Sending {
     /// The handler has not answered yet.
     Waiting,

@@ -19,6 +19,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use tracing::debug;
 
+use crate::access_log::{Asked, Line};
 use crate::body::{ClientBody, InFlight, ProxyBody};
 use crate::forward::{healthy_endpoint, host_for_matching, Proxy};
 use crate::headers::{byte_set, is_connection_specific, ClientInfo};
@@ -398,6 +399,8 @@ pub(super) struct Prepared {
     set_cookie: Option<HeaderValue>,
     started: Instant,
     now_ms: u64,
+    /// Its access-log line, when the log is on.
+    line: Option<Line>,
 }
 
 /// Routes a request without a body and writes its upstream head, or None
@@ -422,8 +425,24 @@ pub(super) fn prepare(proxy: &Proxy, client: &ClientInfo, head: &RawHead) -> Opt
         client,
         None,
     );
+    let line = Line::begin(
+        &Asked {
+            protocol: "HTTP/2",
+            client: client.peer,
+            method: Some(planned.method.as_str().as_bytes()),
+            target: Some(planned.target),
+            host: Some(planned.host),
+            user_agent: head.values(&http::header::USER_AGENT).next(),
+        },
+        started,
+    )
+    .map(|mut line| {
+        line.served(&planned.route.name, &pool.name, planned.endpoint.addr);
+        line
+    });
     let (route, pool) = (planned.route.index, planned.pool);
     Some(Prepared {
+        line,
         out,
         method: planned.method,
         route,
@@ -448,6 +467,7 @@ pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Pre
         set_cookie,
         started,
         now_ms,
+        line,
     } = prepared;
     let route = &table.routes()[usize::from(route)];
     let endpoint = &table.pool(pool).endpoints[endpoint];
@@ -467,7 +487,9 @@ pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Pre
     };
     // The head came as an HPACK block: taken as it is, a spare buffer in
     // its place.
-    let encode = |_, block: &mut Vec<u8>| {
+    let status = std::cell::Cell::new(0);
+    let encode = |answered, block: &mut Vec<u8>| {
+        status.set(answered);
         let bytes = std::mem::replace(block, proxy.raw.head_buffers.take());
         Some(Encoded {
             head: bytes.len(),
@@ -487,11 +509,28 @@ pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Pre
         crate::raw_upstream::send(&proxy.raw, &table, request, out, in_flight, encode, keep).await;
     match sent {
         Ok((block, mut body)) => {
+            if let Some(line) = line {
+                match body {
+                    // A short body rides after the head.
+                    ProxyBody::Local(None) => {
+                        let inline = (block.bytes.len() - block.head) as u64;
+                        line.finish(status.get(), inline, None);
+                    }
+                    _ => body.attach_log(line, status.get()),
+                }
+            }
             body.attach_table(Arc::clone(&table));
             Answer::Encoded(block, body)
         }
         Err(err) => {
             debug!(client = %client.peer, error = %err, status = %err.status(), "request failed");
+            if let Some(line) = line {
+                line.finish(
+                    err.status().as_u16(),
+                    err.message().len() as u64,
+                    Some(&err),
+                );
+            }
             Answer::Response(err.to_response(false))
         }
     }
