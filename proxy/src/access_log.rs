@@ -139,9 +139,8 @@ fn write_out(pending: &mut Pending) {
 pub struct Line {
     buf: Vec<u8>,
     started: Instant,
-    route: Option<Arc<str>>,
-    pool: Option<Arc<str>>,
-    upstream: Option<SocketAddr>,
+    /// Where [`Line::served`] wrote its fields (0: not yet).
+    served_at: usize,
 }
 
 /// What a request asked, as the line shows it.
@@ -164,9 +163,11 @@ impl Line {
         }
         let mut buf = SPARES.with(|spares| spares.borrow_mut().pop().unwrap_or_default());
         buf.clear();
-        // Wall time of `started`: now, less what passed since.
-        let now = SystemTime::now() - started.elapsed();
-        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        // Wall time now: a line begins as its head is read, within
+        // microseconds of `started`.
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         buf.extend_from_slice(b"{\"time\":\"");
         SECOND.with(|second| {
             let mut second = second.borrow_mut();
@@ -187,12 +188,11 @@ impl Line {
             b'Z',
             b'"',
         ]);
-        let _ = write!(
-            Bytes(&mut buf),
-            ",\"client\":\"{}\",\"protocol\":\"{}\"",
-            asked.client,
-            asked.protocol
-        );
+        buf.extend_from_slice(b",\"client\":\"");
+        put_addr(&mut buf, asked.client);
+        buf.extend_from_slice(b"\",\"protocol\":\"");
+        buf.extend_from_slice(asked.protocol.as_bytes());
+        buf.push(b'"');
         put_field(&mut buf, b"method", asked.method);
         put_field(&mut buf, b"target", asked.target);
         put_field(&mut buf, b"host", asked.host);
@@ -200,22 +200,23 @@ impl Line {
         Some(Line {
             buf,
             started,
-            route: None,
-            pool: None,
-            upstream: None,
+            served_at: 0,
         })
     }
 
     /// The route, pool and endpoint that serve the request (the last
     /// given counts: a retry on another endpoint names that one).
-    pub fn served(&mut self, route: &Arc<str>, pool: &Arc<str>, upstream: SocketAddr) {
-        if self.route.as_ref().is_none_or(|r| !Arc::ptr_eq(r, route)) {
-            self.route = Some(Arc::clone(route));
+    pub fn served(&mut self, route: &str, pool: &str, upstream: SocketAddr) {
+        match self.served_at {
+            0 => self.served_at = self.buf.len(),
+            at => self.buf.truncate(at),
         }
-        if self.pool.as_ref().is_none_or(|p| !Arc::ptr_eq(p, pool)) {
-            self.pool = Some(Arc::clone(pool));
-        }
-        self.upstream = Some(upstream);
+        let buf = &mut self.buf;
+        put_field(buf, b"route", Some(route.as_bytes()));
+        put_field(buf, b"pool", Some(pool.as_bytes()));
+        buf.extend_from_slice(b",\"upstream\":\"");
+        put_addr(buf, upstream);
+        buf.push(b'"');
     }
 
     /// Ends the line: the status sent (499: the client left before it),
@@ -236,13 +237,8 @@ impl Line {
             b'0' + (micros / 10 % 10) as u8,
             b'0' + (micros % 10) as u8,
         ]);
-        put_field(buf, b"route", self.route.as_deref().map(str::as_bytes));
-        put_field(buf, b"pool", self.pool.as_deref().map(str::as_bytes));
-        match self.upstream {
-            Some(upstream) => {
-                let _ = write!(Bytes(buf), ",\"upstream\":\"{upstream}\"");
-            }
-            None => buf.extend_from_slice(b",\"upstream\":null"),
+        if self.served_at == 0 {
+            buf.extend_from_slice(b",\"route\":null,\"pool\":null,\"upstream\":null");
         }
         let error = error.map(|error| error.to_string());
         put_field(buf, b"error", error.as_deref().map(str::as_bytes));
@@ -282,12 +278,17 @@ fn put_field(buf: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
 /// `bytes` as the inside of a JSON string: `"`, `\` and control bytes
 /// escaped, and bytes past ASCII (obs-text in a field) as `\u00XX`, so
 /// that every line is valid JSON whatever the client sent.
-fn put_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
+fn put_escaped(buf: &mut Vec<u8>, mut bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
+    // Runs of bytes that need no escape are copied whole.
+    while let Some(at) = bytes
+        .iter()
+        .position(|&b| !(0x20..=0x7e).contains(&b) || b == b'"' || b == b'\\')
+    {
+        buf.extend_from_slice(&bytes[..at]);
+        let b = bytes[at];
         match b {
             b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
-            0x20..=0x7e => buf.push(b),
             _ => buf.extend_from_slice(&[
                 b'\\',
                 b'u',
@@ -297,17 +298,36 @@ fn put_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
                 HEX[usize::from(b & 15)],
             ]),
         }
+        bytes = &bytes[at + 1..];
     }
+    buf.extend_from_slice(bytes);
 }
 
-/// `fmt::Write` into a byte buffer.
-struct Bytes<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Bytes<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// `ip:port` (`[ip]:port` for IPv6), IPv4 without `fmt`'s machinery.
+fn put_addr(buf: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                if octet >= 100 {
+                    buf.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    buf.push(b'0' + octet / 10 % 10);
+                }
+                buf.push(b'0' + octet % 10);
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let mut text = String::with_capacity(48);
+            let _ = write!(text, "[{}]", v6.ip());
+            buf.extend_from_slice(text.as_bytes());
+        }
     }
+    buf.push(b':');
+    crate::fast::put_number(buf, u64::from(addr.port()));
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for seconds since the epoch (the civil

@@ -805,12 +805,57 @@ fn log_line(input: &[u8], client: &ClientInfo, started: std::time::Instant) -> O
     let whole = parsed.is_ok();
     Line::begin(
         &Asked {
-            protocol: "HTTP/1.1",
+            protocol: match request.version {
+                Some(0) => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
             client: client.peer,
             method: request.method.filter(|_| whole).map(str::as_bytes),
             target: request.path.filter(|_| whole).map(str::as_bytes),
             host: field("host").filter(|_| whole),
             user_agent: field("user-agent").filter(|_| whole),
+        },
+        started,
+    )
+}
+
+/// The access-log line of a head [`plan`] took (so well-formed): its
+/// request line and fields read by a plain scan, cheaper than parsing it
+/// again.
+fn logged_head(head: &[u8], client: &ClientInfo, started: std::time::Instant) -> Option<Line> {
+    let mut lines = head.split(|&b| b == b'\n');
+    let mut request_line = lines.next()?.splitn(3, |&b| b == b' ');
+    let method = request_line.next();
+    let target = request_line.next();
+    let version = request_line.next().unwrap_or_default();
+    let (mut host, mut user_agent) = (None, None);
+    for line in lines {
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = &line[..colon];
+        let slot = if name.eq_ignore_ascii_case(b"host") {
+            &mut host
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            &mut user_agent
+        } else {
+            continue;
+        };
+        if slot.is_none() {
+            *slot = Some(line[colon + 1..].trim_ascii());
+        }
+    }
+    Line::begin(
+        &Asked {
+            protocol: match version.trim_ascii_end() {
+                b"HTTP/1.0" => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            client: client.peer,
+            method,
+            target,
+            host,
+            user_agent,
         },
         started,
     )
@@ -1424,7 +1469,10 @@ where
             }
         };
         let Some(plan) = plan else { continue };
-        let mut line = log_line(&input, client, started);
+        let mut line = match crate::access_log::enabled() {
+            false => None,
+            true => logged_head(&input[..plan.head_len], client, started),
+        };
 
         // The body, read whole (it is at most READ_AHEAD_BYTES).
         let end = plan.head_len + plan.body_len;

@@ -425,21 +425,24 @@ pub(super) fn prepare(proxy: &Proxy, client: &ClientInfo, head: &RawHead) -> Opt
         client,
         None,
     );
-    let line = Line::begin(
-        &Asked {
-            protocol: "HTTP/2",
-            client: client.peer,
-            method: Some(planned.method.as_str().as_bytes()),
-            target: Some(planned.target),
-            host: Some(planned.host),
-            user_agent: head.values(&http::header::USER_AGENT).next(),
-        },
-        started,
-    )
-    .map(|mut line| {
-        line.served(&planned.route.name, &pool.name, planned.endpoint.addr);
-        line
-    });
+    let line = match crate::access_log::enabled() {
+        false => None,
+        true => Line::begin(
+            &Asked {
+                protocol: "HTTP/2",
+                client: client.peer,
+                method: Some(planned.method.as_str().as_bytes()),
+                target: Some(planned.target),
+                host: Some(planned.host),
+                user_agent: head.values(&http::header::USER_AGENT).next(),
+            },
+            started,
+        )
+        .map(|mut line| {
+            line.served(&planned.route.name, &pool.name, planned.endpoint.addr);
+            line
+        }),
+    };
     let (route, pool) = (planned.route.index, planned.pool);
     Some(Prepared {
         line,
