@@ -295,3 +295,63 @@ async fn the_flag_logs_the_embedded_default() {
     assert_eq!(found[0]["body_bytes"], body.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_answer_the_client_gives_up_on_is_logged_499() {
+    let dir = support::scratch_dir("access-log-gave-up");
+    let log = dir.join("access.log");
+    let stable = support::upstream("stable").await;
+    // An upstream that takes requests and never answers; it says when it
+    // has one.
+    let (got, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let hang = support::raw_upstream(move |mut stream| {
+        let got = got.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                let _ = got.send(());
+            }
+        }
+    })
+    .await;
+    let mut config = config(&stable, &log);
+    config["pools"]["hang"] = json!({"endpoints": [hang.to_string()]});
+    config["routes"]
+        .as_array_mut()
+        .expect("routes")
+        .push(json!({"name": "hang", "match": {"path_prefix": "/hang"},
+                     "split": {"baseline": "hang", "weights": {"hang": 10000}}}));
+    let file = dir.join("config.json");
+    std::fs::write(&file, config.to_string()).expect("write");
+    let (_child, proxy, _admin) = support::start_on_config(&file).await;
+
+    // HTTP/1.1: the client closes while its request waits upstream.
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream
+        .write_all(b"GET /hang/h1 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .expect("write");
+    requests.recv().await.expect("the upstream got it");
+    drop(stream);
+    // HTTP/2: the client resets its stream (RST_STREAM) while it waits.
+    let mut h2 = support::h2c_client(proxy).await;
+    let request = Request::get("http://shop.test/hang/h2")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let waiting = tokio::spawn(h2.send_request(request));
+    requests.recv().await.expect("the upstream got it");
+    waiting.abort();
+
+    let found = wait_for_lines(&log, 2).await;
+    assert_eq!(found.len(), 2, "{found:#?}");
+    for (target, protocol) in [("/hang/h1", "HTTP/1.1"), ("/hang/h2", "HTTP/2")] {
+        let line = by_target(&found, target);
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["protocol"], protocol, "{line}");
+        assert_eq!(line["pool"], "hang", "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -223,12 +223,17 @@ impl Line {
     /// the body bytes sent, and the proxy's reason when it made the answer
     /// or the answer broke off.
     pub fn finish(mut self, status: u16, body_bytes: u64, error: Option<&dyn std::fmt::Display>) {
+        self.write(status, body_bytes, error);
+    }
+
+    fn write(&mut self, status: u16, body_bytes: u64, error: Option<&dyn std::fmt::Display>) {
+        let now = Instant::now();
         let buf = &mut self.buf;
         buf.extend_from_slice(b",\"status\":");
         crate::fast::put_number(buf, u64::from(status));
         buf.extend_from_slice(b",\"body_bytes\":");
         crate::fast::put_number(buf, body_bytes);
-        let micros = self.started.elapsed().as_micros() as u64;
+        let micros = now.saturating_duration_since(self.started).as_micros() as u64;
         buf.extend_from_slice(b",\"duration_ms\":");
         crate::fast::put_number(buf, micros / 1000);
         buf.extend_from_slice(&[
@@ -244,20 +249,38 @@ impl Line {
         put_field(buf, b"error", error.as_deref().map(str::as_bytes));
         buf.extend_from_slice(b"}\n");
         let line = std::mem::take(&mut self.buf);
-        PENDING.with(|pending| {
+        let _ = PENDING.try_with(|pending| {
             let mut pending = pending.borrow_mut();
             pending.bytes.extend_from_slice(&line);
             let oldest = *pending.oldest.get_or_insert(self.started);
-            if pending.bytes.len() >= FLUSH_BYTES || oldest.elapsed() >= FLUSH_EVERY {
+            if pending.bytes.len() >= FLUSH_BYTES
+                || now.saturating_duration_since(oldest) >= FLUSH_EVERY
+            {
                 write_out(&mut pending);
             }
         });
-        SPARES.with(|spares| {
+        let _ = SPARES.try_with(|spares| {
             let mut spares = spares.borrow_mut();
             if spares.len() < 64 {
                 spares.push(line);
             }
         });
+    }
+}
+
+/// A line dropped unfinished: its answer was abandoned (an HTTP/2 stream
+/// the client reset, a connection the client closed while hyper's path
+/// waited, a drain that timed out). Logged as nginx logs a client that
+/// left, 499.
+impl Drop for Line {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            self.write(
+                499,
+                0,
+                Some(&"answer abandoned: the client left, or the drain timed out"),
+            );
+        }
     }
 }
 
