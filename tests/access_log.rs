@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::{json_lines as lines, wait_for_json_lines as wait_for_lines};
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,28 +16,6 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The lines of the log at `path`, each parsed (a line that is not JSON
-/// fails the test).
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
-}
-
-/// Waits until the log at `path` holds `n` lines (workers write within a
-/// second); returns them.
-async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
-    let mut found = Vec::new();
-    support::eventually(Duration::from_secs(10), || {
-        found = lines(path);
-        found.len() >= n
-    })
-    .await;
-    found
-}
 
 /// A config: route `web` (path `/app`) to an upstream, route `down` (path
 /// `/down`) to a port nothing listens on; nothing else matches.

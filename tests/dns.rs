@@ -6,145 +6,18 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::Method;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, UdpSocket};
 
-/// What the name server answers for each name (lowercase, no final dot):
-/// A records, or NXDOMAIN for a name not in it. `SERVFAIL` while `failing`.
-#[derive(Clone, Default)]
-struct Zone {
-    names: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-    queries: Arc<AtomicUsize>,
-}
+use support::dns::{name_server, upstreams_on, Zone};
 
-impl Zone {
-    fn set(&self, name: &str, addrs: &[Ipv4Addr]) {
-        self.names
-            .lock()
-            .expect("not poisoned")
-            .insert(name.to_string(), addrs.to_vec());
-    }
-
-    fn queries(&self) -> usize {
-        self.queries.load(Ordering::SeqCst)
-    }
-}
-
-/// A name server on 127.0.0.1 (UDP) answering from `zone` with TTL 0.
-async fn name_server(zone: Zone) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        loop {
-            let Ok((len, from)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            if let Some(answer) = answer(&zone, &buf[..len]) {
-                let _ = socket.send_to(&answer, from).await;
-            }
-        }
-    });
-    addr
-}
-
-/// The answer to one query (RFC 1035 §4.1), or None if it is not one.
-fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
-    zone.queries.fetch_add(1, Ordering::SeqCst);
-    if query.len() < 12 || u16::from_be_bytes([query[4], query[5]]) != 1 {
-        return None;
-    }
-    // The question: labels, then type and class.
-    let mut at = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = usize::from(*query.get(at)?);
-        at += 1;
-        if len == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_ascii_lowercase());
-        at += len;
-    }
-    let kind = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
-    let question = &query[12..at + 4];
-    let name = labels.join(".");
-    let found = zone.names.lock().expect("not poisoned").get(&name).cloned();
-    let (rcode, records) = match found {
-        _ if zone.failing.load(Ordering::SeqCst) => (2, Vec::new()),
-        None => (3, Vec::new()),
-        // AAAA and the rest: the name exists, with no such records.
-        Some(_) if kind != 1 => (0, Vec::new()),
-        Some(addrs) => (0, addrs),
-    };
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&query[..2]);
-    // QR, the query's RD, RA; the rcode.
-    out.push(0x80 | (query[2] & 0x01));
-    out.push(0x80 | rcode);
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(question);
-    for ip in records {
-        // The name by pointer to the question's; A, IN, TTL 0, 4 bytes.
-        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
-        out.extend_from_slice(&ip.octets());
-    }
-    Some(out)
-}
-
-/// HTTP upstreams on the same port of several loopback addresses
-/// (127.0.0.2, ...): each answers with its own IP address.
-async fn upstreams_on(ips: &[Ipv4Addr]) -> u16 {
-    'port: loop {
-        let first = TcpListener::bind((ips[0], 0)).await.expect("bind");
-        let port = first.local_addr().expect("addr").port();
-        let mut listeners = vec![first];
-        for ip in &ips[1..] {
-            match TcpListener::bind((*ip, port)).await {
-                Ok(listener) => listeners.push(listener),
-                // Taken on that address: another port for all.
-                Err(_) => continue 'port,
-            }
-        }
-        for listener in listeners {
-            let ip = listener.local_addr().expect("addr").ip().to_string();
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let ip = ip.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |_: Request<Incoming>| {
-                            let body = Bytes::from(ip.clone());
-                            async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        }
-        return port;
-    }
-}
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
+/// 127.0.0.`last`.
+fn ip(last: u8) -> IpAddr {
+    support::dns::ip(0, last)
 }
 
 /// One route over `pools` (name → endpoints), the first the baseline, with
@@ -241,9 +114,12 @@ async fn a_name_server_that_fails_keeps_the_last_addresses_and_weights_still_cha
 
     // SERVFAIL from now on; wait until the proxy has asked again, twice.
     zone.failing.store(true, Ordering::SeqCst);
-    let asked = zone.queries();
+    let asked = zone.asked_for("canary.test").len();
     assert!(
-        support::eventually(Duration::from_secs(5), || zone.queries() >= asked + 2).await,
+        support::eventually(Duration::from_secs(5), || {
+            zone.asked_for("canary.test").len() >= asked + 2
+        })
+        .await,
         "the name was not asked again"
     );
     let seen = support::send_many(setup.proxy, "/", 200).await;

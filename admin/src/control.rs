@@ -52,6 +52,11 @@ pub struct ControlPlane {
     /// The access log given on the command line, which a config's
     /// `access_log` does not change.
     access_log_flag: std::sync::OnceLock<std::path::PathBuf>,
+    /// Held by a config change (a reload, `PUT /v1/config`) from reading
+    /// its text to applying it: such changes apply in the order they read,
+    /// while the state lock is free for weight changes as the new config's
+    /// names are resolved.
+    config_change: Mutex<()>,
 }
 
 /// Binds what the data plane needs to listen as a config says, all or
@@ -178,6 +183,7 @@ impl ControlPlane {
             listener_hook: std::sync::OnceLock::new(),
             admin_check: std::sync::OnceLock::new(),
             access_log_flag: std::sync::OnceLock::new(),
+            config_change: Mutex::new(()),
             routes: Routes::new(table),
             store,
             events,
@@ -627,9 +633,13 @@ impl ControlPlane {
         // Asked without the lock: a slow name server does not hold up
         // admin calls.
         let resolver = Resolver::new(&dns);
+        // A name not answered within the interval (a second at least)
+        // keeps its addresses this round; the others' answers go on.
+        let within = dns.refresh.max(Duration::from_secs(1));
+        let found = resolver.lookup_all(&names, within).await;
         let mut answers = Vec::with_capacity(names.len());
-        for name in names {
-            match resolver.lookup(&name).await {
+        for (name, found) in names.into_iter().zip(found) {
+            match found {
                 Ok(addrs) => {
                     if failing.remove(&name) {
                         tracing::info!(name, "endpoint name resolves again");
@@ -873,7 +883,7 @@ impl ControlPlane {
     ) -> Result<Option<u64>, AdminError> {
         // Read under the lock: a reload that read the file before a
         // `PUT /v1/config` wrote it would apply the older text after it.
-        let mut inner = self.inner.lock().await;
+        let _changing = self.config_change.lock().await;
         let loaded = switchyard_config::load(path);
         let base = match loaded {
             Ok(base) => base,
@@ -891,7 +901,8 @@ impl ControlPlane {
                     .reloads
                     .with_label_values(&["rejected"])
                     .inc();
-                self.record_rejection(who, &reason, inner.state.version);
+                let version = self.inner.lock().await.state.version;
+                self.record_rejection(who, &reason, version);
                 return Err(AdminError::Invalid {
                     code: "invalid_config",
                     message: reason,
@@ -900,7 +911,11 @@ impl ControlPlane {
             }
         };
         let reason = format!("{} loaded", path.display());
-        let applied = self.apply_base(&mut inner, base, who, reason, None).await;
+        let resolved = Addresses::resolve(&base).await;
+        let mut inner = self.inner.lock().await;
+        let applied = self
+            .apply_base(&mut inner, base, resolved, who, reason, None)
+            .await;
         let result = match &applied {
             Ok(Some(_)) => "applied",
             Ok(None) => "unchanged",
@@ -1005,11 +1020,16 @@ impl ControlPlane {
         if let Some(dir) = path.parent() {
             base.rebase_files(dir);
         }
+        let _changing = self.config_change.lock().await;
+        check_version(if_match, self.inner.lock().await.state.version)?;
+        // Resolved without the state lock: a weight change or a fallback
+        // meanwhile does not wait on a name server.
+        let resolved = Addresses::resolve(&base).await;
         let mut inner = self.inner.lock().await;
         check_version(if_match, inner.state.version)?;
         let reason = "config replaced through the admin API".to_string();
         let version = self
-            .apply_base(&mut inner, base, who, reason, Some((path, text)))
+            .apply_base(&mut inner, base, resolved, who, reason, Some((path, text)))
             .await?;
         Ok(version.unwrap_or(inner.state.version))
     }
@@ -1020,6 +1040,7 @@ impl ControlPlane {
         &self,
         inner: &mut Inner,
         base: Config,
+        resolved: Result<Addresses, switchyard_proxy::ForwardError>,
         who: &str,
         reason: String,
         write_file: Option<(&std::path::Path, &str)>,
@@ -1031,8 +1052,9 @@ impl ControlPlane {
         let dropped = prune_state(&base, &mut state);
         state.version += 1;
         let effective = effective_config(&base, &state);
-        // A new config's names are resolved again, as a restart would.
-        let built = match Addresses::resolve(&effective).await {
+        // A new config's names were resolved again (the caller did, before
+        // taking the lock), as a restart would.
+        let built = match resolved {
             Ok(addresses) => {
                 RouteTable::build_resolved(&effective, state.version, &self.scope, &addresses)
                     .map(|table| (table, addresses))

@@ -48,12 +48,12 @@ impl Addresses {
     /// the first that fails is the error.
     pub async fn resolve(config: &Config) -> Result<Addresses, ForwardError> {
         let resolver = Resolver::new(&config.dns);
+        let names = config.endpoint_names();
         let mut addresses = Addresses::default();
-        for name in config.endpoint_names() {
-            let addrs = resolver
-                .lookup(name)
-                .await
-                .map_err(|source| unresolved(config, name, source))?;
+        // Past the resolver's own timeouts: a system lookup has none.
+        let within = QUERY_TIMEOUT * (2 * QUERY_ATTEMPTS as u32 + 1);
+        for (name, found) in names.iter().zip(resolver.lookup_all(&names, within).await) {
+            let addrs = found.map_err(|source| unresolved(config, name, source))?;
             addresses.insert(name, addrs);
         }
         Ok(addresses)
@@ -142,6 +142,27 @@ impl Resolver {
         Resolver {
             servers: Some(resolver),
         }
+    }
+
+    /// [`Resolver::lookup`] for each of `names` at once, each given up
+    /// after `within`: a name whose server is slow or silent holds up
+    /// neither the others nor the round for longer.
+    pub async fn lookup_all<S: AsRef<str>>(
+        &self,
+        names: &[S],
+        within: Duration,
+    ) -> Vec<io::Result<Arc<[SocketAddr]>>> {
+        let lookups = names.iter().map(|name| async move {
+            tokio::time::timeout(within, self.lookup(name.as_ref()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {within:?}"),
+                    ))
+                })
+        });
+        futures_util::future::join_all(lookups).await
     }
 
     /// The addresses `name` (`host:port`) resolves to, sorted; an error

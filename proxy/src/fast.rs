@@ -1140,6 +1140,8 @@ pub(crate) struct ChunkScan {
     lenient: bool,
     /// Where the trailer section began in the bytes last fed, if it did.
     trailers_at: Option<usize>,
+    /// Chunk data bytes scanned so far (the body without its framing).
+    data: u64,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -1203,6 +1205,7 @@ impl ChunkScan {
                 data(at..at + take);
                 at += take;
                 self.size -= take as u64;
+                self.data += take as u64;
                 if self.size == 0 {
                     self.state = ChunkState::DataCr;
                 }
@@ -2056,7 +2059,7 @@ async fn relay<S: AsyncWrite + Unpin>(
     };
     out.extend_from_slice(&buffer[..relay]);
     out.extend_from_slice(body.end());
-    *sent += relay as u64;
+    *sent = body.body_bytes(*sent + relay as u64);
     // Bytes after the body: the upstream is not speaking HTTP/1.1 as it
     // should, and its connection is not used again.
     let mut clean = buffer.len() == take;
@@ -2073,7 +2076,7 @@ async fn relay<S: AsyncWrite + Unpin>(
             return Relayed::broken(ErrorKind::Malformed);
         };
         clean = buffer.len() == take;
-        *sent += relay as u64;
+        *sent = body.body_bytes(*sent + relay as u64);
         let end = body.end();
         if end.is_empty() || relay == 0 {
             if relay > 0 && !write_out(client, &buffer[..relay], deadline, idle).await {
@@ -2135,6 +2138,15 @@ impl Delimited {
         match self {
             Delimited::Length(left) => *left == 0,
             Delimited::Chunked(scan) => scan.done(),
+        }
+    }
+
+    /// The body's bytes relayed so far, given `relayed` (what was passed
+    /// on): a chunked body's without its framing.
+    fn body_bytes(&self, relayed: u64) -> u64 {
+        match self {
+            Delimited::Length(_) => relayed,
+            Delimited::Chunked(scan) => scan.data,
         }
     }
 }

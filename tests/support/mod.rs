@@ -2,6 +2,7 @@
 //! config, and clients. Plain functions, no macros.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod h2;
 pub mod pki;
 
@@ -916,6 +917,28 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// The lines of the JSON-lines file at `path` (an access log), each
+/// parsed: a line that is not JSON fails the test.
+pub fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Waits (10 s at most) until the file at `path` holds `n` JSON lines
+/// (the access log's workers write within a second); returns them.
+pub async fn wait_for_json_lines(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let mut found = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        found = json_lines(path);
+        found.len() >= n
+    })
+    .await;
+    found
 }
 
 /// A loopback port that was free a moment ago.
