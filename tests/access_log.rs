@@ -38,10 +38,8 @@ fn config(stable: &support::Upstream, log: &Path) -> Value {
 }
 
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let (answer, _) =
+        support::raw_exchange_until_close(addr, request, Duration::from_secs(5)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
 

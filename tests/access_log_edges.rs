@@ -59,11 +59,9 @@ async fn start(
 }
 
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut answer)).await;
-    answer
+    support::raw_exchange_until_close(addr, request, Duration::from_secs(8))
+        .await
+        .0
 }
 
 fn body_of(answer: &[u8]) -> Vec<u8> {
