@@ -13,9 +13,10 @@
 # Usage:  benches/instructions.sh                          # HTTP/1.1 keep-alive
 #         LOAD=h2c benches/instructions.sh                 # h2c, h2load -c10 -m5
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
+#         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
 #
 # Knobs: LOAD (http1 or h2c), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
-# flags), PORT_BASE (18200), BUILD (1: cargo build --release first),
+# flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN. Needs valgrind, nginx, wrk (or h2load), curl.
 
 set -euo pipefail
@@ -24,6 +25,7 @@ LOAD=${LOAD:-http1}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-10}
 ARGS=${ARGS:-}
+RETRIES=${RETRIES:-}
 PORT_BASE=${PORT_BASE:-18200}
 BUILD=${BUILD:-1}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,10 +70,23 @@ nginx_upstream_conf "$RUN" "\
 nginx -p "$RUN/nginx" -c "$RUN/upstream.conf" >"$RUN/nginx.out" 2>&1 &
 PIDS+=($!)
 
+# The same split from a config file when the route retries.
+if [[ -n $RETRIES ]]; then
+    cat >"$RUN/switchyard.json" <<EOF
+{
+  "listeners": [{"address": "127.0.0.1:$PORT"}],
+  "pools": {"stable": {"endpoints": ["127.0.0.1:$UP1"]}, "canary": {"endpoints": ["127.0.0.1:$UP2"]}},
+  "routes": [{"name": "default", "split": {"baseline": "stable", "weights": {"stable": 9000, "canary": 1000}},
+              "retries": $RETRIES}]
+}
+EOF
+    ROUTE=(--config "$RUN/switchyard.json")
+else
+    ROUTE=(--listen "127.0.0.1:$PORT" --stable "127.0.0.1:$UP1" --canary "127.0.0.1:$UP2" --canary-weight 10)
+fi
 # shellcheck disable=SC2086 # ARGS is a list of flags
 SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
-    "$SWITCHYARD_BIN" run --listen "127.0.0.1:$PORT" --stable "127.0.0.1:$UP1" \
-    --canary "127.0.0.1:$UP2" --canary-weight 10 --workers 1 --admin 127.0.0.1:0 $ARGS \
+    "$SWITCHYARD_BIN" run "${ROUTE[@]}" --workers 1 --admin 127.0.0.1:0 $ARGS \
     >"$RUN/switchyard.log" 2>&1 &
 PROXY=$!
 PIDS+=("$PROXY")

@@ -753,6 +753,7 @@ fn split_config(
             pool_override: None,
             canary_health: None,
             retries: None,
+            fast_path: None,
         }],
         timeouts: RawTimeouts {
             response_header: upstream_timeout,

@@ -220,11 +220,7 @@ fn dead_addr() -> SocketAddr {
 
 /// A series' value in the process's metrics (0 when absent).
 fn metric(series: &str) -> f64 {
-    let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    support::metric(series)
 }
 
 #[tokio::test]

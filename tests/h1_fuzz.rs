@@ -1,6 +1,6 @@
 //! A seeded differential fuzz of the HTTP/1.1 client side through real
 //! loopback sockets, against the fast path (a plain route) and hyper's
-//! path (a route with retries), plus the real binary. A generator builds
+//! path (a route whose fast path is off), plus the real binary. A generator builds
 //! requests from a grammar with mutations; each mutation carries what a
 //! strict RFC 9112 reading says of it (valid, invalid, or either — where
 //! the RFC lets a recipient choose). A recording raw upstream checks what
@@ -345,6 +345,7 @@ fn fast_config(addr: SocketAddr) -> serde_json::Value {
 fn hyper_config(addr: SocketAddr) -> serde_json::Value {
     let mut c = support::pool_config("app", addr, json!({}));
     c["routes"][0]["retries"] = json!({"attempts": 2, "on": ["reset"]});
+    c["routes"][0]["fast_path"] = json!(false);
     c
 }
 
@@ -1400,7 +1401,7 @@ async fn campaign(
 /// The campaign (the one test here that passes on a correct proxy): a
 /// fixed seed (`FUZZ_SEED` to change it, `FUZZ_CASES` for the count). Each
 /// case goes to the fast path (a plain route) and to hyper's
-/// path (a route with retries) of in-process proxies, compared with each
+/// path (a route with retries and its fast path off) of in-process proxies, compared with each
 /// other (differences are printed as DIFF), then a second stream of cases
 /// goes to the real binary, whose stderr is captured: no panic, and a
 /// fresh well-formed request is still served at the end. On failure it

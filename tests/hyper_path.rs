@@ -1,7 +1,7 @@
 //! HTTP/1.1 requests that leave the fast path (hyper's server and client
 //! path), from a review: request trailers, GET bodies over the
 //! read-ahead, responses with both framings or a list of lengths,
-//! HTTP/1.0 upstreams, interim answers on a retrying route, a closing
+//! HTTP/1.0 upstreams, a closing
 //! answer with pipelined bytes unread, and an upload the upstream answered
 //! early. Each test goes through real loopback sockets, with raw upstreams
 //! that record the bytes they got; each failed on the code it was written
@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -190,55 +188,6 @@ async fn a_close_delimited_http_1_0_answer_does_not_end_a_keep_alive_client_conn
     assert!(
         !closed && text.starts_with("HTTP/1.1 200"),
         "closed: {closed}, client read {text:?}"
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Interim answers on a retrying route
-
-#[tokio::test]
-async fn a_request_answered_with_an_interim_response_is_not_retried_when_the_upstream_then_closes()
-{
-    // README: "A request the upstream answered with a 1xx is never sent
-    // again." A route that retries resets goes through hyper's client,
-    // which swallows 1xx answers: a 102 Processing (the upstream is at
-    // work on the request) followed by the connection's end looks like a reset before
-    // any answer, and the request goes again.
-    let seen = Arc::new(AtomicUsize::new(0));
-    let count = seen.clone();
-    let addr = support::raw_upstream(move |mut stream| {
-        let count = count.clone();
-        async move {
-            if support::read_head(&mut stream).await.is_empty() {
-                return;
-            }
-            count.fetch_add(1, Ordering::SeqCst);
-            // A 102, then the end of the stream (FIN, so the 102 is
-            // surely read first): no final answer.
-            let _ = stream.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").await;
-            let _ = stream.shutdown().await;
-            let mut sink = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-    })
-    .await;
-    let mut config = support::pool_config("web", addr, json!({}));
-    config["routes"][0]["retries"] = json!({"attempts": 2, "on": ["reset"]});
-    let proxy = support::proxy(&config);
-    let (text, _) = raw(
-        proxy.addr,
-        b"PUT /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-    )
-    .await;
-    assert!(text.starts_with("HTTP/1.1 502"), "{text:?}");
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        1,
-        "a request answered with 102 was sent again; the client read {text:?}"
     );
 }
 

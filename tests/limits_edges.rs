@@ -204,7 +204,7 @@ async fn h2_a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
 // ---------------------------------------------------------------------------
 // HTTP/2 on hyper's client: an upstream body that stalls is cut.
 
-/// A route that retries sends HTTP/2 requests on hyper's client
+/// A route whose fast path is off sends HTTP/2 requests on hyper's client
 /// (`forward.rs`), whose response body (`ProxyBody::Upstream`) had no idle
 /// timer: an upstream that sent its head and part of a body and then went
 /// quiet kept the client's stream open forever. On the raw path the same
@@ -218,6 +218,7 @@ async fn h2_an_upstream_body_that_stalls_on_a_retrying_route_is_cut_after_idle()
     .await;
     let mut config = support::pool_config("app", upstream.addr, short_timeouts());
     config["routes"][0]["retries"] = json!({"attempts": 1, "on": ["reset"]});
+    config["routes"][0]["fast_path"] = json!(false);
     let proxy = support::proxy(&config);
 
     let mut client = RawClient::connect(proxy.addr, &[]).await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -64,18 +64,8 @@ async fn h2_get(addr: SocketAddr, target: &str, extra: &[(&str, &str)]) -> (u16,
     for (name, value) in extra {
         request = request.header(*name, *value);
     }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let request = request.body(Full::new(Bytes::new())).expect("request");
+    support::h2_exchange(&mut sender, request).await
 }
 
 /// A config with one pool per upstream (named as it) and `routes`.
@@ -288,7 +278,7 @@ async fn an_http2_request_whose_host_differs_from_its_authority_is_not_forwarded
 /// RFC 9113 §8.2.3: HTTP/2 cookie crumbs MUST be joined with "; " before
 /// going on over HTTP/1.1. The raw HTTP/2 path joins them; a request that
 /// goes through hyper's path (here because of `TE: trailers`; also a body
-/// over 64 KiB, trailers, `Expect`, or a route with retries) reaches the
+/// over 64 KiB, trailers, `Expect`, or a route whose fast path is off) reaches the
 /// upstream with several `Cookie` lines.
 #[tokio::test]
 async fn http2_cookie_crumbs_are_joined_on_every_path() {

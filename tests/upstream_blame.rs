@@ -38,13 +38,8 @@ fn config(route: &str, addr: SocketAddr, extra: Value) -> Value {
     config
 }
 
-/// A series' value in the process's metrics (0 when absent).
 fn metric(series: &str) -> f64 {
-    let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    support::metric(series)
 }
 
 /// Upstream failures of `kind` counted for pool `web` of `route`.

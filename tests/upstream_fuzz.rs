@@ -142,12 +142,13 @@ fn timeouts() -> Value {
     json!({"drain": "1s", "connect": "2s", "response_header": "2s", "idle": "2s"})
 }
 
-/// One pool `up` at `addr`; `hyper` puts retries on the route, which sends
-/// its requests through hyper's client.
+/// One pool `up` at `addr`; `hyper` turns the route's fast path off (and
+/// puts retries on it), which sends its requests through hyper's client.
 fn config(addr: SocketAddr, hyper: bool) -> Value {
     let mut route = json!({"name": "web", "split": {"baseline": "up", "weights": {"up": 10000}}});
     if hyper {
         route["retries"] = json!({"attempts": 2, "on": ["reset"]});
+        route["fast_path"] = json!(false);
     }
     json!({
         "listeners": [{"address": "127.0.0.1:0"}],
@@ -1080,7 +1081,7 @@ async fn campaign(
 }
 
 /// The campaign: generated responses through both upstream clients (the
-/// fast path's and hyper's, a route with retries) from HTTP/1.1 and h2c
+/// fast path's and hyper's, a route whose fast path is off) from HTTP/1.1 and h2c
 /// clients, in process; then more through the real binary (stderr
 /// captured), which must never panic and still serve at the end. Set
 /// `FUZZ_SEED` / `FUZZ_CASES` to explore; takes about 10 s.

@@ -314,6 +314,9 @@ pub struct Route {
     pub canary_health: CanaryHealth,
     /// Retries of sent requests.
     pub retries: Retries,
+    /// Whether the fast path may serve the route (hyper's path serves what
+    /// it does not take, and everything when this is false).
+    pub fast_path: bool,
 }
 
 /// Retries of requests that reached an upstream.

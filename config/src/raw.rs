@@ -265,6 +265,10 @@ pub struct RawRoute {
     /// Retries of requests that were sent; none when absent.
     #[serde(default)]
     pub retries: Option<RawRetries>,
+    /// `false` serves the route on the general (hyper) path only: a switch
+    /// to turn the fast path off for one route. On when absent.
+    #[serde(default)]
+    pub fast_path: Option<bool>,
 }
 
 /// When a request that reached an upstream is sent again, to another

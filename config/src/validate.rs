@@ -566,6 +566,7 @@ impl Validator<'_> {
             pool_override,
             canary_health,
             retries,
+            fast_path: raw.fast_path.unwrap_or(true),
         })
     }
 
@@ -1552,6 +1553,17 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_fast_path_is_on_unless_a_route_turns_it_off() {
+        let plain = parse(&minimal(r#"{"stable": 9000, "canary": 1000}"#)).expect("valid");
+        assert!(plain.routes[0].fast_path);
+        let off = parse(&with_route_field(r#""fast_path": false"#)).expect("valid");
+        assert!(!off.routes[0].fast_path);
+        let err = parse(&with_route_field(r#""fast_path": "no""#)).expect_err("not a bool");
+        assert_eq!(err.line(), Some(8), "{err}");
+        assert_eq!(err.path(), Some("routes[0].fast_path"), "{err}");
     }
 
     #[test]

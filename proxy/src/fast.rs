@@ -7,8 +7,10 @@
 //!
 //! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body or
 //! a `Content-Length` body up to the read-ahead size, and nothing
-//! hop-by-hop but `Connection: keep-alive` or `close`; and a route without
-//! retries. Upstream pools may speak plain TCP or TLS (`RawConn`).
+//! hop-by-hop but `Connection: keep-alive` or `close`; on a route whose
+//! `fast_path` is not off. A route's retries are made here too (the
+//! request is whole in one buffer). Upstream pools may speak plain TCP or
+//! TLS (`RawConn`).
 //!
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
@@ -38,11 +40,12 @@ use crate::body::InFlight;
 use crate::client_io::TIMEOUT_RESPONSE;
 use crate::error::ForwardError;
 use crate::forward::{
-    count_failure, healthy_endpoint, host_for_matching, move_on, Proxy, READ_AHEAD_BYTES,
+    count_failure, count_try_failure, healthy_endpoint, host_for_matching, move_on, Proxy,
+    READ_AHEAD_BYTES,
 };
 use crate::headers::{byte_set, put_forwarding, ClientInfo};
 use crate::route::{EndpointEntry, Fields, PoolEntry, RouteEntry, RouteTable};
-use crate::stats::{ErrorKind, PoolStats};
+use crate::stats::{ErrorKind, Pending, PoolStats};
 use crate::upstream::{connect_raw, idle_key, is_idempotent, IdleKey, RawConn, STALE_AFTER};
 
 /// Field lines parsed in place; a head with more goes to hyper, which
@@ -630,7 +633,7 @@ fn plan<'t>(
             head_request: method == Method::HEAD,
         };
     };
-    if route.retries.attempts > 0 {
+    if !route.fast_path {
         return Step::Fallback;
     }
     let choice = table.choose_pool(route, &fields);
@@ -1531,8 +1534,16 @@ where
         };
         let pending = stats.send(started, now_ms);
         let exchanged = {
-            let exchange =
-                exchange_moving_on(&mut ex, pool, stats, plan.endpoint, now_ms, &mut in_flight);
+            let exchange = exchange_retrying(
+                &mut ex,
+                plan.route,
+                pool,
+                stats,
+                &pending,
+                plan.endpoint,
+                now_ms,
+                &mut in_flight,
+            );
             unless_client_leaves(&mut stream, &mut input, std::pin::pin!(exchange)).await
         };
         let Some((endpoint, sent)) = exchanged else {
@@ -1775,6 +1786,27 @@ pub(crate) struct Failed {
     pub(crate) error: ForwardError,
     /// Whether any of the request may have reached the endpoint.
     sent: bool,
+    /// Whether an interim (1xx) answer came before the failure: the
+    /// upstream has the request, which never goes again.
+    answered: bool,
+}
+
+impl Failed {
+    fn unsent(error: ForwardError) -> Failed {
+        Failed {
+            error,
+            sent: false,
+            answered: false,
+        }
+    }
+
+    fn sent(error: ForwardError, answered: bool) -> Failed {
+        Failed {
+            error,
+            sent: true,
+            answered,
+        }
+    }
 }
 
 /// One request's exchange with an upstream, and what it needs.
@@ -1795,10 +1827,77 @@ pub(crate) struct Exchange<'a> {
     pub(crate) probe: bool,
 }
 
+/// [`exchange_moving_on`], then, on a route that retries sent requests,
+/// the request again on another endpoint of the pool while the route
+/// retries what came of it, as `forward` does on hyper's path: a status
+/// the route names, or a reset or a timeout before any answer. Only an
+/// idempotent request goes again; its head and body are all in `ex.out`,
+/// a copy of which is kept aside for the next try (the response head is
+/// written over it). A try that is retried is counted as an answer of its
+/// own: a retry must not hide a failing canary. Returns the endpoint last
+/// tried with the outcome.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn exchange_retrying<'t>(
+    ex: &mut Exchange<'_>,
+    route: &RouteEntry,
+    pool: &'t PoolEntry,
+    stats: &PoolStats,
+    pending: &Pending<'_>,
+    endpoint: &'t EndpointEntry,
+    now_ms: u64,
+    in_flight: &mut Option<InFlight>,
+) -> (&'t EndpointEntry, Result<(RawConn, ResponseHead), Failed>) {
+    let retries = &route.retries;
+    if retries.attempts == 0 || !ex.idempotent {
+        return exchange_moving_on(ex, pool, stats, endpoint, now_ms, in_flight).await;
+    }
+    let mut request = ex.raw.head_buffers.take();
+    request.extend_from_slice(ex.out);
+    let mut left = retries.attempts;
+    let mut endpoint = endpoint;
+    let last = loop {
+        let (tried, sent) = exchange_moving_on(ex, pool, stats, endpoint, now_ms, in_flight).await;
+        let retry = left > 0
+            && match &sent {
+                Ok((_, head)) => retries.on(head.status),
+                Err(failed) => {
+                    failed.sent
+                        && !failed.answered
+                        && match failed.error.upstream_kind() {
+                            Some(ErrorKind::Reset) => retries.on_reset,
+                            Some(ErrorKind::Timeout) => retries.on_timeout,
+                            _ => false,
+                        }
+                }
+            };
+        if !retry {
+            break (tried, sent);
+        }
+        match sent {
+            // Not relayed: its connection closes with its unread body.
+            Ok((_, head)) => {
+                pending.answered_try(head.status, None);
+                tried.health.succeeded();
+            }
+            Err(failed) => count_try_failure(pool, pending, tried, &failed.error, now_ms),
+        }
+        left -= 1;
+        ex.out.clear();
+        ex.out.extend_from_slice(&request);
+        endpoint = pool.pick_other(tried, now_ms).unwrap_or(tried);
+        if in_flight.is_some() {
+            *in_flight = Some(InFlight::start(&endpoint.in_flight));
+        }
+        tracing::debug!(route = %route.name, backend = %endpoint.label, "retrying a sent request");
+    };
+    ex.raw.head_buffers.give(request);
+    last
+}
+
 /// `exchange`, and after a connect failure (nothing sent) once more with
 /// another endpoint of the same pool, as nginx's `proxy_next_upstream
 /// error`. Returns the endpoint last tried with the outcome.
-pub(crate) async fn exchange_moving_on<'t>(
+async fn exchange_moving_on<'t>(
     ex: &mut Exchange<'_>,
     pool: &'t PoolEntry,
     stats: &PoolStats,
@@ -1809,7 +1908,10 @@ pub(crate) async fn exchange_moving_on<'t>(
     let mut moved = false;
     loop {
         let sent = exchange(ex, endpoint).await;
-        if let Err(Failed { error, sent: false }) = &sent {
+        if let Err(Failed {
+            error, sent: false, ..
+        }) = &sent
+        {
             if let (Some(kind), false) = (error.upstream_kind(), moved) {
                 if let Some(other) = move_on(pool, stats, endpoint, kind, now_ms) {
                     endpoint = other;
@@ -1863,20 +1965,18 @@ async fn exchange(
             Some((stream, _)) => stream,
             None => match connect_raw(endpoint, timeouts.connect).await {
                 Ok(stream) => stream,
-                Err(error) => return Err(Failed { error, sent: false }),
+                Err(error) => return Err(Failed::unsent(error)),
             },
         };
         // The request must be written and answered within the timeout.
         deadline.set(timeouts.response_header);
         let written = deadline.run(upstream.write_all(out)).await;
         if written.is_none() {
-            return Err(Failed {
-                error: ForwardError::Timeout {
-                    backend: endpoint.label.to_string(),
-                    after: timeouts.response_header,
-                },
-                sent: true,
-            });
+            let error = ForwardError::Timeout {
+                backend: endpoint.label.to_string(),
+                after: timeouts.response_header,
+            };
+            return Err(Failed::sent(error, false));
         }
         if written.is_some_and(|w| w.is_err()) {
             // A pooled connection the upstream closed: nothing was taken.
@@ -1884,28 +1984,25 @@ async fn exchange(
                 fresh = true;
                 continue;
             }
-            return Err(Failed {
-                error: ForwardError::Exchange {
-                    what: "reset before the response",
-                    backend: endpoint.label.to_string(),
-                    kind: ErrorKind::Reset,
-                },
-                sent: true,
-            });
+            let error = ForwardError::Exchange {
+                what: "reset before the response",
+                backend: endpoint.label.to_string(),
+                kind: ErrorKind::Reset,
+            };
+            return Err(Failed::sent(error, false));
         }
         buffer.clear();
+        let mut interim = false;
         let read = deadline
-            .run(read_head(&mut upstream, buffer, context, out))
+            .run(read_head(&mut upstream, buffer, context, out, &mut interim))
             .await;
         match read {
             None => {
-                return Err(Failed {
-                    error: ForwardError::Timeout {
-                        backend: endpoint.label.to_string(),
-                        after: timeouts.response_header,
-                    },
-                    sent: true,
-                })
+                let error = ForwardError::Timeout {
+                    backend: endpoint.label.to_string(),
+                    after: timeouts.response_header,
+                };
+                return Err(Failed::sent(error, interim));
             }
             Some(Ok(head)) => return Ok((upstream, head)),
             Some(Err(HeadError::Unanswered(_))) if may_resend => {
@@ -1917,14 +2014,12 @@ async fn exchange(
                     MALFORMED | HEAD_TOO_LARGE => ErrorKind::Malformed,
                     _ => ErrorKind::Reset,
                 };
-                return Err(Failed {
-                    error: ForwardError::Exchange {
-                        what,
-                        backend: endpoint.label.to_string(),
-                        kind,
-                    },
-                    sent: true,
-                });
+                let error = ForwardError::Exchange {
+                    what,
+                    backend: endpoint.label.to_string(),
+                    kind,
+                };
+                return Err(Failed::sent(error, interim));
             }
         }
     }
@@ -1942,10 +2037,10 @@ async fn read_head(
     buffer: &mut BytesMut,
     context: &ResponseContext<'_>,
     out: &mut Vec<u8>,
+    interim: &mut bool,
 ) -> Result<ResponseHead, HeadError> {
     // An interim answer (1xx) came: the upstream has the request, so a
     // close after it is never "unanswered" (and never sent again).
-    let mut interim = false;
     loop {
         if !buffer.is_empty() {
             match parse_response(buffer, context, out).map_err(HeadError::Broken)? {
@@ -1956,7 +2051,7 @@ async fn read_head(
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
                     buffer.advance(len);
-                    interim = true;
+                    *interim = true;
                     continue;
                 }
                 Parsed::Partial => {}
@@ -1966,7 +2061,7 @@ async fn read_head(
             }
         }
         make_room(buffer);
-        let empty = buffer.is_empty() && !interim;
+        let empty = buffer.is_empty() && !*interim;
         match upstream.read_buf(buffer).await {
             Ok(n) if n > 0 => {}
             Ok(_) if empty => {

@@ -229,9 +229,9 @@ impl Proxy {
             } => Some(data.as_deref()),
             _ => None,
         };
-        if let (true, 0, 0, Some(whole), Some(host)) = (
+        if let (true, true, 0, Some(whole), Some(host)) = (
             http2,
-            route.retries.attempts,
+            route.fast_path,
             fields & HOP_FIELDS,
             whole,
             &host_value,
@@ -581,7 +581,7 @@ pub(crate) fn count_failure(
 }
 
 /// As [`count_failure`], for a try a retry follows.
-fn count_try_failure(
+pub(crate) fn count_try_failure(
     pool: &PoolEntry,
     pending: &Pending<'_>,
     endpoint: &EndpointEntry,

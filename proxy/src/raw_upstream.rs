@@ -11,7 +11,7 @@
 //! Requests this does not take stay on hyper's client (`upstream`): a body
 //! over the read-ahead size or with trailers, `TE: trailers` (the upstream
 //! may send trailers, which a raw chunked body would not carry), and
-//! routes with retries.
+//! routes whose `fast_path` is off.
 
 use std::future::Future;
 use std::ops::Range;
@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 use crate::body::{BoxError, InFlight, Origin, ProxyBody};
 use crate::error::ForwardError;
 use crate::fast::{
-    exchange_moving_on, make_room, put_field, put_number, Deadline, Exchange, Framing, RawPool,
+    exchange_retrying, make_room, put_field, put_number, Deadline, Exchange, Framing, RawPool,
     ResponseContext, MALFORMED,
 };
 use crate::forward::count_failure;
@@ -100,8 +100,17 @@ pub(crate) async fn send<R>(
         probe: false,
     };
     let pending = stats.send(started, now_ms);
-    let (endpoint, sent) =
-        exchange_moving_on(&mut ex, pool, stats, endpoint, now_ms, &mut in_flight).await;
+    let (endpoint, sent) = exchange_retrying(
+        &mut ex,
+        route,
+        pool,
+        stats,
+        &pending,
+        endpoint,
+        now_ms,
+        &mut in_flight,
+    )
+    .await;
     let converted = sent
         .map_err(|failed| failed.error)
         .and_then(|(conn, head)| {

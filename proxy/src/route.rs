@@ -135,6 +135,8 @@ pub struct RouteEntry {
     pub canary_health: CanaryHealth,
     /// Retries of sent requests.
     pub retries: Retries,
+    /// Whether the fast path may serve the route.
+    pub fast_path: bool,
 }
 
 /// The routes a request's host leaves to try, in config order.
@@ -447,6 +449,7 @@ impl RouteTable {
                 stats,
                 canary_health: route.canary_health,
                 retries: route.retries,
+                fast_path: route.fast_path,
             });
         }
 

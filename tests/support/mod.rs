@@ -238,7 +238,11 @@ pub async fn exchange(
     client: &Client<HttpConnector, Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> (u16, String) {
-    let response = client.request(request).await.expect("response");
+    answer(client.request(request).await.expect("response")).await
+}
+
+/// A response's status and whole body (lossy UTF-8).
+pub async fn answer(response: Response<Incoming>) -> (u16, String) {
     let status = response.status().as_u16();
     let body = response
         .into_body()
@@ -705,6 +709,24 @@ pub fn decode_chunked(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
         );
         at += size + 2;
     }
+}
+
+/// Sends `request` on an HTTP/2 connection; returns the answer's status
+/// and body (lossy UTF-8).
+pub async fn h2_exchange(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> (u16, String) {
+    answer(sender.send_request(request).await.expect("response")).await
+}
+
+/// A series' value in this process's metrics (0 when absent).
+pub fn metric(series: &str) -> f64 {
+    let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// An HTTP/2 (prior knowledge) client connection to `addr`.

@@ -5,7 +5,7 @@
 //! decoded and sent upstream on the fast path's raw connections; the
 //! upstream's head becomes an HPACK block straight from its bytes. No
 //! `http::Request`, `HeaderMap` or `Uri` is built for it. Anything else
-//! (a body, `TE: trailers`, `Expect`, a route with retries, anything that
+//! (a body, `TE: trailers`, `Expect`, a route whose `fast_path` is off, anything that
 //! would be answered with an error) becomes an `http::Request` for
 //! [`Proxy::handle`], which checks and answers it as it does HTTP/1.1.
 
@@ -564,8 +564,9 @@ struct Planned<'h, 't> {
 
 /// Routes a request for the raw path, or None when [`Proxy::handle`] is
 /// to take it: a CONNECT, `TE`/`Expect`, a target over the limit, a host
-/// that is missing or not well-formed, no route, a route with retries, no
-/// healthy endpoint — all of which that path answers as for HTTP/1.1.
+/// that is missing or not well-formed, no route, a route whose `fast_path`
+/// is off, no healthy endpoint — all of which that path answers as for
+/// HTTP/1.1.
 fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option<Planned<'h, 't>> {
     let method = head.method.clone()?;
     if method == Method::CONNECT || head.needs_hyper {
@@ -598,7 +599,7 @@ fn plan<'h, 't>(table: &'t RouteTable, head: &'h RawHead, now_ms: u64) -> Option
         if path_str.is_empty() { "/" } else { path_str },
         head,
     )?;
-    if route.retries.attempts > 0 {
+    if !route.fast_path {
         return None;
     }
     let choice = table.choose_pool(route, head);
