@@ -414,8 +414,66 @@ async fn abort_with_a_json_type_and_no_body_aborts() {
 // ---------------------------------------------------------------------
 // 10. Errors hyper answers itself are not JSON: a malformed request line
 //     gets a bare `400` with an empty body, breaking the documented rule
-//     that every error is `{"error": {"code", "message"}}`.
+//     that every error is `{"error": {"code", "message"}}`. The first
+//     head of a connection is now checked before hyper reads it.
 // ---------------------------------------------------------------------
+
+/// The status line and the JSON body of a raw answer.
+fn status_and_error(answer: &str) -> (&str, Value) {
+    let status = answer.lines().next().unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let error = serde_json::from_str::<Value>(body).map_or(Value::Null, |v| v["error"].clone());
+    (status, error)
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_a_request_get_a_json_400_and_change_nothing() {
+    let (setup, _stable, _canary) = setup().await;
+    let (version, before) = routes(setup.admin).await;
+    for (bytes, says) in [
+        (&b"hello there\r\n\r\n"[..], "not an HTTP/1.1 request head"),
+        (b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n", "invalid header name"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/2 is not served"),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            "a TLS handshake on a plaintext listener",
+        ),
+        (
+            b"PUT http://[::1/v1/routes/web/weights HTTP/1.1\r\nHost: x\r\n\r\n",
+            "is not a URI",
+        ),
+    ] {
+        let answer = raw(setup.admin, bytes).await;
+        let (status, error) = status_and_error(&answer);
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{answer:?}");
+        assert_eq!(error["code"], "malformed_request", "{answer:?}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{bytes:?}: {message:?}");
+    }
+    assert_eq!(routes(setup.admin).await, (version, before));
+}
+
+#[tokio::test]
+async fn a_first_head_that_comes_a_byte_at_a_time_is_served() {
+    let (setup, _stable, _canary) = setup().await;
+    let mut stream = TcpStream::connect(setup.admin).await.expect("connect");
+    let request = b"GET /v1/routes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for byte in request {
+        stream.write_all(&[*byte]).await.expect("write");
+    }
+    let (bytes, _) = support::read_until_close(&mut stream, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&bytes);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+    assert!(answer.contains("\"version\""), "{answer:?}");
+    // A second request on a kept-alive connection still reaches the API.
+    let answer = raw(
+        setup.admin,
+        b"GET /v1/routes HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer:?}");
+    assert!(answer.contains("\"not_found\""), "{answer:?}");
+}
 
 // ---------------------------------------------------------------------
 // 11. `switchyard ctl weights` reads the route, works out the weights of

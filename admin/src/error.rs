@@ -9,6 +9,12 @@ use http_body_util::Full;
 /// field.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The bytes are not an HTTP/1.1 request head.
+    #[error("malformed request: {reason}")]
+    MalformedRequest {
+        /// What is wrong with them.
+        reason: String,
+    },
     /// The body is not JSON of the expected shape.
     #[error("invalid JSON body: {reason}")]
     BadJson {
@@ -112,7 +118,9 @@ impl AdminError {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadJson { .. } | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::BadJson { .. } | Self::Invalid { .. } | Self::MalformedRequest { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnknownRoute { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Stale { .. } => StatusCode::PRECONDITION_FAILED,
@@ -129,6 +137,7 @@ impl AdminError {
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::MalformedRequest { .. } => "malformed_request",
             Self::BadJson { .. } => "invalid_json",
             Self::Invalid { code, .. } => code,
             Self::UnknownRoute { .. } => "unknown_route",
@@ -166,16 +175,20 @@ impl AdminError {
         message
     }
 
-    /// `{"error":{"code":…,"message":…,"field":…}}` with the status.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    /// `{"error":{"code":…,"message":…,"field":…}}`.
+    pub fn body(&self) -> Vec<u8> {
         let message = self.to_response_message();
         let mut error = serde_json::json!({"code": self.code(), "message": message});
         if let Some(field) = self.field() {
             error["field"] = serde_json::Value::from(field);
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "error": error }))
-            .unwrap_or_else(|_| b"{}".to_vec());
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+        serde_json::to_vec(&serde_json::json!({ "error": error }))
+            .unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// [`AdminError::body`] with the status.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body())));
         *response.status_mut() = self.status();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -67,11 +67,20 @@ pub fn parse_raw(source: &str) -> Result<RawConfig, ConfigError> {
 }
 
 /// serde_json appends " at line L column C"; the error prints them itself.
+/// A control character the message quotes from the text (an unknown field
+/// named "a\nb") is escaped: an error stays one line.
 fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_string(),
-        None => message.to_string(),
-    }
+    let message = match message.rfind(" at line ") {
+        Some(index) => &message[..index],
+        None => message,
+    };
+    message
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// Validates a parsed config. `source` is the text it came from, used only
@@ -1553,6 +1562,16 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_unknown_field_with_a_control_character_is_named_on_one_line() {
+        let text = minimal(r#"{"stable": 9000, "canary": 1000}"#)
+            .replace(r#""split""#, "\"spl\\nit\": 1, \"split\"");
+        let err = parse(&text).expect_err("unknown field");
+        let shown = err.to_string();
+        assert!(!shown.contains('\n'), "{shown:?}");
+        assert!(shown.contains(r"unknown field `spl\nit`"), "{shown:?}");
     }
 
     #[test]
