@@ -19,23 +19,8 @@ use tokio::net::TcpStream;
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-/// Route `name` over one pool of `bad` then `good` (round robin, no
-/// ejection), retrying as `retries` says, on the fast path or not.
 fn config(name: &str, endpoints: [SocketAddr; 2], retries: Value, fast_path: bool) -> Value {
-    json!({
-        "listeners": [{"address": "127.0.0.1:0"}],
-        "pools": {"web": {
-            "endpoints": [endpoints[0].to_string(), endpoints[1].to_string()],
-            "outlier_detection": {"consecutive_failures": 0},
-        }},
-        "routes": [{
-            "name": name,
-            "split": {"baseline": "web", "weights": {"web": 10000}},
-            "retries": retries,
-            "fast_path": fast_path,
-        }],
-        "timeouts": {"drain": "1s", "connect": "1s", "response_header": "400ms"},
-    })
+    support::retry_config(name, &endpoints, retries, fast_path)
 }
 
 /// Sends `requests` on one keep-alive connection, one at a time, and

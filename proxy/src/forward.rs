@@ -272,6 +272,7 @@ impl Proxy {
                 request,
                 out,
                 in_flight,
+                line.as_mut(),
                 |status, head| crate::raw_upstream::to_response(status, head),
                 crate::raw_upstream::copy_body,
             )

@@ -25,6 +25,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncReadExt;
 
+use crate::access_log::Line;
 use crate::body::{BoxError, InFlight, Origin, ProxyBody};
 use crate::error::ForwardError;
 use crate::fast::{
@@ -58,13 +59,16 @@ pub(crate) struct Request<'a> {
 /// client (HTTP/1.1 lines, or an HPACK block if `request.hpack`; `convert`
 /// may take the buffer, leaving one from the spares), and its body; a body
 /// that came whole with the head goes to `whole`, which may keep it in the
-/// response or return it.
+/// response or return it. The access-log `line` is told the endpoint that
+/// answered when a retry moved the request on.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send<R>(
     raw: &Rc<RawPool>,
     table: &RouteTable,
     request: Request<'_>,
     mut out: Vec<u8>,
     mut in_flight: Option<InFlight>,
+    line: Option<&mut Line>,
     convert: impl FnOnce(u16, &mut Vec<u8>) -> Option<R>,
     whole: impl FnOnce(&mut R, &[u8]) -> ProxyBody,
 ) -> Result<(R, ProxyBody), ForwardError> {
@@ -100,6 +104,7 @@ pub(crate) async fn send<R>(
         probe: false,
     };
     let pending = stats.send(started, now_ms);
+    let request_endpoint = endpoint;
     let (endpoint, sent) = exchange_retrying(
         &mut ex,
         route,
@@ -111,6 +116,9 @@ pub(crate) async fn send<R>(
         &mut in_flight,
     )
     .await;
+    if let (Some(line), false) = (line, std::ptr::eq(endpoint, request_endpoint)) {
+        line.served(&route.name, &pool.name, endpoint.addr);
+    }
     let converted = sent
         .map_err(|failed| failed.error)
         .and_then(|(conn, head)| {

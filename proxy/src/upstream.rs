@@ -218,11 +218,16 @@ impl Upstreams {
             let exchange = sender.send.try_send_request(request);
             match answer_within(exchange, timeouts.response_header, sending.as_deref()).await {
                 None => {
-                    return Err(ForwardError::Timeout {
-                        backend: endpoint.label.to_string(),
-                        after: timeouts.response_header,
-                    }
-                    .into())
+                    // No final answer in time; an interim one means the
+                    // upstream has the request, which never goes again.
+                    return Err(Failed {
+                        error: ForwardError::Timeout {
+                            backend: endpoint.label.to_string(),
+                            after: timeouts.response_header,
+                        },
+                        unsent: None,
+                        answered: interim.is_some_and(|i| i.load(Ordering::Relaxed)),
+                    });
                 }
                 Some(Ok(response)) => {
                     // Codings other than chunked would be lost as the body

@@ -720,6 +720,32 @@ pub async fn h2_exchange(
     answer(sender.send_request(request).await.expect("response")).await
 }
 
+/// Route `name` over one pool of `endpoints` (round robin, no ejection),
+/// retrying as `retries` says, on the fast path or not; a response head is
+/// waited for 400 ms.
+pub fn retry_config(
+    name: &str,
+    endpoints: &[SocketAddr],
+    retries: Value,
+    fast_path: bool,
+) -> Value {
+    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    json!({
+        "listeners": [{"address": "127.0.0.1:0"}],
+        "pools": {"web": {
+            "endpoints": endpoints,
+            "outlier_detection": {"consecutive_failures": 0},
+        }},
+        "routes": [{
+            "name": name,
+            "split": {"baseline": "web", "weights": {"web": 10000}},
+            "retries": retries,
+            "fast_path": fast_path,
+        }],
+        "timeouts": {"drain": "1s", "connect": "1s", "response_header": "400ms"},
+    })
+}
+
 /// A series' value in this process's metrics (0 when absent).
 pub fn metric(series: &str) -> f64 {
     let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");

@@ -508,8 +508,18 @@ pub(super) async fn send(proxy: Rc<Proxy>, client: Rc<ClientInfo>, prepared: Pre
         block.bytes.extend_from_slice(data);
         ProxyBody::Local(None)
     };
-    let sent =
-        crate::raw_upstream::send(&proxy.raw, &table, request, out, in_flight, encode, keep).await;
+    let mut line = line;
+    let sent = crate::raw_upstream::send(
+        &proxy.raw,
+        &table,
+        request,
+        out,
+        in_flight,
+        line.as_mut(),
+        encode,
+        keep,
+    )
+    .await;
     match sent {
         Ok((block, mut body)) => {
             if let Some(line) = line {
