@@ -154,6 +154,31 @@ pub struct Asked<'a> {
     pub user_agent: Option<&'a [u8]>,
 }
 
+/// Logs an answer the proxy made before a request existed (a malformed
+/// head refused, a head that timed out): `answer` is the whole response,
+/// whose status and text body go in the line.
+pub(crate) fn refused(client: SocketAddr, answer: &[u8]) {
+    let asked = Asked {
+        protocol: "HTTP/1.1",
+        client,
+        method: None,
+        target: None,
+        host: None,
+        user_agent: None,
+    };
+    let Some(line) = Line::begin(&asked, Instant::now()) else {
+        return;
+    };
+    let status = answer
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    let body = memchr::memmem::find(answer, b"\r\n\r\n").map_or(&[][..], |at| &answer[at + 4..]);
+    let reason = String::from_utf8_lossy(body.trim_ascii_end());
+    line.finish(status, body.len() as u64, Some(&reason));
+}
+
 impl Line {
     /// A line for a request that arrived at `started`: None when the log
     /// is off.

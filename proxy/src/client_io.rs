@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -107,12 +108,16 @@ pub(crate) const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncon
 const SMUGGLE_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 79\r\nconnection: close\r\n\r\nbad request: both Content-Length and Transfer-Encoding, or two Content-Lengths\n";
 const LONG_LENGTH_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\nconnection: close\r\n\r\nbad request: Content-Length line too long\n";
 const HEAD_OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 28\r\nconnection: close\r\n\r\nrequest head over the limit\n";
+const MALFORMED_HEAD_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\nconnection: close\r\n\r\nbad request: malformed request head\n";
+const URI_TOO_LONG_RESPONSE: &[u8] = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 30\r\nconnection: close\r\n\r\nrequest target over the limit\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client stream with head timeouts and the framing check: a TCP
 /// stream, or the plaintext side of a TLS stream.
 pub struct ClientIo<S = TcpStream> {
     stream: S,
+    /// The client, for the access log's line of an answer made here.
+    peer: SocketAddr,
     phase: Arc<ConnPhase>,
     deadline: Pin<Box<Sleep>>,
     /// When the current phase times out; the timer may be set earlier.
@@ -141,19 +146,24 @@ pub struct ClientIo<S = TcpStream> {
     /// Closing: `Some` once the write side is shut, `Some(true)` once
     /// unread bytes were found (the lingering close runs).
     lingering: Option<bool>,
+    /// hyper's own answer to a head it could not parse was replaced (see
+    /// [`ClientIo::automatic_answer`]): what it writes after is dropped.
+    replaced: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
-    /// Wraps an accepted stream; the first head must start within `request_header`.
+    /// Wraps an accepted stream; the first head must start within
+    /// `request_header`, and may have `max_head` bytes.
     pub fn new(
         stream: S,
+        peer: SocketAddr,
         phase: Arc<ConnPhase>,
-        request_header: Duration,
-        idle: Duration,
+        (request_header, idle): (Duration, Duration),
         max_head: usize,
     ) -> ClientIo<S> {
         ClientIo {
             stream,
+            peer,
             phase,
             deadline: Box::pin(tokio::time::sleep(request_header)),
             due: Instant::now() + request_header,
@@ -166,6 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             },
             answer: None,
             refusal: None,
+            replaced: false,
             write_blocked: false,
             ended: false,
             preface_seen: 0,
@@ -182,8 +193,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// on a head it has not read whole, not on one in `prefix`).
     pub fn resume(
         stream: S,
+        peer: SocketAddr,
         phase: Arc<ConnPhase>,
-        (request_header, idle): (Duration, Duration),
+        timeouts: (Duration, Duration),
         max_head: usize,
         prefix: bytes::BytesMut,
         served: bool,
@@ -193,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
         ClientIo {
             prefix,
-            ..ClientIo::new(stream, phase, request_header, idle, max_head)
+            ..ClientIo::new(stream, peer, phase, timeouts, max_head)
         }
     }
 
@@ -230,6 +242,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         answer: Option<&'static [u8]>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(answer) = answer {
+            crate::access_log::refused(self.peer, answer);
+        }
         self.answer = answer.map(|a| (a, 0));
         self.ended = true;
         self.armed = false;
@@ -458,6 +473,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.replaced || this.replace_automatic(buf, cx) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.note_write(&result);
         if result.is_pending() && this.write_timed_out(cx) {
@@ -472,6 +490,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let total = bufs.iter().map(|b| b.len()).sum();
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if this.replaced || first.is_some_and(|f| f.len() == total && this.replace_automatic(f, cx))
+        {
+            return Poll::Ready(Ok(total));
+        }
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         this.note_write(&result);
         if result.is_pending() && this.write_timed_out(cx) {
@@ -556,6 +580,26 @@ impl<S> ClientIo<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+    /// If `bytes` are hyper's own answer to a head it could not parse,
+    /// answers with one that says why instead (and logs it): hyper has no
+    /// hook for its parse errors, and answers them with a bare status.
+    /// Its answer is known by when and what it is: written while a head is
+    /// being read (no request was handed on, see [`Phase`]), and a `400`,
+    /// `414` or `431` status line with `content-length: 0` and nothing but
+    /// `connection` and `date` besides.
+    fn replace_automatic(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> bool {
+        if self.phase.get() != Phase::Head {
+            return false;
+        }
+        let Some(answer) = automatic_answer(bytes) else {
+            return false;
+        };
+        self.replaced = true;
+        // What does not go at once goes at hyper's flush (`poll_flush`).
+        let _ = self.end_with(Some(answer), cx);
+        true
+    }
+
     fn note_write(&mut self, result: &Poll<io::Result<usize>>) {
         self.write_blocked = result.is_pending();
         // Answer bytes going out: the connection is idle (or streaming a
@@ -885,6 +929,29 @@ impl MessageScan {
     }
 }
 
+/// The answer that says why, for hyper's bare answer to a head it could not
+/// parse (see [`ClientIo::replace_automatic`]); None for anything else.
+fn automatic_answer(bytes: &[u8]) -> Option<&'static [u8]> {
+    let head = bytes.strip_suffix(b"\r\n\r\n")?;
+    let answer = match head.get(..13)? {
+        b"HTTP/1.1 400 " => MALFORMED_HEAD_RESPONSE,
+        b"HTTP/1.1 414 " => URI_TOO_LONG_RESPONSE,
+        b"HTTP/1.1 431 " => HEAD_OVER_LIMIT_RESPONSE,
+        _ => return None,
+    };
+    let mut empty = false;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line {
+            b"content-length: 0" => empty = true,
+            b"connection: close" => {}
+            _ if line.starts_with(b"date: ") => {}
+            _ => return None,
+        }
+    }
+    empty.then_some(answer)
+}
+
 /// Whether `tail` (a line's last bytes, see [`MessageScan`]) ends with
 /// `suffix` (at most 16 bytes).
 fn ends_with(tail: u128, suffix: &[u8]) -> bool {
@@ -948,6 +1015,37 @@ mod tests {
     }
 
     #[test]
+    fn only_hypers_bare_answer_to_a_bad_head_is_replaced() {
+        let date = "date: Fri, 27 Nov 2026 05:11:40 GMT";
+        let bare = |status: &str| {
+            format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n{date}\r\n\r\n")
+        };
+        assert_eq!(
+            automatic_answer(bare("400 Bad Request").as_bytes()),
+            Some(MALFORMED_HEAD_RESPONSE)
+        );
+        assert_eq!(
+            automatic_answer(bare("431 Request Header Fields Too Large").as_bytes()),
+            Some(HEAD_OVER_LIMIT_RESPONSE)
+        );
+        assert_eq!(
+            automatic_answer(bare("414 URI Too Long").as_bytes()),
+            Some(URI_TOO_LONG_RESPONSE)
+        );
+        let not = [
+            bare("404 Not Found"),
+            bare("400 Bad Request").replace("content-length: 0", "content-length: 2"),
+            bare("400 Bad Request").replace("connection: close\r\n", "x-a: b\r\n"),
+            format!("{}ok", bare("400 Bad Request")),
+            "HTTP/1.1 400 Bad Request\r\n".to_string(),
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n".to_string(),
+        ];
+        for bytes in not {
+            assert_eq!(automatic_answer(bytes.as_bytes()), None, "{bytes:?}");
+        }
+    }
+
+    #[test]
     fn pipelined_heads_are_found_past_each_body() {
         let bad = b"POST /b HTTP/1.1\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n";
         // After a head without a body, a length, a chunked body (with an
@@ -955,7 +1053,7 @@ mod tests {
         // at every byte.
         let firsts: [&[u8]; 4] = [
             b"GET /a HTTP/1.1\r\n\r\n",
-            b"POST /a HTTP/1.1\r\nContent-Length: 30\r\n\r\ncontent-length: 1\r\nconten",
+            b"POST /a HTTP/1.1\r\nContent-Length: 30\r\n\r\ncontent-length: 1\r\ncontent-len",
             b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
             b"GET /a HTTP/1.1\r\n\r\n\r\n",
         ];

@@ -1462,6 +1462,7 @@ where
                 Some(_) => return Outcome::Closed,
                 None => {
                     if !input.is_empty() {
+                        crate::access_log::refused(client.peer, TIMEOUT_RESPONSE);
                         deadline.set(timeouts.request_header);
                         let _ = deadline
                             .run(async {
@@ -1713,6 +1714,7 @@ async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
 /// (by TLS's ALPN, or by the requests before it) with a 400, and closes.
 pub(crate) async fn refuse_preface<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
+    client: &ClientInfo,
     proxy: &Proxy,
 ) {
     let idle = proxy.routes.timeouts().idle;
@@ -1722,6 +1724,7 @@ pub(crate) async fn refuse_preface<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut out = Vec::new();
     put_error(&mut out, &error, true, false);
+    crate::access_log::refused(client.peer, &out);
     if write_out(&mut stream, &out, &mut deadline, idle).await {
         close_client(&mut stream, true, &mut deadline).await;
     }

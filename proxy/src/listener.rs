@@ -715,7 +715,7 @@ where
             // HTTP/1.1 was agreed (by TLS, or by the requests so far): the
             // preface is a malformed HTTP/1.1 request. Refused here, as
             // hyper's `http1_only` does not hold with upgrades.
-            fast::refuse_preface(stream, &proxy).await;
+            fast::refuse_preface(stream, &client, &proxy).await;
             return;
         }
         // RFC 7301: on a connection that agreed on `h2`, anything but its
@@ -733,6 +733,7 @@ where
             let phase = Arc::new(ConnPhase::default());
             let io = ClientIo::resume(
                 stream,
+                client.peer,
                 Arc::clone(&phase),
                 (request_header, idle),
                 table.limits.max_header_bytes,
