@@ -125,3 +125,36 @@ async fn a_refused_head_is_answered_with_why_forwarded_never_and_logged() {
         assert!(found, "no line for {status} {says:?}: {refused:#?}");
     }
 }
+
+#[tokio::test]
+async fn an_http2_stream_reset_as_malformed_is_logged_as_nginx_logs_it() {
+    use support::h2::{frame, request, RawClient, END_HEADERS, END_STREAM, HEADERS};
+    let dir = support::scratch_dir("refusals-h2");
+    let log = dir.join("access.log");
+    let upstream = support::upstream("up").await;
+    let mut config = support::pool_config("up", upstream.addr, json!({}));
+    config["access_log"] = json!({"path": log.to_str().expect("UTF-8")});
+    let file = dir.join("config.json");
+    std::fs::write(&file, config.to_string()).expect("write");
+    let (_child, proxy, _admin) = support::start_on_config(&file).await;
+
+    let mut client = RawClient::connect(proxy, &[]).await;
+    let upper = request("GET", "/upper", &[("X-Upper", "1")]);
+    client
+        .send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &upper))
+        .await;
+    let lines = support::wait_for_json_lines(&log, 1).await;
+    let line = &lines[0];
+    assert_eq!(line["protocol"], "HTTP/2", "{line}");
+    assert_eq!(line["status"], 400, "{line}");
+    assert!(line["target"].is_null(), "{line}");
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("malformed request, stream reset: "),
+        "{line}"
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "a malformed request was forwarded"
+    );
+}

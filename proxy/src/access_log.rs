@@ -154,21 +154,13 @@ pub struct Asked<'a> {
     pub user_agent: Option<&'a [u8]>,
 }
 
-/// Logs an answer the proxy made before a request existed (a malformed
-/// head refused, a head that timed out): `answer` is the whole response,
-/// whose status and text body go in the line.
+/// Logs an HTTP/1.1 answer the proxy made before a request existed (a
+/// malformed head refused, a head that timed out): `answer` is the whole
+/// response, whose status and text body go in the line.
 pub(crate) fn refused(client: SocketAddr, answer: &[u8]) {
-    let asked = Asked {
-        protocol: "HTTP/1.1",
-        client,
-        method: None,
-        target: None,
-        host: None,
-        user_agent: None,
-    };
-    let Some(line) = Line::begin(&asked, Instant::now()) else {
+    if !enabled() {
         return;
-    };
+    }
     let status = answer
         .get(9..12)
         .and_then(|s| std::str::from_utf8(s).ok())
@@ -176,7 +168,30 @@ pub(crate) fn refused(client: SocketAddr, answer: &[u8]) {
         .unwrap_or(400);
     let body = memchr::memmem::find(answer, b"\r\n\r\n").map_or(&[][..], |at| &answer[at + 4..]);
     let reason = String::from_utf8_lossy(body.trim_ascii_end());
-    line.finish(status, body.len() as u64, Some(&reason));
+    refused_with("HTTP/1.1", client, status, body.len() as u64, &reason);
+}
+
+/// Logs a refusal of a request too malformed to say what it asked (its
+/// method and target are null): the status given (or, for an HTTP/2
+/// stream reset, the one nginx logs), and why.
+pub(crate) fn refused_with(
+    protocol: &'static str,
+    client: SocketAddr,
+    status: u16,
+    body_bytes: u64,
+    reason: &dyn std::fmt::Display,
+) {
+    let asked = Asked {
+        protocol,
+        client,
+        method: None,
+        target: None,
+        host: None,
+        user_agent: None,
+    };
+    if let Some(line) = Line::begin(&asked, Instant::now()) {
+        line.finish(status, body_bytes, Some(reason));
+    }
 }
 
 impl Line {

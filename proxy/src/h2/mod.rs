@@ -1341,6 +1341,8 @@ impl State {
         }
         let head = &mut self.head;
         if head.is_over_limit() {
+            let peer = self.client.peer;
+            crate::access_log::refused_with("HTTP/2", peer, 431, 0, &"request head over the limit");
             self.answer_locally(id, end_stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             return Ok(());
         }
@@ -1420,6 +1422,9 @@ impl State {
     /// client that sends many is cut off.
     fn refuse_malformed(&mut self, id: u32, reason: &'static str) -> Result<(), ConnError> {
         debug!(client = %self.client.peer, reason, "malformed HTTP/2 request");
+        // Logged as nginx logs it: a 400 (the client sees the reset).
+        let why = format_args!("malformed request, stream reset: {reason}");
+        crate::access_log::refused_with("HTTP/2", self.client.peer, 400, 0, &why);
         self.put_rst(id, PROTOCOL_ERROR);
         self.local_resets += 1;
         if self.local_resets > MAX_LOCAL_RESETS {
