@@ -178,6 +178,9 @@ async fn first_head<S: AsyncRead + Unpin>(stream: &mut S) -> FirstHead {
                     let reason = format!("the request target {target:?} is not a URI");
                     return FirstHead::Refused(reason);
                 }
+                if let Err(reason) = framing(&request) {
+                    return FirstHead::Refused(reason.to_string());
+                }
                 return FirstHead::Good(buffer);
             }
             Ok(httparse::Status::Partial) if buffer.len() < FIRST_HEAD_LIMIT => {}
@@ -186,6 +189,43 @@ async fn first_head<S: AsyncRead + Unpin>(stream: &mut S) -> FirstHead {
             }
             Err(err) => return FirstHead::Refused(refusal(&buffer, err)),
         }
+    }
+}
+
+/// The body's framing fields as hyper reads them: every `Content-Length`
+/// value one and the same number; `Transfer-Encoding` (not in HTTP/1.0)
+/// ending in `chunked`.
+fn framing(request: &httparse::Request<'_, '_>) -> Result<(), &'static str> {
+    let mut length = None;
+    let mut coding: Option<&[u8]> = None;
+    for field in request.headers.iter() {
+        if field.name.eq_ignore_ascii_case("content-length") {
+            for value in field.value.split(|&b| b == b',') {
+                let value = std::str::from_utf8(value.trim_ascii()).unwrap_or_default();
+                let Ok(n) = value.parse::<u64>() else {
+                    return Err("Content-Length is not a number");
+                };
+                if length.is_some_and(|seen| seen != n) {
+                    return Err("two different Content-Lengths");
+                }
+                length = Some(n);
+            }
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            if request.version == Some(0) {
+                return Err("Transfer-Encoding in an HTTP/1.0 request");
+            }
+            coding = field
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii);
+        }
+    }
+    match coding {
+        Some(last) if !last.eq_ignore_ascii_case(b"chunked") => {
+            Err("Transfer-Encoding does not end in chunked")
+        }
+        _ => Ok(()),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct ConnPhase {
     phase: AtomicU8,
     /// Answers done with ([`Answering`] dropped).
     answered: AtomicU64,
+    /// Requests hyper handed to the service (HTTP/1).
+    started: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -75,6 +77,7 @@ impl ConnPhase {
     pub fn request_started(&self) {
         if self.get() != Phase::Http2 {
             self.set(Phase::Request);
+            self.started.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -147,8 +150,11 @@ pub struct ClientIo<S = TcpStream> {
     /// unread bytes were found (the lingering close runs).
     lingering: Option<bool>,
     /// hyper's own answer to a head it could not parse was replaced (see
-    /// [`ClientIo::automatic_answer`]): what it writes after is dropped.
+    /// [`ClientIo::replace_automatic`]): what it writes after is dropped.
     replaced: bool,
+    /// Answers done with ([`ConnPhase`]) when hyper last flushed: their
+    /// bytes are all written.
+    flushed: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
@@ -177,6 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             answer: None,
             refusal: None,
             replaced: false,
+            flushed: 0,
             write_blocked: false,
             ended: false,
             preface_seen: 0,
@@ -512,6 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         let this = self.get_mut();
         // hyper flushes once its own buffer is written.
         this.write_blocked = false;
+        this.flushed = this.phase.answered();
         // hyper flushes once an answer's last bytes are written, after it
         // is done with the answer's body: a refusal behind it goes now.
         if this.may_end() {
@@ -583,12 +591,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// If `bytes` are hyper's own answer to a head it could not parse,
     /// answers with one that says why instead (and logs it): hyper has no
     /// hook for its parse errors, and answers them with a bare status.
-    /// Its answer is known by when and what it is: written while a head is
-    /// being read (no request was handed on, see [`Phase`]), and a `400`,
-    /// `414` or `431` status line with `content-length: 0` and nothing but
-    /// `connection` and `date` besides.
+    /// Its answer is known by when and what it is: written when every
+    /// request hyper handed on is answered and its bytes flushed (so no
+    /// answer is under way: the bytes cannot be a body's), while a head
+    /// hyper did not hand on has been read; and a `400`, `414` or `431`
+    /// status line with `content-length: 0` and nothing but `connection`
+    /// and `date` besides.
     fn replace_automatic(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> bool {
-        if self.phase.get() != Phase::Head {
+        let started = self.phase.started.load(Ordering::Relaxed);
+        let idle = self.phase.answered() == started && self.flushed == started;
+        let unserved_head = self.scan.heads > started || self.scan.head_begun();
+        if !idle || !unserved_head || matches!(self.phase.get(), Phase::Http2 | Phase::Tunnel) {
             return false;
         }
         let Some(answer) = automatic_answer(bytes) else {
@@ -764,6 +777,11 @@ impl MessageScan {
     /// Whether the next byte belongs to a request's body.
     fn in_body(&self) -> bool {
         matches!(self.part, Part::Length(_) | Part::Chunked(_))
+    }
+
+    /// Whether a head has begun and not ended.
+    fn head_begun(&self) -> bool {
+        matches!(self.part, Part::Head) && !self.at_message_start()
     }
 
     /// Whether the next byte starts a request (or an empty line before
