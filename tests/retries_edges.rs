@@ -792,3 +792,29 @@ async fn a_retry_whose_next_endpoint_refuses_moves_on_as_hypers_path_does() {
     // endpoint again, a second 503, which is the answer.
     assert_eq!(tries, [8, 8], "tries at the busy endpoint, fast and hyper");
 }
+
+/// A client that leaves while a retry waits on the next endpoint: its 499
+/// line names that endpoint, not the one tried first (the fast path named
+/// the first before `Exchange::trying`). Two connections, one after the
+/// other: round robin sends one of them to the 503 first and on to the
+/// silent endpoint.
+#[tokio::test]
+async fn a_client_that_leaves_during_a_retry_is_logged_at_the_endpoint_it_waited_on() {
+    let bad = scripted(|_, _| reply(BUSY, Then::Close)).await;
+    let silent = scripted(|_, _| reply(b"", Then::Hang)).await;
+    let (_child, proxy, log) = logged_binary("retries-edges-log-499", bad.addr, silent.addr).await;
+    for n in 1..=2 {
+        let mut stream = TcpStream::connect(proxy).await.expect("connect");
+        let request = format!("GET /fast/{n} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let reached = support::eventually(WAIT, || silent.count() == n).await;
+        assert!(reached, "the silent endpoint saw {} of {n}", silent.count());
+        drop(stream);
+    }
+    assert_eq!(bad.count(), 1, "one request went to the 503 first");
+    let lines = support::wait_for_json_lines(&log, 2).await;
+    for line in &lines {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["upstream"], silent.addr.to_string(), "{line}");
+    }
+}

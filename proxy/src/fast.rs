@@ -1532,6 +1532,7 @@ where
             table: &table,
             deadline: upstream_deadline,
             probe: pipelined,
+            trying: plan.endpoint.addr,
         };
         let pending = stats.send(started, now_ms);
         let exchanged = {
@@ -1549,7 +1550,7 @@ where
         };
         let Some((endpoint, sent)) = exchanged else {
             if let Some(mut line) = line {
-                line.served(&plan.route.name, &pool.name, plan.endpoint.addr);
+                line.served(&plan.route.name, &pool.name, ex.trying);
                 // nginx's 499: the client closed before the answer.
                 line.finish(499, 0, None);
             }
@@ -1828,6 +1829,9 @@ pub(crate) struct Exchange<'a> {
     /// connection may have been put back in this same poll, before tokio
     /// saw the upstream's close or stray bytes that came after its answer.
     pub(crate) probe: bool,
+    /// The endpoint tried last (a retry or a failed connect moves on): the
+    /// one an access-log line names if the client leaves first.
+    pub(crate) trying: std::net::SocketAddr,
 }
 
 /// [`exchange_moving_on`], then, on a route that retries sent requests,
@@ -1910,6 +1914,7 @@ async fn exchange_moving_on<'t>(
 ) -> (&'t EndpointEntry, Result<(RawConn, ResponseHead), Failed>) {
     let mut moved = false;
     loop {
+        ex.trying = endpoint.addr;
         let sent = exchange(ex, endpoint).await;
         if let Err(Failed {
             error, sent: false, ..
@@ -1947,6 +1952,7 @@ async fn exchange(
         table,
         deadline,
         probe,
+        ..
     } = ex;
     let timeouts = &table.timeouts;
     let mut fresh = false;

@@ -102,6 +102,7 @@ pub(crate) async fn send<R>(
         table,
         deadline: &mut deadline,
         probe: false,
+        trying: endpoint.addr,
     };
     let pending = stats.send(started, now_ms);
     let request_endpoint = endpoint;
