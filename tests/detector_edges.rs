@@ -322,6 +322,37 @@ async fn a_shared_slowdown_at_low_traffic_is_not_blamed_on_the_canary() {
     );
 }
 
+/// At 1,000 req/s (90 baseline answers a tick), the latency test's p0
+/// follows the baseline's share of answers over the bar in the judged
+/// interval, and a canary slower than a slow baseline is judged against
+/// it: both pools make one answer in 25 slow by 300 ms, the canary one in
+/// 3. With p0 fixed at 1% this canary was caught only in the guard's
+/// lag (797 ms in, p0 1%, baseline 0 slow): once the guard's second held
+/// the baseline's 4%, it dropped every slow canary answer, and a shared
+/// slowdown at high traffic was judged as this one (the detector's
+/// `shared_stalls_*` simulations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_slower_than_a_slow_baseline_at_high_traffic_falls_back() {
+    let run = start("slower-than-slow", 1000, json!(null)).await;
+    let _load = warm_up(&run, 1000, 8).await;
+    for (pool, every) in [(&run.stable, 25), (&run.canary, 3)] {
+        pool.slow_ms.store(300, Ordering::Relaxed);
+        pool.slow_every.store(every, Ordering::Relaxed);
+    }
+    let turned = now_ms();
+    let event = wait_fallback(run.admin, Duration::from_secs(10)).await;
+    let event = event.expect("a canary with a third of its answers 300 ms slow, against a baseline with one in 25, falls back");
+    let e = &event["evidence"];
+    assert_eq!(e["arm"], "latency", "{event}");
+    let p0 = e["p0"].as_f64().unwrap_or(0.0);
+    assert!(
+        p0 > 0.015,
+        "p0 followed the baseline's slow share (about 4%), not the fixed 1%: {} ms in: {}",
+        detection_ms(&event, turned),
+        short(&event)
+    );
+}
+
 /// A latency fallback quotes the baseline's slow answers, not its errors
 /// (it read "baseline 270 of 5400 over 60 s" of a baseline with 5% errors
 /// and no slow answer), and its evidence carries them.

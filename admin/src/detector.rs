@@ -336,6 +336,57 @@ pub struct PoolCounts {
     pub requests: u64,
     /// Of those, errors (counted as at most `requests`).
     pub errors: u64,
+    /// What the latency test would observe of it: its answers not counted
+    /// before and its requests overdue, measured against the canary's bar
+    /// (`TickCounts::latency` in the proxy's stats).
+    pub latency_requests: u64,
+    /// Of those, the slow and the overdue (counted as at most
+    /// `latency_requests`).
+    pub slow: u64,
+}
+
+impl PoolCounts {
+    /// Subsets no larger than their sets.
+    fn clamped(self) -> Self {
+        Self {
+            errors: self.errors.min(self.requests),
+            slow: self.slow.min(self.latency_requests),
+            ..self
+        }
+    }
+
+    fn add(&mut self, tick: PoolCounts) {
+        self.requests += tick.requests;
+        self.errors += tick.errors;
+        self.latency_requests += tick.latency_requests;
+        self.slow += tick.slow;
+    }
+
+    fn subtract(&mut self, tick: PoolCounts) {
+        self.requests -= tick.requests;
+        self.errors -= tick.errors;
+        self.latency_requests -= tick.latency_requests;
+        self.slow -= tick.slow;
+    }
+
+    /// The error rate, when there are at least `min_requests` answers.
+    fn rate(self, min_requests: u64) -> Option<f64> {
+        share(self.errors, self.requests, min_requests)
+    }
+
+    /// The slow share, when there are at least `min_requests`.
+    fn slow_rate(self, min_requests: u64) -> Option<f64> {
+        share(self.slow, self.latency_requests, min_requests)
+    }
+}
+
+/// events / requests, when there are at least `min_requests` (and some).
+fn share(events: u64, requests: u64, min_requests: u64) -> Option<f64> {
+    if requests > 0 && requests >= min_requests {
+        Some(events as f64 / requests as f64)
+    } else {
+        None
+    }
 }
 
 /// One tick of the canary's outcomes.
@@ -503,29 +554,11 @@ pub struct DetectorStatus {
     pub is_baseline_failing: bool,
 }
 
-/// Requests and errors summed over a window.
-#[derive(Debug, Clone, Copy, Default)]
-struct Sums {
-    requests: u64,
-    errors: u64,
-}
-
-impl Sums {
-    /// The raw rate, when the window has at least `min_requests`.
-    fn rate(self, min_requests: u64) -> Option<f64> {
-        if self.requests > 0 && self.requests >= min_requests {
-            Some(self.errors as f64 / self.requests as f64)
-        } else {
-            None
-        }
-    }
-}
-
 /// A running sum over the last `ticks` ticks.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     ticks: usize,
-    sums: Sums,
+    sums: PoolCounts,
 }
 
 /// The baseline's last `long_window_ticks` ticks, with running sums over
@@ -547,7 +580,7 @@ impl BaselineWindows {
     fn new(config: &DetectorConfig) -> Self {
         let window = |ticks| Window {
             ticks,
-            sums: Sums::default(),
+            sums: PoolCounts::default(),
         };
         Self {
             ring: vec![PoolCounts::default(); config.long_window_ticks],
@@ -577,16 +610,20 @@ impl BaselineWindows {
     /// back at most `max_ticks`; None if they hold fewer.
     fn recent_rate(&self, min_requests: u64, max_ticks: usize) -> Option<f64> {
         let len = self.ring.len();
-        let mut sums = Sums::default();
+        let mut sums = PoolCounts::default();
         for back in 1..=self.filled.min(max_ticks) {
-            let tick = self.ring[(self.head + len - back) % len];
-            sums.requests += tick.requests;
-            sums.errors += tick.errors;
+            sums.add(self.ring[(self.head + len - back) % len]);
             if sums.requests >= min_requests {
                 return sums.rate(min_requests);
             }
         }
         None
+    }
+
+    /// The tick `back` ticks before the newest (0: the newest), if held.
+    fn tick(&self, back: usize) -> Option<PoolCounts> {
+        let len = self.ring.len();
+        (back < self.filled).then(|| self.ring[(self.head + len - 1 - back) % len])
     }
 }
 
@@ -600,12 +637,11 @@ fn for_window(
     filled: usize,
     tick: PoolCounts,
 ) {
-    window.sums.requests += tick.requests;
-    window.sums.errors += tick.errors;
+    window.sums.add(tick);
     if filled >= window.ticks {
-        let out = ring[(head + ring.len() - window.ticks) % ring.len()];
-        window.sums.requests -= out.requests;
-        window.sums.errors -= out.errors;
+        window
+            .sums
+            .subtract(ring[(head + ring.len() - window.ticks) % ring.len()]);
     }
 }
 
@@ -617,8 +653,11 @@ struct BaselineEstimate {
     rate_short: Option<f64>,
     rate_burst: Option<f64>,
     rate_judged: Option<f64>,
-    long: Sums,
+    long: PoolCounts,
     is_failing: bool,
+    /// The latency test's p0: its own (1%), raised to the baseline's slow
+    /// share over the short windows.
+    latency_p0: f64,
 }
 
 impl BaselineEstimate {
@@ -675,8 +714,41 @@ impl BaselineEstimate {
             rate_judged,
             long,
             is_failing,
+            latency_p0: latency_p0(windows, config),
         }
     }
+}
+
+/// The latency test's p0: `latency_p0`, raised to the baseline's share of
+/// answers over the same bar in the judged window and in the judged tick
+/// alone (the exact interval of the canary's judged counts), each when it
+/// holds `judged_window_min_requests`.
+///
+/// A slowdown both pools share is then not the canary's: with p0 at the
+/// shared share and p1 five times it, a canary that shares it drifts
+/// down, even when p0 is a noisy estimate at half the true share. A fixed
+/// p0 left such a canary the evaluator's guard ([`SlowLately`]) only,
+/// which engages above 2.5% over a second: just under it the test drifts
+/// neither way, and at high traffic its steps are large, so a shared 2%
+/// reached the threshold in seconds; and a stall shorter than a tick (a
+/// pause of the whole machine), diluted over the guard's second, never
+/// engaged it. The longer windows the error tests use are left out: a
+/// stall in them raised p0 for their whole length, and a canary really
+/// slower went unjudged while it lasted.
+fn latency_p0(windows: &BaselineWindows, config: &DetectorConfig) -> f64 {
+    let Some(min_requests) = config.judged_window_min_requests else {
+        return config.latency_p0;
+    };
+    let judged_tick = windows.tick(config.canary_delay_ticks);
+    let rates = [
+        windows.judged.sums.slow_rate(min_requests),
+        judged_tick.and_then(|tick| tick.slow_rate(min_requests)),
+    ];
+    rates
+        .into_iter()
+        .flatten()
+        .fold(config.latency_p0, f64::max)
+        .min(config.p_max)
 }
 
 /// An arm's two rates and the log-likelihood ratios of one event (an
@@ -736,7 +808,6 @@ pub struct Detector {
     /// Indexed by `Arm as usize`.
     arms: [Cusum; 5],
     /// The arms whose rates do not follow the baseline, worked out once.
-    latency: Hypotheses,
     slo_errors: Option<Hypotheses>,
     slo_latency: Option<Hypotheses>,
 }
@@ -757,7 +828,6 @@ impl Detector {
             baseline: BaselineWindows::new(&config),
             pending: VecDeque::with_capacity(config.canary_delay_ticks + 1),
             arms: [Cusum::default(); 5],
-            latency,
             slo_errors,
             slo_latency: config.max_latency_ms.map(|_| latency),
             config,
@@ -774,10 +844,7 @@ impl Detector {
     /// it goes on judging (and may return more verdicts) until
     /// [`reset`](Self::reset).
     pub fn observe(&mut self, baseline: PoolCounts, canary: CanaryCounts) -> Option<Verdict> {
-        self.baseline.push(PoolCounts {
-            requests: baseline.requests,
-            errors: baseline.errors.min(baseline.requests),
-        });
+        self.baseline.push(baseline.clamped());
         self.judge(canary)
     }
 
@@ -914,10 +981,94 @@ impl Detector {
                 p0,
                 c.alternative(p0, c.fast_arm_ratio, c.fast_arm_min_increase),
             )),
-            Arm::Latency => Some(self.latency),
+            Arm::Latency => {
+                // The test's own p0 and p1 (1%, 5%) set its ratio and its
+                // least increase, as the error tests' do theirs.
+                let p0 = estimate.latency_p0;
+                let ratio = c.latency_p1 / c.latency_p0;
+                Some(Hypotheses::new(
+                    p0,
+                    c.alternative(p0, ratio, c.latency_p1 - c.latency_p0),
+                ))
+            }
             Arm::SloErrors => self.slo_errors,
             Arm::SloLatency => self.slo_latency,
         }
+    }
+}
+
+/// The baseline counts as slow itself when more than this share of its
+/// answers over the last second were over the bar: the rate at which the
+/// latency test (p0 1%, p1 5%) starts to gather evidence, ln(0.99/0.95) /
+/// ln(5 · 0.99/0.95) = 2.5%. A canary no slower than the baseline then
+/// never gathers any (at 5%, a shared slowdown of one answer in 25 was
+/// blamed on the canary).
+const SHARED_SLOW_RATE: f64 = 0.025;
+const SHARED_SLOW_TICKS: usize = 10;
+/// With fewer baseline answers than this in the last second, the look
+/// goes back further, up to [`SHARED_SLOW_MAX_TICKS`]: at low traffic a
+/// shared slowdown was blamed on the canary, the guard never engaging.
+const SHARED_SLOW_MIN_REQUESTS: u64 = 20;
+const SHARED_SLOW_MAX_TICKS: usize = 50;
+
+/// Whether the baseline is slow lately, by the bar the canary is measured
+/// against, for a baseline too quiet for the latency test's p0 to follow
+/// it: then the caller does not hold the canary's slow answers against
+/// it ([`SlowLately::excuses`]). This guard reacts at once at any traffic
+/// (one slow answer in 20 at 20 a second), where the test's p0, raised by
+/// the baseline's windows, needs 50 answers in the judged tick.
+#[derive(Debug, Clone, Default)]
+pub struct SlowLately {
+    /// The baseline's (answers and requests overdue, of those slow) of the
+    /// last ticks, newest last.
+    ticks: VecDeque<(u64, u64)>,
+}
+
+impl SlowLately {
+    /// Takes the baseline's tick, as [`PoolCounts::latency_requests`] and
+    /// [`PoolCounts::slow`] count it.
+    pub fn push(&mut self, latency_requests: u64, slow: u64) {
+        self.ticks
+            .push_back((latency_requests, slow.min(latency_requests)));
+        if self.ticks.len() > SHARED_SLOW_MAX_TICKS {
+            self.ticks.pop_front();
+        }
+    }
+
+    /// The baseline's (slow, all) over the last second, or further back
+    /// (up to 5 s) until there are enough answers to judge.
+    pub fn lately(&self) -> (u64, u64) {
+        let (mut requests, mut slow) = (0, 0);
+        for (ticks, &(n, s)) in self.ticks.iter().rev().enumerate() {
+            if ticks >= SHARED_SLOW_TICKS && requests >= SHARED_SLOW_MIN_REQUESTS {
+                break;
+            }
+            requests += n;
+            slow += s;
+        }
+        (slow, requests)
+    }
+
+    /// Whether more than 2.5% of `lately` was slow.
+    pub fn is_slow(&self) -> bool {
+        let (slow, requests) = self.lately();
+        requests >= SHARED_SLOW_MIN_REQUESTS && slow as f64 > SHARED_SLOW_RATE * requests as f64
+    }
+
+    /// Whether the canary's slow answers of the newest tick are excused:
+    /// the baseline is slow lately, and its newest tick holds fewer than
+    /// `min_requests` (the detector's `judged_window_min_requests`) for
+    /// the latency test's p0 to follow it in that very interval.
+    ///
+    /// Above that the guard stays off: it blinded the test for a second
+    /// after every stall, and a canary really slower than a slow baseline
+    /// went unjudged while it lasted.
+    pub fn excuses(&self, min_requests: Option<u64>) -> bool {
+        let covered = match (min_requests, self.ticks.back()) {
+            (Some(min_requests), Some(&(n, _))) => n >= min_requests.max(1),
+            _ => false,
+        };
+        !covered && self.is_slow()
     }
 }
 
@@ -955,30 +1106,19 @@ mod tests {
 
     impl Binomial {
         fn new(n_max: u64, p: f64) -> Self {
+            Self::with_rows(p, (0..=n_max).map(|n| cdf_row(n, p)).collect())
+        }
+
+        /// For draws of exactly `n` (a table for every n up to thousands
+        /// would not fit).
+        fn only(n: u64, p: f64) -> Self {
+            let mut rows = vec![Vec::new(); n as usize];
+            rows.push(cdf_row(n, p));
+            Self::with_rows(p, rows)
+        }
+
+        fn with_rows(p: f64, cdf: Vec<Vec<f64>>) -> Self {
             let p = p.clamp(0.0, 1.0);
-            let cdf = (0..=n_max)
-                .map(|n| {
-                    let mut row = Vec::new();
-                    let mut ln_choose = 0.0;
-                    let mut total = 0.0;
-                    for k in 0..=n {
-                        if k > 0 {
-                            ln_choose += ((n - k + 1) as f64 / k as f64).ln();
-                        }
-                        if p > 0.0 && p < 1.0 {
-                            total +=
-                                (ln_choose + k as f64 * p.ln() + (n - k) as f64 * (1.0 - p).ln())
-                                    .exp();
-                        }
-                        row.push(total);
-                    }
-                    // Rounding may leave the sum a hair under 1.
-                    if let Some(last) = row.last_mut() {
-                        *last = 1.0;
-                    }
-                    row
-                })
-                .collect::<Vec<Vec<f64>>>();
             let start = cdf
                 .iter()
                 .map(|row| row.iter().position(|&c| c >= 0.5).unwrap_or(0))
@@ -1010,6 +1150,28 @@ mod tests {
             }
             k as u64
         }
+    }
+
+    /// P(X ≤ k) of Binomial(n, p) for k = 0..=n.
+    fn cdf_row(n: u64, p: f64) -> Vec<f64> {
+        let p = p.clamp(0.0, 1.0);
+        let mut row = Vec::new();
+        let mut ln_choose = 0.0;
+        let mut total = 0.0;
+        for k in 0..=n {
+            if k > 0 {
+                ln_choose += ((n - k + 1) as f64 / k as f64).ln();
+            }
+            if p > 0.0 && p < 1.0 {
+                total += (ln_choose + k as f64 * p.ln() + (n - k) as f64 * (1.0 - p).ln()).exp();
+            }
+            row.push(total);
+        }
+        // Rounding may leave the sum a hair under 1.
+        if let Some(last) = row.last_mut() {
+            *last = 1.0;
+        }
+        row
     }
 
     /// A stretch of simulated traffic at fixed rates.
@@ -1045,6 +1207,7 @@ mod tests {
         let baseline = PoolCounts {
             requests: baseline,
             errors: phase.baseline_errors.sample(baseline, rng),
+            ..PoolCounts::default()
         };
         let canary = CanaryCounts {
             requests: canary,
@@ -1162,8 +1325,12 @@ mod tests {
     }
 
     fn assert_no_false_alarm(name: &str, scenario: u64, phases: &[Phase]) {
-        let alarms = false_alarms(scenario, RUNS, phases);
-        eprintln!("{name}: {} false alarms in {RUNS} runs", alarms.len());
+        assert_none(name, RUNS, &false_alarms(scenario, RUNS, phases));
+    }
+
+    /// Says how many of `runs` had a false alarm, and fails if any did.
+    fn assert_none<T: std::fmt::Debug>(name: &str, runs: u64, alarms: &[T]) {
+        eprintln!("{name}: {} false alarms in {runs} runs", alarms.len());
         assert!(
             alarms.is_empty(),
             "{name}: first of {}: {:?}",
@@ -1411,10 +1578,15 @@ mod tests {
             }
             let p_slow = threshold_ms.map_or(0.0, |ms| slower_than(ms, canary_median_ms));
             let slow = (0..canary).filter(|_| uniform(&mut rng) < p_slow).count() as u64;
+            // The baseline is measured against the same bar.
+            let p_slow = threshold_ms.map_or(0.0, |ms| slower_than(ms, 20.0));
+            let baseline_slow = (0..baseline).filter(|_| uniform(&mut rng) < p_slow).count() as u64;
             let verdict = detector.observe(
                 PoolCounts {
                     requests: baseline,
                     errors: 0,
+                    latency_requests: baseline,
+                    slow: baseline_slow,
                 },
                 CanaryCounts {
                     requests: canary,
@@ -1473,6 +1645,161 @@ mod tests {
         detections.assert_within(5000);
     }
 
+    /// Feeds `ticks` ticks of (answers, slow answers) of each pool, no
+    /// errors, from `tick` (given the tick's index), the evaluator's guard
+    /// applied as it applies it; the first verdict and its tick.
+    fn slow_run(
+        seed: u64,
+        ticks: u32,
+        mut tick: impl FnMut(u32, &mut SmallRng) -> ((u64, u64), (u64, u64)),
+    ) -> Option<(u32, Verdict)> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut detector = detector();
+        let mut guard = SlowLately::default();
+        (0..ticks).find_map(|index| {
+            let ((baseline, slow), (canary, canary_slow)) = tick(index, &mut rng);
+            guard.push(baseline, slow);
+            let excused = guard.excuses(detector.config().judged_window_min_requests);
+            let verdict = detector.observe(
+                PoolCounts {
+                    requests: baseline,
+                    errors: 0,
+                    latency_requests: baseline,
+                    slow,
+                },
+                CanaryCounts {
+                    requests: canary,
+                    slow: if excused { 0 } else { canary_slow },
+                    ..CanaryCounts::default()
+                },
+            );
+            verdict.map(|verdict| (index, verdict))
+        })
+    }
+
+    /// Shares of answers over the bar that both pools suffer at once, at
+    /// 70,000 requests a second (the load bench's rate), canary 10%: a
+    /// background that wanders between 0.2% and 2.4% (just under the
+    /// guard's 2.5%), and stalls of the whole machine (hypervisor steal,
+    /// a pause) in 3% of ticks that make 5% to 60% of a tick's answers
+    /// slow. `canary_extra` is added to the canary's share from tick 300.
+    fn shared_stalls_run(seed: u64, canary_extra: f64) -> Option<(u32, Verdict)> {
+        const BASELINE: u64 = 6_300;
+        const CANARY: u64 = 700;
+        const BACKGROUND: [f64; 6] = [0.002, 0.005, 0.01, 0.015, 0.02, 0.024];
+        const STALLS: [f64; 4] = [0.05, 0.1, 0.3, 0.6];
+        thread_local! {
+            static TABLES: Vec<(Binomial, Binomial, f64)> = BACKGROUND
+                .iter()
+                .chain(&STALLS)
+                .map(|&p| (Binomial::only(BASELINE, p), Binomial::only(CANARY, p), p))
+                .collect();
+        }
+        let mut level = 2;
+        TABLES.with(|tables| {
+            slow_run(seed, 600, |tick, rng| {
+                let r = uniform(rng);
+                if r < 0.05 && level > 0 {
+                    level -= 1;
+                } else if r < 0.1 && level + 1 < BACKGROUND.len() {
+                    level += 1;
+                }
+                let this = if uniform(rng) < 0.03 {
+                    BACKGROUND.len() + (rng.next_u64() % STALLS.len() as u64) as usize
+                } else {
+                    level
+                };
+                let (baseline_table, canary_table, p) = &tables[this];
+                let slow = baseline_table.sample(BASELINE, rng);
+                let canary_slow = if tick >= 300 && canary_extra > 0.0 {
+                    let p = (p + canary_extra).min(1.0);
+                    (0..CANARY).filter(|_| uniform(rng) < p).count() as u64
+                } else {
+                    canary_table.sample(CANARY, rng)
+                };
+                ((BASELINE, slow), (CANARY, canary_slow))
+            })
+        })
+    }
+
+    // A slowdown both pools share, at high traffic and in stalls, is not
+    // blamed on the canary. With the latency test's p0 fixed at 1%, 997 of
+    // 1,000 runs fell back (a load bench's round saw one): a shared
+    // share just under the guard's 2.5% gives the test no drift, and
+    // stalls shorter than the guard's second never engage it.
+    #[test]
+    fn shared_stalls_at_high_traffic_are_not_blamed_on_the_canary() {
+        let alarms: Vec<_> = (0..RUNS)
+            .filter_map(|seed| shared_stalls_run(12_000_000 + seed, 0.0).map(|v| (seed, v)))
+            .collect();
+        assert_none("shared stalls", RUNS, &alarms);
+    }
+
+    /// Both pools turn slow at once at 10 s (`share` of their answers over
+    /// the bar, from 0.3%), with `traffic` (baseline, canary) answers a
+    /// tick.
+    fn shared_onset_run(seed: u64, traffic: (u64, u64), share: f64) -> Option<(u32, Verdict)> {
+        let (baseline_n, canary_n) = traffic;
+        let [before, after] =
+            [0.003, share].map(|p| (Binomial::only(baseline_n, p), Binomial::only(canary_n, p)));
+        slow_run(seed, 300, |tick, rng| {
+            let (baseline, canary) = if tick < 100 { &before } else { &after };
+            let slow = baseline.sample(baseline_n, rng);
+            ((baseline_n, slow), (canary_n, canary.sample(canary_n, rng)))
+        })
+    }
+
+    // Around the traffic where the guard hands over to the test's own p0
+    // (50 baseline answers a tick), a slowdown both pools share from one
+    // moment on is not blamed on the canary: from 450 to 3,000 requests a
+    // second, canary 10%, 3% to all of the answers slow.
+    #[test]
+    fn a_shared_slowdown_around_the_guards_hand_over_is_not_blamed_on_the_canary() {
+        for (scenario, traffic) in [(45, 5), (54, 6), (135, 15), (270, 30)]
+            .into_iter()
+            .enumerate()
+        {
+            for (index, share) in [0.03, 0.1, 0.3, 1.0].into_iter().enumerate() {
+                let first = 14_000_000 + (scenario * 4 + index) as u64 * 10_000;
+                let alarms: Vec<_> = (first..first + RUNS / 10)
+                    .filter_map(|seed| shared_onset_run(seed, traffic, share).map(|v| (seed, v)))
+                    .collect();
+                assert!(
+                    alarms.is_empty(),
+                    "{traffic:?} a tick, both pools {share} slow: {} false alarms in {} runs; first: {:?}",
+                    alarms.len(),
+                    RUNS / 10,
+                    alarms.first()
+                );
+            }
+        }
+    }
+
+    // The same stalls do not hide a canary that is really slower: 10
+    // points more of its answers over the bar, from 30 s in.
+    #[test]
+    fn a_slower_canary_is_caught_among_shared_stalls() {
+        let detections = (0..RUNS / 10).map(|seed| shared_stalls_run(13_000_000 + seed, 0.1));
+        let mut times = Vec::new();
+        for verdict in detections {
+            let (tick, verdict) = verdict.expect("a canary 10 points slower is caught");
+            assert!(tick >= 300, "a false alarm at tick {tick}: {verdict:?}");
+            assert_eq!(verdict.arm, Arm::Latency);
+            times.push((tick + 1 - 300) * 100);
+        }
+        times.sort_unstable();
+        eprintln!(
+            "slower canary among stalls: p50 {} ms, max {} ms",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+        assert!(
+            times[times.len() - 1] <= 2_000,
+            "caught after {} ms",
+            times[times.len() - 1]
+        );
+    }
+
     /// The naive rule "N or more canary errors within a second": the run's
     /// first tick at which it fires.
     fn naive_fires(phases: &[Phase], seed: u64, n: u64) -> bool {
@@ -1515,6 +1842,7 @@ mod tests {
             let baseline = PoolCounts {
                 requests: baseline.0,
                 errors: baseline.1,
+                ..PoolCounts::default()
             };
             detector.observe(baseline, canary).map(|v| (tick, v))
         })
@@ -1587,7 +1915,7 @@ mod tests {
             .observe(
                 PoolCounts {
                     requests: 1000,
-                    errors: 0
+                    ..PoolCounts::default()
                 },
                 canary(100, 100)
             )

@@ -15,23 +15,9 @@ use switchyard_config::CanaryHealth;
 use switchyard_proxy::stats::{tick_of, PoolStats, TickCounts, TICK};
 
 use crate::control::{ControlPlane, GateVerdict, StepGate};
-use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, Verdict};
+use crate::detector::{CanaryCounts, Detector, DetectorConfig, PoolCounts, SlowLately, Verdict};
 use crate::events::NewEvent;
 use crate::rollout::Rollout;
-
-/// The baseline counts as slow itself when more than this share of its
-/// answers over the last second were over the bar: the rate at which the
-/// latency test (p0 1%, p1 5%) starts to gather evidence, ln(0.99/0.95) /
-/// ln(5 · 0.99/0.95) = 2.5%. A canary no slower than the baseline then
-/// never gathers any (at 5%, a shared slowdown of one answer in 25 was
-/// blamed on the canary).
-const SHARED_SLOW_RATE: f64 = 0.025;
-const SHARED_SLOW_TICKS: usize = 10;
-/// With fewer baseline answers than this in the last second, the look
-/// goes back further, up to [`SHARED_SLOW_MAX_TICKS`]: at low traffic a
-/// shared slowdown was blamed on the canary, the guard never engaging.
-const SHARED_SLOW_MIN_REQUESTS: u64 = 20;
-const SHARED_SLOW_MAX_TICKS: usize = 50;
 
 /// A pool's live error rate is over this many ticks (60 s).
 const LIVE_TICKS: usize = 600;
@@ -53,8 +39,8 @@ struct Watch {
     snapshots: VecDeque<Vec<(f64, u64)>>,
     /// Canary requests since the weights last changed.
     served: u64,
-    /// The baseline's (requests, slow) of the last ticks.
-    baseline_slow: VecDeque<(u64, u64)>,
+    /// The baseline's slow answers of the last ticks.
+    baseline_slow: SlowLately,
 }
 
 /// What the health endpoint shows for a route.
@@ -350,7 +336,7 @@ async fn evaluate(
                 canary: Arc::clone(stats_of(route, pool)),
                 snapshots: VecDeque::new(),
                 served: 0,
-                baseline_slow: VecDeque::new(),
+                baseline_slow: SlowLately::default(),
             });
             if fresh {
                 // p0 is the baseline's last 60 s from the first tick on
@@ -364,7 +350,11 @@ async fn evaluate(
                 if let Some(history) = live.get(&key) {
                     let before = history.ticks.len().saturating_sub(1);
                     for &(requests, errors) in history.ticks.iter().take(before) {
-                        let baseline = PoolCounts { requests, errors };
+                        let baseline = PoolCounts {
+                            requests,
+                            errors,
+                            ..PoolCounts::default()
+                        };
                         watch.detector.observe(baseline, CanaryCounts::default());
                     }
                     // And its latency over the same time, for the bar.
@@ -382,28 +372,14 @@ async fn evaluate(
             }
             let canary = counts[&pool];
             watch.served += canary.requests;
-            // The latency test's p0 is fixed (1% slow), so it cannot rise
-            // with the baseline the way the error tests' p0 does. When the
-            // baseline itself is slow over the last second (a shared
-            // slowdown: saturation, a slow dependency), the canary's slow
-            // answers of this tick are not held against it.
-            // Its requests unanswered past the bar are slow as well.
-            watch.baseline_slow.push_back(baseline_counts.latency());
-            if watch.baseline_slow.len() > SHARED_SLOW_MAX_TICKS {
-                watch.baseline_slow.pop_front();
-            }
-            // The last second, or further back until enough answers.
-            let (mut requests, mut slow) = (0, 0);
-            for (ticks, (n, s)) in watch.baseline_slow.iter().rev().enumerate() {
-                if ticks >= SHARED_SLOW_TICKS && requests >= SHARED_SLOW_MIN_REQUESTS {
-                    break;
-                }
-                requests += n;
-                slow += s;
-            }
-            let baseline_slow = requests >= SHARED_SLOW_MIN_REQUESTS
-                && slow as f64 > SHARED_SLOW_RATE * requests as f64;
-            let (canary_slow, canary_overdue) = match baseline_slow {
+            // When the baseline itself is slow lately (a shared slowdown:
+            // saturation, a slow dependency) and too quiet for the latency
+            // test to follow it, the canary's slow answers of this tick are
+            // not held against it (see `SlowLately`).
+            let (latency_requests, baseline_slow) = baseline_counts.latency();
+            watch.baseline_slow.push(latency_requests, baseline_slow);
+            let min_requests = watch.detector.config().judged_window_min_requests;
+            let (canary_slow, canary_overdue) = match watch.baseline_slow.excuses(min_requests) {
                 true => (0, 0),
                 false => (canary.slow, canary.overdue),
             };
@@ -426,6 +402,8 @@ async fn evaluate(
                 let baseline = PoolCounts {
                     requests: baseline_counts.requests,
                     errors: baseline_counts.errors,
+                    latency_requests,
+                    slow: baseline_slow,
                 };
                 watch.detector.observe(baseline, canary_counts)
             };
@@ -438,7 +416,8 @@ async fn evaluate(
                 *health.total.entry(key.1.clone()).or_default() += canary.requests;
             }
             if let Some(verdict) = verdict {
-                verdicts.push((key, verdict, weights.clone(), (slow, requests)));
+                let lately = watch.baseline_slow.lately();
+                verdicts.push((key, verdict, weights.clone(), lately));
             }
         }
     }
