@@ -17,7 +17,7 @@
 #
 # Knobs: LOAD (http1 or h2c), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
-# SWITCHYARD_BIN. Needs valgrind, nginx, wrk (or h2load), curl.
+# SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
 set -euo pipefail
 
