@@ -278,7 +278,11 @@ async fn an_expect_100_continue_request_is_not_cut_off_with_408_while_served() {
     // exchange. (From 40d5045's ClientIo; the new tunnel work left it.)
     let mut upstream = held_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let timeouts = json!({"request_header": "300ms", "response_header": "10s"});
-    let proxy = support::proxy_to("slow", upstream.addr, json!({"timeouts": timeouts}));
+    let proxy = support::proxy(&hyper_only(support::pool_config(
+        "slow",
+        upstream.addr,
+        json!({"timeouts": timeouts}),
+    )));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
         .write_all(
@@ -325,9 +329,16 @@ async fn response_within(
         .ok()
 }
 
-/// Sends `head` (with `Expect: 100-continue`, so hyper serves it and the
-/// `100 Continue` says the proxy has taken the request and is reading
-/// its body), and reads the 100.
+/// The config with its route's fast path off: the requests below test
+/// `ClientIo`, which serves hyper's path.
+fn hyper_only(mut config: serde_json::Value) -> serde_json::Value {
+    config["routes"][0]["fast_path"] = json!(false);
+    config
+}
+
+/// Sends `head` (with `Expect: 100-continue`, so that the `100 Continue`
+/// says the proxy has taken the request and is reading its body), and
+/// reads the 100.
 async fn start_expecting(proxy: std::net::SocketAddr, head: &[u8]) -> (TcpStream, Vec<u8>) {
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
     stream.write_all(head).await.expect("write head");
@@ -347,7 +358,11 @@ async fn a_refused_head_behind_a_body_does_not_swallow_the_body() {
     // times the connection out (`Phase::Request`, the timer is off while
     // `refusal` is set). Expected: the echo, then the 400.
     let upstream = support::upstream("web").await;
-    let proxy = support::proxy(&support::pool_config("web", upstream.addr, json!({})));
+    let proxy = support::proxy(&hyper_only(support::pool_config(
+        "web",
+        upstream.addr,
+        json!({}),
+    )));
     let (mut stream, mut buf) = start_expecting(
         proxy.addr,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
@@ -379,7 +394,11 @@ async fn a_malformed_chunk_in_the_body_being_read_is_answered() {
     // answer is waiting for that very body, so neither ever comes. On
     // 299060c hyper got the bytes and the body error made a 400.
     let upstream = support::upstream("web").await;
-    let proxy = support::proxy(&support::pool_config("web", upstream.addr, json!({})));
+    let proxy = support::proxy(&hyper_only(support::pool_config(
+        "web",
+        upstream.addr,
+        json!({}),
+    )));
     let (mut stream, _) = start_expecting(
         proxy.addr,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\

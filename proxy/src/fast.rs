@@ -6,16 +6,17 @@
 //! to an upstream connection's task: the client's task drives both sockets.
 //!
 //! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body or
-//! a `Content-Length` body up to the read-ahead size, and nothing
-//! hop-by-hop but `Connection: keep-alive` or `close`; on a route whose
-//! `fast_path` is not off. A route's retries are made here too (the
+//! a `Content-Length` body up to the read-ahead size (asked for with
+//! `Expect: 100-continue` or not), and nothing hop-by-hop but
+//! `Connection: keep-alive` or `close`; on a route whose `fast_path` is
+//! not off. A route's retries are made here too (the
 //! request is whole in one buffer). Upstream pools may speak plain TCP or
 //! TLS (`RawConn`).
 //!
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
 //! and answers of `forward`: HTTP/2's preface, HTTP/1.0, chunked or large
-//! request bodies, `Expect`, upgrades, absolute-form targets, and anything
+//! request bodies, other expectations, upgrades, absolute-form targets, and anything
 //! malformed or over a limit. So each rule about bad input has one
 //! implementation, hyper's and `forward`'s; the fast path only ever takes
 //! what is plainly well-formed.
@@ -445,10 +446,12 @@ enum Field {
     Host,
     ContentLength,
     Connection,
-    /// Hop-by-hop or expectation fields the fast path leaves to hyper
-    /// (requests) or drops (responses): Transfer-Encoding, TE, Upgrade,
-    /// Keep-Alive, Proxy-Connection, Expect.
+    /// Hop-by-hop fields the fast path leaves to hyper (requests) or
+    /// drops (responses): TE, Upgrade, Keep-Alive, Proxy-Connection.
     Hop,
+    /// `Expect`: the proxy answers `100-continue` itself (any other
+    /// expectation is hyper's); dropped from responses.
+    Expect,
     TransferEncoding,
     XForwardedFor,
     XForwardedProto,
@@ -469,7 +472,7 @@ fn classify(name: &str) -> Field {
         17 if is("transfer-encoding") => Field::TransferEncoding,
         2 if is("te") => Field::Hop,
         7 if is("upgrade") => Field::Hop,
-        6 if is("expect") => Field::Hop,
+        6 if is("expect") => Field::Expect,
         16 if is("proxy-connection") => Field::Hop,
         15 if is("x-forwarded-for") => Field::XForwardedFor,
         17 if is("x-forwarded-proto") => Field::XForwardedProto,
@@ -515,6 +518,9 @@ enum Step<'t> {
         consumed: usize,
         close: bool,
         head_request: bool,
+        /// A body withheld for a `100 Continue` that was not sent: it may
+        /// still come, so the close lingers.
+        unasked: bool,
     },
     /// Goes upstream: the head is in `out`, the body follows.
     Forward(Plan<'t>),
@@ -531,6 +537,8 @@ struct Plan<'t> {
     head_request: bool,
     idempotent: bool,
     close: bool,
+    /// `Expect: 100-continue`, and none of the body has come yet.
+    expects_continue: bool,
 }
 
 /// Parses and routes a request head at the start of `input`; for a
@@ -575,6 +583,7 @@ fn plan<'t>(
     let mut length = None;
     let mut lengths = 0;
     let mut close = false;
+    let mut expects = 0;
     // Each name is classified once; the second pass reads the kinds.
     let mut kinds = [Field::Other; MAX_FIELDS];
     for (field, kind) in request.headers.iter().zip(kinds.iter_mut()) {
@@ -602,6 +611,17 @@ fn plan<'t>(
                     }
                 }
             }
+            Field::Expect => {
+                expects += 1;
+                if expects > 1
+                    || !field
+                        .value
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"100-continue")
+                {
+                    return Step::Fallback;
+                }
+            }
             Field::Hop | Field::TransferEncoding => return Step::Fallback,
             _ => {}
         }
@@ -621,7 +641,16 @@ fn plan<'t>(
     };
     let path = memchr::memchr(b'?', target.as_bytes()).map_or(target, |at| &target[..at]);
     let fields = RawFields(request.headers);
-    let consumed = head_len + body_len as usize;
+    // A client that asked before sending its body waits for a `100
+    // Continue`; one that sent some already (or has none to send) does not.
+    let expects_continue = expects > 0 && body_len > 0 && input.len() == head_len;
+    // Answered without a 100, such a client may never send the body the
+    // answer would wait for: the answer comes at once and the connection
+    // ends (lingering, in case the body comes anyway).
+    let (consumed, answer_closes) = match expects_continue {
+        true => (head_len, true),
+        false => (head_len + body_len as usize, close),
+    };
     let Some(route) = table.find_route(&method, &host, path, &fields) else {
         return Step::Answer {
             error: ForwardError::NoRoute {
@@ -629,8 +658,9 @@ fn plan<'t>(
                 path: path.to_string(),
             },
             consumed,
-            close,
+            close: answer_closes,
             head_request: method == Method::HEAD,
+            unasked: expects_continue,
         };
     };
     if !route.fast_path {
@@ -646,8 +676,9 @@ fn plan<'t>(
                 return Step::Answer {
                     error,
                     consumed,
-                    close,
+                    close: answer_closes,
                     head_request: method == Method::HEAD,
+                    unasked: expects_continue,
                 }
             }
         }
@@ -664,7 +695,8 @@ fn plan<'t>(
             | Field::XForwardedHost
             | Field::ContentLength
             | Field::XForwardedFor
-            | Field::Forwarded => {}
+            | Field::Forwarded
+            | Field::Expect => {}
             _ => put_field(out, field.name.as_bytes(), field.value),
         }
     }
@@ -703,6 +735,7 @@ fn plan<'t>(
         head_request,
         idempotent: is_idempotent(&method),
         close,
+        expects_continue,
     })
 }
 
@@ -1079,7 +1112,11 @@ fn parse_response(
     let mut date_written = false;
     for (field, kind) in response.headers.iter().zip(kinds) {
         match kind {
-            Field::Connection | Field::Hop | Field::TransferEncoding | Field::ContentLength => {}
+            Field::Connection
+            | Field::Hop
+            | Field::Expect
+            | Field::TransferEncoding
+            | Field::ContentLength => {}
             _ => {
                 let named = match connection {
                     Some(list) if many_connections => {
@@ -1374,6 +1411,7 @@ where
                         consumed,
                         close,
                         head_request,
+                        unasked,
                     } => {
                         if let Some(line) = log_line(&input, client, started) {
                             let bytes = if head_request {
@@ -1403,7 +1441,7 @@ where
                         }
                         if close {
                             let pipelined = read == Rest::Read && input.len() > consumed;
-                            close_client(&mut stream, pipelined, deadline).await;
+                            close_client(&mut stream, pipelined || unasked, deadline).await;
                             return Outcome::Closed;
                         }
                         input.advance(consumed);
@@ -1481,8 +1519,22 @@ where
             true => logged_head(&input[..plan.head_len], client, started),
         };
 
-        // The body, read whole (it is at most READ_AHEAD_BYTES).
+        // The body, read whole (it is at most READ_AHEAD_BYTES), asked for
+        // first if the client waits to be.
         let end = plan.head_len + plan.body_len;
+        if plan.expects_continue
+            && input.len() == plan.head_len
+            && !write_out(&mut stream, CONTINUE_RESPONSE, deadline, timeouts.idle).await
+        {
+            if let Some(line) = line {
+                line.finish(
+                    499,
+                    0,
+                    Some(&"client closed the connection before its body"),
+                );
+            }
+            return Outcome::Closed;
+        }
         match read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
             Rest::Read => {}
             Rest::Gone => {
@@ -1742,6 +1794,8 @@ enum Rest {
     Stalled,
 }
 
+/// What a client that sent `Expect: 100-continue` waits for.
+const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// The answer to a request whose body stopped coming.
 const BODY_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 41\r\nconnection: close\r\n\r\nrequest body not received within timeout\n";
 
