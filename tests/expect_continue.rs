@@ -26,6 +26,19 @@ fn config(addr: SocketAddr, fast_path: bool) -> Value {
     config
 }
 
+/// An upstream that answers every request `OK`, a proxy to it (`config`),
+/// and a connection to the proxy on which `request` was sent.
+async fn start(
+    fast_path: bool,
+    request: &[u8],
+) -> (support::Scripted, support::TestProxy, TcpStream) {
+    let upstream = support::scripted_upstream(OK, support::After::Again).await;
+    let proxy = support::proxy(&config(upstream.addr, fast_path));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    (upstream, proxy, stream)
+}
+
 /// The next response on `stream`, or None if none is whole within 3 s
 /// (a proxy waiting for a body the client withholds).
 async fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<support::RawResponse> {
@@ -44,16 +57,12 @@ fn fast(request: &support::RawRequest) -> bool {
 #[tokio::test]
 async fn the_client_is_asked_for_its_body_and_the_connection_serves_on() {
     for fast_path in [true, false] {
-        let upstream = support::scripted_upstream(OK, support::After::Again).await;
-        let proxy = support::proxy(&config(upstream.addr, fast_path));
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        stream
-            .write_all(
-                b"POST /up HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+        let (upstream, _proxy, mut stream) = start(
+            fast_path,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
                   Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
+        )
+        .await;
         let mut buf = Vec::new();
         // The body is withheld until the proxy asks for it.
         let interim = next_response(&mut stream, &mut buf).await;
@@ -104,16 +113,12 @@ async fn a_body_sent_with_the_head_is_not_asked_for_again() {
     // pipelined request after it: answered in order, with no needless
     // 100 on the fast path (RFC 9110 §10.1.1: a server MAY omit it once
     // some of the content has come).
-    let upstream = support::scripted_upstream(OK, support::After::Again).await;
-    let proxy = support::proxy(&config(upstream.addr, true));
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(
-            b"PUT /a HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+    let (upstream, _proxy, mut stream) = start(
+        true,
+        b"PUT /a HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
               Content-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n",
-        )
-        .await
-        .expect("write");
+    )
+    .await;
     let mut buf = Vec::new();
     for path in ["/a", "/b"] {
         let answer = next_response(&mut stream, &mut buf).await;
@@ -129,16 +134,12 @@ async fn a_body_sent_with_the_head_is_not_asked_for_again() {
 #[tokio::test]
 async fn an_expectation_without_a_body_is_forwarded_at_once() {
     // `Content-Length: 0`: there is nothing to ask for.
-    let upstream = support::scripted_upstream(OK, support::After::Again).await;
-    let proxy = support::proxy(&config(upstream.addr, true));
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(
-            b"POST /empty HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+    let (upstream, _proxy, mut stream) = start(
+        true,
+        b"POST /empty HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
               Content-Length: 0\r\n\r\n",
-        )
-        .await
-        .expect("write");
+    )
+    .await;
     let mut buf = Vec::new();
     let answer = next_response(&mut stream, &mut buf)
         .await
@@ -155,16 +156,12 @@ async fn a_request_refused_before_its_body_is_asked_for_is_answered_and_the_conn
     // the body, and ends the connection (else the next bytes, the body
     // the client may send anyway, would be read as a request).
     for fast_path in [true, false] {
-        let upstream = support::scripted_upstream(OK, support::After::Again).await;
-        let proxy = support::proxy(&config(upstream.addr, fast_path));
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        stream
-            .write_all(
-                b"POST /up HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\n\
+        let (upstream, _proxy, mut stream) = start(
+            fast_path,
+            b"POST /up HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\n\
                   Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
+        )
+        .await;
         let (out, closed) = support::read_until_close(&mut stream, Duration::from_secs(3)).await;
         let text = String::from_utf8_lossy(&out);
         assert!(
