@@ -164,9 +164,16 @@ enum FirstHead {
 async fn first_head<S: AsyncRead + Unpin>(stream: &mut S) -> FirstHead {
     let mut buffer = BytesMut::with_capacity(4096);
     loop {
+        let before = buffer.len();
         match stream.read_buf(&mut buffer).await {
             Ok(n) if n > 0 => {}
             _ => return FirstHead::Gone,
+        }
+        // Parsed again only when a line ended (or at the limit): a head
+        // that comes a byte at a time is not parsed once per byte.
+        let line_ended = memchr::memchr(b'\n', &buffer[before..]).is_some();
+        if before > 0 && !line_ended && buffer.len() < FIRST_HEAD_LIMIT {
+            continue;
         }
         let mut fields = [httparse::EMPTY_HEADER; FIRST_HEAD_FIELDS];
         let mut request = httparse::Request::new(&mut fields);
