@@ -5,18 +5,20 @@
 //! back-pressure. No header map, no per-request allocation, and no hand-off
 //! to an upstream connection's task: the client's task drives both sockets.
 //!
-//! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body or
-//! a `Content-Length` body up to the read-ahead size (asked for with
-//! `Expect: 100-continue` or not), and nothing hop-by-hop but
-//! `Connection: keep-alive` or `close`; on a route whose `fast_path` is
-//! not off. A route's retries are made here too (the
+//! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body,
+//! a `Content-Length` body or a chunked one (no extensions, no trailers;
+//! it goes upstream decoded, with its length) up to the read-ahead size,
+//! asked for with `Expect: 100-continue` or not, and nothing hop-by-hop
+//! but `Connection: keep-alive` or `close`; on a route whose `fast_path`
+//! is not off. A route's retries are made here too (the
 //! request is whole in one buffer). Upstream pools may speak plain TCP or
 //! TLS (`RawConn`).
 //!
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
-//! and answers of `forward`: HTTP/2's preface, HTTP/1.0, chunked or large
-//! request bodies, other expectations, upgrades, absolute-form targets, and anything
+//! and answers of `forward`: HTTP/2's preface, HTTP/1.0, large request
+//! bodies, chunked ones with trailers or extensions, other expectations,
+//! upgrades, absolute-form targets, and anything
 //! malformed or over a limit. So each rule about bad input has one
 //! implementation, hyper's and `forward`'s; the fast path only ever takes
 //! what is plainly well-formed.
@@ -539,6 +541,10 @@ struct Plan<'t> {
     close: bool,
     /// `Expect: 100-continue`, and none of the body has come yet.
     expects_continue: bool,
+    /// `Transfer-Encoding: chunked` (`body_len` is then 0): the body is
+    /// read to its end, up to the read-ahead size, and goes upstream
+    /// decoded, with a `Content-Length`.
+    chunked: bool,
 }
 
 /// Parses and routes a request head at the start of `input`; for a
@@ -584,6 +590,7 @@ fn plan<'t>(
     let mut lengths = 0;
     let mut close = false;
     let mut expects = 0;
+    let mut codings = 0;
     // Each name is classified once; the second pass reads the kinds.
     let mut kinds = [Field::Other; MAX_FIELDS];
     for (field, kind) in request.headers.iter().zip(kinds.iter_mut()) {
@@ -622,12 +629,20 @@ fn plan<'t>(
                     return Step::Fallback;
                 }
             }
-            Field::Hop | Field::TransferEncoding => return Step::Fallback,
+            Field::TransferEncoding => {
+                // `chunked` alone; any other coding or list is hyper's.
+                codings += 1;
+                if codings > 1 || !field.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Step::Fallback;
+                }
+            }
+            Field::Hop => return Step::Fallback,
             _ => {}
         }
     }
     let body_len = length.unwrap_or(0);
-    let (Some(host_value), 1, 0 | 1) = (host, hosts, lengths) else {
+    let chunked = codings > 0;
+    let (Some(host_value), 1, 0 | 1, false) = (host, hosts, lengths, chunked && lengths > 0) else {
         return Step::Fallback;
     };
     if body_len > READ_AHEAD_BYTES as u64 || body_len > limits.max_body_bytes {
@@ -643,7 +658,7 @@ fn plan<'t>(
     let fields = RawFields(request.headers);
     // A client that asked before sending its body waits for a `100
     // Continue`; one that sent some already (or has none to send) does not.
-    let expects_continue = expects > 0 && body_len > 0 && input.len() == head_len;
+    let expects_continue = expects > 0 && (body_len > 0 || chunked) && input.len() == head_len;
     // Answered without a 100, such a client may never send the body the
     // answer would wait for: the answer comes at once and the connection
     // ends (lingering, in case the body comes anyway).
@@ -651,17 +666,23 @@ fn plan<'t>(
         true => (head_len, true),
         false => (head_len + body_len as usize, close),
     };
-    let Some(route) = table.find_route(&method, &host, path, &fields) else {
-        return Step::Answer {
-            error: ForwardError::NoRoute {
-                host: host.into_owned(),
-                path: path.to_string(),
-            },
+    let answer = |error| match chunked {
+        // A chunked body's end is known only once it is read: hyper
+        // answers, reading and dropping it.
+        true => Step::Fallback,
+        false => Step::Answer {
+            error,
             consumed,
             close: answer_closes,
             head_request: method == Method::HEAD,
             unasked: expects_continue,
-        };
+        },
+    };
+    let Some(route) = table.find_route(&method, &host, path, &fields) else {
+        return answer(ForwardError::NoRoute {
+            host: host.into_owned(),
+            path: path.to_string(),
+        });
     };
     if !route.fast_path {
         return Step::Fallback;
@@ -672,15 +693,7 @@ fn plan<'t>(
     } else {
         match healthy_endpoint(table, route, choice.pool, now_ms) {
             Ok(found) => found,
-            Err(error) => {
-                return Step::Answer {
-                    error,
-                    consumed,
-                    close: answer_closes,
-                    head_request: method == Method::HEAD,
-                    unasked: expects_continue,
-                }
-            }
+            Err(error) => return answer(error),
         }
     };
     out.clear();
@@ -696,7 +709,8 @@ fn plan<'t>(
             | Field::ContentLength
             | Field::XForwardedFor
             | Field::Forwarded
-            | Field::Expect => {}
+            | Field::Expect
+            | Field::TransferEncoding => {}
             _ => put_field(out, field.name.as_bytes(), field.value),
         }
     }
@@ -722,7 +736,11 @@ fn plan<'t>(
         put_number(out, body_len);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    if !chunked {
+        // A chunked body goes on with the length it decodes to, written
+        // once it is read (`read_chunked`).
+        out.extend_from_slice(b"\r\n");
+    }
 
     let head_request = method == Method::HEAD;
     Step::Forward(Plan {
@@ -736,6 +754,7 @@ fn plan<'t>(
         idempotent: is_idempotent(&method),
         close,
         expects_continue,
+        chunked,
     })
 }
 
@@ -1182,6 +1201,8 @@ pub(crate) struct ChunkScan {
     trailers_at: Option<usize>,
     /// Chunk data bytes scanned so far (the body without its framing).
     data: u64,
+    /// Whether a chunk had extensions.
+    extended: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -1267,6 +1288,7 @@ impl ChunkScan {
                 (ChunkState::Size, b' ' | b'\t') if self.digits > 0 => ChunkState::SizeWs,
                 (ChunkState::SizeWs, b' ' | b'\t') => ChunkState::SizeWs,
                 (ChunkState::Size | ChunkState::SizeWs, b';') if self.digits > 0 => {
+                    self.extended = true;
                     ChunkState::Extension
                 }
                 (ChunkState::Size | ChunkState::SizeWs, b'\r') if self.digits > 0 => {
@@ -1514,19 +1536,20 @@ where
             }
         };
         let Some(plan) = plan else { continue };
-        let mut line = match crate::access_log::enabled() {
+        // The access-log line, once the request is known to be served
+        // here (a chunked body may yet send it to hyper, which logs it).
+        let line_of = |input: &BytesMut| match crate::access_log::enabled() {
             false => None,
             true => logged_head(&input[..plan.head_len], client, started),
         };
 
         // The body, read whole (it is at most READ_AHEAD_BYTES), asked for
         // first if the client waits to be.
-        let end = plan.head_len + plan.body_len;
         if plan.expects_continue
             && input.len() == plan.head_len
             && !write_out(&mut stream, CONTINUE_RESPONSE, deadline, timeouts.idle).await
         {
-            if let Some(line) = line {
+            if let Some(line) = line_of(&input) {
                 line.finish(
                     499,
                     0,
@@ -1535,16 +1558,39 @@ where
             }
             return Outcome::Closed;
         }
-        match read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
-            Rest::Read => {}
-            Rest::Gone => {
-                if let Some(line) = line {
-                    line.finish(499, 0, Some(&"client closed the connection mid-body"));
+        let read = match plan.chunked {
+            false => {
+                let end = plan.head_len + plan.body_len;
+                match read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
+                    Rest::Read => {
+                        out.extend_from_slice(&input[plan.head_len..end]);
+                        Ok(end)
+                    }
+                    rest => Err(rest),
                 }
-                return Outcome::Closed;
             }
-            // nginx's client_body_timeout.
-            Rest::Stalled => {
+            true => {
+                let max_data = table.limits.max_body_bytes;
+                let chunked = (plan.head_len, max_data, &mut out);
+                match read_chunked(&mut stream, &mut input, chunked, deadline, timeouts.idle).await
+                {
+                    Chunked::Read(end) => Ok(end),
+                    Chunked::Rest(rest) => Err(rest),
+                    Chunked::Hyper => {
+                        return Outcome::Fallback {
+                            stream,
+                            buffered: input,
+                            served,
+                        }
+                    }
+                }
+            }
+        };
+        let mut line = line_of(&input);
+        let end = match read {
+            Ok(end) => end,
+            Err(Rest::Stalled) => {
+                // nginx's client_body_timeout.
                 if let Some(line) = line {
                     line.finish(408, 0, Some(&"request body timed out"));
                 }
@@ -1553,8 +1599,13 @@ where
                 let _ = stream.shutdown().await;
                 return Outcome::Closed;
             }
-        }
-        out.extend_from_slice(&input[plan.head_len..end]);
+            Err(_) => {
+                if let Some(line) = line {
+                    line.finish(499, 0, Some(&"client closed the connection mid-body"));
+                }
+                return Outcome::Closed;
+            }
+        };
         input.advance(end);
         served += 1;
 
@@ -1817,6 +1868,75 @@ async fn read_to<S: AsyncRead + Unpin>(
         }
     }
     Rest::Read
+}
+
+/// How reading a chunked request body ended.
+enum Chunked {
+    /// Whole, and decoded after the upstream head: it ends at this offset
+    /// of the input.
+    Read(usize),
+    /// The client left, or stopped sending.
+    Rest(Rest),
+    /// Not for the fast path: trailers, chunk extensions, a body over the
+    /// read-ahead size or `max_body_bytes`, framing the strict scan
+    /// refuses (hyper decides).
+    /// Nothing went upstream, and the input is as read.
+    Hyper,
+}
+
+/// Reads a chunked request body that starts at `start` in `input` to its
+/// end; once whole, ends the upstream head in `out` with its decoded
+/// length and appends the decoded data.
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    (start, max_data, out): (usize, u64, &mut Vec<u8>),
+    deadline: &mut Deadline,
+    idle: Duration,
+) -> Chunked {
+    let mut scan = ChunkScan::default();
+    let mut scanned = start;
+    let mut trailers_at = None;
+    loop {
+        if input.len() > scanned {
+            scan.trailers_at = None;
+            let Some(taken) = scan.feed(&input[scanned..]) else {
+                return Chunked::Hyper;
+            };
+            trailers_at = scan.trailers_at.map(|at| scanned + at).or(trailers_at);
+            scanned += taken;
+            if scan.done() {
+                break;
+            }
+        }
+        if scan.data > max_data || scanned - start > READ_AHEAD_BYTES {
+            return Chunked::Hyper;
+        }
+        if input.capacity() - input.len() < CLIENT_BUFFER / 2 {
+            input.reserve(CLIENT_BUFFER);
+        }
+        deadline.set(idle);
+        match deadline.run(stream.read_buf(input)).await {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Chunked::Rest(Rest::Gone),
+            None => return Chunked::Rest(Rest::Stalled),
+        }
+    }
+    // A trailer section that is more than the last CRLF is hyper's (it
+    // passes trailers on where the upstream takes them), and so are chunk
+    // extensions (it bounds their size; they would not go on anyway).
+    let trailers = trailers_at.is_some_and(|at| scanned - at > 2);
+    let large = scan.data > max_data || scanned - start > READ_AHEAD_BYTES;
+    if large || trailers || scan.extended {
+        return Chunked::Hyper;
+    }
+    out.extend_from_slice(b"content-length: ");
+    put_number(out, scan.data);
+    out.extend_from_slice(b"\r\n\r\n");
+    let body = &input[start..scanned];
+    let mut decode = ChunkScan::default();
+    decode.decode(body, |data| out.extend_from_slice(&body[data]));
+    Chunked::Read(scanned)
 }
 
 /// Writes `bytes` to the client; false if it went away or did not read
