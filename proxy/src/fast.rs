@@ -1577,11 +1577,15 @@ where
                     Chunked::Read(end) => Ok(end),
                     Chunked::Rest(rest) => Err(rest),
                     Chunked::Hyper => {
+                        if plan.expects_continue {
+                            // The 100 is sent: hyper must not send another.
+                            input = without_expect(input, plan.head_len);
+                        }
                         return Outcome::Fallback {
                             stream,
                             buffered: input,
                             served,
-                        }
+                        };
                     }
                 }
             }
@@ -1882,6 +1886,25 @@ enum Chunked {
     /// refuses (hyper decides).
     /// Nothing went upstream, and the input is as read.
     Hyper,
+}
+
+/// `input` without the `Expect` field line of the head it starts with
+/// (`head_len` bytes long), for a request handed to hyper once the fast
+/// path has sent its `100 Continue`.
+fn without_expect(input: BytesMut, head_len: usize) -> BytesMut {
+    let head = &input[..head_len];
+    let mut at = 0;
+    while let Some(end) = memchr::memchr(b'\n', &head[at..]).map(|n| at + n + 1) {
+        let line = &head[at..end];
+        if line.len() > 7 && line[..7].eq_ignore_ascii_case(b"expect:") {
+            let mut kept = BytesMut::with_capacity(input.len() - line.len());
+            kept.extend_from_slice(&input[..at]);
+            kept.extend_from_slice(&input[end..]);
+            return kept;
+        }
+        at = end;
+    }
+    input
 }
 
 /// Reads a chunked request body that starts at `start` in `input` to its
