@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{After, RawRequest, RawResponse};
+use support::{After, RawRequest, RawResponse, Scripted, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+/// A plain request, to see the connection serve on after another.
+const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n";
 /// How long a read may wait before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(3);
 
@@ -30,17 +32,86 @@ fn config(addr: SocketAddr, fast_path: bool) -> Value {
     config
 }
 
-/// An upstream answering every request with `reply`, a proxy to it, and a
-/// connection to the proxy.
+/// A proxy on [`config`]'s route to `addr` as `tweak` leaves it, and a
+/// connection to it on which `request` has been sent; returns them with
+/// an empty read buffer.
+async fn proxy_to(
+    addr: SocketAddr,
+    fast_path: bool,
+    tweak: impl FnOnce(&mut Value),
+    request: &[u8],
+) -> (TestProxy, TcpStream, Vec<u8>) {
+    let mut config = config(addr, fast_path);
+    tweak(&mut config);
+    let proxy = support::proxy(&config);
+    let (stream, buf) = connect(proxy.addr, request).await;
+    (proxy, stream, buf)
+}
+
+/// An upstream answering every request with `reply`, and what
+/// [`proxy_to`] returns for it with `tweak` and `request`.
+async fn start_with(
+    fast_path: bool,
+    reply: &'static [u8],
+    tweak: impl FnOnce(&mut Value),
+    request: &[u8],
+) -> (Scripted, TestProxy, TcpStream, Vec<u8>) {
+    let upstream = support::scripted_upstream(reply, After::Again).await;
+    let (proxy, stream, buf) = proxy_to(upstream.addr, fast_path, tweak, request).await;
+    (upstream, proxy, stream, buf)
+}
+
+/// [`start_with`] on the config as it is: the upstream, the proxy, a
+/// connection on which `request` has been sent, and an empty read buffer.
 async fn start(
     fast_path: bool,
     reply: &'static [u8],
-) -> (support::Scripted, support::TestProxy, TcpStream) {
-    let upstream = support::scripted_upstream(reply, After::Again).await;
-    let proxy = support::proxy(&config(upstream.addr, fast_path));
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    request: &[u8],
+) -> (Scripted, TestProxy, TcpStream, Vec<u8>) {
+    start_with(fast_path, reply, |_| {}, request).await
+}
+
+/// A connection to `addr` on which `request` has been sent, and an empty
+/// read buffer for it.
+async fn connect(addr: SocketAddr, request: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
-    (upstream, proxy, stream)
+    send(&mut stream, request).await;
+    (stream, Vec::new())
+}
+
+/// Writes `bytes` on `stream`, whole.
+async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).await.expect("write");
+}
+
+/// Sends `bytes` and returns what [`final_response`] reads after them.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    bytes: &[u8],
+) -> (usize, Option<RawResponse>) {
+    send(stream, bytes).await;
+    final_response(stream, buf, false).await
+}
+
+/// For a head already sent: reads the `100` it is owed (see
+/// [`expect_100`]), sends `body`, and returns what [`final_response`]
+/// reads after it.
+async fn upload(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    body: &[u8],
+    what: &str,
+) -> (usize, Option<RawResponse>) {
+    expect_100(stream, buf, what).await;
+    exchange(stream, buf, body).await
+}
+
+/// The count of `100`s and the final status, of what [`final_response`]
+/// returned.
+fn status_of((continues, response): (usize, Option<RawResponse>)) -> (usize, Option<u16>) {
+    (continues, response.map(|r| r.status))
 }
 
 /// The next response on `stream` (extra bytes kept in `buf`), or None if
@@ -101,22 +172,13 @@ fn no_expect_upstream(request: &RawRequest) -> bool {
 #[tokio::test]
 async fn a_request_pipelined_behind_the_asked_for_body_is_served_after_it() {
     for fast_path in [true, false] {
-        let (upstream, _proxy, mut stream) = start(fast_path, OK).await;
-        let mut buf = Vec::new();
-        stream
-            .write_all(
-                b"POST /up HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
+        let head = b"POST /up HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (upstream, _proxy, mut stream, mut buf) = start(fast_path, OK, head).await;
         expect_100(&mut stream, &mut buf, &format!("fast path {fast_path}")).await;
         // The body and the next request in one write.
-        stream
-            .write_all(b"helloGET /next HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n")
-            .await
-            .expect("write body and next");
-        let (continues, first) = final_response(&mut stream, &mut buf, false).await;
+        let both = [&b"hello"[..], NEXT].concat();
+        let (continues, first) = exchange(&mut stream, &mut buf, &both).await;
         let first = first.unwrap_or_else(|| panic!("fast path {fast_path}: no first answer"));
         assert_eq!((continues, first.status), (0, 200), "fast path {fast_path}");
         let (continues, second) = final_response(&mut stream, &mut buf, false).await;
@@ -141,26 +203,14 @@ async fn an_expecting_head_pipelined_behind_a_get_is_asked_for_its_body() {
     // The head arrives whole with the request before it: once that one
     // is answered, the head is all there is of the upload, so the client
     // is waiting.
-    let (upstream, _proxy, mut stream) = start(true, OK).await;
-    let mut buf = Vec::new();
-    stream
-        .write_all(
-            b"GET /a HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\r\n\
-              PUT /b HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\nExpect: 100-continue\r\n\
-              Content-Length: 4\r\n\r\n",
-        )
-        .await
-        .expect("write");
-    let (continues, first) = final_response(&mut stream, &mut buf, false).await;
-    assert_eq!(
-        (continues, first.map(|r| r.status)),
-        (0, Some(200)),
-        "the GET"
-    );
-    expect_100(&mut stream, &mut buf, "the pipelined PUT").await;
-    stream.write_all(b"data").await.expect("write body");
-    let (continues, second) = final_response(&mut stream, &mut buf, false).await;
-    assert_eq!((continues, second.map(|r| r.status)), (0, Some(200)));
+    let both = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\r\n\
+                 PUT /b HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\nExpect: 100-continue\r\n\
+                 Content-Length: 4\r\n\r\n";
+    let (upstream, _proxy, mut stream, mut buf) = start(true, OK, both).await;
+    let first = final_response(&mut stream, &mut buf, false).await;
+    assert_eq!(status_of(first), (0, Some(200)), "the GET");
+    let second = upload(&mut stream, &mut buf, b"data", "the pipelined PUT").await;
+    assert_eq!(status_of(second), (0, Some(200)));
     let seen = upstream.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].body, b"data");
@@ -169,21 +219,12 @@ async fn an_expecting_head_pipelined_behind_a_get_is_asked_for_its_body() {
 
 #[tokio::test]
 async fn a_head_that_ends_in_a_later_write_is_asked_for_its_body() {
-    let (upstream, _proxy, mut stream) = start(true, OK).await;
-    let mut buf = Vec::new();
-    stream
-        .write_all(b"POST /split HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-")
-        .await
-        .expect("write");
-    stream
-        .write_all(b"continue\r\nContent-Length: 3\r\n\r")
-        .await
-        .expect("write");
-    stream.write_all(b"\n").await.expect("write");
-    expect_100(&mut stream, &mut buf, "a head in three writes").await;
-    stream.write_all(b"abc").await.expect("write body");
-    let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-    assert_eq!((continues, answer.map(|r| r.status)), (0, Some(200)));
+    let part = b"POST /split HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-";
+    let (upstream, _proxy, mut stream, mut buf) = start(true, OK, part).await;
+    send(&mut stream, b"continue\r\nContent-Length: 3\r\n\r").await;
+    send(&mut stream, b"\n").await;
+    let answer = upload(&mut stream, &mut buf, b"abc", "a head in three writes").await;
+    assert_eq!(status_of(answer), (0, Some(200)));
     let seen = upstream.requests();
     assert!(seen.len() == 1 && seen[0].body == b"abc" && fast(&seen[0]));
 }
@@ -191,26 +232,20 @@ async fn a_head_that_ends_in_a_later_write_is_asked_for_its_body() {
 #[tokio::test]
 async fn a_body_in_many_small_writes_after_the_100_goes_upstream_whole() {
     for fast_path in [true, false] {
-        let (upstream, _proxy, mut stream) = start(fast_path, OK).await;
-        let mut buf = Vec::new();
         let body: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
         let head = format!(
             "PUT /pieces HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
              Content-Length: {}\r\n\r\n",
             body.len()
         );
-        stream.write_all(head.as_bytes()).await.expect("write head");
+        let (upstream, _proxy, mut stream, mut buf) = start(fast_path, OK, head.as_bytes()).await;
         expect_100(&mut stream, &mut buf, &format!("fast path {fast_path}")).await;
         for piece in body.chunks(7) {
-            stream.write_all(piece).await.expect("write a piece");
+            send(&mut stream, piece).await;
             stream.flush().await.expect("flush");
         }
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-        assert_eq!(
-            (continues, answer.map(|r| r.status)),
-            (0, Some(200)),
-            "fast path {fast_path}"
-        );
+        let answer = final_response(&mut stream, &mut buf, false).await;
+        assert_eq!(status_of(answer), (0, Some(200)), "fast path {fast_path}");
         let seen = upstream.requests();
         assert_eq!(seen.len(), 1, "fast path {fast_path}");
         assert!(seen[0].body == body, "fast path {fast_path}: body differs");
@@ -226,17 +261,11 @@ async fn a_client_that_leaves_after_the_head_or_mid_body_forwards_nothing() {
     for fast_path in [true, false] {
         for sent in [&b""[..], &b"he"[..]] {
             let what = format!("fast path {fast_path}, {} body bytes", sent.len());
-            let (upstream, _proxy, mut stream) = start(fast_path, OK).await;
-            let mut buf = Vec::new();
-            stream
-                .write_all(
-                    b"POST /gone HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\
-                      Expect: 100-continue\r\nContent-Length: 5\r\n\r\n",
-                )
-                .await
-                .expect("write head");
+            let head = b"POST /gone HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\
+                         Expect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+            let (upstream, _proxy, mut stream, mut buf) = start(fast_path, OK, head).await;
             expect_100(&mut stream, &mut buf, &what).await;
-            stream.write_all(sent).await.expect("write part");
+            send(&mut stream, sent).await;
             stream.shutdown().await.expect("half-close");
             let (out, closed) = support::read_until_close(&mut stream, HANG).await;
             assert!(closed, "{what}: still open after {HANG:?}");
@@ -259,20 +288,12 @@ async fn a_client_that_drops_the_connection_before_the_100_forwards_nothing() {
     // The client sends its head and closes at once, without reading: the
     // proxy's 100 may meet a closed socket. Nothing goes upstream, and the
     // proxy serves the next client.
-    let (upstream, proxy, mut stream) = start(true, OK).await;
-    stream
-        .write_all(
-            b"POST /drop HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
-              Content-Length: 5\r\n\r\n",
-        )
-        .await
-        .expect("write head");
+    let head = b"POST /drop HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+                 Content-Length: 5\r\n\r\n";
+    let (upstream, proxy, stream, _) = start(true, OK, head).await;
     drop(stream);
-    let mut next = TcpStream::connect(proxy.addr).await.expect("connect");
-    next.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
+    let after = b"GET /after HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n";
+    let (mut next, mut buf) = connect(proxy.addr, after).await;
     let answer = next_response(&mut next, &mut buf, false).await;
     assert_eq!(answer.map(|r| r.status), Some(200));
     let seen = upstream.requests();
@@ -337,35 +358,24 @@ async fn spellings_of_the_expectation_take_the_path_they_should() {
     ];
     for spelling in spellings {
         let what = format!("{:?}", spelling.fields);
-        let (upstream, _proxy, mut stream) = start(true, OK).await;
-        let mut buf = Vec::new();
         let head = format!(
             "POST /s HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n{}Content-Length: 5\r\n\r\n",
             spelling.fields
         );
-        stream.write_all(head.as_bytes()).await.expect("write head");
+        let (upstream, _proxy, mut stream, mut buf) = start(true, OK, head.as_bytes()).await;
         if spelling.continues {
             expect_100(&mut stream, &mut buf, &what).await;
         }
         // A client with an expectation the proxy does not meet sends the
         // body without waiting.
-        stream.write_all(b"hello").await.expect("write body");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
+        let (continues, answer) = exchange(&mut stream, &mut buf, b"hello").await;
         // Asked for or not, no (further) 100 comes once the body has.
         assert_eq!(continues, 0, "{what}: 100s after the body");
         let status = answer.map(|r| r.status);
         assert_eq!(status, Some(200), "{what}");
         // The connection serves on, on the same path.
-        stream
-            .write_all(b"GET /next HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n")
-            .await
-            .expect("write next");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-        assert_eq!(
-            (continues, answer.map(|r| r.status)),
-            (0, Some(200)),
-            "{what}"
-        );
+        let next = exchange(&mut stream, &mut buf, NEXT).await;
+        assert_eq!(status_of(next), (0, Some(200)), "{what}");
         let seen = upstream.requests();
         assert_eq!(seen.len(), 2, "{what}: {seen:?}");
         assert_eq!(seen[0].body, b"hello", "{what}");
@@ -384,15 +394,14 @@ async fn get_and_head_with_an_expectation_and_a_body_are_asked_for_it() {
         for (method, reply) in [("GET", OK), ("HEAD", HEAD_OK)] {
             let what = format!("{method}, fast path {fast_path}");
             let is_head = method == "HEAD";
-            let (upstream, _proxy, mut stream) = start(fast_path, reply).await;
-            let mut buf = Vec::new();
             let head = format!(
                 "{method} /q HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
                  Content-Length: 3\r\n\r\n"
             );
-            stream.write_all(head.as_bytes()).await.expect("write head");
+            let (upstream, _proxy, mut stream, mut buf) =
+                start(fast_path, reply, head.as_bytes()).await;
             expect_100(&mut stream, &mut buf, &what).await;
-            stream.write_all(b"xyz").await.expect("write body");
+            send(&mut stream, b"xyz").await;
             let (continues, answer) = final_response(&mut stream, &mut buf, is_head).await;
             let answer = answer.unwrap_or_else(|| panic!("{what}: no answer"));
             assert_eq!((continues, answer.status), (0, 200), "{what}");
@@ -402,7 +411,7 @@ async fn get_and_head_with_an_expectation_and_a_body_are_asked_for_it() {
             // The framing held: the next answer parses as one (the same
             // method: the upstream answers each alike).
             let next = format!("{method} /next HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n");
-            stream.write_all(next.as_bytes()).await.expect("write next");
+            send(&mut stream, next.as_bytes()).await;
             let next = next_response(&mut stream, &mut buf, is_head).await;
             let next = next.unwrap_or_else(|| panic!("{what}: no next answer"));
             assert_eq!(next.status, 200, "{what}");
@@ -420,22 +429,14 @@ async fn get_and_head_with_an_expectation_and_a_body_are_asked_for_it() {
 async fn a_body_of_64_kib_stays_on_the_fast_path_and_one_byte_more_goes_to_hyper() {
     for (size, on_fast_path) in [(64 * 1024, true), (64 * 1024 + 1, false)] {
         let what = format!("{size} bytes");
-        let (upstream, _proxy, mut stream) = start(true, OK).await;
-        let mut buf = Vec::new();
         let body: Vec<u8> = (0..size).map(|i| b'0' + (i % 10) as u8).collect();
         let head = format!(
             "PUT /big HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
              Content-Length: {size}\r\n\r\n"
         );
-        stream.write_all(head.as_bytes()).await.expect("write head");
-        expect_100(&mut stream, &mut buf, &what).await;
-        stream.write_all(&body).await.expect("write body");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-        assert_eq!(
-            (continues, answer.map(|r| r.status)),
-            (0, Some(200)),
-            "{what}"
-        );
+        let (upstream, _proxy, mut stream, mut buf) = start(true, OK, head.as_bytes()).await;
+        let answer = upload(&mut stream, &mut buf, &body, &what).await;
+        assert_eq!(status_of(answer), (0, Some(200)), "{what}");
         let seen = upstream.requests();
         assert_eq!(seen.len(), 1, "{what}");
         assert!(seen[0].body == body, "{what}: the body differs");
@@ -451,13 +452,12 @@ async fn an_http_1_0_request_with_an_expectation_never_gets_a_100() {
     for fast_path in [true, false] {
         for host in ["x", "elsewhere"] {
             let what = format!("fast path {fast_path}, host {host}");
-            let (upstream, _proxy, mut stream) = start(fast_path, OK).await;
             let head = format!(
                 "POST /old HTTP/1.0\r\nHost: {host}\r\nX-Probe: 1\r\n\
                  Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"
             );
-            stream.write_all(head.as_bytes()).await.expect("write head");
-            stream.write_all(b"hello").await.expect("write body");
+            let (upstream, _proxy, mut stream, _) = start(fast_path, OK, head.as_bytes()).await;
+            send(&mut stream, b"hello").await;
             let (out, closed) = support::read_until_close(&mut stream, HANG).await;
             let text = String::from_utf8_lossy(&out);
             assert!(closed, "{what}: not closed: {text:?}");
@@ -495,21 +495,13 @@ async fn a_retried_request_is_asked_for_its_body_once_and_sends_it_once_more() {
         let rounds = 6;
         for round in 0..rounds {
             let what = format!("fast path {fast_path}, round {round}");
-            let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-            let mut buf = Vec::new();
             let head = format!(
                 "PUT /r{round} HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\
                  Expect: 100-continue\r\nContent-Length: 4\r\n\r\n"
             );
-            stream.write_all(head.as_bytes()).await.expect("write head");
-            expect_100(&mut stream, &mut buf, &what).await;
-            stream.write_all(b"body").await.expect("write body");
-            let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-            assert_eq!(
-                (continues, answer.map(|r| r.status)),
-                (0, Some(200)),
-                "{what}"
-            );
+            let (mut stream, mut buf) = connect(proxy.addr, head.as_bytes()).await;
+            let answer = upload(&mut stream, &mut buf, b"body", &what).await;
+            assert_eq!(status_of(answer), (0, Some(200)), "{what}");
         }
         let served = good.requests();
         assert_eq!(served.len(), rounds, "fast path {fast_path}: {served:?}");
@@ -551,25 +543,13 @@ async fn an_upstream_refusing_the_request_is_answered_after_one_100() {
     for fast_path in [true, false] {
         for (reply, status) in REFUSALS {
             let what = format!("{status}, fast path {fast_path}");
-            let (upstream, _proxy, mut stream) = start(fast_path, reply).await;
-            let mut buf = Vec::new();
-            stream
-                .write_all(
-                    b"POST /refused HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\
-                      Expect: 100-continue\r\nContent-Length: 5\r\n\r\n",
-                )
-                .await
-                .expect("write head");
-            expect_100(&mut stream, &mut buf, &what).await;
-            stream.write_all(b"hello").await.expect("write body");
-            let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
+            let head = b"POST /refused HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\
+                         Expect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+            let (upstream, _proxy, mut stream, mut buf) = start(fast_path, reply, head).await;
+            let (continues, answer) = upload(&mut stream, &mut buf, b"hello", &what).await;
             let answer = answer.unwrap_or_else(|| panic!("{what}: no answer"));
             assert_eq!((continues, answer.status), (0, status), "{what}");
-            stream
-                .write_all(b"GET /next HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n")
-                .await
-                .expect("write next");
-            let (continues, next) = final_response(&mut stream, &mut buf, false).await;
+            let (continues, next) = exchange(&mut stream, &mut buf, NEXT).await;
             assert_eq!(continues, 0, "{what}");
             assert_eq!(next.map(|r| r.status), Some(status), "{what}");
             let seen = upstream.requests();
@@ -596,26 +576,14 @@ async fn an_upstream_answering_before_reading_the_body_is_relayed_after_one_100(
                 .await;
             let _ = stream.shutdown().await;
             let mut sink = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {}
         })
         .await;
-        let proxy = support::proxy(&config(addr, fast_path));
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        let mut buf = Vec::new();
-        stream
-            .write_all(
-                b"POST /early HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
-        expect_100(&mut stream, &mut buf, &format!("fast path {fast_path}")).await;
-        stream.write_all(b"hello").await.expect("write body");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
+        let head = b"POST /early HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (_proxy, mut stream, mut buf) = proxy_to(addr, fast_path, |_| {}, head).await;
+        let what = format!("fast path {fast_path}");
+        let (continues, answer) = upload(&mut stream, &mut buf, b"hello", &what).await;
         assert_eq!(
             (continues, answer.map(|r| (r.status, r.body))),
             (0, Some((417, b"nope".to_vec()))),
@@ -629,33 +597,21 @@ async fn an_upstreams_own_100_is_not_passed_on_as_a_second_one() {
     const TWICE: &[u8] =
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     for fast_path in [true, false] {
-        let (upstream, _proxy, mut stream) = start(fast_path, TWICE).await;
-        let mut buf = Vec::new();
-        stream
-            .write_all(
-                b"POST /twice HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
-        expect_100(&mut stream, &mut buf, &format!("fast path {fast_path}")).await;
-        stream.write_all(b"hello").await.expect("write body");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
+        let head = b"POST /twice HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (upstream, _proxy, mut stream, mut buf) = start(fast_path, TWICE, head).await;
+        let what = format!("fast path {fast_path}");
+        let answer = upload(&mut stream, &mut buf, b"hello", &what).await;
         assert_eq!(
-            (continues, answer.map(|r| r.status)),
+            status_of(answer),
             (0, Some(200)),
             "fast path {fast_path}: a second 100 reached the client"
         );
         // A request without the expectation gets no 100 at all.
-        stream
-            .write_all(
-                b"POST /plain HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\nContent-Length: 2\r\n\r\nhi",
-            )
-            .await
-            .expect("write");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
+        let plain = b"POST /plain HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\nContent-Length: 2\r\n\r\nhi";
+        let answer = exchange(&mut stream, &mut buf, plain).await;
         assert_eq!(
-            (continues, answer.map(|r| r.status)),
+            status_of(answer),
             (0, Some(200)),
             "fast path {fast_path}: an upstream's 100 to a request that did not ask"
         );
@@ -668,23 +624,14 @@ async fn a_refusal_with_part_of_the_body_sent_reads_the_rest_and_serves_on() {
     // Some of the body came with the head: no 100 is owed, the client will
     // send the rest, so the 404 waits for it and the connection serves
     // the request after it.
-    let (upstream, _proxy, mut stream) = start(true, OK).await;
-    let mut buf = Vec::new();
-    stream
-        .write_all(
-            b"POST /up HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\n\
-              Content-Length: 5\r\n\r\nhe",
-        )
-        .await
-        .expect("write head and part");
-    stream
-        .write_all(b"lloGET /after HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n")
-        .await
-        .expect("write rest and next");
-    let (continues, refused) = final_response(&mut stream, &mut buf, false).await;
-    assert_eq!((continues, refused.map(|r| r.status)), (0, Some(404)));
-    let (continues, next) = final_response(&mut stream, &mut buf, false).await;
-    assert_eq!((continues, next.map(|r| r.status)), (0, Some(200)));
+    let head_and_part = b"POST /up HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\n\
+                          Content-Length: 5\r\n\r\nhe";
+    let (upstream, _proxy, mut stream, mut buf) = start(true, OK, head_and_part).await;
+    let rest_and_next = b"lloGET /after HTTP/1.1\r\nHost: x\r\nX-Probe: 2\r\n\r\n";
+    let refused = exchange(&mut stream, &mut buf, rest_and_next).await;
+    assert_eq!(status_of(refused), (0, Some(404)));
+    let next = final_response(&mut stream, &mut buf, false).await;
+    assert_eq!(status_of(next), (0, Some(200)));
     let seen = upstream.requests();
     assert!(
         seen.len() == 1 && seen[0].head.starts_with("GET /after "),
@@ -697,15 +644,9 @@ async fn a_refusal_before_the_body_survives_the_body_sent_anyway() {
     // Answered 404 without a 100, the client sends its body regardless
     // (RFC 9110 lets it). The proxy lingers: the client reads the whole
     // 404 and an orderly end, and the body is never read as a request.
-    let (upstream, _proxy, mut stream) = start(true, OK).await;
-    let mut buf = Vec::new();
-    stream
-        .write_all(
-            b"POST /up HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\n\
-              Content-Length: 40\r\n\r\n",
-        )
-        .await
-        .expect("write head");
+    let head = b"POST /up HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\n\
+                 Content-Length: 40\r\n\r\n";
+    let (upstream, _proxy, mut stream, mut buf) = start(true, OK, head).await;
     let (continues, refused) = final_response(&mut stream, &mut buf, false).await;
     let refused = refused.expect("the 404");
     assert_eq!((continues, refused.status), (0, 404));
@@ -718,10 +659,11 @@ async fn a_refusal_before_the_body_survives_the_body_sent_anyway() {
         refused.head
     );
     // The body, which looks like a request of its own.
-    stream
-        .write_all(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
-        .await
-        .expect("write body");
+    send(
+        &mut stream,
+        b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+    )
+    .await;
     // An orderly end: the proxy read (and dropped) the body while it
     // lingered; a proxy that had closed for good would reset the
     // connection on it.
@@ -754,26 +696,17 @@ async fn no_healthy_endpoint_is_answered_503_without_a_100_and_the_connection_en
         .parse()
         .expect("addr");
     for fast_path in [true, false] {
-        let mut config = config(dead, fast_path);
-        config["pools"]["web"]["outlier_detection"] =
-            json!({"consecutive_failures": 1, "base_ejection": "1m"});
-        let proxy = support::proxy(&config);
-        let mut buf = Vec::new();
-        let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
-        first
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        let eject = |config: &mut Value| {
+            config["pools"]["web"]["outlier_detection"] =
+                json!({"consecutive_failures": 1, "base_ejection": "1m"});
+        };
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let (proxy, mut first, mut buf) = proxy_to(dead, fast_path, eject, get).await;
         let failed = next_response(&mut first, &mut buf, false).await;
         assert_eq!(failed.map(|r| r.status), Some(502), "fast path {fast_path}");
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        stream
-            .write_all(
-                b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
+        let head = b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (mut stream, _) = connect(proxy.addr, head).await;
         let (out, closed) = support::read_until_close(&mut stream, HANG).await;
         let text = String::from_utf8_lossy(&out);
         assert!(
@@ -787,21 +720,12 @@ async fn no_healthy_endpoint_is_answered_503_without_a_100_and_the_connection_en
 #[tokio::test]
 async fn a_body_that_stops_after_the_100_is_answered_408() {
     for fast_path in [true, false] {
-        let upstream = support::scripted_upstream(OK, After::Again).await;
-        let mut config = config(upstream.addr, fast_path);
-        config["timeouts"]["idle"] = json!("300ms");
-        let proxy = support::proxy(&config);
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        let mut buf = Vec::new();
-        stream
-            .write_all(
-                b"POST /stall HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
+        let idle = |config: &mut Value| config["timeouts"]["idle"] = json!("300ms");
+        let head = b"POST /stall HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (upstream, _proxy, mut stream, mut buf) = start_with(fast_path, OK, idle, head).await;
         expect_100(&mut stream, &mut buf, &format!("fast path {fast_path}")).await;
-        stream.write_all(b"he").await.expect("write part");
+        send(&mut stream, b"he").await;
         let (out, closed) = support::read_until_close(&mut stream, HANG).await;
         let text = String::from_utf8_lossy(&out);
         assert!(closed, "fast path {fast_path}: not closed: {text:?}");
@@ -847,39 +771,20 @@ async fn the_access_log_has_one_line_per_expecting_request_with_its_status() {
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
     let mut buf = Vec::new();
     for target in ["/app/one", "/app/two"] {
-        stream
-            .write_all(head(target).as_bytes())
-            .await
-            .expect("write");
-        expect_100(&mut stream, &mut buf, target).await;
-        stream.write_all(b"hello").await.expect("write body");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-        assert_eq!((continues, answer.map(|r| r.status)), (0, Some(200)));
+        send(&mut stream, head(target).as_bytes()).await;
+        let answer = upload(&mut stream, &mut buf, b"hello", target).await;
+        assert_eq!(status_of(answer), (0, Some(200)));
     }
     // Asked for, sent, the upstream is down: 502.
-    stream
-        .write_all(head("/down/x").as_bytes())
-        .await
-        .expect("write");
-    expect_100(&mut stream, &mut buf, "/down/x").await;
-    stream.write_all(b"hello").await.expect("write body");
-    let (_, answer) = final_response(&mut stream, &mut buf, false).await;
+    send(&mut stream, head("/down/x").as_bytes()).await;
+    let (_, answer) = upload(&mut stream, &mut buf, b"hello", "/down/x").await;
     assert_eq!(answer.map(|r| r.status), Some(502));
     // No route: 404 at once.
-    let mut refused = TcpStream::connect(proxy).await.expect("connect");
-    refused
-        .write_all(head("/nowhere").as_bytes())
-        .await
-        .expect("write");
+    let (mut refused, _) = connect(proxy, head("/nowhere").as_bytes()).await;
     let (out, _) = support::read_until_close(&mut refused, HANG).await;
     assert!(out.starts_with(b"HTTP/1.1 404 "), "{out:?}");
     // Asked for, and the client leaves: 499.
-    let mut leaving = TcpStream::connect(proxy).await.expect("connect");
-    leaving
-        .write_all(head("/app/gone").as_bytes())
-        .await
-        .expect("write");
-    let mut own = Vec::new();
+    let (mut leaving, mut own) = connect(proxy, head("/app/gone").as_bytes()).await;
     expect_100(&mut leaving, &mut own, "/app/gone").await;
     drop(leaving);
 
@@ -905,18 +810,11 @@ async fn a_body_begun_with_the_head_is_not_asked_for_on_the_fast_path() {
     // Part of the body came with the head: the client is not waiting, and
     // the fast path sends no 100 (RFC 9110 §10.1.1 lets it omit one);
     // the rest of the body follows in a later write.
-    let (upstream, _proxy, mut stream) = start(true, OK).await;
-    let mut buf = Vec::new();
-    stream
-        .write_all(
-            b"PUT /part HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
-              Content-Length: 5\r\n\r\nhe",
-        )
-        .await
-        .expect("write head and part");
-    stream.write_all(b"llo").await.expect("write the rest");
-    let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-    assert_eq!((continues, answer.map(|r| r.status)), (0, Some(200)));
+    let head_and_part = b"PUT /part HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+                          Content-Length: 5\r\n\r\nhe";
+    let (upstream, _proxy, mut stream, mut buf) = start(true, OK, head_and_part).await;
+    let answer = exchange(&mut stream, &mut buf, b"llo").await;
+    assert_eq!(status_of(answer), (0, Some(200)));
     let seen = upstream.requests();
     assert!(
         seen.len() == 1 && seen[0].body == b"hello" && fast(&seen[0]),
@@ -933,19 +831,11 @@ async fn chunked_uploads(bodies: &[(&str, String, usize)]) -> Vec<String> {
     for fast_path in [true, false] {
         for (kind, body, data) in bodies {
             let what = format!("{kind}, fast path {fast_path}");
-            let (upstream, _proxy, mut stream) = start(fast_path, OK).await;
-            let mut buf = Vec::new();
-            stream
-                .write_all(
-                    b"POST /c HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
-                      Transfer-Encoding: chunked\r\n\r\n",
-                )
-                .await
-                .expect("write head");
-            expect_100(&mut stream, &mut buf, &what).await;
-            stream.write_all(body.as_bytes()).await.expect("write body");
-            let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-            let status = answer.map(|r| r.status);
+            let head = b"POST /c HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\nExpect: 100-continue\r\n\
+                         Transfer-Encoding: chunked\r\n\r\n";
+            let (upstream, _proxy, mut stream, mut buf) = start(fast_path, OK, head).await;
+            let answer = upload(&mut stream, &mut buf, body.as_bytes(), &what).await;
+            let (continues, status) = status_of(answer);
             if (continues, status) != (0, Some(200)) {
                 failed.push(format!("{what}: {continues} more 100s, then {status:?}"));
                 continue;
@@ -1004,25 +894,12 @@ async fn a_body_over_max_body_bytes_is_refused_without_asking_for_it() {
     // alone, no 100 (the client would send a body only to have it
     // dropped), on either path.
     for fast_path in [true, false] {
-        let upstream = support::scripted_upstream(OK, After::Again).await;
-        let mut config = config(upstream.addr, fast_path);
-        config["limits"] = json!({"max_body_bytes": 4});
-        let proxy = support::proxy(&config);
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        let mut buf = Vec::new();
-        stream
-            .write_all(
-                b"POST /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
-        assert_eq!(
-            (continues, answer.map(|r| r.status)),
-            (0, Some(413)),
-            "fast path {fast_path}"
-        );
+        let limit = |config: &mut Value| config["limits"] = json!({"max_body_bytes": 4});
+        let head = b"POST /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (upstream, _proxy, mut stream, mut buf) = start_with(fast_path, OK, limit, head).await;
+        let answer = final_response(&mut stream, &mut buf, false).await;
+        assert_eq!(status_of(answer), (0, Some(413)), "fast path {fast_path}");
         assert!(upstream.requests().is_empty());
     }
 }
@@ -1030,23 +907,14 @@ async fn a_body_over_max_body_bytes_is_refused_without_asking_for_it() {
 #[tokio::test]
 async fn the_last_request_of_a_connection_is_asked_for_its_body_and_closes() {
     for fast_path in [true, false] {
-        let upstream = support::scripted_upstream(OK, After::Again).await;
-        let mut config = config(upstream.addr, fast_path);
-        config["limits"] = json!({"max_requests_per_connection": 1});
-        let proxy = support::proxy(&config);
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        let mut buf = Vec::new();
-        stream
-            .write_all(
-                b"POST /last HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
-                  Content-Length: 5\r\n\r\n",
-            )
-            .await
-            .expect("write head");
+        let limit = |config: &mut Value| {
+            config["limits"] = json!({"max_requests_per_connection": 1});
+        };
+        let head = b"POST /last HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                     Content-Length: 5\r\n\r\n";
+        let (upstream, _proxy, mut stream, mut buf) = start_with(fast_path, OK, limit, head).await;
         let what = format!("fast path {fast_path}");
-        expect_100(&mut stream, &mut buf, &what).await;
-        stream.write_all(b"hello").await.expect("write body");
-        let (continues, answer) = final_response(&mut stream, &mut buf, false).await;
+        let (continues, answer) = upload(&mut stream, &mut buf, b"hello", &what).await;
         let answer = answer.unwrap_or_else(|| panic!("{what}: no answer"));
         assert_eq!((continues, answer.status), (0, 200), "{what}");
         let closes = answer.header("connection");
