@@ -14,8 +14,9 @@
 #         LOAD=h2c benches/instructions.sh                 # h2c, h2load -c10 -m5
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
 #         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
+#         UPLOAD=chunked benches/instructions.sh            # POSTs of 1 KiB, chunked (or UPLOAD=length)
 #
-# Knobs: LOAD (http1 or h2c), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: LOAD (http1 or h2c), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
@@ -26,6 +27,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-10}
 ARGS=${ARGS:-}
 RETRIES=${RETRIES:-}
+UPLOAD=${UPLOAD:-none}
 PORT_BASE=${PORT_BASE:-18200}
 BUILD=${BUILD:-1}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +39,10 @@ case $LOAD in
 http1) LOADER=wrk ;;
 h2c) LOADER=h2load ;;
 *) echo "instructions.sh: LOAD is http1 or h2c, not $LOAD" >&2; exit 1 ;;
+esac
+case $UPLOAD in
+none | chunked | length) ;;
+*) echo "instructions.sh: UPLOAD is none, chunked or length, not $UPLOAD" >&2; exit 1 ;;
 esac
 for tool in valgrind callgrind_control nginx "$LOADER" curl; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install valgrind nginx wrk curl)"
@@ -98,6 +104,22 @@ for ((i = 0; i < 300; i++)); do
 done
 ((i < 300)) || die "switchyard did not answer on port $PORT"
 
+# An upload: wrk sends this request as written (its own formatting would
+# add a Content-Length to a chunked body).
+SCRIPT=()
+if [[ $UPLOAD != none ]]; then
+    case $UPLOAD in
+    chunked) framing='Transfer-Encoding: chunked\r\n\r\n400\r\n" .. data .. "\r\n0\r\n\r\n' ;;
+    length) framing='Content-Length: 1024\r\n\r\n" .. data .. "' ;;
+    esac
+    cat >"$RUN/upload.lua" <<EOF
+local data = string.rep("x", 1024)
+local raw = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1:$PORT\r\n$framing"
+request = function() return raw end
+EOF
+    SCRIPT=(-s "$RUN/upload.lua")
+fi
+
 # Prints the number of requests completed, or fails on any error.
 load() {
     local seconds=$1 out
@@ -105,7 +127,7 @@ load() {
         out=$(h2load -c"$CONNECTIONS" -m5 -D"$seconds" "http://127.0.0.1:$PORT/")
         awk '/^requests:/ { if ($10 != 0 || $12 != 0) { print "h2load saw failures: " $0 > "/dev/stderr"; exit 1 } print $8 }' <<<"$out"
     else
-        out=$(wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" "http://127.0.0.1:$PORT/")
+        out=$(wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" "${SCRIPT[@]}" "http://127.0.0.1:$PORT/")
         if awk '/Non-2xx|Socket errors/ { found = 1 } END { exit !found }' <<<"$out"; then
             die "wrk saw errors: $out"
         fi
@@ -123,4 +145,4 @@ dump=$(grep -l 'measured' "$RUN"/callgrind.out* | head -n 1)
 instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
 [[ -n $instructions && ${requests:-0} -gt 0 ]] || die "no count (dump $dump, requests $requests)"
 awk -v i="$instructions" -v r="$requests" -v a="${ARGS:-none}" -v c="$CONNECTIONS" \
-    -v l="$LOAD" 'BEGIN { printf "%.0f instructions per request (%d requests, %s, %d connections, extra flags: %s)\n", i / r, r, l, c, a }'
+    -v l="$LOAD" -v u="$UPLOAD" 'BEGIN { printf "%.0f instructions per request (%d requests, %s, upload %s, %d connections, extra flags: %s)\n", i / r, r, l, u, c, a }'
