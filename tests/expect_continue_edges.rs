@@ -692,9 +692,7 @@ async fn a_refusal_before_the_body_survives_the_body_sent_anyway() {
 #[tokio::test]
 async fn no_healthy_endpoint_is_answered_503_without_a_100_and_the_connection_ends() {
     // One endpoint that refuses connections, ejected after one failure.
-    let dead: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .expect("addr");
+    let (_holder, dead) = support::refusing_addr();
     for fast_path in [true, false] {
         let eject = |config: &mut Value| {
             config["pools"]["web"]["outlier_detection"] =
@@ -742,11 +740,12 @@ async fn the_access_log_has_one_line_per_expecting_request_with_its_status() {
     let dir = support::scratch_dir("expect-edges-log");
     let log = dir.join("access.log");
     let upstream = support::scripted_upstream(OK, After::Again).await;
+    let (_holder, dead) = support::refusing_addr();
     let config = json!({
         "listeners": [{"address": "127.0.0.1:0"}],
         "pools": {
             "web": {"endpoints": [upstream.addr.to_string()]},
-            "dead": {"endpoints": [format!("127.0.0.1:{}", support::free_port())]},
+            "dead": {"endpoints": [dead.to_string()]},
         },
         "routes": [
             {"name": "web", "match": {"path_prefix": "/app"},

@@ -989,6 +989,16 @@ pub async fn wait_for_json_lines(path: &std::path::Path, n: usize) -> Vec<Value>
     found
 }
 
+/// A loopback address that refuses connections for as long as the
+/// returned socket lives: bound and not listening, so no other test's
+/// listener can take its port meanwhile (as it can a `free_port`'s).
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
