@@ -12,11 +12,12 @@
 #
 # Usage:  benches/instructions.sh                          # HTTP/1.1 keep-alive
 #         LOAD=h2c benches/instructions.sh                 # h2c, h2load -c10 -m5
+#         LOAD=http10 benches/instructions.sh              # HTTP/1.0 keep-alive GETs, as `ab -k` sends them
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
 #         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
 #         UPLOAD=chunked benches/instructions.sh            # POSTs of 1 KiB, chunked (or UPLOAD=length)
 #
-# Knobs: LOAD (http1 or h2c), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: LOAD (http1, http10 or h2c), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
@@ -36,10 +37,11 @@ UP1=$PORT_BASE UP2=$((PORT_BASE + 1)) PORT=$((PORT_BASE + 2))
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 case $LOAD in
-http1) LOADER=wrk ;;
+http1 | http10) LOADER=wrk ;;
 h2c) LOADER=h2load ;;
-*) echo "instructions.sh: LOAD is http1 or h2c, not $LOAD" >&2; exit 1 ;;
+*) echo "instructions.sh: LOAD is http1, http10 or h2c, not $LOAD" >&2; exit 1 ;;
 esac
+[[ $LOAD == http1 || $UPLOAD == none ]] || die "UPLOAD is for LOAD=http1"
 case $UPLOAD in
 none | chunked | length) ;;
 *) echo "instructions.sh: UPLOAD is none, chunked or length, not $UPLOAD" >&2; exit 1 ;;
@@ -118,6 +120,13 @@ local raw = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1:$PORT\r\n$framing"
 request = function() return raw end
 EOF
     SCRIPT=(-s "$RUN/upload.lua")
+elif [[ $LOAD == http10 ]]; then
+    # ApacheBench's request (`ab -k`): HTTP/1.0, keep-alive asked for.
+    cat >"$RUN/http10.lua" <<EOF
+local raw = "GET / HTTP/1.0\r\nHost: 127.0.0.1:$PORT\r\nConnection: Keep-Alive\r\nUser-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n"
+request = function() return raw end
+EOF
+    SCRIPT=(-s "$RUN/http10.lua")
 fi
 
 # Prints the number of requests completed, or fails on any error.

@@ -18,13 +18,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A config: route `web` (path `/app`) to an upstream, route `down` (path
-/// `/down`) to a port nothing listens on; nothing else matches.
-fn config(stable: &support::Upstream, log: &Path) -> Value {
+/// `/down`) to `dead`, a bound port nothing listens on (see
+/// `support::refusing_addr`); nothing else matches.
+fn config(stable: &support::Upstream, log: &Path, dead: std::net::SocketAddr) -> Value {
     json!({
         "listeners": [{"address": "127.0.0.1:0"}],
         "pools": {
             "stable": {"endpoints": [stable.addr.to_string()]},
-            "dead": {"endpoints": [format!("127.0.0.1:{}", support::free_port())]},
+            "dead": {"endpoints": [dead.to_string()]},
         },
         "routes": [
             {"name": "web", "match": {"path_prefix": "/app"},
@@ -54,8 +55,9 @@ async fn every_answer_is_logged_once_on_every_path() {
     let dir = support::scratch_dir("access-log-paths");
     let log = dir.join("access.log");
     let stable = support::upstream("stable").await;
+    let (_dead, dead) = support::refusing_addr();
     let file = dir.join("config.json");
-    std::fs::write(&file, config(&stable, &log).to_string()).expect("write");
+    std::fs::write(&file, config(&stable, &log, dead).to_string()).expect("write");
     let (_child, proxy, _admin) = support::start_on_config(&file).await;
 
     // HTTP/1.1 on the fast path.
@@ -198,8 +200,9 @@ async fn sigusr1_reopens_the_log_and_a_reload_moves_it() {
     let dir = support::scratch_dir("access-log-rotate");
     let log = dir.join("access.log");
     let stable = support::upstream("stable").await;
+    let (_dead, dead) = support::refusing_addr();
     let file = dir.join("config.json");
-    std::fs::write(&file, config(&stable, &log).to_string()).expect("write");
+    std::fs::write(&file, config(&stable, &log, dead).to_string()).expect("write");
     let (child, proxy, admin) = support::start_on_config(&file).await;
     let client = support::client();
     let (status, _, _) = support::get(&client, proxy, "/app/before", &[]).await;
@@ -231,7 +234,11 @@ async fn sigusr1_reopens_the_log_and_a_reload_moves_it() {
     );
 
     // A reload to a path that cannot be opened is refused: nothing moves.
-    let mut moved = config(&stable, Path::new("/nonexistent-switchyard-dir/a.log"));
+    let mut moved = config(
+        &stable,
+        Path::new("/nonexistent-switchyard-dir/a.log"),
+        dead,
+    );
     let (status, answer) = support::put_config(admin, moved.to_string()).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["field"], "access_log.path", "{answer}");
@@ -279,6 +286,7 @@ async fn an_answer_the_client_gives_up_on_is_logged_499() {
     let dir = support::scratch_dir("access-log-gave-up");
     let log = dir.join("access.log");
     let stable = support::upstream("stable").await;
+    let (_dead, dead) = support::refusing_addr();
     // An upstream that takes requests and never answers; it says when it
     // has one.
     let (got, mut requests) = tokio::sync::mpsc::unbounded_channel();
@@ -295,7 +303,7 @@ async fn an_answer_the_client_gives_up_on_is_logged_499() {
         }
     })
     .await;
-    let mut config = config(&stable, &log);
+    let mut config = config(&stable, &log, dead);
     config["pools"]["hang"] = json!({"endpoints": [hang.to_string()]});
     config["routes"]
         .as_array_mut()

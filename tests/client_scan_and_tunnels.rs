@@ -623,7 +623,12 @@ async fn a_refusal_is_not_appended_to_a_close_delimited_answer() {
         support::After::Again,
     )
     .await;
-    let proxy = support::proxy_to("chunked", upstream.addr, json!({}));
+    // hyper's path: the fast path serves HTTP/1.0 itself (tests/http10.rs).
+    let proxy = support::proxy(&hyper_only(support::pool_config(
+        "chunked",
+        upstream.addr,
+        json!({}),
+    )));
     let (out, closed) = support::raw_exchange_until_close(
         proxy.addr,
         &[&b"GET /first HTTP/1.0\r\nHost: x\r\n\r\n"[..], AMBIGUOUS].concat(),

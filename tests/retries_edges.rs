@@ -774,10 +774,8 @@ async fn a_retry_whose_next_endpoint_refuses_moves_on_as_hypers_path_does() {
     let mut tries = Vec::new();
     for (name, fast_path) in paths("refused") {
         let busy = scripted(|_, _| reply(BUSY, Then::Close)).await;
-        // A port nothing listens on: connects are refused.
-        let refused: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .expect("addr");
+        // A bound port nothing listens on: connects are refused.
+        let (_refusing, refused) = support::refusing_addr();
         let retries = json!({"attempts": 1, "on": ["503"]});
         let proxy = support::proxy(&config(&name, &[busy.addr, refused], retries, fast_path));
         let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");

@@ -5,7 +5,8 @@
 //! back-pressure. No header map, no per-request allocation, and no hand-off
 //! to an upstream connection's task: the client's task drives both sockets.
 //!
-//! "Common" means: HTTP/1.1, an origin-form target, one `Host`, no body,
+//! "Common" means: HTTP/1.1 or 1.0 (which goes upstream as 1.1, its
+//! answer framed for it), an origin-form target, one `Host`, no body,
 //! a `Content-Length` body or a chunked one (no extensions, no trailers;
 //! it goes upstream decoded, with its length) up to the read-ahead size,
 //! asked for with `Expect: 100-continue` or not, and nothing hop-by-hop
@@ -16,7 +17,8 @@
 //!
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
-//! and answers of `forward`: HTTP/2's preface, HTTP/1.0, large request
+//! and answers of `forward`: HTTP/2's preface, HTTP/1.0 without a `Host`
+//! or with an `Expect` or a chunked body, large request
 //! bodies, chunked ones with trailers or extensions, other expectations,
 //! upgrades, absolute-form targets, and anything
 //! malformed or over a limit. So each rule about bad input has one
@@ -523,6 +525,7 @@ enum Step<'t> {
         /// A body withheld for a `100 Continue` that was not sent: it may
         /// still come, so the close lingers.
         unasked: bool,
+        http10: bool,
     },
     /// Goes upstream: the head is in `out`, the body follows.
     Forward(Plan<'t>),
@@ -545,6 +548,10 @@ struct Plan<'t> {
     /// read to its end, up to the read-ahead size, and goes upstream
     /// decoded, with a `Content-Length`.
     chunked: bool,
+    /// An HTTP/1.0 request: it goes upstream as HTTP/1.1 (RFC 9112 §2.3),
+    /// and its answer says `Connection: keep-alive` when the connection
+    /// stays, and ends with the connection when its length is not known.
+    http10: bool,
 }
 
 /// Parses and routes a request head at the start of `input`; for a
@@ -571,10 +578,12 @@ fn plan<'t>(
         Ok(httparse::Status::Partial) => return Step::Partial,
         Err(_) => return Step::Fallback,
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    let (Some(method), Some(target), Some(version @ (0 | 1))) =
+        (request.method, request.path, request.version)
     else {
         return Step::Fallback;
     };
+    let http10 = version == 0;
     if head_len > limits.max_header_bytes
         || request.headers.len() > limits.max_headers
         || !target.starts_with('/')
@@ -589,6 +598,8 @@ fn plan<'t>(
     let mut length = None;
     let mut lengths = 0;
     let mut close = false;
+    // HTTP/1.0 keeps its connection only when it asks to (RFC 9112 §9.3).
+    let mut keep_alive = !http10;
     let mut expects = 0;
     let mut codings = 0;
     // Each name is classified once; the second pass reads the kinds.
@@ -613,7 +624,9 @@ fn plan<'t>(
                 for token in tokens(field.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else {
                         return Step::Fallback;
                     }
                 }
@@ -642,6 +655,12 @@ fn plan<'t>(
     }
     let body_len = length.unwrap_or(0);
     let chunked = codings > 0;
+    // No 100 goes to an HTTP/1.0 client, and chunked framing from one is
+    // a smuggling attempt (RFC 9110 §10.1.1, RFC 9112 §6.1): hyper's.
+    if http10 && (expects > 0 || chunked) {
+        return Step::Fallback;
+    }
+    let close = close || !keep_alive;
     let (Some(host_value), 1, 0 | 1, false) = (host, hosts, lengths, chunked && lengths > 0) else {
         return Step::Fallback;
     };
@@ -676,6 +695,7 @@ fn plan<'t>(
             close: answer_closes,
             head_request: method == Method::HEAD,
             unasked: expects_continue,
+            http10,
         },
     };
     let Some(route) = table.find_route(&method, &host, path, &fields) else {
@@ -755,6 +775,7 @@ fn plan<'t>(
         close,
         expects_continue,
         chunked,
+        http10,
     })
 }
 
@@ -814,7 +835,13 @@ fn number(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
 }
 
 /// The proxy's own answer to a request, as bytes.
-fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool, head_request: bool) {
+fn put_error(
+    out: &mut Vec<u8>,
+    error: &ForwardError,
+    close: bool,
+    head_request: bool,
+    http10: bool,
+) {
     let message = error.message();
     let status = error.status();
     out.clear();
@@ -826,13 +853,23 @@ fn put_error(out: &mut Vec<u8>, error: &ForwardError, close: bool, head_request:
     put_number(out, message.len() as u64);
     out.extend_from_slice(b"\r\n");
     put_date(out);
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    put_connection(out, close, http10);
     out.extend_from_slice(b"\r\n");
     // A HEAD answer has the body's length and no body (RFC 9110 §9.3.2).
     if !head_request {
         out.extend_from_slice(message.as_bytes());
+    }
+}
+
+/// The `Connection` field an answer needs: `close` when the connection
+/// ends after it, `keep-alive` to an HTTP/1.0 client when it does not (its
+/// default is to close), as nginx and hyper's server write them; none
+/// for an HTTP/1.1 client that stays.
+fn put_connection(out: &mut Vec<u8>, close: bool, http10: bool) {
+    match (close, http10) {
+        (true, _) => out.extend_from_slice(b"connection: close\r\n"),
+        (false, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (false, false) => {}
     }
 }
 
@@ -922,7 +959,8 @@ pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked(ChunkScan),
-    /// Until the upstream closes; re-framed as chunked for the client.
+    /// Until the upstream closes; re-framed as chunked for an HTTP/1.1
+    /// client.
     Close,
 }
 
@@ -934,6 +972,9 @@ pub(crate) struct ResponseHead {
     pub(crate) framing: Framing,
     /// Whether the upstream keeps the connection open after the body.
     pub(crate) keep_alive: bool,
+    /// The body goes to the client decoded and ends with its connection
+    /// (an HTTP/1.0 client's answer of no known length).
+    pub(crate) close_delimited: bool,
 }
 
 enum Parsed {
@@ -951,6 +992,10 @@ pub(crate) struct ResponseContext<'a> {
     /// The head is for an HTTP/2 client: written as an HPACK block (see
     /// [`HeadOut`]).
     pub(crate) hpack: bool,
+    /// The client speaks HTTP/1.0: no chunked framing (an answer of no
+    /// known length is delimited by the connection's close), and
+    /// `Connection: keep-alive` when the connection stays.
+    pub(crate) http10: bool,
 }
 
 /// Where [`parse_response`] writes the rewritten head: HTTP/1.1 lines, or,
@@ -1008,13 +1053,11 @@ impl HeadOut<'_> {
         with_date(|date| self.field(b"date", date));
     }
 
-    /// `Connection: close` (HTTP/2 ends a connection with GOAWAY instead),
-    /// and the head's end.
-    fn end(&mut self, close: bool) {
+    /// The `Connection` field (HTTP/2 ends a connection with GOAWAY
+    /// instead), and the head's end.
+    fn end(&mut self, close: bool, http10: bool) {
         if !self.hpack {
-            if close {
-                self.out.extend_from_slice(b"connection: close\r\n");
-            }
+            put_connection(self.out, close, http10);
             self.out.extend_from_slice(b"\r\n");
         }
     }
@@ -1118,6 +1161,10 @@ fn parse_response(
     if matches!(framing, Framing::Close) {
         keep_alive = false;
     }
+    // An HTTP/1.0 client knows no chunked framing: a body of no known
+    // length goes to it as it comes, ended by closing the connection
+    // (RFC 9112 §6.3), as hyper's server and nginx send it.
+    let close_delimited = context.http10 && matches!(framing, Framing::Chunked(_) | Framing::Close);
     let many_connections = connections > 1;
 
     out.clear();
@@ -1156,7 +1203,8 @@ fn parse_response(
     }
     match &framing {
         Framing::Length(n) => head.length(*n),
-        Framing::Chunked(_) | Framing::Close => head.chunked(),
+        Framing::Chunked(_) | Framing::Close if !close_delimited => head.chunked(),
+        Framing::Chunked(_) | Framing::Close => {}
         Framing::Empty => {
             // A list of equal lengths goes on as one (RFC 9110 §8.6).
             if let (Some(n), false) = (length, status == 204) {
@@ -1170,12 +1218,13 @@ fn parse_response(
     if let Some(cookie) = context.set_cookie {
         head.field(b"set-cookie", cookie.as_bytes());
     }
-    head.end(context.close);
+    head.end(context.close || close_delimited, context.http10);
     Ok(Parsed::Final(ResponseHead {
         len,
         status,
         framing,
         keep_alive,
+        close_delimited,
     }))
 }
 
@@ -1434,6 +1483,7 @@ where
                         close,
                         head_request,
                         unasked,
+                        http10,
                     } => {
                         if let Some(line) = log_line(&input, client, started) {
                             let bytes = if head_request {
@@ -1457,7 +1507,7 @@ where
                             || error.closes_connection()
                             || read == Rest::Stalled
                             || table.limits.is_last_request(served);
-                        put_error(&mut out, &error, close, head_request);
+                        put_error(&mut out, &error, close, head_request, http10);
                         if !write_out(&mut stream, &out, deadline, timeouts.idle).await {
                             return Outcome::Closed;
                         }
@@ -1627,6 +1677,7 @@ where
             set_cookie: plan.set_cookie.as_ref(),
             close,
             hpack: false,
+            http10: plan.http10,
         };
         // From the worker's spares: an idle client holds no upstream buffer.
         let mut upstream_buffer = proxy.raw.upstream_buffers.take();
@@ -1680,7 +1731,7 @@ where
                 }
                 count_failure(pool, pending, endpoint, &error, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
-                put_error(&mut out, &error, close, plan.head_request);
+                put_error(&mut out, &error, close, plan.head_request, plan.http10);
                 proxy.raw.upstream_buffers.give(upstream_buffer);
                 if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
                     let _ = stream.shutdown().await;
@@ -1693,6 +1744,7 @@ where
         endpoint.health.succeeded();
 
         let status = head.status;
+        let close = close || head.close_delimited;
         let mut body_bytes = 0;
         let relayed = relay(
             &mut stream,
@@ -1742,7 +1794,7 @@ where
                 };
                 line.finish(error.status().as_u16(), bytes as u64, Some(&error));
             }
-            put_error(&mut out, &error, close, plan.head_request);
+            put_error(&mut out, &error, close, plan.head_request, plan.http10);
             if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
                 let _ = stream.shutdown().await;
                 return Outcome::Closed;
@@ -1831,7 +1883,7 @@ pub(crate) async fn refuse_preface<S: AsyncRead + AsyncWrite + Unpin>(
         reason: "an HTTP/2 preface on a connection that speaks HTTP/1.1",
     };
     let mut out = Vec::new();
-    put_error(&mut out, &error, true, false);
+    put_error(&mut out, &error, true, false, false);
     crate::access_log::refused(client.peer, &out);
     if write_out(&mut stream, &out, &mut deadline, idle).await {
         close_client(&mut stream, true, &mut deadline).await;
@@ -2336,30 +2388,21 @@ async fn relay<S: AsyncWrite + Unpin>(
     let mut body = match head.framing {
         Framing::Empty => Delimited::Length(0),
         Framing::Length(n) => Delimited::Length(n),
+        Framing::Chunked(scan) if head.close_delimited => Delimited::Decoded(scan),
         Framing::Chunked(scan) => Delimited::Chunked(scan),
         Framing::Close => {
-            return relay_until_close(
-                client,
-                upstream,
-                buffer,
-                out,
-                deadline,
-                upstream_deadline,
-                idle,
-                sent,
-            )
-            .await
+            let chunk = !head.close_delimited;
+            let closing = (deadline, upstream_deadline, idle);
+            return relay_until_close(client, upstream, buffer, out, closing, chunk, sent).await;
         }
     };
-    let Some((take, relay)) = body.feed(buffer) else {
+    let Some((take, relay)) = body.feed_into(buffer, out) else {
         return Relayed {
             client_ok: true,
             unsent: true,
             ..Relayed::broken(ErrorKind::Malformed)
         };
     };
-    out.extend_from_slice(&buffer[..relay]);
-    out.extend_from_slice(body.end());
     *sent = body.body_bytes(*sent + relay as u64);
     // Bytes after the body: the upstream is not speaking HTTP/1.1 as it
     // should, and its connection is not used again.
@@ -2372,6 +2415,19 @@ async fn relay<S: AsyncWrite + Unpin>(
             Ok(n) if n > 0 => {}
             Ok(_) => return Relayed::broken(ErrorKind::Reset),
             Err(kind) => return Relayed::broken(kind),
+        }
+        if let Delimited::Decoded(_) = body {
+            // Only the chunks' data goes on: copied out of their framing.
+            out.clear();
+            let Some((take, _)) = body.feed_into(buffer, out) else {
+                return Relayed::broken(ErrorKind::Malformed);
+            };
+            clean = buffer.len() == take;
+            *sent = body.body_bytes(0);
+            if !out.is_empty() && !write_out(client, out, deadline, idle).await {
+                return Relayed::GONE;
+            }
+            continue;
         }
         let Some((take, relay)) = body.feed(buffer) else {
             return Relayed::broken(ErrorKind::Malformed);
@@ -2409,9 +2465,31 @@ enum Delimited {
     /// Bytes still to come.
     Length(u64),
     Chunked(ChunkScan),
+    /// Chunked, relayed decoded (to an HTTP/1.0 client).
+    Decoded(ChunkScan),
 }
 
 impl Delimited {
+    /// As `feed`, appending what to relay to `out` (and the body's end,
+    /// if it came): how many of `bytes` belong to the body, and how many
+    /// were relayed.
+    fn feed_into(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Option<(usize, usize)> {
+        let (take, relay) = match self {
+            Delimited::Decoded(scan) => {
+                let before = out.len();
+                let take = scan.decode(bytes, |data| out.extend_from_slice(&bytes[data]))?;
+                (take, out.len() - before)
+            }
+            _ => {
+                let (take, relay) = self.feed(bytes)?;
+                out.extend_from_slice(&bytes[..relay]);
+                (take, relay)
+            }
+        };
+        out.extend_from_slice(self.end());
+        Some((take, relay))
+    }
+
     /// How many of `bytes` belong to the body, and how many of those to
     /// relay (all but a chunked body's trailers); None if its framing
     /// broke.
@@ -2423,6 +2501,7 @@ impl Delimited {
                 Some((take as usize, take as usize))
             }
             Delimited::Chunked(scan) => scan.feed_without_trailers(bytes),
+            Delimited::Decoded(_) => unreachable!("a decoded body is fed by `feed_into`"),
         }
     }
 
@@ -2438,7 +2517,7 @@ impl Delimited {
     fn done(&self) -> bool {
         match self {
             Delimited::Length(left) => *left == 0,
-            Delimited::Chunked(scan) => scan.done(),
+            Delimited::Chunked(scan) | Delimited::Decoded(scan) => scan.done(),
         }
     }
 
@@ -2447,30 +2526,35 @@ impl Delimited {
     fn body_bytes(&self, relayed: u64) -> u64 {
         match self {
             Delimited::Length(_) => relayed,
-            Delimited::Chunked(scan) => scan.data,
+            Delimited::Chunked(scan) | Delimited::Decoded(scan) => scan.data,
         }
     }
 }
 
-/// Relays a body that ends when the upstream closes, re-framed as chunked
-/// so that the client connection can stay open.
-#[allow(clippy::too_many_arguments)]
+/// Relays a body that ends when the upstream closes: re-framed as chunked
+/// (`chunk`) so that the client connection can stay open, or as it comes,
+/// to a client whose connection ends with it. `timers` are the client's
+/// and the upstream's deadlines, and how long either may stall.
 async fn relay_until_close<S: AsyncWrite + Unpin>(
     client: &mut S,
     upstream: &mut RawConn,
     buffer: &mut BytesMut,
     out: &mut Vec<u8>,
-    deadline: &mut Deadline,
-    upstream_deadline: &mut Deadline,
-    idle: Duration,
+    timers: (&mut Deadline, &mut Deadline, Duration),
+    chunk: bool,
     sent: &mut u64,
 ) -> Relayed {
+    let (deadline, upstream_deadline, idle) = timers;
     loop {
         if !buffer.is_empty() {
             *sent += buffer.len() as u64;
-            let _ = write!(out, "{:x}\r\n", buffer.len());
+            if chunk {
+                let _ = write!(out, "{:x}\r\n", buffer.len());
+            }
             out.extend_from_slice(buffer);
-            out.extend_from_slice(b"\r\n");
+            if chunk {
+                out.extend_from_slice(b"\r\n");
+            }
         }
         if !out.is_empty() && !write_out(client, out, deadline, idle).await {
             return Relayed::GONE;
@@ -2479,7 +2563,7 @@ async fn relay_until_close<S: AsyncWrite + Unpin>(
         match read_body(upstream, buffer, upstream_deadline, idle).await {
             Ok(0) => {
                 // The upstream closed: the body is complete.
-                let client_ok = write_out(client, b"0\r\n\r\n", deadline, idle).await;
+                let client_ok = !chunk || write_out(client, b"0\r\n\r\n", deadline, idle).await;
                 return Relayed {
                     client_ok,
                     reusable: false,

@@ -89,6 +89,7 @@ pub(crate) async fn send<R>(
         set_cookie,
         close: false,
         hpack,
+        http10: false,
     };
     let timeouts = &table.timeouts;
     let mut buffer = raw.upstream_buffers.take();
