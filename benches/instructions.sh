@@ -13,11 +13,12 @@
 # Usage:  benches/instructions.sh                          # HTTP/1.1 keep-alive
 #         LOAD=h2c benches/instructions.sh                 # h2c, h2load -c10 -m5
 #         LOAD=http10 benches/instructions.sh              # HTTP/1.0 keep-alive GETs, as `ab -k` sends them
+#         LOAD=close benches/instructions.sh               # a new connection per request (Connection: close)
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
 #         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
 #         UPLOAD=chunked benches/instructions.sh            # POSTs of 1 KiB, chunked (or UPLOAD=length)
 #
-# Knobs: LOAD (http1, http10 or h2c), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: LOAD (http1, http10, close or h2c), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
@@ -37,9 +38,9 @@ UP1=$PORT_BASE UP2=$((PORT_BASE + 1)) PORT=$((PORT_BASE + 2))
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 case $LOAD in
-http1 | http10) LOADER=wrk ;;
+http1 | http10 | close) LOADER=wrk ;;
 h2c) LOADER=h2load ;;
-*) echo "instructions.sh: LOAD is http1, http10 or h2c, not $LOAD" >&2; exit 1 ;;
+*) echo "instructions.sh: LOAD is http1, http10, close or h2c, not $LOAD" >&2; exit 1 ;;
 esac
 [[ $LOAD == http1 || $UPLOAD == none ]] || die "UPLOAD is for LOAD=http1"
 case $UPLOAD in
@@ -127,6 +128,8 @@ local raw = "GET / HTTP/1.0\r\nHost: 127.0.0.1:$PORT\r\nConnection: Keep-Alive\r
 request = function() return raw end
 EOF
     SCRIPT=(-s "$RUN/http10.lua")
+elif [[ $LOAD == close ]]; then
+    SCRIPT=(-H "Connection: close")
 fi
 
 # Prints the number of requests completed, or fails on any error.

@@ -286,6 +286,41 @@ impl DeadlineSpares {
     }
 }
 
+/// A connection's two timers (the client's and the upstream's), borrowed
+/// from the worker's spares while it is on the fast path and given back
+/// however it leaves.
+struct Timers<'p> {
+    spares: &'p DeadlineSpares,
+    both: Option<(Deadline, Deadline)>,
+}
+
+impl<'p> Timers<'p> {
+    fn take(proxy: &'p Proxy) -> Timers<'p> {
+        let timeouts = proxy.routes.timeouts();
+        let spares = &proxy.raw.deadlines;
+        let head = spares.take(timeouts.request_header);
+        let upstream = spares.take(timeouts.response_header);
+        Timers {
+            spares,
+            both: Some((head, upstream)),
+        }
+    }
+
+    fn both(&mut self) -> (&mut Deadline, &mut Deadline) {
+        let (head, upstream) = self.both.as_mut().expect("given back only on drop");
+        (head, upstream)
+    }
+}
+
+impl Drop for Timers<'_> {
+    fn drop(&mut self) {
+        if let Some((head, upstream)) = self.both.take() {
+            self.spares.give(head);
+            self.spares.give(upstream);
+        }
+    }
+}
+
 /// A worker's shutdown signal for fast-path connections waiting between
 /// requests. Each connection registers its task's waker once, and `stop`
 /// wakes them all: no lock and no allocation per request.
@@ -1406,30 +1441,16 @@ impl ChunkScan {
 
 /// Serves a client connection on the fast path until it ends or a request
 /// needs hyper.
-pub async fn serve<S>(stream: S, client: &ClientInfo, proxy: &Proxy) -> Outcome<S>
+///
+/// One async fn, not one around another: an awaited inner future is kept
+/// twice in its caller's state by rustc, which doubled the connection's
+/// future (11.8 KiB), copied whole several times as its task is spawned.
+pub async fn serve<S>(mut stream: S, client: &ClientInfo, proxy: &Proxy) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let timeouts = proxy.routes.timeouts();
-    let mut deadline = proxy.raw.deadlines.take(timeouts.request_header);
-    let mut upstream_deadline = proxy.raw.deadlines.take(timeouts.response_header);
-    let outcome = serve_with(stream, client, proxy, &mut deadline, &mut upstream_deadline).await;
-    proxy.raw.deadlines.give(deadline);
-    proxy.raw.deadlines.give(upstream_deadline);
-    outcome
-}
-
-/// [`serve`], with the connection's two timers.
-async fn serve_with<S>(
-    mut stream: S,
-    client: &ClientInfo,
-    proxy: &Proxy,
-    deadline: &mut Deadline,
-    upstream_deadline: &mut Deadline,
-) -> Outcome<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+    let mut timers = Timers::take(proxy);
+    let (deadline, upstream_deadline) = timers.both();
     // Taken from the worker's spares while a request is under way.
     let mut input = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
@@ -1694,7 +1715,9 @@ where
         };
         let pending = stats.send(started, now_ms);
         let exchanged = {
-            let exchange = exchange_retrying(
+            // Pinned where it is made: a future first bound to a local is
+            // kept twice in this one's state.
+            let exchange = std::pin::pin!(exchange_retrying(
                 &mut ex,
                 plan.route,
                 pool,
@@ -1703,8 +1726,8 @@ where
                 plan.endpoint,
                 now_ms,
                 &mut in_flight,
-            );
-            unless_client_leaves(&mut stream, &mut input, std::pin::pin!(exchange)).await
+            ));
+            unless_client_leaves(&mut stream, &mut input, exchange).await
         };
         let Some((endpoint, sent)) = exchanged else {
             if let Some(mut line) = line {
@@ -1862,7 +1885,9 @@ async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     deadline.set(LINGER);
-    let mut sink = [0u8; 4096];
+    // On the heap: on the stack it would make every connection's future
+    // 4 KiB larger, for a wait few connections make.
+    let mut sink = vec![0u8; 4096];
     while let Some(Ok(n)) = deadline.run(stream.read(&mut sink)).await {
         if n == 0 {
             break;

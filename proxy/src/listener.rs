@@ -27,7 +27,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -41,7 +41,7 @@ use crate::forward::Proxy;
 use crate::h2;
 use crate::headers::ClientInfo;
 use crate::health_check::HealthChecker;
-use crate::route::{RouteTable, Routes};
+use crate::route::Routes;
 use crate::tls::TlsTerminator;
 
 /// A listening address, with the TLS terminator of a TLS listener.
@@ -612,17 +612,18 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let proxy = Rc::clone(&proxy);
-        let connections = &crate::stats::Metrics::global().connections;
-        connections.inc();
+        let open = Open::count();
         let table = routes.snapshot();
         let tls = tls.borrow().clone();
         match &tls {
             None => {
-                let connection = serve(stream, peer, "http", Alpn::None, &table, proxy, &graceful);
-                tokio::task::spawn_local(async move {
-                    connection.await;
-                    connections.dec();
-                });
+                // The connection's future is the task's, not wrapped in
+                // another: an awaited future is kept twice in its caller's
+                // state, and the task's state is copied whole as it starts.
+                let watched = (graceful.watcher(), open);
+                let limits = (table.timeouts.request_header, table.timeouts.idle);
+                let serve = serve(stream, peer, "http", Alpn::None, limits, proxy, watched);
+                tokio::task::spawn_local(serve);
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
@@ -646,10 +647,10 @@ async fn accept_loop(
                                     Some(b"http/1.1" | b"http/1.0") => Alpn::Http1,
                                     _ => Alpn::None,
                                 };
-                                let connection =
-                                    serve(stream, peer, "https", alpn, &table, proxy, &graceful);
+                                let watched = (graceful.watcher(), open);
+                                let limits = (table.timeouts.request_header, table.timeouts.idle);
                                 drop((graceful, table));
-                                connection.await;
+                                serve(stream, peer, "https", alpn, limits, proxy, watched).await;
                             }
                         }
                         Ok(Err(err)) => {
@@ -657,7 +658,6 @@ async fn accept_loop(
                         }
                         Err(_) => debug!(client = %peer, "TLS handshake timed out"),
                     }
-                    connections.dec();
                 });
             }
         }
@@ -675,27 +675,46 @@ enum Alpn {
     H2,
 }
 
+/// A client connection counted as open (`switchyard_active_connections`)
+/// until dropped.
+struct Open(&'static prometheus::IntGauge);
+
+impl Open {
+    fn count() -> Open {
+        let connections = &crate::stats::Metrics::global().connections;
+        connections.inc();
+        Open(connections)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or the
 /// plaintext side of TLS): the fast path first, then hyper if a request
-/// needs it; the future ends with the connection. It is watched by
-/// `graceful` from the call on, before it is first polled.
+/// needs it; the future ends with the connection. `watched` holds the
+/// graceful shutdown's watcher (the drain waits for this connection from
+/// the call on, before it is first polled) and the connection's count;
+/// `limits` are the head and idle timeouts.
 fn serve<S>(
     stream: S,
     peer: SocketAddr,
     proto: &'static str,
     alpn: Alpn,
-    table: &RouteTable,
+    limits: (Duration, Duration),
     proxy: Rc<Proxy>,
-    graceful: &GracefulShutdown,
+    watched: (Watcher, Open),
 ) -> impl Future<Output = ()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = Rc::new(ClientInfo::new(peer, proto));
-    // Holding a watcher makes the drain wait for this connection.
-    let watcher = graceful.watcher();
-    let (request_header, idle) = (table.timeouts.request_header, table.timeouts.idle);
+    let (request_header, idle) = limits;
     async move {
+        let (watcher, _open) = watched;
         let (stream, buffered, served) = if alpn == Alpn::H2 && native_h2() {
             // Agreed on `h2`: no HTTP/1.1 request is taken (below).
             (stream, bytes::BytesMut::new(), 0)
@@ -750,10 +769,12 @@ where
                 // answer that says `Connection: close` (HTTP/1 only).
                 let last = request.version() <= http::Version::HTTP_11
                     && proxy.routes.limits().is_last_request(requests.get());
-                let answer =
-                    Rc::clone(&proxy).handle(Rc::clone(&client), request.map(ClientBody::Hyper));
+                let (proxy, client) = (Rc::clone(&proxy), Rc::clone(&client));
+                // The answer's future is made inside: one made outside and
+                // awaited here would be kept twice (10 KiB, not 5).
                 async move {
-                    let mut response = answer.await;
+                    let request = request.map(ClientBody::Hyper);
+                    let mut response = proxy.handle(client, request).await;
                     if let Ok(response) = &mut response {
                         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                             phase.tunnel_started();
