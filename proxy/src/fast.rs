@@ -1445,10 +1445,11 @@ impl ChunkScan {
 /// One async fn, not one around another: an awaited inner future is kept
 /// twice in its caller's state by rustc, which doubled the connection's
 /// future (11.8 KiB), copied whole several times as its task is spawned.
-pub async fn serve<S>(mut stream: S, client: &ClientInfo, proxy: &Proxy) -> Outcome<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve<S: ClientStream>(
+    mut stream: S,
+    client: &ClientInfo,
+    proxy: &Proxy,
+) -> Outcome<S> {
     let mut timers = Timers::take(proxy);
     let (deadline, upstream_deadline) = timers.both();
     // Taken from the worker's spares while a request is under way.
@@ -1866,6 +1867,21 @@ fn unless_client_leaves<'a, S: AsyncRead + Unpin, F: Future>(
     })
 }
 
+/// A client connection's transport, as the fast path ends it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+    /// Whether ending the connection is said in the stream first (TLS's
+    /// `close_notify`, RFC 8446 §6.1); plain TCP's FIN goes with the close.
+    const SAYS_CLOSE: bool;
+}
+
+impl ClientStream for tokio::net::TcpStream {
+    const SAYS_CLOSE: bool = false;
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ClientStream for tokio_rustls::server::TlsStream<IO> {
+    const SAYS_CLOSE: bool = true;
+}
+
 /// How long a closing client connection is read on (see [`close_client`]).
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
@@ -1875,15 +1891,16 @@ pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// reset the connection and drop the tail of the answer still queued. So
 /// what comes is read and dropped until the client closes or [`LINGER`]
 /// passes (nginx's lingering close).
-async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    pipelined: bool,
-    deadline: &mut Deadline,
-) {
-    let _ = stream.shutdown().await;
+async fn close_client<S: ClientStream>(stream: &mut S, pipelined: bool, deadline: &mut Deadline) {
     if !pipelined {
+        // The close itself sends the FIN: a `shutdown` first would cost a
+        // system call per connection that ends here.
+        if S::SAYS_CLOSE {
+            let _ = stream.shutdown().await;
+        }
         return;
     }
+    let _ = stream.shutdown().await;
     deadline.set(LINGER);
     // On the heap: on the stack it would make every connection's future
     // 4 KiB larger, for a wait few connections make.
@@ -1897,7 +1914,7 @@ async fn close_client<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Answers an HTTP/2 preface on a connection that agreed on HTTP/1.1
 /// (by TLS's ALPN, or by the requests before it) with a 400, and closes.
-pub(crate) async fn refuse_preface<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn refuse_preface<S: ClientStream>(
     mut stream: S,
     client: &ClientInfo,
     proxy: &Proxy,

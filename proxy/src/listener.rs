@@ -709,7 +709,7 @@ fn serve<S>(
     watched: (Watcher, Open),
 ) -> impl Future<Output = ()>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: fast::ClientStream + Send + 'static,
 {
     let client = Rc::new(ClientInfo::new(peer, proto));
     let (request_header, idle) = limits;
