@@ -17,8 +17,9 @@
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
 #         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
 #         UPLOAD=chunked benches/instructions.sh            # POSTs of 1 KiB, chunked (or UPLOAD=length)
+#         FAST_PATH=false benches/instructions.sh           # the route's fast path off: hyper's path
 #
-# Knobs: LOAD (http1, http10, close or h2c), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: LOAD (http1, http10, close or h2c), FAST_PATH (true or false), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
@@ -29,6 +30,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-10}
 ARGS=${ARGS:-}
 RETRIES=${RETRIES:-}
+FAST_PATH=${FAST_PATH:-true}
 UPLOAD=${UPLOAD:-none}
 PORT_BASE=${PORT_BASE:-18200}
 BUILD=${BUILD:-1}
@@ -79,14 +81,17 @@ nginx_upstream_conf "$RUN" "\
 nginx -p "$RUN/nginx" -c "$RUN/upstream.conf" >"$RUN/nginx.out" 2>&1 &
 PIDS+=($!)
 
-# The same split from a config file when the route retries.
-if [[ -n $RETRIES ]]; then
+# The same split from a config file when the route retries or has its
+# fast path off.
+if [[ -n $RETRIES || $FAST_PATH != true ]]; then
+    retries=
+    [[ -z $RETRIES ]] || retries=", \"retries\": $RETRIES"
     cat >"$RUN/switchyard.json" <<EOF
 {
   "listeners": [{"address": "127.0.0.1:$PORT"}],
   "pools": {"stable": {"endpoints": ["127.0.0.1:$UP1"]}, "canary": {"endpoints": ["127.0.0.1:$UP2"]}},
   "routes": [{"name": "default", "split": {"baseline": "stable", "weights": {"stable": 9000, "canary": 1000}},
-              "retries": $RETRIES}]
+              "fast_path": $FAST_PATH$retries}]
 }
 EOF
     ROUTE=(--config "$RUN/switchyard.json")
