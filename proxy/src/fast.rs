@@ -18,7 +18,7 @@
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
 //! and answers of `forward`: HTTP/2's preface, HTTP/1.0 without a `Host`
-//! or with an `Expect` or a chunked body, large request
+//! or with a chunked body, large request
 //! bodies, chunked ones with trailers or extensions, other expectations,
 //! upgrades, absolute-form targets, and anything
 //! malformed or over a limit. So each rule about bad input has one
@@ -690,9 +690,9 @@ fn plan<'t>(
     }
     let body_len = length.unwrap_or(0);
     let chunked = codings > 0;
-    // No 100 goes to an HTTP/1.0 client, and chunked framing from one is
-    // a smuggling attempt (RFC 9110 §10.1.1, RFC 9112 §6.1): hyper's.
-    if http10 && (expects > 0 || chunked) {
+    // Chunked framing from an HTTP/1.0 client is a smuggling attempt
+    // (RFC 9112 §6.1): hyper's to refuse.
+    if http10 && chunked {
         return Step::Fallback;
     }
     let close = close || !keep_alive;
@@ -712,7 +712,10 @@ fn plan<'t>(
     let fields = RawFields(request.headers);
     // A client that asked before sending its body waits for a `100
     // Continue`; one that sent some already (or has none to send) does not.
-    let expects_continue = expects > 0 && (body_len > 0 || chunked) && input.len() == head_len;
+    // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1); it
+    // goes no further either way.
+    let expects_continue =
+        !http10 && expects > 0 && (body_len > 0 || chunked) && input.len() == head_len;
     // Answered without a 100, such a client may never send the body the
     // answer would wait for: the answer comes at once and the connection
     // ends (lingering, in case the body comes anyway).
