@@ -1624,9 +1624,11 @@ pub async fn serve<S: ClientStream>(
             && input.len() == plan.head_len
             && !write_out(&mut stream, CONTINUE_RESPONSE, deadline, timeouts.idle).await
         {
+            // A request whose body never came: 400, as nginx logs it
+            // ("client prematurely closed connection") and hyper's path.
             if let Some(line) = line_of(&input) {
                 line.finish(
-                    499,
+                    400,
                     0,
                     Some(&"client closed the connection before its body"),
                 );
@@ -1680,7 +1682,9 @@ pub async fn serve<S: ClientStream>(
             }
             Err(_) => {
                 if let Some(line) = line {
-                    line.finish(499, 0, Some(&"client closed the connection mid-body"));
+                    // 400, as above; 499 is for a client that leaves
+                    // while its whole request waits for the upstream.
+                    line.finish(400, 0, Some(&"client closed the connection mid-body"));
                 }
                 return Outcome::Closed;
             }
