@@ -18,8 +18,9 @@
 #         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
 #         UPLOAD=chunked benches/instructions.sh            # POSTs of 1 KiB, chunked (or UPLOAD=length)
 #         FAST_PATH=false benches/instructions.sh           # the route's fast path off: hyper's path
+#         PROXY=nginx benches/instructions.sh               # nginx as the proxy instead, as load.sh configures it
 #
-# Knobs: LOAD (http1, http10, close or h2c), FAST_PATH (true or false), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: PROXY (switchyard or nginx), LOAD (http1, http10, close or h2c), FAST_PATH (true or false), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
@@ -31,6 +32,7 @@ CONNECTIONS=${CONNECTIONS:-10}
 ARGS=${ARGS:-}
 RETRIES=${RETRIES:-}
 FAST_PATH=${FAST_PATH:-true}
+PROXY_NAME=${PROXY:-switchyard}
 UPLOAD=${UPLOAD:-none}
 PORT_BASE=${PORT_BASE:-18200}
 BUILD=${BUILD:-1}
@@ -52,7 +54,8 @@ esac
 for tool in valgrind callgrind_control nginx "$LOADER" curl; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install valgrind nginx wrk curl)"
 done
-if ((BUILD)); then
+[[ $PROXY_NAME == switchyard || $PROXY_NAME == nginx ]] || die "PROXY is switchyard or nginx, not $PROXY_NAME"
+if ((BUILD)) && [[ $PROXY_NAME == switchyard ]]; then
     (cd "$ROOT" && cargo build --release --bin switchyard --quiet) || die "build failed"
 fi
 
@@ -98,19 +101,46 @@ EOF
 else
     ROUTE=(--listen "127.0.0.1:$PORT" --stable "127.0.0.1:$UP1" --canary "127.0.0.1:$UP2" --canary-weight 10)
 fi
-# shellcheck disable=SC2086 # ARGS is a list of flags
-SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
-    "$SWITCHYARD_BIN" run "${ROUTE[@]}" --workers 1 --admin 127.0.0.1:0 $ARGS \
-    >"$RUN/switchyard.log" 2>&1 &
+if [[ $PROXY_NAME == nginx ]]; then
+    # nginx as load.sh runs it (upstream keep-alive, HTTP/1.1, the same
+    # 90/10 split), one process (no master) so that callgrind counts the
+    # worker; h2c prior knowledge on the same port.
+    [[ $LOAD != h2c ]] || h2=" http2"
+    mkdir -p "$RUN/proxy"
+    nginx_upstream_conf "$RUN/proxy" "\
+    upstream backends {
+        server 127.0.0.1:$UP1 weight=9;
+        server 127.0.0.1:$UP2 weight=1;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$PORT${h2:-};
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }" | sed '1a master_process off;' >"$RUN/proxy.conf"
+    valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+        nginx -p "$RUN/proxy/nginx" -c "$RUN/proxy.conf" >"$RUN/switchyard.log" 2>&1 &
+else
+    # shellcheck disable=SC2086 # ARGS is a list of flags
+    SWITCHYARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+        "$SWITCHYARD_BIN" run "${ROUTE[@]}" --workers 1 --admin 127.0.0.1:0 $ARGS \
+        >"$RUN/switchyard.log" 2>&1 &
+fi
 PROXY=$!
 PIDS+=("$PROXY")
+# nginx's h2c port speaks HTTP/2 alone.
+ASK=()
+[[ $PROXY_NAME$LOAD != nginxh2c ]] || ASK=(--http2-prior-knowledge)
 
 for ((i = 0; i < 300; i++)); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/" 2>/dev/null) == 200 ]] && break
-    kill -0 "$PROXY" 2>/dev/null || { cat "$RUN/switchyard.log" >&2; die "switchyard exited"; }
+    [[ $(curl -s "${ASK[@]}" -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/" 2>/dev/null) == 200 ]] && break
+    kill -0 "$PROXY" 2>/dev/null || { cat "$RUN/switchyard.log" >&2; die "$PROXY_NAME exited"; }
     sleep 0.1
 done
-((i < 300)) || die "switchyard did not answer on port $PORT"
+((i < 300)) || die "$PROXY_NAME did not answer on port $PORT"
 
 # An upload: wrk sends this request as written (its own formatting would
 # add a Content-Length to a chunked body).
@@ -162,4 +192,4 @@ dump=$(grep -l 'measured' "$RUN"/callgrind.out* | head -n 1)
 instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
 [[ -n $instructions && ${requests:-0} -gt 0 ]] || die "no count (dump $dump, requests $requests)"
 awk -v i="$instructions" -v r="$requests" -v a="${ARGS:-none}" -v c="$CONNECTIONS" \
-    -v l="$LOAD" -v u="$UPLOAD" 'BEGIN { printf "%.0f instructions per request (%d requests, %s, upload %s, %d connections, extra flags: %s)\n", i / r, r, l, u, c, a }'
+    -v l="$LOAD" -v u="$UPLOAD" -v p="$PROXY_NAME" 'BEGIN { printf "%.0f instructions per request (%s, %d requests, %s, upload %s, %d connections, extra flags: %s)\n", i / r, p, r, l, u, c, a }'
