@@ -1723,8 +1723,6 @@ pub async fn serve<S: ClientStream>(
         };
         let pending = stats.send(started, now_ms);
         let exchanged = {
-            // Pinned where it is made: a future first bound to a local is
-            // kept twice in this one's state.
             let exchange = std::pin::pin!(exchange_retrying(
                 &mut ex,
                 plan.route,
