@@ -476,6 +476,105 @@ async fn a_first_head_that_comes_a_byte_at_a_time_is_served() {
 }
 
 // ---------------------------------------------------------------------
+// 10b. Only a connection's first head was checked: a malformed head later
+//      on a kept-alive connection got hyper's bare `400`, and a head over
+//      hyper's buffer its bare `431`, neither with a JSON body.
+// ---------------------------------------------------------------------
+
+/// Reads one answer framed by its `content-length`.
+async fn one_answer(stream: &mut TcpStream) -> String {
+    let head = String::from_utf8_lossy(&support::read_head(stream).await).into_owned();
+    let length: usize = support::header_values(&head, "content-length")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("the body");
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+#[tokio::test]
+async fn later_heads_on_a_kept_alive_connection_get_json_refusals_and_change_nothing() {
+    let (setup, _stable, _canary) = setup().await;
+    let (version, before) = routes(setup.admin).await;
+    let good = b"GET /v1/routes HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (bytes, says) in [
+        (&b"hello there\r\n\r\n"[..], "not an HTTP/1.1 request head"),
+        (
+            b"PUT /v1/routes/web/weights HTTP/1.1\r\nHo st: x\r\n\r\n",
+            "invalid header name",
+        ),
+        (
+            b"PUT /v1/routes/web/weights HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n",
+            "Content-Length is not a number",
+        ),
+        (
+            b"PUT /v1/routes/web/weights HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "does not end in chunked",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(setup.admin).await.expect("connect");
+        stream.write_all(good).await.expect("write");
+        let first = one_answer(&mut stream).await;
+        assert!(first.starts_with("HTTP/1.1 200 OK"), "{first:?}");
+        stream.write_all(bytes).await.expect("write");
+        let (rest, _) = support::read_until_close(&mut stream, Duration::from_secs(5)).await;
+        let rest = String::from_utf8_lossy(&rest);
+        let (status, error) = status_and_error(&rest);
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{bytes:?}: {rest:?}");
+        assert_eq!(error["code"], "malformed_request", "{rest:?}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{bytes:?}: {message:?}");
+        assert!(rest.contains("content-type: application/json"), "{rest:?}");
+    }
+
+    // Pipelined behind a good request, in one write: the good one is
+    // answered, then the refusal (which cannot name the fault: the bytes
+    // read since the last answer start with the good head).
+    let mut pipelined = good.to_vec();
+    pipelined.extend_from_slice(b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n");
+    let answer = raw(setup.admin, &pipelined).await;
+    let (_, refusal) = answer.split_once("}HTTP/1.1 ").expect("two answers");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+    let (status, error) = status_and_error(refusal);
+    assert!(status.starts_with("400 Bad Request"), "{answer:?}");
+    assert_eq!(error["code"], "malformed_request", "{answer:?}");
+
+    // A head well over hyper's 64 KiB buffer (a read may take it a little
+    // past): 431 with JSON, first on its connection (over the first-head
+    // check's 16 KiB, so hyper's) and later.
+    let huge = format!(
+        "GET /v1/routes HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(256 * 1024)
+    );
+    for later in [false, true] {
+        let mut stream = TcpStream::connect(setup.admin).await.expect("connect");
+        if later {
+            stream.write_all(good).await.expect("write");
+            assert!(one_answer(&mut stream).await.starts_with("HTTP/1.1 200 OK"));
+        }
+        // The server may close before it has read all of it.
+        let _ = stream.write_all(huge.as_bytes()).await;
+        let (rest, _) = support::read_until_close(&mut stream, Duration::from_secs(5)).await;
+        let rest = String::from_utf8_lossy(&rest);
+        let (status, error) = status_and_error(&rest);
+        assert_eq!(
+            status, "HTTP/1.1 431 Request Header Fields Too Large",
+            "{rest:?}"
+        );
+        assert_eq!(error["code"], "head_too_large", "{rest:?}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("64 KiB"),
+            "{rest:?}"
+        );
+    }
+    assert_eq!(routes(setup.admin).await, (version, before));
+}
+
+// ---------------------------------------------------------------------
 // 11. `switchyard ctl weights` reads the route, works out the weights of
 //     the pools it was not given from that read, and PUTs them without
 //     `If-Match`: a change another operator makes between the GET and the

@@ -15,6 +15,15 @@ pub enum AdminError {
         /// What is wrong with them.
         reason: String,
     },
+    /// The request head is over the admin listener's limits.
+    #[error("request head over the limits ({limits})")]
+    HeadTooLarge {
+        /// The limits.
+        limits: &'static str,
+    },
+    /// The request target is over the length hyper takes.
+    #[error("request target too long")]
+    UriTooLong,
     /// The body is not JSON of the expected shape.
     #[error("invalid JSON body: {reason}")]
     BadJson {
@@ -123,6 +132,8 @@ impl AdminError {
             }
             Self::UnknownRoute { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Stale { .. } => StatusCode::PRECONDITION_FAILED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -138,6 +149,8 @@ impl AdminError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedRequest { .. } => "malformed_request",
+            Self::HeadTooLarge { .. } => "head_too_large",
+            Self::UriTooLong => "uri_too_long",
             Self::BadJson { .. } => "invalid_json",
             Self::Invalid { code, .. } => code,
             Self::UnknownRoute { .. } => "unknown_route",

@@ -23,8 +23,16 @@ use crate::error::AdminError;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A first head not ended within this many bytes is left to hyper, which
-/// refuses it (431) past its own limit.
+/// refuses it (431) past [`HEAD_LIMIT`].
 const FIRST_HEAD_LIMIT: usize = 16 * 1024;
+
+/// hyper's read buffer on an admin connection: a head not whole once the
+/// buffer holds this much (one read may take it a little past) is refused
+/// (431), as is one with more than hyper's 100 fields.
+const HEAD_LIMIT: usize = 64 * 1024;
+
+/// [`HEAD_LIMIT`] and hyper's field count, as a refusal states them.
+const HEAD_LIMITS: &str = "64 KiB, 100 fields";
 
 /// Field lines a first head is parsed with here; one with more is left to
 /// hyper.
@@ -113,8 +121,9 @@ pub fn start_with_tls(
 
 /// Serves one admin connection. Its first head is read and checked here:
 /// bytes that are not an HTTP/1.1 request get a JSON 400 that says what is
-/// wrong, where hyper would answer an empty one (it has no hook for its
-/// parse errors). Later heads on a kept-alive connection are hyper's.
+/// wrong. Later heads are hyper's; [`AdminIo`] puts a JSON answer in place
+/// of the bare one hyper writes for a head it cannot parse (it has no hook
+/// for its parse errors).
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
     api: Arc<AdminApi>,
@@ -124,14 +133,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         Ok(FirstHead::Good(prefix)) => prefix,
         Ok(FirstHead::Refused(reason)) => {
             tracing::debug!(reason = %reason, "admin request refused");
-            let body = AdminError::MalformedRequest { reason }.body();
-            let mut answer = format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            answer.extend_from_slice(&body);
+            let answer = refusal_answer(&AdminError::MalformedRequest { reason });
             let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                 stream.write_all(&answer).await?;
                 stream.shutdown().await
@@ -143,12 +145,37 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let service = service_fn(move |request| Arc::clone(&api).handle(request));
     // A head (the next on a kept-alive connection) must come within the
-    // handshake's time too: a slow or idle client is closed.
+    // handshake's time too: a slow or idle client is closed. A control
+    // plane's heads are small: one over `HEAD_LIMIT` is refused (431)
+    // before it can hold more of the admin thread's memory.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
-    let stream = TokioIo::new(Prefixed { prefix, stream });
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(HEAD_LIMIT);
+    let stream = TokioIo::new(AdminIo {
+        recent: prefix.clone(),
+        prefix,
+        stream,
+        answered: false,
+        replacing: None,
+    });
     let _ = http.serve_connection(stream, service).await;
+}
+
+/// A refusal's whole answer, which ends the connection.
+fn refusal_answer(error: &AdminError) -> Vec<u8> {
+    let body = error.body();
+    let status = error.status();
+    let mut answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
 }
 
 /// How a connection's first head came.
@@ -175,27 +202,43 @@ async fn first_head<S: AsyncRead + Unpin>(stream: &mut S) -> FirstHead {
         if before > 0 && !line_ended && buffer.len() < FIRST_HEAD_LIMIT {
             continue;
         }
-        let mut fields = [httparse::EMPTY_HEADER; FIRST_HEAD_FIELDS];
-        let mut request = httparse::Request::new(&mut fields);
-        match request.parse(&buffer) {
-            Ok(httparse::Status::Complete(_)) => {
-                // hyper refuses a target `http::Uri` does not parse.
-                let target = request.path.unwrap_or_default();
-                if target.parse::<http::Uri>().is_err() {
-                    let reason = format!("the request target {target:?} is not a URI");
-                    return FirstHead::Refused(reason);
-                }
-                if let Err(reason) = framing(&request) {
-                    return FirstHead::Refused(reason.to_string());
-                }
-                return FirstHead::Good(buffer);
-            }
-            Ok(httparse::Status::Partial) if buffer.len() < FIRST_HEAD_LIMIT => {}
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                return FirstHead::Good(buffer)
-            }
-            Err(err) => return FirstHead::Refused(refusal(&buffer, err)),
+        match check_head(&buffer) {
+            HeadCheck::Partial if buffer.len() < FIRST_HEAD_LIMIT => {}
+            HeadCheck::Partial | HeadCheck::Fine => return FirstHead::Good(buffer),
+            HeadCheck::Refused(reason) => return FirstHead::Refused(reason),
         }
+    }
+}
+
+/// What the bytes that start a request head say of it.
+enum HeadCheck {
+    /// Whole and well-formed, or for hyper to judge (more fields than
+    /// parsed here).
+    Fine,
+    /// Not whole yet.
+    Partial,
+    /// Not an HTTP/1.1 request head, or one hyper refuses, and why.
+    Refused(String),
+}
+
+fn check_head(bytes: &[u8]) -> HeadCheck {
+    let mut fields = [httparse::EMPTY_HEADER; FIRST_HEAD_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {
+            // hyper refuses a target `http::Uri` does not parse.
+            let target = request.path.unwrap_or_default();
+            if target.parse::<http::Uri>().is_err() {
+                return HeadCheck::Refused(format!("the request target {target:?} is not a URI"));
+            }
+            match framing(&request) {
+                Ok(()) => HeadCheck::Fine,
+                Err(reason) => HeadCheck::Refused(reason.to_string()),
+            }
+        }
+        Ok(httparse::Status::Partial) => HeadCheck::Partial,
+        Err(httparse::Error::TooManyHeaders) => HeadCheck::Fine,
+        Err(err) => HeadCheck::Refused(refusal(bytes, err)),
     }
 }
 
@@ -250,35 +293,126 @@ fn refusal(bytes: &[u8], err: httparse::Error) -> String {
     format!("not an HTTP/1.1 request head ({err})")
 }
 
-/// A stream whose first bytes were read already: `prefix` is read first.
-struct Prefixed<S> {
+/// An admin connection's stream as hyper sees it. The first head's bytes,
+/// read and checked before hyper, come first. The bytes read since hyper
+/// last wrote are kept (up to [`HEAD_LIMIT`]): on a connection whose
+/// client waits for each answer, they are the head hyper is reading. When
+/// hyper answers a head it could not parse with its bare status
+/// ([`switchyard_proxy::hyper_refusal`]; an admin answer always has a JSON
+/// body, so the bytes cannot be one), a JSON answer that says why is
+/// written instead, and the connection ends.
+struct AdminIo<S> {
     prefix: BytesMut,
     stream: S,
+    /// Bytes read since hyper last wrote.
+    recent: BytesMut,
+    /// hyper wrote since `recent` was filled: the next read starts anew.
+    answered: bool,
+    /// The JSON answer in place of hyper's bare one, and how much of it is
+    /// written; what hyper writes after it is dropped.
+    replacing: Option<(Vec<u8>, usize)>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+impl<S> AdminIo<S> {
+    /// The JSON answer for hyper's bare `status`: why, from the head read.
+    fn replacement(&self, status: u16) -> Vec<u8> {
+        let error = match status {
+            431 => AdminError::HeadTooLarge {
+                limits: HEAD_LIMITS,
+            },
+            414 => AdminError::UriTooLong,
+            _ => AdminError::MalformedRequest {
+                reason: match check_head(&self.recent) {
+                    HeadCheck::Refused(reason) => reason,
+                    // Pipelined behind another request, or a rule of
+                    // hyper's this check does not know.
+                    HeadCheck::Fine | HeadCheck::Partial => "malformed request head".to_string(),
+                },
+            },
+        };
+        tracing::debug!(error = %error, "admin request refused");
+        refusal_answer(&error)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AdminIo<S> {
+    /// Writes the replacement; ready when it is all written.
+    fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((answer, written)) = self.replacing.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while *written < answer.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other.map(|result| result.map(drop)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A write of `bytes` (all hyper is writing now): replaced if it is
+    /// hyper's bare refusal, dropped after one, else none of this.
+    fn poll_refusal(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            let status = switchyard_proxy::hyper_refusal(bytes)?;
+            self.replacing = Some((self.replacement(status), 0));
+        }
+        Some(self.poll_replace(cx).map_ok(|()| bytes.len()))
+    }
+
+    fn note_write(&mut self, result: &Poll<io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+            self.answered = true;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AdminIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
         }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..n]);
-        self.prefix.advance(n);
-        Poll::Ready(Ok(()))
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            if this.answered {
+                this.answered = false;
+                this.recent.clear();
+            }
+            let room = HEAD_LIMIT.saturating_sub(this.recent.len());
+            this.recent.extend_from_slice(&read[..read.len().min(room)]);
+        }
+        result
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for AdminIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        if let Some(replaced) = this.poll_refusal(cx, buf) {
+            return replaced;
+        }
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.note_write(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -286,7 +420,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        // hyper writes its bare answer as one buffer.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if first.len() == total || this.replacing.is_some() {
+                if let Some(replaced) = this.poll_refusal(cx, first) {
+                    return replaced.map_ok(|_| total);
+                }
+            }
+        }
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.note_write(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -294,10 +440,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replace(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replace(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

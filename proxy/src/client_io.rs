@@ -950,11 +950,24 @@ impl MessageScan {
 /// The answer that says why, for hyper's bare answer to a head it could not
 /// parse (see [`ClientIo::replace_automatic`]); None for anything else.
 fn automatic_answer(bytes: &[u8]) -> Option<&'static [u8]> {
+    Some(match hyper_refusal(bytes)? {
+        400 => MALFORMED_HEAD_RESPONSE,
+        414 => URI_TOO_LONG_RESPONSE,
+        _ => HEAD_OVER_LIMIT_RESPONSE,
+    })
+}
+
+/// The status of hyper's own answer to a request head it could not parse,
+/// if `bytes` are one (hyper's HTTP/1 server has no hook for its parse
+/// errors, and answers them with a bare status): a `400`, `414` or `431`
+/// status line with `content-length: 0` and nothing but `connection` and
+/// `date` besides. None for anything else.
+pub fn hyper_refusal(bytes: &[u8]) -> Option<u16> {
     let head = bytes.strip_suffix(b"\r\n\r\n")?;
-    let answer = match head.get(..13)? {
-        b"HTTP/1.1 400 " => MALFORMED_HEAD_RESPONSE,
-        b"HTTP/1.1 414 " => URI_TOO_LONG_RESPONSE,
-        b"HTTP/1.1 431 " => HEAD_OVER_LIMIT_RESPONSE,
+    let status = match head.get(..13)? {
+        b"HTTP/1.1 400 " => 400,
+        b"HTTP/1.1 414 " => 414,
+        b"HTTP/1.1 431 " => 431,
         _ => return None,
     };
     let mut empty = false;
@@ -967,7 +980,7 @@ fn automatic_answer(bytes: &[u8]) -> Option<&'static [u8]> {
             _ => return None,
         }
     }
-    empty.then_some(answer)
+    empty.then_some(status)
 }
 
 /// Whether `tail` (a line's last bytes, see [`MessageScan`]) ends with

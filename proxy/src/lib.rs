@@ -40,6 +40,7 @@ pub mod stats;
 pub mod tls;
 mod upstream;
 
+pub use client_io::hyper_refusal;
 pub use error::ForwardError;
 pub use headers::{has_token, strip_hop_headers};
 pub use listener::{Listen, Listeners, PreparedListeners, Server};
