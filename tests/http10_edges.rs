@@ -394,13 +394,14 @@ async fn cutting_upstream(
 
 /// Sends an HTTP/1.0 keep-alive GET through a proxy to `addr`, reads
 /// until the body starts with `expected`, tells the upstream to cut (`go`),
-/// and reads on until the close: the head and the body the client got.
+/// and reads on until the close: the head and the body the client got, and
+/// whether the connection ended with a reset.
 async fn cut_exchange(
     addr: SocketAddr,
     fast_path: bool,
     go: &tokio::sync::mpsc::UnboundedSender<()>,
     expected: &[u8],
-) -> (String, Vec<u8>) {
+) -> (String, Vec<u8>, bool) {
     let proxy = support::proxy(&config(addr, fast_path));
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
@@ -427,11 +428,19 @@ async fn cut_exchange(
         bytes.extend_from_slice(&chunk[..n]);
     }
     go.send(()).expect("upstream waiting");
-    let (rest, closed) = support::read_until_close(&mut stream, HANG).await;
-    assert!(closed, "fast path {fast_path}: the connection stayed open");
-    bytes.extend_from_slice(&rest);
+    let reset = loop {
+        match tokio::time::timeout(HANG, stream.read(&mut chunk)).await {
+            Err(_) => panic!("fast path {fast_path}: the connection stayed open"),
+            Ok(Ok(0)) => break false,
+            Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
+            Ok(Err(err)) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+                break true;
+            }
+        }
+    };
     let (head, body) = split_head(&bytes);
-    (head, body.to_vec())
+    (head, body.to_vec(), reset)
 }
 
 #[tokio::test]
@@ -441,9 +450,15 @@ async fn a_chunked_answer_cut_mid_body_reaches_an_http10_client_short_and_closed
     for reset in [false, true] {
         for fast_path in [true, false] {
             let (addr, go, heads) = cutting_upstream(ANSWER, reset).await;
-            let (head, body) = cut_exchange(addr, fast_path, &go, b"0123456789abc").await;
-            // Delimited by the close, the body cannot say it is short; the
-            // connection at least ends, and nothing is made up.
+            let (head, body, client_reset) =
+                cut_exchange(addr, fast_path, &go, b"0123456789abc").await;
+            // Delimited by the close, the body cannot say it is short: the
+            // connection is reset, so the client knows (a FIN would say the
+            // body is whole); nothing is made up.
+            assert!(
+                client_reset,
+                "fast path {fast_path}, upstream reset {reset}: ended with a FIN"
+            );
             assert!(!says_keep_alive(&head), "fast path {fast_path}: {head}");
             assert!(support::header_values(&head, "transfer-encoding").is_empty());
             assert_eq!(
@@ -460,7 +475,11 @@ async fn a_close_delimited_answer_reset_by_the_upstream_ends_the_http10_connecti
     const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nX-Up: 1\r\n\r\npartial";
     for fast_path in [true, false] {
         let (addr, go, heads) = cutting_upstream(ANSWER, true).await;
-        let (head, body) = cut_exchange(addr, fast_path, &go, b"partial").await;
+        let (head, body, reset) = cut_exchange(addr, fast_path, &go, b"partial").await;
+        assert!(
+            reset,
+            "fast path {fast_path}: ended with a FIN, as if whole"
+        );
         assert!(!says_keep_alive(&head), "fast path {fast_path}: {head}");
         assert_eq!(support::header_values(&head, "x-up"), ["1"]);
         assert_eq!(body, b"partial", "fast path {fast_path}");

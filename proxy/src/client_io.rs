@@ -30,7 +30,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -38,6 +38,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+use crate::fast::ClientStream;
 
 /// Where a connection is in its request/response cycle. Shared between the
 /// socket wrapper and the service, which marks the start of each request.
@@ -51,6 +53,10 @@ pub struct ConnPhase {
     answered: AtomicU64,
     /// Requests hyper handed to the service (HTTP/1).
     started: AtomicU64,
+    /// An answer's body broke off (the upstream failed mid-body): an
+    /// HTTP/1 connection is reset as it ends, so that a body the close
+    /// delimits (to an HTTP/1.0 client) is not taken as whole.
+    broken: AtomicBool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -117,7 +123,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client stream with head timeouts and the framing check: a TCP
 /// stream, or the plaintext side of a TLS stream.
-pub struct ClientIo<S = TcpStream> {
+pub struct ClientIo<S: ClientStream = TcpStream> {
     stream: S,
     /// The client, for the access log's line of an answer made here.
     peer: SocketAddr,
@@ -157,7 +163,7 @@ pub struct ClientIo<S = TcpStream> {
     flushed: u64,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+impl<S: ClientStream> ClientIo<S> {
     /// Wraps an accepted stream; the first head must start within
     /// `request_header`, and may have `max_head` bytes.
     pub fn new(
@@ -210,10 +216,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         if served {
             phase.set(Phase::Idle);
         }
-        ClientIo {
-            prefix,
-            ..ClientIo::new(stream, peer, phase, timeouts, max_head)
-        }
+        let mut io = ClientIo::new(stream, peer, phase, timeouts, max_head);
+        io.prefix = prefix;
+        io
     }
 
     /// Times the current phase out `after` from now. The timer is moved
@@ -387,7 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
+impl<S: ClientStream> AsyncRead for ClientIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -473,7 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+impl<S: ClientStream> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -576,7 +581,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     }
 }
 
-impl<S> ClientIo<S> {
+impl<S: ClientStream> ClientIo<S> {
     /// Starts the lingering close's clock, once.
     fn linger(&mut self) {
         if self.lingering == Some(false) {
@@ -587,7 +592,7 @@ impl<S> ClientIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+impl<S: ClientStream> ClientIo<S> {
     /// If `bytes` are hyper's own answer to a head it could not parse,
     /// answers with one that says why instead (and logs it): hyper has no
     /// hook for its parse errors, and answers them with a bare status.
@@ -623,6 +628,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
                 self.phase.set(Phase::Idle);
                 self.arm(self.idle);
             }
+        }
+    }
+}
+
+impl<S: ClientStream> Drop for ClientIo<S> {
+    fn drop(&mut self) {
+        // HTTP/2 resets the broken answer's stream, not the connection.
+        if self.phase.broken.load(Ordering::Relaxed) && self.phase.get() != Phase::Http2 {
+            self.stream.reset_on_close();
         }
     }
 }
@@ -664,7 +678,12 @@ impl<B: http_body::Body + Unpin> http_body::Body for Answering<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            this.phase.broken.store(true, Ordering::Relaxed);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1773,7 +1773,8 @@ pub async fn serve<S: ClientStream>(
         endpoint.health.succeeded();
 
         let status = head.status;
-        let close = close || head.close_delimited;
+        let delimited_by_close = head.close_delimited;
+        let close = close || delimited_by_close;
         let mut body_bytes = 0;
         let relayed = relay(
             &mut stream,
@@ -1806,6 +1807,9 @@ pub async fn serve<S: ClientStream>(
         }
         proxy.raw.upstream_buffers.give(upstream_buffer);
         if !relayed.client_ok {
+            if delimited_by_close && relayed.late_error.is_some() {
+                stream.reset_on_close();
+            }
             return Outcome::Closed;
         }
         if relayed.unsent {
@@ -1877,14 +1881,29 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin {
     /// Whether ending the connection is said in the stream first (TLS's
     /// `close_notify`, RFC 8446 §6.1); plain TCP's FIN goes with the close.
     const SAYS_CLOSE: bool;
+
+    /// Makes the close, when the stream is dropped, a reset: for an answer
+    /// the upstream broke off whose body the close delimits (to an
+    /// HTTP/1.0 client), a FIN would say it is whole.
+    fn reset_on_close(&self);
 }
 
 impl ClientStream for tokio::net::TcpStream {
     const SAYS_CLOSE: bool = false;
+
+    fn reset_on_close(&self) {
+        // SO_LINGER 0: the close sends RST, and does not block.
+        let _ = self.set_zero_linger();
+    }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> ClientStream for tokio_rustls::server::TlsStream<IO> {
+impl<IO: ClientStream> ClientStream for tokio_rustls::server::TlsStream<IO> {
     const SAYS_CLOSE: bool = true;
+
+    fn reset_on_close(&self) {
+        // No close_notify is sent either: TLS says the end is cut.
+        self.get_ref().0.reset_on_close();
+    }
 }
 
 /// How long a closing client connection is read on (see [`close_client`]).
