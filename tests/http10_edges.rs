@@ -144,20 +144,6 @@ fn responses(mut bytes: &[u8], heads: &[bool]) -> (Vec<RawResponse>, usize) {
     (out, bytes.len())
 }
 
-/// A response's head (text) and what follows it, for a body delimited by
-/// the connection's close.
-fn split_head(bytes: &[u8]) -> (String, &[u8]) {
-    let at = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(bytes)))
-        + 4;
-    (
-        String::from_utf8_lossy(&bytes[..at]).into_owned(),
-        &bytes[at..],
-    )
-}
-
 #[tokio::test]
 async fn a_pipelined_mix_ends_exactly_after_the_first_http10_answer_without_keep_alive() {
     for fast_path in [true, false] {
@@ -199,7 +185,7 @@ async fn a_chunked_answer_to_a_pipelined_http10_keep_alive_ends_the_connection_t
         // The body can only end with the connection: what follows it is
         // never served.
         assert!(closed, "fast path {fast_path}: the connection stayed open");
-        let (head, body) = split_head(&bytes);
+        let (head, body) = support::split_head(&bytes);
         assert!(head.contains(" 200 "), "{head}");
         assert!(support::header_values(&head, "transfer-encoding").is_empty());
         assert!(!says_keep_alive(&head), "fast path {fast_path}: {head}");
@@ -348,7 +334,7 @@ async fn chunk_extensions_and_trailers_never_reach_an_http10_client() {
         let (bytes, closed) =
             support::raw_exchange_until_close(proxy.addr, &get10("/app", 1, true), HANG).await;
         assert!(closed, "fast path {fast_path}: the connection stayed open");
-        let (head, body) = split_head(&bytes);
+        let (head, body) = support::split_head(&bytes);
         assert!(head.contains(" 200 "), "{head}");
         assert!(support::header_values(&head, "transfer-encoding").is_empty());
         assert!(support::header_values(&head, "x-sum").is_empty(), "{head}");
@@ -439,7 +425,7 @@ async fn cut_exchange(
             }
         }
     };
-    let (head, body) = split_head(&bytes);
+    let (head, body) = support::split_head(&bytes);
     (head, body.to_vec(), reset)
 }
 
@@ -564,7 +550,7 @@ async fn a_large_chunked_answer_to_a_stalled_http10_client_is_not_read_far_ahead
         // Then every byte comes, decoded, and the connection ends.
         let (bytes, closed) = support::read_until_close(&mut stream, Duration::from_secs(60)).await;
         assert!(closed, "fast path {fast_path}");
-        let (head, body) = split_head(&bytes);
+        let (head, body) = support::split_head(&bytes);
         assert!(support::header_values(&head, "transfer-encoding").is_empty());
         assert_eq!(body.len() as u64, TOTAL, "fast path {fast_path}");
         let wrong = body

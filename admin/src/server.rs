@@ -372,13 +372,18 @@ impl<S: AsyncWrite + Unpin> AdminIo<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for AdminIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AdminIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.replacing.is_some() {
+            // Refused here: hyper reads the end of the stream.
+            std::task::ready!(this.poll_replace(cx))?;
+            return Poll::Ready(Ok(()));
+        }
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
@@ -395,6 +400,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for AdminIo<S> {
             }
             let room = HEAD_LIMIT.saturating_sub(this.recent.len());
             this.recent.extend_from_slice(&read[..read.len().min(room)]);
+            // hyper answers HTTP/2's preface with nothing at all (it ends
+            // the connection with an error): refused here, and hyper reads
+            // the end of the stream instead.
+            if this.recent.starts_with(b"PRI * HTTP/2.0") {
+                buf.set_filled(before);
+                let reason = refusal(&this.recent, httparse::Error::Version);
+                let answer = refusal_answer(&AdminError::MalformedRequest { reason });
+                this.replacing = Some((answer, 0));
+                std::task::ready!(this.poll_replace(cx))?;
+                return Poll::Ready(Ok(()));
+            }
         }
         result
     }

@@ -53,9 +53,10 @@ pub struct ConnPhase {
     answered: AtomicU64,
     /// Requests hyper handed to the service (HTTP/1).
     started: AtomicU64,
-    /// An answer's body broke off (the upstream failed mid-body): an
-    /// HTTP/1 connection is reset as it ends, so that a body the close
-    /// delimits (to an HTTP/1.0 client) is not taken as whole.
+    /// An answer whose body the close delimits (to an HTTP/1.0 client)
+    /// broke off (the upstream failed mid-body): the connection is reset
+    /// as it ends, so that the body is not taken as whole. (Any other
+    /// framing shows the cut by itself: a FIN keeps the bytes relayed.)
     broken: AtomicBool,
 }
 
@@ -652,15 +653,26 @@ struct Held {
 }
 
 /// A response body that tells its connection's [`ConnPhase`] when it is
-/// done with (dropped): a refusal waiting behind the answer may go then.
+/// done with (dropped): a refusal waiting behind the answer may go then;
+/// and when it broke off, if the connection's close delimits it.
 pub struct Answering<B> {
     body: B,
     phase: Arc<ConnPhase>,
+    /// The close delimits the body (an HTTP/1.0 client's answer of no
+    /// known length): if it breaks off, the connection is reset.
+    delimited_by_close: bool,
 }
 
-impl<B> Answering<B> {
-    pub fn new(body: B, phase: Arc<ConnPhase>) -> Self {
-        Answering { body, phase }
+impl<B: http_body::Body> Answering<B> {
+    /// `http10`: the request was HTTP/1.0; `length_known`: the answer has
+    /// a `Content-Length`.
+    pub fn new(body: B, phase: Arc<ConnPhase>, http10: bool, length_known: bool) -> Self {
+        let delimited_by_close = http10 && !length_known && body.size_hint().exact().is_none();
+        Answering {
+            body,
+            phase,
+            delimited_by_close,
+        }
     }
 }
 
@@ -680,7 +692,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Answering<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &frame {
+        if let (Poll::Ready(Some(Err(_))), true) = (&frame, this.delimited_by_close) {
             this.phase.broken.store(true, Ordering::Relaxed);
         }
         frame

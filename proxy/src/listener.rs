@@ -773,6 +773,7 @@ where
                 // The answer's future is made inside: one made outside and
                 // awaited here would be kept twice (10 KiB, not 5).
                 async move {
+                    let http10 = request.version() == http::Version::HTTP_10;
                     let request = request.map(ClientBody::Hyper);
                     let mut response = proxy.handle(client, request).await;
                     if let Ok(response) = &mut response {
@@ -785,7 +786,12 @@ where
                             );
                         }
                     }
-                    response.map(|response| response.map(|body| Answering::new(body, phase)))
+                    response.map(|response| {
+                        let length = response
+                            .headers()
+                            .contains_key(http::header::CONTENT_LENGTH);
+                        response.map(|body| Answering::new(body, phase, http10, length))
+                    })
                 }
             });
             let streams = ConnStreams::default();

@@ -579,6 +579,20 @@ pub async fn read_until_close(stream: &mut TcpStream, deadline: Duration) -> (Ve
     }
 }
 
+/// A response's head (text, with its CRLFs) and what follows it, for a
+/// body delimited by the connection's close.
+pub fn split_head(bytes: &[u8]) -> (String, &[u8]) {
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(bytes)))
+        + 4;
+    (
+        String::from_utf8_lossy(&bytes[..at]).into_owned(),
+        &bytes[at..],
+    )
+}
+
 /// A response parsed off the wire.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
