@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -422,8 +422,9 @@ async fn certificates_reload_without_dropping_connections() {
 }
 
 /// An HTTPS upstream with its own CA; with `client_ca`, it requires a
-/// client certificate from that CA. Answers with its name, and counts
-/// the health checks it receives and the TLS connections it accepts.
+/// client certificate from that CA. Reads the request body, answers with
+/// its name (and the body's length and sum in `x-body`), and counts the
+/// health checks it receives and the TLS connections it accepts.
 async fn tls_upstream(
     name: &'static str,
     leaf: &Leaf,
@@ -473,7 +474,17 @@ async fn tls_upstream(
                     {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
+                    async move {
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                        let body = body.unwrap_or_default();
+                        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+                        let mut response = Response::new(Full::new(Bytes::from(name)));
+                        let value = format!("{} {sum}", body.len());
+                        response
+                            .headers_mut()
+                            .insert("x-body", value.parse().expect("a field value"));
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -575,6 +586,34 @@ fn tls_pool_config(dir: &Path, ca: &Ca, addr: SocketAddr, extra: Value) -> Value
         "routes": [{"name": "web", "split": {"baseline": "app", "weights": {"app": 10000}}}],
         "timeouts": {"drain": "2s", "connect": "2s", "response_header": "5s"},
     })
+}
+
+#[tokio::test]
+async fn a_large_upload_goes_whole_to_a_tls_upstream() {
+    // Over the fast path's read-ahead, the body is streamed to the
+    // upstream as it comes, through rustls.
+    let dir = temp_dir("upload");
+    let ca = Ca::new("upstream CA");
+    let (addr, _, _) = tls_upstream("uploaded", &ca.leaf(&["backend.internal"]), None).await;
+    let proxy = support::proxy(&tls_pool_config(&dir, &ca, addr, json!({})));
+    const LEN: usize = 8 << 20;
+    let body: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await.expect("head");
+        write.write_all(&body).await.expect("body");
+        write
+    });
+    let mut buf = Vec::new();
+    let answer = support::read_response(&mut read, &mut buf, false).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert_eq!(answer.body, b"uploaded");
+    assert_eq!(answer.header("x-body"), [format!("{LEN} {sum}")]);
+    drop(writer.await);
+    proxy.server.shutdown();
 }
 
 #[tokio::test]

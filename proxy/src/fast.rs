@@ -7,19 +7,21 @@
 //!
 //! "Common" means: HTTP/1.1 or 1.0 (which goes upstream as 1.1, its
 //! answer framed for it), an origin-form target, one `Host`, no body,
-//! a `Content-Length` body or a chunked one (no extensions, no trailers;
-//! it goes upstream decoded, with its length) up to the read-ahead size,
-//! asked for with `Expect: 100-continue` or not, and nothing hop-by-hop
+//! a `Content-Length` body (read whole up to the read-ahead size, sent on
+//! as it comes past it: [`Streamed`]) or a chunked one (no extensions, no
+//! trailers; it goes upstream decoded, with its length) up to the
+//! read-ahead size, asked for with `Expect: 100-continue` or not, and
+//! nothing hop-by-hop
 //! but `Connection: keep-alive` or `close`; on a route whose `fast_path`
 //! is not off. A route's retries are made here too (the
-//! request is whole in one buffer). Upstream pools may speak plain TCP or
-//! TLS (`RawConn`).
+//! request is whole in one buffer; a streamed one is not retried). Upstream
+//! pools may speak plain TCP or TLS (`RawConn`).
 //!
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
 //! and answers of `forward`: HTTP/2's preface, HTTP/1.0 without a `Host`
-//! or with a chunked body, large request
-//! bodies, chunked ones with trailers or extensions, other expectations,
+//! or with a chunked body, chunked request bodies over the read-ahead size
+//! or with trailers or extensions, other expectations,
 //! upgrades, absolute-form targets, and anything
 //! malformed or over a limit. So each rule about bad input has one
 //! implementation, hyper's and `forward`'s; the fast path only ever takes
@@ -583,6 +585,9 @@ struct Plan<'t> {
     /// read to its end, up to the read-ahead size, and goes upstream
     /// decoded, with a `Content-Length`.
     chunked: bool,
+    /// A `Content-Length` body over the read-ahead size: what came with
+    /// the head goes upstream with it, the rest as it comes ([`Streamed`]).
+    streamed: bool,
     /// An HTTP/1.0 request: it goes upstream as HTTP/1.1 (RFC 9112 §2.3),
     /// and its answer says `Connection: keep-alive` when the connection
     /// stays, and ends with the connection when its length is not known.
@@ -699,9 +704,11 @@ fn plan<'t>(
     let (Some(host_value), 1, 0 | 1, false) = (host, hosts, lengths, chunked && lengths > 0) else {
         return Step::Fallback;
     };
-    if body_len > READ_AHEAD_BYTES as u64 || body_len > limits.max_body_bytes {
+    if body_len > limits.max_body_bytes {
+        // hyper answers 413.
         return Step::Fallback;
     }
+    let streamed = body_len > READ_AHEAD_BYTES as u64;
     let Ok(host) = host_for_matching(host_value) else {
         return Step::Fallback;
     };
@@ -723,9 +730,10 @@ fn plan<'t>(
         true => (head_len, true),
         false => (head_len + body_len as usize, close),
     };
-    let answer = |error| match chunked {
-        // A chunked body's end is known only once it is read: hyper
-        // answers, reading and dropping it.
+    let answer = |error| match chunked || streamed {
+        // A chunked body's end is known only once it is read, and a large
+        // one is not read whole here: hyper answers, reading and dropping
+        // it.
         true => Step::Fallback,
         false => Step::Answer {
             error,
@@ -813,6 +821,7 @@ fn plan<'t>(
         close,
         expects_continue,
         chunked,
+        streamed,
         http10,
     })
 }
@@ -1023,6 +1032,7 @@ enum Parsed {
 }
 
 /// What the response rewrite needs from the request.
+#[derive(Clone, Copy)]
 pub(crate) struct ResponseContext<'a> {
     pub(crate) head_request: bool,
     pub(crate) set_cookie: Option<&'a HeaderValue>,
@@ -1636,6 +1646,13 @@ pub async fn serve<S: ClientStream>(
             return Outcome::Closed;
         }
         let read = match plan.chunked {
+            // What came with the head goes with it; the rest is sent as it
+            // comes, once the upstream connection is there.
+            false if plan.streamed => {
+                let end = input.len().min(plan.head_len + plan.body_len);
+                out.extend_from_slice(&input[plan.head_len..end]);
+                Ok(end)
+            }
             false => {
                 let end = plan.head_len + plan.body_len;
                 match read_to(&mut stream, &mut input, end, deadline, timeouts.idle).await {
@@ -1670,24 +1687,14 @@ pub async fn serve<S: ClientStream>(
         let mut line = line_of(&input);
         let end = match read {
             Ok(end) => end,
-            Err(Rest::Stalled) => {
-                // nginx's client_body_timeout.
-                if let Some(line) = line {
-                    line.finish(408, 0, Some(&"request body timed out"));
-                }
-                let _ =
-                    write_out(&mut stream, BODY_TIMEOUT_RESPONSE, deadline, timeouts.idle).await;
-                let _ = stream.shutdown().await;
+            Err(rest) => {
+                end_mid_body(&mut stream, rest, line, deadline, timeouts.idle).await;
                 return Outcome::Closed;
             }
-            Err(_) => {
-                if let Some(line) = line {
-                    // 400, as above; 499 is for a client that leaves
-                    // while its whole request waits for the upstream.
-                    line.finish(400, 0, Some(&"client closed the connection mid-body"));
-                }
-                return Outcome::Closed;
-            }
+        };
+        let unsent = match plan.streamed {
+            true => plan.head_len + plan.body_len - end,
+            false => 0,
         };
         input.advance(end);
         served += 1;
@@ -1715,14 +1722,50 @@ pub async fn serve<S: ClientStream>(
             out: &mut out,
             buffer: &mut upstream_buffer,
             context: &context,
-            idempotent: plan.idempotent,
+            // A streamed body cannot go again: it is not kept.
+            idempotent: plan.idempotent && !plan.streamed,
             table: &table,
             deadline: upstream_deadline,
             probe: pipelined,
             trying: plan.endpoint.addr,
         };
         let pending = stats.send(started, now_ms);
-        let exchanged = {
+        // Some of a streamed body is unread, or the upstream answered
+        // before it had it all: neither connection can serve on.
+        let mut unread = false;
+        let exchanged = if plan.streamed {
+            let mut body = Streamed {
+                client: &mut stream,
+                input: &mut input,
+                unsent,
+                deadline: &mut *deadline,
+                idle: timeouts.idle,
+                end: StreamEnd::Whole,
+            };
+            let sent = exchange_moving_on(
+                &mut ex,
+                pool,
+                stats,
+                plan.endpoint,
+                now_ms,
+                &mut in_flight,
+                Some(&mut body),
+            )
+            .await;
+            unread = body.unsent > 0 || body.end == StreamEnd::Early;
+            match body.end {
+                StreamEnd::Whole | StreamEnd::Early => Some(sent),
+                StreamEnd::Left => None,
+                StreamEnd::Body(rest) => {
+                    if let Some(line) = line.as_mut() {
+                        line.served(&plan.route.name, &pool.name, ex.trying);
+                    }
+                    proxy.raw.upstream_buffers.give(upstream_buffer);
+                    end_mid_body(&mut stream, rest, line, deadline, timeouts.idle).await;
+                    return Outcome::Closed;
+                }
+            }
+        } else {
             let exchange = std::pin::pin!(exchange_retrying(
                 &mut ex,
                 plan.route,
@@ -1760,10 +1803,11 @@ pub async fn serve<S: ClientStream>(
                 }
                 count_failure(pool, pending, endpoint, &error, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
+                let close = close || unread;
                 put_error(&mut out, &error, close, plan.head_request, plan.http10);
                 proxy.raw.upstream_buffers.give(upstream_buffer);
                 if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
-                    let _ = stream.shutdown().await;
+                    close_after_error(&mut stream, unread, deadline).await;
                     return Outcome::Closed;
                 }
                 continue;
@@ -1774,7 +1818,7 @@ pub async fn serve<S: ClientStream>(
 
         let status = head.status;
         let delimited_by_close = head.close_delimited;
-        let close = close || delimited_by_close;
+        let close = close || delimited_by_close || unread;
         let mut body_bytes = 0;
         let relayed = relay(
             &mut stream,
@@ -1802,7 +1846,7 @@ pub async fn serve<S: ClientStream>(
                 None => line.finish(status, body_bytes, None),
             }
         }
-        if relayed.reusable {
+        if relayed.reusable && !unread {
             proxy.raw.put(idle_key(endpoint), upstream, timeouts.idle);
         }
         proxy.raw.upstream_buffers.give(upstream_buffer);
@@ -1829,13 +1873,14 @@ pub async fn serve<S: ClientStream>(
             }
             put_error(&mut out, &error, close, plan.head_request, plan.http10);
             if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
-                let _ = stream.shutdown().await;
+                close_after_error(&mut stream, unread, deadline).await;
                 return Outcome::Closed;
             }
             continue;
         }
         if close {
-            let linger = !input.is_empty() || proxy.stopping.stopped.get();
+            // The rest of an early-answered body may be on its way.
+            let linger = !input.is_empty() || unread || proxy.stopping.stopped.get();
             close_client(&mut stream, linger, deadline).await;
             return Outcome::Closed;
         }
@@ -1850,7 +1895,7 @@ pub async fn serve<S: ClientStream>(
 ///
 /// On a TCP stream the watch costs no system call: tokio cleared the read
 /// readiness when the request's read came up short.
-fn unless_client_leaves<'a, S: AsyncRead + Unpin, F: Future>(
+fn unless_client_leaves<'a, S: AsyncRead + Unpin + ?Sized, F: Future>(
     client: &'a mut S,
     input: &'a mut BytesMut,
     mut work: Pin<&'a mut F>,
@@ -1906,6 +1951,15 @@ impl<IO: ClientStream> ClientStream for tokio_rustls::server::TlsStream<IO> {
     }
 }
 
+/// Ends a client connection after the proxy's own error answer: lingering
+/// when the rest of a streamed request body (`unread`) may be on its way.
+async fn close_after_error<S: ClientStream>(stream: &mut S, unread: bool, deadline: &mut Deadline) {
+    match unread {
+        true => close_client(stream, true, deadline).await,
+        false => drop(stream.shutdown().await),
+    }
+}
+
 /// How long a closing client connection is read on (see [`close_client`]).
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
@@ -1958,7 +2012,7 @@ pub(crate) async fn refuse_preface<S: ClientStream>(
 }
 
 /// How reading the rest of a request ended.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Rest {
     Read,
     /// The client closed (or broke) its connection.
@@ -1990,6 +2044,28 @@ async fn read_to<S: AsyncRead + Unpin>(
         }
     }
     Rest::Read
+}
+
+/// Ends a connection whose client stopped sending its request body
+/// (408, nginx's `client_body_timeout`) or left mid-body (logged 400, as
+/// nginx logs it and hyper's path; 499 is for a client that leaves while
+/// its whole request waits for the upstream).
+async fn end_mid_body<S: ClientStream>(
+    stream: &mut S,
+    rest: Rest,
+    line: Option<Line>,
+    deadline: &mut Deadline,
+    idle: Duration,
+) {
+    if rest == Rest::Stalled {
+        if let Some(line) = line {
+            line.finish(408, 0, Some(&"request body timed out"));
+        }
+        let _ = write_out(stream, BODY_TIMEOUT_RESPONSE, deadline, idle).await;
+        let _ = stream.shutdown().await;
+    } else if let Some(line) = line {
+        line.finish(400, 0, Some(&"client closed the connection mid-body"));
+    }
 }
 
 /// How reading a chunked request body ended.
@@ -2171,14 +2247,15 @@ pub(crate) async fn exchange_retrying<'t>(
 ) -> (&'t EndpointEntry, Result<(RawConn, ResponseHead), Failed>) {
     let retries = &route.retries;
     if retries.attempts == 0 || !ex.idempotent {
-        return exchange_moving_on(ex, pool, stats, endpoint, now_ms, in_flight).await;
+        return exchange_moving_on(ex, pool, stats, endpoint, now_ms, in_flight, None).await;
     }
     let mut request = ex.raw.head_buffers.take();
     request.extend_from_slice(ex.out);
     let mut left = retries.attempts;
     let mut endpoint = endpoint;
     let last = loop {
-        let (tried, sent) = exchange_moving_on(ex, pool, stats, endpoint, now_ms, in_flight).await;
+        let (tried, sent) =
+            exchange_moving_on(ex, pool, stats, endpoint, now_ms, in_flight, None).await;
         let retry = left > 0
             && match &sent {
                 Ok((_, head)) => retries.on(head.status),
@@ -2226,11 +2303,12 @@ async fn exchange_moving_on<'t>(
     mut endpoint: &'t EndpointEntry,
     now_ms: u64,
     in_flight: &mut Option<InFlight>,
+    mut body: Option<&mut Streamed<'_>>,
 ) -> (&'t EndpointEntry, Result<(RawConn, ResponseHead), Failed>) {
     let mut moved = false;
     loop {
         ex.trying = endpoint.addr;
-        let sent = exchange(ex, endpoint).await;
+        let sent = exchange(ex, endpoint, body.as_deref_mut()).await;
         if let Err(Failed {
             error, sent: false, ..
         }) = &sent
@@ -2251,12 +2329,13 @@ async fn exchange_moving_on<'t>(
     }
 }
 
-/// Sends the request in `out` on a pooled or new connection and reads the
-/// final response head into `buffer`; on success `out` holds the head
-/// rewritten for the client.
+/// Sends the request in `out` on a pooled or new connection (and then a
+/// streamed `body`'s rest) and reads the final response head into
+/// `buffer`; on success `out` holds the head rewritten for the client.
 async fn exchange(
     ex: &mut Exchange<'_>,
     endpoint: &EndpointEntry,
+    mut body: Option<&mut Streamed<'_>>,
 ) -> Result<(RawConn, ResponseHead), Failed> {
     let Exchange {
         raw,
@@ -2293,8 +2372,15 @@ async fn exchange(
             },
         };
         // The request must be written and answered within the timeout.
+        // Flushed: TLS may keep the tail of a write that filled the socket
+        // (a no-op for plain TCP).
         deadline.set(timeouts.response_header);
-        let written = deadline.run(upstream.write_all(out)).await;
+        let written = deadline
+            .run(async {
+                upstream.write_all(out).await?;
+                upstream.flush().await
+            })
+            .await;
         if written.is_none() {
             let error = ForwardError::Timeout {
                 backend: endpoint.label.to_string(),
@@ -2317,9 +2403,41 @@ async fn exchange(
         }
         buffer.clear();
         let mut interim = false;
-        let read = deadline
-            .run(read_head(&mut upstream, buffer, context, out, &mut interim))
-            .await;
+        let read = match body.as_deref_mut() {
+            None => {
+                deadline
+                    .run(read_head(&mut upstream, buffer, context, out, &mut interim))
+                    .await
+            }
+            // Boxed: inline, its state would make every connection's
+            // future larger.
+            Some(body) => {
+                let timer = (&mut **deadline, timeouts.response_header);
+                let sent = send_body(
+                    &mut upstream,
+                    buffer,
+                    context,
+                    out,
+                    &mut interim,
+                    body,
+                    timer,
+                );
+                match Box::pin(sent).await {
+                    Some(read) => read,
+                    // The client's doing (`body.end` says what): nothing
+                    // for the upstream's account, and the caller looks no
+                    // further than `body.end`.
+                    None => {
+                        let error = ForwardError::Exchange {
+                            what: "the client stopped sending its body",
+                            backend: endpoint.label.to_string(),
+                            kind: ErrorKind::Reset,
+                        };
+                        return Err(Failed::sent(error, interim));
+                    }
+                }
+            }
+        };
         match read {
             None => {
                 let error = ForwardError::Timeout {
@@ -2400,6 +2518,198 @@ async fn read_head(
                 ))
             }
         }
+    }
+}
+
+/// A request body over the read-ahead size, sent upstream as it comes
+/// from the client after the part that came with the head.
+pub(crate) struct Streamed<'s> {
+    client: &'s mut (dyn AsyncRead + Unpin),
+    /// The client's bytes read and not yet sent: the body's, then perhaps
+    /// a pipelined request's.
+    input: &'s mut BytesMut,
+    /// Body bytes not yet sent.
+    unsent: usize,
+    /// The client's timer: each read must come within `idle`.
+    deadline: &'s mut Deadline,
+    idle: Duration,
+    /// How it ended.
+    end: StreamEnd,
+}
+
+/// How a [`Streamed`] body's exchange ended, for the caller.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// Sent whole, and its answer waited for.
+    Whole,
+    /// The upstream answered (or closed) before the body was whole. The
+    /// answer goes to the client, and neither connection serves on: the
+    /// rest of the body is unread.
+    Early,
+    /// The client stopped sending (`Stalled`) or left (`Gone`) mid-body.
+    Body(Rest),
+    /// The client left while its answer was awaited (nginx's 499).
+    Left,
+}
+
+/// How sending a [`Streamed`] body ended.
+enum Pumped {
+    Whole,
+    /// The upstream's bytes came (other than interim answers), or it
+    /// closed, or a write to it failed: what it sent is its answer.
+    Early,
+    /// No progress writing to the upstream within its timeout.
+    UpstreamStalled,
+    Client(Rest),
+}
+
+/// Sends `body` (its rest, see [`Streamed`]) and then reads the answer's
+/// head within `timer`'s duration of the body's end, as long as the
+/// client stays. `None` if the client stopped sending, or left, first
+/// (`body.end` says which); else what [`read_head`] under a deadline
+/// gives.
+async fn send_body(
+    upstream: &mut RawConn,
+    buffer: &mut BytesMut,
+    context: &ResponseContext<'_>,
+    out: &mut Vec<u8>,
+    interim: &mut bool,
+    body: &mut Streamed<'_>,
+    (deadline, wait): (&mut Deadline, Duration),
+) -> Option<Option<Result<ResponseHead, HeadError>>> {
+    let mut context = *context;
+    let mut pumped = pump(upstream, buffer, body, deadline, wait).await;
+    if let Pumped::Whole = pumped {
+        // TLS may keep the tail of the last write (see `exchange`).
+        deadline.set(wait);
+        pumped = match deadline.run(upstream.flush()).await {
+            Some(Ok(())) => Pumped::Whole,
+            Some(Err(_)) => Pumped::Early,
+            None => Pumped::UpstreamStalled,
+        };
+    }
+    match pumped {
+        Pumped::Whole => {}
+        Pumped::Early => {
+            body.end = StreamEnd::Early;
+            context.close = true;
+        }
+        Pumped::UpstreamStalled => return Some(None),
+        Pumped::Client(rest) => {
+            body.end = StreamEnd::Body(rest);
+            return None;
+        }
+    }
+    deadline.set(wait);
+    let head = std::pin::pin!(read_head(upstream, buffer, &context, out, interim));
+    if body.end == StreamEnd::Early {
+        return Some(deadline.run(head).await);
+    }
+    let watched = unless_client_leaves(&mut *body.client, &mut *body.input, head);
+    match deadline.run(watched).await {
+        None => Some(None),
+        Some(Some(read)) => Some(Some(read)),
+        Some(None) => {
+            body.end = StreamEnd::Left;
+            None
+        }
+    }
+}
+
+/// Sends `body`'s rest upstream as it comes from the client, a read's
+/// worth at a time: the client is read only once what it sent is
+/// written, so a slow upstream slows the client (back-pressure). Each read
+/// must come within the client's idle timeout, each write within `wait`.
+/// Meanwhile the upstream's bytes are read into `answer`: interim (1xx)
+/// answers are dropped, anything else ends the sending.
+async fn pump(
+    upstream: &mut RawConn,
+    answer: &mut BytesMut,
+    body: &mut Streamed<'_>,
+    deadline: &mut Deadline,
+    wait: Duration,
+) -> Pumped {
+    let Streamed {
+        client,
+        input,
+        unsent,
+        deadline: client_deadline,
+        idle,
+        ..
+    } = body;
+    loop {
+        if *unsent == 0 {
+            return Pumped::Whole;
+        }
+        let sending = !input.is_empty();
+        let timer = match sending {
+            true => {
+                deadline.set(wait);
+                &mut *deadline
+            }
+            false => {
+                client_deadline.set(*idle);
+                &mut **client_deadline
+            }
+        };
+        let step = std::future::poll_fn(|cx| {
+            loop {
+                make_room(answer);
+                match std::pin::pin!(upstream.read_buf(&mut *answer)).poll(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(n)) if n > 0 => match interim_len(answer) {
+                        Some(0) => {}
+                        Some(len) => answer.advance(len),
+                        None => return Poll::Ready(Some(Pumped::Early)),
+                    },
+                    Poll::Ready(_) => return Poll::Ready(Some(Pumped::Early)),
+                }
+            }
+            if sending {
+                let take = input.len().min(*unsent);
+                return match Pin::new(&mut *upstream).poll_write(cx, &input[..take]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        input.advance(n);
+                        *unsent -= n;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(_) => Poll::Ready(Some(Pumped::Early)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if input.capacity() - input.len() < CLIENT_BUFFER / 2 {
+                input.reserve(CLIENT_BUFFER);
+            }
+            match std::pin::pin!(client.read_buf(&mut **input)).poll(cx) {
+                Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(None),
+                Poll::Ready(_) => Poll::Ready(Some(Pumped::Client(Rest::Gone))),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match timer.run(step).await {
+            Some(None) => {}
+            Some(Some(end)) => return end,
+            None if sending => return Pumped::UpstreamStalled,
+            None => return Pumped::Client(Rest::Stalled),
+        }
+    }
+}
+
+/// The length of an interim (1xx, not 101) answer at the start of
+/// `answer`, read while a request body still goes: it is dropped. `Some(0)`
+/// while what came may yet be one; `None` for anything else (the final
+/// answer's start, or bytes [`read_head`] refuses).
+fn interim_len(answer: &[u8]) -> Option<usize> {
+    let mut fields = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut fields);
+    let parsed = response.parse(answer);
+    let interim = response
+        .code
+        .is_none_or(|code| (100..200).contains(&code) && code != 101);
+    match parsed {
+        Ok(httparse::Status::Partial) if interim => Some(0),
+        Ok(httparse::Status::Complete(len)) if interim => Some(len),
+        _ => None,
     }
 }
 
