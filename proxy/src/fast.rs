@@ -1044,6 +1044,9 @@ pub(crate) struct ResponseContext<'a> {
     /// known length is delimited by the connection's close), and
     /// `Connection: keep-alive` when the connection stays.
     pub(crate) http10: bool,
+    /// The worker's shutdown, for an HTTP/1 client: an answer whose head
+    /// comes once it began says `Connection: close`.
+    pub(crate) stopping: Option<&'a Stopping>,
 }
 
 /// Where [`parse_response`] writes the rewritten head: HTTP/1.1 lines, or,
@@ -1266,7 +1269,10 @@ fn parse_response(
     if let Some(cookie) = context.set_cookie {
         head.field(b"set-cookie", cookie.as_bytes());
     }
-    head.end(context.close || close_delimited, context.http10);
+    // A shutdown begun while the answer was awaited (an upload may take
+    // minutes): this is the connection's last answer, and it says so.
+    let stopping = context.stopping.is_some_and(Stopping::is_stopped);
+    head.end(context.close || close_delimited || stopping, context.http10);
     Ok(Parsed::Final(ResponseHead {
         len,
         status,
@@ -1714,6 +1720,7 @@ pub async fn serve<S: ClientStream>(
             close,
             hpack: false,
             http10: plan.http10,
+            stopping: Some(&proxy.stopping),
         };
         // From the worker's spares: an idle client holds no upstream buffer.
         let mut upstream_buffer = proxy.raw.upstream_buffers.take();
@@ -1803,7 +1810,7 @@ pub async fn serve<S: ClientStream>(
                 }
                 count_failure(pool, pending, endpoint, &error, now_ms);
                 tracing::debug!(client = %client.peer, error = %error, "request failed");
-                let close = close || unread;
+                let close = close || unread || proxy.stopping.stopped.get();
                 put_error(&mut out, &error, close, plan.head_request, plan.http10);
                 proxy.raw.upstream_buffers.give(upstream_buffer);
                 if !write_out(&mut stream, &out, deadline, timeouts.idle).await || close {
@@ -1818,7 +1825,7 @@ pub async fn serve<S: ClientStream>(
 
         let status = head.status;
         let delimited_by_close = head.close_delimited;
-        let close = close || delimited_by_close || unread;
+        let close = close || delimited_by_close || unread || proxy.stopping.stopped.get();
         let mut body_bytes = 0;
         let relayed = relay(
             &mut stream,
@@ -2372,15 +2379,8 @@ async fn exchange(
             },
         };
         // The request must be written and answered within the timeout.
-        // Flushed: TLS may keep the tail of a write that filled the socket
-        // (a no-op for plain TCP).
         deadline.set(timeouts.response_header);
-        let written = deadline
-            .run(async {
-                upstream.write_all(out).await?;
-                upstream.flush().await
-            })
-            .await;
+        let written = deadline.run(upstream.write_all_flushed(out)).await;
         if written.is_none() {
             let error = ForwardError::Timeout {
                 backend: endpoint.label.to_string(),
@@ -2580,7 +2580,8 @@ async fn send_body(
     let mut context = *context;
     let mut pumped = pump(upstream, buffer, body, deadline, wait).await;
     if let Pumped::Whole = pumped {
-        // TLS may keep the tail of the last write (see `exchange`).
+        // TLS may keep the tail of the last write (see
+        // `RawConn::write_all_flushed`).
         deadline.set(wait);
         pumped = match deadline.run(upstream.flush()).await {
             Some(Ok(())) => Pumped::Whole,
@@ -2657,11 +2658,17 @@ async fn pump(
                 make_room(answer);
                 match std::pin::pin!(upstream.read_buf(&mut *answer)).poll(cx) {
                     Poll::Pending => break,
-                    Poll::Ready(Ok(n)) if n > 0 => match interim_len(answer) {
-                        Some(0) => {}
-                        Some(len) => answer.advance(len),
-                        None => return Poll::Ready(Some(Pumped::Early)),
-                    },
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        // Every whole interim answer read, however many
+                        // came in one read.
+                        loop {
+                            match interim_len(answer) {
+                                Some(0) => break,
+                                Some(len) => answer.advance(len),
+                                None => return Poll::Ready(Some(Pumped::Early)),
+                            }
+                        }
+                    }
                     Poll::Ready(_) => return Poll::Ready(Some(Pumped::Early)),
                 }
             }
@@ -2700,7 +2707,9 @@ async fn pump(
 /// while what came may yet be one; `None` for anything else (the final
 /// answer's start, or bytes [`read_head`] refuses).
 fn interim_len(answer: &[u8]) -> Option<usize> {
-    let mut fields = [httparse::EMPTY_HEADER; 16];
+    // As many fields as a final head may have (`103 Early Hints` may
+    // carry many `Link` fields).
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut response = httparse::Response::new(&mut fields);
     let parsed = response.parse(answer);
     let interim = response

@@ -90,6 +90,7 @@ pub(crate) async fn send<R>(
         close: false,
         hpack,
         http10: false,
+        stopping: None,
     };
     let timeouts = &table.timeouts;
     let mut buffer = raw.upstream_buffers.take();
