@@ -8,7 +8,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,26 +53,6 @@ fn post(version: &str, len: usize) -> String {
         _ => "",
     };
     format!("POST /up {version}\r\nHost: x\r\nX-Probe: 1\r\n{keep}Content-Length: {len}\r\n\r\n")
-}
-
-/// Writes `bytes` in 64 KiB pieces from a task; the count written so far
-/// is in the returned counter. The write side then stays open.
-fn write_in_task(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
-    bytes: Vec<u8>,
-) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let written = Arc::new(AtomicU64::new(0));
-    let count = written.clone();
-    let task = tokio::spawn(async move {
-        for piece in bytes.chunks(64 * 1024) {
-            if write.write_all(piece).await.is_err() {
-                return;
-            }
-            count.fetch_add(piece.len() as u64, Ordering::SeqCst);
-        }
-        std::future::pending::<()>().await;
-    });
-    (written, task)
 }
 
 /// Reads until the proxy ends the connection: true once it has, false if
@@ -149,7 +129,7 @@ async fn a_large_upload_goes_whole_on_the_fast_path_and_the_connection_serves_on
         bytes.extend_from_slice(&body(len));
         let next = format!("GET /next {version}\r\nHost: x\r\nX-Probe: 2\r\n\r\n");
         bytes.extend_from_slice(next.as_bytes());
-        let (_, writer) = write_in_task(write, bytes);
+        let (_, writer) = support::write_in_task(write, bytes);
         let mut buf = Vec::new();
         let first = support::read_response(&mut read, &mut buf, false).await;
         assert_eq!(
@@ -194,7 +174,7 @@ async fn an_upstream_that_reads_slowly_holds_the_upload_back() {
     let (mut read, write) = stream.into_split();
     let mut bytes = post("HTTP/1.1", LEN).into_bytes();
     bytes.extend_from_slice(&body(LEN));
-    let (written, writer) = write_in_task(write, bytes);
+    let (written, writer) = support::write_in_task(write, bytes);
     // Until the count stops moving (polled: there is no event for
     // "nothing more goes"), at most 30 s.
     let mut last = u64::MAX;
@@ -286,7 +266,7 @@ async fn an_upstream_that_stops_reading_gets_504_and_the_client_connection_ends(
     const LEN: usize = 64 << 20;
     let mut bytes = post("HTTP/1.1", LEN).into_bytes();
     bytes.extend_from_slice(&body(LEN));
-    let (_, writer) = write_in_task(write, bytes);
+    let (_, writer) = support::write_in_task(write, bytes);
     let mut buf = Vec::new();
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(answer.status, 504, "{}", answer.head);
@@ -319,7 +299,7 @@ async fn an_interim_answer_during_the_upload_is_dropped_and_the_body_goes_on() {
     const LEN: usize = 2 << 20;
     let mut bytes = post("HTTP/1.1", LEN).into_bytes();
     bytes.extend_from_slice(&body(LEN));
-    let (_, writer) = write_in_task(write, bytes);
+    let (_, writer) = support::write_in_task(write, bytes);
     let mut buf = Vec::new();
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(answer.status, 200, "{}", answer.head);
@@ -359,7 +339,7 @@ async fn an_early_answer_ends_both_connections() {
     const LEN: usize = 32 << 20;
     let mut bytes = post("HTTP/1.1", LEN).into_bytes();
     bytes.extend_from_slice(&body(LEN));
-    let (_, writer) = write_in_task(write, bytes);
+    let (_, writer) = support::write_in_task(write, bytes);
     let mut buf = Vec::new();
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!((answer.status, answer.body.as_slice()), (413, &b"big!"[..]));
@@ -394,7 +374,7 @@ async fn a_refused_connect_gets_502_and_the_client_connection_ends() {
     let mut bytes = post("HTTP/1.1", LEN).into_bytes();
     bytes.extend_from_slice(&body(LEN));
     bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    let (_, writer) = write_in_task(write, bytes);
+    let (_, writer) = support::write_in_task(write, bytes);
     let mut buf = Vec::new();
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(answer.status, 502, "{}", answer.head);

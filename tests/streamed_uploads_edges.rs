@@ -87,26 +87,6 @@ async fn connect(addr: SocketAddr) -> (OwnedReadHalf, OwnedWriteHalf) {
     stream.into_split()
 }
 
-/// Writes `bytes` in 64 KiB pieces from a task; the count written so far
-/// is in the returned counter. The write side then stays open.
-fn write_in_task(
-    mut write: OwnedWriteHalf,
-    bytes: Vec<u8>,
-) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let written = Arc::new(AtomicU64::new(0));
-    let count = written.clone();
-    let task = tokio::spawn(async move {
-        for piece in bytes.chunks(64 * 1024) {
-            if write.write_all(piece).await.is_err() {
-                return;
-            }
-            count.fetch_add(piece.len() as u64, Ordering::SeqCst);
-        }
-        std::future::pending::<()>().await;
-    });
-    (written, task)
-}
-
 /// Reads until the proxy ends the connection: true once it has, false if
 /// 10 s pass. What came is added to `got`.
 async fn ends(read: &mut OwnedReadHalf, got: &mut Vec<u8>) -> bool {
@@ -188,7 +168,7 @@ async fn an_interim_and_a_final_answer_in_one_write_reach_the_client_as_the_fina
     for fast_path in [false, true] {
         let proxy = proxy(addr, fast_path, json!({"response_header": "3s"}));
         let (mut read, write) = connect(proxy.addr).await;
-        let (_, writer) = write_in_task(write, upload(32 << 20));
+        let (_, writer) = support::write_in_task(write, upload(32 << 20));
         let mut buf = Vec::new();
         let answer = support::read_response(&mut read, &mut buf, false).await;
         writer.abort();
@@ -271,7 +251,7 @@ async fn a_request_pipelined_behind_an_early_answered_body_is_never_sent_upstrea
     let (mut read, write) = connect(proxy.addr).await;
     let mut bytes = upload(16 << 20);
     bytes.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
-    let (_, writer) = write_in_task(write, bytes);
+    let (_, writer) = support::write_in_task(write, bytes);
     let mut buf = Vec::new();
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(answer.status, 413, "{}", answer.head);
@@ -335,7 +315,7 @@ async fn an_http10_upload_without_keep_alive_is_answered_then_closed() {
     let mut bytes = post("HTTP/1.0", LEN, "").into_bytes();
     bytes.extend_from_slice(&body(LEN));
     let (mut read, write) = connect(proxy.addr).await;
-    let (_, writer) = write_in_task(write, bytes);
+    let (_, writer) = support::write_in_task(write, bytes);
     let mut got = Vec::new();
     assert!(
         ends(&mut read, &mut got).await,
@@ -383,7 +363,7 @@ async fn an_upstream_that_closes_or_resets_mid_body_without_answering_gets_502()
         .await;
         let proxy = proxy(addr, true, json!({"response_header": "3s"}));
         let (mut read, write) = connect(proxy.addr).await;
-        let (_, writer) = write_in_task(write, upload(16 << 20));
+        let (_, writer) = support::write_in_task(write, upload(16 << 20));
         let mut buf = Vec::new();
         let answer = support::read_response(&mut read, &mut buf, false).await;
         assert_eq!(answer.status, 502, "{what}: {}", answer.head);
@@ -415,7 +395,7 @@ async fn an_early_answer_followed_by_the_upstreams_close_reaches_the_client() {
     .await;
     let proxy = proxy(addr, true, json!({}));
     let (mut read, write) = connect(proxy.addr).await;
-    let (_, writer) = write_in_task(write, upload(16 << 20));
+    let (_, writer) = support::write_in_task(write, upload(16 << 20));
     let mut buf = Vec::new();
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(
@@ -449,7 +429,7 @@ async fn an_early_101_to_an_upload_is_not_relayed_as_a_switch() {
     .await;
     let proxy = proxy(addr, true, json!({"response_header": "3s"}));
     let (mut read, write) = connect(proxy.addr).await;
-    let (_, writer) = write_in_task(write, upload(16 << 20));
+    let (_, writer) = support::write_in_task(write, upload(16 << 20));
     let mut got = Vec::new();
     assert!(
         ends(&mut read, &mut got).await,
@@ -474,7 +454,7 @@ async fn max_body_bytes_holds_at_its_edge_for_a_streamed_body() {
         );
         let proxy = support::proxy(&config);
         let (mut read, write) = connect(proxy.addr).await;
-        let (_, writer) = write_in_task(write, upload(len));
+        let (_, writer) = support::write_in_task(write, upload(len));
         let mut buf = Vec::new();
         let answer = support::read_response(&mut read, &mut buf, false).await;
         writer.abort();
@@ -511,7 +491,7 @@ async fn a_streamed_upload_as_the_connections_last_request_is_answered_and_close
     assert_eq!(first.status, 200);
     assert!(first.header("connection").is_empty(), "{}", first.head);
     const LEN: usize = 1 << 20;
-    let (_, writer) = write_in_task(write, upload(LEN));
+    let (_, writer) = support::write_in_task(write, upload(LEN));
     let second = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(second.status, 200, "{}", second.head);
     assert_eq!(second.header("connection"), ["close"], "{}", second.head);
@@ -553,7 +533,7 @@ async fn shutdown_during_an_upload() -> support::RawResponse {
     } = proxy(addr, true, json!({"drain": "10s"}));
     const LEN: usize = 8 << 20;
     let (mut read, write) = connect(proxy_addr).await;
-    let (_, writer) = write_in_task(write, upload(LEN));
+    let (_, writer) = support::write_in_task(write, upload(LEN));
     tokio::time::timeout(HANG, heads.recv())
         .await
         .expect("the head went upstream")
@@ -692,7 +672,7 @@ async fn an_upload_after_the_upstream_closed_its_pooled_connection_goes_whole_on
         "the upstream did not close"
     );
     const LEN: usize = 2 << 20;
-    let (_, writer) = write_in_task(write, upload(LEN));
+    let (_, writer) = support::write_in_task(write, upload(LEN));
     let answer = support::read_response(&mut read, &mut buf, false).await;
     writer.abort();
     assert_eq!(answer.status, 200, "{}", answer.head);
@@ -717,7 +697,7 @@ async fn an_upload_to_a_refused_endpoint_moves_on_to_another_whole() {
     const LEN: usize = 1 << 20;
     for attempt in 0..4 {
         let (mut read, write) = connect(proxy.addr).await;
-        let (_, writer) = write_in_task(write, upload(LEN));
+        let (_, writer) = support::write_in_task(write, upload(LEN));
         let mut buf = Vec::new();
         let answer = support::read_response(&mut read, &mut buf, false).await;
         writer.abort();
@@ -883,7 +863,7 @@ async fn an_interim_answer_with_many_fields_during_the_upload_is_dropped_and_the
     for fast_path in [false, true] {
         let proxy = proxy(addr, fast_path, json!({"response_header": "3s"}));
         let (mut read, write) = connect(proxy.addr).await;
-        let (_, writer) = write_in_task(write, upload(4 << 20));
+        let (_, writer) = support::write_in_task(write, upload(4 << 20));
         let mut buf = Vec::new();
         let answer = support::read_response(&mut read, &mut buf, false).await;
         writer.abort();
@@ -934,7 +914,7 @@ async fn an_early_answer_and_then_a_reset_still_reach_the_client() {
         .await;
         let proxy = proxy(addr, true, json!({}));
         let (mut read, write) = connect(proxy.addr).await;
-        let (_, writer) = write_in_task(write, upload(16 << 20));
+        let (_, writer) = support::write_in_task(write, upload(16 << 20));
         let mut got = Vec::new();
         assert!(
             ends(&mut read, &mut got).await,
@@ -970,7 +950,7 @@ async fn an_upload_that_expects_100_continue_and_is_refused_early_gets_100_then_
     // The proxy says 100 before it connects upstream; the client sends on.
     let interim = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(interim.status, 100, "{}", interim.head);
-    let (_, writer) = write_in_task(write, body(LEN));
+    let (_, writer) = support::write_in_task(write, body(LEN));
     let answer = support::read_response(&mut read, &mut buf, false).await;
     assert_eq!(
         (answer.status, answer.body.as_slice()),

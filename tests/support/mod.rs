@@ -593,6 +593,26 @@ pub fn split_head(bytes: &[u8]) -> (String, &[u8]) {
     )
 }
 
+/// Writes `bytes` in 64 KiB pieces from a task; the count written so far
+/// is in the returned counter. The write side then stays open.
+pub fn write_in_task(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    bytes: Vec<u8>,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let written = Arc::new(AtomicU64::new(0));
+    let count = written.clone();
+    let task = tokio::spawn(async move {
+        for piece in bytes.chunks(64 * 1024) {
+            if write.write_all(piece).await.is_err() {
+                return;
+            }
+            count.fetch_add(piece.len() as u64, Ordering::SeqCst);
+        }
+        std::future::pending::<()>().await;
+    });
+    (written, task)
+}
+
 /// A response parsed off the wire.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
