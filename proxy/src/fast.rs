@@ -1902,7 +1902,7 @@ pub async fn serve<S: ClientStream>(
 ///
 /// On a TCP stream the watch costs no system call: tokio cleared the read
 /// readiness when the request's read came up short.
-fn unless_client_leaves<'a, S: AsyncRead + Unpin + ?Sized, F: Future>(
+fn unless_client_leaves<'a, S: AsyncRead + Unpin, F: Future>(
     client: &'a mut S,
     input: &'a mut BytesMut,
     mut work: Pin<&'a mut F>,
@@ -1912,20 +1912,51 @@ fn unless_client_leaves<'a, S: AsyncRead + Unpin + ?Sized, F: Future>(
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        if watching {
-            let mut bytes = [MaybeUninit::<u8>::uninit(); 1024];
-            let mut read = tokio::io::ReadBuf::uninit(&mut bytes);
-            match Pin::new(&mut *client).poll_read(cx, &mut read) {
-                Poll::Pending => {}
-                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
-                    input.extend_from_slice(read.filled());
-                    watching = false;
-                }
-                Poll::Ready(_) => return Poll::Ready(None),
-            }
-        }
-        Poll::Pending
+        poll_client(client, input, &mut watching, cx)
     })
+}
+
+/// `work`'s output; with a client to watch (a streamed request's, whose
+/// connection the exchange holds), as [`unless_client_leaves`].
+async fn watching<'c, F: Future>(
+    mut client: Option<(&mut (dyn AsyncRead + Unpin + 'c), &mut BytesMut)>,
+    mut work: Pin<&mut F>,
+) -> Option<F::Output> {
+    let mut watching = client.as_ref().is_some_and(|(_, input)| input.is_empty());
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        match client.as_mut() {
+            Some((client, input)) => poll_client(*client, input, &mut watching, cx),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Pending while the client of an exchange under way stays; `None` once
+/// it closed its connection (or it broke). Bytes it sends meanwhile (a
+/// pipelined request) are kept in `input` and end the watch.
+fn poll_client<S: AsyncRead + Unpin + ?Sized, T>(
+    client: &mut S,
+    input: &mut BytesMut,
+    watching: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<T>> {
+    if *watching {
+        let mut bytes = [MaybeUninit::<u8>::uninit(); 1024];
+        let mut read = tokio::io::ReadBuf::uninit(&mut bytes);
+        match Pin::new(client).poll_read(cx, &mut read) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                input.extend_from_slice(read.filled());
+                *watching = false;
+            }
+            Poll::Ready(_) => return Poll::Ready(None),
+        }
+    }
+    Poll::Pending
 }
 
 /// A client connection's transport, as the fast path ends it.
@@ -2209,6 +2240,18 @@ impl Failed {
             answered,
         }
     }
+
+    /// The client of a streamed request stopped sending, or left: nothing
+    /// for the upstream's account. The caller looks no further than
+    /// [`Streamed::end`], which says what happened.
+    fn client(endpoint: &EndpointEntry) -> Failed {
+        let error = ForwardError::Exchange {
+            what: "the client stopped sending its body or left",
+            backend: endpoint.label.to_string(),
+            kind: ErrorKind::Reset,
+        };
+        Failed::sent(error, false)
+    }
 }
 
 /// One request's exchange with an upstream, and what it needs.
@@ -2380,7 +2423,12 @@ async fn exchange(
         };
         // The request must be written and answered within the timeout.
         deadline.set(timeouts.response_header);
-        let written = deadline.run(upstream.write_all_flushed(out)).await;
+        let mut written = deadline.run(upstream.write_all(out)).await;
+        // rustls may keep the tail of a write that filled the socket until
+        // the next write or a flush, and a request's last bytes have none.
+        if let (Some(Ok(())), RawConn::Tls(tls)) = (&written, &mut upstream) {
+            written = deadline.run(tls.flush()).await;
+        }
         if written.is_none() {
             let error = ForwardError::Timeout {
                 backend: endpoint.label.to_string(),
@@ -2403,39 +2451,61 @@ async fn exchange(
         }
         buffer.clear();
         let mut interim = false;
-        let read = match body.as_deref_mut() {
-            None => {
-                deadline
-                    .run(read_head(&mut upstream, buffer, context, out, &mut interim))
-                    .await
-            }
-            // Boxed: inline, its state would make every connection's
-            // future larger.
-            Some(body) => {
-                let timer = (&mut **deadline, timeouts.response_header);
-                let sent = send_body(
-                    &mut upstream,
-                    buffer,
-                    context,
-                    out,
-                    &mut interim,
-                    body,
-                    timer,
-                );
-                match Box::pin(sent).await {
-                    Some(read) => read,
-                    // The client's doing (`body.end` says what): nothing
-                    // for the upstream's account, and the caller looks no
-                    // further than `body.end`.
-                    None => {
-                        let error = ForwardError::Exchange {
-                            what: "the client stopped sending its body",
-                            backend: endpoint.label.to_string(),
-                            kind: ErrorKind::Reset,
-                        };
-                        return Err(Failed::sent(error, interim));
-                    }
+        // A streamed body's rest first. Boxed: inline, its state would
+        // make every connection's future larger.
+        let mut early = false;
+        if let Some(body) = body.as_deref_mut() {
+            let timer = (&mut **deadline, timeouts.response_header);
+            match Box::pin(send_rest(&mut upstream, buffer, body, timer)).await {
+                Pumped::Whole => {}
+                Pumped::Early => {
+                    body.end = StreamEnd::Early;
+                    early = true;
                 }
+                Pumped::UpstreamStalled => {
+                    let error = ForwardError::Timeout {
+                        backend: endpoint.label.to_string(),
+                        after: timeouts.response_header,
+                    };
+                    return Err(Failed::sent(error, false));
+                }
+                Pumped::Client(rest) => {
+                    body.end = StreamEnd::Body(rest);
+                    return Err(Failed::client(endpoint));
+                }
+            }
+        }
+        // An early answer ends the connection: it says so.
+        let early_context;
+        let context = match early {
+            false => *context,
+            true => {
+                early_context = ResponseContext {
+                    close: true,
+                    ..**context
+                };
+                &early_context
+            }
+        };
+        // One call of `read_head` (a second one would not be inlined). A
+        // streamed request's client is watched here while its answer is
+        // awaited (the others' by the caller).
+        let client = body
+            .as_deref_mut()
+            .filter(|body| body.end == StreamEnd::Whole)
+            .map(|body| (&mut *body.client, &mut *body.input));
+        let read = {
+            let head = std::pin::pin!(read_head(&mut upstream, buffer, context, out, &mut interim));
+            deadline.run(watching(client, head)).await
+        };
+        let read = match read {
+            None => None,
+            Some(Some(read)) => Some(read),
+            Some(None) => {
+                if let Some(body) = body.as_deref_mut() {
+                    body.end = StreamEnd::Left;
+                }
+                return Err(Failed::client(endpoint));
             }
         };
         match read {
@@ -2563,57 +2633,26 @@ enum Pumped {
     Client(Rest),
 }
 
-/// Sends `body` (its rest, see [`Streamed`]) and then reads the answer's
-/// head within `timer`'s duration of the body's end, as long as the
-/// client stays. `None` if the client stopped sending, or left, first
-/// (`body.end` says which); else what [`read_head`] under a deadline
-/// gives.
-async fn send_body(
+/// Sends `body`'s rest (see [`pump`]) and flushes it: TLS may keep the
+/// tail of the last write (as in [`exchange`]). The answer's head is read
+/// after, within `wait` of the body's end.
+async fn send_rest(
     upstream: &mut RawConn,
     buffer: &mut BytesMut,
-    context: &ResponseContext<'_>,
-    out: &mut Vec<u8>,
-    interim: &mut bool,
     body: &mut Streamed<'_>,
     (deadline, wait): (&mut Deadline, Duration),
-) -> Option<Option<Result<ResponseHead, HeadError>>> {
-    let mut context = *context;
-    let mut pumped = pump(upstream, buffer, body, deadline, wait).await;
-    if let Pumped::Whole = pumped {
-        // TLS may keep the tail of the last write (see
-        // `RawConn::write_all_flushed`).
-        deadline.set(wait);
-        pumped = match deadline.run(upstream.flush()).await {
-            Some(Ok(())) => Pumped::Whole,
-            Some(Err(_)) => Pumped::Early,
-            None => Pumped::UpstreamStalled,
-        };
-    }
-    match pumped {
+) -> Pumped {
+    match pump(upstream, buffer, body, deadline, wait).await {
         Pumped::Whole => {}
-        Pumped::Early => {
-            body.end = StreamEnd::Early;
-            context.close = true;
-        }
-        Pumped::UpstreamStalled => return Some(None),
-        Pumped::Client(rest) => {
-            body.end = StreamEnd::Body(rest);
-            return None;
-        }
+        other => return other,
     }
     deadline.set(wait);
-    let head = std::pin::pin!(read_head(upstream, buffer, &context, out, interim));
-    if body.end == StreamEnd::Early {
-        return Some(deadline.run(head).await);
-    }
-    let watched = unless_client_leaves(&mut *body.client, &mut *body.input, head);
-    match deadline.run(watched).await {
-        None => Some(None),
-        Some(Some(read)) => Some(Some(read)),
-        Some(None) => {
-            body.end = StreamEnd::Left;
-            None
-        }
+    let flushed = deadline.run(upstream.flush()).await;
+    deadline.set(wait);
+    match flushed {
+        Some(Ok(())) => Pumped::Whole,
+        Some(Err(_)) => Pumped::Early,
+        None => Pumped::UpstreamStalled,
     }
 }
 

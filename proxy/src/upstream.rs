@@ -358,22 +358,6 @@ pub enum RawConn {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl RawConn {
-    /// Writes all of `bytes`, and for TLS flushes them too: rustls may
-    /// keep the tail of a write that filled the socket until the next
-    /// write or a flush, and a request's last bytes have neither.
-    pub(crate) async fn write_all_flushed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        match self {
-            RawConn::Plain(stream) => stream.write_all(bytes).await,
-            RawConn::Tls(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
-        }
-    }
-}
-
 impl tokio::io::AsyncRead for RawConn {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
