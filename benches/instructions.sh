@@ -17,10 +17,11 @@
 #         ARGS=--no-request-metrics benches/instructions.sh  # without counting
 #         RETRIES='{"attempts": 1, "on": ["reset", "503"]}' benches/instructions.sh  # a route that retries
 #         UPLOAD=chunked benches/instructions.sh            # POSTs of 1 KiB, chunked (or UPLOAD=length)
+#         UPLOAD=length UPLOAD_BYTES=262144 benches/instructions.sh  # POSTs of 256 KiB (streamed: over the 64 KiB read-ahead)
 #         FAST_PATH=false benches/instructions.sh           # the route's fast path off: hyper's path
 #         PROXY=nginx benches/instructions.sh               # nginx as the proxy instead, as load.sh configures it
 #
-# Knobs: PROXY (switchyard or nginx), LOAD (http1, http10, close or h2c), FAST_PATH (true or false), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of 1 KiB), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
+# Knobs: PROXY (switchyard or nginx), LOAD (http1, http10, close or h2c), FAST_PATH (true or false), UPLOAD (none, chunked or length: HTTP/1.1 POSTs of UPLOAD_BYTES, 1024), DURATION (10 s), CONNECTIONS (10), ARGS (extra `switchyard run`
 # flags), RETRIES (the route's `retries`, from a config file), PORT_BASE (18200), BUILD (1: cargo build --release first),
 # SWITCHYARD_BIN (a `cargo build --profile profiling` binary for line tables in KEEP's output), KEEP (a directory: keep callgrind's output). Needs valgrind, nginx, wrk (or h2load), curl.
 
@@ -34,6 +35,7 @@ RETRIES=${RETRIES:-}
 FAST_PATH=${FAST_PATH:-true}
 PROXY_NAME=${PROXY:-switchyard}
 UPLOAD=${UPLOAD:-none}
+UPLOAD_BYTES=${UPLOAD_BYTES:-1024}
 PORT_BASE=${PORT_BASE:-18200}
 BUILD=${BUILD:-1}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,9 +79,15 @@ body64() {
 
 # shellcheck source=benches/common.sh
 source "$ROOT/benches/common.sh"
+# An upload is read whole before its answer, as an application would:
+# `return` alone answers at once (an early answer, which ends the
+# connection), so the body is buffered by a `proxy_pass` to the same
+# server first.
+uploads="location /upload { client_body_buffer_size 1m; proxy_pass http://127.0.0.1:$UP1/read; }
+        location = /read { return 200; }"
 nginx_upstream_conf "$RUN" "\
-    server { listen 127.0.0.1:$UP1; location / { return 200 \"$(body64 stable)\"; } }
-    server { listen 127.0.0.1:$UP2; location / { return 200 \"$(body64 canary)\"; } }" \
+    server { listen 127.0.0.1:$UP1; location / { return 200 \"$(body64 stable)\"; } $uploads }
+    server { listen 127.0.0.1:$UP2; location / { return 200 \"$(body64 canary)\"; } $uploads }" \
     >"$RUN/upstream.conf"
 nginx -p "$RUN/nginx" -c "$RUN/upstream.conf" >"$RUN/nginx.out" 2>&1 &
 PIDS+=($!)
@@ -147,11 +155,11 @@ done
 SCRIPT=()
 if [[ $UPLOAD != none ]]; then
     case $UPLOAD in
-    chunked) framing='Transfer-Encoding: chunked\r\n\r\n400\r\n" .. data .. "\r\n0\r\n\r\n' ;;
-    length) framing='Content-Length: 1024\r\n\r\n" .. data .. "' ;;
+    chunked) framing="Transfer-Encoding: chunked\\r\\n\\r\\n$(printf '%x' "$UPLOAD_BYTES")\\r\\n\" .. data .. \"\\r\\n0\\r\\n\\r\\n" ;;
+    length) framing="Content-Length: $UPLOAD_BYTES\\r\\n\\r\\n\" .. data .. \"" ;;
     esac
     cat >"$RUN/upload.lua" <<EOF
-local data = string.rep("x", 1024)
+local data = string.rep("x", $UPLOAD_BYTES)
 local raw = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1:$PORT\r\n$framing"
 request = function() return raw end
 EOF
@@ -192,4 +200,4 @@ dump=$(grep -l 'measured' "$RUN"/callgrind.out* | head -n 1)
 instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
 [[ -n $instructions && ${requests:-0} -gt 0 ]] || die "no count (dump $dump, requests $requests)"
 awk -v i="$instructions" -v r="$requests" -v a="${ARGS:-none}" -v c="$CONNECTIONS" \
-    -v l="$LOAD" -v u="$UPLOAD" -v p="$PROXY_NAME" 'BEGIN { printf "%.0f instructions per request (%s, %d requests, %s, upload %s, %d connections, extra flags: %s)\n", i / r, p, r, l, u, c, a }'
+    -v l="$LOAD" -v u="$UPLOAD" -v b="$UPLOAD_BYTES" -v p="$PROXY_NAME" 'BEGIN { printf "%.0f instructions per request (%s, %d requests, %s, upload %s (%d bytes), %d connections, extra flags: %s)\n", i / r, p, r, l, u, b, c, a }'
