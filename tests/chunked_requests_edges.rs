@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{After, RawRequest, RawResponse, Scripted, TestProxy};
+use support::{After, Conn, RawRequest, RawResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,30 +42,14 @@ fn config(addr: SocketAddr, fast_path: bool) -> Value {
 
 /// An upstream answering `reply` to every request, a proxy to it on
 /// [`config`] as `tweak` leaves it, and a client connection.
-struct Conn {
-    upstream: Scripted,
-    _proxy: TestProxy,
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
 impl Conn {
     async fn open(fast_path: bool, reply: &'static [u8], tweak: impl FnOnce(&mut Value)) -> Conn {
-        let upstream = support::scripted_upstream(reply, After::Again).await;
-        let mut config = config(upstream.addr, fast_path);
-        tweak(&mut config);
-        let proxy = support::proxy(&config);
-        let stream = connect(proxy.addr).await;
-        Conn {
-            upstream,
-            _proxy: proxy,
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+        let config = |addr| {
+            let mut config = config(addr, fast_path);
+            tweak(&mut config);
+            config
+        };
+        Conn::to(reply, config).await
     }
 
     /// The next response (a HEAD's if `head`), or None if the connection
@@ -482,7 +466,7 @@ async fn a_client_that_leaves_mid_body_has_nothing_forwarded() {
         let (_, closed) = support::read_until_close(&mut conn.stream, HANG).await;
         assert!(closed, "fast path {fast_path}: the proxy closed");
         // A whole one on a new connection: it alone reaches the upstream.
-        let mut stream = connect(conn._proxy.addr).await;
+        let mut stream = connect(conn.proxy.addr).await;
         stream
             .write_all(&[UPLOAD, b"2\r\nok\r\n0\r\n\r\n"].concat())
             .await

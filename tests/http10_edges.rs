@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{After, RawRequest, RawResponse, Scripted, TestProxy};
+use support::{After, Conn, RawRequest, RawResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -46,30 +46,14 @@ fn get10(path: &str, probe: u32, keep_alive: bool) -> Vec<u8> {
 
 /// An upstream answering `reply` to every request, a proxy to it on
 /// [`config`] as `tweak` leaves it, and a client connection.
-struct Conn {
-    upstream: Scripted,
-    _proxy: TestProxy,
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
 impl Conn {
     async fn open(fast_path: bool, reply: &'static [u8], tweak: impl FnOnce(&mut Value)) -> Conn {
-        let upstream = support::scripted_upstream(reply, After::Again).await;
-        let mut config = config(upstream.addr, fast_path);
-        tweak(&mut config);
-        let proxy = support::proxy(&config);
-        let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        Conn {
-            upstream,
-            _proxy: proxy,
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+        let config = |addr| {
+            let mut config = config(addr, fast_path);
+            tweak(&mut config);
+            config
+        };
+        Conn::to(reply, config).await
     }
 
     async fn response(&mut self, head: bool) -> RawResponse {

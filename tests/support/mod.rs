@@ -613,6 +613,37 @@ pub fn write_in_task(
     (written, task)
 }
 
+/// A client connection to a proxy in front of a scripted upstream that
+/// answers every request with the same reply, and the connection's read
+/// buffer.
+pub struct Conn {
+    pub upstream: Scripted,
+    pub proxy: TestProxy,
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Conn {
+    /// A proxy on the config `config` makes for the upstream's address,
+    /// and a connection to it (without Nagle's delay).
+    pub async fn to(reply: &'static [u8], config: impl FnOnce(SocketAddr) -> Value) -> Conn {
+        let upstream = scripted_upstream(reply, After::Again).await;
+        let proxy = proxy(&config(upstream.addr));
+        let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Conn {
+            upstream,
+            proxy,
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+}
+
 /// A response parsed off the wire.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
