@@ -7,11 +7,11 @@
 //!
 //! "Common" means: HTTP/1.1 or 1.0 (which goes upstream as 1.1, its
 //! answer framed for it), an origin-form target, one `Host`, no body,
-//! a `Content-Length` body (read whole up to the read-ahead size, sent on
-//! as it comes past it: [`Streamed`]) or a chunked one (no extensions, no
-//! trailers; it goes upstream decoded, with its length) up to the
-//! read-ahead size, asked for with `Expect: 100-continue` or not, and
-//! nothing hop-by-hop
+//! a `Content-Length` body or a chunked one, read whole up to the
+//! read-ahead size (a chunked one then goes upstream decoded, with its
+//! length, if it has no extensions or trailers) and sent on as it comes
+//! past it ([`Streamed`]; a chunked one as it came, chunked), asked for
+//! with `Expect: 100-continue` or not, and nothing hop-by-hop
 //! but `Connection: keep-alive` or `close`; on a route whose `fast_path`
 //! is not off. A route's retries are made here too (the
 //! request is whole in one buffer; a streamed one is not retried). Upstream
@@ -20,8 +20,8 @@
 //! Anything else hands the connection, with the bytes already read, to
 //! hyper (`listener::serve`), which serves it from there on with the checks
 //! and answers of `forward`: HTTP/2's preface, HTTP/1.0 without a `Host`
-//! or with a chunked body, chunked request bodies over the read-ahead size
-//! or with trailers or extensions, other expectations,
+//! or with a chunked body, chunked request bodies with extensions in
+//! their first 64 KiB or trailers within it, other expectations,
 //! upgrades, absolute-form targets, and anything
 //! malformed or over a limit. So each rule about bad input has one
 //! implementation, hyper's and `forward`'s; the fast path only ever takes
@@ -1651,12 +1651,15 @@ pub async fn serve<S: ClientStream>(
             }
             return Outcome::Closed;
         }
+        // A body over the read-ahead size: what came with the head goes
+        // with it, the rest as it comes, once the upstream connection is
+        // there (`Streamed`).
+        let mut left = None;
         let read = match plan.chunked {
-            // What came with the head goes with it; the rest is sent as it
-            // comes, once the upstream connection is there.
             false if plan.streamed => {
                 let end = input.len().min(plan.head_len + plan.body_len);
                 out.extend_from_slice(&input[plan.head_len..end]);
+                left = Some(BodyLeft::Length(plan.head_len + plan.body_len - end));
                 Ok(end)
             }
             false => {
@@ -1676,6 +1679,16 @@ pub async fn serve<S: ClientStream>(
                 {
                     Chunked::Read(end) => Ok(end),
                     Chunked::Rest(rest) => Err(rest),
+                    Chunked::Stream(scan, end) => {
+                        out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                        out.extend_from_slice(&input[plan.head_len..end]);
+                        left = Some(BodyLeft::Chunked {
+                            scan,
+                            ahead: 0,
+                            max: max_data,
+                        });
+                        Ok(end)
+                    }
                     Chunked::Hyper => {
                         if plan.expects_continue {
                             // The 100 is sent: hyper must not send another.
@@ -1697,10 +1710,6 @@ pub async fn serve<S: ClientStream>(
                 end_mid_body(&mut stream, rest, line, deadline, timeouts.idle).await;
                 return Outcome::Closed;
             }
-        };
-        let unsent = match plan.streamed {
-            true => plan.head_len + plan.body_len - end,
-            false => 0,
         };
         input.advance(end);
         served += 1;
@@ -1730,7 +1739,7 @@ pub async fn serve<S: ClientStream>(
             buffer: &mut upstream_buffer,
             context: &context,
             // A streamed body cannot go again: it is not kept.
-            idempotent: plan.idempotent && !plan.streamed,
+            idempotent: plan.idempotent && left.is_none(),
             table: &table,
             deadline: upstream_deadline,
             probe: pipelined,
@@ -1740,11 +1749,11 @@ pub async fn serve<S: ClientStream>(
         // Some of a streamed body is unread, or the upstream answered
         // before it had it all: neither connection can serve on.
         let mut unread = false;
-        let exchanged = if plan.streamed {
+        let exchanged = if let Some(left) = left {
             let mut body = Streamed {
                 client: &mut stream,
                 input: &mut input,
-                unsent,
+                left,
                 deadline: &mut *deadline,
                 idle: timeouts.idle,
                 end: StreamEnd::Whole,
@@ -1759,7 +1768,7 @@ pub async fn serve<S: ClientStream>(
                 Some(&mut body),
             )
             .await;
-            unread = body.unsent > 0 || body.end == StreamEnd::Early;
+            unread = !body.left.done() || body.end == StreamEnd::Early;
             match body.end {
                 StreamEnd::Whole | StreamEnd::Early => Some(sent),
                 StreamEnd::Left => None,
@@ -1769,6 +1778,18 @@ pub async fn serve<S: ClientStream>(
                     }
                     proxy.raw.upstream_buffers.give(upstream_buffer);
                     end_mid_body(&mut stream, rest, line, deadline, timeouts.idle).await;
+                    return Outcome::Closed;
+                }
+                StreamEnd::Refused(fault) => {
+                    if let Some(mut line) = line {
+                        line.served(&plan.route.name, &pool.name, ex.trying);
+                        line.finish(fault.status(), 0, Some(&fault.why()));
+                    }
+                    proxy.raw.upstream_buffers.give(upstream_buffer);
+                    // The rest of the body may be on its way.
+                    if write_out(&mut stream, fault.answer(), deadline, timeouts.idle).await {
+                        close_client(&mut stream, true, deadline).await;
+                    }
                     return Outcome::Closed;
                 }
             }
@@ -2113,9 +2134,12 @@ enum Chunked {
     Read(usize),
     /// The client left, or stopped sending.
     Rest(Rest),
-    /// Not for the fast path: trailers, chunk extensions, a body over the
-    /// read-ahead size or `max_body_bytes`, framing the strict scan
-    /// refuses (hyper decides).
+    /// Over the read-ahead size, well-framed so far and without
+    /// extensions: it goes upstream chunked, as it came, with what is
+    /// still to come; the scan so far, and the offset it reached.
+    Stream(ChunkScan, usize),
+    /// Not for the fast path: trailers, chunk extensions, a body over
+    /// `max_body_bytes`, framing the strict scan refuses (hyper decides).
     /// Nothing went upstream, and the input is as read.
     Hyper,
 }
@@ -2164,8 +2188,11 @@ async fn read_chunked<S: AsyncRead + Unpin>(
                 break;
             }
         }
-        if scan.data > max_data || scanned - start > READ_AHEAD_BYTES {
+        if scan.data > max_data || (scan.extended && scanned - start > READ_AHEAD_BYTES) {
             return Chunked::Hyper;
+        }
+        if scanned - start > READ_AHEAD_BYTES {
+            return Chunked::Stream(scan, scanned);
         }
         if input.capacity() - input.len() < CLIENT_BUFFER / 2 {
             input.reserve(CLIENT_BUFFER);
@@ -2473,6 +2500,10 @@ async fn exchange(
                     body.end = StreamEnd::Body(rest);
                     return Err(Failed::client(endpoint));
                 }
+                Pumped::Refused(fault) => {
+                    body.end = StreamEnd::Refused(fault);
+                    return Err(Failed::client(endpoint));
+                }
             }
         }
         // An early answer ends the connection: it says so.
@@ -2598,8 +2629,8 @@ pub(crate) struct Streamed<'s> {
     /// The client's bytes read and not yet sent: the body's, then perhaps
     /// a pipelined request's.
     input: &'s mut BytesMut,
-    /// Body bytes not yet sent.
-    unsent: usize,
+    /// What of the body is still to go.
+    left: BodyLeft,
     /// The client's timer: each read must come within `idle`.
     deadline: &'s mut Deadline,
     idle: Duration,
@@ -2618,8 +2649,89 @@ enum StreamEnd {
     Early,
     /// The client stopped sending (`Stalled`) or left (`Gone`) mid-body.
     Body(Rest),
+    /// The rest of a chunked body broke its framing, or went over
+    /// `max_body_bytes`: what came before went upstream, the rest never.
+    Refused(BodyFault),
     /// The client left while its answer was awaited (nginx's 499).
     Left,
+}
+
+/// What of a streamed body is still to go.
+enum BodyLeft {
+    /// A `Content-Length` body: this many bytes.
+    Length(usize),
+    /// A chunked body, sent as it comes (extensions and trailers too), its
+    /// framing followed to find its end: `ahead` bytes at the front of the
+    /// input are scanned and not yet sent; its data may be `max` bytes.
+    Chunked {
+        scan: ChunkScan,
+        ahead: usize,
+        max: u64,
+    },
+}
+
+impl BodyLeft {
+    fn done(&self) -> bool {
+        match self {
+            BodyLeft::Length(left) => *left == 0,
+            BodyLeft::Chunked { scan, ahead, .. } => *ahead == 0 && scan.done(),
+        }
+    }
+
+    /// How many bytes at the front of `input` belong to the body and may
+    /// go now.
+    fn ready(&mut self, input: &[u8]) -> Result<usize, BodyFault> {
+        match self {
+            BodyLeft::Length(left) => Ok(input.len().min(*left)),
+            BodyLeft::Chunked { scan, ahead, max } => {
+                if *ahead == 0 && !scan.done() && !input.is_empty() {
+                    *ahead = scan.feed(input).ok_or(BodyFault::Malformed)?;
+                    if scan.data > *max {
+                        return Err(BodyFault::TooLarge);
+                    }
+                }
+                Ok(*ahead)
+            }
+        }
+    }
+
+    fn sent(&mut self, n: usize) {
+        match self {
+            BodyLeft::Length(left) => *left -= n,
+            BodyLeft::Chunked { ahead, .. } => *ahead -= n,
+        }
+    }
+}
+
+/// Why the rest of a streamed chunked body is refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyFault {
+    Malformed,
+    TooLarge,
+}
+
+impl BodyFault {
+    fn status(self) -> u16 {
+        match self {
+            BodyFault::Malformed => 400,
+            BodyFault::TooLarge => 413,
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            BodyFault::Malformed => "malformed chunked request body",
+            BodyFault::TooLarge => "request body over the limit",
+        }
+    }
+
+    /// The whole answer, which ends the connection.
+    fn answer(self) -> &'static [u8] {
+        match self {
+            BodyFault::Malformed => b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 31\r\nconnection: close\r\n\r\nmalformed chunked request body\n",
+            BodyFault::TooLarge => b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 28\r\nconnection: close\r\n\r\nrequest body over the limit\n",
+        }
+    }
 }
 
 /// How sending a [`Streamed`] body ended.
@@ -2631,6 +2743,7 @@ enum Pumped {
     /// No progress writing to the upstream within its timeout.
     UpstreamStalled,
     Client(Rest),
+    Refused(BodyFault),
 }
 
 /// Sends `body`'s rest (see [`pump`]) and flushes it: TLS may keep the
@@ -2672,16 +2785,20 @@ async fn pump(
     let Streamed {
         client,
         input,
-        unsent,
+        left,
         deadline: client_deadline,
         idle,
         ..
     } = body;
     loop {
-        if *unsent == 0 {
+        if left.done() {
             return Pumped::Whole;
         }
-        let sending = !input.is_empty();
+        let ready = match left.ready(input) {
+            Ok(ready) => ready,
+            Err(fault) => return Pumped::Refused(fault),
+        };
+        let sending = ready > 0;
         let timer = match sending {
             true => {
                 deadline.set(wait);
@@ -2712,11 +2829,10 @@ async fn pump(
                 }
             }
             if sending {
-                let take = input.len().min(*unsent);
-                return match Pin::new(&mut *upstream).poll_write(cx, &input[..take]) {
+                return match Pin::new(&mut *upstream).poll_write(cx, &input[..ready]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         input.advance(n);
-                        *unsent -= n;
+                        left.sent(n);
                         Poll::Ready(None)
                     }
                     Poll::Ready(_) => Poll::Ready(Some(Pumped::Early)),
