@@ -320,8 +320,11 @@ fn body_of_wire_size(wire: usize) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[tokio::test]
-async fn a_body_of_exactly_64_kib_on_the_wire_is_the_fast_paths_and_one_more_byte_hypers() {
-    for (wire, on_fast) in [(64 * 1024, true), (64 * 1024 + 1, false)] {
+async fn a_body_of_64_kib_on_the_wire_and_one_more_byte_are_the_fast_paths() {
+    // One byte over the read-ahead size was hyper's; it now stays on the
+    // fast path (decoded if it ended in the read that went over, else
+    // streamed chunked).
+    for (wire, on_fast) in [(64 * 1024, true), (64 * 1024 + 1, true)] {
         let (body, data) = body_of_wire_size(wire);
         let seen = alike(|_| {}, &upload_then_next(&body), &format!("{wire} bytes")).await;
         assert_eq!(seen.statuses, [200, 200], "{wire}");

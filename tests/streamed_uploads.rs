@@ -449,7 +449,7 @@ async fn a_chunked_upload_that_breaks_its_framing_mid_way_gets_400_and_nothing_a
     // 200 KiB of good chunks, then a size that is not hex: the client gets
     // 400 and its connection ends; the upstream got the good chunks only,
     // and its connection ends (the body never ended).
-    let (addr, mut got) = draining_upstream().await;
+    let (addr, mut got) = support::draining_upstream().await;
     let proxy = proxy(addr, true, json!({}));
     let stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let (mut read, write) = stream.into_split();
@@ -480,26 +480,9 @@ async fn a_chunked_upload_that_breaks_its_framing_mid_way_gets_400_and_nothing_a
     );
 }
 
-/// A raw upstream that reads a request head and then everything until
-/// the proxy closes the connection, and reports what came after the head.
-async fn draining_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
-    let (report, reports) = mpsc::unbounded_channel();
-    let addr = support::raw_upstream(move |mut stream| {
-        let report = report.clone();
-        async move {
-            let _ = support::read_head(&mut stream).await;
-            let mut all = Vec::new();
-            let _ = stream.read_to_end(&mut all).await;
-            let _ = report.send(all);
-        }
-    })
-    .await;
-    (addr, reports)
-}
-
 #[tokio::test]
 async fn a_chunked_upload_over_max_body_bytes_gets_413_mid_way() {
-    let (addr, mut got) = draining_upstream().await;
+    let (addr, mut got) = support::draining_upstream().await;
     let mut config = support::pool_config(
         "web",
         addr,

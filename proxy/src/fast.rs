@@ -2207,9 +2207,10 @@ async fn read_chunked<S: AsyncRead + Unpin>(
     // A trailer section that is more than the last CRLF is hyper's (it
     // passes trailers on where the upstream takes them), and so are chunk
     // extensions (it bounds their size; they would not go on anyway).
+    // A body that ended in the read that took it past the read-ahead
+    // size is whole here, at most one read over: decoded as a smaller one.
     let trailers = trailers_at.is_some_and(|at| scanned - at > 2);
-    let large = scan.data > max_data || scanned - start > READ_AHEAD_BYTES;
-    if large || trailers || scan.extended {
+    if scan.data > max_data || trailers || scan.extended {
         return Chunked::Hyper;
     }
     out.extend_from_slice(b"content-length: ");

@@ -644,6 +644,23 @@ impl Conn {
     }
 }
 
+/// A raw upstream that reads a request head and then everything until
+/// the proxy closes the connection, and reports what came after the head.
+pub async fn draining_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let (report, reports) = tokio::sync::mpsc::unbounded_channel();
+    let addr = raw_upstream(move |mut stream| {
+        let report = report.clone();
+        async move {
+            let _ = read_head(&mut stream).await;
+            let mut all = Vec::new();
+            let _ = stream.read_to_end(&mut all).await;
+            let _ = report.send(all);
+        }
+    })
+    .await;
+    (addr, reports)
+}
+
 /// A response parsed off the wire.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
