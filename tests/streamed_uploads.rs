@@ -175,18 +175,7 @@ async fn an_upstream_that_reads_slowly_holds_the_upload_back() {
     let mut bytes = post("HTTP/1.1", LEN).into_bytes();
     bytes.extend_from_slice(&body(LEN));
     let (written, writer) = support::write_in_task(write, bytes);
-    // Until the count stops moving (polled: there is no event for
-    // "nothing more goes"), at most 30 s.
-    let mut last = u64::MAX;
-    let end = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < end {
-        let now = written.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let last = support::until_still(&written, Duration::from_secs(30)).await;
     assert!(
         last < 48 << 20,
         "{last} bytes of {LEN} taken while the upstream read nothing"

@@ -616,18 +616,7 @@ async fn a_256_mib_upload_through_a_paused_upstream_holds_little_memory() {
         }
         std::future::pending::<()>().await;
     });
-    // Until the count stops moving for 500 ms (polled: there is no event
-    // for "nothing more goes"), at most 60 s.
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut last = u64::MAX;
-    while tokio::time::Instant::now() < end {
-        let now = written.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let last = support::until_still(&written, Duration::from_secs(60)).await;
     let grown_kib = support::vm_rss_kib().saturating_sub(rss_before);
     assert!(last < LEN, "the whole body was taken from the client");
     assert!(

@@ -661,6 +661,23 @@ pub async fn draining_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedRec
     (addr, reports)
 }
 
+/// The value of `counter` once it stops moving: read every 500 ms until
+/// two reads agree, for at most `limit`. Polled: the event waited for, no
+/// more progress, has no signal of its own.
+pub async fn until_still(counter: &AtomicU64, limit: Duration) -> u64 {
+    let end = tokio::time::Instant::now() + limit;
+    let mut last = u64::MAX;
+    while tokio::time::Instant::now() < end {
+        let now = counter.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    last
+}
+
 /// A response parsed off the wire.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
