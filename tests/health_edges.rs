@@ -551,10 +551,17 @@ async fn an_endpoint_added_back_by_a_reload_starts_up() {
         .is_ejected(now_ms())));
 
     // The operator takes it out of the pool, fixes it, and puts it back.
-    proxy.routes.replace(support::table(
+    let old = proxy.routes.replace(support::table(
         &readd_config("readd", &[good.addr.to_string()]),
         2,
     ));
+    // Once no request holds the old table: until then the endpoint's
+    // state lives on with it, and a table built meanwhile takes it over
+    // (a worker may not yet have dropped the table of the answer the test
+    // just read).
+    let gone = support::eventually(Duration::from_secs(10), || Arc::strong_count(&old) == 1).await;
+    assert!(gone, "the old table is still held");
+    drop(old);
     let listener = TcpListener::bind(broken)
         .await
         .expect("the port is free again");
