@@ -3,7 +3,7 @@
 //! makes itself included; SIGUSR1 after a rotation; a reload that moves it
 //! or cannot open it; the `--access-log` flag on the embedded default.
 
-mod support;
+use crate::support;
 
 use support::{json_lines as lines, wait_for_json_lines as wait_for_lines};
 

@@ -3,7 +3,7 @@
 //! bytes as the client got them), resets mid-body, retries, many HTTP/2
 //! streams, and every line written at SIGTERM.
 
-mod support;
+use crate::support;
 
 use support::{json_lines as lines, wait_for_json_lines as wait_for_lines};
 

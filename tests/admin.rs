@@ -2,7 +2,7 @@
 //! bad input that changes nothing, authentication, and durable state
 //! across a `kill -9` of the real binary.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -9,7 +9,7 @@
 //! nothing is refused, rollout calls honour `If-Match`, and an abort
 //! reason sent without its type is refused.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

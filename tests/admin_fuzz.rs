@@ -6,7 +6,7 @@
 //! (fixed seed, `FUZZ_SEED` for another, a time budget; a failure prints
 //! the seed, the step and the input); the others are the bugs they found,
 //! fixed.
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! chunked body, undocumented statuses, Last-Event-ID, an empty abort body,
 //! and ctl's If-Match).
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! Every test uses a route name of its own: the data plane's latency
 //! histograms are process-wide, keyed by route and pool.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! the moment the canary turns bad to the fallback event — cross-checked by
 //! when the canary stopped receiving requests.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

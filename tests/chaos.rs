@@ -9,7 +9,7 @@
 //! descriptors and threads come back. `CHAOS_SEED`, `CHAOS_SECS`,
 //! `CHAOS_FAULTS=0` (control-plane chaos only) and `CHAOS_DUMP=FILE`.
 //! When written it found no violation (seeds 1-5, 7-13, 21 and 20261126).
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;

@@ -8,7 +8,7 @@
 //! field's name on as the client wrote it and hyper's path lowercases it:
 //! `X-Probe` tells which path served a request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,9 +40,23 @@ fn config(addr: SocketAddr, fast_path: bool) -> Value {
     config
 }
 
-/// An upstream answering `reply` to every request, a proxy to it on
-/// [`config`] as `tweak` leaves it, and a client connection.
-impl Conn {
+/// This file's ways with a [`Conn`] (a trait: tests/http10_edges.rs has
+/// its own `open` and `response`, and both are modules of one test crate).
+trait ChunkedConn: Sized {
+    /// An upstream answering `reply` to every request, a proxy to it on
+    /// [`config`] as `tweak` leaves it, and a client connection.
+    async fn open(fast_path: bool, reply: &'static [u8], tweak: impl FnOnce(&mut Value)) -> Self;
+
+    /// The next response (a HEAD's if `head`), or None if the connection
+    /// ends or nothing whole comes within [`HANG`].
+    async fn response(&mut self, head: bool) -> Option<RawResponse>;
+
+    /// The statuses of every response until the proxy closes the
+    /// connection or [`HANG`] passes (HEAD answers told by `heads`).
+    async fn statuses_until_close(&mut self, heads: &[bool]) -> Vec<u16>;
+}
+
+impl ChunkedConn for Conn {
     async fn open(fast_path: bool, reply: &'static [u8], tweak: impl FnOnce(&mut Value)) -> Conn {
         let config = |addr| {
             let mut config = config(addr, fast_path);
@@ -52,14 +66,10 @@ impl Conn {
         Conn::to(reply, config).await
     }
 
-    /// The next response (a HEAD's if `head`), or None if the connection
-    /// ends or nothing whole comes within [`HANG`].
     async fn response(&mut self, head: bool) -> Option<RawResponse> {
         next_response(&mut self.stream, &mut self.buf, head).await
     }
 
-    /// The statuses of every response until the proxy closes the
-    /// connection or [`HANG`] passes (HEAD answers told by `heads`).
     async fn statuses_until_close(&mut self, heads: &[bool]) -> Vec<u16> {
         let (rest, _) = support::read_until_close(&mut self.stream, HANG).await;
         self.buf.extend_from_slice(&rest);

@@ -8,7 +8,7 @@
 //! test can wait for the proxy to have forwarded a piece before it writes
 //! the next one (each piece is then its own read at the proxy).
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

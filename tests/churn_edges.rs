@@ -3,7 +3,7 @@
 //! test measures something with a baseline, asserts a bound, and failed on
 //! the code it was written against.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! The `switchyard` binary: `check` on the examples and on broken files,
 //! the embedded default, the one-route flags, and a graceful SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

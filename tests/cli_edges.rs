@@ -6,7 +6,7 @@
 //! each with file, line and reason; a header rule no request can match is
 //! refused, and a bad flag is named. Real processes, sockets and files.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Stdio;

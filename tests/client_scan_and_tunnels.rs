@@ -12,7 +12,7 @@
 //! idle timeout. Each test failed on 299060c, f0693dd or 9628135 (three
 //! reviews' findings).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! two, and on HTTP/2 (a `GOAWAY` naming the last stream served). Requests
 //! the client sent past the limit are never forwarded.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

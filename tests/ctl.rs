@@ -3,7 +3,7 @@
 //! over the Server-Sent Events stream; bad arguments, an answer that is
 //! not the admin API's, and a token file's newline.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};

@@ -9,7 +9,7 @@
 //! requests do not make a canary look slow. They run one at a time
 //! (`SERIAL`): each needs the machine's time to itself.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! traffic within `dns.refresh`, a name server that stops answering keeps
 //! the last addresses, and a weight change never waits on it.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;

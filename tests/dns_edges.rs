@@ -4,7 +4,7 @@
 //! reload racing a refresh, a weight change during a slow reload, and
 //! `check` against a silent server.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;

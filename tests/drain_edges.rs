@@ -6,7 +6,7 @@
 //! code it was written against, for the reason its comment gives. Real
 //! sockets, real upstreams, the real binary where signals are involved.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

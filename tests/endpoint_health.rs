@@ -2,7 +2,7 @@
 //! rise, fail open with events), the pool's outlier-ejection settings,
 //! retries of sent requests, and resets mid-body counted as upstream errors.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

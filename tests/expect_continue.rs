@@ -6,7 +6,7 @@
 //! client wrote it and hyper's path lowercases it: that tells which path
 //! served each request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

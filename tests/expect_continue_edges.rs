@@ -7,7 +7,7 @@
 //! field's name on as the client wrote it and hyper's path lowercases it:
 //! `X-Probe` tells which path served a request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! answers, a stalled body), and a connection that moves from the fast
 //! path to hyper in the middle and keeps being served.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! `Connection` is replaced. Every test failed on the code as reviewed;
 //! each names what it expects and why.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

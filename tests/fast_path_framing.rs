@@ -6,7 +6,7 @@
 //! chunk extensions and trailers relayed, fields named in several
 //! `Connection` fields, and an upstream that says close and stays open.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

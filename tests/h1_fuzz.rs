@@ -7,7 +7,7 @@
 //! it is sent: nothing invalid forwarded, valid ones once with the bytes
 //! sent, answers in order, no desync, no hang, no panic, and both paths
 //! alike. Plus the six bugs the fuzz found, fixed.
-mod support;
+use crate::support;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

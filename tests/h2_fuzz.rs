@@ -6,7 +6,7 @@
 //! forwarded, the server never goes silent on a broken connection, never
 //! panics and does not grow. Plus the two bugs the fuzz found, fixed.
 //! `FUZZ_SEED` picks another seed, `FUZZ_ONLY` runs one iteration.
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

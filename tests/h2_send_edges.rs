@@ -2,7 +2,7 @@
 //! field count and the send timeout, as first written. Each test failed
 //! on the code it was written against.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;

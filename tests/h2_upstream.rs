@@ -4,7 +4,7 @@
 //! request body, cookies and forwarding fields, and upstream failures before and after the
 //! head.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

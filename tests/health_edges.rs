@@ -9,7 +9,7 @@
 //! started by the test). Tables are swapped with `Routes::replace`, as a
 //! reload does.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};

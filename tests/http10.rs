@@ -9,7 +9,7 @@
 //! The fast path passes a field's name on as the client wrote it and
 //! hyper's path lowercases it: that tells which path served each request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! as the client wrote it and hyper's path lowercases it: `X-Probe` tells
 //! which path served a request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

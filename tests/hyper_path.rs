@@ -7,7 +7,7 @@
 //! that record the bytes they got; each failed on the code it was written
 //! against.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! connections too (and lost the bytes still queued for a slow client),
 //! and a later HTTP/2 preface on an admin connection got no answer.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! each test asserts what a user of nginx, Envoy or HAProxy would expect,
 //! and failed on the code as reviewed.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

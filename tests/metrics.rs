@@ -1,7 +1,7 @@
 //! `GET /metrics`: counts that match the traffic sent, gauges that follow
 //! the live table, and output that `promtool check metrics` accepts.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! document names is served, every other method on its paths is 405, and
 //! paths it does not name are 404.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

@@ -5,7 +5,7 @@
 //! test failed on the code it was written against. (Requests leave the
 //! fast path here by naming, in `Connection`, a field they do not have.)
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

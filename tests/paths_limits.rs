@@ -7,7 +7,7 @@
 //! `Connection`, a field it does not have; an HTTP/2 request goes through
 //! `Proxy::handle` with `te: trailers`.)
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! tour), and those a review found false and which were
 //! fixed (in the code, or in the text when the text was wrong).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! (status, client, the reason). Each head goes on a fresh connection,
 //! alone or behind a well-formed request that the fast path serves first.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! API answers what hyper would refuse with its JSON error. The four tests
 //! marked "Failed before" failed on the code reviewed.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

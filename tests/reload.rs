@@ -2,7 +2,7 @@
 //! effect, an invalid one keeps the running table and is recorded with its
 //! line, SIGHUP re-reads the file, and no request fails meanwhile.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

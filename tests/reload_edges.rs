@@ -4,7 +4,7 @@
 //! Capistrano-style is followed, and a reload takes away the rollout and
 //! weight series of what it removed.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! `"fast_path": false`). Real upstreams on loopback answer from a script:
 //! a bad endpoint (503, silence, a reset) and a good one, in one pool.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,7 +7,7 @@
 //! request from a script. From a review; the three tests marked "Failed
 //! before" failed on the code reviewed.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! returns all traffic to the baseline at once, and a rollout survives a
 //! `kill -9` of the real binary.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -17,7 +17,7 @@
 //! 6. After a reload that made the rollout's target the baseline, an
 //!    `abort` was acknowledged but left the traffic split as it was.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

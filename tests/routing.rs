@@ -1,7 +1,7 @@
 //! Routing through real sockets: weighted split, sticky buckets, override,
 //! route matching, and table swaps under load.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -7,7 +7,7 @@
 //! request, pooled connections or not. Loopback sockets and upstreams
 //! started here.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! interim answer during the upload, and a refused connect. Real loopback
 //! sockets, raw upstreams that count what they read.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

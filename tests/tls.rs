@@ -3,7 +3,7 @@
 //! and http/1.1 routing, X-Forwarded-Proto, certificate hot reload, TLS
 //! to upstreams (verification, mTLS) and the admin API over mutual TLS.
 
-mod support;
+use crate::support;
 
 use support::pki::{
     admin_serves, client_config, client_config_with_cert, get_h1, handshake, handshake_shared,

@@ -8,7 +8,7 @@
 //! loopback, certificates made by rcgen, the proxy in-process or the real
 //! binary.
 
-mod support;
+use crate::support;
 
 use support::pki::{
     admin_serves, client_config, client_config_with_cert, get_h1, handshake, handshake_shared,

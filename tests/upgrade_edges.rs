@@ -3,7 +3,7 @@
 //! RFC 9110/9112/6455 (or nginx) requires and failed on the code as
 //! reviewed.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

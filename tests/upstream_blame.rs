@@ -5,7 +5,7 @@
 //! (a 101, stray bytes after an answer, even inside a TLS session) never
 //! reaches a client. Real loopback sockets and upstreams throughout.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

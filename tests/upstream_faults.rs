@@ -2,7 +2,7 @@
 //! malformed answers, resets before and during a response, and pooled
 //! connections the upstream has closed.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

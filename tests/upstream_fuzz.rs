@@ -6,7 +6,7 @@
 //! against an oracle built with the mutations, through both upstream
 //! clients and HTTP/1.1 and h2c clients. `FUZZ_SEED`, `FUZZ_CASES` for
 //! other runs. Plus the four bugs it found, fixed.
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

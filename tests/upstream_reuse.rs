@@ -3,7 +3,7 @@
 //! must not stall the next request that takes it from the pool; on both
 //! paths, a swap that removes an endpoint lets its idle connections go.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

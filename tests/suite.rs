@@ -1,0 +1,74 @@
+//! The integration tests, one binary: each file under `tests/` is a module
+//! of it, so the workspace links one test executable instead of sixty
+//! (each about 50 MB with tokio, hyper and rustls in it: a fresh build's
+//! test binaries took 3.3 GB and filled a CI machine's disk).
+//!
+//! Three files stay binaries of their own (`[[test]]` in Cargo.toml): they
+//! measure this process's resident memory, which tests of other files
+//! running beside them would move.
+
+mod support;
+
+mod access_log;
+mod access_log_edges;
+mod admin;
+mod admin_edges;
+mod admin_fuzz;
+mod admin_http;
+mod canary_edges;
+mod canary_health;
+mod chaos;
+mod chunked_requests;
+mod chunked_requests_edges;
+mod chunked_streamed_edges;
+mod churn_edges;
+mod cli;
+mod cli_edges;
+mod client_scan_and_tunnels;
+mod connection_limit;
+mod ctl;
+mod deploy;
+mod detector_edges;
+mod dns;
+mod dns_edges;
+mod drain_edges;
+mod endpoint_health;
+mod expect_continue;
+mod expect_continue_edges;
+mod fast_path;
+mod fast_path_edges;
+mod fast_path_framing;
+mod h1_fuzz;
+mod h2_fuzz;
+mod h2_send_edges;
+mod h2_upstream;
+mod health_edges;
+mod http10;
+mod http10_edges;
+mod hyper_path;
+mod later_refusals_and_resets_edges;
+mod limits_edges;
+mod metrics;
+mod openapi;
+mod paths_edges;
+mod paths_limits;
+mod races_edges;
+mod readme;
+mod refusals;
+mod refusals_edges;
+mod reload;
+mod reload_edges;
+mod retries;
+mod retries_edges;
+mod rollout;
+mod rollout_edges;
+mod routing;
+mod routing_edges;
+mod streamed_uploads;
+mod tls;
+mod tls_edges;
+mod upgrade_edges;
+mod upstream_blame;
+mod upstream_faults;
+mod upstream_fuzz;
+mod upstream_reuse;
