@@ -43,6 +43,12 @@
 #              quota), e.g. 40: with the proxies capped below what the load
 #              side can feed, a handshake per request measures the proxies'
 #              capacity, not the load generator's; empty: no cap          ()
+#   PROFILE    1: sample each proxy's CPU during each run (perf record -e
+#              cpu-clock, PROFILE_HZ per second, 999) and print where a
+#              request's CPU time went: user space, and in the kernel the
+#              sends (with the peer's TCP receive and wake-up, which loopback
+#              runs in the sender's context), the receives, epoll, the rest;
+#              needs perf (Debian's linux-perf); 0: no sampling          (0)
 #   BUILD      1: cargo build --release first; 0: use the binary as it is (1)
 #   SWITCHYARD_BIN  the binary                   (target/release/switchyard)
 #   SWITCHYARD_LOG  its log filter                                      (warn)
@@ -66,6 +72,8 @@ H2_LATENCY=${H2_LATENCY:-1}
 QUIET=${QUIET:-1}
 QUIET_WAIT=${QUIET_WAIT:-60}
 PROXY_CPU_QUOTA=${PROXY_CPU_QUOTA:-}
+PROFILE=${PROFILE:-0}
+PROFILE_HZ=${PROFILE_HZ:-999}
 CGROUP_ROOT=/sys/fs/cgroup/cpu
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,6 +88,7 @@ COMMAND_LINE="DURATION=$DURATION ROUNDS=$ROUNDS SCENARIOS='$SCENARIOS' TARGETS='
 [[ $H2_STREAMS == 5 ]] || COMMAND_LINE+=" H2_STREAMS=$H2_STREAMS"
 [[ $H2_LATENCY == 1 ]] || COMMAND_LINE+=" H2_LATENCY=$H2_LATENCY"
 [[ -z $PROXY_CPU_QUOTA ]] || COMMAND_LINE+=" PROXY_CPU_QUOTA=$PROXY_CPU_QUOTA"
+((!PROFILE)) || COMMAND_LINE+=" PROFILE=1"
 COMMAND_LINE+=" benches/load.sh"
 
 # The proxy gets a core of its own; everything else shares the other one.
@@ -121,7 +130,9 @@ for t in $TARGETS; do
 done
 
 missing=()
-for tool in nginx haproxy wrk h2load taskset curl pgrep getconf openssl; do
+profiler=()
+((!PROFILE)) || profiler=(perf)
+for tool in nginx haproxy wrk h2load taskset curl pgrep getconf openssl "${profiler[@]}"; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -610,6 +621,31 @@ targets_for() {
     done
 }
 
+# cpu_split PERF_DATA RPS: where the sampled CPU time of one request went,
+# in microseconds, tab-separated: user, send, receive, epoll, other kernel,
+# total. A kernel function's share is its samples with their callees
+# (perf's "children"); the samples are cpu-clock ticks of the proxy's own threads,
+# PROFILE_HZ a second, over DURATION seconds at RPS requests a second.
+cpu_split() {
+    local data=$1 rps=$2 samples kernel
+    read -r samples kernel < <(perf report -i "$data" --no-children --sort dso -n -g none --stdio 2>/dev/null |
+        awk '/^ *[0-9.]+%/ { n += $2; if ($3 == "[kernel.kallsyms]") k += $2 } END { print n + 0, k + 0 }')
+    perf report -i "$data" --children --sort sym -g none --stdio --percent-limit 0 2>/dev/null |
+        awk -v n="$samples" -v k="$kernel" -v hz="$PROFILE_HZ" -v secs="$DURATION" -v rps="$rps" '
+            $3 == "[k]" { sub("%", "", $1); share[$4] = $1 / 100 }
+            END {
+                # By the TCP functions every system call of a kind goes
+                # through (send, sendto, sendmsg, write, writev), not by the
+                # system calls, whose entry perf may not see in the chain.
+                send = share["tcp_sendmsg"]
+                recv = share["tcp_recvmsg"]
+                poll = share["do_epoll_wait"] + share["do_epoll_ctl"]
+                us = 1e6 / hz / (secs * rps)
+                printf "%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", (n - k) * us, send * n * us, recv * n * us,
+                    poll * n * us, (k - (send + recv + poll) * n) * us, n * us
+            }'
+}
+
 # measure SCENARIO TARGET ROUND: one measured run; sets OTHER and STEAL (CPU
 # % of a core used by other processes, taken by the hypervisor) and LINE,
 # tab-separated:
@@ -627,7 +663,14 @@ measure() {
     u0=$(cpu_ticks "${PID[upstream]}")
     read -r -a m0 < <(machine_ticks)
     w0=$(date +%s%N)
+    local perf_pid=""
+    if ((PROFILE)); then
+        perf record -q -e cpu-clock -F "$PROFILE_HZ" -g -o "$out.perf" \
+            -p "$(tree "$pid" | paste -sd,)" -- sleep "$DURATION" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     load "$scenario" "$target" "$DURATION" "$out"
+    [[ -z $perf_pid ]] || wait "$perf_pid" || true
     w1=$(date +%s%N)
     read -r -a m1 < <(machine_ticks)
     u1=$(cpu_ticks "${PID[upstream]}")
@@ -657,6 +700,10 @@ measure() {
                 100 * cpu0 / hz / secs, 100 * other / hz / secs, 100 * steal / hz / secs
         }')
     LINE=$line
+    if ((PROFILE)); then
+        printf '%s\t%s\t%s\t%s\n' "$scenario" "$target" "$round" "$(cpu_split "$out.perf" "$rps")" >>"$RUN/profile.tsv"
+        rm -f "$out.perf"
+    fi
     local cpu pct conns c0 oth stl
     IFS=$'\t' read -r _ _ _ rps _ p50 p99 cpu pct conns err c0 oth stl <<<"$line"
     OTHER=$oth STEAL=$stl
@@ -708,6 +755,7 @@ if ((!QUIET)); then
 fi
 
 : >"$RUN/results.tsv"
+: >"$RUN/profile.tsv"
 : >"$RUN/rss.tsv"
 for scenario in $SCENARIOS; do
     targets=$(targets_for "$scenario")
@@ -743,14 +791,17 @@ done
 
 # ---------------------------------------------------------------- report
 
+# The median of a[1..n] (sorts a), for the awk programs below.
+MEDIAN_AWK='
+    function median(a, n,   i, j, x) {
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }'
+
 # summarize SCENARIO TARGET: "median min max p50 p99 cpu pct conns errors rss"
 # over the rounds (medians; errors: the runs that had any, joined).
 summarize() {
-    awk -F'\t' -v s="$1" -v t="$2" -v rssfile="$RUN/rss.tsv" '
-        function median(a, n,   i, j, x) {
-            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -F'\t' -v s="$1" -v t="$2" -v rssfile="$RUN/rss.tsv" "$MEDIAN_AWK"'
         FILENAME == rssfile { if ($1 == s && $2 == t) rss = $3 / 1024; next }
         $1 == s && $2 == t {
             n++; rps[n] = $4; p50[n] = $6; p99[n] = $7; cpu[n] = $8; pct[n] = $9; conns[n] = $10
@@ -854,6 +905,28 @@ hwm_note="peak RSS per scenario (VmHWM reset before each)"
     echo "| scenario | target | req/s | vs best peer | p50 ms | p99 ms | CPU s/100k | CPU % | peak RSS MiB | upstream conns/1k | errors |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
+    if ((PROFILE)); then
+        echo
+        echo "Where a request's CPU time went (PROFILE=1: perf cpu-clock samples of the proxy's threads,"
+        echo "microseconds per request, medians over the rounds). send: the system calls that write to"
+        echo "a socket, with the TCP receive and wake-up of the peer, which loopback runs in the sender's"
+        echo "context; receive: those that read; epoll: waiting for and changing interest."
+        echo
+        echo "| scenario | target | user | send | receive | epoll | other kernel | total |"
+        echo "|---|---|---|---|---|---|---|---|"
+        for scenario in $SCENARIOS; do
+            for t in $(targets_for "$scenario"); do
+                awk -F'\t' -v s="$scenario" -v t="$t" "$MEDIAN_AWK"'
+                    $1 == s && $2 == t { n++; for (c = 4; c <= 9; c++) v[c, n] = $c }
+                    END {
+                        if (!n) exit
+                        printf "| %s | %s |", s, t
+                        for (c = 4; c <= 9; c++) { for (i = 1; i <= n; i++) a[i] = v[c, i]; printf " %.2f |", median(a, n) }
+                        printf "\n"
+                    }' "$RUN/profile.tsv"
+            done
+        done
+    fi
     echo
     for n in "${notes[@]}"; do echo "- $n"; done
     echo
