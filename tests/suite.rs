@@ -40,6 +40,7 @@ mod fast_path_edges;
 mod fast_path_framing;
 mod h1_fuzz;
 mod h2_fuzz;
+mod h2_requests_edges;
 mod h2_send_edges;
 mod h2_upstream;
 mod health_edges;
@@ -72,3 +73,33 @@ mod upstream_blame;
 mod upstream_faults;
 mod upstream_fuzz;
 mod upstream_reuse;
+
+/// Every file under `tests/` is built: a module of this binary, or a
+/// `[[test]]` of its own. With `autotests` off, cargo would not say that a
+/// new file is left out; this test does.
+#[test]
+fn every_test_file_is_built() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let suite = std::fs::read_to_string(root.join("tests/suite.rs")).expect("tests/suite.rs");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let mut left_out = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).expect("tests/") {
+        let path = entry.expect("an entry of tests/").path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(module) = name.strip_suffix(".rs") else {
+            continue;
+        };
+        let built = module == "suite"
+            || suite.lines().any(|line| line == format!("mod {module};"))
+            || manifest.contains(&format!("path = \"tests/{name}\""));
+        if !built {
+            left_out.push(name.to_string());
+        }
+    }
+    assert!(
+        left_out.is_empty(),
+        "test files neither in tests/suite.rs nor a [[test]] in Cargo.toml: {left_out:?}"
+    );
+}

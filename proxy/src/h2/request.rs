@@ -191,7 +191,10 @@ impl RawHead {
             return self.refuse("connection-specific field");
         }
         match name {
-            b"te" if value != b"trailers" => return self.refuse("TE other than trailers"),
+            // `trailers` is a token: any case (RFC 9110 §10.1.4).
+            b"te" if !value.eq_ignore_ascii_case(b"trailers") => {
+                return self.refuse("TE other than trailers")
+            }
             b"te" => self.needs_hyper = true,
             // RFC 9113 §8.3.1: present, it must not be empty.
             b"host" if !trailers && value.is_empty() => return self.refuse("an empty host"),
