@@ -647,8 +647,8 @@ cpu_split() {
 }
 
 # measure SCENARIO TARGET ROUND: one measured run; sets OTHER and STEAL (CPU
-# % of a core used by other processes, taken by the hypervisor) and LINE,
-# tab-separated:
+# % of a core used by other processes, taken by the hypervisor), with
+# PROFILE the run's cpu_split as PROFILE_LINE, and LINE, tab-separated:
 # scenario target round rps requests p50 p99 cpu_s_per_100k proxy_cpu_%
 # upstream_conns_per_1k errors loadgen+upstream_cpu_% other_cpu_% steal_%
 measure() {
@@ -701,7 +701,7 @@ measure() {
         }')
     LINE=$line
     if ((PROFILE)); then
-        printf '%s\t%s\t%s\t%s\n' "$scenario" "$target" "$round" "$(cpu_split "$out.perf" "$rps")" >>"$RUN/profile.tsv"
+        PROFILE_LINE=$(printf '%s\t%s\t%s\t%s' "$scenario" "$target" "$round" "$(cpu_split "$out.perf" "$rps")")
         rm -f "$out.perf"
     fi
     local cpu pct conns c0 oth stl
@@ -778,6 +778,7 @@ for scenario in $SCENARIOS; do
                 say "    disturbed (other processes $OTHER%, hypervisor steal $STEAL% of a core): measuring again"
             done
             printf '%s\n' "$LINE" >>"$RUN/results.tsv"
+            ((!PROFILE)) || printf '%s\n' "$PROFILE_LINE" >>"$RUN/profile.tsv"
         done
     done
     # A target that died while another one was measured shows here.
