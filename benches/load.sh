@@ -25,10 +25,14 @@
 #   SCENARIOS  any of: keepalive close h2c tls-keepalive tls-close  (all)
 #              tls-*: HTTPS with one ECDSA P-256 certificate (openssl, made
 #              here); tls-close makes a TLS handshake per request
-#   TARGETS    any of: switchyard nginx haproxy upstream nometrics  (the first
-#              three; "upstream" hits an upstream directly: the ceiling, HTTP/1.1
-#              only; "nometrics" is Switchyard with --no-request-metrics, so that
-#              TARGETS='switchyard nometrics' measures what counting costs)
+#   TARGETS    any of: switchyard nginx haproxy upstream nometrics relay  (the
+#              first three; "upstream" hits an upstream directly: the ceiling,
+#              HTTP/1.1 only; "nometrics" is Switchyard with --no-request-metrics,
+#              so that TARGETS='switchyard nometrics' measures what counting costs;
+#              "relay" is HAProxy in TCP mode, a byte relay that does no HTTP work
+#              and ties each client connection to one upstream connection, 90/10
+#              by connection: the floor for any proxy that reads and writes once
+#              per direction, keep-alive only)
 #   WARMUP     seconds of warm-up per target and scenario    (2)
 #   CONNECTIONS  wrk connections                             (50)
 #   H2_CONNECTIONS, H2_STREAMS  h2load -c and -m             (10, 5)
@@ -49,6 +53,8 @@
 #              sends (with the peer's TCP receive and wake-up, which loopback
 #              runs in the sender's context), the receives, epoll, the rest;
 #              needs perf (Debian's linux-perf); 0: no sampling          (0)
+#   PROFILE_KEEP  a directory: keep each run's perf data there, named
+#              SCENARIO.TARGET.ROUND.perf, for `perf report -i`; empty: drop it ()
 #   BUILD      1: cargo build --release first; 0: use the binary as it is (1)
 #   SWITCHYARD_BIN  the binary                   (target/release/switchyard)
 #   SWITCHYARD_LOG  its log filter                                      (warn)
@@ -74,6 +80,7 @@ QUIET_WAIT=${QUIET_WAIT:-60}
 PROXY_CPU_QUOTA=${PROXY_CPU_QUOTA:-}
 PROFILE=${PROFILE:-0}
 PROFILE_HZ=${PROFILE_HZ:-999}
+PROFILE_KEEP=${PROFILE_KEEP:-}
 CGROUP_ROOT=/sys/fs/cgroup/cpu
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -111,6 +118,7 @@ NGX_TLS_PORT=$((PORT_BASE + 22))
 HAP_PORT=$((PORT_BASE + 30))
 HAP_H2_PORT=$((PORT_BASE + 31))
 HAP_TLS_PORT=$((PORT_BASE + 32))
+RELAY_PORT=$((PORT_BASE + 40))
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "load.sh: $*"; exit 1; }
@@ -125,8 +133,8 @@ for s in $SCENARIOS; do
         || die "unknown scenario '$s' (keepalive, close, h2c, tls-keepalive, tls-close)"
 done
 for t in $TARGETS; do
-    [[ $t == switchyard || $t == nginx || $t == haproxy || $t == upstream || $t == nometrics ]] \
-        || die "unknown target '$t' (switchyard, nginx, haproxy, upstream, nometrics)"
+    [[ $t == switchyard || $t == nginx || $t == haproxy || $t == upstream || $t == nometrics || $t == relay ]] \
+        || die "unknown target '$t' (switchyard, nginx, haproxy, upstream, nometrics, relay)"
 done
 
 missing=()
@@ -154,7 +162,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$UP1" "$UP2" "$UP_STATUS" "$SY_PORT" "$NM_PORT" "$SY_TLS_PORT" "$NGX_PORT" "$NGX_H2_PORT" \
-    "$NGX_TLS_PORT" "$HAP_PORT" "$HAP_H2_PORT" "$HAP_TLS_PORT"; do
+    "$NGX_TLS_PORT" "$HAP_PORT" "$HAP_H2_PORT" "$HAP_TLS_PORT" "$RELAY_PORT"; do
     if port_in_use "$p"; then die "port $p is in use; set PORT_BASE to a free range"; fi
 done
 
@@ -162,6 +170,7 @@ if ((BUILD)); then
     say "building: cargo build --release --bin switchyard"
     (cd "$ROOT" && cargo build --release --bin switchyard --quiet) || die "build failed"
 fi
+[[ -z $PROFILE_KEEP ]] || mkdir -p "$PROFILE_KEEP" || die "cannot create PROFILE_KEEP=$PROFILE_KEEP"
 [[ -x $SWITCHYARD_BIN ]] || die "$SWITCHYARD_BIN not found: cargo build --release (or BUILD=1)"
 
 # ---------------------------------------------------------------- processes
@@ -380,13 +389,19 @@ EOF
     wait_ready nginx "https://127.0.0.1:$NGX_TLS_PORT/"
 }
 
+# What both HAProxy configurations share: one thread, and the upstreams
+# weighted 90/10 (round robin).
+haproxy_global() { printf 'global\n    nbthread 1\n    maxconn 8000\n'; }
+haproxy_upstreams() {
+    printf 'backend upstreams\n    balance roundrobin\n'
+    printf '    server stable 127.0.0.1:%s weight 9\n    server canary 127.0.0.1:%s weight 1\n' "$UP1" "$UP2"
+}
+
 # HAProxy, one thread, server-side connection reuse, no logs. `proto h2` on
 # a bind takes h2c with prior knowledge.
 start_haproxy() {
     cat >"$RUN/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8000
+$(haproxy_global)
 
 defaults
     mode http
@@ -410,14 +425,35 @@ frontend tls
     bind 127.0.0.1:$HAP_TLS_PORT ssl crt $RUN/haproxy-tls.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
     default_backend upstreams
 
-backend upstreams
-    balance roundrobin
-    server stable 127.0.0.1:$UP1 weight 9
-    server canary 127.0.0.1:$UP2 weight 1
+$(haproxy_upstreams)
 EOF
     start haproxy "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg"
     wait_ready haproxy "http://127.0.0.1:$HAP_PORT/"
     wait_ready haproxy "https://127.0.0.1:$HAP_TLS_PORT/"
+}
+
+# The floor: HAProxy as a plain TCP relay, one thread, no HTTP parsing. Each
+# client connection gets an upstream connection of its own for its lifetime
+# (no reuse across clients, no per-request routing): 1 read and 1 write per
+# direction, what any proxy must do. No splice: 64-byte answers are copied.
+start_relay() {
+    cat >"$RUN/relay.cfg" <<EOF
+$(haproxy_global)
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend relay
+    bind 127.0.0.1:$RELAY_PORT
+    default_backend upstreams
+
+$(haproxy_upstreams)
+EOF
+    start relay "$PROXY_CPU" haproxy -db -f "$RUN/relay.cfg"
+    wait_ready relay "http://127.0.0.1:$RELAY_PORT/"
 }
 
 # url TARGET SCENARIO
@@ -432,6 +468,7 @@ url() {
         nginx:*) echo "http://127.0.0.1:$NGX_PORT/" ;;
         haproxy:h2c) echo "http://127.0.0.1:$HAP_H2_PORT/" ;;
         haproxy:*) echo "http://127.0.0.1:$HAP_PORT/" ;;
+        relay:*) echo "http://127.0.0.1:$RELAY_PORT/" ;;
         upstream:*) echo "http://127.0.0.1:$UP1/" ;;
     esac
 }
@@ -617,6 +654,9 @@ targets_for() {
         # The upstream has no h2c or TLS port, nometrics no TLS port.
         [[ ($1 == h2c || $1 == tls-*) && $t == upstream ]] && continue
         [[ $1 == tls-* && $t == nometrics ]] && continue
+        # The relay ties a client connection to an upstream one: it is a floor
+        # for keep-alive only (per request it would open upstream connections).
+        [[ $1 != keepalive && $t == relay ]] && continue
         printf '%s ' "$t"
     done
 }
@@ -702,7 +742,11 @@ measure() {
     LINE=$line
     if ((PROFILE)); then
         PROFILE_LINE=$(printf '%s\t%s\t%s\t%s' "$scenario" "$target" "$round" "$(cpu_split "$out.perf" "$rps")")
-        rm -f "$out.perf"
+        if [[ -n $PROFILE_KEEP ]]; then
+            mv -f "$out.perf" "$PROFILE_KEEP/$scenario.$target.$round.perf"
+        else
+            rm -f "$out.perf"
+        fi
     fi
     local cpu pct conns c0 oth stl
     IFS=$'\t' read -r _ _ _ rps _ p50 p99 cpu pct conns err c0 oth stl <<<"$line"
@@ -739,10 +783,16 @@ if [[ -n $PROXY_CPU_QUOTA ]]; then
     say "each proxy is capped at ${PROXY_CPU_QUOTA}% of a core"
 fi
 
-# Each proxy must split about 90/10: 200 requests on one connection.
+# Each proxy must split about 90/10: 200 requests on one connection (the
+# relay splits by connection: 200 connections).
 for t in $TARGETS; do
     [[ $t == upstream ]] && continue
-    canary=$(curl -s "$(url "$t" keepalive)?[1-200]" | { grep -o canary || true; } | wc -l)
+    if [[ $t == relay ]]; then
+        canary=$(for ((i = 0; i < 200; i++)); do curl -s "$(url "$t" keepalive)"; echo; done |
+            { grep -o canary || true; } | wc -l)
+    else
+        canary=$(curl -s "$(url "$t" keepalive)?[1-200]" | { grep -o canary || true; } | wc -l)
+    fi
     say "split check: $t sent $canary of 200 requests to the canary"
     ((canary >= 8 && canary <= 40)) || die "$t does not split 90/10 (canary got $canary/200)"
 done
@@ -856,6 +906,12 @@ for scenario in $SCENARIOS; do
         IFS=$'\t' read -r _ _ _ _ _ best_cpu _ <<<"$(summarize "$scenario" "$best")"
         notes+=("$(awk -v s="$scenario" -v b="$best" -v a="$sy_med" -v r="$best_rps" -v c="$sy_cpu" -v d="$best_cpu" \
             'BEGIN { printf "%s: Switchyard %.2f× the req/s of the best peer (%s), at %.2f× its CPU per request", s, a / r, b, c / d }')")
+    fi
+    if [[ " $targets " == *" switchyard "* && " $targets " == *" relay "* ]]; then
+        IFS=$'\t' read -r sy_med _ _ _ _ sy_cpu _ <<<"$(summarize "$scenario" switchyard)"
+        IFS=$'\t' read -r rl_med _ _ _ _ rl_cpu _ <<<"$(summarize "$scenario" relay)"
+        notes+=("$(awk -v s="$scenario" -v a="$sy_med" -v b="$rl_med" -v c="$sy_cpu" -v d="$rl_cpu" \
+            'BEGIN { printf "%s: Switchyard %.2f× the req/s of the TCP relay (no HTTP work), at %.2f× its CPU per request", s, a / b, c / d }')")
     fi
     if [[ " $targets " == *" switchyard "* && " $targets " == *" nometrics "* ]]; then
         IFS=$'\t' read -r sy_med _ _ _ _ sy_cpu _ <<<"$(summarize "$scenario" switchyard)"
