@@ -1233,3 +1233,48 @@ async fn a_stream_reset_mid_answer_leaves_no_bytes_for_the_next_request() {
     }
     proxy.server.shutdown();
 }
+
+/// RFC 9113 §8.3.1 refuses a `host` that names another entity than the
+/// `:authority`; `app.test:80` and `app.test` over http are one entity
+/// (RFC 9110 §4.2.3: the default port may be left out), as are names that
+/// differ in case. They are taken, with one Host upstream; a host with
+/// another port is refused and never forwarded.
+#[tokio::test]
+async fn a_host_that_differs_from_the_authority_only_by_the_default_port_is_taken() {
+    let cases = [
+        ("app.test:80", true),
+        ("APP.test", true),
+        ("app.test:443", false),
+        ("app.test:8080", false),
+        ("other.test:80", false),
+    ];
+    for (host, taken) in cases {
+        let (upstream, proxy, mut client, _) =
+            asked(OK, After::Again, false, &[("host", host)]).await;
+        let answer = first_answer(&mut client, 1).await;
+        let requests = upstream.requests();
+        if taken {
+            assert_eq!(answer.kind, HEADERS, "host {host}: {answer:?}");
+            assert_eq!(decode(&answer.payload)[0].1, "200", "host {host}");
+            assert_eq!(requests.len(), 1, "host {host}");
+            let hosts = support::header_values(&requests[0].head, "host");
+            assert_eq!(hosts.len(), 1, "host {host}: {}", requests[0].head);
+            let sent = hosts[0].to_ascii_lowercase();
+            assert!(
+                sent == "app.test" || sent == "app.test:80",
+                "host {host}: sent {sent}"
+            );
+        } else {
+            if answer.kind == HEADERS {
+                let status = decode(&answer.payload)[0].1.clone();
+                assert!(status.starts_with('4'), "host {host}: answered {status}");
+            }
+            assert!(
+                requests.is_empty(),
+                "host {host} was forwarded: {}",
+                requests[0].head
+            );
+        }
+        proxy.server.shutdown();
+    }
+}

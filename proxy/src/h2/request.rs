@@ -41,6 +41,30 @@ const NAME_BYTES: [bool; 256] = {
 /// [`Proxy::handle`], as hyper's parser takes them.
 const PATH_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=:@/?%");
 
+/// The port a URI of `scheme` means when it names none (`:80` for http,
+/// `:443` for https), as the suffix an authority would carry.
+fn default_port(scheme: Option<&[u8]>) -> Option<&'static [u8]> {
+    match scheme {
+        Some(s) if s.eq_ignore_ascii_case(b"http") => Some(b":80"),
+        Some(s) if s.eq_ignore_ascii_case(b"https") => Some(b":443"),
+        _ => None,
+    }
+}
+
+/// Whether a `host` and an `:authority` name the same entity (RFC 9113
+/// §8.3.1): equal but for case, or but for the scheme's default port on one
+/// side (`app.test:80` and `app.test` over http, RFC 9110 §4.2.3).
+fn same_entity(host: &[u8], authority: &[u8], default_port: Option<&[u8]>) -> bool {
+    fn strip<'a>(a: &'a [u8], port: Option<&[u8]>) -> &'a [u8] {
+        match port {
+            Some(port) if a.len() > port.len() && a.ends_with(port) => &a[..a.len() - port.len()],
+            _ => a,
+        }
+    }
+    host.eq_ignore_ascii_case(authority)
+        || strip(host, default_port).eq_ignore_ascii_case(strip(authority, default_port))
+}
+
 /// Bytes of an `:authority` (host, port, IP literal).
 const AUTHORITY_BYTES: [bool; 256] = byte_set(b"-._~%!$&'()*+,;=:[]");
 
@@ -262,9 +286,10 @@ impl RawHead {
             // :authority makes the request malformed. Routing goes by one,
             // the upstream may go by the other.
             if let Some(authority) = self.value(&self.authority).filter(|a| !a.is_empty()) {
+                let default_port = default_port(self.value(&self.scheme));
                 if self
                     .values(&http::header::HOST)
-                    .any(|host| !host.eq_ignore_ascii_case(authority))
+                    .any(|host| !same_entity(host, authority, default_port))
                 {
                     return Err(":authority and host differ");
                 }
