@@ -69,6 +69,7 @@ mod streamed_uploads;
 mod tls;
 mod tls_edges;
 mod upgrade_edges;
+mod upload_latency;
 mod upstream_blame;
 mod upstream_faults;
 mod upstream_fuzz;

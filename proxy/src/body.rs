@@ -153,6 +153,14 @@ impl Sending {
         self.ended.load(Ordering::Relaxed)
     }
 
+    /// When the upstream took the body's last part, once it has.
+    pub fn ended_at(&self) -> Option<std::time::Instant> {
+        self.ended().then(|| {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            self.base + last
+        })
+    }
+
     /// The request goes out now: the upstream's time runs from here, not
     /// from the end of the read-ahead (connecting takes time too).
     pub fn start(&self) {

@@ -1745,7 +1745,16 @@ pub async fn serve<S: ClientStream>(
             probe: pipelined,
             trying: plan.endpoint.addr,
         };
-        let pending = stats.send(started, now_ms);
+        // The upstream's time runs from when the request is whole here
+        // (see `Pending`): a body read ahead took the client's time.
+        let pending = match (&left, plan.body_len > 0 || plan.chunked) {
+            (Some(_), _) => stats.send_streaming(started),
+            (None, true) => {
+                let now = std::time::Instant::now();
+                stats.send(now, crate::stats::ms_of(now))
+            }
+            (None, false) => stats.send(started, now_ms),
+        };
         // Some of a streamed body is unread, or the upstream answered
         // before it had it all: neither connection can serve on.
         let mut unread = false;
@@ -1757,6 +1766,7 @@ pub async fn serve<S: ClientStream>(
                 deadline: &mut *deadline,
                 idle: timeouts.idle,
                 end: StreamEnd::Whole,
+                pending: &pending,
             };
             let sent = exchange_moving_on(
                 &mut ex,
@@ -2485,7 +2495,7 @@ async fn exchange(
         if let Some(body) = body.as_deref_mut() {
             let timer = (&mut **deadline, timeouts.response_header);
             match Box::pin(send_rest(&mut upstream, buffer, body, timer)).await {
-                Pumped::Whole => {}
+                Pumped::Whole => body.pending.body_sent(std::time::Instant::now()),
                 Pumped::Early => {
                     body.end = StreamEnd::Early;
                     early = true;
@@ -2637,6 +2647,8 @@ pub(crate) struct Streamed<'s> {
     idle: Duration,
     /// How it ended.
     end: StreamEnd,
+    /// The request's wait for its answer, told when the body went whole.
+    pending: &'s Pending<'s>,
 }
 
 /// How a [`Streamed`] body's exchange ended, for the caller.

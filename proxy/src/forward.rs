@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use tracing::debug;
 
 use crate::access_log::{Asked, Line};
-use crate::body::{ClientBody, InFlight, Origin, ProxyBody, RequestBody};
+use crate::body::{ClientBody, InFlight, Origin, ProxyBody, RequestBody, Sending};
 use crate::error::ForwardError;
 use crate::fast::{RawPool, Stopping};
 use crate::headers::{
@@ -219,6 +219,16 @@ impl Proxy {
         }
 
         let body = read_ahead(body, limits.max_body_bytes).await?;
+        // The upstream's time runs from when the request is whole here
+        // (see `Pending`): a body read ahead took the client's time; a
+        // streamed one is timed from when it went whole.
+        let (whole_at, whole_ms) = match &body {
+            RequestBody::Full { .. } => {
+                let now = Instant::now();
+                (now, crate::stats::ms_of(now))
+            }
+            _ => (started, now_ms),
+        };
         // HTTP/2's common request goes upstream on a raw connection, its
         // head written from the fields as they are.
         let whole = match &body {
@@ -259,8 +269,8 @@ impl Proxy {
                 pool: pool_index,
                 endpoint,
                 set_cookie: choice.set_cookie.as_ref(),
-                started,
-                now_ms,
+                started: whole_at,
+                now_ms: whole_ms,
                 hpack: false,
             };
             let in_flight = pool
@@ -365,9 +375,16 @@ impl Proxy {
             .flatten();
         let mut retries_left = retries.attempts;
         let mut endpoint = endpoint;
-        let pending = stats.send(started, now_ms);
+        let sending = request.body().sending();
+        let pending = match &sending {
+            Some(_) => stats.send_streaming(started),
+            None => stats.send(whole_at, whole_ms),
+        };
         let (response, release) = loop {
             let mut sent = self.upstreams.send(endpoint, request, timeouts).await;
+            if let Some(at) = sending.as_deref().and_then(Sending::ended_at) {
+                pending.body_sent(at);
+            }
             // A connect failure sent nothing: the request goes once to another
             // endpoint of the same pool, as nginx's proxy_next_upstream error.
             if let Err(failed) = &mut sent {

@@ -7,6 +7,7 @@
 //! lookup, no allocation. The series outlive table swaps, so counters never
 //! go back to zero when weights change.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -257,7 +258,7 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_request_duration_seconds",
-                "Time from a request's arrival to its response head, by route and pool.",
+                "Time from a request being whole at the proxy (or, streamed, sent whole) to its response head, by route and pool.",
             )
             // Fine enough around typical service times for the detector's
             // p99 (interpolated inside a bucket) to be within about 25%:
@@ -493,52 +494,87 @@ fn since_start(at: Instant) -> Duration {
 /// A request on its way to a pool, from the moment it is sent until its
 /// answer's head (or until it is given up, when the guard drops): while
 /// it waits past the latency bar (or SLO), the detector counts it as slow.
+///
+/// The upstream's time starts when the request is whole at the proxy (or,
+/// for a body streamed as the client sends it, sent whole): the time a
+/// client takes to upload is its own, as nginx's `$upstream_response_time`
+/// (which buffers the body first) leaves it out, and a slow uploader must
+/// not make a canary look slow.
 #[must_use = "a request's answer is recorded through its guard"]
 pub struct Pending<'a> {
     stats: &'a PoolStats,
-    /// When the client's request arrived: the answer's latency runs from
+    /// When the upstream's time began: the answer's latency runs from
     /// here, and its cohort is this tick.
-    started: Instant,
-    /// The tick it arrived in; u64::MAX when it is not counted.
-    cohort: u64,
+    started: Cell<Instant>,
+    /// The tick it began in; u64::MAX when it is not watched.
+    cohort: Cell<u64>,
 }
 
 impl PoolStats {
-    /// A request that arrived at `started` (`started_ms` by [`ms_of`]) is
-    /// sent to this pool. Its cohort is the tick it arrived in: one that
-    /// waited so long before it was sent (a slow upload) that its cohort
-    /// was judged is not watched while it waits; its answer counts as
-    /// slow as any.
+    /// A request whole at the proxy at `started` (`started_ms` by
+    /// [`ms_of`]) is sent to this pool. Its cohort is that tick's: one
+    /// sent so long after (a retry's wait) that its cohort was judged is
+    /// not watched while it waits; its answer counts as slow as any.
     pub fn send(&self, started: Instant, started_ms: u64) -> Pending<'_> {
-        let cohort = started_ms / TICK.as_millis() as u64;
-        let mut pending = Pending {
+        let pending = Pending {
             stats: self,
-            started,
-            cohort: u64::MAX,
+            started: Cell::new(started),
+            cohort: Cell::new(u64::MAX),
         };
+        pending
+            .cohort
+            .set(self.watch(started_ms / TICK.as_millis() as u64));
+        pending
+    }
+
+    /// A request whose body streams upstream as the client sends it: not
+    /// watched, and timed from `started` (its head's arrival), until
+    /// [`Pending::body_sent`] says the body went whole; an answer that
+    /// comes before that is timed from the head.
+    pub fn send_streaming(&self, started: Instant) -> Pending<'_> {
+        Pending {
+            stats: self,
+            started: Cell::new(started),
+            cohort: Cell::new(u64::MAX),
+        }
+    }
+
+    /// Counts a request of `cohort` as sent: the cohort it is watched in,
+    /// or u64::MAX when it is not watched (not counting, the cohort closed
+    /// or already judged).
+    fn watch(&self, cohort: u64) -> u64 {
         if !COUNTING.load(Ordering::Relaxed) || cohort < self.open_from.load(Ordering::Relaxed) {
-            return pending;
+            return u64::MAX;
         }
         let slot = &self.cohorts[cohort as usize % COHORTS];
         if slot.judged(cohort, BAR) || slot.judged(cohort, SLO) {
             // Sent after its cohort was judged: its answer says it all.
-            return pending;
+            return u64::MAX;
         }
         slot.sent.fetch_add(1, Ordering::Relaxed);
-        pending.cohort = cohort;
-        pending
+        cohort
     }
 }
 
 impl Pending<'_> {
+    /// A streamed body went whole at `at` (see [`PoolStats::send_streaming`]):
+    /// the upstream's time runs from then, and it is watched from then.
+    pub fn body_sent(&self, at: Instant) {
+        self.started.set(at);
+        if self.cohort.get() == u64::MAX {
+            let cohort = self.stats.watch(ms_of(at) / TICK.as_millis() as u64);
+            self.cohort.set(cohort);
+        }
+    }
+
     /// Records its answer and ends the wait: status, time to the response
     /// head, and whether it counts as an error for canary health.
-    pub fn answered(mut self, status: u16, error: Option<ErrorKind>) {
+    pub fn answered(self, status: u16, error: Option<ErrorKind>) {
         let now = Instant::now();
         let tick = tick_of(now);
         let late = self.end(tick);
         self.stats
-            .record(status, self.started, (now, tick), error, late);
+            .record(status, self.started.get(), (now, tick), error, late);
     }
 
     /// Records the answer of one try of several (a retry follows): the
@@ -548,16 +584,17 @@ impl Pending<'_> {
         let tick = tick_of(now);
         let late = self.judged(tick);
         self.stats
-            .record(status, self.started, (now, tick), error, late);
+            .record(status, self.started.get(), (now, tick), error, late);
     }
 
     /// Per bar, whether the detector has counted the request as overdue
     /// already.
     fn judged(&self, tick: u64) -> [bool; 2] {
-        if self.cohort == u64::MAX {
+        let cohort = self.cohort.get();
+        if cohort == u64::MAX {
             return [false; 2];
         }
-        if tick.saturating_sub(self.cohort) >= COHORTS as u64 {
+        if tick.saturating_sub(cohort) >= COHORTS as u64 {
             // Its slot has had later turns since: it was judged if the
             // bar is one that cohorts are judged against (as it was then,
             // most likely).
@@ -569,21 +606,21 @@ impl Pending<'_> {
                 watched(&self.stats.slo_after_us),
             ];
         }
-        let slot = &self.stats.cohorts[self.cohort as usize % COHORTS];
-        [BAR, SLO].map(|bar| slot.judged(self.cohort, bar))
+        let slot = &self.stats.cohorts[cohort as usize % COHORTS];
+        [BAR, SLO].map(|bar| slot.judged(cohort, bar))
     }
 
     /// Ends the wait, once: returns, per bar, whether the request was
     /// counted as overdue. (An answer racing the detector's read of its
     /// cohort, in a window of nanoseconds, may be counted twice or not
     /// at all.)
-    fn end(&mut self, tick: u64) -> [bool; 2] {
+    fn end(&self, tick: u64) -> [bool; 2] {
         let judged = self.judged(tick);
-        if self.cohort != u64::MAX && tick.saturating_sub(self.cohort) < COHORT_WRITES_UNTIL {
-            let slot = &self.stats.cohorts[self.cohort as usize % COHORTS];
+        let cohort = self.cohort.replace(u64::MAX);
+        if cohort != u64::MAX && tick.saturating_sub(cohort) < COHORT_WRITES_UNTIL {
+            let slot = &self.stats.cohorts[cohort as usize % COHORTS];
             slot.ended.fetch_add(1, Ordering::Relaxed);
         }
-        self.cohort = u64::MAX;
         judged
     }
 }
@@ -592,7 +629,7 @@ impl Drop for Pending<'_> {
     /// Given up with no answer (the client left, or a failure that no
     /// answer records): no longer in flight.
     fn drop(&mut self) {
-        if self.cohort != u64::MAX {
+        if self.cohort.get() != u64::MAX {
             self.end(tick_of(Instant::now()));
         }
     }
@@ -878,6 +915,71 @@ mod tests {
         assert_eq!(stats.take_tick(cohort + 300).overdue, 0);
         drop(hung);
         assert_eq!(stats.take_tick(cohort + 301).overdue, 0);
+    }
+
+    /// The slow answers and the answers counted in `ticks`.
+    fn slow_and_answers(stats: &PoolStats, ticks: std::ops::RangeInclusive<u64>) -> (u64, u64) {
+        ticks.fold((0, 0), |(slow, answers), tick| {
+            let counts = stats.take_tick(tick);
+            (slow + counts.slow, answers + counts.requests)
+        })
+    }
+
+    #[test]
+    fn a_streamed_upload_is_watched_from_when_its_body_went_whole() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("upload-route", "upload-pool");
+        stats.slow_after_us.store(150_000, Ordering::Relaxed);
+        let arrived = Instant::now();
+        let now = tick_of(arrived);
+        let uploading = stats.send_streaming(arrived);
+        // The upload is the client's time: not in flight while it lasts,
+        // however long (`send` would count it from its head's cohort).
+        assert_eq!(stats.take_tick(now + 2).overdue, 0);
+        assert_eq!(stats.take_tick(now + 5).overdue, 0);
+        // Sent whole a second on: watched from then, and overdue once the
+        // bar is behind it with no answer.
+        let whole = arrived + Duration::from_secs(1);
+        let cohort = tick_of(whole);
+        uploading.body_sent(whole);
+        assert_eq!(
+            stats.take_tick(cohort + 1).overdue,
+            0,
+            "the bar is not behind it yet"
+        );
+        assert_eq!(
+            stats.take_tick(cohort + 2).overdue,
+            1,
+            "unanswered past the bar"
+        );
+        assert_eq!(uploading.judged(cohort + 2), [true, false]);
+    }
+
+    #[test]
+    fn a_streamed_upload_is_timed_from_when_its_body_went_whole() {
+        let scope = StatsScope::default();
+        let stats = scope.pool_stats("upload-route", "upload-pool");
+        stats.slow_after_us.store(150_000, Ordering::Relaxed);
+        // Its head came a second ago; the client uploaded since.
+        let arrived = Instant::now() - Duration::from_secs(1);
+        // The slow answers and all answers counted by now.
+        let counted = || {
+            let now = tick_of(Instant::now());
+            (now.saturating_sub(3)..=now).fold((0, 0), |(slow, answers), tick| {
+                let counts = stats.take_tick(tick);
+                (slow + counts.slow, answers + counts.requests)
+            })
+        };
+        counted();
+        // Answered at once after its body went whole: not slow.
+        let answered_at_once = stats.send_streaming(arrived);
+        answered_at_once.body_sent(Instant::now());
+        answered_at_once.answered(200, None);
+        assert_eq!(counted(), (0, 1), "timed from its body's end");
+        // An answer before the body went whole is timed from the head.
+        let answered_early = stats.send_streaming(arrived);
+        answered_early.answered(200, None);
+        assert_eq!(counted(), (1, 1), "timed from its head");
     }
 
     #[test]
