@@ -70,6 +70,7 @@ mod tls;
 mod tls_edges;
 mod upgrade_edges;
 mod upload_latency;
+mod upload_latency_edges;
 mod upstream_blame;
 mod upstream_faults;
 mod upstream_fuzz;

@@ -64,12 +64,14 @@ async fn answering_upstream() -> SocketAddr {
     .await
 }
 
-/// A proxy with one route named `route` (its own metric series) to
-/// `upstream`, on the fast path or not.
-fn proxy(route: &str, upstream: SocketAddr, fast_path: bool) -> support::TestProxy {
+/// A proxy with one route named `route` (its own metric series) to a
+/// pool of `endpoints` (round robin, in this order), on the fast path or
+/// not.
+pub(crate) fn proxy(route: &str, endpoints: &[SocketAddr], fast_path: bool) -> support::TestProxy {
+    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
     let config: Value = json!({
         "listeners": [{"address": "127.0.0.1:0"}],
-        "pools": {"web": {"endpoints": [upstream.to_string()]}},
+        "pools": {"web": {"endpoints": endpoints}},
         "routes": [{
             "name": route,
             "split": {"baseline": "web", "weights": {"web": 10000}},
@@ -116,7 +118,7 @@ async fn upload(
 }
 
 /// The request-duration histogram's sum and count for `route`.
-fn recorded(route: &str) -> (f64, f64) {
+pub(crate) fn recorded(route: &str) -> (f64, f64) {
     let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");
     let label = format!("route=\"{route}\"");
     let value = |series: &str| {
@@ -135,7 +137,7 @@ fn recorded(route: &str) -> (f64, f64) {
 /// that the latency recorded leaves the pause out.
 async fn upload_is_timed_from_its_end(route: &str, fast_path: bool, chunked: bool, len: usize) {
     let upstream = answering_upstream().await;
-    let proxy = proxy(route, upstream, fast_path);
+    let proxy = proxy(route, &[upstream], fast_path);
     let data = vec![b'x'; len];
     let (head, body) = match chunked {
         false => (
@@ -209,7 +211,7 @@ async fn a_body_read_ahead_on_hyper_s_path_is_timed_from_its_end() {
 async fn h2_upload_is_timed_from_its_end(route: &str, len: usize) {
     use support::h2::*;
     let upstream = answering_upstream().await;
-    let proxy = proxy(route, upstream, true);
+    let proxy = proxy(route, &[upstream], true);
     let mut client = RawClient::connect(proxy.addr, &[]).await;
     let length = len.to_string();
     let head = request("POST", "/up", &[("content-length", &length)]);

@@ -321,7 +321,8 @@ fn dead_addr() -> std::net::SocketAddr {
     dead.local_addr().expect("addr")
 }
 
-fn connect_errors(route: &str) -> f64 {
+/// The connect failures counted for `route`'s pool `web`.
+pub(crate) fn connect_errors(route: &str) -> f64 {
     let text = String::from_utf8(switchyard_admin::metrics::render()).expect("utf-8");
     let series =
         format!(r#"switchyard_upstream_errors_total{{kind="connect",pool="web",route="{route}"}}"#);

@@ -136,6 +136,8 @@ pub struct Sending {
     waiting_for_client: AtomicBool,
     /// The upstream has taken the whole body.
     ended: AtomicBool,
+    /// The exchange waiting for the body's end (to time the answer from it).
+    on_end: futures_util::task::AtomicWaker,
 }
 
 impl Sending {
@@ -145,7 +147,24 @@ impl Sending {
             last_ms: AtomicU64::new(0),
             waiting_for_client: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            on_end: futures_util::task::AtomicWaker::new(),
         }
+    }
+
+    /// The upstream has taken the whole body: says so to the exchange.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+        self.on_end.wake();
+    }
+
+    /// When the upstream took the body's last part; pending (woken then)
+    /// until it has.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<std::time::Instant> {
+        if let Some(at) = self.ended_at() {
+            return Poll::Ready(at);
+        }
+        self.on_end.register(cx.waker());
+        self.ended_at().map_or(Poll::Pending, Poll::Ready)
     }
 
     /// Whether the upstream has taken the whole body.
@@ -227,7 +246,7 @@ impl Body for RequestBody {
                 if let Some(prefix) = prefix.take() {
                     sending.taken(false);
                     if rest.is_end_stream() {
-                        sending.ended.store(true, Ordering::Relaxed);
+                        sending.end();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
@@ -245,7 +264,7 @@ impl Body for RequestBody {
                         }
                         // The last frame: hyper's client may not ask again.
                         if frame.is_trailers() || rest.is_end_stream() {
-                            sending.ended.store(true, Ordering::Relaxed);
+                            sending.end();
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
@@ -253,7 +272,7 @@ impl Body for RequestBody {
                         Poll::Ready(Some(Err(Box::new(ClientBodyFailed(err)))))
                     }
                     Poll::Ready(None) => {
-                        sending.ended.store(true, Ordering::Relaxed);
+                        sending.end();
                         Poll::Ready(None)
                     }
                     Poll::Pending => Poll::Pending,

@@ -381,10 +381,8 @@ impl Proxy {
             None => stats.send(whole_at, whole_ms),
         };
         let (response, release) = loop {
-            let mut sent = self.upstreams.send(endpoint, request, timeouts).await;
-            if let Some(at) = sending.as_deref().and_then(Sending::ended_at) {
-                pending.body_sent(at);
-            }
+            let send = self.upstreams.send(endpoint, request, timeouts);
+            let mut sent = watching_body(send, sending.as_deref(), &pending).await;
             // A connect failure sent nothing: the request goes once to another
             // endpoint of the same pool, as nginx's proxy_next_upstream error.
             if let Err(failed) = &mut sent {
@@ -397,7 +395,8 @@ impl Proxy {
                         if in_flight.is_some() {
                             in_flight = Some(InFlight::start(&endpoint.in_flight));
                         }
-                        sent = self.upstreams.send(endpoint, request, timeouts).await;
+                        let send = self.upstreams.send(endpoint, request, timeouts);
+                        sent = watching_body(send, sending.as_deref(), &pending).await;
                     }
                 }
             }
@@ -437,7 +436,14 @@ impl Proxy {
                         line.served(&route.name, &pool.name, endpoint.addr);
                     }
                     let err = failed.error;
-                    count_failure(pool, pending, endpoint, &err, now_ms);
+                    // The client's body broke off or grew over the limit:
+                    // no answer of the pool's (as on the fast path).
+                    if !matches!(
+                        err,
+                        ForwardError::ClientBody { .. } | ForwardError::BodyTooLarge { .. }
+                    ) {
+                        count_failure(pool, pending, endpoint, &err, now_ms);
+                    }
                     return Err(err);
                 }
                 Err(failed) => {
@@ -757,6 +763,36 @@ fn single_content_length(headers: &mut HeaderMap) {
     if let Some(one) = one {
         headers.insert(header::CONTENT_LENGTH, one);
     }
+}
+
+/// Awaits `send`; once the upstream has taken a streamed body whole, the
+/// request's wait for its answer runs from then (see `Pending`), and the
+/// detector watches it from then.
+async fn watching_body<F: std::future::Future>(
+    send: F,
+    sending: Option<&Sending>,
+    pending: &Pending<'_>,
+) -> F::Output {
+    let Some(sending) = sending else {
+        return send.await;
+    };
+    let mut send = std::pin::pin!(send);
+    let mut told = false;
+    let output = std::future::poll_fn(|cx| {
+        if !told {
+            if let std::task::Poll::Ready(at) = sending.poll_ended(cx) {
+                pending.body_sent(at);
+                told = true;
+            }
+        }
+        send.as_mut().poll(cx)
+    })
+    .await;
+    // Taken whole in the poll that brought the answer.
+    if let (false, Some(at)) = (told, sending.ended_at()) {
+        pending.body_sent(at);
+    }
+    output
 }
 
 /// Reads up to [`READ_AHEAD_BYTES`] of the body before forwarding.
