@@ -433,7 +433,7 @@ async fn a_hang_after_a_streamed_upload_is_overdue(route: &str, fast_path: bool)
     );
     let whole_at = Instant::now();
     let mut overdue = 0;
-    let counted = support::eventually(Duration::from_secs(2), || {
+    let counted = support::eventually(Duration::from_secs(4), || {
         overdue += take_ticks();
         overdue > 0
     })
