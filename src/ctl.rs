@@ -17,6 +17,21 @@ use switchyard_proxy::tls::UpstreamTlsClient;
 
 use crate::percent_to_basis_points;
 
+/// `println!`, except that a closed standard output (`ctl status | head`)
+/// ends the command quietly, as it ends other Unix tools, rather than in
+/// a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("failed printing to stdout: {err}");
+        }
+    }};
+}
+
 /// What `ctl` can do.
 #[derive(Subcommand)]
 pub enum CtlCommand {
@@ -304,7 +319,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
 async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyhow::Result<()> {
     let show = |value: &Value, human: &dyn Fn(&Value)| {
         if json_output {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(value).unwrap_or_default()
             );
@@ -465,7 +480,7 @@ async fn execute(admin: &Admin, json_output: bool, command: CtlCommand) -> anyho
                     if let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) {
                         let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
                         if json_output {
-                            println!("{event}");
+                            say!("{event}");
                         } else {
                             print_event(&event);
                         }
@@ -542,10 +557,12 @@ fn percent(bp: &Value) -> String {
 }
 
 fn print_routes(value: &Value) {
-    println!("version {}", value["version"]);
-    println!(
+    say!("version {}", value["version"]);
+    say!(
         "{:<16} {:<40} {:<14} ROLLOUT",
-        "ROUTE", "WEIGHTS", "BASELINE"
+        "ROUTE",
+        "WEIGHTS",
+        "BASELINE"
     );
     for route in value["routes"].as_array().into_iter().flatten() {
         let weights: Vec<String> = route["weights"]
@@ -564,7 +581,7 @@ fn print_routes(value: &Value) {
                 r["steps"]
             ),
         };
-        println!(
+        say!(
             "{:<16} {:<40} {:<14} {rollout}",
             route["name"].as_str().unwrap_or("?"),
             weights.join(" "),
@@ -576,13 +593,13 @@ fn print_routes(value: &Value) {
 fn print_rollout(value: &Value) {
     let rollout = &value["rollout"];
     if rollout.is_null() {
-        println!(
+        say!(
             "route {}: no rollout",
             value["route"].as_str().unwrap_or("?")
         );
         return;
     }
-    println!(
+    say!(
         "route {}: {} rollout to {} is {}, step {}/{} at {}",
         value["route"].as_str().unwrap_or("?"),
         rollout["strategy"].as_str().unwrap_or("?"),
@@ -593,10 +610,14 @@ fn print_rollout(value: &Value) {
         percent(&rollout["weight"]),
     );
     if let Some(ms) = rollout["remaining_ms"].as_u64() {
-        println!("  next step in {:.1}s", ms as f64 / 1000.0);
+        let secs = ms as f64 / 1000.0;
+        match rollout["state"].as_str() {
+            Some("paused") => say!("  {secs:.1}s of the step left when resumed"),
+            _ => say!("  next step in {secs:.1}s"),
+        }
     }
     if let Some(reason) = rollout["reason"].as_str() {
-        println!("  {reason}");
+        say!("  {reason}");
     }
 }
 
@@ -608,7 +629,7 @@ fn print_health(value: &Value) {
         .flatten()
         .map(|(pool, bp)| format!("{pool}={}", percent(bp)))
         .collect();
-    println!(
+    say!(
         "route {route} (version {}): {}",
         value["version"],
         weights.join(" ")
@@ -621,20 +642,23 @@ fn print_health(value: &Value) {
         let p99 = live["p99_ms"]
             .as_f64()
             .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
-        println!(
+        say!(
             "  pool {pool}: errors {rate} ({} of {} over 60 s), p99 {p99}, endpoints {} of {} up",
-            live["errors_60s"], live["requests_60s"], live["endpoints_up"], live["endpoints"],
+            live["errors_60s"],
+            live["requests_60s"],
+            live["endpoints_up"],
+            live["endpoints"],
         );
     }
     if value["baseline_failing"] == true {
-        println!("  the baseline is failing too: the canary is judged against its raised rate");
+        say!("  the baseline is failing too: the canary is judged against its raised rate");
     }
     for (pool, status) in value["canaries"].as_object().into_iter().flatten() {
         let rate = |n: &Value| {
             n.as_f64()
                 .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0))
         };
-        println!(
+        say!(
             "  canary {pool}: allowed error rate {} (baseline {} of {} over 60 s, 5 s rate {})",
             rate(&status["p0"]),
             status["baseline_errors"],
@@ -642,7 +666,7 @@ fn print_health(value: &Value) {
             rate(&status["baseline_rate_short"]),
         );
         for arm in status["arms"].as_array().into_iter().flatten() {
-            println!(
+            say!(
                 "    {:<12} S {:>5.1} / {}  ({} of {} since clear)",
                 arm["arm"].as_str().unwrap_or("?"),
                 arm["s"].as_f64().unwrap_or(0.0),
@@ -653,14 +677,14 @@ fn print_health(value: &Value) {
         }
     }
     match &value["last_verdict"] {
-        Value::Null => println!("  last verdict: none"),
+        Value::Null => say!("  last verdict: none"),
         verdict => {
             // A latency verdict may rest on requests that had no answer.
             let unanswered = match verdict["canary_unanswered"].as_u64() {
                 Some(n) if n > 0 => format!("; {n} of them unanswered"),
                 _ => String::new(),
             };
-            println!(
+            say!(
                 "  last verdict: fell back from {} on {} (S {:.1}, {} of {} canary requests bad{unanswered})",
                 verdict["pool"].as_str().unwrap_or("?"),
                 verdict["arm"].as_str().unwrap_or("?"),
@@ -683,7 +707,7 @@ fn print_event(event: &Value) {
             })
             .unwrap_or_default()
     };
-    println!(
+    say!(
         "#{} {} {:<18} {:<10} by {}: {} {}{}",
         event["id"],
         event["time"].as_str().unwrap_or("?"),

@@ -110,8 +110,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 100)]
     min_step_requests: u64,
     /// Count nothing per request: no request, error or latency series and
-    /// no canary health (no automatic fallback, rollout gates see no
-    /// traffic). For measuring what counting costs, not for production.
+    /// no canary health (no automatic fallback, no rollout gates). For
+    /// measuring what counting costs, not for production.
     #[arg(long)]
     no_request_metrics: bool,
     /// Log each request answered, one JSON object a line, to this file
@@ -342,12 +342,15 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let _admin_watch = watch_certificates(Arc::clone(&plane), admin_tls.iter().cloned().collect())
         .context("watching the admin listener's certificate files")?;
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
-    let admin = switchyard_admin::server::start_with_tls(
-        admin_addr,
-        AdminApi::new(Arc::clone(&plane), token),
-        admin_tls,
-    )
-    .context("starting the admin API")?;
+    let api = AdminApi::new(Arc::clone(&plane), token);
+    // Without counting, a gate would see no traffic and hold for good.
+    let min_step_requests = match args.no_request_metrics {
+        true => 0,
+        false => args.min_step_requests,
+    };
+    api.board().set_min_step_requests(min_step_requests);
+    let admin = switchyard_admin::server::start_with_tls(admin_addr, api, admin_tls)
+        .context("starting the admin API")?;
     let addr = server.local_addrs()[0];
     if demo {
         println!("Switchyard is running the embedded demo on http://{addr}");

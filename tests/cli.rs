@@ -200,3 +200,63 @@ fn a_port_another_process_listens_on_is_refused() {
         "{stderr}"
     );
 }
+
+/// `--min-step-requests` reaches the rollout gate: with no canary traffic,
+/// a step whose pause is over holds (and says so) instead of moving on.
+/// The flag was parsed and never applied, so every step moved on blind.
+#[tokio::test]
+async fn min_step_requests_holds_a_step_the_canary_has_not_served() {
+    let stable = support::upstream("stable").await;
+    let canary = support::upstream("canary").await;
+    let (stable, canary) = (stable.addr.to_string(), canary.addr.to_string());
+    let (_child, _proxy, admin) = support::start_binary(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--stable",
+        &stable,
+        "--canary",
+        &canary,
+        "--min-step-requests",
+        "5",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let spec =
+        r#"{"strategy": "canary", "steps": [{"weight": 500, "pause": "100ms"}, {"weight": 2500}]}"#;
+    let (status, _, body) = support::admin_call(
+        admin,
+        http::Method::POST,
+        "/v1/routes/default/rollout",
+        &[("content-type", "application/json")],
+        spec,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Held, or (the bug) on to step 2 once the 100 ms pause is over.
+    let rollout = support::poll_for(
+        Duration::from_secs(10),
+        || async {
+            let (_, _, body) = support::admin_call(
+                admin,
+                http::Method::GET,
+                "/v1/routes/default/rollout",
+                &[],
+                "",
+            )
+            .await;
+            serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["rollout"].clone()
+        },
+        |r| r["held"].is_string() || r["step"].as_u64().is_some_and(|s| s > 1),
+    )
+    .await;
+    assert_eq!(
+        rollout["step"], 1,
+        "moved on with no canary traffic: {rollout}"
+    );
+    let held = rollout["held"].as_str().unwrap_or_default();
+    assert!(held.contains("0 of the 5 requests"), "{rollout}");
+}

@@ -80,9 +80,21 @@ async fn ctl_sets_weights_runs_rollouts_and_reports_errors() {
     );
     let paused = stdout(&ctl(admin, &["pause", "default"]));
     assert!(paused.contains("is paused"), "{paused}");
+    // A paused step's clock is stopped: no countdown to a next step.
+    assert!(
+        paused.contains("of the step left when resumed") && !paused.contains("next step in"),
+        "{paused}"
+    );
     let busy = ctl(admin, &["weights", "default", "green=30%"]);
     assert!(!busy.status.success(), "weights changed during a rollout");
-    assert!(String::from_utf8_lossy(&busy.stderr).contains("409"));
+    // Pausing does not free the weights: the advice names what does.
+    let busy = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        busy.contains("409")
+            && busy.contains("promote or abort it first")
+            && !busy.contains("pause,"),
+        "{busy}"
+    );
     let aborted = stdout(&ctl(admin, &["abort", "default", "--reason", "smoke test"]));
     assert!(
         aborted.contains("is aborted") && aborted.contains("smoke test"),
@@ -339,4 +351,31 @@ async fn ctl_weights_keeps_the_pools_not_named() {
         !output.status.success(),
         "over 100% with red's 10% accepted"
     );
+}
+
+/// A reader that stops early (`ctl status | head -1`) ends the command
+/// quietly, with success, as it ends other Unix tools; it panicked on the
+/// broken pipe.
+#[tokio::test]
+async fn ctl_output_into_a_closed_pipe_ends_quietly() {
+    let (_child, _proxy, admin) = start().await;
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://{admin}"),
+            "status",
+            "default",
+        ])
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ctl");
+    // Closed before ctl has asked the admin API, so before it prints.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("ctl ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
 }

@@ -285,11 +285,10 @@ async fn the_admin_tour_answers_as_the_readme_shows() {
     assert_eq!(status, 412);
 }
 
-/// README, admin API: the answers that are not JSON come from the HTTP
-/// layer before a request exists, "a head that is not HTTP at all gets an
-/// empty `400`, and a head over hyper's limits (about 400 KiB, 100
-/// fields) an empty `431`" — and `admin/openapi.json` says so too (the
-/// 431 was answered and documented nowhere).
+/// README, admin API: "a request head over 64 KiB (...) or 100 fields
+/// gets a JSON `431` (`head_too_large`)" — and `admin/openapi.json` says
+/// so too (the 431 was once answered and documented nowhere, then
+/// documented as empty after it had become JSON).
 #[tokio::test]
 async fn an_oversized_admin_request_head_gets_the_documented_431() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -312,15 +311,19 @@ async fn an_oversized_admin_request_head_gets_the_documented_431() {
     .expect("the admin API answers an oversized head");
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 431"), "{text:?}");
+    assert!(
+        text.contains("application/json") && text.contains(r#""code":"head_too_large""#),
+        "{text:?}"
+    );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     let openapi = std::fs::read_to_string(root.join("admin/openapi.json")).expect("openapi");
     assert!(
-        readme.contains("an\nempty `431`"),
+        readme.contains("gets a JSON `431`\n(`head_too_large`)"),
         "the README does not name the 431"
     );
     assert!(
-        openapi.contains("an empty 431"),
+        openapi.contains("431 head_too_large"),
         "openapi.json does not name the 431"
     );
 }

@@ -244,7 +244,7 @@ impl ControlPlane {
             if let Some(rollout) = state.rollout.as_ref().filter(|r| r.is_active()) {
                 return Err(AdminError::Conflict {
                     message: format!(
-                        "route {route:?} has a {} rollout in progress; pause, promote or abort it first",
+                        "route {route:?} has a {} rollout in progress; promote or abort it first",
                         rollout.strategy
                     ),
                 });
