@@ -917,14 +917,6 @@ mod tests {
         assert_eq!(stats.take_tick(cohort + 301).overdue, 0);
     }
 
-    /// The slow answers and the answers counted in `ticks`.
-    fn slow_and_answers(stats: &PoolStats, ticks: std::ops::RangeInclusive<u64>) -> (u64, u64) {
-        ticks.fold((0, 0), |(slow, answers), tick| {
-            let counts = stats.take_tick(tick);
-            (slow + counts.slow, answers + counts.requests)
-        })
-    }
-
     #[test]
     fn a_streamed_upload_is_watched_from_when_its_body_went_whole() {
         let scope = StatsScope::default();
